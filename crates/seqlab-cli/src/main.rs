@@ -1,0 +1,43 @@
+//! The `seqlab` command: a thin layer over the seqlab crates.
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// seqlab: sequence models (RNN/LSTM/GRU, Transformer, word2vec, BERT) trained and used from the
+/// command line, numerically matching PyTorch.
+#[derive(Parser, Debug)]
+#[command(name = "seqlab", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Time training steps of the layer library (tokens/s).
+    Bench(bench::BenchArgs),
+    /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
+    W2v(seqlab_w2v::cli::W2vArgs),
+    /// Corpus BLEU of a hypothesis file against references (sacrebleu's defaults).
+    Bleu(seqlab_metrics::cli::ScoreArgs),
+    /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
+    Chrf(seqlab_metrics::cli::ScoreArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(a) => bench::run(a),
+        Command::W2v(a) => seqlab_w2v::cli::run(a),
+        Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
+        Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Data pipeline: tokenizers, readers with file/line errors, batching.

@@ -1,0 +1,144 @@
+//! The project's own seeded random numbers.
+//!
+//! candle's CPU RNG cannot be seeded, so every random draw that affects results (initial
+//! weights, dropout masks, data shuffles) comes from here: same seed, same numbers.
+
+use candle_core::{Device, Result, Shape, Tensor};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// A seeded ChaCha8 stream whose position can be saved in a checkpoint and restored.
+#[derive(Clone, Debug)]
+pub struct SeqRng {
+    rng: ChaCha8Rng,
+}
+
+/// A generator shared by the layers of one model (dropout draws from it in forward order).
+pub type SharedRng = Arc<Mutex<SeqRng>>;
+
+/// Everything needed to continue a stream exactly where it stopped.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RngState {
+    pub seed: [u8; 32],
+    pub stream: u64,
+    /// Word position as a decimal string: it is a u128, which TOML and JSON numbers cannot hold.
+    pub word_pos: String,
+}
+
+impl SeqRng {
+    pub fn new(seed: u64) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn shared(seed: u64) -> SharedRng {
+        Arc::new(Mutex::new(Self::new(seed)))
+    }
+
+    pub fn state(&self) -> RngState {
+        RngState {
+            seed: self.rng.get_seed(),
+            stream: self.rng.get_stream(),
+            word_pos: self.rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn from_state(s: &RngState) -> Result<Self> {
+        let mut rng = ChaCha8Rng::from_seed(s.seed);
+        rng.set_stream(s.stream);
+        let pos: u128 = s
+            .word_pos
+            .parse()
+            .map_err(|e| candle_core::Error::Msg(format!("bad RNG word position {:?}: {e}", s.word_pos)))?;
+        rng.set_word_pos(pos);
+        Ok(Self { rng })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.rng.next_u64()
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit_f32(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n)
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.below(i + 1);
+            xs.swap(i, j);
+        }
+    }
+
+    pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+        (0..n).map(|_| (lo + (hi - lo) * self.rng.random::<f64>()) as f32).collect()
+    }
+
+    /// Normal draws by Box-Muller (no extra dependency, and stable across rand versions).
+    pub fn normal_vec(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let u1: f64 = 1.0 - self.rng.random::<f64>(); // (0, 1]
+            let u2: f64 = self.rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt();
+            let t = 2.0 * std::f64::consts::PI * u2;
+            out.push((mean + std * r * t.cos()) as f32);
+            out.push((mean + std * r * t.sin()) as f32);
+        }
+        out.truncate(n);
+        out
+    }
+
+    pub fn uniform<S: Into<Shape>>(&mut self, shape: S, lo: f64, hi: f64, dev: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        Tensor::from_vec(self.uniform_vec(shape.elem_count(), lo, hi), shape, dev)
+    }
+
+    pub fn normal<S: Into<Shape>>(&mut self, shape: S, mean: f64, std: f64, dev: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        Tensor::from_vec(self.normal_vec(shape.elem_count(), mean, std), shape, dev)
+    }
+
+    /// Inverted-dropout mask: each element is 0 with probability `p`, else `1/(1-p)`.
+    pub fn dropout_mask<S: Into<Shape>>(&mut self, shape: S, p: f64, dev: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|_| if self.rng.random::<f64>() < p { 0.0 } else { scale })
+            .collect();
+        Tensor::from_vec(v, shape, dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_numbers_and_state_round_trip() {
+        let mut a = SeqRng::new(7);
+        let mut b = SeqRng::new(7);
+        assert_eq!(a.normal_vec(5, 0.0, 1.0), b.normal_vec(5, 0.0, 1.0));
+        let st = a.state();
+        let x = a.uniform_vec(4, -1.0, 1.0);
+        let mut c = SeqRng::from_state(&st).unwrap();
+        assert_eq!(x, c.uniform_vec(4, -1.0, 1.0));
+        assert_ne!(SeqRng::new(8).uniform_vec(4, 0.0, 1.0), SeqRng::new(7).uniform_vec(4, 0.0, 1.0));
+    }
+
+    #[test]
+    fn dropout_mask_rate_and_scale() {
+        let mut r = SeqRng::new(1);
+        let m = r.dropout_mask(10_000, 0.25, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / 1e4;
+        assert!((zeros - 0.25).abs() < 0.02, "{zeros}");
+        assert!(m.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+    }
+}

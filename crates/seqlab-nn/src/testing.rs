@@ -1,0 +1,33 @@
+//! Helpers for tests: gradient reachability.
+
+use crate::{SeqRng, VarStore};
+use candle_core::{Result, Tensor};
+
+/// A scalar loss `sum(y * probe)` with a fixed random probe, so that no gradient vanishes by
+/// symmetry (a plain `sum` of a LayerNorm output has zero gradient, for one).
+pub fn probe_loss(y: &Tensor) -> Result<Tensor> {
+    let probe = SeqRng::new(12345).normal(y.shape(), 0.0, 1.0, y.device())?;
+    (y * probe)?.sum_all()
+}
+
+/// Asserts that one backward pass from `probe_loss(y)` gives every trainable parameter in
+/// `vs` a finite, non-zero gradient. Panics naming the parameters that did not get one.
+pub fn assert_all_params_get_grad(vs: &VarStore, y: &Tensor) {
+    let grads = probe_loss(y).unwrap().backward().unwrap();
+    let mut bad = Vec::new();
+    for (name, var) in vs.trainable() {
+        match grads.get(&var) {
+            None => bad.push(format!("{name}: no gradient")),
+            Some(g) => {
+                let v = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                if v.iter().any(|x| !x.is_finite()) {
+                    bad.push(format!("{name}: non-finite gradient"));
+                } else if v.iter().all(|x| *x == 0.0) {
+                    bad.push(format!("{name}: all-zero gradient"));
+                }
+            }
+        }
+    }
+    assert!(!vs.trainable().is_empty(), "model has no trainable parameters");
+    assert!(bad.is_empty(), "parameters without a usable gradient: {}", bad.join(", "));
+}
