@@ -1,0 +1,10 @@
+//! seqlab's training engine: a short training loop kept apart from the models, learning-rate
+//! schedules as pure functions, atomic checkpoints that resume exactly, JSON-lines metrics and
+//! plots.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod plot;
+pub mod schedule;
+
+pub use schedule::Schedule;

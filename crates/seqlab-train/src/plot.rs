@@ -1,0 +1,213 @@
+//! Pictures: metric curves from JSON-lines logs, and heat maps (attention, positional
+//! encodings). PNG or SVG chosen by the output file's extension.
+
+use crate::metrics::read_jsonl;
+use anyhow::{bail, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // Registration only fails for an unparsable font, which the bundled one is not.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One named series of (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Series for each (file, split, key): `key` against `step`, one line per split found.
+pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
+    let mut out: Vec<Series> = Vec::new();
+    for p in paths {
+        let recs = read_jsonl(p)?;
+        let mut by_split: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        for r in &recs {
+            let (Some(step), Some(v)) = (r.get("step").and_then(|v| v.as_f64()), r.get(key).and_then(|v| v.as_f64())) else {
+                continue;
+            };
+            if !v.is_finite() {
+                continue;
+            }
+            let split = r.get("split").and_then(|s| s.as_str()).unwrap_or("").to_string();
+            by_split.entry(split).or_default().push((step, v));
+        }
+        let stem = p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        for (split, points) in by_split {
+            let name = match (paths.len() > 1, split.is_empty()) {
+                (true, true) => stem.clone(),
+                (true, false) => format!("{stem} {split}"),
+                (false, true) => key.to_string(),
+                (false, false) => split,
+            };
+            out.push(Series { name, points });
+        }
+    }
+    if out.is_empty() {
+        bail!("no `{key}` values with a `step` in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(out)
+}
+
+fn with_backend(out: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>, draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>) -> Result<()> {
+    register_font();
+    if let Some(d) = out.parent() {
+        if !d.as_os_str().is_empty() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+    }
+    match out.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(out, size).into_drawing_area();
+            draw(&root)?;
+            root.present().with_context(|| format!("writing {}", out.display()))?;
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(out, size).into_drawing_area();
+            draw_svg(&root)?;
+            root.present().with_context(|| format!("writing {}", out.display()))?;
+        }
+        _ => bail!("{}: output must end in .png or .svg", out.display()),
+    }
+    Ok(())
+}
+
+/// Line chart of several series; `log_y` for losses spanning decades.
+pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<()> {
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        bail!("nothing to plot");
+    }
+    if x1 == x0 {
+        x1 = x0 + 1.0;
+    }
+    let log_y = log_y && y0 > 0.0;
+    if y1 == y0 {
+        y1 = y0 + 1.0;
+    }
+    let pad = (y1 - y0) * 0.05;
+    macro_rules! body {
+        ($root:expr) => {{
+            let root = $root;
+            root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut b = ChartBuilder::on(root);
+            b.caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
+            macro_rules! finish {
+                ($chart:expr) => {{
+                    let mut chart = $chart;
+                    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    for (i, s) in series.iter().enumerate() {
+                        let c = Palette99::pick(i).to_rgba();
+                        chart
+                            .draw_series(LineSeries::new(s.points.iter().cloned(), c.stroke_width(2)))
+                            .map_err(|e| anyhow::anyhow!("{e}"))?
+                            .label(s.name.clone())
+                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                    }
+                    chart
+                        .configure_series_labels()
+                        .background_style(WHITE.mix(0.8))
+                        .border_style(BLACK)
+                        .draw()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }};
+            }
+            if log_y {
+                finish!(b.build_cartesian_2d(x0..x1, (y0 * 0.95..y1 * 1.05).log_scale()).map_err(|e| anyhow::anyhow!("{e}"))?);
+            } else {
+                finish!(b.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(|e| anyhow::anyhow!("{e}"))?);
+            }
+            Ok(())
+        }};
+    }
+    with_backend(out, (900, 560), |r| body!(r), |r| body!(r))
+}
+
+/// Heat map of a row-major matrix (rows × cols) with optional tick labels.
+pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String], col_labels: &[String]) -> Result<()> {
+    let rows = data.len();
+    let cols = data.first().map_or(0, |r| r.len());
+    if rows == 0 || cols == 0 || data.iter().any(|r| r.len() != cols) {
+        bail!("heat map needs a non-empty rectangular matrix");
+    }
+    let (lo, hi) = data.iter().flatten().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let cell = (700 / cols.max(rows)).clamp(4, 40) as u32;
+    let w = 160 + cell * cols as u32;
+    let h = 120 + cell * rows as u32;
+    macro_rules! body {
+        ($root:expr) => {{
+            let root = $root;
+            root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut chart = ChartBuilder::on(root)
+                .caption(format!("{title}  [{lo:.3}, {hi:.3}]"), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(60)
+                .y_label_area_size(90)
+                .build_cartesian_2d(0..cols, (0..rows).into_segmented())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
+            let yl = |y: &SegmentValue<usize>| match y {
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => row_labels.get(rows - 1 - *i).cloned().unwrap_or_else(|| (rows - 1 - *i).to_string()),
+                SegmentValue::Last => String::new(),
+            };
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(cols.min(40))
+                .y_labels(rows.min(40))
+                .x_label_formatter(&xl)
+                .y_label_formatter(&yl)
+                .draw()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            chart
+                .draw_series(data.iter().enumerate().flat_map(|(r, row)| {
+                    row.iter().enumerate().map(move |(c, &v)| {
+                        let t = ((v - lo) / span) as f64;
+                        let color = ViridisRGB::get_color(t);
+                        let y = rows - 1 - r;
+                        Rectangle::new([(c, SegmentValue::Exact(y)), (c + 1, SegmentValue::Exact(y + 1))], color.filled())
+                    })
+                }))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }};
+    }
+    with_backend(out, (w, h), |r| body!(r), |r| body!(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_png_and_svg() {
+        let dir = std::env::temp_dir().join(format!("seqlab-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = vec![Series { name: "train".into(), points: (1..50).map(|i| (i as f64, 5.0 / i as f64)).collect() }];
+        for ext in ["png", "svg"] {
+            let p = dir.join(format!("c.{ext}"));
+            line_chart(&p, "loss", "step", "loss", &s, true).unwrap();
+            assert!(std::fs::metadata(&p).unwrap().len() > 1000);
+        }
+        let m: Vec<Vec<f32>> = (0..6).map(|r| (0..8).map(|c| (r * c) as f32).collect()).collect();
+        heatmap(&dir.join("h.png"), "t", &m, &[], &[]).unwrap();
+        assert!(line_chart(&dir.join("x.bmpx"), "", "", "", &s, false).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
