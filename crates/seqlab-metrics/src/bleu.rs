@@ -178,8 +178,8 @@ pub struct BleuScore {
     pub ratio: f64,
     pub sys_len: u64,
     pub ref_len: u64,
-    /// Matches per order as counted (sacrebleu's `add-k` also adds k into its returned counts;
-    /// these stay the raw counts).
+    /// Matches per order as counted (sacrebleu's `add-k` also adds k into the counts and totals
+    /// it returns; these stay the raw counts).
     pub counts: Vec<u64>,
     pub totals: Vec<u64>,
 }
