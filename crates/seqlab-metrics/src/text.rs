@@ -1,0 +1,111 @@
+//! Python string semantics that sacrebleu's results depend on, and line reading as its CLI does.
+
+use std::path::{Path, PathBuf};
+
+use crate::MetricError;
+
+/// Python's `str.isspace()` (CPython, Unicode 14): Rust's `char::is_whitespace` plus the ASCII
+/// information separators U+001C..U+001F, which CPython counts as whitespace (bidi class B/S).
+/// `str.split()` and `str.rstrip()` use this set, so n-gram boundaries depend on it.
+pub fn py_isspace(c: char) -> bool {
+    matches!(
+        c,
+        '\u{9}'..='\u{d}'
+            | '\u{1c}'..='\u{20}'
+            | '\u{85}'
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+    )
+}
+
+/// Python's `s.split()` with no argument.
+pub fn py_split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(py_isspace).filter(|w| !w.is_empty())
+}
+
+/// Python's `s.rstrip()` with no argument.
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(py_isspace)
+}
+
+/// Python's `str.lower()`. Rust and CPython both apply the full Unicode lowercase mapping
+/// including the final-sigma rule; they may differ only where their Unicode versions differ.
+pub fn py_lower(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// Reads a text file as sacrebleu's CLI does: UTF-8, lines split on `\n` only (a final line
+/// without `\n` still counts, an empty file has no lines), each line `rstrip()`ped.
+pub fn read_lines(path: &Path) -> Result<Vec<String>, MetricError> {
+    let bytes = std::fs::read(path).map_err(|source| MetricError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if pieces.last().is_some_and(|p| p.is_empty()) {
+        pieces.pop();
+    }
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, line)| match std::str::from_utf8(line) {
+            Ok(s) => Ok(py_rstrip(s).to_string()),
+            Err(e) => Err(MetricError::Utf8 {
+                path: PathBuf::from(path),
+                line: i + 1,
+                byte: e.valid_up_to() + 1,
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isspace_matches_cpython() {
+        // Made with: [hex(c) for c in range(sys.maxunicode+1) if chr(c).isspace()] (CPython 3.11).
+        let expected: Vec<u32> = vec![
+            0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000,
+            0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a,
+            0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
+        ];
+        let got: Vec<u32> = (0..=0x10ffffu32)
+            .filter_map(char::from_u32)
+            .filter(|&c| py_isspace(c))
+            .map(|c| c as u32)
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn split_and_rstrip_like_python() {
+        assert_eq!(py_split("  a\u{a0}b\u{1f}c \t").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(py_rstrip(" a b\r\u{3000}"), " a b");
+        assert_eq!(py_split("").count(), 0);
+    }
+
+    #[test]
+    fn read_lines_like_sacrebleu_cli() {
+        let dir = std::env::temp_dir().join(format!("seqlab-metrics-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.txt");
+        std::fs::write(&p, "one \r\n\ntwo\rthree\nlast").unwrap();
+        assert_eq!(read_lines(&p).unwrap(), ["one", "", "two\rthree", "last"]);
+        std::fs::write(&p, "").unwrap();
+        assert!(read_lines(&p).unwrap().is_empty());
+        std::fs::write(&p, b"ok\nbad \xff here\n").unwrap();
+        let err = read_lines(&p).unwrap_err().to_string();
+        assert!(err.contains("a.txt") && err.contains("line 2"), "{err}");
+        let err = read_lines(&dir.join("missing.txt")).unwrap_err().to_string();
+        assert!(err.contains("missing.txt"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
