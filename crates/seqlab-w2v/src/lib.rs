@@ -2,3 +2,8 @@
 //! Stands alone: no tensor library.
 
 pub mod cli;
+pub mod eval;
+pub mod format;
+pub mod text;
+pub mod train;
+pub mod vocab;

@@ -1,0 +1,363 @@
+//! Queries and evaluations over word vectors: nearest neighbours, analogies (3CosAdd and
+//! 3CosMul, as gensim's `most_similar` / `most_similar_cosmul`), the Google analogy test
+//! and word-pair similarity (counted as gensim's `evaluate_word_analogies` /
+//! `evaluate_word_pairs` count).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::format::WordVectors;
+
+/// Word vectors normalised to unit length, with an index.
+pub struct Index {
+    pub words: Vec<String>,
+    pub dim: usize,
+    pub unit: Vec<f32>,
+    pub lookup: HashMap<String, usize>,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for a in acc {
+        s += a;
+    }
+    s
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = dot(v, v).sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+impl Index {
+    pub fn new(wv: &WordVectors) -> Self {
+        let mut unit = wv.vectors.clone();
+        for r in unit.chunks_exact_mut(wv.dim) {
+            normalise(r);
+        }
+        let mut lookup = HashMap::with_capacity(wv.len());
+        for (i, w) in wv.words.iter().enumerate() {
+            lookup.entry(w.clone()).or_insert(i);
+        }
+        Self { words: wv.words.clone(), dim: wv.dim, unit, lookup }
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.unit[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn id(&self, w: &str) -> Result<usize> {
+        self.lookup.get(w).copied().with_context(|| format!("word {w:?} is not in the vocabulary"))
+    }
+
+    /// Top `n` rows among the first `limit` by `score`, skipping `exclude`.
+    fn top(&self, limit: usize, n: usize, exclude: &[usize], score: impl Fn(usize) -> f32) -> Vec<(usize, f32)> {
+        let mut best: Vec<(usize, f32)> = Vec::with_capacity(n + 1);
+        for i in 0..limit.min(self.words.len()) {
+            if exclude.contains(&i) {
+                continue;
+            }
+            let s = score(i);
+            if best.len() < n || s > best[best.len() - 1].1 {
+                let pos = best.partition_point(|&(_, b)| b >= s);
+                best.insert(pos, (i, s));
+                best.truncate(n);
+            }
+        }
+        best
+    }
+
+    /// The `n` words closest (cosine) to `word`.
+    pub fn similar(&self, word: &str, n: usize) -> Result<Vec<(String, f32)>> {
+        let q = self.id(word)?;
+        let qv = self.row(q);
+        Ok(self.named(self.top(usize::MAX, n, &[q], |i| dot(self.row(i), qv))))
+    }
+
+    fn named(&self, v: Vec<(usize, f32)>) -> Vec<(String, f32)> {
+        v.into_iter().map(|(i, s)| (self.words[i].clone(), s)).collect()
+    }
+
+    /// 3CosAdd over ids: the unit mean of `+b +c -a` (gensim's `most_similar`).
+    fn cos_add(&self, a: usize, b: usize, c: usize, limit: usize, n: usize) -> Vec<(usize, f32)> {
+        let mut q = vec![0f32; self.dim];
+        for ((x, (ya, yb)), yc) in q.iter_mut().zip(self.row(a).iter().zip(self.row(b))).zip(self.row(c)) {
+            *x = (yb + yc - ya) / 3.0;
+        }
+        normalise(&mut q);
+        self.top(limit, n, &[a, b, c], |i| dot(self.row(i), &q))
+    }
+
+    /// "a is to b as c is to ?" by 3CosAdd and by 3CosMul (Levy & Goldberg 2014, as
+    /// gensim's `most_similar_cosmul`: cosines shifted to [0, 1], epsilon 1e-6).
+    pub fn analogy(&self, a: &str, b: &str, c: &str, n: usize) -> Result<(Vec<(String, f32)>, Vec<(String, f32)>)> {
+        let (ia, ib, ic) = (self.id(a)?, self.id(b)?, self.id(c)?);
+        let add = self.cos_add(ia, ib, ic, usize::MAX, n);
+        let (ra, rb, rc) = (self.row(ia), self.row(ib), self.row(ic));
+        let mul = self.top(usize::MAX, n, &[ia, ib, ic], |i| {
+            let r = self.row(i);
+            let s = |x: &[f32]| (1.0 + dot(r, x)) / 2.0;
+            s(rb) * s(rc) / (s(ra) + 1e-6)
+        });
+        Ok((self.named(add), self.named(mul)))
+    }
+
+    /// gensim's case-insensitive view of the first `restrict` words: upper-cased word ->
+    /// the most frequent (earliest) of its spellings.
+    fn ok_vocab(&self, restrict: usize) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for i in (0..restrict.min(self.words.len())).rev() {
+            m.insert(self.words[i].to_uppercase(), i);
+        }
+        m
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SectionResult {
+    pub section: String,
+    pub correct: usize,
+    pub total: usize,
+    pub accuracy: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AnalogyReport {
+    pub sections: Vec<SectionResult>,
+    pub semantic: SectionResult,
+    pub syntactic: SectionResult,
+    pub overall: SectionResult,
+    pub questions: usize,
+    pub oov_questions: usize,
+    pub oov_ratio: f64,
+    pub restrict_vocab: usize,
+}
+
+fn result(section: &str, correct: usize, total: usize) -> SectionResult {
+    SectionResult {
+        section: section.to_string(),
+        correct,
+        total,
+        accuracy: if total > 0 { correct as f64 / total as f64 } else { 0.0 },
+    }
+}
+
+/// The Google analogy test, as gensim's `evaluate_word_analogies(restrict_vocab=…,
+/// case_insensitive=True)`: questions with a word outside the first `restrict` words are
+/// skipped and counted; the answer is the best 3CosAdd candidate among the top 5 that is
+/// not one of the question words (case-insensitively).
+pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<AnalogyReport> {
+    let text = std::fs::read(questions).with_context(|| format!("cannot read {}", questions.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let ok = ix.ok_vocab(restrict);
+    let mut sections: Vec<(String, Vec<[usize; 4]>, usize)> = Vec::new();
+    let mut n_questions = 0;
+    let mut oov = 0;
+    for (ln, line) in text.lines().enumerate() {
+        if let Some(name) = line.strip_prefix(": ") {
+            sections.push((name.trim().to_string(), Vec::new(), 0));
+            continue;
+        }
+        let w: Vec<String> = line.split_whitespace().map(|w| w.to_uppercase()).collect();
+        if w.len() != 4 {
+            continue; // gensim skips malformed lines (and blank ones).
+        }
+        let Some(sec) = sections.last_mut() else {
+            bail!("{}: line {}: a question before the first `: section` line", questions.display(), ln + 1);
+        };
+        n_questions += 1;
+        match (ok.get(&w[0]), ok.get(&w[1]), ok.get(&w[2]), ok.get(&w[3])) {
+            (Some(&a), Some(&b), Some(&c), Some(&d)) => sec.1.push([a, b, c, d]),
+            _ => {
+                oov += 1;
+                sec.2 += 1;
+            }
+        }
+    }
+    if n_questions == 0 {
+        bail!("{}: no analogy questions found", questions.display());
+    }
+    let upper: Vec<String> = (0..restrict.min(ix.words.len())).map(|i| ix.words[i].to_uppercase()).collect();
+    let mut out = Vec::new();
+    let (mut sem, mut syn) = ((0, 0), (0, 0));
+    for (name, qs, _) in &sections {
+        let correct: usize = qs
+            .par_iter()
+            .map(|&[a, b, c, d]| {
+                let ignore: HashSet<&str> = [a, b, c].iter().map(|&i| upper[i].as_str()).collect();
+                let mut predicted = None;
+                for (i, _) in ix.cos_add(a, b, c, restrict, 5) {
+                    predicted = Some(i);
+                    if !ignore.contains(upper[i].as_str()) {
+                        break;
+                    }
+                }
+                usize::from(predicted.is_some_and(|p| upper[p] == upper[d]))
+            })
+            .sum();
+        let slot = if name.starts_with("gram") { &mut syn } else { &mut sem };
+        slot.0 += correct;
+        slot.1 += qs.len();
+        out.push(result(name, correct, qs.len()));
+    }
+    Ok(AnalogyReport {
+        sections: out,
+        semantic: result("semantic", sem.0, sem.1),
+        syntactic: result("syntactic", syn.0, syn.1),
+        overall: result("total", sem.0 + syn.0, sem.1 + syn.1),
+        questions: n_questions,
+        oov_questions: oov,
+        oov_ratio: oov as f64 / n_questions as f64,
+        restrict_vocab: restrict,
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SimilarityReport {
+    pub pairs: usize,
+    pub oov_pairs: usize,
+    pub oov_ratio: f64,
+    pub spearman: f64,
+    pub pearson: f64,
+}
+
+/// Word-pair similarity (WordSim353 / SimLex-999 style: `w1 w2 score`, tab- or
+/// space-separated, `#` comments), case-insensitive over the first `restrict` words as
+/// gensim's `evaluate_word_pairs`; pairs with an unknown word are skipped and counted.
+pub fn eval_similarity(ix: &Index, pairs: &Path, restrict: usize) -> Result<SimilarityReport> {
+    let text = std::fs::read(pairs).with_context(|| format!("cannot read {}", pairs.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let ok = ix.ok_vocab(restrict);
+    let (mut gold, mut model) = (Vec::new(), Vec::new());
+    let (mut n, mut oov) = (0, 0);
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = if line.contains('\t') {
+            line.split('\t').map(str::trim).collect()
+        } else {
+            line.split_whitespace().collect()
+        };
+        let [a, b, s] = f.as_slice() else { continue };
+        let Ok(s) = s.parse::<f64>() else { continue };
+        n += 1;
+        match (ok.get(&a.to_uppercase()), ok.get(&b.to_uppercase())) {
+            (Some(&i), Some(&j)) => {
+                gold.push(s);
+                model.push(dot(ix.row(i), ix.row(j)) as f64);
+            }
+            _ => oov += 1,
+        }
+    }
+    if n == 0 {
+        bail!("{}: no `word word score` pairs found", pairs.display());
+    }
+    if gold.len() < 2 {
+        bail!("{}: fewer than 2 of its {n} pairs are in the vocabulary", pairs.display());
+    }
+    Ok(SimilarityReport {
+        pairs: n,
+        oov_pairs: oov,
+        oov_ratio: oov as f64 / n as f64,
+        spearman: pearson(&ranks(&gold), &ranks(&model)),
+        pearson: pearson(&gold, &model),
+    })
+}
+
+/// Ranks with ties sharing their mean rank (as scipy's `rankdata`).
+pub fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[idx[k]] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_matches_scipy() {
+        // scipy.stats.spearmanr([1, 2, 2, 5, 3], [2, 1, 4, 4, 7]).statistic == 0.605263157894737 (scipy 1.x)
+        let r = pearson(&ranks(&[1.0, 2.0, 2.0, 5.0, 3.0]), &ranks(&[2.0, 1.0, 4.0, 4.0, 7.0]));
+        assert!((r - 0.605263157894737).abs() < 1e-12, "{r}");
+    }
+
+    fn toy() -> Index {
+        // Planted geometry: x-axis = royal, y-axis = female, z: other.
+        let wv = WordVectors {
+            words: ["king", "queen", "man", "woman", "apple", "King"].map(String::from).to_vec(),
+            dim: 3,
+            vectors: vec![1.0, 0.0, 0.1, 1.0, 1.0, 0.1, 0.0, 0.0, 0.1, 0.0, 1.0, 0.1, 0.0, 0.0, 5.0, 1.0, 0.0, 0.12],
+            counts: None,
+        };
+        Index::new(&wv)
+    }
+
+    #[test]
+    fn analogy_and_similar_on_planted_vectors() {
+        let ix = toy();
+        let (add, mul) = ix.analogy("man", "woman", "king", 1).unwrap();
+        assert_eq!(add[0].0, "queen");
+        assert_eq!(mul[0].0, "queen");
+        assert_eq!(ix.similar("king", 1).unwrap()[0].0, "King");
+        assert!(ix.similar("nope", 1).is_err());
+    }
+
+    #[test]
+    fn eval_analogy_counts_like_gensim() {
+        let ix = toy();
+        let d = std::env::temp_dir().join(format!("w2v-eval-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let q = d.join("q.txt");
+        // 1 correct, 1 OOV; "KING" and "king" are one word case-insensitively.
+        std::fs::write(&q, ": family\nman woman KING queen\nman woman prince princess\n: gram1\nbad line\n").unwrap();
+        let r = eval_analogy(&ix, &q, 30000).unwrap();
+        assert_eq!((r.questions, r.oov_questions), (2, 1));
+        assert_eq!((r.semantic.correct, r.semantic.total), (1, 1));
+        assert_eq!(r.syntactic.total, 0);
+        let p = d.join("p.txt");
+        std::fs::write(&p, "# comment\nking\tqueen\t8\nman woman 7\napple king 1\nfoo bar 3\n").unwrap();
+        let s = eval_similarity(&ix, &p, 30000).unwrap();
+        assert_eq!((s.pairs, s.oov_pairs), (4, 1));
+    }
+}

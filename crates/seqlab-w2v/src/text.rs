@@ -1,0 +1,283 @@
+//! Reading a corpus as a stream: byte-range chunks per thread, lines capped in length,
+//! invalid UTF-8 skipped (and counted), optional lower-casing and punctuation stripping.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Longest sentence handed to the trainer; longer lines are cut into pieces of this many
+/// words, as gensim's `LineSentence` does (`MAX_WORDS_IN_BATCH` = 10 000).
+pub const MAX_SENTENCE: usize = 10_000;
+
+/// A line longer than this many bytes is cut at the next whitespace so that a corpus with
+/// no newlines at all is still read in bounded memory.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Text preparation for raw corpora. Defaults: both off (the corpus is taken as already
+/// tokenized on whitespace, as word2vec.c and gensim's `LineSentence` take it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Lower-case every word (Unicode-aware).
+    pub lowercase: bool,
+    /// Replace punctuation and symbols by spaces; an apostrophe or hyphen between two
+    /// letters/digits is kept (`don't`, `well-known`).
+    pub strip_punct: bool,
+}
+
+impl TextOptions {
+    fn is_identity(&self) -> bool {
+        !self.lowercase && !self.strip_punct
+    }
+
+    /// Applies the options to one valid UTF-8 line, writing the result into `out`.
+    pub fn prepare_into(&self, line: &str, out: &mut String) {
+        out.clear();
+        let chars: Vec<char> = if self.strip_punct { line.chars().collect() } else { Vec::new() };
+        if self.strip_punct {
+            for (i, &c) in chars.iter().enumerate() {
+                let keep = c.is_alphanumeric()
+                    || c.is_whitespace()
+                    || ((c == '\'' || c == '-' || c == '’')
+                        && i > 0
+                        && i + 1 < chars.len()
+                        && chars[i - 1].is_alphanumeric()
+                        && chars[i + 1].is_alphanumeric());
+                let c = if keep { c } else { ' ' };
+                push_case(out, c, self.lowercase);
+            }
+        } else {
+            for c in line.chars() {
+                push_case(out, c, self.lowercase);
+            }
+        }
+    }
+}
+
+#[inline]
+fn push_case(out: &mut String, c: char, lower: bool) {
+    if lower && !c.is_lowercase() {
+        out.extend(c.to_lowercase());
+    } else {
+        out.push(c);
+    }
+}
+
+/// Word separators: ASCII whitespace (what word2vec.c and Python's `str.split()` agree on
+/// for ASCII text).
+#[inline]
+pub fn is_sep(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Reads the lines of one byte range `[start, end)` of a file. A line (or word) that
+/// straddles `start` belongs to the previous range: the reader skips to just past the first
+/// separator at or after `start - 1`, and stops after the first separator at or after
+/// `end - 1`, so consecutive ranges cover every word exactly once.
+pub struct ChunkReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    pos: u64,
+    end: u64,
+    done: bool,
+    /// Invalid UTF-8 bytes skipped so far.
+    pub invalid_bytes: u64,
+    raw: Vec<u8>,
+    prepared: String,
+    opts: TextOptions,
+}
+
+impl ChunkReader {
+    pub fn open(path: &Path, start: u64, end: u64, opts: TextOptions) -> io::Result<Self> {
+        let f = File::open(path)?;
+        let mut reader = BufReader::with_capacity(1 << 18, f);
+        let mut pos = 0;
+        if start > 0 {
+            reader.seek(SeekFrom::Start(start - 1))?;
+            pos = start - 1;
+            // Skip the tail of the word that began in the previous range.
+            loop {
+                let buf = reader.fill_buf()?;
+                if buf.is_empty() {
+                    break;
+                }
+                match buf.iter().position(|&b| is_sep(b)) {
+                    Some(i) => {
+                        reader.consume(i + 1);
+                        pos += i as u64 + 1;
+                        break;
+                    }
+                    None => {
+                        let n = buf.len();
+                        reader.consume(n);
+                        pos += n as u64;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            pos,
+            end,
+            done: start >= end,
+            invalid_bytes: 0,
+            raw: Vec::new(),
+            prepared: String::new(),
+            opts,
+        })
+    }
+
+    /// Reads the next line of the range and calls `f` with its words. Returns `false` at
+    /// the end of the range.
+    pub fn next_line<F: FnMut(&str)>(&mut self, mut f: F) -> io::Result<bool> {
+        if self.done || self.pos >= self.end {
+            return Ok(false);
+        }
+        self.raw.clear();
+        let line_start = self.pos;
+        // Read up to a newline, or up to the first separator past MAX_LINE_BYTES.
+        loop {
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                self.done = true;
+                if self.raw.is_empty() {
+                    return Ok(false);
+                }
+                break;
+            }
+            let cap_reached = self.raw.len() >= MAX_LINE_BYTES;
+            let found = if cap_reached {
+                buf.iter().position(|&b| is_sep(b))
+            } else {
+                buf.iter().position(|&b| b == b'\n')
+            };
+            match found {
+                Some(i) => {
+                    self.raw.extend_from_slice(&buf[..=i]);
+                    self.reader.consume(i + 1);
+                    self.pos += i as u64 + 1;
+                    break;
+                }
+                None => {
+                    let n = buf.len();
+                    self.raw.extend_from_slice(buf);
+                    self.reader.consume(n);
+                    self.pos += n as u64;
+                }
+            }
+        }
+        // Cut the line at the range end (first separator at or after end - 1).
+        if self.pos > self.end {
+            let from = (self.end - 1).saturating_sub(line_start) as usize;
+            if let Some(i) = self.raw[from.min(self.raw.len())..].iter().position(|&b| is_sep(b)) {
+                self.raw.truncate(from + i);
+            }
+            self.done = true;
+        }
+        let raw = std::mem::take(&mut self.raw);
+        self.words_of(&raw, &mut f);
+        self.raw = raw;
+        Ok(true)
+    }
+
+    fn words_of<F: FnMut(&str)>(&mut self, raw: &[u8], f: &mut F) {
+        match std::str::from_utf8(raw) {
+            Ok(s) => self.emit(s, f),
+            Err(_) => {
+                // Invalid bytes act as word separators so that two valid halves of a broken
+                // word are not glued together.
+                let mut clean = String::with_capacity(raw.len());
+                for chunk in raw.utf8_chunks() {
+                    clean.push_str(chunk.valid());
+                    if !chunk.invalid().is_empty() {
+                        self.invalid_bytes += chunk.invalid().len() as u64;
+                        clean.push(' ');
+                    }
+                }
+                self.emit(&clean, f);
+            }
+        }
+    }
+
+    fn emit<F: FnMut(&str)>(&mut self, s: &str, f: &mut F) {
+        if self.opts.is_identity() {
+            for w in s.split(|c: char| c.is_ascii() && is_sep(c as u8)).filter(|w| !w.is_empty()) {
+                f(w);
+            }
+        } else {
+            let mut prepared = std::mem::take(&mut self.prepared);
+            self.opts.prepare_into(s, &mut prepared);
+            for w in prepared.split_whitespace() {
+                f(w);
+            }
+            self.prepared = prepared;
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Splits a file of `len` bytes into `n` nearly equal byte ranges.
+pub fn ranges(len: u64, n: usize) -> Vec<(u64, u64)> {
+    let n = n.max(1) as u64;
+    (0..n).map(|i| (len * i / n, len * (i + 1) / n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn words_in(path: &Path, start: u64, end: u64, opts: TextOptions) -> (Vec<Vec<String>>, u64) {
+        let mut r = ChunkReader::open(path, start, end, opts).unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if !r.next_line(|w| line.push(w.to_string())).unwrap() {
+                break;
+            }
+            lines.push(line);
+        }
+        (lines, r.invalid_bytes)
+    }
+
+    #[test]
+    fn ranges_cover_every_word_once() {
+        let dir = std::env::temp_dir().join(format!("w2v-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.txt");
+        let text = "alpha beta gamma\ndelta  epsilon\n\nzeta eta theta iota kappa\nlambda";
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        let all: Vec<String> = text.split_whitespace().map(String::from).collect();
+        for n in 1..=text.len() {
+            let mut got = Vec::new();
+            for (s, e) in ranges(text.len() as u64, n) {
+                let (lines, _) = words_in(&p, s, e, TextOptions::default());
+                got.extend(lines.into_iter().flatten());
+            }
+            assert_eq!(got, all, "{n} ranges");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_skipped_and_counted() {
+        let dir = std::env::temp_dir().join(format!("w2v-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.txt");
+        std::fs::File::create(&p).unwrap().write_all(b"good wo\xff\xferd caf\xc3\xa9\n").unwrap();
+        let (lines, bad) = words_in(&p, 0, 100, TextOptions::default());
+        assert_eq!(lines, vec![vec!["good", "wo", "rd", "café"]]);
+        assert_eq!(bad, 2);
+    }
+
+    #[test]
+    fn preparation_lowercases_and_strips_punctuation() {
+        let o = TextOptions { lowercase: true, strip_punct: true };
+        let mut out = String::new();
+        o.prepare_into("Hello, World! Don't re-use \"É\"-- ok.", &mut out);
+        let w: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(w, ["hello", "world", "don't", "re-use", "é", "ok"]);
+    }
+}

@@ -1,0 +1,308 @@
+//! Vocabulary (counted in one streaming pass), subsampling thresholds, the negative
+//! sampling distribution (unigram^0.75, alias method) and the Huffman tree for
+//! hierarchical softmax.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::text::{ChunkReader, TextOptions};
+
+/// FxHash (rustc's hasher): word lookups sit on the training path, and SipHash's DoS
+/// resistance buys nothing for a local corpus.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Words sorted by decreasing count (ties: first occurrence first, as gensim keeps them).
+#[derive(Clone, Debug)]
+pub struct Vocab {
+    pub words: Vec<String>,
+    pub counts: Vec<u64>,
+    pub index: FxMap<Box<str>, u32>,
+}
+
+/// What the counting pass saw.
+#[derive(Clone, Debug, Default)]
+pub struct CorpusStats {
+    pub lines: u64,
+    pub tokens: u64,
+    pub distinct: u64,
+    pub invalid_bytes: u64,
+}
+
+impl Vocab {
+    /// Builds a vocabulary from `(word, count)` pairs already in the desired order.
+    pub fn from_words(words: Vec<String>, counts: Vec<u64>) -> Self {
+        let index = words.iter().enumerate().map(|(i, w)| (w.as_str().into(), i as u32)).collect();
+        Self { words, counts, index }
+    }
+
+    /// Counts the words of `path` (streamed), keeps those with at least `min_count`
+    /// occurrences, and at most `max_vocab` of them (the most frequent) if given.
+    pub fn build(
+        path: &Path,
+        opts: TextOptions,
+        min_count: u64,
+        max_vocab: Option<usize>,
+    ) -> Result<(Self, CorpusStats)> {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot read corpus {}", path.display()))?
+            .len();
+        let mut reader = ChunkReader::open(path, 0, len, opts)
+            .with_context(|| format!("cannot open corpus {}", path.display()))?;
+        let mut counts: FxMap<Box<str>, (u64, u32)> = FxMap::default();
+        let mut stats = CorpusStats::default();
+        loop {
+            let more = reader
+                .next_line(|w| {
+                    stats.tokens += 1;
+                    if let Some(e) = counts.get_mut(w) {
+                        e.0 += 1;
+                    } else {
+                        let n = counts.len() as u32;
+                        counts.insert(w.into(), (1, n));
+                    }
+                })
+                .with_context(|| format!("error reading corpus {}", path.display()))?;
+            if !more {
+                break;
+            }
+            stats.lines += 1;
+        }
+        stats.invalid_bytes = reader.invalid_bytes;
+        stats.distinct = counts.len() as u64;
+        if stats.tokens == 0 {
+            bail!("corpus {} is empty: it contains no words", path.display());
+        }
+        let mut kept: Vec<(Box<str>, u64, u32)> =
+            counts.into_iter().filter(|(_, (c, _))| *c >= min_count).map(|(w, (c, i))| (w, c, i)).collect();
+        if kept.is_empty() {
+            bail!(
+                "corpus {}: none of its {} distinct words occurs at least min_count = {} times",
+                path.display(),
+                stats.distinct,
+                min_count
+            );
+        }
+        kept.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        if let Some(m) = max_vocab {
+            kept.truncate(m.max(1));
+        }
+        let words = kept.iter().map(|(w, _, _)| w.to_string()).collect();
+        let cnts = kept.iter().map(|(_, c, _)| *c).collect();
+        Ok((Self::from_words(words, cnts), stats))
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Probability of keeping each occurrence under frequent-word subsampling, as a u32
+    /// threshold (keep if a uniform u32 is below it). Same formula as word2vec.c and
+    /// gensim: `(sqrt(c / (s·N)) + 1) · (s·N) / c`.
+    pub fn keep_thresholds(&self, sample: f64) -> Vec<u32> {
+        let total = self.total() as f64;
+        self.counts
+            .iter()
+            .map(|&c| {
+                if sample <= 0.0 {
+                    return u32::MAX;
+                }
+                let t = sample * total;
+                let p = ((c as f64 / t).sqrt() + 1.0) * t / c as f64;
+                if p >= 1.0 {
+                    u32::MAX
+                } else {
+                    (p * 4294967296.0) as u32
+                }
+            })
+            .collect()
+    }
+}
+
+/// Walker's alias table over unigram^power: O(1) exact draws with 8 bytes per word (a
+/// word2vec.c-style table of 1e8 entries would be 400 MB, over the memory budget).
+pub struct AliasTable {
+    prob: Vec<u32>,
+    alias: Vec<u32>,
+}
+
+impl AliasTable {
+    pub fn new(counts: &[u64], power: f64) -> Self {
+        let n = counts.len();
+        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(power)).collect();
+        let sum: f64 = w.iter().sum();
+        let mut scaled: Vec<f64> = w.iter().map(|x| x * n as f64 / sum).collect();
+        let mut prob = vec![u32::MAX; n];
+        let mut alias: Vec<u32> = (0..n as u32).collect();
+        let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            prob[s] = (scaled[s] * 4294967296.0).min(4294967295.0) as u32;
+            alias[s] = l as u32;
+            scaled[l] -= 1.0 - scaled[s];
+            if scaled[l] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        Self { prob, alias }
+    }
+
+    /// Draws a word from one uniform u64.
+    #[inline(always)]
+    pub fn sample(&self, r: u64) -> usize {
+        let n = self.prob.len() as u64;
+        let i = (((r >> 32) * n) >> 32) as usize;
+        // SAFETY: i < n since (r>>32) < 2^32.
+        unsafe {
+            if (r as u32) < *self.prob.get_unchecked(i) {
+                i
+            } else {
+                *self.alias.get_unchecked(i) as usize
+            }
+        }
+    }
+}
+
+/// Huffman codes and paths (inner-node indices) of every word, flattened.
+pub struct Huffman {
+    pub codes: Vec<u8>,
+    pub points: Vec<u32>,
+    /// `offsets[w]..offsets[w+1]` indexes `codes`/`points` of word `w`.
+    pub offsets: Vec<usize>,
+}
+
+impl Huffman {
+    /// Builds the tree as word2vec.c does: counts must be sorted in decreasing order; two
+    /// pointers walk the leaves (from the rarest) and the inner nodes (in creation order).
+    pub fn new(counts: &[u64]) -> Self {
+        let v = counts.len();
+        if v < 2 {
+            // One word: a single inner node, code 0.
+            return Self { codes: vec![0; v], points: vec![0; v], offsets: (0..=v).collect() };
+        }
+        let mut count = vec![u64::MAX; 2 * v];
+        count[..v].copy_from_slice(counts);
+        let mut binary = vec![0u8; 2 * v];
+        let mut parent = vec![0usize; 2 * v];
+        let (mut pos1, mut pos2) = (v as isize - 1, v);
+        let pick = |count: &[u64], pos1: &mut isize, pos2: &mut usize| -> usize {
+            if *pos1 >= 0 && count[*pos1 as usize] < count[*pos2] {
+                *pos1 -= 1;
+                (*pos1 + 1) as usize
+            } else {
+                *pos2 += 1;
+                *pos2 - 1
+            }
+        };
+        for a in 0..v - 1 {
+            let m1 = pick(&count, &mut pos1, &mut pos2);
+            let m2 = pick(&count, &mut pos1, &mut pos2);
+            count[v + a] = count[m1] + count[m2];
+            parent[m1] = v + a;
+            parent[m2] = v + a;
+            binary[m2] = 1;
+        }
+        let root = 2 * v - 2;
+        let mut codes = Vec::new();
+        let mut points = Vec::new();
+        let mut offsets = vec![0];
+        let mut c = Vec::new();
+        let mut p = Vec::new();
+        for w in 0..v {
+            c.clear();
+            p.clear();
+            let mut b = w;
+            while b != root {
+                c.push(binary[b]);
+                b = parent[b];
+                p.push((b - v) as u32);
+            }
+            // Root first, as the path is walked during training.
+            codes.extend(c.iter().rev());
+            points.extend(p.iter().rev());
+            offsets.push(codes.len());
+        }
+        Self { codes, points, offsets }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huffman_codes_are_prefix_free_and_frequent_words_short() {
+        let counts = [50, 30, 10, 5, 3, 2];
+        let h = Huffman::new(&counts);
+        let code = |w: usize| h.codes[h.offsets[w]..h.offsets[w + 1]].to_vec();
+        for a in 0..counts.len() {
+            for b in 0..counts.len() {
+                if a != b {
+                    assert!(!code(b).starts_with(&code(a)), "{a} is a prefix of {b}");
+                }
+            }
+            // Every path starts at the root (the last inner node).
+            assert_eq!(h.points[h.offsets[a]], counts.len() as u32 - 2);
+        }
+        assert!(code(0).len() <= code(5).len());
+    }
+
+    #[test]
+    fn alias_table_matches_unigram_075() {
+        let counts = [1000u64, 100, 10, 1];
+        let t = AliasTable::new(&counts, 0.75);
+        let mut hist = [0usize; 4];
+        let mut x = 12345u64;
+        let n = 400_000;
+        for _ in 0..n {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            hist[t.sample(z ^ (z >> 31))] += 1;
+        }
+        let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(0.75)).collect();
+        let s: f64 = w.iter().sum();
+        for i in 0..4 {
+            let got = hist[i] as f64 / n as f64;
+            assert!((got - w[i] / s).abs() < 0.005, "word {i}: {got} vs {}", w[i] / s);
+        }
+    }
+}
