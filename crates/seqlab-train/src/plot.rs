@@ -163,7 +163,11 @@ pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String]
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
             let yl = |y: &SegmentValue<usize>| match y {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => row_labels.get(rows - 1 - *i).cloned().unwrap_or_else(|| (rows - 1 - *i).to_string()),
+                // The axis also asks for the segment end (index == rows): no label there.
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => {
+                    row_labels.get(rows - 1 - *i).cloned().unwrap_or_else(|| (rows - 1 - *i).to_string())
+                }
+                SegmentValue::CenterOf(_) | SegmentValue::Exact(_) => String::new(),
                 SegmentValue::Last => String::new(),
             };
             chart
