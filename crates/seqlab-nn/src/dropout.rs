@@ -34,3 +34,29 @@ impl Dropout {
         x.mul(&mask)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SeqRng;
+    use candle_core::{DType, Device};
+
+    fn masks(seed: u64) -> Vec<Vec<f32>> {
+        let d = Dropout::new(0.3, SeqRng::shared(seed)).unwrap();
+        let x = Tensor::ones((4, 16), DType::F32, &Device::Cpu).unwrap();
+        (0..3).map(|_| d.forward(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    #[test]
+    fn same_seed_same_masks_and_eval_is_identity() {
+        let a = masks(11);
+        assert_eq!(a, masks(11));
+        assert_ne!(a, masks(12));
+        // Successive calls draw fresh masks.
+        assert_ne!(a[0], a[1]);
+        let d = Dropout::new(0.3, SeqRng::shared(0)).unwrap();
+        let x = Tensor::ones(8, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(d.forward(&x, false).unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 8]);
+        assert!(Dropout::new(1.0, SeqRng::shared(0)).is_err());
+    }
+}

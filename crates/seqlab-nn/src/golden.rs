@@ -246,7 +246,10 @@ pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
 pub fn run_case(case: &Case) -> Result<Computed> {
     match case.module.as_str() {
         "layer_norm" => crate::norm::golden_layer_norm(case),
+        "batch_norm1d" => crate::norm::golden_batch_norm1d(case),
         "embedding" => crate::embedding::golden_embedding(case),
+        "cross_entropy" => crate::loss::golden_cross_entropy(case),
+        "adamw" => crate::optim::golden_adamw(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }

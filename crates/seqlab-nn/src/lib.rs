@@ -5,21 +5,27 @@
 //! states the shapes. Layers whose behaviour differs between training and evaluation take a
 //! `train: bool` flag.
 
+pub mod clip;
 pub mod dropout;
 pub mod embedding;
 pub mod golden;
 pub mod io;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod ops;
+pub mod optim;
 pub mod rng;
 pub mod testing;
 pub mod varstore;
 
+pub use clip::{clip_grad_norm, clip_grad_norm_pairs};
 pub use dropout::Dropout;
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
-pub use norm::{LayerNorm, LayerNormConfig};
+pub use loss::{cross_entropy, mse_loss, Reduction};
+pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig};
+pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 pub use rng::{RngState, SeqRng, SharedRng};
 pub use varstore::{Init, VarStore};
 

@@ -94,11 +94,20 @@ impl VarStore {
     }
 
     fn create(&self, name: &str, shape: Shape, init: Init, trainable: bool) -> Result<Var> {
+        self.create_typed(name, shape, init, trainable, DType::F32)
+    }
+
+    fn create_typed(&self, name: &str, shape: Shape, init: Init, trainable: bool, dtype: DType) -> Result<Var> {
         let full = self.path(name);
         let mut t = self.table.lock().unwrap();
         if let Some(e) = t.map.get(&full) {
-            if e.var.shape() != &shape {
-                bail!("parameter {full} exists with shape {:?}, asked for {:?}", e.var.shape(), shape);
+            if e.var.shape() != &shape || e.var.dtype() != dtype {
+                bail!(
+                    "parameter {full} exists as {:?} {:?}, asked for {:?} {dtype:?}",
+                    e.var.dtype(),
+                    e.var.shape(),
+                    shape
+                );
             }
             return Ok(e.var.clone());
         }
@@ -112,7 +121,7 @@ impl VarStore {
                 Init::Normal { mean, std } => rng.normal(shape, mean, std, &self.device)?,
             }
         };
-        let var = Var::from_tensor(&tensor)?;
+        let var = Var::from_tensor(&tensor.to_dtype(dtype)?)?;
         t.order.push(full.clone());
         t.map.insert(full, Entry { var: var.clone(), trainable });
         Ok(var)
@@ -126,6 +135,12 @@ impl VarStore {
     /// A non-trainable buffer such as BatchNorm's running statistics; update it with `Var::set`.
     pub fn buffer<S: Into<Shape>>(&self, name: &str, shape: S, init: Init) -> Result<Var> {
         self.create(name, shape.into(), init, false)
+    }
+
+    /// A non-trainable buffer of another dtype, e.g. BatchNorm's int64 `num_batches_tracked`,
+    /// so that state_dicts round-trip with PyTorch's dtypes. Loading converts to this dtype.
+    pub fn buffer_typed<S: Into<Shape>>(&self, name: &str, shape: S, init: Init, dtype: DType) -> Result<Var> {
+        self.create_typed(name, shape.into(), init, false, dtype)
     }
 
     /// Trainable parameters in creation order, with full names.
@@ -166,7 +181,7 @@ impl VarStore {
                             e.var.dims()
                         ));
                     } else {
-                        e.var.set(&v.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+                        e.var.set(&v.to_dtype(e.var.dtype())?.to_device(&self.device)?)?;
                     }
                 }
             }

@@ -1,0 +1,733 @@
+//! Optimizers (`torch.optim.AdamW`, `torch.optim.SGD`) and their checkpointable state.
+//!
+//! Both are built from `vs.trainable()` (a list of `(name, Var)`), take gradients either from
+//! a [`GradStore`] ([`Optimizer::step`]) or as explicit `(Var, grad)` pairs
+//! ([`Optimizer::step_with`]), and update each parameter with one fused loop over its
+//! storage: on CPU in place through a candle [`InplaceOp2`], elsewhere by a host round trip
+//! and `Var::set`. The per-element arithmetic follows PyTorch's single-tensor (CPU default)
+//! code path operation by operation, with the Python-float scalars (bias corrections, step
+//! size) computed in f64 and rounded to f32 where PyTorch hands them to a float32 kernel.
+//!
+//! Optimizer state is kept as plain `Vec<f32>` per parameter and exported as an
+//! [`OptimizerState`] under PyTorch-like names (`exp_avg.<param>`, `exp_avg_sq.<param>`,
+//! `step.<param>`, `momentum_buffer.<param>`), which [`OptimizerState::save_safetensors`]
+//! writes and [`OptimizerState::load_safetensors`] reads back bit-exactly.
+
+use candle_core::backprop::GradStore;
+use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, TensorId, Var};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A first-order optimizer over a fixed list of named parameters.
+pub trait Optimizer {
+    /// Updates every parameter that has a gradient in `grads`; parameters without one are
+    /// skipped (their state and step count do not advance), as in PyTorch.
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// Like [`Optimizer::step`] with explicit gradients; every `Var` must be one of the
+    /// optimizer's parameters.
+    fn step_with(&mut self, grads: &[(Var, Tensor)]) -> Result<()>;
+    fn lr(&self) -> f64;
+    fn set_lr(&mut self, lr: f64);
+    /// The named parameters, in the order given at construction.
+    fn params(&self) -> Vec<(String, Var)>;
+    /// Everything needed to resume exactly: per-parameter buffers, step counts and `lr`.
+    fn state_dict(&self) -> Result<OptimizerState>;
+    /// Restores a state from [`Optimizer::state_dict`] (also `lr`). Errors name missing,
+    /// unexpected or mis-shaped entries and leave the optimizer unchanged.
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()>;
+}
+
+/// Checkpointable optimizer state.
+#[derive(Clone, Debug)]
+pub struct OptimizerState {
+    /// `"adamw"` or `"sgd"`.
+    pub kind: String,
+    /// Number of `step` calls so far.
+    pub step: u64,
+    pub lr: f64,
+    /// `exp_avg.<param>` etc.; `step.<param>` is an i64 scalar.
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl OptimizerState {
+    /// Writes the state as safetensors (atomically); scalars go into the metadata.
+    pub fn save_safetensors<P: AsRef<Path>>(&self, path: P) -> Result<()> {
+        let md: HashMap<String, String> = [
+            ("optimizer".to_string(), self.kind.clone()),
+            ("step".to_string(), self.step.to_string()),
+            // Rust's f64 Display is the shortest string that parses back to the same value.
+            ("lr".to_string(), self.lr.to_string()),
+        ]
+        .into();
+        crate::io::save_tensors_atomic(&self.tensors, path.as_ref(), Some(md))
+    }
+
+    /// Reads a file written by [`OptimizerState::save_safetensors`].
+    pub fn load_safetensors<P: AsRef<Path>>(path: P) -> Result<Self> {
+        let path = path.as_ref();
+        let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        let md = meta.metadata().clone().unwrap_or_default();
+        let get = |k: &str| md.get(k).cloned().ok_or_else(|| err(format!("no `{k}` metadata")));
+        let kind = get("optimizer")?;
+        let step = get("step")?.parse::<u64>().map_err(|e| err(format!("bad `step`: {e}")))?;
+        let lr = get("lr")?.parse::<f64>().map_err(|e| err(format!("bad `lr`: {e}")))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        Ok(Self { kind, step, lr, tensors })
+    }
+}
+
+/// One parameter and its per-element state.
+struct Slot {
+    name: String,
+    var: Var,
+    /// Adam's `exp_avg` or SGD's momentum buffer (empty until first needed).
+    buf1: Vec<f32>,
+    /// Adam's `exp_avg_sq`.
+    buf2: Vec<f32>,
+    /// Steps this parameter has taken (PyTorch keeps one per parameter).
+    step: u64,
+}
+
+/// Parameter list shared by both optimizers.
+struct Params {
+    slots: Vec<Slot>,
+    index: HashMap<TensorId, usize>,
+}
+
+impl Params {
+    fn new(what: &str, params: Vec<(String, Var)>) -> Result<Self> {
+        let mut index = HashMap::new();
+        let mut slots = Vec::with_capacity(params.len());
+        for (i, (name, var)) in params.into_iter().enumerate() {
+            if var.dtype() != DType::F32 {
+                bail!("{what}: parameter {name} is {:?}, only f32 is supported", var.dtype());
+            }
+            if !var.is_contiguous() {
+                bail!("{what}: parameter {name} is not contiguous");
+            }
+            if index.insert(var.id(), i).is_some() {
+                bail!("{what}: parameter {name} is listed twice");
+            }
+            slots.push(Slot { name, var, buf1: vec![], buf2: vec![], step: 0 });
+        }
+        Ok(Self { slots, index })
+    }
+
+    fn from_store(&self, grads: &GradStore) -> Vec<(usize, Tensor)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| grads.get(s.var.as_tensor()).map(|g| (i, g.clone())))
+            .collect()
+    }
+
+    fn from_pairs(&self, what: &str, grads: &[(Var, Tensor)]) -> Result<Vec<(usize, Tensor)>> {
+        grads
+            .iter()
+            .map(|(v, g)| match self.index.get(&v.id()) {
+                Some(&i) => Ok((i, g.clone())),
+                None => bail!("{what}: step_with got a gradient for a Var that is not one of its parameters"),
+            })
+            .collect()
+    }
+
+    fn list(&self) -> Vec<(String, Var)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.var.clone())).collect()
+    }
+
+    /// Checks that `g` fits slot `i` before anything is modified.
+    fn check_grads(&self, what: &str, grads: &[(usize, Tensor)]) -> Result<()> {
+        for (i, g) in grads {
+            let s = &self.slots[*i];
+            if g.shape() != s.var.shape() {
+                bail!("{what}: gradient of {} has shape {:?}, parameter {:?}", s.name, g.dims(), s.var.dims());
+            }
+            if g.dtype() != DType::F32 {
+                bail!("{what}: gradient of {} is {:?}, expected f32", s.name, g.dtype());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `kernel(param, grad)` over one parameter's storage: in place on CPU, through a host
+/// copy and `Var::set` elsewhere.
+fn update_param(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
+    let grad = grad.contiguous()?;
+    if var.device().is_cpu() && grad.device().is_cpu() {
+        let op = Fused { kernel: RefCell::new(kernel) };
+        var.as_tensor().inplace_op2(&grad, &op)
+    } else {
+        let mut p = var.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        kernel(&mut p, &g);
+        var.set(&Tensor::from_vec(p, var.shape(), var.device())?)
+    }
+}
+
+struct Fused<'a> {
+    kernel: RefCell<&'a mut dyn FnMut(&mut [f32], &[f32])>,
+}
+
+impl InplaceOp2 for Fused<'_> {
+    fn name(&self) -> &'static str {
+        "seqlab-optimizer-update"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("optimizer update needs contiguous tensors");
+        };
+        match (s1, s2) {
+            (CpuStorage::F32(p), CpuStorage::F32(g)) => {
+                (self.kernel.borrow_mut())(&mut p[a0..a1], &g[b0..b1]);
+                Ok(())
+            }
+            _ => bail!("optimizer update needs f32 tensors"),
+        }
+    }
+}
+
+fn check_lr(what: &str, lr: f64) -> Result<()> {
+    if !(lr.is_finite() && lr >= 0.0) {
+        bail!("{what}: lr must be finite and >= 0, got {lr}");
+    }
+    Ok(())
+}
+
+/// Builds the tensors of a state dict from per-slot buffers.
+fn export(slots: &[Slot], names: [&str; 2]) -> Result<HashMap<String, Tensor>> {
+    let mut t = HashMap::new();
+    for s in slots {
+        if s.step == 0 && s.buf1.is_empty() {
+            continue;
+        }
+        t.insert(format!("step.{}", s.name), Tensor::new(s.step as i64, &Device::Cpu)?);
+        for (n, b) in names.iter().zip([&s.buf1, &s.buf2]) {
+            if !n.is_empty() && !b.is_empty() {
+                t.insert(format!("{n}.{}", s.name), Tensor::from_slice(b, s.var.shape(), &Device::Cpu)?);
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Reads per-slot buffers back. `required[k]` says whether buffer k must be present for a
+/// parameter that has a step entry. Returns (step, buf1, buf2) per slot; nothing is modified.
+#[allow(clippy::type_complexity)]
+fn import(
+    what: &str,
+    slots: &[Slot],
+    state: &OptimizerState,
+    kind: &str,
+    names: [&str; 2],
+    required: [bool; 2],
+) -> Result<Vec<(u64, Vec<f32>, Vec<f32>)>> {
+    if state.kind != kind {
+        bail!("{what}: state is for optimizer `{}`, not `{kind}`", state.kind);
+    }
+    let mut problems = Vec::new();
+    let mut used = 0usize;
+    let mut out = Vec::with_capacity(slots.len());
+    for s in slots {
+        let step = match state.tensors.get(&format!("step.{}", s.name)) {
+            None => None,
+            Some(t) => {
+                used += 1;
+                match t.to_dtype(DType::I64).and_then(|t| t.flatten_all()?.to_vec1::<i64>()) {
+                    Ok(v) if v.len() == 1 && v[0] >= 0 => Some(v[0] as u64),
+                    _ => {
+                        problems.push(format!("step.{}: not a non-negative integer scalar", s.name));
+                        None
+                    }
+                }
+            }
+        };
+        let mut bufs = [vec![], vec![]];
+        for k in 0..2 {
+            if names[k].is_empty() {
+                continue;
+            }
+            let key = format!("{}.{}", names[k], s.name);
+            match state.tensors.get(&key) {
+                None if step.is_some() && required[k] => problems.push(format!("missing key {key}")),
+                None => {}
+                Some(t) => {
+                    used += 1;
+                    if t.shape() != s.var.shape() || t.dtype() != DType::F32 {
+                        problems.push(format!("{key}: {:?} {:?}, parameter is {:?} F32", t.dims(), t.dtype(), s.var.dims()));
+                    } else {
+                        bufs[k] = t.flatten_all()?.to_vec1::<f32>()?;
+                    }
+                }
+            }
+        }
+        let [b1, b2] = bufs;
+        out.push((step.unwrap_or(0), b1, b2));
+    }
+    if used != state.tensors.len() {
+        let known: std::collections::HashSet<String> = slots
+            .iter()
+            .flat_map(|s| ["step", names[0], names[1]].into_iter().filter(|n| !n.is_empty()).map(move |n| format!("{n}.{}", s.name)))
+            .collect();
+        for k in state.tensors.keys() {
+            if !known.contains(k) {
+                problems.push(format!("unexpected key {k}"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort();
+        bail!("{what}: state does not fit the parameters: {}", problems.join("; "));
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------
+// AdamW
+
+/// Hyper-parameters of [`AdamW`]; defaults are `torch.optim.AdamW`'s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// Default 1e-3.
+    pub lr: f64,
+    /// Default (0.9, 0.999).
+    pub betas: (f64, f64),
+    /// Default 1e-8.
+    pub eps: f64,
+    /// Decoupled weight decay, default 0.01.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+impl AdamWConfig {
+    pub fn new(lr: f64) -> Self {
+        Self { lr, ..Default::default() }
+    }
+}
+
+/// `torch.optim.AdamW`: `p ← p·(1 − lr·wd)`, then the bias-corrected Adam update.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    params: Params,
+    steps: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        check_lr("AdamW", cfg.lr)?;
+        let (b1, b2) = cfg.betas;
+        if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
+            bail!("AdamW: betas must be in [0, 1), got {:?}", cfg.betas);
+        }
+        if !(cfg.eps >= 0.0 && cfg.eps.is_finite()) || !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
+            bail!("AdamW: eps and weight_decay must be finite and >= 0, got {cfg:?}");
+        }
+        Ok(Self { params: Params::new("AdamW", params)?, cfg, steps: 0 })
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    fn apply(&mut self, grads: Vec<(usize, Tensor)>) -> Result<()> {
+        self.params.check_grads("AdamW", &grads)?;
+        let AdamWConfig { lr, betas: (beta1, beta2), eps, weight_decay } = self.cfg;
+        for (i, g) in grads {
+            let slot = &mut self.params.slots[i];
+            let n = slot.var.elem_count();
+            if slot.buf1.is_empty() {
+                slot.buf1 = vec![0.0; n];
+                slot.buf2 = vec![0.0; n];
+            }
+            slot.step += 1;
+            let step = slot.step as f64;
+            // Scalars as PyTorch's Python code forms them (f64), rounded where a float32
+            // kernel receives them.
+            let decay = (1.0 - lr * weight_decay) as f32;
+            let w = (1.0 - beta1) as f32;
+            let b2 = beta2 as f32;
+            let omb2 = (1.0 - beta2) as f32;
+            let bc1 = 1.0 - beta1.powf(step);
+            let bc2_sqrt = ((1.0 - beta2.powf(step)).sqrt()) as f32;
+            let neg_step_size = (-(lr / bc1)) as f32;
+            let eps = eps as f32;
+            let (m, v) = (&mut slot.buf1, &mut slot.buf2);
+            let mut kernel = |p: &mut [f32], g: &[f32]| {
+                for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
+                    if weight_decay != 0.0 {
+                        *p *= decay;
+                    }
+                    // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
+                    *m = if w.abs() < 0.5 { *m + w * (g - *m) } else { g - (g - *m) * (1.0 - w) };
+                    // `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`
+                    *v = *v * b2 + omb2 * g * g;
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    // `param.addcdiv_(exp_avg, denom, value=-step_size)`
+                    *p += neg_step_size * *m / denom;
+                }
+            };
+            update_param(&slot.var, &g, &mut kernel)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let g = self.params.from_store(grads);
+        self.apply(g)
+    }
+
+    fn step_with(&mut self, grads: &[(Var, Tensor)]) -> Result<()> {
+        let g = self.params.from_pairs("AdamW", grads)?;
+        self.apply(g)
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    fn params(&self) -> Vec<(String, Var)> {
+        self.params.list()
+    }
+
+    fn state_dict(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            kind: "adamw".into(),
+            step: self.steps,
+            lr: self.cfg.lr,
+            tensors: export(&self.params.slots, ["exp_avg", "exp_avg_sq"])?,
+        })
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_lr("AdamW", state.lr)?;
+        let got = import("AdamW", &self.params.slots, state, "adamw", ["exp_avg", "exp_avg_sq"], [true, true])?;
+        for (s, (step, b1, b2)) in self.params.slots.iter_mut().zip(got) {
+            (s.step, s.buf1, s.buf2) = (step, b1, b2);
+        }
+        self.steps = state.step;
+        self.cfg.lr = state.lr;
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// SGD
+
+/// Hyper-parameters of [`Sgd`]; defaults are `torch.optim.SGD`'s (lr has none there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SgdConfig {
+    pub lr: f64,
+    /// Default 0.
+    pub momentum: f64,
+    /// Default 0.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient, default 0.
+    pub weight_decay: f64,
+    /// Default `false`; needs momentum > 0 and dampening 0.
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    pub fn new(lr: f64) -> Self {
+        Self { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
+    }
+}
+
+/// `torch.optim.SGD` with momentum, dampening, weight decay and Nesterov.
+pub struct Sgd {
+    cfg: SgdConfig,
+    params: Params,
+    steps: u64,
+}
+
+impl Sgd {
+    pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self> {
+        check_lr("SGD", cfg.lr)?;
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !(ok(cfg.momentum) && ok(cfg.dampening) && ok(cfg.weight_decay)) {
+            bail!("SGD: momentum, dampening and weight_decay must be finite and >= 0, got {cfg:?}");
+        }
+        if cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0) {
+            bail!("SGD: Nesterov momentum requires a momentum and zero dampening, got {cfg:?}");
+        }
+        Ok(Self { params: Params::new("SGD", params)?, cfg, steps: 0 })
+    }
+
+    pub fn config(&self) -> &SgdConfig {
+        &self.cfg
+    }
+
+    fn apply(&mut self, grads: Vec<(usize, Tensor)>) -> Result<()> {
+        self.params.check_grads("SGD", &grads)?;
+        let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.cfg;
+        let (wd, mom, damp, neg_lr) = (weight_decay as f32, momentum as f32, (1.0 - dampening) as f32, (-lr) as f32);
+        for (i, g) in grads {
+            let slot = &mut self.params.slots[i];
+            slot.step += 1;
+            let first = slot.buf1.is_empty();
+            if momentum != 0.0 && first {
+                slot.buf1 = vec![0.0; slot.var.elem_count()];
+            }
+            let buf = &mut slot.buf1;
+            let mut kernel = |p: &mut [f32], g: &[f32]| {
+                for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
+                    let mut d = if weight_decay != 0.0 { g + wd * *p } else { g };
+                    if momentum != 0.0 {
+                        let b = &mut buf[k];
+                        *b = if first { d } else { *b * mom + damp * d };
+                        d = if nesterov { d + mom * *b } else { *b };
+                    }
+                    *p += neg_lr * d;
+                }
+            };
+            update_param(&slot.var, &g, &mut kernel)?;
+        }
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let g = self.params.from_store(grads);
+        self.apply(g)
+    }
+
+    fn step_with(&mut self, grads: &[(Var, Tensor)]) -> Result<()> {
+        let g = self.params.from_pairs("SGD", grads)?;
+        self.apply(g)
+    }
+
+    fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    fn params(&self) -> Vec<(String, Var)> {
+        self.params.list()
+    }
+
+    fn state_dict(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
+            kind: "sgd".into(),
+            step: self.steps,
+            lr: self.cfg.lr,
+            tensors: export(&self.params.slots, ["momentum_buffer", ""])?,
+        })
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        check_lr("SGD", state.lr)?;
+        let req = self.cfg.momentum != 0.0;
+        let got = import("SGD", &self.params.slots, state, "sgd", ["momentum_buffer", ""], [req, false])?;
+        for (s, (step, b1, _)) in self.params.slots.iter_mut().zip(got) {
+            (s.step, s.buf1) = (step, b1);
+        }
+        self.steps = state.step;
+        self.cfg.lr = state.lr;
+        Ok(())
+    }
+}
+
+/// Golden case `adamw`: `config.steps` AdamW steps on params `w`, `b`, each after clipping
+/// the given gradients `input.grad_w.i`, `input.grad_b.i` to `max_grad_norm`.
+pub(crate) fn golden_adamw(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
+    let vs = crate::VarStore::new(0, &Device::Cpu);
+    let params = case.params();
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    for n in &names {
+        vs.param(n, params[*n].shape(), crate::Init::Zeros)?;
+    }
+    vs.load_state_dict(&params, true)?;
+    let betas: Vec<f64> = case.cfg_or("betas", vec![0.9, 0.999])?;
+    if betas.len() != 2 {
+        bail!("case {}: betas must have two values", case.name);
+    }
+    let cfg = AdamWConfig {
+        lr: case.cfg_or("lr", 1e-3)?,
+        betas: (betas[0], betas[1]),
+        eps: case.cfg_or("eps", 1e-8)?,
+        weight_decay: case.cfg_or("weight_decay", 1e-2)?,
+    };
+    let max_norm: Option<f64> = case.cfg("max_grad_norm")?;
+    let steps: usize = case.cfg_req("steps")?;
+    let mut opt = AdamW::new(vs.trainable(), cfg)?;
+    let mut computed = crate::golden::Computed::default();
+    for i in 0..steps {
+        let mut pairs = Vec::new();
+        for (name, var) in vs.trainable() {
+            pairs.push((var, case.tensor(&format!("input.grad_{name}.{i}"))?));
+        }
+        if let Some(m) = max_norm {
+            crate::clip::clip_grad_norm_pairs(&mut pairs, m)?;
+        }
+        opt.step_with(&pairs)?;
+        for (name, var) in vs.trainable() {
+            computed.outputs.insert(format!("{name}.{i}"), var.as_tensor().copy()?);
+        }
+    }
+    Ok(computed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Init, VarStore};
+
+    fn setup(seed: u64) -> (VarStore, Tensor) {
+        let vs = VarStore::new(seed, &Device::Cpu);
+        vs.param("w", (3, 4), Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
+        vs.param("b", 4, Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
+        let x = crate::SeqRng::new(99).normal((5, 3), 0.0, 1.0, &Device::Cpu).unwrap();
+        (vs, x)
+    }
+
+    fn loss(vs: &VarStore, x: &Tensor) -> Tensor {
+        let w = vs.get("w").unwrap();
+        let b = vs.get("b").unwrap();
+        let y = x.matmul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
+        y.tanh().unwrap().sqr().unwrap().sum_all().unwrap()
+    }
+
+    fn values(vs: &VarStore) -> Vec<Vec<f32>> {
+        vs.trainable().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    /// Expected values: `torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8,
+    /// weight_decay=0.5)` with w = [1., -2., 3.] and a constant grad [0.5, -1., 0.] for two
+    /// steps (PyTorch 2.15, float32): after step 1 [0.85, -1.8, 2.85], after step 2
+    /// [0.70749998, -1.6099999, 2.7074999].
+    #[test]
+    fn adamw_matches_torch_on_a_small_case() {
+        let w = Var::new(&[1f32, -2., 3.], &Device::Cpu).unwrap();
+        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() };
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
+        let g = Tensor::new(&[0.5f32, -1., 0.], &Device::Cpu).unwrap();
+        opt.step_with(&[(w.clone(), g.clone())]).unwrap();
+        let a = w.to_vec1::<f32>().unwrap();
+        for (x, y) in a.iter().zip([0.85f32, -1.8, 2.85]) {
+            assert!((x - y).abs() < 1e-6, "{a:?}");
+        }
+        opt.step_with(&[(w.clone(), g)]).unwrap();
+        let a = w.to_vec1::<f32>().unwrap();
+        for (x, y) in a.iter().zip([0.70749998f32, -1.6099999, 2.7074999]) {
+            assert!((x - y).abs() < 1e-6, "{a:?}");
+        }
+    }
+
+    /// `torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True)`, w =
+    /// [1., -2.], constant grad [0.5, 1.], two steps (PyTorch 2.15): [0.886, -2.152],
+    /// [0.72556597, -2.365912].
+    #[test]
+    fn sgd_nesterov_matches_torch() {
+        let w = Var::new(&[1f32, -2.], &Device::Cpu).unwrap();
+        let cfg = SgdConfig { momentum: 0.9, weight_decay: 0.1, nesterov: true, ..SgdConfig::new(0.1) };
+        let mut opt = Sgd::new(vec![("w".into(), w.clone())], cfg).unwrap();
+        let g = Tensor::new(&[0.5f32, 1.], &Device::Cpu).unwrap();
+        opt.step_with(&[(w.clone(), g.clone())]).unwrap();
+        let a = w.to_vec1::<f32>().unwrap();
+        for (x, y) in a.iter().zip([0.886f32, -2.152]) {
+            assert!((x - y).abs() < 1e-6, "{a:?}");
+        }
+        opt.step_with(&[(w.clone(), g)]).unwrap();
+        let a = w.to_vec1::<f32>().unwrap();
+        for (x, y) in a.iter().zip([0.72556597f32, -2.365912]) {
+            assert!((x - y).abs() < 1e-6, "{a:?}");
+        }
+    }
+
+    fn run_resume<O: Optimizer>(make: impl Fn(&VarStore) -> O, tag: &str) {
+        let (k, total) = (3, 6);
+        // Uninterrupted run.
+        let (vs_a, x) = setup(5);
+        let mut a = make(&vs_a);
+        for _ in 0..total {
+            a.step(&loss(&vs_a, &x).backward().unwrap()).unwrap();
+        }
+        // k steps, checkpoint params + optimizer to disk, resume in fresh objects.
+        let (vs_b, _) = setup(5);
+        let mut b = make(&vs_b);
+        for _ in 0..k {
+            b.step(&loss(&vs_b, &x).backward().unwrap()).unwrap();
+        }
+        b.set_lr(b.lr() * 0.5);
+        let dir = std::env::temp_dir().join(format!("seqlab-optim-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        vs_b.save_safetensors(dir.join("model.safetensors")).unwrap();
+        b.state_dict().unwrap().save_safetensors(dir.join("optim.safetensors")).unwrap();
+        let (vs_c, _) = setup(77);
+        vs_c.load_safetensors(dir.join("model.safetensors"), true).unwrap();
+        let mut c = make(&vs_c);
+        c.load_state(&OptimizerState::load_safetensors(dir.join("optim.safetensors")).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(c.lr(), b.lr());
+        assert_eq!(c.state_dict().unwrap().step, k as u64);
+        c.set_lr(a.lr());
+        for _ in k..total {
+            c.step(&loss(&vs_c, &x).backward().unwrap()).unwrap();
+        }
+        assert_eq!(values(&vs_a), values(&vs_c), "{tag}: resumed run differs");
+        assert_ne!(values(&vs_a), values(&setup(5).0));
+    }
+
+    #[test]
+    fn adamw_resumes_bit_exactly() {
+        run_resume(|vs| AdamW::new(vs.trainable(), AdamWConfig::new(0.05)).unwrap(), "adamw");
+    }
+
+    #[test]
+    fn sgd_resumes_bit_exactly() {
+        let cfg = SgdConfig { momentum: 0.9, dampening: 0.1, weight_decay: 0.01, ..SgdConfig::new(0.05) };
+        run_resume(|vs| Sgd::new(vs.trainable(), cfg.clone()).unwrap(), "sgd");
+    }
+
+    #[test]
+    fn bad_config_and_state_are_errors() {
+        let (vs, _) = setup(1);
+        assert!(AdamW::new(vs.trainable(), AdamWConfig { betas: (1.0, 0.9), ..Default::default() }).is_err());
+        assert!(AdamW::new(vs.trainable(), AdamWConfig::new(-1.0)).is_err());
+        assert!(Sgd::new(vs.trainable(), SgdConfig { nesterov: true, ..SgdConfig::new(0.1) }).is_err());
+        let mut opt = AdamW::new(vs.trainable(), AdamWConfig::default()).unwrap();
+        let wrong = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let w = vs.get("w").unwrap();
+        assert!(opt.step_with(&[(w, wrong.clone())]).is_err());
+        let stranger = Var::new(&[1f32], &Device::Cpu).unwrap();
+        assert!(opt.step_with(&[(stranger.clone(), stranger.as_tensor().clone())]).is_err());
+        let mut st = opt.state_dict().unwrap();
+        st.tensors.insert("exp_avg.nope".into(), wrong.clone());
+        let e = opt.load_state(&st).unwrap_err().to_string();
+        assert!(e.contains("unexpected key exp_avg.nope"), "{e}");
+        st.kind = "sgd".into();
+        assert!(opt.load_state(&st).is_err());
+    }
+
+    #[test]
+    fn params_without_grad_are_skipped() {
+        let (vs, x) = setup(2);
+        let extra = vs.param("unused", 2, Init::Ones).unwrap();
+        let mut opt = AdamW::new(vs.trainable(), AdamWConfig::default()).unwrap();
+        opt.step(&loss(&vs, &x).backward().unwrap()).unwrap();
+        assert_eq!(extra.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert!(!opt.state_dict().unwrap().tensors.contains_key("step.unused"));
+    }
+}
