@@ -247,6 +247,8 @@ pub fn run_case(case: &Case) -> Result<Computed> {
     match case.module.as_str() {
         "layer_norm" => crate::norm::golden_layer_norm(case),
         "embedding" => crate::embedding::golden_embedding(case),
+        "rnn" | "lstm" | "gru" => crate::recurrent::golden_recurrent(case),
+        "seed_model" => crate::recurrent::golden_seed_model(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }

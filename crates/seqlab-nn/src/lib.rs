@@ -12,6 +12,8 @@ pub mod io;
 pub mod linear;
 pub mod norm;
 pub mod ops;
+pub mod recurrent;
+pub mod recurrent_fused;
 pub mod rng;
 pub mod testing;
 pub mod varstore;
@@ -20,6 +22,10 @@ pub use dropout::Dropout;
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{LayerNorm, LayerNormConfig};
+pub use recurrent::{
+    CellKind, Gru, GruConfig, Lstm, LstmConfig, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig,
+    RecurrentConfig, Rnn, RnnConfig,
+};
 pub use rng::{RngState, SeqRng, SharedRng};
 pub use varstore::{Init, VarStore};
 
