@@ -250,6 +250,8 @@ pub fn run_case(case: &Case) -> Result<Computed> {
         "embedding" => crate::embedding::golden_embedding(case),
         "cross_entropy" => crate::loss::golden_cross_entropy(case),
         "adamw" => crate::optim::golden_adamw(case),
+        "rnn" | "lstm" | "gru" => crate::recurrent::golden_recurrent(case),
+        "seed_model" => crate::recurrent::golden_seed_model(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }

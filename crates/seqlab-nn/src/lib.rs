@@ -15,6 +15,8 @@ pub mod loss;
 pub mod norm;
 pub mod ops;
 pub mod optim;
+pub mod recurrent;
+pub mod recurrent_fused;
 pub mod rng;
 pub mod testing;
 pub mod varstore;
@@ -26,6 +28,10 @@ pub use linear::{Linear, LinearConfig};
 pub use loss::{cross_entropy, mse_loss, Reduction};
 pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
+pub use recurrent::{
+    CellKind, Gru, GruConfig, Lstm, LstmConfig, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig,
+    RecurrentConfig, Rnn, RnnConfig,
+};
 pub use rng::{RngState, SeqRng, SharedRng};
 pub use varstore::{Init, VarStore};
 

@@ -1,0 +1,677 @@
+//! `nn.RNN`, `nn.LSTM`, `nn.GRU` with PyTorch's semantics and parameter names, and the
+//! [`RecurrentClassifier`] (recurrent layer → last step → `nn.Linear`).
+//!
+//! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (candle
+//! ops), then the whole recurrence as one fused op ([`crate::recurrent_fused`]) with a
+//! hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
+//! through exactly this one.
+//!
+//! Variable-length batches: `lengths[b]` is sequence b's valid length. Outputs past it are
+//! zero, the final states are those of its last valid step, and the reverse direction starts
+//! at its own last valid step — what PyTorch gives with `pack_padded_sequence(x, lengths,
+//! enforce_sorted=False)` → RNN → `pad_packed_sequence(total_length=T)`.
+
+use crate::recurrent_fused::{FusedCell, FusedRecurrence, FusedSpec};
+use crate::{Dropout, Init, Linear, LinearConfig, VarStore};
+use candle_core::{bail, DType, Result, Tensor};
+
+/// Nonlinearity of a plain RNN (`nonlinearity=` in PyTorch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nonlinearity {
+    Tanh,
+    Relu,
+}
+
+/// The kind of recurrent cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellKind {
+    Rnn(Nonlinearity),
+    Lstm,
+    Gru,
+}
+
+impl CellKind {
+    /// "rnn" (tanh), "rnn_relu", "lstm", "gru".
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "rnn" | "rnn_tanh" => CellKind::Rnn(Nonlinearity::Tanh),
+            "rnn_relu" => CellKind::Rnn(Nonlinearity::Relu),
+            "lstm" => CellKind::Lstm,
+            "gru" => CellKind::Gru,
+            other => bail!("unknown recurrent cell `{other}` (expected rnn, rnn_relu, lstm or gru)"),
+        })
+    }
+
+    fn fused(self) -> FusedCell {
+        match self {
+            CellKind::Rnn(Nonlinearity::Tanh) => FusedCell::RnnTanh,
+            CellKind::Rnn(Nonlinearity::Relu) => FusedCell::RnnRelu,
+            CellKind::Lstm => FusedCell::Lstm,
+            CellKind::Gru => FusedCell::Gru,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CellKind::Rnn(_) => "RNN",
+            CellKind::Lstm => "LSTM",
+            CellKind::Gru => "GRU",
+        }
+    }
+}
+
+/// Configuration shared by [`Rnn`], [`Lstm`] and [`Gru`]; defaults follow PyTorch:
+/// `num_layers = 1`, `bias = true`, `batch_first = false`, `dropout = 0.0` (applied to the
+/// outputs of every layer but the last, in training only), `bidirectional = false`,
+/// `proj_size = 0` (LSTM only; must be < `hidden_size`), `nonlinearity = Tanh` (RNN only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecurrentConfig {
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub bias: bool,
+    pub batch_first: bool,
+    pub dropout: f64,
+    pub bidirectional: bool,
+    pub proj_size: usize,
+    pub nonlinearity: Nonlinearity,
+}
+
+/// `nn.RNN`'s arguments.
+pub type RnnConfig = RecurrentConfig;
+/// `nn.LSTM`'s arguments.
+pub type LstmConfig = RecurrentConfig;
+/// `nn.GRU`'s arguments.
+pub type GruConfig = RecurrentConfig;
+
+impl RecurrentConfig {
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        Self {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            dropout: 0.0,
+            bidirectional: false,
+            proj_size: 0,
+            nonlinearity: Nonlinearity::Tanh,
+        }
+    }
+
+    fn directions(&self) -> usize {
+        if self.bidirectional {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Size of h: `proj_size` when set, else `hidden_size`.
+    pub fn h_out(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
+    }
+
+    fn validate(&self, cell: CellKind) -> Result<()> {
+        let n = cell.name();
+        if self.input_size == 0 || self.hidden_size == 0 {
+            bail!("{n}: input_size and hidden_size must be positive, got {self:?}");
+        }
+        if self.num_layers == 0 {
+            bail!("{n}: num_layers must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("{n}: dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if self.proj_size > 0 && cell != CellKind::Lstm {
+            bail!("{n}: proj_size is only supported by LSTM");
+        }
+        if self.proj_size >= self.hidden_size && self.proj_size > 0 {
+            bail!("{n}: proj_size ({}) must be smaller than hidden_size ({})", self.proj_size, self.hidden_size);
+        }
+        Ok(())
+    }
+}
+
+struct DirParams {
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Option<Tensor>,
+    b_hh: Option<Tensor>,
+    w_hr: Option<Tensor>,
+}
+
+/// The common multi-layer, optionally bidirectional stack behind the three public types.
+struct Stack {
+    cell: CellKind,
+    cfg: RecurrentConfig,
+    /// `layers[l][d]`, d = 0 forward, 1 reverse.
+    layers: Vec<Vec<DirParams>>,
+    dropout: Dropout,
+}
+
+/// Final states and outputs of a stack.
+struct StackOut {
+    out: Tensor,
+    hn: Tensor,
+    cn: Option<Tensor>,
+}
+
+impl Stack {
+    fn new(cell: CellKind, cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
+        let mut cfg = cfg.clone();
+        if let CellKind::Rnn(nl) = cell {
+            cfg.nonlinearity = nl;
+        }
+        cfg.validate(cell)?;
+        let gh = cell.fused().gates() * cfg.hidden_size;
+        let p = cfg.h_out();
+        // PyTorch initialises every weight and bias U(-1/sqrt(hidden_size), +).
+        let init = Init::uniform_fan(cfg.hidden_size);
+        let mut layers = Vec::new();
+        // Creation order = PyTorch's `_flat_weights_names`, so state_dict order matches.
+        for l in 0..cfg.num_layers {
+            let in_l = if l == 0 { cfg.input_size } else { p * cfg.directions() };
+            let mut dirs = Vec::new();
+            for d in 0..cfg.directions() {
+                let sfx = if d == 1 { "_reverse" } else { "" };
+                let w_ih = vs.param(&format!("weight_ih_l{l}{sfx}"), (gh, in_l), init)?;
+                let w_hh = vs.param(&format!("weight_hh_l{l}{sfx}"), (gh, p), init)?;
+                let (b_ih, b_hh) = if cfg.bias {
+                    (
+                        Some(vs.param(&format!("bias_ih_l{l}{sfx}"), gh, init)?),
+                        Some(vs.param(&format!("bias_hh_l{l}{sfx}"), gh, init)?),
+                    )
+                } else {
+                    (None, None)
+                };
+                let w_hr = if cfg.proj_size > 0 {
+                    Some(vs.param(&format!("weight_hr_l{l}{sfx}"), (p, cfg.hidden_size), init)?)
+                } else {
+                    None
+                };
+                dirs.push(DirParams { w_ih, w_hh, b_ih, b_hh, w_hr });
+            }
+            layers.push(dirs);
+        }
+        let dropout = Dropout::new(cfg.dropout, vs.rng())?;
+        Ok(Self { cell, cfg, layers, dropout })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+        train: bool,
+    ) -> Result<StackOut> {
+        let n = self.cell.name();
+        let cfg = &self.cfg;
+        if x.rank() != 3 {
+            bail!("{n}: input must be 3-D ({}), got shape {:?}", if cfg.batch_first { "B, T, I" } else { "T, B, I" }, x.dims());
+        }
+        if x.dtype() != DType::F32 {
+            bail!("{n}: input must be f32, got {:?}", x.dtype());
+        }
+        let x = if cfg.batch_first { x.transpose(0, 1)?.contiguous()? } else { x.clone() };
+        let (t_len, bsz, i_size) = x.dims3()?;
+        if i_size != cfg.input_size {
+            bail!("{n}: input feature size {i_size}, expected input_size {}", cfg.input_size);
+        }
+        if t_len == 0 || bsz == 0 {
+            bail!("{n}: empty input of shape {:?}", x.dims());
+        }
+        if let Some(l) = lengths {
+            if l.len() != bsz {
+                bail!("{n}: {} lengths for a batch of {bsz}", l.len());
+            }
+            if let Some(bad) = l.iter().find(|&&v| v == 0 || v > t_len) {
+                bail!("{n}: every length must be in 1..={t_len}, got {bad}");
+            }
+        }
+        let (h, p, dirs, layers) = (cfg.hidden_size, cfg.h_out(), cfg.directions(), cfg.num_layers);
+        let check_state = |s: Option<&Tensor>, what: &str, size: usize| -> Result<()> {
+            if let Some(s) = s {
+                if s.dims() != [layers * dirs, bsz, size] {
+                    bail!("{n}: {what} must have shape {:?}, got {:?}", [layers * dirs, bsz, size], s.dims());
+                }
+            }
+            Ok(())
+        };
+        check_state(h0, "h0", p)?;
+        check_state(c0, "c0", h)?;
+        let lstm = self.cell == CellKind::Lstm;
+        let gru = self.cell == CellKind::Gru;
+        let dev = &x.device().clone();
+        let zeros_state = Tensor::zeros(bsz * p + if lstm { bsz * h } else { 0 }, DType::F32, dev)?;
+        let mut layer_in = x;
+        let mut hns = Vec::new();
+        let mut cns = Vec::new();
+        for (l, dparams) in self.layers.iter().enumerate() {
+            let mut outs = Vec::new();
+            for (d, prm) in dparams.iter().enumerate() {
+                let idx = l * dirs + d;
+                // Bias terms that merely add can join the input projection; GRU's b_hn is
+                // multiplied by r and must stay inside the recurrence.
+                let (bias_x, b_hn) = match (&prm.b_ih, &prm.b_hh) {
+                    (Some(bi), Some(bh)) if gru => {
+                        let rz = bh.narrow(0, 0, 2 * h)?;
+                        let pad = Tensor::zeros(h, DType::F32, dev)?;
+                        (Some((bi + Tensor::cat(&[&rz, &pad], 0)?)?), Some(bh.narrow(0, 2 * h, h)?))
+                    }
+                    (Some(bi), Some(bh)) => (Some((bi + bh)?), None),
+                    _ => (None, None),
+                };
+                let gx = crate::ops::linear(&layer_in, &prm.w_ih, bias_x.as_ref())?;
+                let state0 = if h0.is_none() && c0.is_none() {
+                    zeros_state.clone()
+                } else {
+                    let hs = match h0 {
+                        Some(t) => t.get(idx)?.flatten_all()?,
+                        None => Tensor::zeros(bsz * p, DType::F32, dev)?,
+                    };
+                    if lstm {
+                        let cs = match c0 {
+                            Some(t) => t.get(idx)?.flatten_all()?,
+                            None => Tensor::zeros(bsz * h, DType::F32, dev)?,
+                        };
+                        Tensor::cat(&[&hs, &cs], 0)?
+                    } else {
+                        hs
+                    }
+                };
+                let mut wparts = vec![prm.w_hh.flatten_all()?];
+                if let Some(w) = &prm.w_hr {
+                    wparts.push(w.flatten_all()?);
+                }
+                if let Some(b) = &b_hn {
+                    wparts.push(b.clone());
+                }
+                let w = if wparts.len() == 1 { wparts.pop().unwrap() } else { Tensor::cat(&wparts, 0)? };
+                let spec = FusedSpec {
+                    cell: self.cell.fused(),
+                    seq_len: t_len,
+                    batch: bsz,
+                    hidden: h,
+                    out: p,
+                    proj: prm.w_hr.is_some(),
+                    gru_bhn: b_hn.is_some(),
+                    reverse: d == 1,
+                    lengths: lengths.map(|l| l.to_vec()),
+                };
+                let (out, hn, cn) = FusedRecurrence::run(spec, &gx, &state0, &w)?;
+                outs.push(out);
+                hns.push(hn);
+                if let Some(c) = cn {
+                    cns.push(c);
+                }
+            }
+            let out = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
+            layer_in = if l + 1 < layers { self.dropout.forward(&out, train)? } else { out };
+        }
+        let out = if cfg.batch_first { layer_in.transpose(0, 1)?.contiguous()? } else { layer_in };
+        let hn = Tensor::stack(&hns, 0)?;
+        let cn = if lstm { Some(Tensor::stack(&cns, 0)?) } else { None };
+        Ok(StackOut { out, hn, cn })
+    }
+}
+
+macro_rules! simple_recurrent {
+    ($(#[$doc:meta])* $name:ident, $cell:expr) => {
+        $(#[$doc])*
+        pub struct $name {
+            stack: Stack,
+        }
+
+        impl $name {
+            pub fn new(cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
+                Ok(Self { stack: Stack::new($cell(cfg), cfg, vs)? })
+            }
+
+            pub fn config(&self) -> &RecurrentConfig {
+                &self.stack.cfg
+            }
+
+            /// `x`: (T, B, input_size), or (B, T, input_size) with `batch_first`;
+            /// `h0`: (D*num_layers, B, hidden_size), zeros when `None`; `lengths`: valid
+            /// length of each sequence (see the module doc). Returns `out` (T, B, D*hidden_size)
+            /// (batch-first if configured; zero past each length) and `hn` (D*num_layers, B,
+            /// hidden_size), layer-major with the reverse direction second, as PyTorch.
+            pub fn forward(
+                &self,
+                x: &Tensor,
+                h0: Option<&Tensor>,
+                lengths: Option<&[usize]>,
+                train: bool,
+            ) -> Result<(Tensor, Tensor)> {
+                let r = self.stack.forward(x, h0, None, lengths, train)?;
+                Ok((r.out, r.hn))
+            }
+        }
+    };
+}
+
+simple_recurrent!(
+    /// `nn.RNN`: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu per
+    /// `cfg.nonlinearity`.
+    Rnn,
+    |c: &RecurrentConfig| CellKind::Rnn(c.nonlinearity)
+);
+simple_recurrent!(
+    /// `nn.GRU`: r = σ(W_ir x + b_ir + W_hr h + b_hr), z likewise, n = tanh(W_in x + b_in +
+    /// r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+    Gru,
+    |_c: &RecurrentConfig| CellKind::Gru
+);
+
+/// `nn.LSTM` with gates i, f, g, o, and optional projection (`proj_size`, parameter
+/// `weight_hr_l{k}`): h = (o * tanh c) @ W_hr^T.
+pub struct Lstm {
+    stack: Stack,
+}
+
+impl Lstm {
+    pub fn new(cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
+        Ok(Self { stack: Stack::new(CellKind::Lstm, cfg, vs)? })
+    }
+
+    pub fn config(&self) -> &RecurrentConfig {
+        &self.stack.cfg
+    }
+
+    /// `x`: (T, B, input_size), or (B, T, input_size) with `batch_first`; `state0`:
+    /// `(h0 (D*num_layers, B, H_out), c0 (D*num_layers, B, hidden_size))`, zeros when `None`;
+    /// `lengths` as in the module doc. H_out = `proj_size` if set, else `hidden_size`.
+    /// Returns `(out (T, B, D*H_out) [batch-first if configured], hn (D*num_layers, B, H_out),
+    /// cn (D*num_layers, B, hidden_size))`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        state0: Option<(&Tensor, &Tensor)>,
+        lengths: Option<&[usize]>,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let r = self.stack.forward(x, state0.map(|s| s.0), state0.map(|s| s.1), lengths, train)?;
+        Ok((r.out, r.hn, r.cn.expect("LSTM has a cell state")))
+    }
+}
+
+/// Configuration of [`RecurrentClassifier`]. Defaults: `num_layers = 1`,
+/// `bidirectional = false`, `dropout = 0.0` (between recurrent layers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecurrentClassifierConfig {
+    pub cell: CellKind,
+    pub input_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub bidirectional: bool,
+    pub dropout: f64,
+    pub num_classes: usize,
+}
+
+impl RecurrentClassifierConfig {
+    pub fn new(cell: CellKind, input_size: usize, hidden_size: usize, num_classes: usize) -> Self {
+        Self { cell, input_size, hidden_size, num_layers: 1, bidirectional: false, dropout: 0.0, num_classes }
+    }
+}
+
+/// The classic sequence classifier: a batch-first recurrent layer (`rnn.*`), the feature of
+/// each sequence's last step, then `nn.Linear` (`fc.*`).
+///
+/// The feature is the last layer's final hidden state: for one direction this is the output
+/// at the sequence's last valid step (`out[:, -1]` when there is no padding, as in PyTorch's
+/// reference model); bidirectional, it is the forward direction's output at the last valid
+/// step concatenated with the backward direction's output at t = 0 (each direction's summary
+/// of the whole sequence — unlike `out[:, -1]`, whose backward half has seen one step only).
+pub struct RecurrentClassifier {
+    cfg: RecurrentClassifierConfig,
+    stack: Stack,
+    pub fc: Linear,
+}
+
+impl RecurrentClassifier {
+    pub fn new(cfg: &RecurrentClassifierConfig, vs: &VarStore) -> Result<Self> {
+        if cfg.num_classes == 0 {
+            bail!("RecurrentClassifier: num_classes must be positive");
+        }
+        let rc = RecurrentConfig {
+            num_layers: cfg.num_layers,
+            batch_first: true,
+            dropout: cfg.dropout,
+            bidirectional: cfg.bidirectional,
+            ..RecurrentConfig::new(cfg.input_size, cfg.hidden_size)
+        };
+        let stack = Stack::new(cfg.cell, &rc, &vs.pp("rnn"))?;
+        let d = if cfg.bidirectional { 2 } else { 1 };
+        let fc = Linear::new(&LinearConfig::new(d * cfg.hidden_size, cfg.num_classes), &vs.pp("fc"))?;
+        Ok(Self { cfg: cfg.clone(), stack, fc })
+    }
+
+    pub fn config(&self) -> &RecurrentClassifierConfig {
+        &self.cfg
+    }
+
+    /// `x`: (B, T, input_size) f32 features (e.g. embeddings); `lengths`: valid length per
+    /// sequence (all T when `None`). Returns logits (B, num_classes).
+    pub fn forward(&self, x: &Tensor, lengths: Option<&[usize]>, train: bool) -> Result<Tensor> {
+        let r = self.stack.forward(x, None, None, lengths, train)?;
+        let dirs = if self.cfg.bidirectional { 2 } else { 1 };
+        let last = r.hn.narrow(0, (self.cfg.num_layers - 1) * dirs, dirs)?;
+        // (D, B, H) → (B, D*H), forward direction first.
+        let feat = last.transpose(0, 1)?.contiguous()?.flatten_from(1)?;
+        self.fc.forward(&feat)
+    }
+}
+
+fn case_lengths(inp: &crate::golden::Inputs) -> Result<Option<Vec<usize>>> {
+    match inp.opt("lengths") {
+        None => Ok(None),
+        Some(t) => Ok(Some(t.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v.max(0) as usize).collect())),
+    }
+}
+
+fn case_config(case: &crate::golden::Case) -> Result<RecurrentConfig> {
+    let d = RecurrentConfig::new(case.cfg_req("input_size")?, case.cfg_req("hidden_size")?);
+    let nl: String = case.cfg_or("nonlinearity", "tanh".to_string())?;
+    Ok(RecurrentConfig {
+        num_layers: case.cfg_or("num_layers", d.num_layers)?,
+        bias: case.cfg_or("bias", d.bias)?,
+        batch_first: case.cfg_or("batch_first", d.batch_first)?,
+        dropout: case.cfg_or("dropout", d.dropout)?,
+        bidirectional: case.cfg_or("bidirectional", d.bidirectional)?,
+        proj_size: case.cfg_or("proj_size", d.proj_size)?,
+        nonlinearity: match nl.as_str() {
+            "tanh" => Nonlinearity::Tanh,
+            "relu" => Nonlinearity::Relu,
+            o => bail!("case {}: unknown nonlinearity `{o}`", case.name),
+        },
+        ..d
+    })
+}
+
+/// Golden cases `rnn`, `lstm`, `gru`: `nn.RNN/LSTM/GRU(**config)(x[, h0 / (h0, c0)])` →
+/// `out`, `hn` (`cn`). An optional int64 `input.lengths` runs the batch as
+/// `pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False)` →
+/// `pad_packed_sequence(total_length=T)`.
+pub(crate) fn golden_recurrent(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
+    let vs = VarStore::new(0, &candle_core::Device::Cpu);
+    let cfg = case_config(case)?;
+    let cell = match case.module.as_str() {
+        "rnn" => CellKind::Rnn(cfg.nonlinearity),
+        "lstm" => CellKind::Lstm,
+        "gru" => CellKind::Gru,
+        o => bail!("case {}: not a recurrent module `{o}`", case.name),
+    };
+    let stack = Stack::new(cell, &cfg, &vs)?;
+    crate::golden::run_standard(case, &vs, |inp| {
+        let lengths = case_lengths(inp)?;
+        let (h0, c0) = (inp.opt("h0"), inp.opt("c0"));
+        let r = stack.forward(&inp.get("x")?, h0.as_ref(), c0.as_ref(), lengths.as_deref(), false)?;
+        let mut m: std::collections::HashMap<String, Tensor> = [("out".to_string(), r.out), ("hn".to_string(), r.hn)].into();
+        if let Some(c) = r.cn {
+            m.insert("cn".to_string(), c);
+        }
+        Ok(m)
+    })
+}
+
+/// Golden case `seed_model`: `cell` layer (batch_first) → last step → `nn.Linear` → `y`.
+pub(crate) fn golden_seed_model(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
+    let vs = VarStore::new(0, &candle_core::Device::Cpu);
+    let cell: String = case.cfg_req("cell")?;
+    let cfg = RecurrentClassifierConfig {
+        num_layers: case.cfg_or("num_layers", 1)?,
+        bidirectional: case.cfg_or("bidirectional", false)?,
+        ..RecurrentClassifierConfig::new(
+            CellKind::parse(&cell)?,
+            case.cfg_req("input_size")?,
+            case.cfg_req("hidden_size")?,
+            case.cfg_req("output_size")?,
+        )
+    };
+    let model = RecurrentClassifier::new(&cfg, &vs)?;
+    crate::golden::run_standard(case, &vs, |inp| {
+        let lengths = case_lengths(inp)?;
+        Ok([("y".to_string(), model.forward(&inp.get("x")?, lengths.as_deref(), false)?)].into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::assert_all_params_get_grad;
+    use crate::SeqRng;
+    use candle_core::Device;
+
+    fn input(shape: (usize, usize, usize)) -> Tensor {
+        SeqRng::new(7).normal(shape, 0.0, 1.0, &Device::Cpu).unwrap()
+    }
+
+    fn bidir_cfg() -> RecurrentConfig {
+        RecurrentConfig { num_layers: 2, bidirectional: true, ..RecurrentConfig::new(4, 6) }
+    }
+
+    #[test]
+    fn parameter_names_shapes_and_order_follow_pytorch() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let cfg = RecurrentConfig { proj_size: 3, ..bidir_cfg() };
+        Lstm::new(&cfg, &vs).unwrap();
+        let sd: Vec<(String, Vec<usize>)> = vs.state_dict().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+        // torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3).state_dict()
+        let want: Vec<(&str, Vec<usize>)> = vec![
+            ("weight_ih_l0", vec![24, 4]),
+            ("weight_hh_l0", vec![24, 3]),
+            ("bias_ih_l0", vec![24]),
+            ("bias_hh_l0", vec![24]),
+            ("weight_hr_l0", vec![3, 6]),
+            ("weight_ih_l0_reverse", vec![24, 4]),
+            ("weight_hh_l0_reverse", vec![24, 3]),
+            ("bias_ih_l0_reverse", vec![24]),
+            ("bias_hh_l0_reverse", vec![24]),
+            ("weight_hr_l0_reverse", vec![3, 6]),
+            ("weight_ih_l1", vec![24, 6]),
+            ("weight_hh_l1", vec![24, 3]),
+            ("bias_ih_l1", vec![24]),
+            ("bias_hh_l1", vec![24]),
+            ("weight_hr_l1", vec![3, 6]),
+            ("weight_ih_l1_reverse", vec![24, 6]),
+            ("weight_hh_l1_reverse", vec![24, 3]),
+            ("bias_ih_l1_reverse", vec![24]),
+            ("bias_hh_l1_reverse", vec![24]),
+            ("weight_hr_l1_reverse", vec![3, 6]),
+        ];
+        let want: Vec<(String, Vec<usize>)> = want.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
+        assert_eq!(sd, want);
+        let b = 1.0 / 6f32.sqrt();
+        for (_, t) in vs.state_dict() {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(v.iter().all(|x| x.abs() <= b));
+        }
+    }
+
+    #[test]
+    fn bad_configs_and_inputs_are_errors() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let c = RecurrentConfig::new(4, 6);
+        assert!(Lstm::new(&RecurrentConfig { proj_size: 6, ..c.clone() }, &vs).is_err());
+        assert!(Gru::new(&RecurrentConfig { proj_size: 2, ..c.clone() }, &vs).is_err());
+        assert!(Rnn::new(&RecurrentConfig { dropout: 1.0, ..c.clone() }, &vs).is_err());
+        assert!(Rnn::new(&RecurrentConfig { num_layers: 0, ..c.clone() }, &vs).is_err());
+        let rnn = Rnn::new(&c, &vs).unwrap();
+        assert!(rnn.forward(&input((3, 2, 5)), None, None, false).is_err());
+        assert!(rnn.forward(&input((3, 2, 4)), None, Some(&[3, 4]), false).is_err());
+        assert!(rnn.forward(&input((3, 2, 4)), None, Some(&[3]), false).is_err());
+        assert!(rnn.forward(&input((3, 2, 4)), Some(&input((1, 3, 6))), None, false).is_err());
+        assert!(CellKind::parse("transformer").is_err());
+    }
+
+    #[test]
+    fn rnn_bidirectional_two_layers_gets_all_gradients() {
+        let vs = VarStore::new(1, &Device::Cpu);
+        let m = Rnn::new(&bidir_cfg(), &vs).unwrap();
+        let (out, hn) = m.forward(&input((5, 3, 4)), None, Some(&[5, 2, 4]), true).unwrap();
+        assert_eq!(out.dims(), &[5, 3, 12]);
+        assert_eq!(hn.dims(), &[4, 3, 6]);
+        assert_all_params_get_grad(&vs, &(out.sum_all().unwrap() + hn.sum_all().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn lstm_with_projection_bidirectional_gets_all_gradients() {
+        let vs = VarStore::new(2, &Device::Cpu);
+        let cfg = RecurrentConfig { proj_size: 3, batch_first: true, dropout: 0.3, ..bidir_cfg() };
+        let m = Lstm::new(&cfg, &vs).unwrap();
+        let (out, hn, cn) = m.forward(&input((3, 5, 4)), None, Some(&[5, 2, 4]), true).unwrap();
+        assert_eq!(out.dims(), &[3, 5, 6]);
+        assert_eq!(hn.dims(), &[4, 3, 3]);
+        assert_eq!(cn.dims(), &[4, 3, 6]);
+        // Padded outputs are exactly zero.
+        let pad = out.get(1).unwrap().narrow(0, 2, 3).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(pad.to_scalar::<f32>().unwrap(), 0.0);
+        assert_all_params_get_grad(&vs, &Tensor::cat(&[out.flatten_all().unwrap(), cn.flatten_all().unwrap()], 0).unwrap());
+    }
+
+    #[test]
+    fn gru_bidirectional_two_layers_gets_all_gradients() {
+        let vs = VarStore::new(3, &Device::Cpu);
+        let m = Gru::new(&bidir_cfg(), &vs).unwrap();
+        let (out, _) = m.forward(&input((5, 3, 4)), None, None, true).unwrap();
+        assert_all_params_get_grad(&vs, &out);
+    }
+
+    #[test]
+    fn classifier_gets_all_gradients() {
+        for cell in [CellKind::Rnn(Nonlinearity::Tanh), CellKind::Lstm, CellKind::Gru] {
+            let vs = VarStore::new(4, &Device::Cpu);
+            let cfg = RecurrentClassifierConfig {
+                num_layers: 2,
+                bidirectional: true,
+                ..RecurrentClassifierConfig::new(cell, 4, 6, 3)
+            };
+            let m = RecurrentClassifier::new(&cfg, &vs).unwrap();
+            let y = m.forward(&input((3, 5, 4)), Some(&[5, 1, 3]), true).unwrap();
+            assert_eq!(y.dims(), &[3, 3]);
+            assert_all_params_get_grad(&vs, &y);
+        }
+    }
+
+    /// A sequence run alone equals the same sequence padded inside a batch.
+    #[test]
+    fn lengths_match_running_each_sequence_alone() {
+        let vs = VarStore::new(5, &Device::Cpu);
+        let m = Gru::new(&RecurrentConfig { batch_first: true, ..bidir_cfg() }, &vs).unwrap();
+        let x = input((2, 5, 4));
+        let (out, hn) = m.forward(&x, None, Some(&[5, 3]), false).unwrap();
+        let x1 = x.get(1).unwrap().narrow(0, 0, 3).unwrap().unsqueeze(0).unwrap();
+        let (out1, hn1) = m.forward(&x1, None, None, false).unwrap();
+        let a = out.get(1).unwrap().narrow(0, 0, 3).unwrap();
+        let d = (a - out1.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "{d}");
+        let d = (hn.narrow(1, 1, 1).unwrap() - hn1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "{d}");
+    }
+}
