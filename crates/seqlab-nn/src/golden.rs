@@ -252,6 +252,13 @@ pub fn run_case(case: &Case) -> Result<Computed> {
         "adamw" => crate::optim::golden_adamw(case),
         "rnn" | "lstm" | "gru" => crate::recurrent::golden_recurrent(case),
         "seed_model" => crate::recurrent::golden_seed_model(case),
+        "sdpa" => crate::attention::golden_sdpa(case),
+        "mha" => crate::attention::golden_mha(case),
+        "positional_encoding" => crate::positional::golden_positional_encoding(case),
+        "encoder_layer" => crate::transformer::golden_encoder_layer(case),
+        "decoder_layer" => crate::transformer::golden_decoder_layer(case),
+        "transformer" => crate::transformer::golden_transformer(case),
+        "seq2seq_tied" => crate::transformer::golden_seq2seq_tied(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }

@@ -6,6 +6,7 @@
 //! `train: bool` flag.
 
 pub mod clip;
+pub mod attention;
 pub mod dropout;
 pub mod embedding;
 pub mod golden;
@@ -17,8 +18,10 @@ pub mod ops;
 pub mod optim;
 pub mod recurrent;
 pub mod recurrent_fused;
+pub mod positional;
 pub mod rng;
 pub mod testing;
+pub mod transformer;
 pub mod varstore;
 
 pub use clip::{clip_grad_norm, clip_grad_norm_pairs};
@@ -32,7 +35,18 @@ pub use recurrent::{
     CellKind, Gru, GruConfig, Lstm, LstmConfig, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig,
     RecurrentConfig, Rnn, RnnConfig,
 };
+pub use attention::{
+    causal_mask, scaled_dot_product_attention, AttnMasks, BoolMask, KvCache, MultiheadAttention,
+    MultiheadAttentionConfig, SdpaOptions,
+};
+pub use positional::{sinusoidal_table, LearnedPositionalEmbedding, SinusoidalPositionalEncoding};
 pub use rng::{RngState, SeqRng, SharedRng};
+pub use transformer::{
+    Activation, DecodeState, DecoderLayerCache, DecoderMasks, EmbeddingTying, EncodedSource, FeedForward,
+    Seq2SeqConfig, Seq2SeqTransformer, Transformer, TransformerConfig, TransformerDecoder,
+    TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
+    TransformerMasks,
+};
 pub use varstore::{Init, VarStore};
 
 pub use candle_core::{DType, Device, Result, Tensor, Var};

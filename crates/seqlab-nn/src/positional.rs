@@ -1,0 +1,118 @@
+//! Position information for the Transformer: the paper's sinusoidal table and learned
+//! position embeddings.
+
+use crate::{Init, VarStore};
+use candle_core::{bail, Device, Result, Tensor};
+
+/// The table `pe[pos, 2i] = sin(pos / 10000^(2i/d))`, `pe[pos, 2i+1] = cos(pos / 10000^(2i/d))`
+/// of shape (max_len, d_model) (Vaswani et al. 2017, §3.5). Computed in f64 and rounded once.
+/// An odd `d_model` gets one more sine column than cosine columns.
+pub fn sinusoidal_table(max_len: usize, d_model: usize, device: &Device) -> Result<Tensor> {
+    if d_model == 0 {
+        bail!("sinusoidal_table: d_model must be positive");
+    }
+    let mut v = vec![0f32; max_len * d_model];
+    for pos in 0..max_len {
+        for c in 0..d_model {
+            let i2 = (c - c % 2) as f64;
+            let angle = pos as f64 / 10000f64.powf(i2 / d_model as f64);
+            v[pos * d_model + c] = if c % 2 == 0 { angle.sin() } else { angle.cos() } as f32;
+        }
+    }
+    Tensor::from_vec(v, (max_len, d_model), device)
+}
+
+/// Adds the fixed sinusoidal table to a batch of embeddings (no parameters).
+#[derive(Clone, Debug)]
+pub struct SinusoidalPositionalEncoding {
+    /// (max_len, d_model)
+    pub table: Tensor,
+}
+
+impl SinusoidalPositionalEncoding {
+    pub fn new(max_len: usize, d_model: usize, device: &Device) -> Result<Self> {
+        Ok(Self { table: sinusoidal_table(max_len, d_model, device)? })
+    }
+
+    /// Rows `offset .. offset + len` of the table: (len, d_model).
+    pub fn rows(&self, offset: usize, len: usize) -> Result<Tensor> {
+        let max = self.table.dim(0)?;
+        if offset + len > max {
+            bail!("positional encoding: positions up to {} requested, table has {max} (raise max_len)", offset + len);
+        }
+        self.table.narrow(0, offset, len)
+    }
+
+    /// x (B, L, d_model) → x + pe[offset .. offset + L].
+    pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, l, d) = x.dims3()?;
+        if d != self.table.dim(1)? {
+            bail!("positional encoding: input width {d}, table width {}", self.table.dim(1)?);
+        }
+        x.broadcast_add(&self.rows(offset, l)?)
+    }
+}
+
+/// Learned absolute position embeddings: parameter `weight` (max_len, d_model), initialised
+/// N(0, 1) like `nn.Embedding`.
+#[derive(Clone, Debug)]
+pub struct LearnedPositionalEmbedding {
+    pub weight: Tensor,
+}
+
+impl LearnedPositionalEmbedding {
+    pub fn new(max_len: usize, d_model: usize, vs: &VarStore) -> Result<Self> {
+        if max_len == 0 || d_model == 0 {
+            bail!("LearnedPositionalEmbedding: sizes must be positive, got ({max_len}, {d_model})");
+        }
+        let weight = vs.param("weight", (max_len, d_model), Init::Normal { mean: 0.0, std: 1.0 })?;
+        Ok(Self { weight })
+    }
+
+    /// x (B, L, d_model) → x + weight[offset .. offset + L].
+    pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, l, d) = x.dims3()?;
+        let (max, wd) = self.weight.dims2()?;
+        if d != wd || offset + l > max {
+            bail!("learned positions: input (_, {l}, {d}) at offset {offset} does not fit table ({max}, {wd})");
+        }
+        x.broadcast_add(&self.weight.narrow(0, offset, l)?)
+    }
+}
+
+/// Golden case `positional_encoding`: the sinusoidal table (max_len, d_model) as `pe`.
+pub(crate) fn golden_positional_encoding(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
+    let vs = VarStore::new(0, &Device::Cpu);
+    let d: usize = case.cfg_req("d_model")?;
+    let max_len: usize = case.cfg_req("max_len")?;
+    crate::golden::run_standard(case, &vs, |_| {
+        Ok([("pe".to_string(), sinusoidal_table(max_len, d, &Device::Cpu)?)].into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::assert_all_params_get_grad;
+
+    #[test]
+    fn table_values_and_offsets() {
+        let t = sinusoidal_table(4, 6, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(t[0], vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
+        // pe[3, 2] = sin(3 / 10000^(2/6))
+        assert!((t[3][2] - (3.0f64 / 10000f64.powf(2.0 / 6.0)).sin() as f32).abs() < 1e-7);
+        let pe = SinusoidalPositionalEncoding::new(4, 6, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((1, 2, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y = pe.forward(&x, 2).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(y[0][1], t[3]);
+        assert!(pe.forward(&x, 3).is_err());
+    }
+
+    #[test]
+    fn learned_positions_get_gradients() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let p = LearnedPositionalEmbedding::new(5, 4, &vs).unwrap();
+        let x = Tensor::ones((2, 5, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_all_params_get_grad(&vs, &p.forward(&x, 0).unwrap());
+    }
+}
