@@ -83,6 +83,9 @@ impl Config {
         if self.negative == 0 && !self.hs {
             bail!("nothing to train: negative is 0 and hierarchical softmax (--hs) is off");
         }
+        if self.negative > MAX_NEGATIVE {
+            bail!("negative must be at most {MAX_NEGATIVE}, got {}", self.negative);
+        }
         if self.epochs == 0 {
             bail!("epochs must be at least 1");
         }
@@ -121,6 +124,8 @@ pub struct Summary {
 }
 
 const EXP_TABLE_SIZE: usize = 1000;
+/// Most negative samples per positive (gensim and word2vec.c users go up to 25).
+pub const MAX_NEGATIVE: usize = 64;
 const MAX_EXP: f32 = 6.0;
 
 /// word2vec.c's precomputed logistic on [-MAX_EXP, MAX_EXP]: `exp` costs as much as the
@@ -187,39 +192,129 @@ unsafe fn row<'a>(base: *mut f32, i: usize, dim: usize) -> &'a mut [f32] {
     std::slice::from_raw_parts_mut(base.add(i * dim), dim)
 }
 
-/// Dot product with 8 independent accumulators so that LLVM vectorizes it (a plain fold
-/// over f32 is a serial dependency chain it may not reorder).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for k in 0..16 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    for k in 0..8 {
-        acc[k] += acc[k + 8];
-    }
-    for k in 0..4 {
-        acc[k] += acc[k + 4];
-    }
-    s + (acc[0] + acc[2]) + (acc[1] + acc[3])
+/// Vector primitives over rows of `dim` f32. Two implementations: portable scalar code,
+/// and AVX2+FMA intrinsics (LLVM does not vectorize an f32 dot product by itself, since
+/// that reorders the sum; the 100-wide dot and axpy are nearly all of the training time).
+trait Simd {
+    /// Hint that `row` will be read soon.
+    unsafe fn prefetch(row: &[f32]);
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `y += a · x`
+    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]);
 }
 
-/// `y += a · x`
+struct Scalar;
+
+impl Simd for Scalar {
+    #[inline(always)]
+    unsafe fn prefetch(_row: &[f32]) {}
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 4];
+        let n = a.len().min(b.len());
+        let mut i = 0;
+        while i + 4 <= n {
+            for k in 0..4 {
+                acc[k] += a[i + k] * b[i + k];
+            }
+            i += 4;
+        }
+        let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+    #[inline(always)]
+    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        for (yi, xi) in y[..n].iter_mut().zip(&x[..n]) {
+            *yi += a * xi;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+/// Unaligned 8 x f32. Reading/writing a packed field by value compiles to `vmovups`, like
+/// `_mm256_loadu_ps`, but without the `copy_nonoverlapping` precondition checks that builds
+/// with debug assertions (our dev/test profile) put around every such load.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct U8(std::arch::x86_64::__m256);
+
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    for (yi, xi) in y[..n].iter_mut().zip(&x[..n]) {
-        *yi += a * xi;
+unsafe fn ld(p: *const f32) -> std::arch::x86_64::__m256 {
+    (*(p as *const U8)).0
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn st(p: *mut f32, v: std::arch::x86_64::__m256) {
+    (*(p as *mut U8)).0 = v;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    #[inline(always)]
+    unsafe fn prefetch(row: &[f32]) {
+        use std::arch::x86_64::*;
+        let p = row.as_ptr() as *const i8;
+        let bytes = row.len() * 4;
+        let mut o = 0;
+        while o < bytes {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(o));
+            o += 64;
+        }
+    }
+    /// Caller guarantees AVX2 and FMA (checked once in `pick_kernel`) and `a.len() == b.len()`.
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s0 = _mm256_setzero_ps();
+        let mut s1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(ld(pa.add(i)), ld(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(ld(pa.add(i + 8)), ld(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(ld(pa.add(i)), ld(pb.add(i)), s0);
+            i += 8;
+        }
+        let s = _mm256_add_ps(s0, s1);
+        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        let mut r = _mm_cvtss_f32(h);
+        while i < n {
+            r += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        r
+    }
+    #[inline(always)]
+    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            st(py.add(i), _mm256_fmadd_ps(va, ld(px.add(i)), ld(py.add(i))));
+            i += 8;
+        }
+        while i < n {
+            *py.add(i) += a * *px.add(i);
+            i += 1;
+        }
     }
 }
 
@@ -239,7 +334,7 @@ fn grad(sig: &[f32], f: f32, label: f32, alpha: f32) -> Option<f32> {
 /// One output-layer step for input `l1` (a syn0 row or the CBOW hidden vector) predicting
 /// `word`: accumulates the input gradient into `neu1e` and updates the output rows.
 #[inline(always)]
-unsafe fn output_step(c: &Ctx, rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], word: usize, alpha: f32) {
+unsafe fn output_step<S: Simd>(c: &Ctx, rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], word: usize, alpha: f32) {
     let dim = c.dim;
     if let Some(h) = c.huff {
         let (s, e) = (*h.offsets.get_unchecked(word), *h.offsets.get_unchecked(word + 1));
@@ -247,27 +342,33 @@ unsafe fn output_step(c: &Ctx, rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], wo
             let p = *h.points.get_unchecked(k) as usize;
             let l2 = row(c.w.syn1, p, dim);
             let label = 1.0 - *h.codes.get_unchecked(k) as f32;
-            if let Some(g) = grad(c.sig, dot(l1, l2), label, alpha) {
-                axpy(g, l2, neu1e);
-                axpy(g, l1, l2);
+            if let Some(g) = grad(c.sig, S::dot(l1, l2), label, alpha) {
+                S::axpy(g, l2, neu1e);
+                S::axpy(g, l1, l2);
             }
         }
     }
     if c.negative > 0 {
+        // Draw all targets first and prefetch their rows: they are random rows of a table
+        // far larger than the caches, and fetching them together overlaps the misses that
+        // the dot -> update dependency chain would otherwise take one after another.
+        let mut targets = [0u32; MAX_NEGATIVE + 1];
+        targets[0] = word as u32;
+        S::prefetch(row(c.w.syn1neg, word, dim));
+        for t in targets.iter_mut().take(c.negative + 1).skip(1) {
+            *t = c.table.sample(rng.next()) as u32;
+            S::prefetch(row(c.w.syn1neg, *t as usize, dim));
+        }
         for d in 0..=c.negative {
-            let (target, label) = if d == 0 {
-                (word, 1.0)
-            } else {
-                let t = c.table.sample(rng.next());
-                if t == word {
-                    continue;
-                }
-                (t, 0.0)
-            };
+            let target = *targets.get_unchecked(d) as usize;
+            if d > 0 && target == word {
+                continue;
+            }
+            let label = if d == 0 { 1.0 } else { 0.0 };
             let l2 = row(c.w.syn1neg, target, dim);
-            if let Some(g) = grad(c.sig, dot(l1, l2), label, alpha) {
-                axpy(g, l2, neu1e);
-                axpy(g, l1, l2);
+            if let Some(g) = grad(c.sig, S::dot(l1, l2), label, alpha) {
+                S::axpy(g, l2, neu1e);
+                S::axpy(g, l1, l2);
             }
         }
     }
@@ -275,7 +376,7 @@ unsafe fn output_step(c: &Ctx, rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], wo
 
 /// Trains on one sentence (word ids after subsampling).
 #[inline(always)]
-unsafe fn train_sentence_impl(
+unsafe fn train_sentence_impl<S: Simd>(
     c: &Ctx,
     rng: &mut Fast,
     sent: &[u32],
@@ -298,7 +399,7 @@ unsafe fn train_sentence_impl(
             for j in lo..hi {
                 if j != i {
                     let ctx = *sent.get_unchecked(j) as usize;
-                    axpy(1.0, row(c.w.syn0, ctx, dim), neu1);
+                    S::axpy(1.0, row(c.w.syn0, ctx, dim), neu1);
                     cw += 1;
                 }
             }
@@ -310,13 +411,13 @@ unsafe fn train_sentence_impl(
                 neu1.iter_mut().for_each(|x| *x *= inv);
             }
             neu1e.fill(0.0);
-            output_step(c, rng, neu1, neu1e, word, alpha);
+            output_step::<S>(c, rng, neu1, neu1e, word, alpha);
             // As gensim: with a summed context the error is shared out over its words.
             let scale = if c.cbow_mean { 1.0 } else { inv };
             for j in lo..hi {
                 if j != i {
                     let ctx = *sent.get_unchecked(j) as usize;
-                    axpy(scale, neu1e, row(c.w.syn0, ctx, dim));
+                    S::axpy(scale, neu1e, row(c.w.syn0, ctx, dim));
                 }
             }
         } else {
@@ -328,30 +429,30 @@ unsafe fn train_sentence_impl(
                 let ctx = *sent.get_unchecked(j) as usize;
                 let l1 = row(c.w.syn0, ctx, dim);
                 neu1e.fill(0.0);
-                output_step(c, rng, l1, neu1e, word, alpha);
-                axpy(1.0, neu1e, l1);
+                output_step::<S>(c, rng, l1, neu1e, word, alpha);
+                S::axpy(1.0, neu1e, l1);
             }
         }
     }
 }
 
-/// Same body compiled for AVX2 (8-wide f32); chosen at run time so the binary still runs on
+/// Same body compiled for AVX2+FMA (8-wide f32); chosen at run time so the binary still runs on
 /// any x86-64. Both paths give identical results on a given machine run to run.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn train_sentence_avx2(c: &Ctx, rng: &mut Fast, s: &[u32], a: f32, n1: &mut [f32], n1e: &mut [f32]) {
-    train_sentence_impl(c, rng, s, a, n1, n1e)
+    train_sentence_impl::<Avx2>(c, rng, s, a, n1, n1e)
 }
 
 unsafe fn train_sentence_base(c: &Ctx, rng: &mut Fast, s: &[u32], a: f32, n1: &mut [f32], n1e: &mut [f32]) {
-    train_sentence_impl(c, rng, s, a, n1, n1e)
+    train_sentence_impl::<Scalar>(c, rng, s, a, n1, n1e)
 }
 
 type SentenceFn = unsafe fn(&Ctx, &mut Fast, &[u32], f32, &mut [f32], &mut [f32]);
 
 fn pick_kernel() -> SentenceFn {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return train_sentence_avx2;
     }
     train_sentence_base
