@@ -35,7 +35,12 @@ pub fn read_text(path: impl AsRef<Path>) -> Result<String> {
     if text.trim().is_empty() {
         return Err(DataError::file(path, ErrorKind::EmptyFile));
     }
-    Ok(text)
+    // Spreadsheet exports often start with a byte-order mark, which would otherwise stick to
+    // the first header name or token.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
 }
 
 /// Lines of `text` with their 1-based numbers, `\r` stripped, blank lines skipped.
@@ -382,6 +387,13 @@ mod tests {
             ClsData::read_train(&p).unwrap_err().kind,
             ErrorKind::EmptyFile
         ));
+    }
+
+    #[test]
+    fn byte_order_mark_is_dropped() {
+        let s = Scratch::new("bom");
+        let p = s.file("bom.tsv", "\u{feff}text\tlab\n".as_bytes());
+        assert_eq!(ClsData::read_train(&p).unwrap().examples[0].text, "text");
     }
 
     #[test]
