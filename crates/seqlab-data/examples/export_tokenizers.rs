@@ -3,7 +3,8 @@
 //! line of the validation sample and the authors validation texts, for
 //! `scripts/check_tokenizers_hf.py` to compare with HF Python.
 //!
-//! `cargo run -p seqlab-data --example export_tokenizers -- <out-dir>`
+//! `cargo run -p seqlab-data --example export_tokenizers -- <out-dir> [train.txt]`
+//! (training text defaults to the bundled sample).
 
 use seqlab_data::{ClsData, LmText, Tokenizer, TokenizerConfig, TokenizerKind};
 
@@ -14,7 +15,11 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "tok-check".into()),
     );
     std::fs::create_dir_all(&out)?;
-    let train = LmText::read("data/sample/shakespeare.train.txt")?;
+    let train = LmText::read(
+        std::env::args()
+            .nth(2)
+            .unwrap_or_else(|| "data/sample/shakespeare.train.txt".into()),
+    )?;
     let valid = LmText::read("data/sample/shakespeare.valid.txt")?;
     let cls = ClsData::read_train("data/sample/authors.valid.tsv")?;
     let mut texts: Vec<String> = valid
