@@ -74,7 +74,11 @@ pub struct BudgetConfig {
 
 impl BudgetConfig {
     pub fn new(max_tokens: usize) -> Self {
-        Self { max_tokens, max_batch: None, pool: 1000 }
+        Self {
+            max_tokens,
+            max_batch: None,
+            pool: 1000,
+        }
     }
 }
 
@@ -90,7 +94,9 @@ pub fn token_budget_batches(
     shuffle_by: Option<(u64, u64)>,
 ) -> Result<Vec<Vec<usize>>, BatchError> {
     if config.max_tokens == 0 || config.pool == 0 || config.max_batch == Some(0) {
-        return Err(BatchError("max_tokens, pool and max_batch must be positive".into()));
+        return Err(BatchError(
+            "max_tokens, pool and max_batch must be positive".into(),
+        ));
     }
     let mut rng = shuffle_by.map(|(seed, epoch)| epoch_rng(seed, epoch));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -109,7 +115,9 @@ pub fn token_budget_batches(
         let mut longest = 0;
         for &i in chunk.iter() {
             let l = lengths[i].max(longest);
-            if !cur.is_empty() && ((cur.len() + 1) * l > config.max_tokens || cur.len() == max_batch) {
+            if !cur.is_empty()
+                && ((cur.len() + 1) * l > config.max_tokens || cur.len() == max_batch)
+            {
                 batches.push(std::mem::take(&mut cur));
                 longest = 0;
             }
@@ -151,17 +159,27 @@ pub fn pad_batch(seqs: &[Vec<u32>], idx: &[usize], pad_id: u32) -> PaddedBatch {
         mask.extend(std::iter::repeat_n(0u8, max_len - s.len()));
         lengths.push(s.len());
     }
-    PaddedBatch { ids, mask, lengths, batch: idx.len(), max_len }
+    PaddedBatch {
+        ids,
+        mask,
+        lengths,
+        batch: idx.len(),
+        max_len,
+    }
 }
 
 /// Next-token pairs from whole sequences (`<bos> … <eos>`): `input` is each sequence less
 /// its last token, `target` (`[batch, max_len]`, padded with `pad_id`) less its first;
 /// `input.mask` marks the positions whose target counts.
 pub fn pad_lm_batch(seqs: &[Vec<u32>], idx: &[usize], pad_id: u32) -> (PaddedBatch, Vec<u32>) {
-    let inputs: Vec<Vec<u32>> =
-        idx.iter().map(|&i| seqs[i][..seqs[i].len().saturating_sub(1)].to_vec()).collect();
-    let targets: Vec<Vec<u32>> =
-        idx.iter().map(|&i| seqs[i].get(1..).unwrap_or(&[]).to_vec()).collect();
+    let inputs: Vec<Vec<u32>> = idx
+        .iter()
+        .map(|&i| seqs[i][..seqs[i].len().saturating_sub(1)].to_vec())
+        .collect();
+    let targets: Vec<Vec<u32>> = idx
+        .iter()
+        .map(|&i| seqs[i].get(1..).unwrap_or(&[]).to_vec())
+        .collect();
     let all: Vec<usize> = (0..idx.len()).collect();
     let input = pad_batch(&inputs, &all, pad_id);
     let target = pad_batch(&targets, &all, pad_id).ids;
@@ -199,7 +217,11 @@ impl StreamBatcher {
                 stream.len()
             )));
         }
-        Ok(Self { data: stream[..cols * batch].to_vec(), batch, cols })
+        Ok(Self {
+            data: stream[..cols * batch].to_vec(),
+            batch,
+            cols,
+        })
     }
 
     /// Tokens per row.
@@ -231,7 +253,12 @@ impl StreamBatcher {
             input.extend_from_slice(&row[start..start + len]);
             target.extend_from_slice(&row[start + 1..start + 1 + len]);
         }
-        Some(StreamChunk { input, target, batch: self.batch, len })
+        Some(StreamChunk {
+            input,
+            target,
+            batch: self.batch,
+            len,
+        })
     }
 
     pub fn chunks(&self, bptt: usize) -> impl Iterator<Item = StreamChunk> + '_ {
@@ -288,7 +315,10 @@ mod tests {
             // bucketing keeps padding low
             let real: usize = lengths.iter().sum();
             assert!((padded as f64) < 1.25 * real as f64, "{padded} vs {real}");
-            assert_eq!(batches, token_budget_batches(&lengths, &cfg, shuffle).unwrap());
+            assert_eq!(
+                batches,
+                token_budget_batches(&lengths, &cfg, shuffle).unwrap()
+            );
         }
         let a = token_budget_batches(&lengths, &cfg, Some((5, 2))).unwrap();
         let b = token_budget_batches(&lengths, &cfg, Some((5, 3))).unwrap();
@@ -297,10 +327,16 @@ mod tests {
 
     #[test]
     fn token_budget_edge_cases() {
-        let cfg = BudgetConfig { max_tokens: 10, max_batch: Some(2), pool: 1000 };
+        let cfg = BudgetConfig {
+            max_tokens: 10,
+            max_batch: Some(2),
+            pool: 1000,
+        };
         let b = token_budget_batches(&[20, 1, 1, 1], &cfg, None).unwrap();
         assert_eq!(b, vec![vec![1, 2], vec![3], vec![0]]);
-        assert!(token_budget_batches(&[], &cfg, Some((1, 1))).unwrap().is_empty());
+        assert!(token_budget_batches(&[], &cfg, Some((1, 1)))
+            .unwrap()
+            .is_empty());
         assert!(token_budget_batches(&[1], &BudgetConfig::new(0), None).is_err());
     }
 

@@ -14,7 +14,11 @@ pub enum ErrorKind {
     #[error("invalid UTF-8 (byte offset {byte} in the line)")]
     InvalidUtf8 { byte: usize },
     #[error("expected {expected} {sep} columns, found {found}")]
-    ColumnCount { expected: usize, found: usize, sep: &'static str },
+    ColumnCount {
+        expected: usize,
+        found: usize,
+        sep: &'static str,
+    },
     #[error("column {column:?} not found in header (columns: {available})")]
     MissingColumn { column: String, available: String },
     #[error("column {column:?}: not a number: {value:?}")]
@@ -44,11 +48,19 @@ pub struct DataError {
 
 impl DataError {
     pub fn file(path: impl AsRef<Path>, kind: ErrorKind) -> Self {
-        Self { path: path.as_ref().to_path_buf(), line: None, kind }
+        Self {
+            path: path.as_ref().to_path_buf(),
+            line: None,
+            kind,
+        }
     }
 
     pub fn at(path: impl AsRef<Path>, line: usize, kind: ErrorKind) -> Self {
-        Self { path: path.as_ref().to_path_buf(), line: Some(line), kind }
+        Self {
+            path: path.as_ref().to_path_buf(),
+            line: Some(line),
+            kind,
+        }
     }
 }
 
@@ -81,9 +93,16 @@ mod tests {
         let e = DataError::at(
             "data/train.tsv",
             17,
-            ErrorKind::ColumnCount { expected: 2, found: 3, sep: "tab-separated" },
+            ErrorKind::ColumnCount {
+                expected: 2,
+                found: 3,
+                sep: "tab-separated",
+            },
         );
-        assert_eq!(e.to_string(), "data/train.tsv:17: expected 2 tab-separated columns, found 3");
+        assert_eq!(
+            e.to_string(),
+            "data/train.tsv:17: expected 2 tab-separated columns, found 3"
+        );
         let e = DataError::file("x.txt", ErrorKind::EmptyFile);
         assert_eq!(e.to_string(), "x.txt: file is empty");
     }

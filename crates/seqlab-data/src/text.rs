@@ -19,14 +19,28 @@ pub fn read_text(path: impl AsRef<Path>) -> Result<String> {
             let bytes = e.as_bytes();
             let at = e.utf8_error().valid_up_to();
             let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            return Err(DataError::at(path, line, ErrorKind::InvalidUtf8 { byte: at - line_start }));
+            let line_start = bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
+            return Err(DataError::at(
+                path,
+                line,
+                ErrorKind::InvalidUtf8 {
+                    byte: at - line_start,
+                },
+            ));
         }
     };
     if text.trim().is_empty() {
         return Err(DataError::file(path, ErrorKind::EmptyFile));
     }
-    Ok(text)
+    // Spreadsheet exports often start with a byte-order mark, which would otherwise stick to
+    // the first header name or token.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
 }
 
 /// Lines of `text` with their 1-based numbers, `\r` stripped, blank lines skipped.
@@ -58,7 +72,13 @@ pub struct Warning {
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: warning: {}", self.path.display(), self.line, self.message)
+        write!(
+            f,
+            "{}:{}: warning: {}",
+            self.path.display(),
+            self.line,
+            self.message
+        )
     }
 }
 
@@ -75,9 +95,14 @@ pub fn fit_length(
         return Ok(ids);
     }
     match policy {
-        LengthPolicy::Error => {
-            Err(DataError::at(path, line, ErrorKind::TooLong { len: ids.len(), max }))
-        }
+        LengthPolicy::Error => Err(DataError::at(
+            path,
+            line,
+            ErrorKind::TooLong {
+                len: ids.len(),
+                max,
+            },
+        )),
         LengthPolicy::Truncate => {
             warnings.push(Warning {
                 path: path.to_path_buf(),
@@ -100,7 +125,10 @@ pub struct LmText {
 impl LmText {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Ok(Self { path: path.to_path_buf(), text: read_text(path)? })
+        Ok(Self {
+            path: path.to_path_buf(),
+            text: read_text(path)?,
+        })
     }
 
     /// The whole text as one id stream (for contiguous `(batch, bptt)` training): the
@@ -138,22 +166,26 @@ fn encode_numbered(
     if max_len < 3 {
         return Err(DataError::file(
             path,
-            ErrorKind::Invalid(format!("max_len {max_len} leaves no room beside <bos> and <eos>")),
+            ErrorKind::Invalid(format!(
+                "max_len {max_len} leaves no room beside <bos> and <eos>"
+            )),
         ));
     }
     let texts: Vec<&str> = numbered.iter().map(|(_, t)| *t).collect();
-    let encoded =
-        tok.encode_batch(&texts).map_err(|e| DataError::file(path, ErrorKind::Tokenizer(e.0)))?;
+    let encoded = tok
+        .encode_batch(&texts)
+        .map_err(|e| DataError::file(path, ErrorKind::Tokenizer(e.0)))?;
     let mut out = Vec::with_capacity(encoded.len());
     for ((line, _), ids) in numbered.iter().zip(encoded) {
-        let ids = fit_length(ids, max_len - 2, policy, path, *line, warnings).map_err(|mut e| {
-            // Report the limit the user set, counting bos/eos.
-            if let ErrorKind::TooLong { len, max } = &mut e.kind {
-                *len += 2;
-                *max += 2;
-            }
-            e
-        })?;
+        let ids =
+            fit_length(ids, max_len - 2, policy, path, *line, warnings).map_err(|mut e| {
+                // Report the limit the user set, counting bos/eos.
+                if let ErrorKind::TooLong { len, max } = &mut e.kind {
+                    *len += 2;
+                    *max += 2;
+                }
+                e
+            })?;
         let mut seq = Vec::with_capacity(ids.len() + 2);
         seq.push(tok.bos_id());
         seq.extend(ids);
@@ -215,7 +247,11 @@ fn split_tsv<'a>(path: &Path, line: usize, l: &'a str) -> Result<(&'a str, &'a s
         return Err(DataError::at(
             path,
             line,
-            ErrorKind::ColumnCount { expected: 2, found: cols.len(), sep: "tab-separated" },
+            ErrorKind::ColumnCount {
+                expected: 2,
+                found: cols.len(),
+                sep: "tab-separated",
+            },
         ));
     }
     let (text, label) = (cols[0].trim(), cols[1].trim());
@@ -241,9 +277,17 @@ impl ClsData {
         let labels = LabelSet::from_names(rows.iter().map(|r| r.2));
         let examples = rows
             .into_iter()
-            .map(|(line, t, lab)| ClsExample { line, text: t.to_owned(), label: labels.id(lab).unwrap() })
+            .map(|(line, t, lab)| ClsExample {
+                line,
+                text: t.to_owned(),
+                label: labels.id(lab).unwrap(),
+            })
             .collect();
-        Ok(Self { path: path.to_path_buf(), labels, examples })
+        Ok(Self {
+            path: path.to_path_buf(),
+            labels,
+            examples,
+        })
     }
 
     /// Reads a validation/test split; a label absent from `labels` is an error.
@@ -257,12 +301,23 @@ impl ClsData {
                 DataError::at(
                     path,
                     line,
-                    ErrorKind::UnknownLabel { label: lab.to_owned(), known: labels.names.join(", ") },
+                    ErrorKind::UnknownLabel {
+                        label: lab.to_owned(),
+                        known: labels.names.join(", "),
+                    },
                 )
             })?;
-            examples.push(ClsExample { line, text: t.to_owned(), label });
+            examples.push(ClsExample {
+                line,
+                text: t.to_owned(),
+                label,
+            });
         }
-        Ok(Self { path: path.to_path_buf(), labels: labels.clone(), examples })
+        Ok(Self {
+            path: path.to_path_buf(),
+            labels: labels.clone(),
+            examples,
+        })
     }
 
     /// Token ids per example as `<bos> text <eos>` (at most `max_len`, bos/eos included;
@@ -274,8 +329,11 @@ impl ClsData {
         policy: LengthPolicy,
         warnings: &mut Vec<Warning>,
     ) -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
-        let numbered: Vec<(usize, &str)> =
-            self.examples.iter().map(|e| (e.line, e.text.as_str())).collect();
+        let numbered: Vec<(usize, &str)> = self
+            .examples
+            .iter()
+            .map(|e| (e.line, e.text.as_str()))
+            .collect();
         let seqs = encode_numbered(&self.path, &numbered, tok, max_len, policy, warnings)?;
         Ok((seqs, self.examples.iter().map(|e| e.label).collect()))
     }
@@ -316,11 +374,26 @@ mod tests {
         let missing = s.0.join("nope.txt");
         let e = LmText::read(&missing).unwrap_err();
         assert!(matches!(e.kind, ErrorKind::Io(_)));
-        assert!(e.to_string().starts_with(&format!("{}: cannot read file", missing.display())));
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}: cannot read file", missing.display())));
         let p = s.file("empty.txt", b"");
-        assert_eq!(err_string(LmText::read(&p)), format!("{}: file is empty", p.display()));
+        assert_eq!(
+            err_string(LmText::read(&p)),
+            format!("{}: file is empty", p.display())
+        );
         let p = s.file("blank.tsv", b"\n  \n");
-        assert!(matches!(ClsData::read_train(&p).unwrap_err().kind, ErrorKind::EmptyFile));
+        assert!(matches!(
+            ClsData::read_train(&p).unwrap_err().kind,
+            ErrorKind::EmptyFile
+        ));
+    }
+
+    #[test]
+    fn byte_order_mark_is_dropped() {
+        let s = Scratch::new("bom");
+        let p = s.file("bom.tsv", "\u{feff}text\tlab\n".as_bytes());
+        assert_eq!(ClsData::read_train(&p).unwrap().examples[0].text, "text");
     }
 
     #[test]
@@ -329,7 +402,10 @@ mod tests {
         let p = s.file("bad.txt", b"fine\nalso fine\nab\xffcd\n");
         assert_eq!(
             err_string(LmText::read(&p)),
-            format!("{}:3: invalid UTF-8 (byte offset 2 in the line)", p.display())
+            format!(
+                "{}:3: invalid UTF-8 (byte offset 2 in the line)",
+                p.display()
+            )
         );
     }
 
@@ -339,17 +415,29 @@ mod tests {
         let p = s.file("train.tsv", b"a b c\tx\n\nd e\tx\ty\n");
         assert_eq!(
             err_string(ClsData::read_train(&p)),
-            format!("{}:3: expected 2 tab-separated columns, found 3", p.display())
+            format!(
+                "{}:3: expected 2 tab-separated columns, found 3",
+                p.display()
+            )
         );
         let p = s.file("one.tsv", b"no label here\n");
         assert_eq!(
             err_string(ClsData::read_train(&p)),
-            format!("{}:1: expected 2 tab-separated columns, found 1", p.display())
+            format!(
+                "{}:1: expected 2 tab-separated columns, found 1",
+                p.display()
+            )
         );
         let p = s.file("nolabel.tsv", b"text\t \n");
-        assert!(matches!(ClsData::read_train(&p).unwrap_err().kind, ErrorKind::EmptyLabel));
+        assert!(matches!(
+            ClsData::read_train(&p).unwrap_err().kind,
+            ErrorKind::EmptyLabel
+        ));
         let p = s.file("notext.tsv", b"\tlab\n");
-        assert!(matches!(ClsData::read_train(&p).unwrap_err().kind, ErrorKind::EmptyText));
+        assert!(matches!(
+            ClsData::read_train(&p).unwrap_err().kind,
+            ErrorKind::EmptyText
+        ));
     }
 
     #[test]
@@ -358,17 +446,28 @@ mod tests {
         let tr = s.file("train.tsv", b"one\tzeta\r\ntwo\talpha\nthree\tzeta\n");
         let d = ClsData::read_train(&tr).unwrap();
         assert_eq!(d.labels.names(), ["alpha", "zeta"]);
-        let got: Vec<_> = d.examples.iter().map(|e| (e.line, e.text.as_str(), e.label)).collect();
+        let got: Vec<_> = d
+            .examples
+            .iter()
+            .map(|e| (e.line, e.text.as_str(), e.label))
+            .collect();
         assert_eq!(got, [(1, "one", 1), (2, "two", 0), (3, "three", 1)]);
         let va = s.file("valid.tsv", b"x\talpha\ny\tbeta\n");
         assert_eq!(
             err_string(ClsData::read_eval(&va, &d.labels)),
-            format!("{}:2: label \"beta\" was not seen in training (known: alpha, zeta)", va.display())
+            format!(
+                "{}:2: label \"beta\" was not seen in training (known: alpha, zeta)",
+                va.display()
+            )
         );
     }
 
     fn char_tok() -> Tokenizer {
-        let cfg = TokenizerConfig { kind: TokenizerKind::Char, vocab_size: 100, min_frequency: 1 };
+        let cfg = TokenizerConfig {
+            kind: TokenizerKind::Char,
+            vocab_size: 100,
+            min_frequency: 1,
+        };
         Tokenizer::train(&cfg, ["abcdefgh ij"].into_iter()).unwrap()
     }
 
@@ -386,11 +485,20 @@ mod tests {
         assert_eq!((seqs[1][0], seqs[1][5]), (tok.bos_id(), tok.eos_id()));
         assert_eq!(tok.decode(&seqs[1], true).unwrap(), "abcd");
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0].to_string(), format!("{}:2: warning: sequence of 8 tokens truncated to 4", p.display()));
+        assert_eq!(
+            w[0].to_string(),
+            format!(
+                "{}:2: warning: sequence of 8 tokens truncated to 4",
+                p.display()
+            )
+        );
         let mut w = Vec::new();
         assert_eq!(
             err_string(d.encode(&tok, 6, LengthPolicy::Error, &mut w)),
-            format!("{}:2: sequence of 10 tokens is longer than the maximum 6", p.display())
+            format!(
+                "{}:2: sequence of 10 tokens is longer than the maximum 6",
+                p.display()
+            )
         );
         assert!(d.encode(&tok, 2, LengthPolicy::Truncate, &mut w).is_err());
     }
@@ -405,8 +513,18 @@ mod tests {
         assert_eq!(stream.len(), 9);
         assert_eq!(tok.decode(&stream, false).unwrap(), "ab c\n\nde\n");
         let mut w = Vec::new();
-        let lines = lm.encode_lines(&tok, 64, LengthPolicy::Error, &mut w).unwrap();
+        let lines = lm
+            .encode_lines(&tok, 64, LengthPolicy::Error, &mut w)
+            .unwrap();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[1], [tok.bos_id(), tok.token_to_id("d").unwrap(), tok.token_to_id("e").unwrap(), tok.eos_id()]);
+        assert_eq!(
+            lines[1],
+            [
+                tok.bos_id(),
+                tok.token_to_id("d").unwrap(),
+                tok.token_to_id("e").unwrap(),
+                tok.eos_id()
+            ]
+        );
     }
 }

@@ -113,13 +113,19 @@ impl TimeSeries {
         let mut lines = numbered_lines(&text);
         let (hline, header) = lines.next().expect("read_text rejects blank files");
         let header = csv_fields(header);
-        let col = header.iter().position(|h| h.trim() == column).ok_or_else(|| {
-            DataError::at(
-                path,
-                hline,
-                ErrorKind::MissingColumn { column: column.into(), available: header.join(", ") },
-            )
-        })?;
+        let col = header
+            .iter()
+            .position(|h| h.trim() == column)
+            .ok_or_else(|| {
+                DataError::at(
+                    path,
+                    hline,
+                    ErrorKind::MissingColumn {
+                        column: column.into(),
+                        available: header.join(", "),
+                    },
+                )
+            })?;
         let mut raw = Vec::new();
         for (line, l) in lines {
             let fields = csv_fields(l);
@@ -141,7 +147,10 @@ impl TimeSeries {
                     return Err(DataError::at(
                         path,
                         line,
-                        ErrorKind::NotNumeric { column: column.into(), value: s.into() },
+                        ErrorKind::NotNumeric {
+                            column: column.into(),
+                            value: s.into(),
+                        },
                     ))
                 }
             }
@@ -197,8 +206,10 @@ impl TimeSeries {
         };
         let mut t = first;
         while t + horizon <= r.end {
-            w.inputs.extend_from_slice(&self.normalized[t - input_len..t]);
-            w.targets.extend_from_slice(&self.normalized[t..t + horizon]);
+            w.inputs
+                .extend_from_slice(&self.normalized[t - input_len..t]);
+            w.targets
+                .extend_from_slice(&self.normalized[t..t + horizon]);
             w.target_start.push(t);
             w.n += 1;
             t += 1;
@@ -234,7 +245,10 @@ mod tests {
 
     #[test]
     fn csv_quotes() {
-        assert_eq!(csv_fields(r#""a,b",1,"say ""hi""""#), ["a,b", "1", r#"say "hi""#]);
+        assert_eq!(
+            csv_fields(r#""a,b",1,"say ""hi""""#),
+            ["a,b", "1", r#"say "hi""#]
+        );
     }
 
     #[test]
@@ -269,24 +283,39 @@ mod tests {
     fn bad_csv_errors() {
         let (p, _a) = scratch("cols.csv", "t,v\n1,2\n2,3,4\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().to_string(),
-            format!("{}:3: expected 2 comma-separated columns, found 3", p.display())
+            TimeSeries::read_csv(&p, "v", 0.0, 0.0)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{}:3: expected 2 comma-separated columns, found 3",
+                p.display()
+            )
         );
         let (p, _b) = scratch("nan.csv", "t,v\n1,2\n2,NA\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().to_string(),
+            TimeSeries::read_csv(&p, "v", 0.0, 0.0)
+                .unwrap_err()
+                .to_string(),
             format!("{}:3: column \"v\": not a number: \"NA\"", p.display())
         );
         let (p, _c) = scratch("miss.csv", "t,v\n1,2\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "x", 0.0, 0.0).unwrap_err().to_string(),
-            format!("{}:1: column \"x\" not found in header (columns: t, v)", p.display())
+            TimeSeries::read_csv(&p, "x", 0.0, 0.0)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{}:1: column \"x\" not found in header (columns: t, v)",
+                p.display()
+            )
         );
         let (p, _d) = scratch("short.csv", "t,v\n1,2\n");
         assert!(TimeSeries::read_csv(&p, "v", 0.0, 0.0).is_err());
         let (p, _e) = scratch("fr.csv", "t,v\n1,2\n2,3\n3,4\n");
         assert!(TimeSeries::read_csv(&p, "v", 0.6, 0.6).is_err());
         let (p, _f) = scratch("empty.csv", "");
-        assert!(matches!(TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().kind, ErrorKind::EmptyFile));
+        assert!(matches!(
+            TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().kind,
+            ErrorKind::EmptyFile
+        ));
     }
 }

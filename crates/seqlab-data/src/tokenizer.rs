@@ -76,7 +76,11 @@ impl TokenizerConfig {
             TokenizerKind::Word => (30_000, 2),
             TokenizerKind::Bpe => (8000, 2),
         };
-        Self { kind, vocab_size, min_frequency }
+        Self {
+            kind,
+            vocab_size,
+            min_frequency,
+        }
     }
 }
 
@@ -106,7 +110,10 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn special_tokens() -> Vec<AddedToken> {
-    SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect()
+    SPECIALS
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect()
 }
 
 impl Tokenizer {
@@ -136,7 +143,10 @@ impl Tokenizer {
             TrainerWrapper,
         ) = match config.kind {
             TokenizerKind::Char | TokenizerKind::Word => {
-                let model = WordLevel::builder().unk_token(UNK.into()).build().map_err(tok_err)?;
+                let model = WordLevel::builder()
+                    .unk_token(UNK.into())
+                    .build()
+                    .map_err(tok_err)?;
                 let trainer = WordLevelTrainer::builder()
                     .vocab_size(config.vocab_size)
                     .min_frequency(config.min_frequency)
@@ -165,7 +175,10 @@ impl Tokenizer {
                 (model.into(), pre, decoder, trainer.into())
             }
             TokenizerKind::Bpe => {
-                let model = BPE::builder().unk_token(UNK.into()).build().map_err(tok_err)?;
+                let model = BPE::builder()
+                    .unk_token(UNK.into())
+                    .build()
+                    .map_err(tok_err)?;
                 let trainer = BpeTrainer::builder()
                     .vocab_size(config.vocab_size)
                     .min_frequency(config.min_frequency)
@@ -174,7 +187,12 @@ impl Tokenizer {
                     .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                     .build();
                 let pre = ByteLevel::new(false, true, true);
-                (model.into(), pre.into(), Some(ByteLevelDecoder::default().into()), trainer.into())
+                (
+                    model.into(),
+                    pre.into(),
+                    Some(ByteLevelDecoder::default().into()),
+                    trainer.into(),
+                )
             }
         };
         let mut inner = tokenizers::Tokenizer::new(model);
@@ -203,7 +221,11 @@ impl Tokenizer {
                 (ModelWrapper::BPE(_), _) => TokenizerKind::Bpe,
                 (ModelWrapper::WordLevel(_), Some(DecoderWrapper::Fuse(_))) => TokenizerKind::Char,
                 (ModelWrapper::WordLevel(_), _) => TokenizerKind::Word,
-                _ => return Err(TokenizerError("unsupported model type (expected BPE or WordLevel)".into())),
+                _ => {
+                    return Err(TokenizerError(
+                        "unsupported model type (expected BPE or WordLevel)".into(),
+                    ))
+                }
             },
         };
         Ok(Self { kind, inner })
@@ -239,7 +261,10 @@ impl Tokenizer {
 
     /// Ids of many texts at once (in parallel), without `<bos>`/`<eos>`.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TokenizerError> {
-        let encs = self.inner.encode_batch_fast(texts.to_vec(), false).map_err(tok_err)?;
+        let encs = self
+            .inner
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(tok_err)?;
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -279,7 +304,8 @@ impl Tokenizer {
     /// Loads a file written by [`Tokenizer::save`]; the kind is inferred from its contents.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let json = std::fs::read_to_string(path).map_err(|e| DataError::file(path, ErrorKind::Io(e)))?;
+        let json =
+            std::fs::read_to_string(path).map_err(|e| DataError::file(path, ErrorKind::Io(e)))?;
         Self::from_json(&json).map_err(|e| DataError::file(path, ErrorKind::Tokenizer(e.0)))
     }
 
@@ -296,7 +322,11 @@ mod tests {
     const TEXT: &str = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n";
 
     fn train(kind: TokenizerKind, vocab: usize) -> Tokenizer {
-        let cfg = TokenizerConfig { kind, vocab_size: vocab, min_frequency: 1 };
+        let cfg = TokenizerConfig {
+            kind,
+            vocab_size: vocab,
+            min_frequency: 1,
+        };
         Tokenizer::train(&cfg, TEXT.lines()).unwrap()
     }
 
@@ -362,16 +392,25 @@ mod tests {
     #[test]
     fn training_is_deterministic() {
         for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
-            assert_eq!(train(kind, 280).to_json().unwrap(), train(kind, 280).to_json().unwrap());
+            assert_eq!(
+                train(kind, 280).to_json().unwrap(),
+                train(kind, 280).to_json().unwrap()
+            );
         }
     }
 
     #[test]
     fn bad_config_and_file_are_errors() {
-        let cfg = TokenizerConfig { kind: TokenizerKind::Char, vocab_size: 4, min_frequency: 1 };
+        let cfg = TokenizerConfig {
+            kind: TokenizerKind::Char,
+            vocab_size: 4,
+            min_frequency: 1,
+        };
         assert!(Tokenizer::train(&cfg, TEXT.lines()).is_err());
         let e = Tokenizer::load("/nonexistent/tokenizer.json").unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/tokenizer.json: cannot read file"));
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/tokenizer.json: cannot read file"));
         assert!(Tokenizer::from_json("{}").is_err());
     }
 }
