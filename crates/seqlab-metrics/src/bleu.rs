@@ -87,7 +87,7 @@ impl Default for BleuConfig {
     fn default() -> Self {
         BleuConfig {
             lowercase: false,
-            tokenizer: Tokenizer::Thirteen13a,
+            tokenizer: Tokenizer::V13a,
             smooth_method: SmoothMethod::Exp,
             smooth_value: None,
             max_ngram_order: 4,
