@@ -114,7 +114,8 @@ pub struct FusedRecurrence {
     saved: Mutex<Option<Saved>>,
 }
 
-/// dst (m×n, row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit strides.
+/// dst (m×n, row-major with row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit
+/// strides.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn sgemm(
@@ -131,18 +132,43 @@ fn sgemm(
     b_rs: usize,
     b_cs: usize,
 ) {
+    sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
+/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
+/// that makes the big operand column-major.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let threads = rayon::current_num_threads();
@@ -159,7 +185,7 @@ fn sgemm(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             a.as_ptr(),
@@ -282,13 +308,6 @@ impl FusedRecurrence {
         let whh = &w[..gh * p];
         let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
         let bhn = if sp.gru_bhn { &w[w.len() - h..] } else { &[][..] };
-        // W_hh^T once, so that the per-step gemm reads its right-hand side row-major.
-        let mut whh_t = vec![0f32; p * gh];
-        for r in 0..gh {
-            for c in 0..p {
-                whh_t[c * gh + r] = whh[r * p + c];
-            }
-        }
         let lstm = sp.cell == FusedCell::Lstm;
         let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
         let mut hcur = state0[..bsz * p].to_vec();
@@ -312,7 +331,9 @@ impl FusedRecurrence {
         let mut mbuf = vec![0f32; if sp.proj { bsz * h } else { 0 }];
         let mut hproj = vec![0f32; if sp.proj { bsz * p } else { 0 }];
         for s in 0..t_len {
-            sgemm(bsz, gh, p, &mut hh, gh, false, &hcur, p, 1, &whh_t, gh, 1);
+            // hh = h @ W_hh^T; W_hh^T read in place is column-major, which `gemm` streams
+            // without packing (measured faster than a pre-transposed copy).
+            sgemm(bsz, gh, p, &mut hh, gh, false, &hcur, p, 1, whh, 1, p);
             for b in 0..bsz {
                 let Some(t) = sp.t_of(s, b) else { continue };
                 let row = t * bsz + b;
