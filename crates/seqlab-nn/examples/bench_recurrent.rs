@@ -4,8 +4,8 @@
 //!
 //!     cargo run -p seqlab-nn --example bench_recurrent -- [lstm|gru|both] [steps]
 
-use seqlab_nn::{Gru, Lstm, RecurrentConfig, SeqRng, VarStore};
 use candle_core::{Device, Result};
+use seqlab_nn::{Gru, Lstm, RecurrentConfig, SeqRng, VarStore};
 use std::time::Instant;
 
 const INPUT: usize = 256;
@@ -61,7 +61,8 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 

@@ -173,11 +173,8 @@ pub fn sgemm_strided(
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let threads = rayon::current_num_threads();
     // Thread dispatch costs more than it saves on tiny products.
-    let par = if threads > 1 && m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par =
+        if threads > 1 && m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(
@@ -218,8 +215,7 @@ fn fexp(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }
@@ -312,11 +308,8 @@ impl FusedRecurrence {
         let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
         let mut hcur = state0[..bsz * p].to_vec();
         let mut ccur = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
-        let mut sv = Saved {
-            hprev: vec![0.0; t_len * bsz * p],
-            gates: vec![0.0; t_len * bsz * gh],
-            ..Default::default()
-        };
+        let mut sv =
+            Saved { hprev: vec![0.0; t_len * bsz * p], gates: vec![0.0; t_len * bsz * gh], ..Default::default() };
         if lstm {
             sv.cprev = vec![0.0; t_len * bsz * h];
             sv.tc = vec![0.0; t_len * bsz * h];
@@ -426,9 +419,7 @@ impl FusedRecurrence {
         let sp = &self.spec;
         let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
         let guard = self.saved.lock().unwrap();
-        let Some(sv) = guard.as_ref() else {
-            bail!("fused recurrence: backward before forward")
-        };
+        let Some(sv) = guard.as_ref() else { bail!("fused recurrence: backward before forward") };
         let lstm = sp.cell == FusedCell::Lstm;
         let gru = sp.cell == FusedCell::Gru;
         let w = &sv.w;
