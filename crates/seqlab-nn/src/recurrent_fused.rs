@@ -112,6 +112,8 @@ struct Saved {
 pub struct FusedRecurrence {
     spec: FusedSpec,
     saved: Mutex<Option<Saved>>,
+    /// Whether any argument is part of an autograd graph; if not, nothing is kept.
+    keep: bool,
 }
 
 /// dst (m×n, row-major with row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit
@@ -272,14 +274,15 @@ impl FusedRecurrence {
         if !spec.proj && spec.out != spec.hidden {
             bail!("fused recurrence: out size {} != hidden {} without projection", spec.out, spec.hidden);
         }
-        Ok(Self { spec, saved: Mutex::new(None) })
+        Ok(Self { spec, saved: Mutex::new(None), keep: true })
     }
 
     /// Runs the op: returns `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)`.
     pub fn run(spec: FusedSpec, gx: &Tensor, state0: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
         let lstm = spec.cell == FusedCell::Lstm;
-        let op = Self::new(spec)?;
+        let mut op = Self::new(spec)?;
+        op.keep = gx.track_op() || state0.track_op() || w.track_op();
         let res = gx.contiguous()?.apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
         let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
         let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
@@ -409,8 +412,10 @@ impl FusedRecurrence {
         if lstm {
             res[base + bsz * p..].copy_from_slice(&ccur);
         }
-        sv.w = w.to_vec();
-        *self.saved.lock().unwrap() = Some(sv);
+        if self.keep {
+            sv.w = w.to_vec();
+            *self.saved.lock().unwrap() = Some(sv);
+        }
         Ok(res)
     }
 
