@@ -76,3 +76,37 @@ make("lstm_proj_packed", "lstm", {**base, "bidirectional": False, "hidden_size":
                                   "batch_first": False}, 3, 5, [2, 5, 4], False, 12)
 make("gru_packed", "gru", {**base, "batch_first": False}, 4, 6, [6, 2, 5, 1], True, 13)
 make("rnn_packed", "rnn", {**base, "batch_first": True, "nonlinearity": "tanh"}, 3, 5, [4, 5, 2], True, 14)
+
+
+def make_seed(name, cell, batch, seq, lengths, seed):
+    """`seed_model` with variable lengths and a bidirectional layer: the feature is the last
+    layer's final state of each direction (forward: last valid step; backward: t = 0), i.e.
+    cat(hn[-2], hn[-1]) of the packed run — seqlab's RecurrentClassifier semantics."""
+    torch.manual_seed(seed)
+    cfg = {"cell": cell, "input_size": 5, "hidden_size": 7, "num_layers": 2, "output_size": 3, "bidirectional": True}
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    model = torch.nn.ModuleDict({
+        "rnn": cls(5, 7, num_layers=2, batch_first=True, bidirectional=True),
+        "fc": torch.nn.Linear(14, 3),
+    })
+    x = torch.randn(batch, seq, 5, requires_grad=True)
+    lengths_t = torch.tensor(lengths, dtype=torch.int64)
+    packed = pack_padded_sequence(x, lengths_t, batch_first=True, enforce_sorted=False)
+    _, st = model["rnn"](packed)
+    hn = st[0] if cell == "lstm" else st
+    y = model["fc"](torch.cat([hn[-2], hn[-1]], dim=1))
+    probe = torch.randn(y.shape)
+    (y * probe).sum().backward()
+    t = {f"param.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    t.update({f"grad.param.{k}": p.grad.detach().clone() for k, p in model.named_parameters()})
+    t.update({"input.x": x.detach().clone(), "grad.input.x": x.grad.detach().clone(), "input.lengths": lengths_t,
+              "output.y": y.detach().clone(), "probe.y": probe})
+    meta = {"module": "seed_model", "config": json.dumps(cfg, sort_keys=True), "loss_outputs": json.dumps(["y"]),
+            "torch_version": torch.__version__,
+            "note": "packed lengths, bidirectional: y = fc(cat(hn[-2], hn[-1]))"}
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, f"{name}.safetensors"), metadata=meta)
+    print(name)
+
+
+make_seed("seed_lstm_packed_model", "lstm", 4, 6, [3, 6, 1, 4], 21)
+make_seed("seed_gru_packed_model", "gru", 3, 5, [5, 2, 4], 22)

@@ -87,7 +87,7 @@ impl Default for BleuConfig {
     fn default() -> Self {
         BleuConfig {
             lowercase: false,
-            tokenizer: Tokenizer::Thirteen13a,
+            tokenizer: Tokenizer::V13a,
             smooth_method: SmoothMethod::Exp,
             smooth_value: None,
             max_ngram_order: 4,
@@ -152,7 +152,12 @@ pub struct BleuStats {
 
 impl BleuStats {
     pub fn zeros(max_order: usize) -> Self {
-        BleuStats { sys_len: 0, ref_len: 0, counts: vec![0; max_order], totals: vec![0; max_order] }
+        BleuStats {
+            sys_len: 0,
+            ref_len: 0,
+            counts: vec![0; max_order],
+            totals: vec![0; max_order],
+        }
     }
 
     pub fn add(&mut self, other: &BleuStats) {
@@ -232,9 +237,17 @@ pub fn compute_bleu(stats: &BleuStats, cfg: &BleuConfig) -> Result<BleuScore, Me
     let (sys_len, ref_len) = (stats.sys_len, stats.ref_len);
     let mut bp = 1.0;
     if sys_len < ref_len {
-        bp = if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 };
+        bp = if sys_len > 0 {
+            (1.0 - ref_len as f64 / sys_len as f64).exp()
+        } else {
+            0.0
+        };
     }
-    let ratio = if ref_len > 0 { sys_len as f64 / ref_len as f64 } else { 0.0 };
+    let ratio = if ref_len > 0 {
+        sys_len as f64 / ref_len as f64
+    } else {
+        0.0
+    };
     let mut precisions = vec![0.0; order];
     let mut result = BleuScore {
         score: 0.0,
@@ -250,7 +263,10 @@ pub fn compute_bleu(stats: &BleuStats, cfg: &BleuConfig) -> Result<BleuScore, Me
     if stats.counts.iter().all(|&c| c == 0) {
         return Ok(result);
     }
-    let smooth_value = cfg.smooth_value.or(cfg.smooth_method.default_value()).unwrap_or(0.0);
+    let smooth_value = cfg
+        .smooth_value
+        .or(cfg.smooth_method.default_value())
+        .unwrap_or(0.0);
     let mut smooth_mteval = 1.0f64;
     let mut eff_order = order;
     for n in 1..=order {
@@ -279,7 +295,9 @@ pub fn compute_bleu(stats: &BleuStats, cfg: &BleuConfig) -> Result<BleuScore, Me
             precisions[n - 1] = 100.0 * correct / total;
         }
     }
-    let log_sum = precisions[..eff_order].iter().fold(0.0, |acc, &p| acc + my_log(p));
+    let log_sum = precisions[..eff_order]
+        .iter()
+        .fold(0.0, |acc, &p| acc + my_log(p));
     result.score = bp * (log_sum / eff_order as f64).exp();
     result.precisions = precisions;
     Ok(result)
@@ -320,7 +338,11 @@ pub fn segment_stats<S: AsRef<str>>(
     if refs.is_empty() {
         return Err(MetricError::NoReferences);
     }
-    Ok(segment_stats_unchecked(hyp, refs.iter().map(|r| r.as_ref()), cfg))
+    Ok(segment_stats_unchecked(
+        hyp,
+        refs.iter().map(|r| r.as_ref()),
+        cfg,
+    ))
 }
 
 fn segment_stats_unchecked<'r>(
@@ -429,7 +451,10 @@ mod tests {
     #[test]
     fn exp_smoothing_and_effective_order() {
         // Two tokens: no 3- or 4-grams.
-        let cfg = BleuConfig { effective_order: true, ..Default::default() };
+        let cfg = BleuConfig {
+            effective_order: true,
+            ..Default::default()
+        };
         let b = sentence_bleu("a b", &["a b"], &cfg).unwrap();
         assert!((b.score - 100.0).abs() < 1e-12);
         let b = sentence_bleu("a b", &["a b"], &BleuConfig::default()).unwrap();
@@ -455,7 +480,10 @@ mod tests {
         assert!(e.to_string().contains("1 segments but there are 2"), "{e}");
         assert!(corpus_bleu::<String>(&[], &[vec![]], &BleuConfig::default()).is_err());
         assert!(corpus_bleu(&s(&["a"]), &[], &BleuConfig::default()).is_err());
-        let cfg = BleuConfig { max_ngram_order: 0, ..Default::default() };
+        let cfg = BleuConfig {
+            max_ngram_order: 0,
+            ..Default::default()
+        };
         assert!(corpus_bleu(&s(&["a"]), &[s(&["a"])], &cfg).is_err());
         assert!("exq".parse::<SmoothMethod>().is_err());
     }

@@ -46,12 +46,17 @@ impl Default for ChrfConfig {
 impl ChrfConfig {
     /// chrF++: sacrebleu's defaults with word order 2.
     pub fn chrf_plus_plus() -> Self {
-        ChrfConfig { word_order: 2, ..Default::default() }
+        ChrfConfig {
+            word_order: 2,
+            ..Default::default()
+        }
     }
 
     pub fn validate(&self) -> Result<(), MetricError> {
         if self.char_order + self.word_order == 0 {
-            return Err(MetricError::Config("char_order + word_order must be at least 1".into()));
+            return Err(MetricError::Config(
+                "char_order + word_order must be at least 1".into(),
+            ));
         }
         if self.char_order > 100 || self.word_order > 100 || self.beta > 1000 {
             return Err(MetricError::Config(format!(
@@ -162,7 +167,11 @@ fn match_stats<T: Eq + Hash>(hyp: &HashMap<&[T], u64>, rf: &HashMap<&[T], u64>) 
             matched += c.min(r);
         }
     }
-    [if rf.is_empty() { 0 } else { hyp_count }, rf.values().sum(), matched]
+    [
+        if rf.is_empty() { 0 } else { hyp_count },
+        rf.values().sum(),
+        matched,
+    ]
 }
 
 /// sacrebleu's `CHRF._compute_f_score`, same operation order.
@@ -173,10 +182,22 @@ pub fn f_score(stats: &[[u64; 3]], cfg: &ChrfConfig) -> f64 {
     let mut effective_order = 0usize;
     let (mut avg_prec, mut avg_rec) = (0.0, 0.0);
     for &[n_hyp, n_ref, n_match] in stats {
-        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
-        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
+        let prec = if n_hyp > 0 {
+            n_match as f64 / n_hyp as f64
+        } else {
+            eps
+        };
+        let rec = if n_ref > 0 {
+            n_match as f64 / n_ref as f64
+        } else {
+            eps
+        };
         let denom = factor * prec + rec;
-        score += if denom > 0.0 { (1.0 + factor) * prec * rec / denom } else { eps };
+        score += if denom > 0.0 {
+            (1.0 + factor) * prec * rec / denom
+        } else {
+            eps
+        };
         if n_hyp > 0 && n_ref > 0 {
             avg_prec += prec;
             avg_rec += rec;
@@ -208,7 +229,11 @@ struct SegmentNgrams<'a> {
     words: Vec<HashMap<&'a [&'a str], u64>>,
 }
 
-fn segment_ngrams<'a>(chars: &'a [char], words: &'a [&'a str], cfg: &ChrfConfig) -> SegmentNgrams<'a> {
+fn segment_ngrams<'a>(
+    chars: &'a [char],
+    words: &'a [&'a str],
+    cfg: &ChrfConfig,
+) -> SegmentNgrams<'a> {
     SegmentNgrams {
         chars: (1..=cfg.char_order).map(|n| counts(chars, n)).collect(),
         words: (1..=cfg.word_order).map(|n| counts(words, n)).collect(),
@@ -234,7 +259,11 @@ pub fn segment_stats<S: AsRef<str>>(
     if refs.is_empty() {
         return Err(MetricError::NoReferences);
     }
-    Ok(segment_stats_unchecked(hyp, refs.iter().map(|r| r.as_ref()), cfg))
+    Ok(segment_stats_unchecked(
+        hyp,
+        refs.iter().map(|r| r.as_ref()),
+        cfg,
+    ))
 }
 
 fn segment_stats_unchecked<'r>(
@@ -242,16 +271,30 @@ fn segment_stats_unchecked<'r>(
     refs: impl Iterator<Item = &'r str>,
     cfg: &ChrfConfig,
 ) -> Vec<[u64; 3]> {
-    let prep = |s: &str| if cfg.lowercase { py_lower(s) } else { s.to_string() };
+    let prep = |s: &str| {
+        if cfg.lowercase {
+            py_lower(s)
+        } else {
+            s.to_string()
+        }
+    };
     let hyp = prep(hyp);
     let hyp_chars = char_seq(&hyp, cfg);
-    let hyp_words = if cfg.word_order > 0 { split_punctuation(&hyp) } else { Vec::new() };
+    let hyp_words = if cfg.word_order > 0 {
+        split_punctuation(&hyp)
+    } else {
+        Vec::new()
+    };
     let h = segment_ngrams(&hyp_chars, &hyp_words, cfg);
     let mut best: Option<(f64, Vec<[u64; 3]>)> = None;
     for r in refs {
         let r = prep(r);
         let ref_chars = char_seq(&r, cfg);
-        let ref_words = if cfg.word_order > 0 { split_punctuation(&r) } else { Vec::new() };
+        let ref_words = if cfg.word_order > 0 {
+            split_punctuation(&r)
+        } else {
+            Vec::new()
+        };
         let rn = segment_ngrams(&ref_chars, &ref_words, cfg);
         let mut stats = Vec::with_capacity(cfg.order());
         for (hc, rc) in h.chars.iter().zip(&rn.chars) {
@@ -266,7 +309,8 @@ fn segment_stats_unchecked<'r>(
             best = Some((f, stats));
         }
     }
-    best.map(|(_, s)| s).unwrap_or_else(|| vec![[0; 3]; cfg.order()])
+    best.map(|(_, s)| s)
+        .unwrap_or_else(|| vec![[0; 3]; cfg.order()])
 }
 
 /// Corpus chrF of `hyps` against `refs`, where `refs[k][i]` is the k-th reference of segment `i`
@@ -320,7 +364,10 @@ mod tests {
 
     #[test]
     fn punctuation_split_like_sacrebleu() {
-        assert_eq!(split_punctuation("(hi) a, .b c «x»"), ["(hi", ")", "a", ",", ".", "b", "c", "«x»"]);
+        assert_eq!(
+            split_punctuation("(hi) a, .b c «x»"),
+            ["(hi", ")", "a", ",", ".", "b", "c", "«x»"]
+        );
         assert_eq!(split_punctuation("! ab!"), ["!", "ab", "!"]);
     }
 
@@ -332,7 +379,11 @@ mod tests {
         let c = corpus_chrf(&hyps, &refs, &ChrfConfig::default()).unwrap();
         let cpp = corpus_chrf(&hyps, &refs, &ChrfConfig::chrf_plus_plus()).unwrap();
         assert!((c.score - 64.48740111536092).abs() < 1e-9, "{}", c.score);
-        assert!((cpp.score - 64.21976715339666).abs() < 1e-9, "{}", cpp.score);
+        assert!(
+            (cpp.score - 64.21976715339666).abs() < 1e-9,
+            "{}",
+            cpp.score
+        );
         assert_eq!(c.name(), "chrF2");
         assert_eq!(cpp.name(), "chrF2++");
     }
@@ -345,7 +396,10 @@ mod tests {
         assert_eq!(c.score, 0.0);
         let c = corpus_chrf(&s(&["a b c"]), &[s(&["abc"])], &ChrfConfig::default()).unwrap();
         assert!((c.score - 100.0).abs() < 1e-12);
-        let bad = ChrfConfig { char_order: 0, ..Default::default() };
+        let bad = ChrfConfig {
+            char_order: 0,
+            ..Default::default()
+        };
         assert!(corpus_chrf(&s(&["a"]), &[s(&["a"])], &bad).is_err());
     }
 }

@@ -28,11 +28,23 @@ pub enum MetricError {
     #[error("no reference streams given (need at least one)")]
     NoReferences,
     #[error("reference stream {stream} has {got} segments but there are {expected} hypotheses")]
-    RefCount { stream: usize, got: usize, expected: usize },
-    #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: line {line} is not valid UTF-8 (bad byte at column {byte})", path.display())]
-    Utf8 { path: PathBuf, line: usize, byte: usize },
+    RefCount {
+        stream: usize,
+        got: usize,
+        expected: usize,
+    },
+    // `error` rather than `source`: the cause belongs in this message, printed once.
+    #[error("cannot read {}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: line {line} is not valid UTF-8 (invalid byte at byte {byte} of the line)", path.display())]
+    Utf8 {
+        path: PathBuf,
+        line: usize,
+        byte: usize,
+    },
 }
 
 /// Checks the shapes every corpus metric needs: `refs[k][i]` for each hypothesis `i`.
@@ -45,7 +57,11 @@ pub(crate) fn check_corpus<S: AsRef<str>>(hyps: &[S], refs: &[Vec<S>]) -> Result
     }
     for (k, stream) in refs.iter().enumerate() {
         if stream.len() != hyps.len() {
-            return Err(MetricError::RefCount { stream: k, got: stream.len(), expected: hyps.len() });
+            return Err(MetricError::RefCount {
+                stream: k,
+                got: stream.len(),
+                expected: hyps.len(),
+            });
         }
     }
     Ok(())

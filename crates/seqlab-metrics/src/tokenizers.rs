@@ -16,7 +16,7 @@ pub enum Tokenizer {
     /// mteval-v13a: unescape a few HTML entities, separate ASCII punctuation and symbols; commas
     /// and periods stay attached between digits. Unicode punctuation is left attached.
     #[default]
-    Thirteen13a,
+    V13a,
     /// mteval-v14 "international": separate Unicode punctuation (unless between digits) and symbols.
     Intl,
     /// Every non-whitespace character is a token.
@@ -28,7 +28,7 @@ impl Tokenizer {
     pub fn name(self) -> &'static str {
         match self {
             Tokenizer::None => "none",
-            Tokenizer::Thirteen13a => "13a",
+            Tokenizer::V13a => "13a",
             Tokenizer::Intl => "intl",
             Tokenizer::Char => "char",
         }
@@ -38,7 +38,7 @@ impl Tokenizer {
     pub fn tokenize(self, line: &str) -> String {
         match self {
             Tokenizer::None => line.to_string(),
-            Tokenizer::Thirteen13a => tokenize_13a(line),
+            Tokenizer::V13a => tokenize_13a(line),
             Tokenizer::Intl => tokenize_intl(line),
             Tokenizer::Char => {
                 let mut out = String::with_capacity(line.len() * 2);
@@ -65,7 +65,7 @@ impl FromStr for Tokenizer {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "none" => Ok(Tokenizer::None),
-            "13a" => Ok(Tokenizer::Thirteen13a),
+            "13a" => Ok(Tokenizer::V13a),
             "intl" => Ok(Tokenizer::Intl),
             "char" => Ok(Tokenizer::Char),
             other => Err(MetricError::Config(format!(
@@ -106,7 +106,10 @@ fn is_period_comma(c: char) -> bool {
 }
 
 fn tokenize_13a(line: &str) -> String {
-    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    let mut line = line
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
     if line.contains('&') {
         // Sequential, as in sacrebleu: "&amp;lt;" becomes "&lt;" and then "<".
         line = line
@@ -169,12 +172,19 @@ mod tests {
     // sacrebleu.tokenizers.tokenizer_13a.Tokenizer13a()(line)
     #[test]
     fn thirteen_a_matches_sacrebleu() {
-        let t = Tokenizer::Thirteen13a;
-        assert_eq!(t.tokenize("Hello, world. It's 3.14 and 1,000 - ok?"),
-                   "Hello , world . It's 3.14 and 1,000 - ok ?");
-        assert_eq!(t.tokenize("a.,b 5-3 x-y (z) [w] {v} &amp;lt; &quot;q&quot;"),
-                   "a . , b 5 - 3 x-y ( z ) [ w ] { v } < \" q \"");
-        assert_eq!(t.tokenize("«Hola», dijo él… ¿Qué?"), "«Hola» , dijo él… ¿Qué ?");
+        let t = Tokenizer::V13a;
+        assert_eq!(
+            t.tokenize("Hello, world. It's 3.14 and 1,000 - ok?"),
+            "Hello , world . It's 3.14 and 1,000 - ok ?"
+        );
+        assert_eq!(
+            t.tokenize("a.,b 5-3 x-y (z) [w] {v} &amp;lt; &quot;q&quot;"),
+            "a . , b 5 - 3 x-y ( z ) [ w ] { v } < \" q \""
+        );
+        assert_eq!(
+            t.tokenize("«Hola», dijo él… ¿Qué?"),
+            "«Hola» , dijo él… ¿Qué ?"
+        );
         assert_eq!(t.tokenize("end 2020."), "end 2020 .");
         assert_eq!(t.tokenize("<skipped>"), "");
         assert_eq!(t.tokenize(""), "");
@@ -184,7 +194,10 @@ mod tests {
     #[test]
     fn intl_matches_sacrebleu() {
         let t = Tokenizer::Intl;
-        assert_eq!(t.tokenize("«Hola», dijo él… ¿Qué? 3.14 $5"), "« Hola » , dijo él … ¿ Qué ? 3.14 $ 5");
+        assert_eq!(
+            t.tokenize("«Hola», dijo él… ¿Qué? 3.14 $5"),
+            "« Hola » , dijo él … ¿ Qué ? 3.14 $ 5"
+        );
         assert_eq!(t.tokenize("end 2020."), "end 2020.");
     }
 
@@ -192,6 +205,10 @@ mod tests {
     fn char_and_none() {
         assert_eq!(Tokenizer::Char.tokenize("ab c"), "a b   c");
         assert_eq!(Tokenizer::None.tokenize(" a  b "), " a  b ");
-        assert!("xyz".parse::<Tokenizer>().unwrap_err().to_string().contains("xyz"));
+        assert!("xyz"
+            .parse::<Tokenizer>()
+            .unwrap_err()
+            .to_string()
+            .contains("xyz"));
     }
 }

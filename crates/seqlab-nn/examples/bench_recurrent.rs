@@ -2,10 +2,10 @@
 //! forward + backward of `sum(out * probe)` + a plain SGD update `w - lr * g`.
 //! Compare with `bench/torch_recurrent.py` (same sizes, torch.set_num_threads(2)).
 //!
-//!     cargo run --release -p seqlab-nn --example bench_recurrent -- [lstm|gru|both] [steps]
+//!     cargo run -p seqlab-nn --example bench_recurrent -- [lstm|gru|both] [steps]
 
-use seqlab_nn::{Gru, Lstm, RecurrentConfig, SeqRng, VarStore};
 use candle_core::{Device, Result};
+use seqlab_nn::{Gru, Lstm, RecurrentConfig, SeqRng, VarStore};
 use std::time::Instant;
 
 const INPUT: usize = 256;
@@ -40,13 +40,30 @@ fn bench(cell: &str, steps: usize) -> Result<f64> {
     };
     step()?; // warm-up: allocations, thread pool
     let t0 = Instant::now();
+    let c0 = cpu_seconds();
     for _ in 0..steps {
         step()?;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - c0;
     let tps = (steps * BATCH * SEQ) as f64 / secs;
-    println!("seqlab {cell}: {steps} steps in {secs:.2}s, {:.1} ms/step, {tps:.0} tokens/s", 1e3 * secs / steps as f64);
+    println!(
+        "seqlab {cell}: {steps} steps in {secs:.2}s, {:.1} ms/step, {tps:.0} tokens/s (wall); {:.0} tokens per CPU-second",
+        1e3 * secs / steps as f64,
+        (steps * BATCH * SEQ) as f64 / cpu
+    );
     Ok(tps)
+}
+
+/// Process CPU time (user + system) from /proc/self/stat: on a shared machine, tokens per
+/// CPU-second is far less sensitive to other load than wall-clock throughput.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 fn main() -> Result<()> {

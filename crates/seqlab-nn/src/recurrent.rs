@@ -213,7 +213,11 @@ impl Stack {
         let n = self.cell.name();
         let cfg = &self.cfg;
         if x.rank() != 3 {
-            bail!("{n}: input must be 3-D ({}), got shape {:?}", if cfg.batch_first { "B, T, I" } else { "T, B, I" }, x.dims());
+            bail!(
+                "{n}: input must be 3-D ({}), got shape {:?}",
+                if cfg.batch_first { "B, T, I" } else { "T, B, I" },
+                x.dims()
+            );
         }
         if x.dtype() != DType::F32 {
             bail!("{n}: input must be f32, got {:?}", x.dtype());
@@ -512,7 +516,8 @@ pub(crate) fn golden_recurrent(case: &crate::golden::Case) -> Result<crate::gold
         let lengths = case_lengths(inp)?;
         let (h0, c0) = (inp.opt("h0"), inp.opt("c0"));
         let r = stack.forward(&inp.get("x")?, h0.as_ref(), c0.as_ref(), lengths.as_deref(), false)?;
-        let mut m: std::collections::HashMap<String, Tensor> = [("out".to_string(), r.out), ("hn".to_string(), r.hn)].into();
+        let mut m: std::collections::HashMap<String, Tensor> =
+            [("out".to_string(), r.out), ("hn".to_string(), r.hn)].into();
         if let Some(c) = r.cn {
             m.insert("cn".to_string(), c);
         }
@@ -632,7 +637,10 @@ mod tests {
         // Padded outputs are exactly zero.
         let pad = out.get(1).unwrap().narrow(0, 2, 3).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(pad.to_scalar::<f32>().unwrap(), 0.0);
-        assert_all_params_get_grad(&vs, &Tensor::cat(&[out.flatten_all().unwrap(), cn.flatten_all().unwrap()], 0).unwrap());
+        assert_all_params_get_grad(
+            &vs,
+            &Tensor::cat(&[out.flatten_all().unwrap(), cn.flatten_all().unwrap()], 0).unwrap(),
+        );
     }
 
     #[test]
@@ -671,7 +679,8 @@ mod tests {
         let a = out.get(1).unwrap().narrow(0, 0, 3).unwrap();
         let d = (a - out1.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-6, "{d}");
-        let d = (hn.narrow(1, 1, 1).unwrap() - hn1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d =
+            (hn.narrow(1, 1, 1).unwrap() - hn1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-6, "{d}");
     }
 }

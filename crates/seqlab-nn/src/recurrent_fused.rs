@@ -112,9 +112,12 @@ struct Saved {
 pub struct FusedRecurrence {
     spec: FusedSpec,
     saved: Mutex<Option<Saved>>,
+    /// Whether any argument is part of an autograd graph; if not, nothing is kept.
+    keep: bool,
 }
 
-/// dst (m×n, row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit strides.
+/// dst (m×n, row-major with row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit
+/// strides.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn sgemm(
@@ -131,27 +134,49 @@ fn sgemm(
     b_rs: usize,
     b_cs: usize,
 ) {
+    sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
+/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
+/// that makes the big operand column-major.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let threads = rayon::current_num_threads();
     // Thread dispatch costs more than it saves on tiny products.
-    let par = if threads > 1 && m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par =
+        if threads > 1 && m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(
@@ -159,7 +184,7 @@ fn sgemm(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             a.as_ptr(),
@@ -192,8 +217,7 @@ fn fexp(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     p * scale
 }
@@ -250,14 +274,15 @@ impl FusedRecurrence {
         if !spec.proj && spec.out != spec.hidden {
             bail!("fused recurrence: out size {} != hidden {} without projection", spec.out, spec.hidden);
         }
-        Ok(Self { spec, saved: Mutex::new(None) })
+        Ok(Self { spec, saved: Mutex::new(None), keep: true })
     }
 
     /// Runs the op: returns `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)`.
     pub fn run(spec: FusedSpec, gx: &Tensor, state0: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
         let lstm = spec.cell == FusedCell::Lstm;
-        let op = Self::new(spec)?;
+        let mut op = Self::new(spec)?;
+        op.keep = gx.track_op() || state0.track_op() || w.track_op();
         let res = gx.contiguous()?.apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
         let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
         let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
@@ -282,22 +307,12 @@ impl FusedRecurrence {
         let whh = &w[..gh * p];
         let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
         let bhn = if sp.gru_bhn { &w[w.len() - h..] } else { &[][..] };
-        // W_hh^T once, so that the per-step gemm reads its right-hand side row-major.
-        let mut whh_t = vec![0f32; p * gh];
-        for r in 0..gh {
-            for c in 0..p {
-                whh_t[c * gh + r] = whh[r * p + c];
-            }
-        }
         let lstm = sp.cell == FusedCell::Lstm;
         let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
         let mut hcur = state0[..bsz * p].to_vec();
         let mut ccur = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
-        let mut sv = Saved {
-            hprev: vec![0.0; t_len * bsz * p],
-            gates: vec![0.0; t_len * bsz * gh],
-            ..Default::default()
-        };
+        let mut sv =
+            Saved { hprev: vec![0.0; t_len * bsz * p], gates: vec![0.0; t_len * bsz * gh], ..Default::default() };
         if lstm {
             sv.cprev = vec![0.0; t_len * bsz * h];
             sv.tc = vec![0.0; t_len * bsz * h];
@@ -312,7 +327,9 @@ impl FusedRecurrence {
         let mut mbuf = vec![0f32; if sp.proj { bsz * h } else { 0 }];
         let mut hproj = vec![0f32; if sp.proj { bsz * p } else { 0 }];
         for s in 0..t_len {
-            sgemm(bsz, gh, p, &mut hh, gh, false, &hcur, p, 1, &whh_t, gh, 1);
+            // hh = h @ W_hh^T; W_hh^T read in place is column-major, which `gemm` streams
+            // without packing (measured faster than a pre-transposed copy).
+            sgemm(bsz, gh, p, &mut hh, gh, false, &hcur, p, 1, whh, 1, p);
             for b in 0..bsz {
                 let Some(t) = sp.t_of(s, b) else { continue };
                 let row = t * bsz + b;
@@ -395,8 +412,10 @@ impl FusedRecurrence {
         if lstm {
             res[base + bsz * p..].copy_from_slice(&ccur);
         }
-        sv.w = w.to_vec();
-        *self.saved.lock().unwrap() = Some(sv);
+        if self.keep {
+            sv.w = w.to_vec();
+            *self.saved.lock().unwrap() = Some(sv);
+        }
         Ok(res)
     }
 
@@ -405,9 +424,7 @@ impl FusedRecurrence {
         let sp = &self.spec;
         let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
         let guard = self.saved.lock().unwrap();
-        let Some(sv) = guard.as_ref() else {
-            bail!("fused recurrence: backward before forward")
-        };
+        let Some(sv) = guard.as_ref() else { bail!("fused recurrence: backward before forward") };
         let lstm = sp.cell == FusedCell::Lstm;
         let gru = sp.cell == FusedCell::Gru;
         let w = &sv.w;
