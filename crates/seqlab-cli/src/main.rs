@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod train_cmd;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,6 +19,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a model from a TOML config (language model, classifier, forecaster).
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint on the test or validation data.
+    Eval(train_cmd::EvalArgs),
+    /// Sample text from a language-model checkpoint.
+    Generate(train_cmd::GenerateArgs),
+    /// Draw loss/metric curves from metrics.jsonl files to PNG or SVG.
+    Plot(train_cmd::PlotArgs),
     /// Time training steps of the layer library (tokens/s).
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
@@ -31,6 +40,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => train_cmd::train(a),
+        Command::Eval(a) => train_cmd::eval(a),
+        Command::Generate(a) => train_cmd::generate(a),
+        Command::Plot(a) => train_cmd::plot(a),
         Command::Bench(a) => bench::run(a),
         Command::W2v(a) => seqlab_w2v::cli::run(a),
         Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),

@@ -6,5 +6,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod plot;
 pub mod schedule;
+pub mod trainer;
 
 pub use schedule::Schedule;
+pub use trainer::{LoopConfig, RunSummary, StopReason, TrainTask, Trainer};

@@ -96,7 +96,8 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
     if x1 == x0 {
         x1 = x0 + 1.0;
     }
-    let log_y = log_y && y0 > 0.0;
+    // A log axis only pays (and only gets tick labels) when the values span a decade.
+    let log_y = log_y && y0 > 0.0 && y1 / y0 >= 10.0;
     if y1 == y0 {
         y1 = y0 + 1.0;
     }

@@ -1,0 +1,222 @@
+//! Sequence classification of `text<TAB>label` files: batches by token budget with length
+//! bucketing; accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+use crate::common::{c, ids_tensor, print_warnings, tokenizer, Report, Split};
+use crate::config::RunConfig;
+use crate::models::ClsNet;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor, D};
+use seqlab_data::{pad_batch, token_budget_batches, BudgetConfig, ClsData, LabelSet, Tokenizer, TokenizerConfig};
+use seqlab_nn::loss::{cross_entropy, Reduction};
+use seqlab_nn::VarStore;
+use seqlab_train::trainer::TrainTask;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+struct Encoded {
+    seqs: Vec<Vec<u32>>,
+    labels: Vec<usize>,
+}
+
+pub struct ClsTask {
+    pub cfg: RunConfig,
+    pub tok: Tokenizer,
+    pub labels: LabelSet,
+    pub net: ClsNet,
+    pub vs: VarStore,
+    train: Option<Encoded>,
+    valid: Option<Encoded>,
+    epoch_batches: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+/// Precision, recall, F1 per class and the confusion matrix (rows = truth).
+pub struct ClassReport {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_class: Vec<(f64, f64, f64, usize)>,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+pub fn class_report(truth: &[usize], pred: &[usize], k: usize) -> ClassReport {
+    let mut confusion = vec![vec![0usize; k]; k];
+    for (&t, &p) in truth.iter().zip(pred) {
+        confusion[t][p] += 1;
+    }
+    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class: Vec<(f64, f64, f64, usize)> = (0..k)
+        .map(|i| {
+            let tp = confusion[i][i] as f64;
+            let predicted: usize = (0..k).map(|r| confusion[r][i]).sum();
+            let support: usize = confusion[i].iter().sum();
+            let p = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
+            let r = if support > 0 { tp / support as f64 } else { 0.0 };
+            let f = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+            (p, r, f, support)
+        })
+        .collect();
+    let macro_f1 = per_class.iter().map(|x| x.2).sum::<f64>() / k.max(1) as f64;
+    ClassReport { accuracy: correct as f64 / truth.len().max(1) as f64, macro_f1, per_class, confusion }
+}
+
+impl ClsTask {
+    pub fn build(cfg: &RunConfig, vs: &VarStore, saved: Option<&Path>, with_train_data: bool) -> Result<Self> {
+        let d = &cfg.data;
+        let saved_labels = saved.map(|s| s.join("labels.json")).filter(|p| p.exists());
+        let train_data = if with_train_data || saved_labels.is_none() { Some(ClsData::read_train(&d.train)?) } else { None };
+        let labels = match &saved_labels {
+            Some(p) => {
+                let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(p)?).with_context(|| format!("{}: bad label list", p.display()))?;
+                LabelSet::from_names(names)
+            }
+            None => train_data.as_ref().expect("read above").labels.clone(),
+        };
+        let tcfg = TokenizerConfig { kind: d.tokenizer, vocab_size: d.vocab_size, min_frequency: d.min_frequency };
+        let tok = tokenizer(saved, &tcfg, train_data.iter().flat_map(|t| t.examples.iter().map(|e| e.text.as_str())))?;
+        let net = ClsNet::new(&cfg.model, tok.vocab_size(), labels.len(), tok.pad_id(), vs)?;
+        if cfg.model.kind == crate::config::ModelKind::Transformer && d.max_len > cfg.model.max_positions {
+            bail!("data.max_len ({}) exceeds model.max_positions ({})", d.max_len, cfg.model.max_positions);
+        }
+        let mut t = Self { cfg: cfg.clone(), tok, labels, net, vs: vs.clone(), train: None, valid: None, epoch_batches: None };
+        if with_train_data {
+            t.train = Some(t.encode(train_data.as_ref().expect("read above"))?);
+            if let Some(v) = &d.valid {
+                t.valid = Some(t.encode(&ClsData::read_eval(v, &t.labels)?)?);
+            }
+        }
+        Ok(t)
+    }
+
+    fn encode(&self, data: &ClsData) -> Result<Encoded> {
+        let mut w = Vec::new();
+        let (seqs, labels) = data.encode(&self.tok, self.cfg.data.max_len, self.cfg.data.on_too_long, &mut w)?;
+        print_warnings(&w);
+        Ok(Encoded { seqs, labels })
+    }
+
+    /// Logits (B, C) and labels (B) for the examples `idx`.
+    fn batch_logits(&self, e: &Encoded, idx: &[usize], train: bool) -> Result<(Tensor, Tensor)> {
+        let dev = self.vs.device();
+        let pb = pad_batch(&e.seqs, idx, self.tok.pad_id());
+        let ids = ids_tensor(&pb.ids, pb.batch, pb.max_len, dev)?;
+        // PyTorch's key_padding_mask convention: 1 = padding.
+        let pad: Vec<u8> = pb.mask.iter().map(|&m| 1 - m).collect();
+        let pad = c(Tensor::from_vec(pad, (pb.batch, pb.max_len), dev))?;
+        let logits = self.net.forward(&ids, &pb.lengths, &pad, train)?;
+        let y: Vec<u32> = idx.iter().map(|&i| e.labels[i] as u32).collect();
+        Ok((logits, c(Tensor::from_vec(y, idx.len(), dev))?))
+    }
+
+    fn predict(&self, e: &Encoded, max_batches: Option<usize>) -> Result<(Vec<usize>, Vec<usize>, f64)> {
+        let lengths: Vec<usize> = e.seqs.iter().map(Vec::len).collect();
+        let batches = c(token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), None).map_err(|e| candle_core::Error::Msg(e.0)))?;
+        let (mut truth, mut pred, mut loss, mut n) = (vec![], vec![], 0.0, 0usize);
+        for (i, b) in batches.iter().enumerate() {
+            if max_batches.is_some_and(|m| i >= m) {
+                break;
+            }
+            let (logits, y) = self.batch_logits(e, b, false)?;
+            loss += c(cross_entropy(&logits, &y, None, 0.0, Reduction::Sum)?.to_scalar::<f32>())? as f64;
+            pred.extend(c(logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>())?.into_iter().map(|p| p as usize));
+            truth.extend(b.iter().map(|&i| e.labels[i]));
+            n += b.len();
+        }
+        Ok((truth, pred, loss / n.max(1) as f64))
+    }
+
+    pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        let p = match (path, split) {
+            (Some(p), _) => p.to_path_buf(),
+            (None, Split::Test) => self.cfg.data.test.clone().ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
+            (None, Split::Valid) => self.cfg.data.valid.clone().ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
+        };
+        let e = self.encode(&ClsData::read_eval(&p, &self.labels)?)?;
+        let (truth, pred, loss) = self.predict(&e, None)?;
+        let k = self.labels.len();
+        let r = class_report(&truth, &pred, k);
+        let names = self.labels.names();
+        let w = names.iter().map(|s| s.len()).max().unwrap_or(5).max(5);
+        let mut text = format!("{}: {} examples  accuracy {:.4}  macro-F1 {:.4}  loss {loss:.4}\n\n", p.display(), truth.len(), r.accuracy, r.macro_f1);
+        text.push_str(&format!("{:w$}  precision  recall     F1  support\n", "class"));
+        for (i, (pr, rc, f, s)) in r.per_class.iter().enumerate() {
+            text.push_str(&format!("{:w$}  {pr:9.4}  {rc:6.4}  {f:6.4}  {s:7}\n", names[i]));
+        }
+        text.push_str(&format!("\nconfusion matrix (rows = truth, columns = prediction)\n{:w$}", ""));
+        for i in 0..k {
+            text.push_str(&format!(" {:>7}", &names[i][..names[i].len().min(7)]));
+        }
+        text.push('\n');
+        for (i, row) in r.confusion.iter().enumerate() {
+            text.push_str(&format!("{:w$}", names[i]));
+            for v in row {
+                text.push_str(&format!(" {v:7}"));
+            }
+            text.push('\n');
+        }
+        let per: serde_json::Map<String, serde_json::Value> = r
+            .per_class
+            .iter()
+            .enumerate()
+            .map(|(i, (p, rc, f, s))| (names[i].clone(), json!({"precision": p, "recall": rc, "f1": f, "support": s})))
+            .collect();
+        let json = json!({"file": p.display().to_string(), "examples": truth.len(), "accuracy": r.accuracy, "macro_f1": r.macro_f1, "loss": loss, "per_class": per, "labels": names, "confusion": r.confusion});
+        Ok(Report { text, json })
+    }
+}
+
+impl TrainTask for ClsTask {
+    fn batches_per_epoch(&self) -> usize {
+        let Some(t) = &self.train else { return 0 };
+        let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
+        token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), Some((self.cfg.train.seed, 0))).map_or(0, |b| b.len())
+    }
+
+    fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        let t = self.train.as_ref().expect("built with training data");
+        if self.epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
+            let b = c(token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), Some((self.cfg.train.seed, epoch)))
+                .map_err(|e| candle_core::Error::Msg(e.0)))?;
+            self.epoch_batches = Some((epoch, b));
+        }
+        let batches = &self.epoch_batches.as_ref().expect("set above").1;
+        // Batch counts can differ by one between epochs (pools cut differently); wrap.
+        let idx = &batches[index % batches.len()];
+        let (logits, y) = self.batch_logits(t, idx, true)?;
+        let loss = c(cross_entropy(&logits, &y, None, self.cfg.optim.label_smoothing, Reduction::Mean))?;
+        Ok((loss, idx.iter().map(|&i| t.seqs[i].len()).sum()))
+    }
+
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
+        let Some(v) = &self.valid else {
+            bail!("classification needs data.valid for evaluation during training");
+        };
+        let (truth, pred, loss) = self.predict(v, self.cfg.data.max_eval_batches)?;
+        let r = class_report(&truth, &pred, self.labels.len());
+        Ok(BTreeMap::from([("loss".into(), loss), ("accuracy".into(), r.accuracy), ("macro_f1".into(), r.macro_f1)]))
+    }
+
+    fn selection(&self) -> (String, bool) {
+        ("accuracy".into(), false)
+    }
+
+    fn write_extra(&self, dir: &Path) -> Result<()> {
+        self.tok.save(dir.join("tokenizer.json"))?;
+        std::fs::write(dir.join("labels.json"), serde_json::to_string_pretty(self.labels.names())?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_counts() {
+        let r = class_report(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0], 3);
+        assert_eq!(r.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+        assert!((r.accuracy - 0.6).abs() < 1e-12);
+        // class 1: precision 2/3, recall 1 → F1 0.8
+        assert!((r.per_class[1].2 - 0.8).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,150 @@
+//! Time-series forecasting: windows of `input_len` standardised values → the next `horizon`
+//! values, MSE; RMSE/MAE in the series' own units beside last-value and seasonal-naive
+//! baselines.
+
+use crate::common::{c, Report, Split};
+use crate::config::RunConfig;
+use crate::models::forecaster;
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use seqlab_data::{fixed_batches, Part, TimeSeries, Windows};
+use seqlab_nn::loss::{mse_loss, Reduction};
+use seqlab_nn::recurrent::RecurrentClassifier;
+use seqlab_nn::VarStore;
+use seqlab_train::trainer::TrainTask;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub struct ForecastTask {
+    pub cfg: RunConfig,
+    pub ts: TimeSeries,
+    pub net: RecurrentClassifier,
+    pub vs: VarStore,
+    train: Windows,
+    valid: Windows,
+}
+
+/// Errors in the series' units.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Errors {
+    pub rmse: f64,
+    pub mae: f64,
+}
+
+fn errors(pred: &[f64], truth: &[f64]) -> Errors {
+    let n = truth.len().max(1) as f64;
+    let se: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t) * (p - t)).sum();
+    let ae: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t).abs()).sum();
+    Errors { rmse: (se / n).sqrt(), mae: ae / n }
+}
+
+impl ForecastTask {
+    pub fn build(cfg: &RunConfig, vs: &VarStore) -> Result<Self> {
+        let d = &cfg.data;
+        let column = d.column.as_deref().expect("validated");
+        let ts = TimeSeries::read_csv(&d.train, column, d.valid_frac, d.test_frac)?;
+        let net = forecaster(&cfg.model, d.horizon, vs)?;
+        let train = ts.windows(Part::Train, d.input_len, d.horizon)?;
+        let valid = ts.windows(Part::Valid, d.input_len, d.horizon)?;
+        if train.n == 0 {
+            bail!("{}: the training part has no window of {} inputs + {} targets", d.train.display(), d.input_len, d.horizon);
+        }
+        Ok(Self { cfg: cfg.clone(), ts, net, vs: vs.clone(), train, valid })
+    }
+
+    fn batch(&self, w: &Windows, idx: &[usize], train: bool) -> Result<(Tensor, Tensor)> {
+        let dev = self.vs.device();
+        let (l, h) = (w.input_len, w.horizon);
+        let mut x = Vec::with_capacity(idx.len() * l);
+        let mut y = Vec::with_capacity(idx.len() * h);
+        for &i in idx {
+            x.extend_from_slice(&w.inputs[i * l..(i + 1) * l]);
+            y.extend_from_slice(&w.targets[i * h..(i + 1) * h]);
+        }
+        let x = c(Tensor::from_vec(x, (idx.len(), l, 1), dev))?;
+        let pred = c(self.net.forward(&x, None, train))?;
+        Ok((pred, c(Tensor::from_vec(y, (idx.len(), h), dev))?))
+    }
+
+    /// Model predictions (original units), truths, and the two baselines for every window.
+    fn predict(&self, w: &Windows) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let (mut pred, mut truth, mut last, mut seasonal) = (vec![], vec![], vec![], vec![]);
+        let s = self.cfg.data.season.max(1);
+        for b in c(fixed_batches(w.n, 256, None).map_err(|e| candle_core::Error::Msg(e.0)))? {
+            let (p, _) = self.batch(w, &b, false)?;
+            for row in c(p.to_vec2::<f32>())? {
+                pred.extend(row.into_iter().map(|z| self.ts.scaler.invert(z as f64)));
+            }
+            for &i in &b {
+                let t0 = w.target_start[i];
+                for k in 0..w.horizon {
+                    truth.push(self.ts.raw[t0 + k]);
+                    last.push(self.ts.raw[t0 - 1]);
+                    let back = s * (1 + k / s);
+                    seasonal.push(if t0 + k >= back { self.ts.raw[t0 + k - back] } else { self.ts.raw[t0 - 1] });
+                }
+            }
+        }
+        Ok((pred, truth, last, seasonal))
+    }
+
+    pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        if path.is_some() {
+            bail!("forecasting evaluates the parts of its own series (data.train with valid_frac/test_frac); --data is not supported");
+        }
+        let d = &self.cfg.data;
+        let (part, name) = match split {
+            Split::Test => (Part::Test, "test"),
+            Split::Valid => (Part::Valid, "valid"),
+        };
+        let w = self.ts.windows(part, d.input_len, d.horizon)?;
+        anyhow::ensure!(w.n > 0, "the {name} part has no complete window");
+        let (pred, truth, last, seasonal) = self.predict(&w)?;
+        let (m, l, s) = (errors(&pred, &truth), errors(&last, &truth), errors(&seasonal, &truth));
+        let text = format!(
+            "{} column {:?}, {name} part ({} windows, horizon {}):\n  model           RMSE {:10.4}  MAE {:10.4}\n  last value      RMSE {:10.4}  MAE {:10.4}\n  seasonal naive  RMSE {:10.4}  MAE {:10.4}  (season {})\n  model RMSE / seasonal-naive RMSE = {:.3} (below 1 means the model beats the baseline)",
+            d.train.display(),
+            d.column.as_deref().unwrap_or(""),
+            w.n,
+            d.horizon,
+            m.rmse,
+            m.mae,
+            l.rmse,
+            l.mae,
+            s.rmse,
+            s.mae,
+            d.season,
+            m.rmse / s.rmse
+        );
+        let json = json!({"part": name, "windows": w.n, "horizon": d.horizon, "rmse": m.rmse, "mae": m.mae,
+            "last_value": {"rmse": l.rmse, "mae": l.mae}, "seasonal_naive": {"rmse": s.rmse, "mae": s.mae, "season": d.season}});
+        Ok(Report { text, json })
+    }
+}
+
+impl TrainTask for ForecastTask {
+    fn batches_per_epoch(&self) -> usize {
+        self.train.n.div_ceil(self.cfg.data.batch_size)
+    }
+
+    fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        let b = c(fixed_batches(self.train.n, self.cfg.data.batch_size, Some((self.cfg.train.seed, epoch))).map_err(|e| candle_core::Error::Msg(e.0)))?;
+        let idx = &b[index];
+        let (p, y) = self.batch(&self.train, idx, true)?;
+        Ok((c(mse_loss(&p, &y, Reduction::Mean))?, idx.len()))
+    }
+
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
+        anyhow::ensure!(self.valid.n > 0, "the validation part has no complete window; lower data.input_len or raise data.valid_frac");
+        let (pred, truth, _, seasonal) = self.predict(&self.valid)?;
+        let (m, s) = (errors(&pred, &truth), errors(&seasonal, &truth));
+        let loss = (m.rmse / self.ts.scaler.std).powi(2);
+        Ok(BTreeMap::from([("loss".into(), loss), ("rmse".into(), m.rmse), ("mae".into(), m.mae), ("seasonal_naive_rmse".into(), s.rmse)]))
+    }
+
+    fn write_extra(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join("scaler.json"), serde_json::to_string_pretty(&self.ts.scaler)?)?;
+        Ok(())
+    }
+}
