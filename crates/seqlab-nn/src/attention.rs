@@ -433,6 +433,111 @@ impl CustomOp1 for AttnPacked {
     }
 }
 
+/// `x + b` (bias broadcast over rows), optionally followed by ReLU, as one pass; its backward
+/// sums the gradient over rows in parallel. Replaces candle's broadcast_add, whose backward
+/// reduction over the leading dimension (and the separate ReLU passes) dominated the
+/// Transformer layer's training step.
+struct BiasAct {
+    relu: bool,
+}
+
+fn contiguous_slice<'a>(s: &'a [f32], l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => bail!("bias add: {what} must be contiguous"),
+    }
+}
+
+fn rows_per_task(rows: usize) -> usize {
+    (rows / 64).max(1)
+}
+
+impl candle_core::CustomOp2 for BiasAct {
+    fn name(&self) -> &'static str {
+        "seqlab-bias-act"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_slice(cpu_f32(s1, "x")?, l1, "x")?;
+        let b = contiguous_slice(cpu_f32(s2, "bias")?, l2, "bias")?;
+        let n = b.len();
+        if n == 0 || x.len() % n != 0 {
+            bail!("bias add: x {:?} does not end in bias width {n}", l1.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        let relu = self.relu;
+        out.par_chunks_mut(n * rows_per_task(x.len() / n)).zip(x.par_chunks(n * rows_per_task(x.len() / n))).for_each(
+            |(o, xi)| {
+                for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
+                    for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
+                        let v = xv + bv;
+                        *o = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let n = b.elem_count();
+        let gx = if self.relu {
+            let res = res.contiguous()?;
+            let (sg, lg) = grad.storage_and_layout();
+            let (sr, lr) = res.storage_and_layout();
+            let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
+            let r = contiguous_slice(storage_f32(&sr, "output")?, lr, "output")?;
+            let v: Vec<f32> = g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
+            Tensor::from_vec(v, grad.shape(), grad.device())?
+        } else {
+            grad
+        };
+        let gb = {
+            let (sg, lg) = gx.storage_and_layout();
+            let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
+            let chunk = n * rows_per_task(g.len() / n.max(1));
+            let sum = g
+                .par_chunks(chunk.max(1))
+                .map(|c| {
+                    let mut acc = vec![0f32; n];
+                    for row in c.chunks(n) {
+                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                    }
+                    acc
+                })
+                .reduce(|| vec![0f32; n], |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                });
+            Tensor::from_vec(sum, b.shape(), b.device())?
+        };
+        Ok((Some(gx), Some(gb)))
+    }
+}
+
+/// `F.linear(x, w, b)` (x (..., in), w (out, in), b (out)), optionally followed by ReLU, with
+/// the bias (and ReLU) fused into one pass on the CPU. Same values and gradients as
+/// `ops::linear` (+ `relu`).
+pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let on_cpu = x.device().is_cpu() && x.dtype() == DType::F32;
+    let (Some(b), true) = (b, on_cpu) else {
+        let y = ops::linear(x, w, b)?;
+        return if relu { y.relu() } else { Ok(y) };
+    };
+    let dims = x.dims().to_vec();
+    let in_f = *dims.last().unwrap_or(&0);
+    if in_f == 0 || w.rank() != 2 || w.dim(1)? != in_f || b.dims() != [w.dim(0)?] {
+        bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", dims, w.dims(), b.dims());
+    }
+    let rows = x.elem_count() / in_f;
+    let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+    let y = y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { relu })?;
+    let mut out = dims;
+    *out.last_mut().unwrap() = w.dim(0)?;
+    y.reshape(out)
+}
+
 /// Masks in the kernel's terms. Built by [`AttnMasks::prepare`] from PyTorch-style tensors.
 #[derive(Clone, Debug, Default)]
 struct PreparedMasks {
@@ -742,14 +847,14 @@ impl MultiheadAttention {
     fn project(&self, x: &Tensor, i: usize, n: usize) -> Result<Tensor> {
         let e = self.embed_dim;
         if n == 3 {
-            return ops::linear(x, &self.in_proj_weight, self.in_proj_bias.as_ref());
+            return linear_act(x, &self.in_proj_weight, self.in_proj_bias.as_ref(), false);
         }
         let w = self.in_proj_weight.narrow(0, i * e, n * e)?;
         let b = match &self.in_proj_bias {
             Some(b) => Some(b.narrow(0, i * e, n * e)?),
             None => None,
         };
-        ops::linear(x, &w, b.as_ref())
+        linear_act(x, &w, b.as_ref(), false)
     }
 
     /// Projected keys and values of `key`/`value` (B, S, E) → ((B, S, H, D), (B, S, H, D)), as
@@ -784,7 +889,7 @@ impl MultiheadAttention {
         average: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, h, d) = o.dims4()?;
-        let y = self.out_proj.forward(&o.reshape((b, l, h * d))?)?;
+        let y = linear_act(&o.reshape((b, l, h * d))?, &self.out_proj.weight, self.out_proj.bias.as_ref(), false)?;
         if !need_weights {
             return Ok((y, None));
         }
@@ -992,6 +1097,26 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         let gq = g.get(&q).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(gq.iter().all(|x| x.is_finite()));
+    }
+
+    /// The fused bias(+ReLU) equals `ops::linear` (+ `relu`) in value and gradient.
+    #[test]
+    fn linear_act_matches_ops_linear() {
+        for relu in [false, true] {
+            let x = Var::from_tensor(&randn(1, &[2, 3, 5])).unwrap();
+            let w = Var::from_tensor(&randn(2, &[4, 5])).unwrap();
+            let b = Var::from_tensor(&randn(3, &[4])).unwrap();
+            let probe = randn(4, &[2, 3, 4]);
+            let y1 = linear_act(&x, &w, Some(&b), relu).unwrap();
+            let y2 = ops::linear(&x, &w, Some(&b)).unwrap();
+            let y2 = if relu { y2.relu().unwrap() } else { y2 };
+            assert!(max_diff(&y1, &y2) < 1e-6);
+            let g1 = (&y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &w, &b] {
+                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+            }
+        }
     }
 
     #[test]

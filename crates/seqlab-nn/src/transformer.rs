@@ -7,7 +7,7 @@
 //! layer caches its self-attention keys/values, and the cross-attention keys/values of the
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
-use crate::attention::{AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
+use crate::attention::{linear_act, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
 use crate::positional::SinusoidalPositionalEncoding;
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
@@ -114,8 +114,13 @@ impl FeedForward {
 
     /// (..., d_model) → (..., d_model).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.activation.apply(&self.linear1.forward(x)?)?;
-        self.linear2.forward(&self.dropout.forward(&h, train)?)
+        let (w1, b1) = (&self.linear1.weight, self.linear1.bias.as_ref());
+        let h = match self.activation {
+            Activation::Relu => linear_act(x, w1, b1, true)?,
+            Activation::Gelu => ops::gelu(&linear_act(x, w1, b1, false)?)?,
+        };
+        let h = self.dropout.forward(&h, train)?;
+        linear_act(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false)
     }
 }
 
