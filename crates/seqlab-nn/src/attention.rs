@@ -439,6 +439,8 @@ impl CustomOp1 for AttnPacked {
 /// Transformer layer's training step.
 struct BiasAct {
     relu: bool,
+    /// Inverted-dropout multipliers applied after the activation (same shape as x).
+    dropout: Option<Arc<Vec<f32>>>,
 }
 
 fn contiguous_slice<'a>(s: &'a [f32], l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -466,29 +468,42 @@ impl candle_core::CustomOp2 for BiasAct {
         }
         let mut out = vec![0f32; x.len()];
         let relu = self.relu;
-        out.par_chunks_mut(n * rows_per_task(x.len() / n)).zip(x.par_chunks(n * rows_per_task(x.len() / n))).for_each(
-            |(o, xi)| {
-                for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
-                    for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
-                        let v = xv + bv;
-                        *o = if relu { v.max(0.0) } else { v };
-                    }
+        let chunk = n * rows_per_task(x.len() / n);
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (o, xi))| {
+            for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
+                for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
+                    let v = xv + bv;
+                    *o = if relu { v.max(0.0) } else { v };
                 }
-            },
-        );
+            }
+            if let Some(m) = &self.dropout {
+                o.iter_mut().zip(&m[ci * chunk..]).for_each(|(o, &mv)| *o *= mv);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let n = b.elem_count();
-        let gx = if self.relu {
+        let gx = if self.relu || self.dropout.is_some() {
             let res = res.contiguous()?;
             let (sg, lg) = grad.storage_and_layout();
             let (sr, lr) = res.storage_and_layout();
             let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
             let r = contiguous_slice(storage_f32(&sr, "output")?, lr, "output")?;
-            let v: Vec<f32> = g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect();
+            let relu = self.relu;
+            // With dropout multipliers m ≥ 0: output > 0 exactly when m > 0 and x + b > 0, and
+            // where m = 0 the gradient is 0 anyway, so the output's sign is the ReLU gate.
+            let v: Vec<f32> = match &self.dropout {
+                Some(m) => g
+                    .par_iter()
+                    .zip(r.par_iter())
+                    .zip(m.par_iter())
+                    .map(|((&g, &r), &m)| if !relu || r > 0.0 { g * m } else { 0.0 })
+                    .collect(),
+                None => g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect(),
+            };
             Tensor::from_vec(v, grad.shape(), grad.device())?
         } else {
             grad
@@ -520,10 +535,27 @@ impl candle_core::CustomOp2 for BiasAct {
 /// the bias (and ReLU) fused into one pass on the CPU. Same values and gradients as
 /// `ops::linear` (+ `relu`).
 pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    linear_act_dropout(x, w, b, relu, None)
+}
+
+/// [`linear_act`] followed by inverted dropout with probability `p` drawn from `rng` (the same
+/// draws as [`crate::Dropout`]), all in one pass when on the CPU with a bias.
+pub fn linear_act_dropout(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    relu: bool,
+    dropout: Option<(f64, &SharedRng)>,
+) -> Result<Tensor> {
     let on_cpu = x.device().is_cpu() && x.dtype() == DType::F32;
+    let dropout = dropout.filter(|(p, _)| *p > 0.0);
     let (Some(b), true) = (b, on_cpu) else {
         let y = ops::linear(x, w, b)?;
-        return if relu { y.relu() } else { Ok(y) };
+        let y = if relu { y.relu()? } else { y };
+        return match dropout {
+            Some((p, rng)) => crate::Dropout::new(p, rng.clone())?.forward(&y, true),
+            None => Ok(y),
+        };
     };
     let dims = x.dims().to_vec();
     let in_f = *dims.last().unwrap_or(&0);
@@ -532,7 +564,17 @@ pub fn linear_act(x: &Tensor, w: &Tensor, b: Option<&Tensor>, relu: bool) -> Res
     }
     let rows = x.elem_count() / in_f;
     let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
-    let y = y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { relu })?;
+    let mask = match dropout {
+        Some((p, rng)) => {
+            if !(0.0..1.0).contains(&p) {
+                bail!("dropout must be in [0, 1), got {p}");
+            }
+            let m = rng.lock().unwrap().dropout_mask(y.shape(), p, y.device())?;
+            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
+        }
+        None => None,
+    };
+    let y = y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { relu, dropout: mask })?;
     let mut out = dims;
     *out.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out)
@@ -1116,6 +1158,25 @@ mod tests {
             for v in [&x, &w, &b] {
                 assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
             }
+        }
+    }
+
+    /// The fused ReLU + dropout equals `Dropout(relu(linear))` drawn from the same seed.
+    #[test]
+    fn linear_act_dropout_matches_separate_ops() {
+        let x = Var::from_tensor(&randn(1, &[3, 4, 5])).unwrap();
+        let w = Var::from_tensor(&randn(2, &[6, 5])).unwrap();
+        let b = Var::from_tensor(&randn(3, &[6])).unwrap();
+        let probe = randn(4, &[3, 4, 6]);
+        let (r1, r2) = (SeqRng::shared(9), SeqRng::shared(9));
+        let y1 = linear_act_dropout(&x, &w, Some(&b), true, Some((0.3, &r1))).unwrap();
+        let y2 = ops::linear(&x, &w, Some(&b)).unwrap().relu().unwrap();
+        let y2 = crate::Dropout::new(0.3, r2).unwrap().forward(&y2, true).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-6);
+        let g1 = (&y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
         }
     }
 

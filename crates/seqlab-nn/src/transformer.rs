@@ -7,7 +7,7 @@
 //! layer caches its self-attention keys/values, and the cross-attention keys/values of the
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
-use crate::attention::{linear_act, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
+use crate::attention::{linear_act, linear_act_dropout, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
 use crate::positional::SinusoidalPositionalEncoding;
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
@@ -100,6 +100,8 @@ pub struct FeedForward {
     pub linear2: Linear,
     pub activation: Activation,
     pub dropout: Dropout,
+    /// The model's RNG (the one `dropout` draws from), for the fused ReLU + dropout pass.
+    rng: crate::SharedRng,
 }
 
 impl FeedForward {
@@ -109,6 +111,7 @@ impl FeedForward {
             linear2: Linear::new(&LinearConfig::new(cfg.dim_feedforward, cfg.d_model), &vs.pp("linear2"))?,
             activation: cfg.activation,
             dropout: Dropout::new(cfg.dropout, vs.rng())?,
+            rng: vs.rng(),
         })
     }
 
@@ -116,10 +119,12 @@ impl FeedForward {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (w1, b1) = (&self.linear1.weight, self.linear1.bias.as_ref());
         let h = match self.activation {
-            Activation::Relu => linear_act(x, w1, b1, true)?,
-            Activation::Gelu => ops::gelu(&linear_act(x, w1, b1, false)?)?,
+            Activation::Relu => {
+                let drop = (train && self.dropout.p > 0.0).then_some((self.dropout.p, &self.rng));
+                linear_act_dropout(x, w1, b1, true, drop)?
+            }
+            Activation::Gelu => self.dropout.forward(&ops::gelu(&linear_act(x, w1, b1, false)?)?, train)?,
         };
-        let h = self.dropout.forward(&h, train)?;
         linear_act(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false)
     }
 }
