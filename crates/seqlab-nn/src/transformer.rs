@@ -117,6 +117,12 @@ impl FeedForward {
 
     /// (..., d_model) → (..., d_model).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_then_dropout(x, None, train)
+    }
+
+    /// `outer(forward(x))` with the outer dropout (the layer's residual-branch dropout) fused
+    /// into the output bias pass; draws from the RNG in the same order as separate layers.
+    pub fn forward_then_dropout(&self, x: &Tensor, outer: Option<&Dropout>, train: bool) -> Result<Tensor> {
         let (w1, b1) = (&self.linear1.weight, self.linear1.bias.as_ref());
         let h = match self.activation {
             Activation::Relu => {
@@ -125,7 +131,8 @@ impl FeedForward {
             }
             Activation::Gelu => self.dropout.forward(&ops::gelu(&linear_act(x, w1, b1, false)?)?, train)?,
         };
-        linear_act(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false)
+        let outer = outer.filter(|d| train && d.p > 0.0).map(|d| (d.p, &self.rng));
+        linear_act_dropout(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false, outer)
     }
 }
 
@@ -161,7 +168,7 @@ impl TransformerEncoderLayer {
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.dropout2.forward(&self.ff.forward(x, train)?, train)
+        self.ff.forward_then_dropout(x, Some(&self.dropout2), train)
     }
 
     /// src (B, L, E) → (B, L, E). `src_mask` (L, L) or (B·H, L, L): integer 1 = may NOT attend,
@@ -254,7 +261,7 @@ impl TransformerDecoderLayer {
         ca: impl FnOnce(&Tensor) -> Result<Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let ff = |y: &Tensor| self.dropout3.forward(&self.ff.forward(y, train)?, train);
+        let ff = |y: &Tensor| self.ff.forward_then_dropout(y, Some(&self.dropout3), train);
         if self.norm_first {
             let x = (x + self.dropout1.forward(&sa(&self.norm1.forward(x)?)?, train)?)?;
             let x = (&x + self.dropout2.forward(&ca(&self.norm2.forward(&x)?)?, train)?)?;
@@ -876,6 +883,21 @@ mod tests {
                 assert_all_params_get_grad(&vs, &y);
             }
         }
+    }
+
+    /// The fused FFN + residual-branch dropout draws the same masks as separate Dropout layers.
+    #[test]
+    fn fused_ffn_dropout_equals_separate_layers() {
+        let cfg = small(false, Activation::Relu, 0.3);
+        let x = randn(1, &[2, 4, 8]);
+        let (vs1, vs2) = (VarStore::new(5, &Device::Cpu), VarStore::new(5, &Device::Cpu));
+        let (f1, f2) = (FeedForward::new(&cfg, &vs1).unwrap(), FeedForward::new(&cfg, &vs2).unwrap());
+        let (o1, o2) = (Dropout::new(0.3, vs1.rng()).unwrap(), Dropout::new(0.3, vs2.rng()).unwrap());
+        let y1 = f1.forward_then_dropout(&x, Some(&o1), true).unwrap();
+        let h = ops::linear(&x, &f2.linear1.weight, f2.linear1.bias.as_ref()).unwrap().relu().unwrap();
+        let h = f2.dropout.forward(&h, true).unwrap();
+        let y2 = o2.forward(&f2.linear2.forward(&h).unwrap(), true).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-6);
     }
 
     #[test]
