@@ -929,9 +929,12 @@ impl MultiheadAttention {
         probs: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
         need_weights: bool,
         average: bool,
+        out_dropout: Option<f64>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, h, d) = o.dims4()?;
-        let y = linear_act(&o.reshape((b, l, h * d))?, &self.out_proj.weight, self.out_proj.bias.as_ref(), false)?;
+        let drop = out_dropout.filter(|p| *p > 0.0).map(|p| (p, &self.rng));
+        let (w, bias) = (&self.out_proj.weight, self.out_proj.bias.as_ref());
+        let y = linear_act_dropout(&o.reshape((b, l, h * d))?, w, bias, false, drop)?;
         if !need_weights {
             return Ok((y, None));
         }
@@ -951,7 +954,7 @@ impl MultiheadAttention {
         let pm = masks.prepare(BoolMask::OneMeansMasked, b, h, l, s)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (o, probs) = run_fused(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
-        Ok(self.finish(o, probs, false, false)?.0)
+        Ok(self.finish(o, probs, false, false, None)?.0)
     }
 
     /// `mha(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights)`
@@ -991,6 +994,36 @@ impl MultiheadAttention {
         average_attn_weights: bool,
         train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        self.forward_impl(query, key, value, masks, need_weights, average_attn_weights, train, None)
+    }
+
+    /// `out_dropout(forward_masks(..))` without weights, the dropout (the caller's residual-branch
+    /// dropout, same RNG) fused into the output projection's bias pass.
+    pub fn forward_then_dropout(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        masks: &AttnMasks,
+        out_dropout: Option<&crate::Dropout>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let p = out_dropout.filter(|_| train).map(|d| d.p);
+        Ok(self.forward_impl(query, key, value, masks, false, false, train, p)?.0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        masks: &AttnMasks,
+        need_weights: bool,
+        average_attn_weights: bool,
+        train: bool,
+        out_dropout: Option<f64>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l) = self.check_input("query", query)?;
         let (bk, s) = self.check_input("key", key)?;
         let (bv, sv) = self.check_input("value", value)?;
@@ -1014,7 +1047,7 @@ impl MultiheadAttention {
             let (k, v) = self.project_kv(key, value)?;
             run_fused(QkvInput::Separate(&q, &k, &v), pm, scale, drop)?
         };
-        self.finish(o, probs, need_weights, average_attn_weights)
+        self.finish(o, probs, need_weights, average_attn_weights, out_dropout)
     }
 
     /// One incremental self-attention step: `x` (B, 1, E) is the newest position; its key and

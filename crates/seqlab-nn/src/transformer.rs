@@ -163,8 +163,7 @@ impl TransformerEncoderLayer {
     }
 
     fn sa_block(&self, x: &Tensor, masks: &AttnMasks, train: bool) -> Result<Tensor> {
-        let (y, _) = self.self_attn.forward_masks(x, x, x, masks, false, false, train)?;
-        self.dropout1.forward(&y, train)
+        self.self_attn.forward_then_dropout(x, x, x, masks, Some(&self.dropout1), train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -898,6 +897,23 @@ mod tests {
         let h = f2.dropout.forward(&h, true).unwrap();
         let y2 = o2.forward(&f2.linear2.forward(&h).unwrap(), true).unwrap();
         assert!(max_diff(&y1, &y2) < 1e-6);
+    }
+
+    /// The encoder layer's fused dropouts give the same training-mode output as the same
+    /// layer computed from separate ops and separate Dropout layers on the same seed.
+    #[test]
+    fn encoder_layer_fused_dropouts_equal_separate_ops() {
+        let cfg = small(false, Activation::Relu, 0.3);
+        let x = randn(1, &[2, 4, 8]);
+        let (vs1, vs2) = (VarStore::new(5, &Device::Cpu), VarStore::new(5, &Device::Cpu));
+        let l1 = TransformerEncoderLayer::new(&cfg, &vs1).unwrap();
+        let l2 = TransformerEncoderLayer::new(&cfg, &vs2).unwrap();
+        let y1 = l1.forward(&x, None, None, false, true).unwrap();
+        let (sa, _) = l2.self_attn.forward_masks(&x, &x, &x, &AttnMasks::default(), false, false, true).unwrap();
+        let h = l2.norm1.forward(&(&x + l2.dropout1.forward(&sa, true).unwrap()).unwrap()).unwrap();
+        let f = l2.dropout2.forward(&l2.ff.forward(&h, true).unwrap(), true).unwrap();
+        let y2 = l2.norm2.forward(&(&h + f).unwrap()).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-5);
     }
 
     #[test]
