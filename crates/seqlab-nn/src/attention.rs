@@ -433,20 +433,21 @@ impl CustomOp1 for AttnPacked {
     }
 }
 
-/// `x + b` (bias broadcast over rows), optionally followed by ReLU, as one pass; its backward
-/// sums the gradient over rows in parallel. Replaces candle's broadcast_add, whose backward
-/// reduction over the leading dimension (and the separate ReLU passes) dominated the
-/// Transformer layer's training step.
-struct BiasAct {
+/// `act(x Wᵀ + b)` then optional dropout, as ONE graph node: gemm, then the bias, ReLU and
+/// dropout multipliers in one pass. Its backward gives dX = G W, dW = Gᵀ X (gemm, written
+/// contiguous) and db = column sums, where G is the output gradient gated by ReLU/dropout.
+/// Compared with candle's matmul + transpose + broadcast_add (+ relu + mul) this saves several
+/// full passes and gradient accumulations over the (rows, out) activation.
+struct LinearOp {
     relu: bool,
-    /// Inverted-dropout multipliers applied after the activation (same shape as x).
+    /// Inverted-dropout multipliers (rows × out).
     dropout: Option<Arc<Vec<f32>>>,
 }
 
 fn contiguous_slice<'a>(s: &'a [f32], l: &Layout, what: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("bias add: {what} must be contiguous"),
+        None => bail!("linear: {what} must be contiguous"),
     }
 }
 
@@ -454,25 +455,55 @@ fn rows_per_task(rows: usize) -> usize {
     (rows / 64).max(1)
 }
 
-impl candle_core::CustomOp2 for BiasAct {
+fn par() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
-        "seqlab-bias-act"
+        "seqlab-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_slice(cpu_f32(s1, "x")?, l1, "x")?;
-        let b = contiguous_slice(cpu_f32(s2, "bias")?, l2, "bias")?;
-        let n = b.len();
-        if n == 0 || x.len() % n != 0 {
-            bail!("bias add: x {:?} does not end in bias width {n}", l1.dims());
+        let w = contiguous_slice(cpu_f32(s2, "weight")?, l2, "weight")?;
+        let b = contiguous_slice(cpu_f32(s3, "bias")?, l3, "bias")?;
+        let (rows, in_f) = l1.shape().dims2()?;
+        let (out_f, in_w) = l2.shape().dims2()?;
+        if in_w != in_f || b.len() != out_f || out_f == 0 {
+            bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = vec![0f32; rows * out_f];
+        if rows > 0 {
+            // SAFETY: slices hold rows·in, out·in and rows·out contiguous elements.
+            unsafe {
+                gemm(
+                    rows, out_f, in_f,
+                    out.as_mut_ptr(), 1, out_f as isize, false,
+                    x.as_ptr(), 1, in_f as isize,
+                    w.as_ptr(), in_f as isize, 1,
+                    0.0, 1.0, false, false, false, par(),
+                );
+            }
+        }
+        let n = out_f;
         let relu = self.relu;
-        let chunk = n * rows_per_task(x.len() / n);
-        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (o, xi))| {
-            for (orow, xrow) in o.chunks_mut(n).zip(xi.chunks(n)) {
-                for ((o, &xv), &bv) in orow.iter_mut().zip(xrow).zip(b) {
-                    let v = xv + bv;
+        let chunk = n * rows_per_task(rows);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+            for orow in o.chunks_mut(n) {
+                for (o, &bv) in orow.iter_mut().zip(b) {
+                    let v = *o + bv;
                     *o = if relu { v.max(0.0) } else { v };
                 }
             }
@@ -480,54 +511,89 @@ impl candle_core::CustomOp2 for BiasAct {
                 o.iter_mut().zip(&m[ci * chunk..]).for_each(|(o, &mv)| *o *= mv);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_f))))
     }
 
-    fn bwd(&self, _x: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x_t: &Tensor,
+        w_t: &Tensor,
+        b_t: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let n = b.elem_count();
-        let gx = if self.relu || self.dropout.is_some() {
-            let res = res.contiguous()?;
+        let (rows, in_f) = x_t.dims2()?;
+        let out_f = w_t.dim(0)?;
+        let g: Vec<f32> = {
             let (sg, lg) = grad.storage_and_layout();
-            let (sr, lr) = res.storage_and_layout();
             let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
-            let r = contiguous_slice(storage_f32(&sr, "output")?, lr, "output")?;
-            let relu = self.relu;
-            // With dropout multipliers m ≥ 0: output > 0 exactly when m > 0 and x + b > 0, and
-            // where m = 0 the gradient is 0 anyway, so the output's sign is the ReLU gate.
-            let v: Vec<f32> = match &self.dropout {
-                Some(m) => g
-                    .par_iter()
-                    .zip(r.par_iter())
-                    .zip(m.par_iter())
-                    .map(|((&g, &r), &m)| if !relu || r > 0.0 { g * m } else { 0.0 })
-                    .collect(),
-                None => g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect(),
-            };
-            Tensor::from_vec(v, grad.shape(), grad.device())?
-        } else {
-            grad
+            if self.relu || self.dropout.is_some() {
+                let (sr, lr) = res.storage_and_layout();
+                let r = contiguous_slice(storage_f32(&sr, "output")?, lr, "output")?;
+                let relu = self.relu;
+                // With dropout multipliers m ≥ 0: output > 0 exactly when m > 0 and x + b > 0,
+                // and where m = 0 the gradient is 0 anyway, so the output's sign is the gate.
+                match &self.dropout {
+                    Some(m) => g
+                        .par_iter()
+                        .zip(r.par_iter())
+                        .zip(m.par_iter())
+                        .map(|((&g, &r), &m)| if !relu || r > 0.0 { g * m } else { 0.0 })
+                        .collect(),
+                    None => g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect(),
+                }
+            } else {
+                g.to_vec()
+            }
         };
-        let gb = {
-            let (sg, lg) = gx.storage_and_layout();
-            let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
-            let chunk = n * rows_per_task(g.len() / n.max(1));
-            let sum = g
-                .par_chunks(chunk.max(1))
-                .map(|c| {
-                    let mut acc = vec![0f32; n];
-                    for row in c.chunks(n) {
-                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-                    }
-                    acc
-                })
-                .reduce(|| vec![0f32; n], |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                });
-            Tensor::from_vec(sum, b.shape(), b.device())?
-        };
-        Ok((Some(gx), Some(gb)))
+        let (sx, lx) = x_t.storage_and_layout();
+        let (sw, lw) = w_t.storage_and_layout();
+        let x = contiguous_slice(storage_f32(&sx, "x")?, lx, "x")?;
+        let w = contiguous_slice(storage_f32(&sw, "weight")?, lw, "weight")?;
+        let mut dx = vec![0f32; rows * in_f];
+        let mut dw = vec![0f32; out_f * in_f];
+        if rows > 0 {
+            // SAFETY: all buffers are contiguous with the sizes named in each call.
+            unsafe {
+                // dX = G W   (rows×out)(out×in)
+                gemm(
+                    rows, in_f, out_f,
+                    dx.as_mut_ptr(), 1, in_f as isize, false,
+                    g.as_ptr(), 1, out_f as isize,
+                    w.as_ptr(), 1, in_f as isize,
+                    0.0, 1.0, false, false, false, par(),
+                );
+                // dW = Gᵀ X   (out×rows)(rows×in)
+                gemm(
+                    out_f, in_f, rows,
+                    dw.as_mut_ptr(), 1, in_f as isize, false,
+                    g.as_ptr(), out_f as isize, 1,
+                    x.as_ptr(), 1, in_f as isize,
+                    0.0, 1.0, false, false, false, par(),
+                );
+            }
+        }
+        let n = out_f;
+        let db = g
+            .par_chunks(n * rows_per_task(rows))
+            .map(|c| {
+                let mut acc = vec![0f32; n];
+                for row in c.chunks(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                }
+                acc
+            })
+            .reduce(|| vec![0f32; n], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            });
+        let dev = x_t.device();
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, in_f), dev)?),
+            Some(Tensor::from_vec(dw, (out_f, in_f), dev)?),
+            Some(Tensor::from_vec(db, out_f, b_t.device())?),
+        ))
     }
 }
 
@@ -563,18 +629,19 @@ pub fn linear_act_dropout(
         bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", dims, w.dims(), b.dims());
     }
     let rows = x.elem_count() / in_f;
-    let y = x.reshape((rows, in_f))?.matmul(&w.t()?)?;
+    let out_f = w.dim(0)?;
     let mask = match dropout {
         Some((p, rng)) => {
             if !(0.0..1.0).contains(&p) {
                 bail!("dropout must be in [0, 1), got {p}");
             }
-            let m = rng.lock().unwrap().dropout_mask(y.shape(), p, y.device())?;
+            let m = rng.lock().unwrap().dropout_mask((rows, out_f), p, x.device())?;
             Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
         }
         None => None,
     };
-    let y = y.contiguous()?.apply_op2(&b.contiguous()?, BiasAct { relu, dropout: mask })?;
+    let x2 = x.reshape((rows, in_f))?.contiguous()?;
+    let y = x2.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })?;
     let mut out = dims;
     *out.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out)
