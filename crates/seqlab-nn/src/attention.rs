@@ -479,7 +479,10 @@ impl CustomOp3 for LinearOp {
         let x = contiguous_slice(cpu_f32(s1, "x")?, l1, "x")?;
         let w = contiguous_slice(cpu_f32(s2, "weight")?, l2, "weight")?;
         let b = contiguous_slice(cpu_f32(s3, "bias")?, l3, "bias")?;
-        let (rows, in_f) = l1.shape().dims2()?;
+        // x may have any rank (..., in): its leading dimensions are the rows, so no reshape
+        // nodes (each costing a gradient accumulation pass) are needed around the op.
+        let in_f = *l1.dims().last().unwrap_or(&0);
+        let rows = if in_f == 0 { 0 } else { l1.shape().elem_count() / in_f };
         let (out_f, in_w) = l2.shape().dims2()?;
         if in_w != in_f || b.len() != out_f || out_f == 0 {
             bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
@@ -511,7 +514,9 @@ impl CustomOp3 for LinearOp {
                 o.iter_mut().zip(&m[ci * chunk..]).for_each(|(o, &mv)| *o *= mv);
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((rows, out_f))))
+        let mut out_dims = l1.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked by caller") = out_f;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -523,7 +528,8 @@ impl CustomOp3 for LinearOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (rows, in_f) = x_t.dims2()?;
+        let in_f = *x_t.dims().last().unwrap_or(&0);
+        let rows = if in_f == 0 { 0 } else { x_t.elem_count() / in_f };
         let out_f = w_t.dim(0)?;
         let g: Vec<f32> = {
             let (sg, lg) = grad.storage_and_layout();
@@ -590,7 +596,7 @@ impl CustomOp3 for LinearOp {
             });
         let dev = x_t.device();
         Ok((
-            Some(Tensor::from_vec(dx, (rows, in_f), dev)?),
+            Some(Tensor::from_vec(dx, x_t.shape(), dev)?),
             Some(Tensor::from_vec(dw, (out_f, in_f), dev)?),
             Some(Tensor::from_vec(db, out_f, b_t.device())?),
         ))
@@ -640,11 +646,7 @@ pub fn linear_act_dropout(
         }
         None => None,
     };
-    let x2 = x.reshape((rows, in_f))?.contiguous()?;
-    let y = x2.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })?;
-    let mut out = dims;
-    *out.last_mut().unwrap() = w.dim(0)?;
-    y.reshape(out)
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })
 }
 
 /// Masks in the kernel's terms. Built by [`AttnMasks::prepare`] from PyTorch-style tensors.
