@@ -5,7 +5,8 @@
 //! 8 heads, FFN 2048, post-norm ReLU (PyTorch's defaults). Compare with
 //! `bench/torch_encoder.py` (same shapes, `torch.set_num_threads(2)`).
 
-use seqlab_nn::{SeqRng, TransformerEncoderLayer, TransformerLayerConfig, VarStore};
+use seqlab_nn::attention::sdpa_reference;
+use seqlab_nn::{scaled_dot_product_attention, SdpaOptions, SeqRng, TransformerEncoderLayer, TransformerLayerConfig, VarStore};
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {
@@ -23,11 +24,14 @@ fn main() -> candle_core::Result<()> {
     let params = vs.trainable();
     let lr = 1e-4;
     let mut times = Vec::new();
+    let mut parts = [0f64; 3];
     for step in 0..steps + 1 {
         let t0 = Instant::now();
         let y = layer.forward(&x, None, None, false, true)?;
         let loss = (y * &probe)?.sum_all()?;
+        let t1 = Instant::now();
         let grads = loss.backward()?;
+        let t2 = Instant::now();
         for (_, var) in &params {
             if let Some(g) = grads.get(var) {
                 var.set(&(var.as_tensor() - (g * lr)?)?)?;
@@ -36,8 +40,19 @@ fn main() -> candle_core::Result<()> {
         let dt = t0.elapsed().as_secs_f64();
         if step > 0 {
             times.push(dt);
+            parts[0] += (t1 - t0).as_secs_f64();
+            parts[1] += (t2 - t1).as_secs_f64();
+            parts[2] += t2.elapsed().as_secs_f64();
         }
     }
+    let n = steps as f64;
+    println!(
+        "mean forward {:.1} ms, backward {:.1} ms, update {:.1} ms",
+        parts[0] / n * 1e3,
+        parts[1] / n * 1e3,
+        parts[2] / n * 1e3
+    );
+    attention_only(batch, seq, steps)?;
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
     let tokens = (batch * seq) as f64;
@@ -47,5 +62,30 @@ fn main() -> candle_core::Result<()> {
         tokens / median,
         tokens / times[0]
     );
+    Ok(())
+}
+
+/// Attention alone (B, 8, L, 64), forward + backward: the fused op against plain candle ops.
+fn attention_only(batch: usize, seq: usize, steps: usize) -> candle_core::Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let mk = |s: u64| -> candle_core::Result<candle_core::Var> {
+        candle_core::Var::from_tensor(&SeqRng::new(s).normal((batch, 8, seq, 64), 0.0, 1.0, &dev)?)
+    };
+    let (q, k, v) = (mk(1)?, mk(2)?, mk(3)?);
+    let probe = SeqRng::new(4).normal((batch, 8, seq, 64), 0.0, 1.0, &dev)?;
+    for fused in [true, false] {
+        let mut best = f64::MAX;
+        for _ in 0..steps.max(2) {
+            let t0 = Instant::now();
+            let y = if fused {
+                scaled_dot_product_attention(&q, &k, &v, &SdpaOptions { is_causal: false, ..Default::default() })?
+            } else {
+                sdpa_reference(&q, &k, &v, None, 0.125)?
+            };
+            (y * &probe)?.sum_all()?.backward()?;
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        println!("attention only fwd+bwd ({}): best {:.1} ms", if fused { "fused op" } else { "candle ops" }, best * 1e3);
+    }
     Ok(())
 }

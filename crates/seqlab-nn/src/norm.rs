@@ -313,7 +313,7 @@ pub struct BatchNorm1d {
 
 impl BatchNorm1d {
     pub fn new(cfg: &BatchNorm1dConfig, vs: &VarStore) -> Result<Self> {
-        if cfg.num_features == 0 || !(cfg.eps > 0.0) {
+        if cfg.num_features == 0 || cfg.eps.is_nan() || cfg.eps <= 0.0 {
             bail!("BatchNorm1d: num_features must be positive and eps > 0, got {cfg:?}");
         }
         if let Some(m) = cfg.momentum {

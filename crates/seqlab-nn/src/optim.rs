@@ -116,7 +116,7 @@ impl Params {
         Ok(Self { slots, index })
     }
 
-    fn from_store(&self, grads: &GradStore) -> Vec<(usize, Tensor)> {
+    fn grads_from_store(&self, grads: &GradStore) -> Vec<(usize, Tensor)> {
         self.slots
             .iter()
             .enumerate()
@@ -124,7 +124,7 @@ impl Params {
             .collect()
     }
 
-    fn from_pairs(&self, what: &str, grads: &[(Var, Tensor)]) -> Result<Vec<(usize, Tensor)>> {
+    fn grads_from_pairs(&self, what: &str, grads: &[(Var, Tensor)]) -> Result<Vec<(usize, Tensor)>> {
         grads
             .iter()
             .map(|(v, g)| match self.index.get(&v.id()) {
@@ -168,11 +168,14 @@ fn update_param(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f
     }
 }
 
-struct Fused<'a> {
-    kernel: RefCell<&'a mut dyn FnMut(&mut [f32], &[f32])>,
+/// `kernel(param, grad)` over one parameter's elements.
+type Kernel<'a> = dyn FnMut(&mut [f32], &[f32]) + 'a;
+
+struct Fused<'a, 'k> {
+    kernel: RefCell<&'a mut Kernel<'k>>,
 }
 
-impl InplaceOp2 for Fused<'_> {
+impl InplaceOp2 for Fused<'_, '_> {
     fn name(&self) -> &'static str {
         "seqlab-optimizer-update"
     }
@@ -328,7 +331,8 @@ impl AdamW {
         if !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2)) {
             bail!("AdamW: betas must be in [0, 1), got {:?}", cfg.betas);
         }
-        if !(cfg.eps >= 0.0 && cfg.eps.is_finite()) || !(cfg.weight_decay >= 0.0 && cfg.weight_decay.is_finite()) {
+        let ok = |x: f64| x.is_finite() && x >= 0.0;
+        if !ok(cfg.eps) || !ok(cfg.weight_decay) {
             bail!("AdamW: eps and weight_decay must be finite and >= 0, got {cfg:?}");
         }
         Ok(Self { params: Params::new("AdamW", params)?, cfg, steps: 0 })
@@ -384,12 +388,12 @@ impl AdamW {
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let g = self.params.from_store(grads);
+        let g = self.params.grads_from_store(grads);
         self.apply(g)
     }
 
     fn step_with(&mut self, grads: &[(Var, Tensor)]) -> Result<()> {
-        let g = self.params.from_pairs("AdamW", grads)?;
+        let g = self.params.grads_from_pairs("AdamW", grads)?;
         self.apply(g)
     }
 
@@ -505,12 +509,12 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let g = self.params.from_store(grads);
+        let g = self.params.grads_from_store(grads);
         self.apply(g)
     }
 
     fn step_with(&mut self, grads: &[(Var, Tensor)]) -> Result<()> {
-        let g = self.params.from_pairs("SGD", grads)?;
+        let g = self.params.grads_from_pairs("SGD", grads)?;
         self.apply(g)
     }
 
@@ -590,6 +594,7 @@ pub(crate) fn golden_adamw(case: &crate::golden::Case) -> Result<crate::golden::
 }
 
 #[cfg(test)]
+#[allow(clippy::excessive_precision)] // expected values as PyTorch printed them
 mod tests {
     use super::*;
     use crate::{Init, VarStore};

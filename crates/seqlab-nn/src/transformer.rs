@@ -7,7 +7,7 @@
 //! layer caches its self-attention keys/values, and the cross-attention keys/values of the
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
-use crate::attention::{AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
+use crate::attention::{linear_act, linear_act_dropout, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
 use crate::positional::SinusoidalPositionalEncoding;
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
@@ -100,6 +100,8 @@ pub struct FeedForward {
     pub linear2: Linear,
     pub activation: Activation,
     pub dropout: Dropout,
+    /// The model's RNG (the one `dropout` draws from), for the fused ReLU + dropout pass.
+    rng: crate::SharedRng,
 }
 
 impl FeedForward {
@@ -109,13 +111,28 @@ impl FeedForward {
             linear2: Linear::new(&LinearConfig::new(cfg.dim_feedforward, cfg.d_model), &vs.pp("linear2"))?,
             activation: cfg.activation,
             dropout: Dropout::new(cfg.dropout, vs.rng())?,
+            rng: vs.rng(),
         })
     }
 
     /// (..., d_model) → (..., d_model).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.activation.apply(&self.linear1.forward(x)?)?;
-        self.linear2.forward(&self.dropout.forward(&h, train)?)
+        self.forward_then_dropout(x, None, train)
+    }
+
+    /// `outer(forward(x))` with the outer dropout (the layer's residual-branch dropout) fused
+    /// into the output bias pass; draws from the RNG in the same order as separate layers.
+    pub fn forward_then_dropout(&self, x: &Tensor, outer: Option<&Dropout>, train: bool) -> Result<Tensor> {
+        let (w1, b1) = (&self.linear1.weight, self.linear1.bias.as_ref());
+        let h = match self.activation {
+            Activation::Relu => {
+                let drop = (train && self.dropout.p > 0.0).then_some((self.dropout.p, &self.rng));
+                linear_act_dropout(x, w1, b1, true, drop)?
+            }
+            Activation::Gelu => self.dropout.forward(&ops::gelu(&linear_act(x, w1, b1, false)?)?, train)?,
+        };
+        let outer = outer.filter(|d| train && d.p > 0.0).map(|d| (d.p, &self.rng));
+        linear_act_dropout(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false, outer)
     }
 }
 
@@ -146,12 +163,11 @@ impl TransformerEncoderLayer {
     }
 
     fn sa_block(&self, x: &Tensor, masks: &AttnMasks, train: bool) -> Result<Tensor> {
-        let (y, _) = self.self_attn.forward_masks(x, x, x, masks, false, false, train)?;
-        self.dropout1.forward(&y, train)
+        self.self_attn.forward_then_dropout(x, x, x, masks, Some(&self.dropout1), train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.dropout2.forward(&self.ff.forward(x, train)?, train)
+        self.ff.forward_then_dropout(x, Some(&self.dropout2), train)
     }
 
     /// src (B, L, E) → (B, L, E). `src_mask` (L, L) or (B·H, L, L): integer 1 = may NOT attend,
@@ -244,7 +260,7 @@ impl TransformerDecoderLayer {
         ca: impl FnOnce(&Tensor) -> Result<Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let ff = |y: &Tensor| self.dropout3.forward(&self.ff.forward(y, train)?, train);
+        let ff = |y: &Tensor| self.ff.forward_then_dropout(y, Some(&self.dropout3), train);
         if self.norm_first {
             let x = (x + self.dropout1.forward(&sa(&self.norm1.forward(x)?)?, train)?)?;
             let x = (&x + self.dropout2.forward(&ca(&self.norm2.forward(&x)?)?, train)?)?;
@@ -866,6 +882,38 @@ mod tests {
                 assert_all_params_get_grad(&vs, &y);
             }
         }
+    }
+
+    /// The fused FFN + residual-branch dropout draws the same masks as separate Dropout layers.
+    #[test]
+    fn fused_ffn_dropout_equals_separate_layers() {
+        let cfg = small(false, Activation::Relu, 0.3);
+        let x = randn(1, &[2, 4, 8]);
+        let (vs1, vs2) = (VarStore::new(5, &Device::Cpu), VarStore::new(5, &Device::Cpu));
+        let (f1, f2) = (FeedForward::new(&cfg, &vs1).unwrap(), FeedForward::new(&cfg, &vs2).unwrap());
+        let (o1, o2) = (Dropout::new(0.3, vs1.rng()).unwrap(), Dropout::new(0.3, vs2.rng()).unwrap());
+        let y1 = f1.forward_then_dropout(&x, Some(&o1), true).unwrap();
+        let h = ops::linear(&x, &f2.linear1.weight, f2.linear1.bias.as_ref()).unwrap().relu().unwrap();
+        let h = f2.dropout.forward(&h, true).unwrap();
+        let y2 = o2.forward(&f2.linear2.forward(&h).unwrap(), true).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-6);
+    }
+
+    /// The encoder layer's fused dropouts give the same training-mode output as the same
+    /// layer computed from separate ops and separate Dropout layers on the same seed.
+    #[test]
+    fn encoder_layer_fused_dropouts_equal_separate_ops() {
+        let cfg = small(false, Activation::Relu, 0.3);
+        let x = randn(1, &[2, 4, 8]);
+        let (vs1, vs2) = (VarStore::new(5, &Device::Cpu), VarStore::new(5, &Device::Cpu));
+        let l1 = TransformerEncoderLayer::new(&cfg, &vs1).unwrap();
+        let l2 = TransformerEncoderLayer::new(&cfg, &vs2).unwrap();
+        let y1 = l1.forward(&x, None, None, false, true).unwrap();
+        let (sa, _) = l2.self_attn.forward_masks(&x, &x, &x, &AttnMasks::default(), false, false, true).unwrap();
+        let h = l2.norm1.forward(&(&x + l2.dropout1.forward(&sa, true).unwrap()).unwrap()).unwrap();
+        let f = l2.dropout2.forward(&l2.ff.forward(&h, true).unwrap(), true).unwrap();
+        let y2 = l2.norm2.forward(&(&h + f).unwrap()).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-5);
     }
 
     #[test]
