@@ -275,16 +275,10 @@ fn check_view(name: &str, len: usize, v: View, dims: (usize, usize, usize, usize
     Ok(())
 }
 
-fn cpu_f32<'a>(s: &'a CpuStorage, what: &str) -> Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(v) => Ok(v),
-        _ => bail!("fused attention: {what} must be f32"),
-    }
-}
 
-fn storage_f32<'a>(s: &'a Storage, what: &str) -> Result<&'a [f32]> {
+fn device_f32<'a>(s: &'a Storage, what: &str) -> Result<&'a [f32]> {
     match s {
-        Storage::Cpu(c) => cpu_f32(c, what),
+        Storage::Cpu(c) => crate::kernel::storage_f32("fused attention", what, c),
         _ => bail!("fused attention runs on the CPU only ({what} is on another device)"),
     }
 }
@@ -319,7 +313,7 @@ impl CustomOp3 for Attn3 {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (cpu_f32(s1, "q")?, cpu_f32(s2, "k")?, cpu_f32(s3, "v")?);
+        let (q, k, v) = (crate::kernel::storage_f32("fused attention", "q", s1)?, crate::kernel::storage_f32("fused attention", "k", s2)?, crate::kernel::storage_f32("fused attention", "v", s3)?);
         let (qv, kv, vv) = self.views(l1, l2, l3, (q.len(), k.len(), v.len()))?;
         let (out, probs) = self.plan.forward(q, qv, k, kv, v, vv);
         *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
@@ -341,10 +335,10 @@ impl CustomOp3 for Attn3 {
         let (sv, lv) = v_t.storage_and_layout();
         let (sg, lg) = grad.storage_and_layout();
         let (q, k, v, g) = (
-            storage_f32(&sq, "q")?,
-            storage_f32(&sk, "k")?,
-            storage_f32(&sv, "v")?,
-            storage_f32(&sg, "grad")?,
+            device_f32(&sq, "q")?,
+            device_f32(&sk, "k")?,
+            device_f32(&sv, "v")?,
+            device_f32(&sg, "grad")?,
         );
         let (qv, kv, vv) = self.views(lq, lk, lv, (q.len(), k.len(), v.len()))?;
         let gv = View::from_layout4(lg)?;
@@ -399,7 +393,7 @@ impl CustomOp1 for AttnPacked {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = cpu_f32(s, "qkv")?;
+        let x = crate::kernel::storage_f32("fused attention", "qkv", s)?;
         let (qv, kv, vv) = self.views(l, x.len())?;
         let (out, probs) = self.plan.forward(x, qv, x, kv, x, vv);
         *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
@@ -411,7 +405,7 @@ impl CustomOp1 for AttnPacked {
         let probs = p.saved_probs()?;
         let (sx, lx) = arg.storage_and_layout();
         let (sg, lg) = grad.storage_and_layout();
-        let (x, g) = (storage_f32(&sx, "qkv")?, storage_f32(&sg, "grad")?);
+        let (x, g) = (device_f32(&sx, "qkv")?, device_f32(&sg, "grad")?);
         let (qv, kv, vv) = self.views(lx, x.len())?;
         let gv = View::from_layout4(lg)?;
         check_view("grad", g.len(), gv, (p.b, p.l, p.h, p.dv))?;
@@ -444,12 +438,6 @@ struct LinearOp {
     dropout: Option<Arc<Vec<f32>>>,
 }
 
-fn contiguous_slice<'a>(s: &'a [f32], l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => bail!("linear: {what} must be contiguous"),
-    }
-}
 
 fn rows_per_task(rows: usize) -> usize {
     (rows / 64).max(1)
@@ -476,9 +464,9 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_slice(cpu_f32(s1, "x")?, l1, "x")?;
-        let w = contiguous_slice(cpu_f32(s2, "weight")?, l2, "weight")?;
-        let b = contiguous_slice(cpu_f32(s3, "bias")?, l3, "bias")?;
+        let x = crate::kernel::contiguous_f32("linear", "x", s1, l1)?;
+        let w = crate::kernel::contiguous_f32("linear", "weight", s2, l2)?;
+        let b = crate::kernel::contiguous_f32("linear", "bias", s3, l3)?;
         // x may have any rank (..., in): its leading dimensions are the rows, so no reshape
         // nodes (each costing a gradient accumulation pass) are needed around the op.
         let in_f = *l1.dims().last().unwrap_or(&0);
@@ -533,10 +521,10 @@ impl CustomOp3 for LinearOp {
         let out_f = w_t.dim(0)?;
         let g: Vec<f32> = {
             let (sg, lg) = grad.storage_and_layout();
-            let g = contiguous_slice(storage_f32(&sg, "grad")?, lg, "grad")?;
+            let g = crate::kernel::contiguous("linear", "grad", device_f32(&sg, "grad")?, lg)?;
             if self.relu || self.dropout.is_some() {
                 let (sr, lr) = res.storage_and_layout();
-                let r = contiguous_slice(storage_f32(&sr, "output")?, lr, "output")?;
+                let r = crate::kernel::contiguous("linear", "output", device_f32(&sr, "output")?, lr)?;
                 let relu = self.relu;
                 // With dropout multipliers m ≥ 0: output > 0 exactly when m > 0 and x + b > 0,
                 // and where m = 0 the gradient is 0 anyway, so the output's sign is the gate.
@@ -555,8 +543,8 @@ impl CustomOp3 for LinearOp {
         };
         let (sx, lx) = x_t.storage_and_layout();
         let (sw, lw) = w_t.storage_and_layout();
-        let x = contiguous_slice(storage_f32(&sx, "x")?, lx, "x")?;
-        let w = contiguous_slice(storage_f32(&sw, "weight")?, lw, "weight")?;
+        let x = crate::kernel::contiguous("linear", "x", device_f32(&sx, "x")?, lx)?;
+        let w = crate::kernel::contiguous("linear", "weight", device_f32(&sw, "weight")?, lw)?;
         let mut dx = vec![0f32; rows * in_f];
         let mut dw = vec![0f32; out_f * in_f];
         if rows > 0 {

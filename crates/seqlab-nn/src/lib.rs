@@ -11,6 +11,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod golden;
 pub mod io;
+mod kernel;
 pub mod linear;
 pub mod loss;
 pub mod norm;

@@ -147,10 +147,7 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
 
     fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (m, c) = l.shape().dims2()?;
-        let x = match (s, l.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => bail!("cross_entropy kernel needs contiguous f32 logits"),
-        };
+        let x = crate::kernel::contiguous_f32("cross_entropy", "logits", s, l)?;
         let eps = self.smoothing;
         let work = |(i, row): (usize, &[f32])| -> f32 {
             if self.keep[i] == 0.0 {

@@ -107,13 +107,6 @@ struct LayerNormOp {
 }
 
 /// A contiguous f32 slice of a CPU storage, or an error naming the op.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        (CpuStorage::F32(_), None) => bail!("layer_norm: non-contiguous input"),
-        _ => bail!("layer_norm: only f32 is supported"),
-    }
-}
 
 /// Rows processed per rayon task; small inputs stay on one thread.
 const ROWS_PER_TASK: usize = 64;
@@ -227,7 +220,7 @@ impl CustomOp1 for LayerNormOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
+        let x = crate::kernel::contiguous_f32("layer_norm", "input", s, l)?;
         let c = *l.dims().last().unwrap_or(&0);
         if c == 0 {
             bail!("layer_norm: empty last dimension");
@@ -254,8 +247,8 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1)?;
-        let (w, b) = (f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let x = crate::kernel::contiguous_f32("layer_norm", "input", s1, l1)?;
+        let (w, b) = (crate::kernel::contiguous_f32("layer_norm", "weight", s2, l2)?, crate::kernel::contiguous_f32("layer_norm", "bias", s3, l3)?);
         let c = *l1.dims().last().unwrap_or(&0);
         if c == 0 || w.len() != c || b.len() != c {
             bail!("layer_norm: last dimension {c}, weight {}, bias {}", w.len(), b.len());

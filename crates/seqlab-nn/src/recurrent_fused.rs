@@ -247,16 +247,6 @@ fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => bail!("fused recurrence: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("fused recurrence: {what} must be contiguous"),
-    }
-}
 
 impl FusedRecurrence {
     pub fn new(spec: FusedSpec) -> Result<Self> {
@@ -572,9 +562,9 @@ impl CustomOp3 for FusedRecurrence {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gx = contiguous_f32(s1, l1, "gx")?;
-        let st = contiguous_f32(s2, l2, "state0")?;
-        let w = contiguous_f32(s3, l3, "weights")?;
+        let gx = crate::kernel::contiguous_f32("fused recurrence", "gx", s1, l1)?;
+        let st = crate::kernel::contiguous_f32("fused recurrence", "state0", s2, l2)?;
+        let w = crate::kernel::contiguous_f32("fused recurrence", "weights", s3, l3)?;
         let res = self.forward(gx, st, w)?;
         let n = res.len();
         Ok((CpuStorage::F32(res), Shape::from(n)))
