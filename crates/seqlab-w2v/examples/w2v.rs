@@ -4,6 +4,10 @@
 
 use clap::Parser;
 
+// Same allocator as the `seqlab` binary, so memory figures match.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
