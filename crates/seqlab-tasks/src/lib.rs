@@ -105,7 +105,7 @@ pub fn train(cfg: &RunConfig, existing: Existing) -> Result<TrainOutcome> {
     let summary = trainer.run(task.as_train())?;
     let metrics = trainer.metrics_path();
     if let Ok(series) = seqlab_train::plot::series_from_logs(&[metrics.as_path()], "loss") {
-        seqlab_train::plot::line_chart(&run_dir.join("loss.png"), "loss", "step", "loss (nats)", &series, true)?;
+        seqlab_train::plot::line_chart(&run_dir.join("loss.png"), &format!("{} loss", run_dir.display()), "step", "loss", &series, true)?;
     }
     Ok(TrainOutcome { summary, run_dir, resumed_from })
 }
