@@ -316,11 +316,17 @@ impl Trainer {
                     rec[k] = json!(v);
                 }
                 log.log(&rec)?;
-                bar.println(format!(
+                let line = format!(
                     "step {:>7}  valid {}",
                     self.state.step,
                     metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join("  ")
-                ));
+                );
+                // A hidden bar drops its println: without a bar, report on stderr directly.
+                if self.cfg.progress {
+                    bar.println(line);
+                } else {
+                    eprintln!("{line}");
+                }
                 let improved = match self.state.best {
                     None => true,
                     Some(b) => (lower_better && value < b) || (!lower_better && value > b),
