@@ -483,4 +483,22 @@ mod tests {
         let oov = Tensor::new(&[[50u32, 2]], &Device::Cpu).unwrap();
         assert!(decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &oov, SpecialIds::default()).is_err());
     }
+
+    /// Timing, not a check (random d_model 32 model, 16 sentences of 10 tokens, runs to the
+    /// +50 limit): `cargo test -p seqlab-mt --lib -- --ignored --nocapture bench`.
+    #[test]
+    #[ignore]
+    fn bench_beam4_cached_vs_full() {
+        let (_vs, m) = tiny_model(0, 64);
+        let mut rng = SeqRng::new(1);
+        let rows: Vec<u32> = (0..16 * 10).map(|_| 4 + rng.below(60) as u32).collect();
+        let s = Tensor::from_vec(rows, (16, 10), &Device::Cpu).unwrap();
+        for cache in [true, false] {
+            let t = std::time::Instant::now();
+            let out = decoder(&DecodeStrategy::Beam { size: 4, length_penalty: 0.6 }, cache).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let toks: usize = out.iter().map(|o| o.len()).sum();
+            println!("beam 4, batch 16, cache {cache}: {:.1} sentences/s ({toks} tokens out, {secs:.2} s)", 16.0 / secs);
+        }
+    }
 }
