@@ -1,0 +1,504 @@
+//! Decoders for [`Seq2SeqTransformer`]: greedy, beam search and sampling, batched over
+//! sentences, behind one trait [`Decoder`] chosen by [`DecodeStrategy`].
+//!
+//! Every decoder runs the cached incremental decoder (`begin_decode`/`decode_step`) unless
+//! `use_cache` is off, in which case each step re-runs the decoder over the whole prefix (for
+//! tests and timing). A sentence may grow to its source length + 50 tokens (the paper, §6.1)
+//! and stops at EOS.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use seqlab_nn::{DecodeState, EncodedSource, SeqRng, Seq2SeqTransformer};
+
+/// Extra target length allowed over the source length (Vaswani et al. 2017, §6.1).
+pub const MAX_LEN_OVER_SOURCE: usize = 50;
+
+/// Which decoder to run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DecodeStrategy {
+    /// Arg-max at each step.
+    Greedy,
+    /// Beam search; finished hypotheses are ranked by log-probability / length^`length_penalty`
+    /// (0 = raw log-probability; the paper used α = 0.6 with GNMT's penalty, close to this).
+    Beam { size: usize, length_penalty: f64 },
+    /// Ancestral sampling from softmax(logits / temperature), optionally restricted to the
+    /// `top_k` most likely tokens (0 = all) and to the smallest set whose mass reaches `top_p`
+    /// (1.0 = all).
+    Sampling { temperature: f64, top_k: usize, top_p: f64, seed: u64 },
+}
+
+/// Token ids the decoders need.
+#[derive(Clone, Copy, Debug)]
+pub struct SpecialIds {
+    pub pad: u32,
+    pub bos: u32,
+    pub eos: u32,
+}
+
+impl Default for SpecialIds {
+    /// seqlab-data's tokenizer: pad 0, bos 1, eos 2.
+    fn default() -> Self {
+        Self { pad: 0, bos: 1, eos: 2 }
+    }
+}
+
+/// A decoder: source ids (B, S) padded with `ids.pad` → B output token lists (no BOS/EOS).
+pub trait Decoder {
+    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>>;
+}
+
+/// The decoder for `strategy`; `use_cache` = false re-runs the full prefix every step.
+pub fn decoder(strategy: &DecodeStrategy, use_cache: bool) -> Result<Box<dyn Decoder>> {
+    Ok(match *strategy {
+        DecodeStrategy::Greedy => Box::new(Greedy { use_cache }),
+        DecodeStrategy::Beam { size, length_penalty } => {
+            if size == 0 {
+                bail!("beam size must be at least 1");
+            }
+            if !length_penalty.is_finite() {
+                bail!("beam length_penalty must be finite, got {length_penalty}");
+            }
+            Box::new(Beam { size, length_penalty, use_cache })
+        }
+        DecodeStrategy::Sampling { temperature, top_k, top_p, seed } => {
+            if !(temperature > 0.0 && temperature.is_finite()) {
+                bail!("sampling temperature must be positive, got {temperature}");
+            }
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                bail!("sampling top_p must be in (0, 1], got {top_p}");
+            }
+            Box::new(Sampling { temperature, top_k, top_p, rng: SeqRng::new(seed), use_cache })
+        }
+    })
+}
+
+fn c<T>(r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Per-sentence length limits: non-pad source tokens + 50.
+fn max_lens(src: &Tensor, pad: u32) -> Result<Vec<usize>> {
+    if src.rank() != 2 {
+        bail!("decode: source must be (B, S) token ids, got shape {:?}", src.dims());
+    }
+    let rows = c(c(src.to_dtype(candle_core::DType::U32))?.to_vec2::<u32>())?;
+    Ok(rows.iter().map(|r| r.iter().filter(|&&t| t != pad).count() + MAX_LEN_OVER_SOURCE).collect())
+}
+
+/// Steps the decoder for N rows, with or without the cache; rows can be reordered (beams).
+pub struct Stepper<'a> {
+    model: &'a Seq2SeqTransformer,
+    enc: EncodedSource,
+    state: Option<DecodeState>,
+    /// Tokens fed so far per row (only kept without the cache).
+    hist: Vec<Vec<u32>>,
+}
+
+impl<'a> Stepper<'a> {
+    /// Encodes `src` (B, S); `expand` repeats every sentence that many times (beam rows).
+    pub fn new(model: &'a Seq2SeqTransformer, src: &Tensor, expand: usize, use_cache: bool) -> Result<Self> {
+        let enc = c(model.encode(src, false))?;
+        let b = c(src.dim(0))?;
+        let enc = if expand > 1 {
+            let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, expand)).collect();
+            let idx = c(Tensor::new(idx.as_slice(), src.device()))?;
+            EncodedSource {
+                memory: c(enc.memory.index_select(&idx, 0))?,
+                src_key_padding_mask: c(enc.src_key_padding_mask.index_select(&idx, 0))?,
+            }
+        } else {
+            enc
+        };
+        let state = if use_cache { Some(c(model.begin_decode(&enc))?) } else { None };
+        Ok(Self { model, enc, state, hist: vec![Vec::new(); b * expand.max(1)] })
+    }
+
+    /// Feeds one token per row → logits (N, V) for the next token.
+    pub fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let dev = self.enc.memory.device().clone();
+        match &mut self.state {
+            Some(st) => {
+                let t = c(Tensor::new(tokens, &dev))?;
+                c(self.model.decode_step(&t, &self.enc, st))
+            }
+            None => {
+                for (h, &t) in self.hist.iter_mut().zip(tokens) {
+                    h.push(t);
+                }
+                let (n, l) = (self.hist.len(), self.hist[0].len());
+                let flat: Vec<u32> = self.hist.concat();
+                let prefix = c(Tensor::from_vec(flat, (n, l), &dev))?;
+                let logits = c(self.model.decode(&prefix, &self.enc, false))?;
+                c(c(logits.narrow(1, l - 1, 1))?.squeeze(1))
+            }
+        }
+    }
+
+    /// Row i of the next step continues former row `idx[i]`.
+    pub fn reorder(&mut self, idx: &[u32]) -> Result<()> {
+        match &mut self.state {
+            Some(st) => {
+                let t = c(Tensor::new(idx, &Device::Cpu))?;
+                for cache in st.caches.iter_mut() {
+                    if let Some(k) = &cache.self_kv.k {
+                        cache.self_kv.k = Some(c(k.index_select(&t, 0))?);
+                    }
+                    if let Some(v) = &cache.self_kv.v {
+                        cache.self_kv.v = Some(c(v.index_select(&t, 0))?);
+                    }
+                }
+            }
+            None => self.hist = idx.iter().map(|&i| self.hist[i as usize].clone()).collect(),
+        }
+        Ok(())
+    }
+}
+
+fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let rows = c(c(logits.to_dtype(candle_core::DType::F32))?.to_vec2::<f32>())?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let lse = m + r.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+            r.into_iter().map(|x| x - lse).collect()
+        })
+        .collect())
+}
+
+fn argmax(r: &[f32]) -> u32 {
+    // First maximum, as torch.argmax.
+    let mut best = 0;
+    for (i, &x) in r.iter().enumerate() {
+        if x > r[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Shared loop of greedy and sampling: `pick` chooses each row's next token.
+fn left_to_right(
+    model: &Seq2SeqTransformer,
+    src: &Tensor,
+    ids: SpecialIds,
+    use_cache: bool,
+    mut pick: impl FnMut(&[f32]) -> u32,
+) -> Result<Vec<Vec<u32>>> {
+    let limits = max_lens(src, ids.pad)?;
+    let b = limits.len();
+    let mut st = Stepper::new(model, src, 1, use_cache)?;
+    let mut out = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let mut feed = vec![ids.bos; b];
+    let longest = limits.iter().copied().max().unwrap_or(0);
+    for t in 0..longest {
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let logp = log_softmax_rows(&st.step(&feed)?)?;
+        for i in 0..b {
+            if done[i] {
+                feed[i] = ids.eos;
+                continue;
+            }
+            let tok = pick(&logp[i]);
+            if tok == ids.eos {
+                done[i] = true;
+            } else {
+                out[i].push(tok);
+                if t + 1 >= limits[i] {
+                    done[i] = true;
+                }
+            }
+            feed[i] = tok;
+        }
+    }
+    Ok(out)
+}
+
+struct Greedy {
+    use_cache: bool,
+}
+
+impl Decoder for Greedy {
+    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+        left_to_right(model, src, ids, self.use_cache, argmax)
+    }
+}
+
+struct Sampling {
+    temperature: f64,
+    top_k: usize,
+    top_p: f64,
+    rng: SeqRng,
+    use_cache: bool,
+}
+
+impl Decoder for Sampling {
+    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+        let (temp, top_k, top_p) = (self.temperature as f32, self.top_k, self.top_p as f32);
+        let rng = &mut self.rng;
+        left_to_right(model, src, ids, self.use_cache, |logp| {
+            let mut cand: Vec<(u32, f32)> = logp.iter().enumerate().map(|(i, &x)| (i as u32, x / temp)).collect();
+            cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+            if top_k > 0 {
+                cand.truncate(top_k);
+            }
+            let m = cand[0].1;
+            let mut probs: Vec<f32> = cand.iter().map(|&(_, x)| (x - m).exp()).collect();
+            let z: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= z);
+            // Nucleus: keep the smallest prefix whose mass reaches top_p.
+            let mut mass = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                mass += p;
+                if mass >= top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            let z: f32 = probs[..keep].iter().sum();
+            let mut u = rng.unit_f32() * z;
+            for i in 0..keep {
+                u -= probs[i];
+                if u <= 0.0 {
+                    return cand[i].0;
+                }
+            }
+            cand[keep - 1].0
+        })
+    }
+}
+
+struct Beam {
+    size: usize,
+    length_penalty: f64,
+    use_cache: bool,
+}
+
+impl Beam {
+    fn norm(&self, score: f64, len: usize) -> f64 {
+        score / (len.max(1) as f64).powf(self.length_penalty)
+    }
+}
+
+impl Decoder for Beam {
+    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+        let limits = max_lens(src, ids.pad)?;
+        let (b, k) = (limits.len(), self.size);
+        let mut st = Stepper::new(model, src, k, self.use_cache)?;
+        // Row b*k + j is beam j of sentence b. Only beam 0 is alive at the start, so the first
+        // step does not pick k copies of the same token.
+        let mut scores: Vec<f64> = (0..b * k).map(|r| if r % k == 0 { 0.0 } else { f64::NEG_INFINITY }).collect();
+        let mut hyps: Vec<Vec<u32>> = vec![Vec::new(); b * k];
+        let mut finished: Vec<Vec<(f64, Vec<u32>)>> = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let mut feed = vec![ids.bos; b * k];
+        let longest = limits.iter().copied().max().unwrap_or(0);
+        for t in 0..longest {
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let logp = log_softmax_rows(&st.step(&feed)?)?;
+            let mut reorder: Vec<u32> = (0..(b * k) as u32).collect();
+            let mut new_scores = scores.clone();
+            let mut new_hyps = hyps.clone();
+            for s in 0..b {
+                if done[s] {
+                    continue;
+                }
+                // Best 2k continuations over all beams: at most k of them end in EOS, so k
+                // live ones remain.
+                let mut cand: Vec<(f64, usize, u32)> = Vec::new();
+                for j in 0..k {
+                    let r = s * k + j;
+                    if scores[r] == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let mut row: Vec<(f32, u32)> = logp[r].iter().enumerate().map(|(v, &x)| (x, v as u32)).collect();
+                    let n = (2 * k).min(row.len());
+                    row.select_nth_unstable_by(n - 1, |a, b| b.0.total_cmp(&a.0));
+                    cand.extend(row[..n].iter().map(|&(x, v)| (scores[r] + x as f64, j, v)));
+                }
+                // Ties go to the lower beam and token, as greedy's first-maximum arg-max.
+                cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+                let last = t + 1 >= limits[s];
+                let mut live = 0;
+                for (score, j, v) in cand {
+                    if live == k {
+                        break;
+                    }
+                    let prev = &hyps[s * k + j];
+                    if v == ids.eos {
+                        if finished[s].len() < k {
+                            finished[s].push((self.norm(score, prev.len() + 1), prev.clone()));
+                        }
+                        continue;
+                    }
+                    let r = s * k + live;
+                    let mut h = prev.clone();
+                    h.push(v);
+                    if last {
+                        finished[s].push((self.norm(score, h.len()), h.clone()));
+                    }
+                    new_scores[r] = score;
+                    new_hyps[r] = h;
+                    reorder[r] = (s * k + j) as u32;
+                    live += 1;
+                }
+                for r in s * k + live..(s + 1) * k {
+                    new_scores[r] = f64::NEG_INFINITY;
+                }
+                if finished[s].len() >= k || last || live == 0 {
+                    done[s] = true;
+                }
+            }
+            scores = new_scores;
+            hyps = new_hyps;
+            for r in 0..b * k {
+                feed[r] = if done[r / k] || scores[r] == f64::NEG_INFINITY { ids.eos } else { *hyps[r].last().unwrap_or(&ids.bos) };
+            }
+            st.reorder(&reorder)?;
+        }
+        Ok(finished
+            .into_iter()
+            .map(|f| {
+                f.into_iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1 .0.total_cmp(&b.1 .0).then(b.0.cmp(&a.0)))
+                    .map(|(_, (_, h))| h)
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqlab_nn::{Seq2SeqConfig, TransformerConfig, VarStore};
+
+    pub(crate) fn tiny_model(seed: u64, vocab: usize) -> (VarStore, Seq2SeqTransformer) {
+        let vs = VarStore::new(seed, &Device::Cpu);
+        let tc = TransformerConfig {
+            d_model: 32,
+            nhead: 4,
+            num_encoder_layers: 2,
+            num_decoder_layers: 2,
+            dim_feedforward: 64,
+            dropout: 0.0,
+            ..Default::default()
+        };
+        let m = Seq2SeqTransformer::new(&Seq2SeqConfig::new(vocab, tc), &vs).unwrap();
+        (vs, m)
+    }
+
+    fn src() -> Tensor {
+        Tensor::new(&[[5u32, 6, 7, 8, 9, 2], [10, 11, 12, 2, 0, 0], [4, 4, 13, 14, 2, 0]], &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn cached_step_equals_full_rerun() {
+        let (_vs, m) = tiny_model(3, 20);
+        let s = src();
+        let mut cached = Stepper::new(&m, &s, 1, true).unwrap();
+        let mut full = Stepper::new(&m, &s, 1, false).unwrap();
+        let mut feed = vec![1u32; 3];
+        for _ in 0..8 {
+            let a = cached.step(&feed).unwrap();
+            let b = full.step(&feed).unwrap();
+            let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "cached vs full logits differ by {d}");
+            let (ra, rb) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+            feed = ra.iter().map(|r| argmax(r)).collect();
+            assert_eq!(feed, rb.iter().map(|r| argmax(r)).collect::<Vec<_>>());
+        }
+        // Whole decoders agree too, for every strategy (a random model rarely emits EOS, so
+        // this runs to the length limit).
+        for strat in [
+            DecodeStrategy::Greedy,
+            DecodeStrategy::Beam { size: 3, length_penalty: 0.6 },
+            DecodeStrategy::Sampling { temperature: 1.0, top_k: 5, top_p: 0.9, seed: 7 },
+        ] {
+            let a = decoder(&strat, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let b = decoder(&strat, false).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            assert_eq!(a, b, "{strat:?}");
+        }
+    }
+
+    #[test]
+    fn beam_one_equals_greedy() {
+        for seed in 0..4 {
+            let (_vs, m) = tiny_model(seed, 12);
+            let s = src().clamp(0u32, 11u32).unwrap();
+            let g = decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let b1 = decoder(&DecodeStrategy::Beam { size: 1, length_penalty: 1.0 }, true)
+                .unwrap()
+                .decode(&m, &s, SpecialIds::default())
+                .unwrap();
+            assert_eq!(g, b1, "seed {seed}");
+            // Source lengths 5, 3, 4 (non-pad) → at most +50 tokens.
+            for (o, n) in g.iter().zip([56, 54, 55]) {
+                assert!(o.len() <= n);
+            }
+        }
+    }
+
+    #[test]
+    fn beam_search_never_scores_below_greedy() {
+        // With no length penalty, the beam's best hypothesis has at least greedy's probability.
+        let (_vs, m) = tiny_model(5, 8);
+        let s = Tensor::new(&[[5u32, 6, 7, 2]], &Device::Cpu).unwrap();
+        let score = |toks: &[u32]| -> f64 {
+            let mut st = Stepper::new(&m, &s, 1, true).unwrap();
+            let mut feed = 1u32;
+            let mut total = 0.0;
+            for &t in toks.iter().chain([2u32].iter()) {
+                let lp = log_softmax_rows(&st.step(&[feed]).unwrap()).unwrap();
+                total += lp[0][t as usize] as f64;
+                feed = t;
+            }
+            total
+        };
+        let g = decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+        let b = decoder(&DecodeStrategy::Beam { size: 4, length_penalty: 0.0 }, true)
+            .unwrap()
+            .decode(&m, &s, SpecialIds::default())
+            .unwrap();
+        if g[0].len() < 54 && b[0].len() < 54 {
+            assert!(score(&b[0]) >= score(&g[0]) - 1e-4);
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        assert!(decoder(&DecodeStrategy::Beam { size: 0, length_penalty: 1.0 }, true).is_err());
+        assert!(decoder(&DecodeStrategy::Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }, true).is_err());
+        assert!(decoder(&DecodeStrategy::Sampling { temperature: 1.0, top_k: 0, top_p: 1.5, seed: 0 }, true).is_err());
+        let (_vs, m) = tiny_model(0, 10);
+        let bad = Tensor::new(&[5u32, 6], &Device::Cpu).unwrap();
+        assert!(decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &bad, SpecialIds::default()).is_err());
+        let oov = Tensor::new(&[[50u32, 2]], &Device::Cpu).unwrap();
+        assert!(decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &oov, SpecialIds::default()).is_err());
+    }
+
+    /// Timing, not a check (random d_model 32 model, 16 sentences of 10 tokens, runs to the
+    /// +50 limit): `cargo test -p seqlab-mt --lib -- --ignored --nocapture bench`.
+    #[test]
+    #[ignore]
+    fn bench_beam4_cached_vs_full() {
+        let (_vs, m) = tiny_model(0, 64);
+        let mut rng = SeqRng::new(1);
+        let rows: Vec<u32> = (0..16 * 10).map(|_| 4 + rng.below(60) as u32).collect();
+        let s = Tensor::from_vec(rows, (16, 10), &Device::Cpu).unwrap();
+        for cache in [true, false] {
+            let t = std::time::Instant::now();
+            let out = decoder(&DecodeStrategy::Beam { size: 4, length_penalty: 0.6 }, cache).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            let toks: usize = out.iter().map(|o| o.len()).sum();
+            println!("beam 4, batch 16, cache {cache}: {:.1} sentences/s ({toks} tokens out, {secs:.2} s)", 16.0 / secs);
+        }
+    }
+}
