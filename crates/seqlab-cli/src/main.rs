@@ -31,6 +31,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
     W2v(seqlab_w2v::cli::W2vArgs),
+    /// Average the parameters of the last N checkpoints of a run (as the paper did).
+    AverageCheckpoints(seqlab_mt::cli::AverageArgs),
+    /// Draw the sinusoidal positional-encoding table as a heat map.
+    PlotPe(seqlab_mt::cli::PlotPeArgs),
     /// Corpus BLEU of a hypothesis file against references (sacrebleu's defaults).
     Bleu(seqlab_metrics::cli::ScoreArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
@@ -46,6 +50,8 @@ fn main() {
         Command::Plot(a) => train_cmd::plot(a),
         Command::Bench(a) => bench::run(a),
         Command::W2v(a) => seqlab_w2v::cli::run(a),
+        Command::AverageCheckpoints(a) => seqlab_mt::cli::average(a),
+        Command::PlotPe(a) => seqlab_mt::cli::plot_pe(a),
         Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
         Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
     };
