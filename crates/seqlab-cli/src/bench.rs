@@ -31,7 +31,12 @@ pub struct BenchArgs {
 }
 
 /// Times `step` and returns tokens/s.
-fn time_steps(tokens_per_step: usize, warmup: usize, steps: usize, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time_steps(
+    tokens_per_step: usize,
+    warmup: usize,
+    steps: usize,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         step()?;
     }
@@ -62,7 +67,11 @@ struct Case {
 fn recurrent(name: &str, steps: usize, warmup: usize) -> Result<f64> {
     let (b, t, i, h) = (32, 64, 256, 512);
     let vs = VarStore::new(0, &Device::Cpu);
-    let cfg = RecurrentConfig { num_layers: 2, batch_first: true, ..RecurrentConfig::new(i, h) };
+    let cfg = RecurrentConfig {
+        num_layers: 2,
+        batch_first: true,
+        ..RecurrentConfig::new(i, h)
+    };
     let mut r = SeqRng::new(1);
     let x = c(r.normal((b, t, i), 0.0, 1.0, &Device::Cpu))?;
     let probe = c(r.normal((b, t, h), 0.0, 1.0, &Device::Cpu))?;
@@ -106,12 +115,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     anyhow::ensure!(args.steps > 0, "--steps must be > 0");
     let cases = [
-        Case { name: "lstm", shape: "2 layers, input 256, hidden 512, batch 32, seq 64".into(), tokens: 32 * 64 },
-        Case { name: "gru", shape: "2 layers, input 256, hidden 512, batch 32, seq 64".into(), tokens: 32 * 64 },
-        Case { name: "encoder", shape: "d_model 512, 8 heads, FFN 2048, batch 32, seq 128".into(), tokens: 32 * 128 },
+        Case {
+            name: "lstm",
+            shape: "2 layers, input 256, hidden 512, batch 32, seq 64".into(),
+            tokens: 32 * 64,
+        },
+        Case {
+            name: "gru",
+            shape: "2 layers, input 256, hidden 512, batch 32, seq 64".into(),
+            tokens: 32 * 64,
+        },
+        Case {
+            name: "encoder",
+            shape: "d_model 512, 8 heads, FFN 2048, batch 32, seq 128".into(),
+            tokens: 32 * 128,
+        },
     ];
     if !args.json {
-        println!("training step (forward + backward + AdamW), {} threads, {} timed steps", rayon_threads(), args.steps);
+        println!(
+            "training step (forward + backward + AdamW), {} threads, {} timed steps",
+            rayon_threads(),
+            args.steps
+        );
         println!("{:8} {:>12}  shape", "model", "tokens/s");
     }
     for case in &cases {
@@ -123,7 +148,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             n => recurrent(n, args.steps, args.warmup)?,
         };
         if args.json {
-            println!("{}", serde_json::json!({"model": case.name, "tokens_per_s": tps, "tokens_per_step": case.tokens, "shape": case.shape}));
+            println!(
+                "{}",
+                serde_json::json!({"model": case.name, "tokens_per_s": tps, "tokens_per_step": case.tokens, "shape": case.shape})
+            );
         } else {
             println!("{:8} {:>12.0}  {}", case.name, tps, case.shape);
         }
@@ -132,5 +160,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 }
 
 fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -131,20 +131,36 @@ pub fn train(a: TrainArgs) -> Result<()> {
         out.run_dir.display()
     );
     if let (Some(first), Some(last)) = (s.train_losses.first(), s.train_losses.last()) {
-        println!("training loss {:.4} at step {} → {:.4} at step {}", first.1, first.0, last.1, last.0);
+        println!(
+            "training loss {:.4} at step {} → {:.4} at step {}",
+            first.1, first.0, last.1, last.0
+        );
     }
     if !s.last_eval.is_empty() {
         println!(
             "validation: {}",
-            s.last_eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join("  ")
+            s.last_eval
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join("  ")
         );
     }
     let best = seqlab_tasks::resolve_checkpoint(&out.run_dir)?;
     let (cfg, task) = seqlab_tasks::load(&best)?;
-    let split = if cfg.data.test.is_some() || cfg.task == seqlab_tasks::config::TaskKind::Forecast { Split::Test } else { Split::Valid };
+    let split = if cfg.data.test.is_some() || cfg.task == seqlab_tasks::config::TaskKind::Forecast {
+        Split::Test
+    } else {
+        Split::Valid
+    };
     if cfg.data.test.is_some() || cfg.data.valid.is_some() || cfg.task == seqlab_tasks::config::TaskKind::Forecast {
         let r = task.report(split, None)?;
-        println!("best checkpoint {} on the {:?} data:\n{}", best.display(), split, r.text);
+        println!(
+            "best checkpoint {} on the {:?} data:\n{}",
+            best.display(),
+            split,
+            r.text
+        );
     }
     explain(&task);
     println!("curves: {}", out.run_dir.join("loss.png").display());
@@ -181,19 +197,32 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let dir = seqlab_tasks::resolve_checkpoint(&a.checkpoint)?;
     let (_, task) = seqlab_tasks::load(&dir)?;
     let AnyTask::Lm(lm) = task else {
-        anyhow::bail!("{}: not a language model; `seqlab generate` needs a checkpoint of task = \"lm\"", dir.display());
+        anyhow::bail!(
+            "{}: not a language model; `seqlab generate` needs a checkpoint of task = \"lm\"",
+            dir.display()
+        );
     };
     if let Some(p) = a.top_p {
         anyhow::ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
     }
     anyhow::ensure!(a.temperature >= 0.0, "--temperature must be >= 0");
-    let s = SampleConfig { max_tokens: a.max_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    let s = SampleConfig {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
     println!("{}", lm.generate(&a.prompt, &s)?);
     Ok(())
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
-    let files: Vec<PathBuf> = a.inputs.iter().map(|p| if p.is_dir() { p.join("metrics.jsonl") } else { p.clone() }).collect();
+    let files: Vec<PathBuf> = a
+        .inputs
+        .iter()
+        .map(|p| if p.is_dir() { p.join("metrics.jsonl") } else { p.clone() })
+        .collect();
     let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
     let series = seqlab_train::plot::series_from_logs(&refs, &a.key)?;
     seqlab_train::plot::line_chart(&a.output, &a.key, "step", &a.key, &series, !a.linear)

@@ -25,7 +25,12 @@ fn repo() -> PathBuf {
 
 fn ok(o: Output) -> String {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "failed: {}\n{out}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "failed: {}\n{out}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
     out
 }
 
@@ -87,14 +92,38 @@ fn lm_pipeline_train_eval_generate_plot() {
     // Without --resume an existing run is refused, never overwritten.
     let again = seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let ev = ok(seqlab().args(["eval", "--json", "--checkpoint"]).arg(&run).output().unwrap());
+    let ev = ok(seqlab()
+        .args(["eval", "--json", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap());
     let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
     assert!(v["ppl"].as_f64().unwrap() > 1.0 && v["bpc"].as_f64().is_some());
-    let gen = |seed: &str| ok(seqlab().args(["generate", "--prompt", "KING", "--max-tokens", "40", "--seed", seed, "--checkpoint"]).arg(&run).output().unwrap());
+    let gen = |seed: &str| {
+        ok(seqlab()
+            .args([
+                "generate",
+                "--prompt",
+                "KING",
+                "--max-tokens",
+                "40",
+                "--seed",
+                seed,
+                "--checkpoint",
+            ])
+            .arg(&run)
+            .output()
+            .unwrap())
+    };
     let g = gen("3");
     assert!(g.starts_with("KING"));
     assert_eq!(g, gen("3"), "same seed, same sample");
-    ok(seqlab().args(["plot", "-o"]).arg(d.join("p.svg")).arg(&run).output().unwrap());
+    ok(seqlab()
+        .args(["plot", "-o"])
+        .arg(d.join("p.svg"))
+        .arg(&run)
+        .output()
+        .unwrap());
     assert!(d.join("p.svg").exists());
     let _ = std::fs::remove_dir_all(d);
 }
@@ -105,12 +134,23 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     let steps = 60;
     let cfg = lm_config(&d, steps);
     // Uninterrupted reference.
-    ok(seqlab().args(["train", "--config"]).arg(&cfg).args(["--run-dir"]).arg(d.join("ref")).output().unwrap());
+    ok(seqlab()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--run-dir"])
+        .arg(d.join("ref"))
+        .output()
+        .unwrap());
     let reference = train_losses(&d.join("ref"));
     assert_eq!(reference.len(), steps as usize);
     // Killed (SIGKILL) as soon as its first checkpoint exists, then resumed.
     let run = d.join("run");
-    let mut child = seqlab().args(["train", "--config"]).arg(&cfg).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = seqlab()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while !run.join("checkpoints/latest").exists() {
         assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
@@ -118,7 +158,11 @@ fn killed_and_resumed_run_equals_uninterrupted_run() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    ok(seqlab().args(["train", "--resume", "--config"]).arg(&cfg).output().unwrap());
+    ok(seqlab()
+        .args(["train", "--resume", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
     let resumed = train_losses(&run);
     assert_eq!(resumed, reference, "resumed losses differ from the uninterrupted run");
     let _ = std::fs::remove_dir_all(d);

@@ -9,11 +9,7 @@
 use seqlab_data::{ClsData, LmText, Tokenizer, TokenizerConfig, TokenizerKind};
 
 fn main() -> anyhow::Result<()> {
-    let out = std::path::PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "tok-check".into()),
-    );
+    let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "tok-check".into()));
     std::fs::create_dir_all(&out)?;
     let train = LmText::read(
         std::env::args()
@@ -22,11 +18,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let valid = LmText::read("data/sample/shakespeare.valid.txt")?;
     let cls = ClsData::read_train("data/sample/authors.valid.tsv")?;
-    let mut texts: Vec<String> = valid
-        .text
-        .split_inclusive('\n')
-        .map(str::to_owned)
-        .collect();
+    let mut texts: Vec<String> = valid.text.split_inclusive('\n').map(str::to_owned).collect();
     texts.extend(cls.examples.iter().map(|e| e.text.clone()));
     texts.push("Zebras say ünïcode — «quoted» 123!\t<eos> end".into());
     for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
@@ -38,10 +30,7 @@ fn main() -> anyhow::Result<()> {
         let tok = Tokenizer::train(&cfg, train.text.lines())?;
         let secs = t0.elapsed().as_secs_f64();
         tok.save(out.join(format!("{kind}.tokenizer.json")))?;
-        let ids: Vec<Vec<u32>> = texts
-            .iter()
-            .map(|t| tok.encode(t))
-            .collect::<Result<_, _>>()?;
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect::<Result<_, _>>()?;
         let stream = train.encode_stream(&tok)?;
         println!(
             "{kind}: vocab {} trained in {secs:.2}s; train stream {} tokens ({:.2} bytes/token)",
@@ -54,10 +43,7 @@ fn main() -> anyhow::Result<()> {
             .zip(&ids)
             .map(|(t, i)| serde_json::json!({"text": t, "ids": i, "decoded": tok.decode(i, false).unwrap()}))
             .collect();
-        std::fs::write(
-            out.join(format!("{kind}.ids.json")),
-            serde_json::to_string(&cases)?,
-        )?;
+        std::fs::write(out.join(format!("{kind}.ids.json")), serde_json::to_string(&cases)?)?;
     }
     Ok(())
 }

@@ -43,11 +43,7 @@ pub fn shuffled_indices(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 /// Batches of `batch_size` indices over `0..n` (the last may be smaller); shuffled by
 /// `(seed, epoch)` when `shuffle`, in order otherwise. For fixed-size items (time-series
 /// windows).
-pub fn fixed_batches(
-    n: usize,
-    batch_size: usize,
-    shuffle: Option<(u64, u64)>,
-) -> Result<Vec<Vec<usize>>, BatchError> {
+pub fn fixed_batches(n: usize, batch_size: usize, shuffle: Option<(u64, u64)>) -> Result<Vec<Vec<usize>>, BatchError> {
     if batch_size == 0 {
         return Err(BatchError("batch_size must be positive".into()));
     }
@@ -94,9 +90,7 @@ pub fn token_budget_batches(
     shuffle_by: Option<(u64, u64)>,
 ) -> Result<Vec<Vec<usize>>, BatchError> {
     if config.max_tokens == 0 || config.pool == 0 || config.max_batch == Some(0) {
-        return Err(BatchError(
-            "max_tokens, pool and max_batch must be positive".into(),
-        ));
+        return Err(BatchError("max_tokens, pool and max_batch must be positive".into()));
     }
     let mut rng = shuffle_by.map(|(seed, epoch)| epoch_rng(seed, epoch));
     let mut order: Vec<usize> = (0..lengths.len()).collect();
@@ -115,9 +109,7 @@ pub fn token_budget_batches(
         let mut longest = 0;
         for &i in chunk.iter() {
             let l = lengths[i].max(longest);
-            if !cur.is_empty()
-                && ((cur.len() + 1) * l > config.max_tokens || cur.len() == max_batch)
-            {
+            if !cur.is_empty() && ((cur.len() + 1) * l > config.max_tokens || cur.len() == max_batch) {
                 batches.push(std::mem::take(&mut cur));
                 longest = 0;
             }
@@ -176,10 +168,7 @@ pub fn pad_lm_batch(seqs: &[Vec<u32>], idx: &[usize], pad_id: u32) -> (PaddedBat
         .iter()
         .map(|&i| seqs[i][..seqs[i].len().saturating_sub(1)].to_vec())
         .collect();
-    let targets: Vec<Vec<u32>> = idx
-        .iter()
-        .map(|&i| seqs[i].get(1..).unwrap_or(&[]).to_vec())
-        .collect();
+    let targets: Vec<Vec<u32>> = idx.iter().map(|&i| seqs[i].get(1..).unwrap_or(&[]).to_vec()).collect();
     let all: Vec<usize> = (0..idx.len()).collect();
     let input = pad_batch(&inputs, &all, pad_id);
     let target = pad_batch(&targets, &all, pad_id).ids;
@@ -315,10 +304,7 @@ mod tests {
             // bucketing keeps padding low
             let real: usize = lengths.iter().sum();
             assert!((padded as f64) < 1.25 * real as f64, "{padded} vs {real}");
-            assert_eq!(
-                batches,
-                token_budget_batches(&lengths, &cfg, shuffle).unwrap()
-            );
+            assert_eq!(batches, token_budget_batches(&lengths, &cfg, shuffle).unwrap());
         }
         let a = token_budget_batches(&lengths, &cfg, Some((5, 2))).unwrap();
         let b = token_budget_batches(&lengths, &cfg, Some((5, 3))).unwrap();
@@ -334,9 +320,7 @@ mod tests {
         };
         let b = token_budget_batches(&[20, 1, 1, 1], &cfg, None).unwrap();
         assert_eq!(b, vec![vec![1, 2], vec![3], vec![0]]);
-        assert!(token_budget_batches(&[], &cfg, Some((1, 1)))
-            .unwrap()
-            .is_empty());
+        assert!(token_budget_batches(&[], &cfg, Some((1, 1))).unwrap().is_empty());
         assert!(token_budget_batches(&[1], &BudgetConfig::new(0), None).is_err());
     }
 

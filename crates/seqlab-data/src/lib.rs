@@ -39,8 +39,8 @@ pub mod timeseries;
 pub mod tokenizer;
 
 pub use batch::{
-    epoch_rng, fixed_batches, pad_batch, pad_lm_batch, shuffled_indices, token_budget_batches,
-    BatchError, BudgetConfig, PaddedBatch, StreamBatcher, StreamChunk,
+    epoch_rng, fixed_batches, pad_batch, pad_lm_batch, shuffled_indices, token_budget_batches, BatchError,
+    BudgetConfig, PaddedBatch, StreamBatcher, StreamChunk,
 };
 pub use error::{DataError, ErrorKind};
 pub use text::{ClsData, ClsExample, LabelSet, LengthPolicy, LmText, Warning};

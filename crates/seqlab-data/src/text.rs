@@ -19,16 +19,11 @@ pub fn read_text(path: impl AsRef<Path>) -> Result<String> {
             let bytes = e.as_bytes();
             let at = e.utf8_error().valid_up_to();
             let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-            let line_start = bytes[..at]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1);
+            let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             return Err(DataError::at(
                 path,
                 line,
-                ErrorKind::InvalidUtf8 {
-                    byte: at - line_start,
-                },
+                ErrorKind::InvalidUtf8 { byte: at - line_start },
             ));
         }
     };
@@ -72,13 +67,7 @@ pub struct Warning {
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}: warning: {}",
-            self.path.display(),
-            self.line,
-            self.message
-        )
+        write!(f, "{}:{}: warning: {}", self.path.display(), self.line, self.message)
     }
 }
 
@@ -95,14 +84,7 @@ pub fn fit_length(
         return Ok(ids);
     }
     match policy {
-        LengthPolicy::Error => Err(DataError::at(
-            path,
-            line,
-            ErrorKind::TooLong {
-                len: ids.len(),
-                max,
-            },
-        )),
+        LengthPolicy::Error => Err(DataError::at(path, line, ErrorKind::TooLong { len: ids.len(), max })),
         LengthPolicy::Truncate => {
             warnings.push(Warning {
                 path: path.to_path_buf(),
@@ -166,9 +148,7 @@ fn encode_numbered(
     if max_len < 3 {
         return Err(DataError::file(
             path,
-            ErrorKind::Invalid(format!(
-                "max_len {max_len} leaves no room beside <bos> and <eos>"
-            )),
+            ErrorKind::Invalid(format!("max_len {max_len} leaves no room beside <bos> and <eos>")),
         ));
     }
     let texts: Vec<&str> = numbered.iter().map(|(_, t)| *t).collect();
@@ -177,15 +157,14 @@ fn encode_numbered(
         .map_err(|e| DataError::file(path, ErrorKind::Tokenizer(e.0)))?;
     let mut out = Vec::with_capacity(encoded.len());
     for ((line, _), ids) in numbered.iter().zip(encoded) {
-        let ids =
-            fit_length(ids, max_len - 2, policy, path, *line, warnings).map_err(|mut e| {
-                // Report the limit the user set, counting bos/eos.
-                if let ErrorKind::TooLong { len, max } = &mut e.kind {
-                    *len += 2;
-                    *max += 2;
-                }
-                e
-            })?;
+        let ids = fit_length(ids, max_len - 2, policy, path, *line, warnings).map_err(|mut e| {
+            // Report the limit the user set, counting bos/eos.
+            if let ErrorKind::TooLong { len, max } = &mut e.kind {
+                *len += 2;
+                *max += 2;
+            }
+            e
+        })?;
         let mut seq = Vec::with_capacity(ids.len() + 2);
         seq.push(tok.bos_id());
         seq.extend(ids);
@@ -329,11 +308,7 @@ impl ClsData {
         policy: LengthPolicy,
         warnings: &mut Vec<Warning>,
     ) -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
-        let numbered: Vec<(usize, &str)> = self
-            .examples
-            .iter()
-            .map(|e| (e.line, e.text.as_str()))
-            .collect();
+        let numbered: Vec<(usize, &str)> = self.examples.iter().map(|e| (e.line, e.text.as_str())).collect();
         let seqs = encode_numbered(&self.path, &numbered, tok, max_len, policy, warnings)?;
         Ok((seqs, self.examples.iter().map(|e| e.label).collect()))
     }
@@ -378,10 +353,7 @@ mod tests {
             .to_string()
             .starts_with(&format!("{}: cannot read file", missing.display())));
         let p = s.file("empty.txt", b"");
-        assert_eq!(
-            err_string(LmText::read(&p)),
-            format!("{}: file is empty", p.display())
-        );
+        assert_eq!(err_string(LmText::read(&p)), format!("{}: file is empty", p.display()));
         let p = s.file("blank.tsv", b"\n  \n");
         assert!(matches!(
             ClsData::read_train(&p).unwrap_err().kind,
@@ -402,10 +374,7 @@ mod tests {
         let p = s.file("bad.txt", b"fine\nalso fine\nab\xffcd\n");
         assert_eq!(
             err_string(LmText::read(&p)),
-            format!(
-                "{}:3: invalid UTF-8 (byte offset 2 in the line)",
-                p.display()
-            )
+            format!("{}:3: invalid UTF-8 (byte offset 2 in the line)", p.display())
         );
     }
 
@@ -415,18 +384,12 @@ mod tests {
         let p = s.file("train.tsv", b"a b c\tx\n\nd e\tx\ty\n");
         assert_eq!(
             err_string(ClsData::read_train(&p)),
-            format!(
-                "{}:3: expected 2 tab-separated columns, found 3",
-                p.display()
-            )
+            format!("{}:3: expected 2 tab-separated columns, found 3", p.display())
         );
         let p = s.file("one.tsv", b"no label here\n");
         assert_eq!(
             err_string(ClsData::read_train(&p)),
-            format!(
-                "{}:1: expected 2 tab-separated columns, found 1",
-                p.display()
-            )
+            format!("{}:1: expected 2 tab-separated columns, found 1", p.display())
         );
         let p = s.file("nolabel.tsv", b"text\t \n");
         assert!(matches!(
@@ -446,11 +409,7 @@ mod tests {
         let tr = s.file("train.tsv", b"one\tzeta\r\ntwo\talpha\nthree\tzeta\n");
         let d = ClsData::read_train(&tr).unwrap();
         assert_eq!(d.labels.names(), ["alpha", "zeta"]);
-        let got: Vec<_> = d
-            .examples
-            .iter()
-            .map(|e| (e.line, e.text.as_str(), e.label))
-            .collect();
+        let got: Vec<_> = d.examples.iter().map(|e| (e.line, e.text.as_str(), e.label)).collect();
         assert_eq!(got, [(1, "one", 1), (2, "two", 0), (3, "three", 1)]);
         let va = s.file("valid.tsv", b"x\talpha\ny\tbeta\n");
         assert_eq!(
@@ -487,18 +446,12 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(
             w[0].to_string(),
-            format!(
-                "{}:2: warning: sequence of 8 tokens truncated to 4",
-                p.display()
-            )
+            format!("{}:2: warning: sequence of 8 tokens truncated to 4", p.display())
         );
         let mut w = Vec::new();
         assert_eq!(
             err_string(d.encode(&tok, 6, LengthPolicy::Error, &mut w)),
-            format!(
-                "{}:2: sequence of 10 tokens is longer than the maximum 6",
-                p.display()
-            )
+            format!("{}:2: sequence of 10 tokens is longer than the maximum 6", p.display())
         );
         assert!(d.encode(&tok, 2, LengthPolicy::Truncate, &mut w).is_err());
     }
@@ -513,9 +466,7 @@ mod tests {
         assert_eq!(stream.len(), 9);
         assert_eq!(tok.decode(&stream, false).unwrap(), "ab c\n\nde\n");
         let mut w = Vec::new();
-        let lines = lm
-            .encode_lines(&tok, 64, LengthPolicy::Error, &mut w)
-            .unwrap();
+        let lines = lm.encode_lines(&tok, 64, LengthPolicy::Error, &mut w).unwrap();
         assert_eq!(lines.len(), 2);
         assert_eq!(
             lines[1],

@@ -93,18 +93,10 @@ impl TimeSeries {
     /// Reads column `column` (matched against the header, quotes removed) of the CSV at `path`
     /// and keeps the last `valid_frac` and `test_frac` of the points (chronological order)
     /// for validation and test. Normalisation is fitted on the training part only.
-    pub fn read_csv(
-        path: impl AsRef<Path>,
-        column: &str,
-        valid_frac: f64,
-        test_frac: f64,
-    ) -> Result<Self> {
+    pub fn read_csv(path: impl AsRef<Path>, column: &str, valid_frac: f64, test_frac: f64) -> Result<Self> {
         let path = path.as_ref();
         let invalid = |msg: String| DataError::file(path, ErrorKind::Invalid(msg));
-        if !(0.0..1.0).contains(&valid_frac)
-            || !(0.0..1.0).contains(&test_frac)
-            || valid_frac + test_frac >= 1.0
-        {
+        if !(0.0..1.0).contains(&valid_frac) || !(0.0..1.0).contains(&test_frac) || valid_frac + test_frac >= 1.0 {
             return Err(invalid(format!(
                 "valid_frac {valid_frac} and test_frac {test_frac} must be in [0, 1) and sum below 1"
             )));
@@ -113,19 +105,16 @@ impl TimeSeries {
         let mut lines = numbered_lines(&text);
         let (hline, header) = lines.next().expect("read_text rejects blank files");
         let header = csv_fields(header);
-        let col = header
-            .iter()
-            .position(|h| h.trim() == column)
-            .ok_or_else(|| {
-                DataError::at(
-                    path,
-                    hline,
-                    ErrorKind::MissingColumn {
-                        column: column.into(),
-                        available: header.join(", "),
-                    },
-                )
-            })?;
+        let col = header.iter().position(|h| h.trim() == column).ok_or_else(|| {
+            DataError::at(
+                path,
+                hline,
+                ErrorKind::MissingColumn {
+                    column: column.into(),
+                    available: header.join(", "),
+                },
+            )
+        })?;
         let mut raw = Vec::new();
         for (line, l) in lines {
             let fields = csv_fields(l);
@@ -206,10 +195,8 @@ impl TimeSeries {
         };
         let mut t = first;
         while t + horizon <= r.end {
-            w.inputs
-                .extend_from_slice(&self.normalized[t - input_len..t]);
-            w.targets
-                .extend_from_slice(&self.normalized[t..t + horizon]);
+            w.inputs.extend_from_slice(&self.normalized[t - input_len..t]);
+            w.targets.extend_from_slice(&self.normalized[t..t + horizon]);
             w.target_start.push(t);
             w.n += 1;
             t += 1;
@@ -245,10 +232,7 @@ mod tests {
 
     #[test]
     fn csv_quotes() {
-        assert_eq!(
-            csv_fields(r#""a,b",1,"say ""hi""""#),
-            ["a,b", "1", r#"say "hi""#]
-        );
+        assert_eq!(csv_fields(r#""a,b",1,"say ""hi""""#), ["a,b", "1", r#"say "hi""#]);
     }
 
     #[test]
@@ -283,30 +267,18 @@ mod tests {
     fn bad_csv_errors() {
         let (p, _a) = scratch("cols.csv", "t,v\n1,2\n2,3,4\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "v", 0.0, 0.0)
-                .unwrap_err()
-                .to_string(),
-            format!(
-                "{}:3: expected 2 comma-separated columns, found 3",
-                p.display()
-            )
+            TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().to_string(),
+            format!("{}:3: expected 2 comma-separated columns, found 3", p.display())
         );
         let (p, _b) = scratch("nan.csv", "t,v\n1,2\n2,NA\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "v", 0.0, 0.0)
-                .unwrap_err()
-                .to_string(),
+            TimeSeries::read_csv(&p, "v", 0.0, 0.0).unwrap_err().to_string(),
             format!("{}:3: column \"v\": not a number: \"NA\"", p.display())
         );
         let (p, _c) = scratch("miss.csv", "t,v\n1,2\n");
         assert_eq!(
-            TimeSeries::read_csv(&p, "x", 0.0, 0.0)
-                .unwrap_err()
-                .to_string(),
-            format!(
-                "{}:1: column \"x\" not found in header (columns: t, v)",
-                p.display()
-            )
+            TimeSeries::read_csv(&p, "x", 0.0, 0.0).unwrap_err().to_string(),
+            format!("{}:1: column \"x\" not found in header (columns: t, v)", p.display())
         );
         let (p, _d) = scratch("short.csv", "t,v\n1,2\n");
         assert!(TimeSeries::read_csv(&p, "v", 0.0, 0.0).is_err());

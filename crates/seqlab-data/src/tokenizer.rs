@@ -110,10 +110,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn special_tokens() -> Vec<AddedToken> {
-    SPECIALS
-        .iter()
-        .map(|s| AddedToken::from(*s, true))
-        .collect()
+    SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect()
 }
 
 impl Tokenizer {
@@ -143,10 +140,7 @@ impl Tokenizer {
             TrainerWrapper,
         ) = match config.kind {
             TokenizerKind::Char | TokenizerKind::Word => {
-                let model = WordLevel::builder()
-                    .unk_token(UNK.into())
-                    .build()
-                    .map_err(tok_err)?;
+                let model = WordLevel::builder().unk_token(UNK.into()).build().map_err(tok_err)?;
                 let trainer = WordLevelTrainer::builder()
                     .vocab_size(config.vocab_size)
                     .min_frequency(config.min_frequency)
@@ -175,10 +169,7 @@ impl Tokenizer {
                 (model.into(), pre, decoder, trainer.into())
             }
             TokenizerKind::Bpe => {
-                let model = BPE::builder()
-                    .unk_token(UNK.into())
-                    .build()
-                    .map_err(tok_err)?;
+                let model = BPE::builder().unk_token(UNK.into()).build().map_err(tok_err)?;
                 let trainer = BpeTrainer::builder()
                     .vocab_size(config.vocab_size)
                     .min_frequency(config.min_frequency)
@@ -203,10 +194,7 @@ impl Tokenizer {
     }
 
     /// Wraps an HF tokenizer after checking the special ids; infers the kind when not given.
-    fn from_hf(
-        inner: tokenizers::Tokenizer,
-        kind: Option<TokenizerKind>,
-    ) -> Result<Self, TokenizerError> {
+    fn from_hf(inner: tokenizers::Tokenizer, kind: Option<TokenizerKind>) -> Result<Self, TokenizerError> {
         for (id, s) in SPECIALS.iter().enumerate() {
             if inner.token_to_id(s) != Some(id as u32) {
                 return Err(TokenizerError(format!(
@@ -261,10 +249,7 @@ impl Tokenizer {
 
     /// Ids of many texts at once (in parallel), without `<bos>`/`<eos>`.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, TokenizerError> {
-        let encs = self
-            .inner
-            .encode_batch_fast(texts.to_vec(), false)
-            .map_err(tok_err)?;
+        let encs = self.inner.encode_batch_fast(texts.to_vec(), false).map_err(tok_err)?;
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -304,8 +289,7 @@ impl Tokenizer {
     /// Loads a file written by [`Tokenizer::save`]; the kind is inferred from its contents.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, DataError> {
         let path = path.as_ref();
-        let json =
-            std::fs::read_to_string(path).map_err(|e| DataError::file(path, ErrorKind::Io(e)))?;
+        let json = std::fs::read_to_string(path).map_err(|e| DataError::file(path, ErrorKind::Io(e)))?;
         Self::from_json(&json).map_err(|e| DataError::file(path, ErrorKind::Tokenizer(e.0)))
     }
 
@@ -392,10 +376,7 @@ mod tests {
     #[test]
     fn training_is_deterministic() {
         for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
-            assert_eq!(
-                train(kind, 280).to_json().unwrap(),
-                train(kind, 280).to_json().unwrap()
-            );
+            assert_eq!(train(kind, 280).to_json().unwrap(), train(kind, 280).to_json().unwrap());
         }
     }
 

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use seqlab_data::{
-    pad_batch, token_budget_batches, BudgetConfig, ClsData, LengthPolicy, LmText, Part,
-    StreamBatcher, TimeSeries, Tokenizer, TokenizerConfig, TokenizerKind,
+    pad_batch, token_budget_batches, BudgetConfig, ClsData, LengthPolicy, LmText, Part, StreamBatcher, TimeSeries,
+    Tokenizer, TokenizerConfig, TokenizerKind,
 };
 
 fn sample(name: &str) -> PathBuf {
@@ -17,22 +17,11 @@ fn sample(name: &str) -> PathBuf {
 fn char_lm_on_shakespeare_sample() {
     let train = LmText::read(sample("shakespeare.train.txt")).unwrap();
     let valid = LmText::read(sample("shakespeare.valid.txt")).unwrap();
-    let tok = Tokenizer::train(
-        &TokenizerConfig::new(TokenizerKind::Char),
-        train.text.lines(),
-    )
-    .unwrap();
-    assert!(
-        tok.vocab_size() > 60 && tok.vocab_size() < 100,
-        "{}",
-        tok.vocab_size()
-    );
+    let tok = Tokenizer::train(&TokenizerConfig::new(TokenizerKind::Char), train.text.lines()).unwrap();
+    assert!(tok.vocab_size() > 60 && tok.vocab_size() < 100, "{}", tok.vocab_size());
     let stream = train.encode_stream(&tok).unwrap();
     assert_eq!(stream.len(), train.text.chars().count());
-    assert_eq!(
-        tok.decode(&stream[..200], false).unwrap(),
-        train.text[..200]
-    );
+    assert_eq!(tok.decode(&stream[..200], false).unwrap(), train.text[..200]);
     let v = valid.encode_stream(&tok).unwrap();
     let unk = v.iter().filter(|&&i| i == tok.unk_id()).count();
     assert!(unk * 1000 < v.len(), "{unk} unknown chars in validation");
@@ -46,32 +35,19 @@ fn authors_classification_sample() {
     let train = ClsData::read_train(sample("authors.train.tsv")).unwrap();
     assert_eq!(
         train.labels.names(),
-        [
-            "austen",
-            "bible-kjv",
-            "bible-web",
-            "melville",
-            "milton",
-            "shakespeare"
-        ]
+        ["austen", "bible-kjv", "bible-web", "melville", "milton", "shakespeare"]
     );
     let valid = ClsData::read_eval(sample("authors.valid.tsv"), &train.labels).unwrap();
     let test = ClsData::read_eval(sample("authors.test.tsv"), &train.labels).unwrap();
     assert_eq!(
-        (
-            train.examples.len(),
-            valid.examples.len(),
-            test.examples.len()
-        ),
+        (train.examples.len(), valid.examples.len(), test.examples.len()),
         (300, 200, 200)
     );
     let mut cfg = TokenizerConfig::new(TokenizerKind::Bpe);
     cfg.vocab_size = 1000;
     let tok = Tokenizer::train(&cfg, train.examples.iter().map(|e| e.text.as_str())).unwrap();
     let mut warnings = Vec::new();
-    let (seqs, labels) = valid
-        .encode(&tok, 128, LengthPolicy::Truncate, &mut warnings)
-        .unwrap();
+    let (seqs, labels) = valid.encode(&tok, 128, LengthPolicy::Truncate, &mut warnings).unwrap();
     assert_eq!(labels.len(), seqs.len());
     assert!(seqs.iter().all(|s| s.len() <= 128 && s[0] == tok.bos_id()));
     let lengths: Vec<usize> = seqs.iter().map(Vec::len).collect();

@@ -263,10 +263,7 @@ pub fn compute_bleu(stats: &BleuStats, cfg: &BleuConfig) -> Result<BleuScore, Me
     if stats.counts.iter().all(|&c| c == 0) {
         return Ok(result);
     }
-    let smooth_value = cfg
-        .smooth_value
-        .or(cfg.smooth_method.default_value())
-        .unwrap_or(0.0);
+    let smooth_value = cfg.smooth_value.or(cfg.smooth_method.default_value()).unwrap_or(0.0);
     let mut smooth_mteval = 1.0f64;
     let mut eff_order = order;
     for n in 1..=order {
@@ -295,9 +292,7 @@ pub fn compute_bleu(stats: &BleuStats, cfg: &BleuConfig) -> Result<BleuScore, Me
             precisions[n - 1] = 100.0 * correct / total;
         }
     }
-    let log_sum = precisions[..eff_order]
-        .iter()
-        .fold(0.0, |acc, &p| acc + my_log(p));
+    let log_sum = precisions[..eff_order].iter().fold(0.0, |acc, &p| acc + my_log(p));
     result.score = bp * (log_sum / eff_order as f64).exp();
     result.precisions = precisions;
     Ok(result)
@@ -329,27 +324,15 @@ fn closest_ref_len(hyp_len: u64, ref_lens: &[u64]) -> u64 {
 }
 
 /// Statistics of one hypothesis against its references (raw text; preprocessing is applied here).
-pub fn segment_stats<S: AsRef<str>>(
-    hyp: &str,
-    refs: &[S],
-    cfg: &BleuConfig,
-) -> Result<BleuStats, MetricError> {
+pub fn segment_stats<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &BleuConfig) -> Result<BleuStats, MetricError> {
     cfg.validate()?;
     if refs.is_empty() {
         return Err(MetricError::NoReferences);
     }
-    Ok(segment_stats_unchecked(
-        hyp,
-        refs.iter().map(|r| r.as_ref()),
-        cfg,
-    ))
+    Ok(segment_stats_unchecked(hyp, refs.iter().map(|r| r.as_ref()), cfg))
 }
 
-fn segment_stats_unchecked<'r>(
-    hyp: &str,
-    refs: impl Iterator<Item = &'r str>,
-    cfg: &BleuConfig,
-) -> BleuStats {
+fn segment_stats_unchecked<'r>(hyp: &str, refs: impl Iterator<Item = &'r str>, cfg: &BleuConfig) -> BleuStats {
     let order = cfg.max_ngram_order;
     let ref_texts: Vec<String> = refs.map(|r| cfg.preprocess(r)).collect();
     let ref_tokens: Vec<Vec<&str>> = ref_texts.iter().map(|t| py_split(t).collect()).collect();
@@ -380,11 +363,7 @@ fn segment_stats_unchecked<'r>(
 
 /// Corpus BLEU of `hyps` against `refs`, where `refs[k][i]` is the k-th reference of segment `i`
 /// (sacrebleu's `BLEU(...).corpus_score(hyps, refs)`).
-pub fn corpus_bleu<S: AsRef<str>>(
-    hyps: &[S],
-    refs: &[Vec<S>],
-    cfg: &BleuConfig,
-) -> Result<BleuScore, MetricError> {
+pub fn corpus_bleu<S: AsRef<str>>(hyps: &[S], refs: &[Vec<S>], cfg: &BleuConfig) -> Result<BleuScore, MetricError> {
     cfg.validate()?;
     check_corpus(hyps, refs)?;
     let mut total = BleuStats::zeros(cfg.max_ngram_order);
@@ -397,11 +376,7 @@ pub fn corpus_bleu<S: AsRef<str>>(
 
 /// Sentence BLEU of one hypothesis against its references (sacrebleu's `sentence_score`; it
 /// recommends `effective_order: true` for this).
-pub fn sentence_bleu<S: AsRef<str>>(
-    hyp: &str,
-    refs: &[S],
-    cfg: &BleuConfig,
-) -> Result<BleuScore, MetricError> {
+pub fn sentence_bleu<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &BleuConfig) -> Result<BleuScore, MetricError> {
     let stats = segment_stats(hyp, refs, cfg)?;
     compute_bleu(&stats, cfg)
 }

@@ -54,9 +54,7 @@ impl ChrfConfig {
 
     pub fn validate(&self) -> Result<(), MetricError> {
         if self.char_order + self.word_order == 0 {
-            return Err(MetricError::Config(
-                "char_order + word_order must be at least 1".into(),
-            ));
+            return Err(MetricError::Config("char_order + word_order must be at least 1".into()));
         }
         if self.char_order > 100 || self.word_order > 100 || self.beta > 1000 {
             return Err(MetricError::Config(format!(
@@ -167,11 +165,7 @@ fn match_stats<T: Eq + Hash>(hyp: &HashMap<&[T], u64>, rf: &HashMap<&[T], u64>) 
             matched += c.min(r);
         }
     }
-    [
-        if rf.is_empty() { 0 } else { hyp_count },
-        rf.values().sum(),
-        matched,
-    ]
+    [if rf.is_empty() { 0 } else { hyp_count }, rf.values().sum(), matched]
 }
 
 /// sacrebleu's `CHRF._compute_f_score`, same operation order.
@@ -182,16 +176,8 @@ pub fn f_score(stats: &[[u64; 3]], cfg: &ChrfConfig) -> f64 {
     let mut effective_order = 0usize;
     let (mut avg_prec, mut avg_rec) = (0.0, 0.0);
     for &[n_hyp, n_ref, n_match] in stats {
-        let prec = if n_hyp > 0 {
-            n_match as f64 / n_hyp as f64
-        } else {
-            eps
-        };
-        let rec = if n_ref > 0 {
-            n_match as f64 / n_ref as f64
-        } else {
-            eps
-        };
+        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
+        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
         let denom = factor * prec + rec;
         score += if denom > 0.0 {
             (1.0 + factor) * prec * rec / denom
@@ -229,11 +215,7 @@ struct SegmentNgrams<'a> {
     words: Vec<HashMap<&'a [&'a str], u64>>,
 }
 
-fn segment_ngrams<'a>(
-    chars: &'a [char],
-    words: &'a [&'a str],
-    cfg: &ChrfConfig,
-) -> SegmentNgrams<'a> {
+fn segment_ngrams<'a>(chars: &'a [char], words: &'a [&'a str], cfg: &ChrfConfig) -> SegmentNgrams<'a> {
     SegmentNgrams {
         chars: (1..=cfg.char_order).map(|n| counts(chars, n)).collect(),
         words: (1..=cfg.word_order).map(|n| counts(words, n)).collect(),
@@ -250,27 +232,15 @@ fn char_seq(text: &str, cfg: &ChrfConfig) -> Vec<char> {
 }
 
 /// Best-reference `[hyp, ref, match]` statistics of one segment (raw text).
-pub fn segment_stats<S: AsRef<str>>(
-    hyp: &str,
-    refs: &[S],
-    cfg: &ChrfConfig,
-) -> Result<Vec<[u64; 3]>, MetricError> {
+pub fn segment_stats<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<Vec<[u64; 3]>, MetricError> {
     cfg.validate()?;
     if refs.is_empty() {
         return Err(MetricError::NoReferences);
     }
-    Ok(segment_stats_unchecked(
-        hyp,
-        refs.iter().map(|r| r.as_ref()),
-        cfg,
-    ))
+    Ok(segment_stats_unchecked(hyp, refs.iter().map(|r| r.as_ref()), cfg))
 }
 
-fn segment_stats_unchecked<'r>(
-    hyp: &str,
-    refs: impl Iterator<Item = &'r str>,
-    cfg: &ChrfConfig,
-) -> Vec<[u64; 3]> {
+fn segment_stats_unchecked<'r>(hyp: &str, refs: impl Iterator<Item = &'r str>, cfg: &ChrfConfig) -> Vec<[u64; 3]> {
     let prep = |s: &str| {
         if cfg.lowercase {
             py_lower(s)
@@ -309,17 +279,12 @@ fn segment_stats_unchecked<'r>(
             best = Some((f, stats));
         }
     }
-    best.map(|(_, s)| s)
-        .unwrap_or_else(|| vec![[0; 3]; cfg.order()])
+    best.map(|(_, s)| s).unwrap_or_else(|| vec![[0; 3]; cfg.order()])
 }
 
 /// Corpus chrF of `hyps` against `refs`, where `refs[k][i]` is the k-th reference of segment `i`
 /// (sacrebleu's `CHRF(...).corpus_score(hyps, refs)`).
-pub fn corpus_chrf<S: AsRef<str>>(
-    hyps: &[S],
-    refs: &[Vec<S>],
-    cfg: &ChrfConfig,
-) -> Result<ChrfScore, MetricError> {
+pub fn corpus_chrf<S: AsRef<str>>(hyps: &[S], refs: &[Vec<S>], cfg: &ChrfConfig) -> Result<ChrfScore, MetricError> {
     cfg.validate()?;
     check_corpus(hyps, refs)?;
     let mut total = vec![[0u64; 3]; cfg.order()];
@@ -335,11 +300,7 @@ pub fn corpus_chrf<S: AsRef<str>>(
 }
 
 /// Sentence chrF of one hypothesis against its references.
-pub fn sentence_chrf<S: AsRef<str>>(
-    hyp: &str,
-    refs: &[S],
-    cfg: &ChrfConfig,
-) -> Result<ChrfScore, MetricError> {
+pub fn sentence_chrf<S: AsRef<str>>(hyp: &str, refs: &[S], cfg: &ChrfConfig) -> Result<ChrfScore, MetricError> {
     let stats = segment_stats(hyp, refs, cfg)?;
     Ok(score_from_stats(stats, cfg))
 }
@@ -379,11 +340,7 @@ mod tests {
         let c = corpus_chrf(&hyps, &refs, &ChrfConfig::default()).unwrap();
         let cpp = corpus_chrf(&hyps, &refs, &ChrfConfig::chrf_plus_plus()).unwrap();
         assert!((c.score - 64.48740111536092).abs() < 1e-9, "{}", c.score);
-        assert!(
-            (cpp.score - 64.21976715339666).abs() < 1e-9,
-            "{}",
-            cpp.score
-        );
+        assert!((cpp.score - 64.21976715339666).abs() < 1e-9, "{}", cpp.score);
         assert_eq!(c.name(), "chrF2");
         assert_eq!(cpp.name(), "chrF2++");
     }

@@ -85,10 +85,7 @@ impl ScoreArgs {
 
 /// Reads the hypothesis and reference files and checks they are line-aligned:
 /// returns `(hyps, refs)` with `refs[k][i]` the line `i` of reference file `k`.
-pub fn read_inputs(
-    hyp: &Path,
-    refs: &[PathBuf],
-) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+pub fn read_inputs(hyp: &Path, refs: &[PathBuf]) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
     let hyps = read_lines(hyp)?;
     if hyps.is_empty() {
         bail!("hypothesis file {} has no lines", hyp.display());
@@ -143,10 +140,7 @@ pub fn run_bleu(args: ScoreArgs) -> anyhow::Result<()> {
     let (hyps, refs) = read_inputs(&args.hyp, &args.refs)?;
     let b = corpus_bleu(&hyps, &refs, &cfg).context("computing BLEU")?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&bleu_json(&b, &cfg, refs.len()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&bleu_json(&b, &cfg, refs.len()))?);
     } else {
         println!("{}", b.format(args.width));
     }
@@ -159,10 +153,7 @@ pub fn run_chrf(args: ScoreArgs) -> anyhow::Result<()> {
     let (hyps, refs) = read_inputs(&args.hyp, &args.refs)?;
     let c = corpus_chrf(&hyps, &refs, &cfg).context("computing chrF")?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&chrf_json(&c, &cfg, refs.len()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&chrf_json(&c, &cfg, refs.len()))?);
     } else {
         println!("{}", c.format(args.width));
     }
@@ -180,9 +171,7 @@ mod tests {
         let (h, r) = (dir.join("hyp.txt"), dir.join("ref.txt"));
         std::fs::write(&h, "a\nb\n").unwrap();
         std::fs::write(&r, "a\n").unwrap();
-        let e = read_inputs(&h, std::slice::from_ref(&r))
-            .unwrap_err()
-            .to_string();
+        let e = read_inputs(&h, std::slice::from_ref(&r)).unwrap_err().to_string();
         assert!(
             e.contains("hyp.txt") && e.contains("ref.txt") && e.contains("2 lines"),
             "{e}"

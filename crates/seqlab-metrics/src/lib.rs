@@ -28,23 +28,12 @@ pub enum MetricError {
     #[error("no reference streams given (need at least one)")]
     NoReferences,
     #[error("reference stream {stream} has {got} segments but there are {expected} hypotheses")]
-    RefCount {
-        stream: usize,
-        got: usize,
-        expected: usize,
-    },
+    RefCount { stream: usize, got: usize, expected: usize },
     // `error` rather than `source`: the cause belongs in this message, printed once.
     #[error("cannot read {}: {error}", path.display())]
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{}: line {line} is not valid UTF-8 (invalid byte at byte {byte} of the line)", path.display())]
-    Utf8 {
-        path: PathBuf,
-        line: usize,
-        byte: usize,
-    },
+    Utf8 { path: PathBuf, line: usize, byte: usize },
 }
 
 /// Checks the shapes every corpus metric needs: `refs[k][i]` for each hypothesis `i`.

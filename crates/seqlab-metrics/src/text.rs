@@ -73,9 +73,8 @@ mod tests {
     fn isspace_matches_cpython() {
         // Made with: [hex(c) for c in range(sys.maxunicode+1) if chr(c).isspace()] (CPython 3.11).
         let expected: Vec<u32> = vec![
-            0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000,
-            0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028,
-            0x2029, 0x202f, 0x205f, 0x3000,
+            0x9, 0xa, 0xb, 0xc, 0xd, 0x1c, 0x1d, 0x1e, 0x1f, 0x20, 0x85, 0xa0, 0x1680, 0x2000, 0x2001, 0x2002, 0x2003,
+            0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000,
         ];
         let got: Vec<u32> = (0..=0x10ffffu32)
             .filter_map(char::from_u32)
@@ -87,10 +86,7 @@ mod tests {
 
     #[test]
     fn split_and_rstrip_like_python() {
-        assert_eq!(
-            py_split("  a\u{a0}b\u{1f}c \t").collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(py_split("  a\u{a0}b\u{1f}c \t").collect::<Vec<_>>(), ["a", "b", "c"]);
         assert_eq!(py_rstrip(" a b\r\u{3000}"), " a b");
         assert_eq!(py_split("").count(), 0);
     }
@@ -107,9 +103,7 @@ mod tests {
         std::fs::write(&p, b"ok\nbad \xff here\n").unwrap();
         let err = read_lines(&p).unwrap_err().to_string();
         assert!(err.contains("a.txt") && err.contains("line 2"), "{err}");
-        let err = read_lines(&dir.join("missing.txt"))
-            .unwrap_err()
-            .to_string();
+        let err = read_lines(&dir.join("missing.txt")).unwrap_err().to_string();
         assert!(err.contains("missing.txt"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -106,10 +106,7 @@ fn is_period_comma(c: char) -> bool {
 }
 
 fn tokenize_13a(line: &str) -> String {
-    let mut line = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
         // Sequential, as in sacrebleu: "&amp;lt;" becomes "&lt;" and then "<".
         line = line
@@ -181,10 +178,7 @@ mod tests {
             t.tokenize("a.,b 5-3 x-y (z) [w] {v} &amp;lt; &quot;q&quot;"),
             "a . , b 5 - 3 x-y ( z ) [ w ] { v } < \" q \""
         );
-        assert_eq!(
-            t.tokenize("«Hola», dijo él… ¿Qué?"),
-            "«Hola» , dijo él… ¿Qué ?"
-        );
+        assert_eq!(t.tokenize("«Hola», dijo él… ¿Qué?"), "«Hola» , dijo él… ¿Qué ?");
         assert_eq!(t.tokenize("end 2020."), "end 2020 .");
         assert_eq!(t.tokenize("<skipped>"), "");
         assert_eq!(t.tokenize(""), "");
@@ -205,10 +199,6 @@ mod tests {
     fn char_and_none() {
         assert_eq!(Tokenizer::Char.tokenize("ab c"), "a b   c");
         assert_eq!(Tokenizer::None.tokenize(" a  b "), " a  b ");
-        assert!("xyz"
-            .parse::<Tokenizer>()
-            .unwrap_err()
-            .to_string()
-            .contains("xyz"));
+        assert!("xyz".parse::<Tokenizer>().unwrap_err().to_string().contains("xyz"));
     }
 }

@@ -65,18 +65,11 @@ fn load(case: &Value) -> (Vec<String>, Vec<Vec<String>>) {
 
 fn close(got: f64, want: &Value, what: &str) {
     let want = want.as_f64().unwrap();
-    assert!(
-        (got - want).abs() <= TOL,
-        "{what}: got {got}, sacrebleu {want}"
-    );
+    assert!((got - want).abs() <= TOL, "{what}: got {got}, sacrebleu {want}");
 }
 
 fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
 #[test]
@@ -94,32 +87,16 @@ fn corpus_bleu_matches_sacrebleu() {
             close(b.bp, &want["bp"], &format!("{what} bp"));
             close(b.ratio, &want["ratio"], &format!("{what} ratio"));
             for (i, p) in b.precisions.iter().enumerate() {
-                close(
-                    *p,
-                    &want["precisions"][i],
-                    &format!("{what} precision {}", i + 1),
-                );
+                close(*p, &want["precisions"][i], &format!("{what} precision {}", i + 1));
             }
-            assert_eq!(
-                b.sys_len,
-                want["sys_len"].as_u64().unwrap(),
-                "{what} sys_len"
-            );
-            assert_eq!(
-                b.ref_len,
-                want["ref_len"].as_u64().unwrap(),
-                "{what} ref_len"
-            );
+            assert_eq!(b.sys_len, want["sys_len"].as_u64().unwrap(), "{what} sys_len");
+            assert_eq!(b.ref_len, want["ref_len"].as_u64().unwrap(), "{what} ref_len");
             if name != "smooth_add_k" {
                 // sacrebleu's add-k adds k into the counts and totals it returns; ours stay raw.
                 assert_eq!(b.counts, u64s(&want["counts"]), "{what} counts");
                 assert_eq!(b.totals, u64s(&want["totals"]), "{what} totals");
             }
-            assert_eq!(
-                b.to_string(),
-                want["line"].as_str().unwrap(),
-                "{what} printed line"
-            );
+            assert_eq!(b.to_string(), want["line"].as_str().unwrap(), "{what} printed line");
             checked += 1;
         }
     }
@@ -137,11 +114,7 @@ fn corpus_chrf_matches_sacrebleu() {
             let what = format!("{} / {name}", case["name"]);
             let c = corpus_chrf(&hyps, &refs, &chrf_config(&configs[name])).unwrap();
             close(c.score, &want["score"], &what);
-            assert_eq!(
-                c.to_string(),
-                want["line"].as_str().unwrap(),
-                "{what} printed line"
-            );
+            assert_eq!(c.to_string(), want["line"].as_str().unwrap(), "{what} printed line");
             checked += 1;
         }
     }

@@ -16,19 +16,29 @@ pub fn last_checkpoints(run_dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
     if n == 0 {
         bail!("average: -n must be at least 1");
     }
-    let root = if run_dir.join("checkpoints").is_dir() { run_dir.join("checkpoints") } else { run_dir.to_path_buf() };
+    let root = if run_dir.join("checkpoints").is_dir() {
+        run_dir.join("checkpoints")
+    } else {
+        run_dir.to_path_buf()
+    };
     let mut steps: Vec<PathBuf> = std::fs::read_dir(&root)
         .with_context(|| format!("{}: cannot read the run folder", root.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.join("model.safetensors").is_file()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
         })
         .collect();
     // step-%08d names sort by step.
     steps.sort();
     if steps.len() < n {
-        bail!("{}: asked to average {n} checkpoints but only {} step-* checkpoints exist", root.display(), steps.len());
+        bail!(
+            "{}: asked to average {n} checkpoints but only {} step-* checkpoints exist",
+            root.display(),
+            steps.len()
+        );
     }
     Ok(steps.split_off(steps.len() - n))
 }
@@ -37,21 +47,33 @@ pub fn last_checkpoints(run_dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
 /// (f32 arithmetic, stored in each tensor's dtype); the newest folder's other files except the
 /// optimizer state are copied so that `out` loads like any checkpoint. Returns the tensor count.
 pub fn average_checkpoints(dirs: &[PathBuf], out: &Path) -> Result<usize> {
-    let Some(newest) = dirs.last() else { bail!("average: no checkpoints given") };
+    let Some(newest) = dirs.last() else {
+        bail!("average: no checkpoints given")
+    };
     let mut sum: HashMap<String, Tensor> = HashMap::new();
     let mut dtypes: HashMap<String, DType> = HashMap::new();
     for (i, d) in dirs.iter().enumerate() {
         let f = d.join("model.safetensors");
-        let ts = c(candle_core::safetensors::load(&f, &Device::Cpu)).with_context(|| format!("reading {}", f.display()))?;
+        let ts =
+            c(candle_core::safetensors::load(&f, &Device::Cpu)).with_context(|| format!("reading {}", f.display()))?;
         if i > 0 && (ts.len() != sum.len() || ts.keys().any(|k| !sum.contains_key(k))) {
-            bail!("{}: parameter names differ from {}", f.display(), dirs[0].join("model.safetensors").display());
+            bail!(
+                "{}: parameter names differ from {}",
+                f.display(),
+                dirs[0].join("model.safetensors").display()
+            );
         }
         for (k, t) in ts {
             let t32 = c(t.to_dtype(DType::F32))?;
             match sum.get(&k) {
                 Some(s) => {
                     if s.dims() != t32.dims() {
-                        bail!("{}: `{k}` has shape {:?}, expected {:?}", f.display(), t32.dims(), s.dims());
+                        bail!(
+                            "{}: `{k}` has shape {:?}, expected {:?}",
+                            f.display(),
+                            t32.dims(),
+                            s.dims()
+                        );
                     }
                     let n = c(s + &t32)?;
                     sum.insert(k, n);
@@ -108,11 +130,12 @@ mod tests {
         }
         std::fs::create_dir_all(root.join("best")).unwrap();
         let dirs = last_checkpoints(&tmp.join("run"), 3).unwrap();
-        assert_eq!(dirs.iter().map(|d| d.file_name().unwrap().to_str().unwrap().to_string()).collect::<Vec<_>>(), [
-            "step-00000200",
-            "step-00000300",
-            "step-00000400"
-        ]);
+        assert_eq!(
+            dirs.iter()
+                .map(|d| d.file_name().unwrap().to_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+            ["step-00000200", "step-00000300", "step-00000400"]
+        );
         let out = tmp.join("avg");
         assert_eq!(average_checkpoints(&dirs, &out).unwrap(), 2);
         let m = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -120,7 +143,9 @@ mod tests {
         assert_eq!(m["b"].to_vec1::<f32>().unwrap(), vec![3.0, 6.0]);
         assert!(out.join("trainer.json").is_file());
         assert!(!out.join("optimizer.safetensors").exists());
-        assert!(std::fs::read_to_string(out.join("trainer.json")).unwrap().contains("400"));
+        assert!(std::fs::read_to_string(out.join("trainer.json"))
+            .unwrap()
+            .contains("400"));
         // Errors, not panics.
         assert!(last_checkpoints(&tmp.join("run"), 9).is_err());
         assert!(last_checkpoints(&tmp.join("run"), 0).is_err());

@@ -23,8 +23,16 @@ pub struct AverageArgs {
 pub fn average(a: AverageArgs) -> Result<()> {
     let dirs = last_checkpoints(&a.run_dir, a.n)?;
     let count = average_checkpoints(&dirs, &a.output)?;
-    let names: Vec<String> = dirs.iter().filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
-    println!("averaged {count} tensors over {} checkpoints ({}) into {}", dirs.len(), names.join(", "), a.output.display());
+    let names: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    println!(
+        "averaged {count} tensors over {} checkpoints ({}) into {}",
+        dirs.len(),
+        names.join(", "),
+        a.output.display()
+    );
     Ok(())
 }
 
@@ -45,12 +53,16 @@ pub fn plot_pe(a: PlotPeArgs) -> Result<()> {
     if a.d_model == 0 || a.max_len == 0 {
         bail!("plot-pe: --d-model and --max-len must be positive");
     }
-    let t = seqlab_nn::sinusoidal_table(a.max_len, a.d_model, &candle_core::Device::Cpu).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = seqlab_nn::sinusoidal_table(a.max_len, a.d_model, &candle_core::Device::Cpu)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = t.reshape((a.max_len, a.d_model)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let rows = t.to_vec2::<f32>().map_err(|e| anyhow::anyhow!("{e}"))?;
     let rl: Vec<String> = (0..a.max_len).map(|i| i.to_string()).collect();
     let cl: Vec<String> = (0..a.d_model).map(|i| i.to_string()).collect();
-    let title = format!("sinusoidal positional encoding (d_model {}, positions 0..{})", a.d_model, a.max_len);
+    let title = format!(
+        "sinusoidal positional encoding (d_model {}, positions 0..{})",
+        a.d_model, a.max_len
+    );
     seqlab_train::plot::heatmap(&a.output, &title, &rows, &rl, &cl)?;
     println!("wrote {}", a.output.display());
     Ok(())
@@ -63,9 +75,19 @@ mod tests {
     #[test]
     fn plot_pe_writes_an_image_and_rejects_zero() {
         let out = std::env::temp_dir().join(format!("seqlab-mt-pe-{}.svg", std::process::id()));
-        plot_pe(PlotPeArgs { output: out.clone(), d_model: 16, max_len: 10 }).unwrap();
+        plot_pe(PlotPeArgs {
+            output: out.clone(),
+            d_model: 16,
+            max_len: 10,
+        })
+        .unwrap();
         assert!(std::fs::metadata(&out).unwrap().len() > 100);
         let _ = std::fs::remove_file(&out);
-        assert!(plot_pe(PlotPeArgs { output: out, d_model: 0, max_len: 10 }).is_err());
+        assert!(plot_pe(PlotPeArgs {
+            output: out,
+            d_model: 0,
+            max_len: 10
+        })
+        .is_err());
     }
 }

@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use seqlab_nn::{DecodeState, EncodedSource, SeqRng, Seq2SeqTransformer};
+use seqlab_nn::{DecodeState, EncodedSource, Seq2SeqTransformer, SeqRng};
 
 /// Extra target length allowed over the source length (Vaswani et al. 2017, §6.1).
 pub const MAX_LEN_OVER_SOURCE: usize = 50;
@@ -24,7 +24,12 @@ pub enum DecodeStrategy {
     /// Ancestral sampling from softmax(logits / temperature), optionally restricted to the
     /// `top_k` most likely tokens (0 = all) and to the smallest set whose mass reaches `top_p`
     /// (1.0 = all).
-    Sampling { temperature: f64, top_k: usize, top_p: f64, seed: u64 },
+    Sampling {
+        temperature: f64,
+        top_k: usize,
+        top_p: f64,
+        seed: u64,
+    },
 }
 
 /// Token ids the decoders need.
@@ -58,16 +63,31 @@ pub fn decoder(strategy: &DecodeStrategy, use_cache: bool) -> Result<Box<dyn Dec
             if !length_penalty.is_finite() {
                 bail!("beam length_penalty must be finite, got {length_penalty}");
             }
-            Box::new(Beam { size, length_penalty, use_cache })
+            Box::new(Beam {
+                size,
+                length_penalty,
+                use_cache,
+            })
         }
-        DecodeStrategy::Sampling { temperature, top_k, top_p, seed } => {
+        DecodeStrategy::Sampling {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => {
             if !(temperature > 0.0 && temperature.is_finite()) {
                 bail!("sampling temperature must be positive, got {temperature}");
             }
             if !(top_p > 0.0 && top_p <= 1.0) {
                 bail!("sampling top_p must be in (0, 1], got {top_p}");
             }
-            Box::new(Sampling { temperature, top_k, top_p, rng: SeqRng::new(seed), use_cache })
+            Box::new(Sampling {
+                temperature,
+                top_k,
+                top_p,
+                rng: SeqRng::new(seed),
+                use_cache,
+            })
         }
     })
 }
@@ -82,7 +102,10 @@ fn max_lens(src: &Tensor, pad: u32) -> Result<Vec<usize>> {
         bail!("decode: source must be (B, S) token ids, got shape {:?}", src.dims());
     }
     let rows = c(c(src.to_dtype(candle_core::DType::U32))?.to_vec2::<u32>())?;
-    Ok(rows.iter().map(|r| r.iter().filter(|&&t| t != pad).count() + MAX_LEN_OVER_SOURCE).collect())
+    Ok(rows
+        .iter()
+        .map(|r| r.iter().filter(|&&t| t != pad).count() + MAX_LEN_OVER_SOURCE)
+        .collect())
 }
 
 /// Steps the decoder for N rows, with or without the cache; rows can be reordered (beams).
@@ -109,8 +132,17 @@ impl<'a> Stepper<'a> {
         } else {
             enc
         };
-        let state = if use_cache { Some(c(model.begin_decode(&enc))?) } else { None };
-        Ok(Self { model, enc, state, hist: vec![Vec::new(); b * expand.max(1)] })
+        let state = if use_cache {
+            Some(c(model.begin_decode(&enc))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            enc,
+            state,
+            hist: vec![Vec::new(); b * expand.max(1)],
+        })
     }
 
     /// Feeds one token per row → logits (N, V) for the next token.
@@ -291,7 +323,9 @@ impl Decoder for Beam {
         let mut st = Stepper::new(model, src, k, self.use_cache)?;
         // Row b*k + j is beam j of sentence b. Only beam 0 is alive at the start, so the first
         // step does not pick k copies of the same token.
-        let mut scores: Vec<f64> = (0..b * k).map(|r| if r % k == 0 { 0.0 } else { f64::NEG_INFINITY }).collect();
+        let mut scores: Vec<f64> = (0..b * k)
+            .map(|r| if r % k == 0 { 0.0 } else { f64::NEG_INFINITY })
+            .collect();
         let mut hyps: Vec<Vec<u32>> = vec![Vec::new(); b * k];
         let mut finished: Vec<Vec<(f64, Vec<u32>)>> = vec![Vec::new(); b];
         let mut done = vec![false; b];
@@ -358,7 +392,11 @@ impl Decoder for Beam {
             scores = new_scores;
             hyps = new_hyps;
             for r in 0..b * k {
-                feed[r] = if done[r / k] || scores[r] == f64::NEG_INFINITY { ids.eos } else { *hyps[r].last().unwrap_or(&ids.bos) };
+                feed[r] = if done[r / k] || scores[r] == f64::NEG_INFINITY {
+                    ids.eos
+                } else {
+                    *hyps[r].last().unwrap_or(&ids.bos)
+                };
             }
             st.reorder(&reorder)?;
         }
@@ -396,7 +434,11 @@ mod tests {
     }
 
     fn src() -> Tensor {
-        Tensor::new(&[[5u32, 6, 7, 8, 9, 2], [10, 11, 12, 2, 0, 0], [4, 4, 13, 14, 2, 0]], &Device::Cpu).unwrap()
+        Tensor::new(
+            &[[5u32, 6, 7, 8, 9, 2], [10, 11, 12, 2, 0, 0], [4, 4, 13, 14, 2, 0]],
+            &Device::Cpu,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -409,7 +451,14 @@ mod tests {
         for _ in 0..8 {
             let a = cached.step(&feed).unwrap();
             let b = full.step(&feed).unwrap();
-            let d = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (&a - &b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-5, "cached vs full logits differ by {d}");
             let (ra, rb) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
             feed = ra.iter().map(|r| argmax(r)).collect();
@@ -419,11 +468,25 @@ mod tests {
         // this runs to the length limit).
         for strat in [
             DecodeStrategy::Greedy,
-            DecodeStrategy::Beam { size: 3, length_penalty: 0.6 },
-            DecodeStrategy::Sampling { temperature: 1.0, top_k: 5, top_p: 0.9, seed: 7 },
+            DecodeStrategy::Beam {
+                size: 3,
+                length_penalty: 0.6,
+            },
+            DecodeStrategy::Sampling {
+                temperature: 1.0,
+                top_k: 5,
+                top_p: 0.9,
+                seed: 7,
+            },
         ] {
-            let a = decoder(&strat, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
-            let b = decoder(&strat, false).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let a = decoder(&strat, true)
+                .unwrap()
+                .decode(&m, &s, SpecialIds::default())
+                .unwrap();
+            let b = decoder(&strat, false)
+                .unwrap()
+                .decode(&m, &s, SpecialIds::default())
+                .unwrap();
             assert_eq!(a, b, "{strat:?}");
         }
     }
@@ -433,11 +496,20 @@ mod tests {
         for seed in 0..4 {
             let (_vs, m) = tiny_model(seed, 12);
             let s = src().clamp(0u32, 11u32).unwrap();
-            let g = decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
-            let b1 = decoder(&DecodeStrategy::Beam { size: 1, length_penalty: 1.0 }, true)
+            let g = decoder(&DecodeStrategy::Greedy, true)
                 .unwrap()
                 .decode(&m, &s, SpecialIds::default())
                 .unwrap();
+            let b1 = decoder(
+                &DecodeStrategy::Beam {
+                    size: 1,
+                    length_penalty: 1.0,
+                },
+                true,
+            )
+            .unwrap()
+            .decode(&m, &s, SpecialIds::default())
+            .unwrap();
             assert_eq!(g, b1, "seed {seed}");
             // Source lengths 5, 3, 4 (non-pad) → at most +50 tokens.
             for (o, n) in g.iter().zip([56, 54, 55]) {
@@ -462,11 +534,20 @@ mod tests {
             }
             total
         };
-        let g = decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
-        let b = decoder(&DecodeStrategy::Beam { size: 4, length_penalty: 0.0 }, true)
+        let g = decoder(&DecodeStrategy::Greedy, true)
             .unwrap()
             .decode(&m, &s, SpecialIds::default())
             .unwrap();
+        let b = decoder(
+            &DecodeStrategy::Beam {
+                size: 4,
+                length_penalty: 0.0,
+            },
+            true,
+        )
+        .unwrap()
+        .decode(&m, &s, SpecialIds::default())
+        .unwrap();
         if g[0].len() < 54 && b[0].len() < 54 {
             assert!(score(&b[0]) >= score(&g[0]) - 1e-4);
         }
@@ -474,14 +555,45 @@ mod tests {
 
     #[test]
     fn bad_settings_are_errors() {
-        assert!(decoder(&DecodeStrategy::Beam { size: 0, length_penalty: 1.0 }, true).is_err());
-        assert!(decoder(&DecodeStrategy::Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }, true).is_err());
-        assert!(decoder(&DecodeStrategy::Sampling { temperature: 1.0, top_k: 0, top_p: 1.5, seed: 0 }, true).is_err());
+        assert!(decoder(
+            &DecodeStrategy::Beam {
+                size: 0,
+                length_penalty: 1.0
+            },
+            true
+        )
+        .is_err());
+        assert!(decoder(
+            &DecodeStrategy::Sampling {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 0
+            },
+            true
+        )
+        .is_err());
+        assert!(decoder(
+            &DecodeStrategy::Sampling {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.5,
+                seed: 0
+            },
+            true
+        )
+        .is_err());
         let (_vs, m) = tiny_model(0, 10);
         let bad = Tensor::new(&[5u32, 6], &Device::Cpu).unwrap();
-        assert!(decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &bad, SpecialIds::default()).is_err());
+        assert!(decoder(&DecodeStrategy::Greedy, true)
+            .unwrap()
+            .decode(&m, &bad, SpecialIds::default())
+            .is_err());
         let oov = Tensor::new(&[[50u32, 2]], &Device::Cpu).unwrap();
-        assert!(decoder(&DecodeStrategy::Greedy, true).unwrap().decode(&m, &oov, SpecialIds::default()).is_err());
+        assert!(decoder(&DecodeStrategy::Greedy, true)
+            .unwrap()
+            .decode(&m, &oov, SpecialIds::default())
+            .is_err());
     }
 
     /// Timing, not a check (random d_model 32 model, 16 sentences of 10 tokens, runs to the
@@ -495,10 +607,22 @@ mod tests {
         let s = Tensor::from_vec(rows, (16, 10), &Device::Cpu).unwrap();
         for cache in [true, false] {
             let t = std::time::Instant::now();
-            let out = decoder(&DecodeStrategy::Beam { size: 4, length_penalty: 0.6 }, cache).unwrap().decode(&m, &s, SpecialIds::default()).unwrap();
+            let out = decoder(
+                &DecodeStrategy::Beam {
+                    size: 4,
+                    length_penalty: 0.6,
+                },
+                cache,
+            )
+            .unwrap()
+            .decode(&m, &s, SpecialIds::default())
+            .unwrap();
             let secs = t.elapsed().as_secs_f64();
             let toks: usize = out.iter().map(|o| o.len()).sum();
-            println!("beam 4, batch 16, cache {cache}: {:.1} sentences/s ({toks} tokens out, {secs:.2} s)", 16.0 / secs);
+            println!(
+                "beam 4, batch 16, cache {cache}: {:.1} sentences/s ({toks} tokens out, {secs:.2} s)",
+                16.0 / secs
+            );
         }
     }
 }

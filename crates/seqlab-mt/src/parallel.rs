@@ -19,20 +19,37 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = i + 1;
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw)
-            .map_err(|e| anyhow::anyhow!("{}:{line}: invalid UTF-8 (byte offset {} in the line)", path.display(), e.valid_up_to()))?;
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{line}: invalid UTF-8 (byte offset {} in the line)",
+                path.display(),
+                e.valid_up_to()
+            )
+        })?;
         if text.trim().is_empty() {
             continue;
         }
         let cols: Vec<&str> = text.split('\t').collect();
         if cols.len() != 2 {
-            bail!("{}:{line}: expected 2 tab-separated columns (source, target), found {}", path.display(), cols.len());
+            bail!(
+                "{}:{line}: expected 2 tab-separated columns (source, target), found {}",
+                path.display(),
+                cols.len()
+            );
         }
         let (src, tgt) = (cols[0].trim(), cols[1].trim());
         if src.is_empty() || tgt.is_empty() {
-            bail!("{}:{line}: empty {} sentence", path.display(), if src.is_empty() { "source" } else { "target" });
+            bail!(
+                "{}:{line}: empty {} sentence",
+                path.display(),
+                if src.is_empty() { "source" } else { "target" }
+            );
         }
-        out.push(Pair { line, src: src.to_string(), tgt: tgt.to_string() });
+        out.push(Pair {
+            line,
+            src: src.to_string(),
+            tgt: tgt.to_string(),
+        });
     }
     if out.is_empty() {
         bail!("{}: no sentence pairs", path.display());
@@ -42,7 +59,11 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
 
 /// Keeps pairs whose token counts are both within `max_len` and whose length ratio is at most
 /// `max_ratio` (the usual clean-corpus filter); returns the kept pairs and how many were dropped.
-pub fn filter_by_length<T>(pairs: Vec<(T, Vec<u32>, Vec<u32>)>, max_len: usize, max_ratio: f64) -> (Vec<(T, Vec<u32>, Vec<u32>)>, usize) {
+pub fn filter_by_length<T>(
+    pairs: Vec<(T, Vec<u32>, Vec<u32>)>,
+    max_len: usize,
+    max_ratio: f64,
+) -> (Vec<(T, Vec<u32>, Vec<u32>)>, usize) {
     let n = pairs.len();
     let kept: Vec<_> = pairs
         .into_iter()
@@ -69,22 +90,42 @@ mod tests {
     fn reads_pairs_and_reports_file_line() {
         let p = file("ok.tsv", b"hello\tbonjour\n\nthe cat\tle chat\r\n");
         let v = read_pairs(&p).unwrap();
-        assert_eq!(v, vec![
-            Pair { line: 1, src: "hello".into(), tgt: "bonjour".into() },
-            Pair { line: 3, src: "the cat".into(), tgt: "le chat".into() }
-        ]);
+        assert_eq!(
+            v,
+            vec![
+                Pair {
+                    line: 1,
+                    src: "hello".into(),
+                    tgt: "bonjour".into()
+                },
+                Pair {
+                    line: 3,
+                    src: "the cat".into(),
+                    tgt: "le chat".into()
+                }
+            ]
+        );
         let bad = file("bad.tsv", b"a\tb\nno tab here\n");
         let e = read_pairs(&bad).unwrap_err().to_string();
-        assert!(e.ends_with("bad.tsv:2: expected 2 tab-separated columns (source, target), found 1"), "{e}");
+        assert!(
+            e.ends_with("bad.tsv:2: expected 2 tab-separated columns (source, target), found 1"),
+            "{e}"
+        );
         let three = file("three.tsv", b"a\tb\tc\n");
         assert!(read_pairs(&three).unwrap_err().to_string().contains(":1: expected 2"));
         let empty_side = file("es.tsv", b"a\t \n");
-        assert!(read_pairs(&empty_side).unwrap_err().to_string().contains(":1: empty target"));
+        assert!(read_pairs(&empty_side)
+            .unwrap_err()
+            .to_string()
+            .contains(":1: empty target"));
         let utf = file("utf.tsv", b"ok\tok\n\xff\tb\n");
         assert!(read_pairs(&utf).unwrap_err().to_string().contains(":2: invalid UTF-8"));
         let none = file("none.tsv", b"\n\n");
         assert!(read_pairs(&none).unwrap_err().to_string().contains("no sentence pairs"));
-        assert!(read_pairs(Path::new("/nonexistent/x.tsv")).unwrap_err().to_string().contains("cannot read"));
+        assert!(read_pairs(Path::new("/nonexistent/x.tsv"))
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
         for p in [p, bad, three, empty_side, utf, none] {
             let _ = std::fs::remove_file(p);
         }
@@ -92,7 +133,11 @@ mod tests {
 
     #[test]
     fn length_filter() {
-        let pairs = vec![(0, vec![1; 3], vec![1; 4]), (1, vec![1; 9], vec![1; 2]), (2, vec![1; 20], vec![1; 20])];
+        let pairs = vec![
+            (0, vec![1; 3], vec![1; 4]),
+            (1, vec![1; 9], vec![1; 2]),
+            (2, vec![1; 20], vec![1; 20]),
+        ];
         let (kept, dropped) = filter_by_length(pairs, 10, 2.0);
         assert_eq!(kept.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0]);
         assert_eq!(dropped, 2);

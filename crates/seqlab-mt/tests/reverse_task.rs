@@ -15,7 +15,10 @@ fn sample(rng: &mut SeqRng) -> Vec<u32> {
 
 fn pad(rows: &[Vec<u32>]) -> Tensor {
     let l = rows.iter().map(|r| r.len()).max().unwrap();
-    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0, l - r.len()))).collect();
+    let flat: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0, l - r.len())))
+        .collect();
     Tensor::from_vec(flat, (rows.len(), l), &Device::Cpu).unwrap()
 }
 
@@ -32,7 +35,16 @@ fn learns_to_reverse_exactly() {
         ..Default::default()
     };
     let model = Seq2SeqTransformer::new(&Seq2SeqConfig::new(VOCAB, tc), &vs).unwrap();
-    let mut opt = AdamW::new(vs.trainable(), AdamWConfig { lr: 3e-3, betas: (0.9, 0.98), eps: 1e-9, weight_decay: 0.0 }).unwrap();
+    let mut opt = AdamW::new(
+        vs.trainable(),
+        AdamWConfig {
+            lr: 3e-3,
+            betas: (0.9, 0.98),
+            eps: 1e-9,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
     let mut rng = SeqRng::new(7);
     for step in 0..700 {
         // Linear warm-up: post-norm Transformers diverge at a full rate from the start.
@@ -40,7 +52,10 @@ fn learns_to_reverse_exactly() {
         let seqs: Vec<Vec<u32>> = (0..64).map(|_| sample(&mut rng)).collect();
         let src: Vec<Vec<u32>> = seqs.iter().map(|s| s.iter().copied().chain([2]).collect()).collect();
         let rev: Vec<Vec<u32>> = seqs.iter().map(|s| s.iter().rev().copied().collect()).collect();
-        let tin: Vec<Vec<u32>> = rev.iter().map(|s| [1].into_iter().chain(s.iter().copied()).collect()).collect();
+        let tin: Vec<Vec<u32>> = rev
+            .iter()
+            .map(|s| [1].into_iter().chain(s.iter().copied()).collect())
+            .collect();
         let tout: Vec<Vec<u32>> = rev.iter().map(|s| s.iter().copied().chain([2]).collect()).collect();
         let logits = model.forward(&pad(&src), &pad(&tin), true).unwrap();
         let (b, t, v) = logits.dims3().unwrap();
@@ -56,11 +71,30 @@ fn learns_to_reverse_exactly() {
     }
     let mut rng = SeqRng::new(12345);
     let seqs: Vec<Vec<u32>> = (0..40).map(|_| sample(&mut rng)).collect();
-    let src = pad(&seqs.iter().map(|s| s.iter().copied().chain([2]).collect()).collect::<Vec<_>>());
+    let src = pad(&seqs
+        .iter()
+        .map(|s| s.iter().copied().chain([2]).collect())
+        .collect::<Vec<_>>());
     let want: Vec<Vec<u32>> = seqs.iter().map(|s| s.iter().rev().copied().collect()).collect();
-    for strat in [DecodeStrategy::Greedy, DecodeStrategy::Beam { size: 4, length_penalty: 0.0 }] {
-        let got = decoder(&strat, true).unwrap().decode(&model, &src, SpecialIds::default()).unwrap();
+    for strat in [
+        DecodeStrategy::Greedy,
+        DecodeStrategy::Beam {
+            size: 4,
+            length_penalty: 0.0,
+        },
+    ] {
+        let got = decoder(&strat, true)
+            .unwrap()
+            .decode(&model, &src, SpecialIds::default())
+            .unwrap();
         let exact = got.iter().zip(&want).filter(|(g, w)| g == w).count();
-        assert_eq!(exact, want.len(), "{strat:?}: {exact}/{} exact; first: {:?} vs {:?}", want.len(), got[0], want[0]);
+        assert_eq!(
+            exact,
+            want.len(),
+            "{strat:?}: {exact}/{} exact; first: {:?} vs {:?}",
+            want.len(),
+            got[0],
+            want[0]
+        );
     }
 }

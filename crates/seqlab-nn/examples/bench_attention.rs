@@ -6,7 +6,9 @@
 //! `bench/torch_encoder.py` (same shapes, `torch.set_num_threads(2)`).
 
 use seqlab_nn::attention::sdpa_reference;
-use seqlab_nn::{scaled_dot_product_attention, SdpaOptions, SeqRng, TransformerEncoderLayer, TransformerLayerConfig, VarStore};
+use seqlab_nn::{
+    scaled_dot_product_attention, SdpaOptions, SeqRng, TransformerEncoderLayer, TransformerLayerConfig, VarStore,
+};
 use std::time::Instant;
 
 fn main() -> candle_core::Result<()> {
@@ -17,7 +19,10 @@ fn main() -> candle_core::Result<()> {
     let (batch, seq) = (arg(3, 32.0) as usize, arg(4, 128.0) as usize);
     let dev = candle_core::Device::Cpu;
     let vs = VarStore::new(0, &dev);
-    let cfg = TransformerLayerConfig { dropout, ..TransformerLayerConfig::new(512, 8) };
+    let cfg = TransformerLayerConfig {
+        dropout,
+        ..TransformerLayerConfig::new(512, 8)
+    };
     let layer = TransformerEncoderLayer::new(&cfg, &vs)?;
     let x = SeqRng::new(1).normal((batch, seq, 512), 0.0, 1.0, &dev)?;
     let probe = SeqRng::new(2).normal((batch, seq, 512), 0.0, 1.0, &dev)?;
@@ -78,14 +83,26 @@ fn attention_only(batch: usize, seq: usize, steps: usize) -> candle_core::Result
         for _ in 0..steps.max(2) {
             let t0 = Instant::now();
             let y = if fused {
-                scaled_dot_product_attention(&q, &k, &v, &SdpaOptions { is_causal: false, ..Default::default() })?
+                scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    &SdpaOptions {
+                        is_causal: false,
+                        ..Default::default()
+                    },
+                )?
             } else {
                 sdpa_reference(&q, &k, &v, None, 0.125)?
             };
             (y * &probe)?.sum_all()?.backward()?;
             best = best.min(t0.elapsed().as_secs_f64());
         }
-        println!("attention only fwd+bwd ({}): best {:.1} ms", if fused { "fused op" } else { "candle ops" }, best * 1e3);
+        println!(
+            "attention only fwd+bwd ({}): best {:.1} ms",
+            if fused { "fused op" } else { "candle ops" },
+            best * 1e3
+        );
     }
     Ok(())
 }

@@ -15,12 +15,21 @@ fn main() -> candle_core::Result<()> {
     let probe = SeqRng::new(2).normal((rows, c), 0.0, 1.0, &dev)?;
     let run = |fused: bool| -> candle_core::Result<f64> {
         let t = Instant::now();
-        let y = if fused { ln.forward(x.as_tensor())? } else { ln.forward_composed(x.as_tensor())? };
+        let y = if fused {
+            ln.forward(x.as_tensor())?
+        } else {
+            ln.forward_composed(x.as_tensor())?
+        };
         let g = (y * &probe)?.sum_all()?.backward()?;
         assert!(g.get(&x).is_some());
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    for (name, fused) in [("composed", false), ("fused", true), ("composed", false), ("fused", true)] {
+    for (name, fused) in [
+        ("composed", false),
+        ("fused", true),
+        ("composed", false),
+        ("fused", true),
+    ] {
         run(fused)?; // warm-up
         let mut ms: Vec<f64> = (0..iters).map(|_| run(fused)).collect::<candle_core::Result<_>>()?;
         ms.sort_by(|a, b| a.partial_cmp(b).unwrap());

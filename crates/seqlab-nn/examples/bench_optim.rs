@@ -34,8 +34,10 @@ fn main() -> candle_core::Result<()> {
     // Same arithmetic with tensor ops.
     let cfg = AdamWConfig::default();
     let (b1, b2) = cfg.betas;
-    let mut state: Vec<(Tensor, Tensor)> =
-        params.iter().map(|(_, v)| Ok((v.zeros_like()?, v.zeros_like()?))).collect::<candle_core::Result<_>>()?;
+    let mut state: Vec<(Tensor, Tensor)> = params
+        .iter()
+        .map(|(_, v)| Ok((v.zeros_like()?, v.zeros_like()?)))
+        .collect::<candle_core::Result<_>>()?;
     let mut t = vec![];
     for step in 1..=iters {
         let s = Instant::now();
@@ -57,5 +59,9 @@ fn main() -> candle_core::Result<()> {
 
 fn report(name: &str, n: usize, t: &mut [f64]) {
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    println!("{name:10} AdamW step over {n} params: median {:.2} ms, min {:.2} ms", t[t.len() / 2], t[0]);
+    println!(
+        "{name:10} AdamW step over {n} params: median {:.2} ms, min {:.2} ms",
+        t[t.len() / 2],
+        t[0]
+    );
 }

@@ -17,9 +17,20 @@ const SEQ: usize = 64;
 fn bench(cell: &str, steps: usize) -> Result<f64> {
     let dev = Device::Cpu;
     let vs = VarStore::new(0, &dev);
-    let cfg = RecurrentConfig { num_layers: LAYERS, ..RecurrentConfig::new(INPUT, HIDDEN) };
-    let lstm = if cell == "lstm" { Some(Lstm::new(&cfg, &vs)?) } else { None };
-    let gru = if cell == "gru" { Some(Gru::new(&cfg, &vs)?) } else { None };
+    let cfg = RecurrentConfig {
+        num_layers: LAYERS,
+        ..RecurrentConfig::new(INPUT, HIDDEN)
+    };
+    let lstm = if cell == "lstm" {
+        Some(Lstm::new(&cfg, &vs)?)
+    } else {
+        None
+    };
+    let gru = if cell == "gru" {
+        Some(Gru::new(&cfg, &vs)?)
+    } else {
+        None
+    };
     let mut rng = SeqRng::new(1);
     let x = rng.normal((SEQ, BATCH, INPUT), 0.0, 1.0, &dev)?;
     let probe = rng.normal((SEQ, BATCH, HIDDEN), 0.0, 1.0, &dev)?;

@@ -37,11 +37,23 @@ impl View {
         if st.len() != 4 {
             bail!("fused attention: expected a rank-4 tensor, got shape {:?}", l.dims());
         }
-        Ok(View { off: l.start_offset(), sb: st[0], sl: st[1], sh: st[2], sd: st[3] })
+        Ok(View {
+            off: l.start_offset(),
+            sb: st[0],
+            sl: st[1],
+            sh: st[2],
+            sd: st[3],
+        })
     }
 
     fn contiguous(l: usize, h: usize, d: usize) -> Self {
-        View { off: 0, sb: l * h * d, sl: h * d, sh: d, sd: 1 }
+        View {
+            off: 0,
+            sb: l * h * d,
+            sl: h * d,
+            sh: d,
+            sd: 1,
+        }
     }
 
     fn at(&self, b: usize, h: usize) -> usize {
@@ -145,29 +157,61 @@ impl Plan {
             // task writes only the (bi, hi) block of `out`.
             unsafe {
                 gemm(
-                    l, s, d,
-                    pr.as_mut_ptr(), 1, s as isize, false,
-                    q.as_ptr().add(qv.at(bi, hi)), qv.sd as isize, qv.sl as isize,
-                    k.as_ptr().add(kv.at(bi, hi)), kv.sl as isize, kv.sd as isize,
-                    0.0, self.scale, false, false, false, Parallelism::None,
+                    l,
+                    s,
+                    d,
+                    pr.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    q.as_ptr().add(qv.at(bi, hi)),
+                    qv.sd as isize,
+                    qv.sl as isize,
+                    k.as_ptr().add(kv.at(bi, hi)),
+                    kv.sl as isize,
+                    kv.sd as isize,
+                    0.0,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
             self.softmax_rows(bi, hi, pr);
             let dropped;
             let pd: &[f32] = match &self.dropout {
                 Some(m) => {
-                    dropped = pr.iter().zip(&m[bh * ls..(bh + 1) * ls]).map(|(a, b)| a * b).collect::<Vec<_>>();
+                    dropped = pr
+                        .iter()
+                        .zip(&m[bh * ls..(bh + 1) * ls])
+                        .map(|(a, b)| a * b)
+                        .collect::<Vec<_>>();
                     &dropped
                 }
                 None => pr,
             };
             unsafe {
                 gemm(
-                    l, dv, s,
-                    outp.get().add(ov.at(bi, hi)), 1, ov.sl as isize, false,
-                    pd.as_ptr(), 1, s as isize,
-                    v.as_ptr().add(vv.at(bi, hi)), vv.sd as isize, vv.sl as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    l,
+                    dv,
+                    s,
+                    outp.get().add(ov.at(bi, hi)),
+                    1,
+                    ov.sl as isize,
+                    false,
+                    pd.as_ptr(),
+                    1,
+                    s as isize,
+                    v.as_ptr().add(vv.at(bi, hi)),
+                    vv.sd as isize,
+                    vv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
         });
@@ -209,19 +253,47 @@ impl Plan {
             unsafe {
                 // dV = Pdᵀ dO   (S×L)(L×Dv)
                 gemm(
-                    s, dv, l,
-                    dvp.get().add(dvv.at(bi, hi)), dvv.sd as isize, dvv.sl as isize, false,
-                    pd.as_ptr(), s as isize, 1,
-                    go.as_ptr().add(gv.at(bi, hi)), gv.sd as isize, gv.sl as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    s,
+                    dv,
+                    l,
+                    dvp.get().add(dvv.at(bi, hi)),
+                    dvv.sd as isize,
+                    dvv.sl as isize,
+                    false,
+                    pd.as_ptr(),
+                    s as isize,
+                    1,
+                    go.as_ptr().add(gv.at(bi, hi)),
+                    gv.sd as isize,
+                    gv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
                 // dP = dO Vᵀ   (L×Dv)(Dv×S)
                 gemm(
-                    l, s, dv,
-                    dp.as_mut_ptr(), 1, s as isize, false,
-                    go.as_ptr().add(gv.at(bi, hi)), gv.sd as isize, gv.sl as isize,
-                    v.as_ptr().add(vv.at(bi, hi)), vv.sl as isize, vv.sd as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    l,
+                    s,
+                    dv,
+                    dp.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    go.as_ptr().add(gv.at(bi, hi)),
+                    gv.sd as isize,
+                    gv.sl as isize,
+                    v.as_ptr().add(vv.at(bi, hi)),
+                    vv.sl as isize,
+                    vv.sd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
             if let Some(m) = mask {
@@ -231,24 +303,54 @@ impl Plan {
                 let pr = &p[i * s..(i + 1) * s];
                 let row = &mut dp[i * s..(i + 1) * s];
                 let dot: f32 = row.iter().zip(pr).map(|(a, b)| a * b).sum();
-                row.iter_mut().zip(pr).for_each(|(x, pi)| *x = pi * (*x - dot) * self.scale);
+                row.iter_mut()
+                    .zip(pr)
+                    .for_each(|(x, pi)| *x = pi * (*x - dot) * self.scale);
             }
             unsafe {
                 // dQ = dS K   (L×S)(S×D)
                 gemm(
-                    l, d, s,
-                    dq.get().add(dqv.at(bi, hi)), dqv.sd as isize, dqv.sl as isize, false,
-                    dp.as_ptr(), 1, s as isize,
-                    k.as_ptr().add(kv.at(bi, hi)), kv.sd as isize, kv.sl as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    l,
+                    d,
+                    s,
+                    dq.get().add(dqv.at(bi, hi)),
+                    dqv.sd as isize,
+                    dqv.sl as isize,
+                    false,
+                    dp.as_ptr(),
+                    1,
+                    s as isize,
+                    k.as_ptr().add(kv.at(bi, hi)),
+                    kv.sd as isize,
+                    kv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
                 // dK = dSᵀ Q   (S×L)(L×D)
                 gemm(
-                    s, d, l,
-                    dk.get().add(dkv.at(bi, hi)), dkv.sd as isize, dkv.sl as isize, false,
-                    dp.as_ptr(), s as isize, 1,
-                    q.as_ptr().add(qv.at(bi, hi)), qv.sd as isize, qv.sl as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    s,
+                    d,
+                    l,
+                    dk.get().add(dkv.at(bi, hi)),
+                    dkv.sd as isize,
+                    dkv.sl as isize,
+                    false,
+                    dp.as_ptr(),
+                    s as isize,
+                    1,
+                    q.as_ptr().add(qv.at(bi, hi)),
+                    qv.sd as isize,
+                    qv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
         });
@@ -275,7 +377,6 @@ fn check_view(name: &str, len: usize, v: View, dims: (usize, usize, usize, usize
     Ok(())
 }
 
-
 fn device_f32<'a>(s: &'a Storage, what: &str) -> Result<&'a [f32]> {
     match s {
         Storage::Cpu(c) => crate::kernel::storage_f32("fused attention", what, c),
@@ -291,7 +392,11 @@ struct Attn3 {
 impl Attn3 {
     fn views(&self, lq: &Layout, lk: &Layout, lv: &Layout, lens: (usize, usize, usize)) -> Result<(View, View, View)> {
         let p = &self.plan;
-        let (qv, kv, vv) = (View::from_layout4(lq)?, View::from_layout4(lk)?, View::from_layout4(lv)?);
+        let (qv, kv, vv) = (
+            View::from_layout4(lq)?,
+            View::from_layout4(lk)?,
+            View::from_layout4(lv)?,
+        );
         check_view("q", lens.0, qv, (p.b, p.l, p.h, p.d))?;
         check_view("k", lens.1, kv, (p.b, p.s, p.h, p.d))?;
         check_view("v", lens.2, vv, (p.b, p.s, p.h, p.dv))?;
@@ -313,7 +418,11 @@ impl CustomOp3 for Attn3 {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (crate::kernel::storage_f32("fused attention", "q", s1)?, crate::kernel::storage_f32("fused attention", "k", s2)?, crate::kernel::storage_f32("fused attention", "v", s3)?);
+        let (q, k, v) = (
+            crate::kernel::storage_f32("fused attention", "q", s1)?,
+            crate::kernel::storage_f32("fused attention", "k", s2)?,
+            crate::kernel::storage_f32("fused attention", "v", s3)?,
+        );
         let (qv, kv, vv) = self.views(l1, l2, l3, (q.len(), k.len(), v.len()))?;
         let (out, probs) = self.plan.forward(q, qv, k, kv, v, vv);
         *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
@@ -377,8 +486,17 @@ impl AttnPacked {
         if st.len() != 5 {
             bail!("fused attention: packed qkv must be rank 5, got {:?}", l.dims());
         }
-        let base = View { off: l.start_offset(), sb: st[0], sl: st[1], sh: st[3], sd: st[4] };
-        let at = |i: usize| View { off: base.off + i * st[2], ..base };
+        let base = View {
+            off: l.start_offset(),
+            sb: st[0],
+            sl: st[1],
+            sh: st[3],
+            sd: st[4],
+        };
+        let at = |i: usize| View {
+            off: base.off + i * st[2],
+            ..base
+        };
         let p = &self.plan;
         for i in 0..3 {
             check_view("qkv", len, at(i), (p.b, p.l, p.h, p.d))?;
@@ -411,7 +529,13 @@ impl CustomOp1 for AttnPacked {
         check_view("grad", g.len(), gv, (p.b, p.l, p.h, p.dv))?;
         let hd = p.h * p.d;
         let mut dx = vec![0f32; p.b * p.l * 3 * hd];
-        let base = View { off: 0, sb: p.l * 3 * hd, sl: 3 * hd, sh: p.d, sd: 1 };
+        let base = View {
+            off: 0,
+            sb: p.l * 3 * hd,
+            sl: 3 * hd,
+            sh: p.d,
+            sd: 1,
+        };
         let ptr = MutPtr(dx.as_mut_ptr());
         p.backward(
             &probs,
@@ -437,7 +561,6 @@ struct LinearOp {
     /// Inverted-dropout multipliers (rows × out).
     dropout: Option<Arc<Vec<f32>>>,
 }
-
 
 fn rows_per_task(rows: usize) -> usize {
     (rows / 64).max(1)
@@ -473,18 +596,37 @@ impl CustomOp3 for LinearOp {
         let rows = if in_f == 0 { 0 } else { l1.shape().elem_count() / in_f };
         let (out_f, in_w) = l2.shape().dims2()?;
         if in_w != in_f || b.len() != out_f || out_f == 0 {
-            bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
+            bail!(
+                "linear: x {:?}, weight {:?}, bias {:?} do not fit",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
         }
         let mut out = vec![0f32; rows * out_f];
         if rows > 0 {
             // SAFETY: slices hold rows·in, out·in and rows·out contiguous elements.
             unsafe {
                 gemm(
-                    rows, out_f, in_f,
-                    out.as_mut_ptr(), 1, out_f as isize, false,
-                    x.as_ptr(), 1, in_f as isize,
-                    w.as_ptr(), in_f as isize, 1,
-                    0.0, 1.0, false, false, false, par(),
+                    rows,
+                    out_f,
+                    in_f,
+                    out.as_mut_ptr(),
+                    1,
+                    out_f as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    in_f as isize,
+                    w.as_ptr(),
+                    in_f as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par(),
                 );
             }
         }
@@ -535,7 +677,11 @@ impl CustomOp3 for LinearOp {
                         .zip(m.par_iter())
                         .map(|((&g, &r), &m)| if !relu || r > 0.0 { g * m } else { 0.0 })
                         .collect(),
-                    None => g.par_iter().zip(r.par_iter()).map(|(&g, &r)| if r > 0.0 { g } else { 0.0 }).collect(),
+                    None => g
+                        .par_iter()
+                        .zip(r.par_iter())
+                        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
+                        .collect(),
                 }
             } else {
                 g.to_vec()
@@ -552,19 +698,47 @@ impl CustomOp3 for LinearOp {
             unsafe {
                 // dX = G W   (rows×out)(out×in)
                 gemm(
-                    rows, in_f, out_f,
-                    dx.as_mut_ptr(), 1, in_f as isize, false,
-                    g.as_ptr(), 1, out_f as isize,
-                    w.as_ptr(), 1, in_f as isize,
-                    0.0, 1.0, false, false, false, par(),
+                    rows,
+                    in_f,
+                    out_f,
+                    dx.as_mut_ptr(),
+                    1,
+                    in_f as isize,
+                    false,
+                    g.as_ptr(),
+                    1,
+                    out_f as isize,
+                    w.as_ptr(),
+                    1,
+                    in_f as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par(),
                 );
                 // dW = Gᵀ X   (out×rows)(rows×in)
                 gemm(
-                    out_f, in_f, rows,
-                    dw.as_mut_ptr(), 1, in_f as isize, false,
-                    g.as_ptr(), out_f as isize, 1,
-                    x.as_ptr(), 1, in_f as isize,
-                    0.0, 1.0, false, false, false, par(),
+                    out_f,
+                    in_f,
+                    rows,
+                    dw.as_mut_ptr(),
+                    1,
+                    in_f as isize,
+                    false,
+                    g.as_ptr(),
+                    out_f as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    in_f as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par(),
                 );
             }
         }
@@ -578,10 +752,13 @@ impl CustomOp3 for LinearOp {
                 }
                 acc
             })
-            .reduce(|| vec![0f32; n], |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            });
+            .reduce(
+                || vec![0f32; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
         let dev = x_t.device();
         Ok((
             Some(Tensor::from_vec(dx, x_t.shape(), dev)?),
@@ -620,7 +797,12 @@ pub fn linear_act_dropout(
     let dims = x.dims().to_vec();
     let in_f = *dims.last().unwrap_or(&0);
     if in_f == 0 || w.rank() != 2 || w.dim(1)? != in_f || b.dims() != [w.dim(0)?] {
-        bail!("linear: x {:?}, weight {:?}, bias {:?} do not fit", dims, w.dims(), b.dims());
+        bail!(
+            "linear: x {:?}, weight {:?}, bias {:?} do not fit",
+            dims,
+            w.dims(),
+            b.dims()
+        );
     }
     let rows = x.elem_count() / in_f;
     let out_f = w.dim(0)?;
@@ -634,7 +816,8 @@ pub fn linear_act_dropout(
         }
         None => None,
     };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })
 }
 
 /// Masks in the kernel's terms. Built by [`AttnMasks::prepare`] from PyTorch-style tensors.
@@ -663,7 +846,13 @@ fn to_additive(mask: &Tensor, conv: BoolMask) -> Result<Vec<f32>> {
     let m = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let masked_when_nonzero = conv == BoolMask::OneMeansMasked;
     Ok(m.into_iter()
-        .map(|x| if (x != 0.0) == masked_when_nonzero { f32::NEG_INFINITY } else { 0.0 })
+        .map(|x| {
+            if (x != 0.0) == masked_when_nonzero {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
         .collect())
 }
 
@@ -695,7 +884,11 @@ impl<'a> AttnMasks<'a> {
                         b * h
                     ),
                 };
-                Some(MaskData { data: Arc::new(to_additive(m, conv)?), bm, hm })
+                Some(MaskData {
+                    data: Arc::new(to_additive(m, conv)?),
+                    bm,
+                    hm,
+                })
             }
         };
         let kpm = match self.key_padding_mask {
@@ -707,7 +900,11 @@ impl<'a> AttnMasks<'a> {
                 Some(Arc::new(to_additive(k, BoolMask::OneMeansMasked)?))
             }
         };
-        Ok(PreparedMasks { mask, kpm, causal: self.is_causal })
+        Ok(PreparedMasks {
+            mask,
+            kpm,
+            causal: self.is_causal,
+        })
     }
 }
 
@@ -728,14 +925,22 @@ fn run_fused(
             if !(0.0..1.0).contains(&p) {
                 bail!("attention dropout must be in [0, 1), got {p}");
             }
-            let m = rng.lock().unwrap().dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
+            let m = rng
+                .lock()
+                .unwrap()
+                .dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
             Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
         }
         _ => None,
     };
     let probs = Arc::new(Mutex::new(None));
     let plan = Plan {
-        b, l, s, h, d, dv,
+        b,
+        l,
+        s,
+        h,
+        d,
+        dv,
         scale: scale as f32,
         causal: masks.causal,
         mask: masks.mask,
@@ -776,7 +981,13 @@ impl QkvInput<'_> {
                 if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
                     bail!("attention: q, k, v must be rank 4, got {qd:?}, {kd:?}, {vd:?}");
                 }
-                if kd[0] != qd[0] || vd[0] != qd[0] || kd[2] != qd[2] || vd[2] != qd[2] || kd[3] != qd[3] || vd[1] != kd[1] {
+                if kd[0] != qd[0]
+                    || vd[0] != qd[0]
+                    || kd[2] != qd[2]
+                    || vd[2] != qd[2]
+                    || kd[3] != qd[3]
+                    || vd[1] != kd[1]
+                {
                     bail!("attention: q {qd:?}, k {kd:?}, v {vd:?} do not fit together");
                 }
                 Ok((qd[0], qd[1], kd[1], qd[2], qd[3], vd[3]))
@@ -815,8 +1026,12 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &S
     if opts.attn_mask.is_some() && opts.is_causal {
         bail!("sdpa: give either attn_mask or is_causal, not both (as PyTorch requires)");
     }
-    let masks = AttnMasks { attn_mask: opts.attn_mask, key_padding_mask: None, is_causal: opts.is_causal }
-        .prepare(BoolMask::OneMeansAttend, b, h, l, s)?;
+    let masks = AttnMasks {
+        attn_mask: opts.attn_mask,
+        key_padding_mask: None,
+        is_causal: opts.is_causal,
+    }
+    .prepare(BoolMask::OneMeansAttend, b, h, l, s)?;
     let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let dropout = if opts.train && opts.dropout_p > 0.0 {
         match &opts.rng {
@@ -833,7 +1048,13 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &S
 
 /// Straightforward candle-ops attention (no dropout): q (B, H, L, D) etc. with an additive mask
 /// broadcastable to (B, H, L, S). The reference the fused kernel is tested against.
-pub fn sdpa_reference(q: &Tensor, k: &Tensor, v: &Tensor, additive_mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+pub fn sdpa_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    additive_mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?;
     let scores = match additive_mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -862,7 +1083,12 @@ pub struct MultiheadAttentionConfig {
 
 impl MultiheadAttentionConfig {
     pub fn new(embed_dim: usize, num_heads: usize) -> Self {
-        Self { embed_dim, num_heads, dropout: 0.0, bias: true }
+        Self {
+            embed_dim,
+            num_heads,
+            dropout: 0.0,
+            bias: true,
+        }
     }
 }
 
@@ -902,7 +1128,11 @@ pub struct MultiheadAttention {
 
 impl std::fmt::Debug for MultiheadAttention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MultiheadAttention(E={}, heads={}, dropout={})", self.embed_dim, self.num_heads, self.dropout)
+        write!(
+            f,
+            "MultiheadAttention(E={}, heads={}, dropout={})",
+            self.embed_dim, self.num_heads, self.dropout
+        )
     }
 }
 
@@ -913,16 +1143,27 @@ impl MultiheadAttention {
             bail!("MultiheadAttention: embed_dim and num_heads must be positive, got {cfg:?}");
         }
         if e % cfg.num_heads != 0 {
-            bail!("MultiheadAttention: embed_dim {e} must be divisible by num_heads {}", cfg.num_heads);
+            bail!(
+                "MultiheadAttention: embed_dim {e} must be divisible by num_heads {}",
+                cfg.num_heads
+            );
         }
         if !(0.0..1.0).contains(&cfg.dropout) {
             bail!("MultiheadAttention: dropout must be in [0, 1), got {}", cfg.dropout);
         }
         let in_proj_weight = vs.param("in_proj_weight", (3 * e, e), Init::xavier_uniform(e, 3 * e))?;
-        let in_proj_bias = if cfg.bias { Some(vs.param("in_proj_bias", 3 * e, Init::Zeros)?) } else { None };
+        let in_proj_bias = if cfg.bias {
+            Some(vs.param("in_proj_bias", 3 * e, Init::Zeros)?)
+        } else {
+            None
+        };
         let ov = vs.pp("out_proj");
         let weight = ov.param("weight", (e, e), Init::uniform_fan(e))?;
-        let bias = if cfg.bias { Some(ov.param("bias", e, Init::Zeros)?) } else { None };
+        let bias = if cfg.bias {
+            Some(ov.param("bias", e, Init::Zeros)?)
+        } else {
+            None
+        };
         Ok(Self {
             in_proj_weight,
             in_proj_bias,
@@ -938,7 +1179,11 @@ impl MultiheadAttention {
     fn check_input(&self, name: &str, x: &Tensor) -> Result<(usize, usize)> {
         match *x.dims() {
             [b, l, e] if e == self.embed_dim => Ok((b, l)),
-            _ => bail!("MultiheadAttention: {name} must be (B, L, {}), got {:?}", self.embed_dim, x.dims()),
+            _ => bail!(
+                "MultiheadAttention: {name} must be (B, L, {}), got {:?}",
+                self.embed_dim,
+                x.dims()
+            ),
         }
     }
 
@@ -966,14 +1211,18 @@ impl MultiheadAttention {
             let kv = self.project(key, 1, 2)?.reshape((b, s, 2, h, d))?;
             Ok((kv.narrow(2, 0, 1)?.squeeze(2)?, kv.narrow(2, 1, 1)?.squeeze(2)?))
         } else {
-            Ok((self.project(key, 1, 1)?.reshape((b, s, h, d))?, self.project(value, 2, 1)?.reshape((b, s, h, d))?))
+            Ok((
+                self.project(key, 1, 1)?.reshape((b, s, h, d))?,
+                self.project(value, 2, 1)?.reshape((b, s, h, d))?,
+            ))
         }
     }
 
     /// Projected queries (B, L, E) → (B, L, H, D).
     pub fn project_q(&self, query: &Tensor) -> Result<Tensor> {
         let (b, l) = self.check_input("query", query)?;
-        self.project(query, 0, 1)?.reshape((b, l, self.num_heads, self.head_dim))
+        self.project(query, 0, 1)?
+            .reshape((b, l, self.num_heads, self.head_dim))
     }
 
     fn dropout_arg(&self, train: bool) -> Option<(f64, &SharedRng)> {
@@ -996,7 +1245,9 @@ impl MultiheadAttention {
             return Ok((y, None));
         }
         let p = probs.lock().unwrap().clone();
-        let Some(p) = p else { bail!("MultiheadAttention: attention weights were not computed") };
+        let Some(p) = p else {
+            bail!("MultiheadAttention: attention weights were not computed")
+        };
         let s = p.len() / (b * h * l).max(1);
         let w = Tensor::from_vec(p.as_ref().clone(), (b, h, l, s), y.device())?;
         let w = if average { w.mean(1)? } else { w };
@@ -1034,7 +1285,11 @@ impl MultiheadAttention {
         average_attn_weights: bool,
         train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let masks = AttnMasks { attn_mask, key_padding_mask, is_causal: false };
+        let masks = AttnMasks {
+            attn_mask,
+            key_padding_mask,
+            is_causal: false,
+        };
         self.forward_masks(query, key, value, &masks, need_weights, average_attn_weights, train)
     }
 
@@ -1051,7 +1306,16 @@ impl MultiheadAttention {
         average_attn_weights: bool,
         train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        self.forward_impl(query, key, value, masks, need_weights, average_attn_weights, train, None)
+        self.forward_impl(
+            query,
+            key,
+            value,
+            masks,
+            need_weights,
+            average_attn_weights,
+            train,
+            None,
+        )
     }
 
     /// `out_dropout(forward_masks(..))` without weights, the dropout (the caller's residual-branch
@@ -1113,7 +1377,10 @@ impl MultiheadAttention {
     pub fn self_attn_step(&self, x: &Tensor, cache: &mut KvCache, train: bool) -> Result<Tensor> {
         let (b, l) = self.check_input("x", x)?;
         if l != 1 {
-            bail!("MultiheadAttention::self_attn_step: x must hold one position, got {:?}", x.dims());
+            bail!(
+                "MultiheadAttention::self_attn_step: x must hold one position, got {:?}",
+                x.dims()
+            );
         }
         let (h, d) = (self.num_heads, self.head_dim);
         let qkv = self.project(x, 0, 3)?.reshape((b, 1, 3, h, d))?;
@@ -1144,7 +1411,12 @@ pub(crate) fn golden_sdpa(case: &crate::golden::Case) -> Result<crate::golden::C
     }
     crate::golden::run_standard(case, &vs, |inp| {
         let mask = inp.opt("attn_mask");
-        let opts = SdpaOptions { attn_mask: mask.as_ref(), is_causal, scale, ..Default::default() };
+        let opts = SdpaOptions {
+            attn_mask: mask.as_ref(),
+            is_causal,
+            scale,
+            ..Default::default()
+        };
         let y = scaled_dot_product_attention(&inp.get("q")?, &inp.get("k")?, &inp.get("v")?, &opts)?;
         Ok([("y".to_string(), y)].into())
     })
@@ -1192,7 +1464,16 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// The fused kernel and its backward against plain candle ops, with an additive mask.
@@ -1204,7 +1485,11 @@ mod tests {
         let v = Var::from_tensor(&randn(3, &[b, h, s, d])).unwrap();
         let mask = randn(4, &[b, 1, l, s]);
         let probe = randn(5, &[b, h, l, d]);
-        let opts = SdpaOptions { attn_mask: Some(&mask), scale: Some(0.3), ..Default::default() };
+        let opts = SdpaOptions {
+            attn_mask: Some(&mask),
+            scale: Some(0.3),
+            ..Default::default()
+        };
         let y1 = scaled_dot_product_attention(&q, &k, &v, &opts).unwrap();
         let y2 = sdpa_reference(&q, &k, &v, Some(&mask), 0.3).unwrap();
         assert!(max_diff(&y1, &y2) < 1e-5);
@@ -1222,9 +1507,18 @@ mod tests {
         let q = Var::from_tensor(&randn(1, &[1, 2, 3, 4])).unwrap();
         let mask = Tensor::new(&[[1u8, 1], [0, 0], [1, 0]], &Device::Cpu).unwrap();
         let kv = randn(2, &[1, 2, 2, 4]);
-        let opts = SdpaOptions { attn_mask: Some(&mask), ..Default::default() };
+        let opts = SdpaOptions {
+            attn_mask: Some(&mask),
+            ..Default::default()
+        };
         let y = scaled_dot_product_attention(&q, &kv, &kv, &opts).unwrap();
-        let row = y.narrow(2, 1, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let row = y
+            .narrow(2, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(row.iter().all(|&x| x == 0.0));
         let g = y.sum_all().unwrap().backward().unwrap();
         let gq = g.get(&q).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -1279,14 +1573,19 @@ mod tests {
         let bad = randn(1, &[2, 3, 6]);
         assert!(mha.forward(&x, &bad, &bad, None, None, false, true, false).is_err());
         let bad_kpm = Tensor::zeros((2, 4), DType::U8, &Device::Cpu).unwrap();
-        assert!(mha.forward(&x, &x, &x, Some(&bad_kpm), None, false, true, false).is_err());
+        assert!(mha
+            .forward(&x, &x, &x, Some(&bad_kpm), None, false, true, false)
+            .is_err());
     }
 
     #[test]
     fn mha_gradients_reach_every_parameter_self_and_cross() {
         for cross in [false, true] {
             let vs = VarStore::new(0, &Device::Cpu);
-            let cfg = MultiheadAttentionConfig { dropout: 0.1, ..MultiheadAttentionConfig::new(8, 2) };
+            let cfg = MultiheadAttentionConfig {
+                dropout: 0.1,
+                ..MultiheadAttentionConfig::new(8, 2)
+            };
             let mha = MultiheadAttention::new(&cfg, &vs).unwrap();
             let x = randn(1, &[2, 3, 8]);
             let m = if cross { randn(2, &[2, 5, 8]) } else { x.clone() };
@@ -1305,7 +1604,9 @@ mod tests {
         let cm = causal_mask(4, &Device::Cpu).unwrap();
         let (y1, w1) = mha.forward(&x, &x, &x, None, Some(&cm), true, true, false).unwrap();
         let x2c = x2.as_tensor().copy().unwrap();
-        let (y2, w2) = mha.forward(&x2, &x2c, &x2c, None, Some(&cm), true, true, false).unwrap();
+        let (y2, w2) = mha
+            .forward(&x2, &x2c, &x2c, None, Some(&cm), true, true, false)
+            .unwrap();
         assert!(max_diff(&y1, &y2) < 1e-6);
         assert!(max_diff(&w1.unwrap(), &w2.unwrap()) < 1e-6);
         let probe = randn(9, &[2, 4, 8]);
@@ -1323,11 +1624,16 @@ mod tests {
         let vs = VarStore::new(0, &Device::Cpu);
         let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
         let x = randn(1, &[2, 5, 8]);
-        let masks = AttnMasks { is_causal: true, ..Default::default() };
+        let masks = AttnMasks {
+            is_causal: true,
+            ..Default::default()
+        };
         let (full, _) = mha.forward_masks(&x, &x, &x, &masks, false, true, false).unwrap();
         let mut cache = KvCache::default();
         for t in 0..5 {
-            let y = mha.self_attn_step(&x.narrow(1, t, 1).unwrap(), &mut cache, false).unwrap();
+            let y = mha
+                .self_attn_step(&x.narrow(1, t, 1).unwrap(), &mut cache, false)
+                .unwrap();
             assert!(max_diff(&y, &full.narrow(1, t, 1).unwrap()) < 1e-5);
         }
         assert_eq!(cache.len(), 5);

@@ -28,7 +28,11 @@ fn coef(total: f64, max_norm: f64) -> Option<f64> {
 
 /// Clips the gradients of `vars` in `grads` (in place) so that their total 2-norm is at most
 /// `max_norm`, returning the norm before clipping. Vars without a gradient are ignored.
-pub fn clip_grad_norm<'a>(grads: &mut GradStore, vars: impl IntoIterator<Item = &'a Var>, max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm<'a>(
+    grads: &mut GradStore,
+    vars: impl IntoIterator<Item = &'a Var>,
+    max_norm: f64,
+) -> Result<f64> {
     check_max_norm(max_norm)?;
     let vars: Vec<&Var> = vars.into_iter().collect();
     let mut total = 0.0;
@@ -77,7 +81,10 @@ mod tests {
     fn clips_like_torch_and_only_when_needed() {
         let a = Var::new(&[0f32, 0.], &Device::Cpu).unwrap();
         let b = Var::new(&[0f32], &Device::Cpu).unwrap();
-        let loss = ((a.as_tensor() * Tensor::new(&[3f32, 4.], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap()
+        let loss = ((a.as_tensor() * Tensor::new(&[3f32, 4.], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
             + (b.as_tensor() * 12.0).unwrap().sum_all().unwrap())
         .unwrap();
         let mut grads = loss.backward().unwrap();

@@ -44,7 +44,16 @@ mod tests {
     fn masks(seed: u64) -> Vec<Vec<f32>> {
         let d = Dropout::new(0.3, SeqRng::shared(seed)).unwrap();
         let x = Tensor::ones((4, 16), DType::F32, &Device::Cpu).unwrap();
-        (0..3).map(|_| d.forward(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        (0..3)
+            .map(|_| {
+                d.forward(&x, true)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
     }
 
     #[test]

@@ -26,7 +26,10 @@ impl Embedding {
         }
         if let Some(p) = cfg.padding_idx {
             if p >= cfg.num_embeddings {
-                bail!("Embedding: padding_idx {p} is out of range for {} embeddings", cfg.num_embeddings);
+                bail!(
+                    "Embedding: padding_idx {p} is out of range for {} embeddings",
+                    cfg.num_embeddings
+                );
             }
         }
         let weight = vs.param(
@@ -40,7 +43,10 @@ impl Embedding {
             let fresh = Tensor::new(rows, weight.device())?;
             vs.get(&vs.path("weight")).expect("just created").set(&fresh)?;
         }
-        Ok(Self { weight, padding_idx: cfg.padding_idx })
+        Ok(Self {
+            weight,
+            padding_idx: cfg.padding_idx,
+        })
     }
 
     /// Integer ids of any shape `S` → `S × embedding_dim`.
@@ -87,7 +93,11 @@ mod tests {
     #[test]
     fn padding_row_starts_zero_and_gets_no_gradient() {
         let vs = VarStore::new(0, &Device::Cpu);
-        let cfg = EmbeddingConfig { num_embeddings: 5, embedding_dim: 3, padding_idx: Some(0) };
+        let cfg = EmbeddingConfig {
+            num_embeddings: 5,
+            embedding_dim: 3,
+            padding_idx: Some(0),
+        };
         let e = Embedding::new(&cfg, &vs).unwrap();
         assert_eq!(e.weight.get(0).unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 3]);
         let ids = Tensor::new(&[[0u32, 1, 2], [3, 4, 0]], &Device::Cpu).unwrap();
@@ -97,8 +107,23 @@ mod tests {
         let gw = g.get(&e.weight).unwrap();
         assert_eq!(gw.get(0).unwrap().to_vec1::<f32>().unwrap(), vec![0.0; 3]);
         let vs2 = VarStore::new(0, &Device::Cpu);
-        let e2 = Embedding::new(&EmbeddingConfig { padding_idx: None, ..cfg }, &vs2).unwrap();
+        let e2 = Embedding::new(
+            &EmbeddingConfig {
+                padding_idx: None,
+                ..cfg
+            },
+            &vs2,
+        )
+        .unwrap();
         assert_all_params_get_grad(&vs2, &e2.forward(&ids).unwrap());
-        assert!(Embedding::new(&EmbeddingConfig { num_embeddings: 5, embedding_dim: 3, padding_idx: Some(5) }, &vs2).is_err());
+        assert!(Embedding::new(
+            &EmbeddingConfig {
+                num_embeddings: 5,
+                embedding_dim: 3,
+                padding_idx: Some(5)
+            },
+            &vs2
+        )
+        .is_err());
     }
 }

@@ -34,7 +34,10 @@ impl Case {
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
         let md = meta.metadata().clone().unwrap_or_default();
-        let module = md.get("module").cloned().ok_or_else(|| err("no `module` metadata".into()))?;
+        let module = md
+            .get("module")
+            .cloned()
+            .ok_or_else(|| err("no `module` metadata".into()))?;
         let config: Value = match md.get("config") {
             Some(s) => serde_json::from_str(s).map_err(|e| err(format!("bad `config` JSON: {e}")))?,
             None => Value::Object(Default::default()),
@@ -44,8 +47,18 @@ impl Case {
             None => vec![],
         };
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Self { file: path.to_path_buf(), name, module, config, loss_outputs, tensors })
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            file: path.to_path_buf(),
+            name,
+            module,
+            config,
+            loss_outputs,
+            tensors,
+        })
     }
 
     /// A tensor by its full key, e.g. `input.x`.
@@ -110,7 +123,11 @@ impl Inputs {
                 }
             }
         }
-        Ok(Self { case_name: case.name.clone(), map, vars })
+        Ok(Self {
+            case_name: case.name.clone(),
+            map,
+            vars,
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<Tensor> {
@@ -148,7 +165,10 @@ pub fn run_standard(
         .map_err(|e| candle_core::Error::Msg(format!("case {}: {e}", case.name)))?;
     let inputs = Inputs::new(case)?;
     let outputs = forward(&inputs)?;
-    let mut computed = Computed { outputs, ..Default::default() };
+    let mut computed = Computed {
+        outputs,
+        ..Default::default()
+    };
     if !case.loss_outputs.is_empty() {
         let mut loss: Option<Tensor> = None;
         for name in &case.loss_outputs {
@@ -209,7 +229,13 @@ pub struct Report {
 pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
     let mut keys: Vec<&String> = case.tensors.keys().collect();
     keys.sort();
-    let mut rep = Report { name: case.name.clone(), checked: 0, worst: 0.0, worst_key: String::new(), failures: vec![] };
+    let mut rep = Report {
+        name: case.name.clone(),
+        checked: 0,
+        worst: 0.0,
+        worst_key: String::new(),
+        failures: vec![],
+    };
     for key in keys {
         let (got, tol) = if let Some(n) = key.strip_prefix("output.") {
             (computed.outputs.get(n), OUTPUT_TOL)
@@ -226,7 +252,8 @@ pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
             continue;
         };
         if got.elem_count() != want.elem_count() {
-            rep.failures.push(format!("{key}: shape {:?}, expected {:?}", got.dims(), want.dims()));
+            rep.failures
+                .push(format!("{key}: shape {:?}, expected {:?}", got.dims(), want.dims()));
             continue;
         }
         let e = rel_err(got, want)?;

@@ -15,7 +15,12 @@ pub fn save_tensors_atomic(
     names.sort();
     let data: Vec<(String, Tensor)> = names
         .iter()
-        .map(|n| Ok(((*n).clone(), tensors[*n].to_device(&candle_core::Device::Cpu)?.contiguous()?)))
+        .map(|n| {
+            Ok((
+                (*n).clone(),
+                tensors[*n].to_device(&candle_core::Device::Cpu)?.contiguous()?,
+            ))
+        })
         .collect::<Result<_>>()?;
     for (n, t) in &data {
         views.push((n.clone(), t));

@@ -14,7 +14,11 @@ pub struct LinearConfig {
 
 impl LinearConfig {
     pub fn new(in_features: usize, out_features: usize) -> Self {
-        Self { in_features, out_features, bias: true }
+        Self {
+            in_features,
+            out_features,
+            bias: true,
+        }
     }
 }
 
@@ -33,7 +37,11 @@ impl Linear {
         }
         let init = Init::uniform_fan(cfg.in_features);
         let weight = vs.param("weight", (cfg.out_features, cfg.in_features), init)?;
-        let bias = if cfg.bias { Some(vs.param("bias", cfg.out_features, init)?) } else { None };
+        let bias = if cfg.bias {
+            Some(vs.param("bias", cfg.out_features, init)?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 

@@ -50,7 +50,10 @@ pub fn cross_entropy(
     let mut tdims = dims.clone();
     tdims.remove(1);
     if target.dims() != tdims.as_slice() {
-        bail!("cross_entropy: target shape {:?} does not fit logits {dims:?} (expected {tdims:?})", target.dims());
+        bail!(
+            "cross_entropy: target shape {:?} does not fit logits {dims:?} (expected {tdims:?})",
+            target.dims()
+        );
     }
     if !(0.0..=1.0).contains(&label_smoothing) {
         bail!("cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}");
@@ -59,7 +62,10 @@ pub fn cross_entropy(
         bail!("cross_entropy: no classes");
     }
     if !matches!(target.dtype(), DType::I64 | DType::U32 | DType::U8 | DType::I32) {
-        bail!("cross_entropy: target must hold integer class ids, got {:?}", target.dtype());
+        bail!(
+            "cross_entropy: target must hold integer class ids, got {:?}",
+            target.dtype()
+        );
     }
     // Class dimension last, everything else flattened: (M, C).
     let flat = if dims.len() == 2 {
@@ -78,10 +84,13 @@ pub fn cross_entropy(
             keep.push(0f32);
             idx.push(0u32);
         } else if t < 0 || t as usize >= c {
-            bail!("cross_entropy: target {t} is outside [0, {c}){}", match ignore_index {
-                Some(i) => format!(" and is not ignore_index {i}"),
-                None => String::new(),
-            });
+            bail!(
+                "cross_entropy: target {t} is outside [0, {c}){}",
+                match ignore_index {
+                    Some(i) => format!(" and is not ignore_index {i}"),
+                    None => String::new(),
+                }
+            );
         } else {
             keep.push(1.0);
             idx.push(t as u32);
@@ -91,7 +100,11 @@ pub fn cross_entropy(
     let m = ids.len();
     let count: f32 = keep.iter().sum();
     let per = if dev.is_cpu() && flat.dtype() == DType::F32 {
-        let op = CrossEntropyRows { target: idx, keep: keep.clone(), smoothing: label_smoothing as f32 };
+        let op = CrossEntropyRows {
+            target: idx,
+            keep: keep.clone(),
+            smoothing: label_smoothing as f32,
+        };
         flat.contiguous()?.apply_op1(op)?
     } else {
         per_row_composed(&flat, idx, label_smoothing)?
@@ -145,7 +158,11 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
         "seqlab-cross-entropy"
     }
 
-    fn cpu_fwd(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (m, c) = l.shape().dims2()?;
         let x = crate::kernel::contiguous_f32("cross_entropy", "logits", s, l)?;
         let eps = self.smoothing;
@@ -201,7 +218,11 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
 /// `F.mse_loss(input, target, reduction)`: `(input − target)²`, same shapes required.
 pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     if input.dims() != target.dims() {
-        bail!("mse_loss: input {:?} and target {:?} differ in shape", input.dims(), target.dims());
+        bail!(
+            "mse_loss: input {:?} and target {:?} differ in shape",
+            input.dims(),
+            target.dims()
+        );
     }
     let sq = (input - target)?.sqr()?;
     match reduction {
@@ -220,7 +241,13 @@ pub(crate) fn golden_cross_entropy(case: &crate::golden::Case) -> Result<crate::
     let ls: f64 = case.cfg_or("label_smoothing", 0.0)?;
     let reduction: Reduction = case.cfg_or("reduction", "mean".to_string())?.parse()?;
     crate::golden::run_standard(case, &vs, |inp| {
-        let loss = cross_entropy(&inp.get("logits")?, &inp.get("target")?, Some(ignore_index), ls, reduction)?;
+        let loss = cross_entropy(
+            &inp.get("logits")?,
+            &inp.get("target")?,
+            Some(ignore_index),
+            ls,
+            reduction,
+        )?;
         Ok([("loss".to_string(), loss)].into())
     })
 }
@@ -233,7 +260,12 @@ mod tests {
 
     fn logits() -> Tensor {
         Tensor::new(
-            &[[1.0f32, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0], [2.0, 2.0, 2.0, 2.0], [-1.0, 0.5, 0.25, 4.0]],
+            &[
+                [1.0f32, 2.0, 0.5, -1.0],
+                [0.0, -0.5, 3.0, 1.0],
+                [2.0, 2.0, 2.0, 2.0],
+                [-1.0, 0.5, 0.25, 4.0],
+            ],
             &Device::Cpu,
         )
         .unwrap()
@@ -259,10 +291,22 @@ mod tests {
     #[test]
     fn matches_torch_for_several_settings() {
         let (x, t) = (logits(), target());
-        close(&cross_entropy(&x, &t, Some(-100), 0.0, Reduction::None).unwrap(), &[0.49518189, 0.19500722, 1.38629436, 0.05869623]);
-        close(&cross_entropy(&x, &t, None, 0.0, Reduction::Mean).unwrap(), &[0.53379494]);
-        close(&cross_entropy(&x, &t, None, 0.2, Reduction::Sum).unwrap(), &[3.44767976]);
-        close(&cross_entropy(&x, &t, Some(2), 0.1, Reduction::Mean).unwrap(), &[0.79464084]);
+        close(
+            &cross_entropy(&x, &t, Some(-100), 0.0, Reduction::None).unwrap(),
+            &[0.49518189, 0.19500722, 1.38629436, 0.05869623],
+        );
+        close(
+            &cross_entropy(&x, &t, None, 0.0, Reduction::Mean).unwrap(),
+            &[0.53379494],
+        );
+        close(
+            &cross_entropy(&x, &t, None, 0.2, Reduction::Sum).unwrap(),
+            &[3.44767976],
+        );
+        close(
+            &cross_entropy(&x, &t, Some(2), 0.1, Reduction::Mean).unwrap(),
+            &[0.79464084],
+        );
     }
 
     /// (N, C, L) logits: `F.cross_entropy(x.reshape(2, 2, 4), torch.tensor([[0, 1, 1, 0],
@@ -274,7 +318,10 @@ mod tests {
         let t = Tensor::new(&[[0i64, 1, 1, 0], [1, 1, 0, 0]], &Device::Cpu).unwrap();
         let a = cross_entropy(&x, &t, Some(0), 0.1, Reduction::None).unwrap();
         assert_eq!(a.dims(), &[2, 4]);
-        close(&a, &[0.0, 2.45388985, 0.20388976, 0.0, 2.89858723, 1.62641335, 0.0, 0.0]);
+        close(
+            &a,
+            &[0.0, 2.45388985, 0.20388976, 0.0, 2.89858723, 1.62641335, 0.0, 0.0],
+        );
     }
 
     /// The fused CPU kernel and its analytic gradient agree with the composed path.
@@ -285,7 +332,11 @@ mod tests {
         let keep: Vec<f32> = (0..70).map(|i| if i % 7 == 3 { 0.0 } else { 1.0 }).collect();
         let probe = crate::SeqRng::new(4).normal(70, 0.0, 1.0, &Device::Cpu).unwrap();
         for eps in [0.0f32, 0.15] {
-            let op = CrossEntropyRows { target: ids.clone(), keep: keep.clone(), smoothing: eps };
+            let op = CrossEntropyRows {
+                target: ids.clone(),
+                keep: keep.clone(),
+                smoothing: eps,
+            };
             let keep_t = Tensor::new(keep.as_slice(), &Device::Cpu).unwrap();
             let fused = x.as_tensor().apply_op1(op).unwrap();
             let composed = (per_row_composed(x.as_tensor(), ids.clone(), eps as f64).unwrap() * &keep_t).unwrap();
@@ -313,7 +364,10 @@ mod tests {
     fn gradient_reaches_logits_except_ignored_rows() {
         let x = Var::from_tensor(&logits()).unwrap();
         let t = Tensor::new(&[1i64, 0, 2, 3], &Device::Cpu).unwrap();
-        let g = cross_entropy(x.as_tensor(), &t, Some(0), 0.1, Reduction::Mean).unwrap().backward().unwrap();
+        let g = cross_entropy(x.as_tensor(), &t, Some(0), 0.1, Reduction::Mean)
+            .unwrap()
+            .backward()
+            .unwrap();
         let g = g.get(&x).unwrap().to_vec2::<f32>().unwrap();
         for (i, row) in g.iter().enumerate() {
             assert!(row.iter().all(|v| v.is_finite()));

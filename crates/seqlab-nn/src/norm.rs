@@ -17,7 +17,11 @@ pub struct LayerNormConfig {
 
 impl LayerNormConfig {
     pub fn new(normalized_shape: usize) -> Self {
-        Self { normalized_shape, eps: 1e-5, elementwise_affine: true }
+        Self {
+            normalized_shape,
+            eps: 1e-5,
+            elementwise_affine: true,
+        }
     }
 }
 
@@ -42,7 +46,11 @@ impl LayerNorm {
         } else {
             (None, None)
         };
-        Ok(Self { weight, bias, eps: cfg.eps })
+        Ok(Self {
+            weight,
+            bias,
+            eps: cfg.eps,
+        })
     }
 
     /// (..., C) → (..., C). On CPU this is one fused kernel with a hand-written backward
@@ -51,7 +59,10 @@ impl LayerNorm {
         let c = *x.dims().last().unwrap_or(&0);
         if let Some(w) = &self.weight {
             if w.dims() != [c] {
-                bail!("LayerNorm: input's last dimension is {c}, normalized_shape is {}", w.dim(0)?);
+                bail!(
+                    "LayerNorm: input's last dimension is {c}, normalized_shape is {}",
+                    w.dim(0)?
+                );
             }
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 {
@@ -180,7 +191,11 @@ fn ln_backward(x: &[f32], gy: &[f32], c: usize, w: Option<&[f32]>, eps: f32) -> 
     };
     let chunk = ROWS_PER_TASK * c;
     let parts: Vec<(Vec<f32>, Vec<f32>)> = if x.len() > chunk {
-        x.par_chunks(chunk).zip(gy.par_chunks(chunk)).zip(dx.par_chunks_mut(chunk)).map(work).collect()
+        x.par_chunks(chunk)
+            .zip(gy.par_chunks(chunk))
+            .zip(dx.par_chunks_mut(chunk))
+            .map(work)
+            .collect()
     } else {
         vec![work(((x, gy), &mut dx))]
     };
@@ -225,7 +240,10 @@ impl CustomOp1 for LayerNormOp {
         if c == 0 {
             bail!("layer_norm: empty last dimension");
         }
-        Ok((CpuStorage::F32(ln_forward(x, c, None, None, self.eps)), l.shape().clone()))
+        Ok((
+            CpuStorage::F32(ln_forward(x, c, None, None, self.eps)),
+            l.shape().clone(),
+        ))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -248,12 +266,18 @@ impl CustomOp3 for LayerNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = crate::kernel::contiguous_f32("layer_norm", "input", s1, l1)?;
-        let (w, b) = (crate::kernel::contiguous_f32("layer_norm", "weight", s2, l2)?, crate::kernel::contiguous_f32("layer_norm", "bias", s3, l3)?);
+        let (w, b) = (
+            crate::kernel::contiguous_f32("layer_norm", "weight", s2, l2)?,
+            crate::kernel::contiguous_f32("layer_norm", "bias", s3, l3)?,
+        );
         let c = *l1.dims().last().unwrap_or(&0);
         if c == 0 || w.len() != c || b.len() != c {
             bail!("layer_norm: last dimension {c}, weight {}, bias {}", w.len(), b.len());
         }
-        Ok((CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps)), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps)),
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -288,7 +312,13 @@ pub struct BatchNorm1dConfig {
 
 impl BatchNorm1dConfig {
     pub fn new(num_features: usize) -> Self {
-        Self { num_features, eps: 1e-5, momentum: Some(0.1), affine: true, track_running_stats: true }
+        Self {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+        }
     }
 }
 
@@ -316,7 +346,10 @@ impl BatchNorm1d {
         }
         let c = cfg.num_features;
         let (weight, bias) = if cfg.affine {
-            (Some(vs.param("weight", c, Init::Ones)?), Some(vs.param("bias", c, Init::Zeros)?))
+            (
+                Some(vs.param("weight", c, Init::Ones)?),
+                Some(vs.param("bias", c, Init::Zeros)?),
+            )
         } else {
             (None, None)
         };
@@ -329,7 +362,14 @@ impl BatchNorm1d {
         } else {
             (None, None, None)
         };
-        Ok(Self { weight, bias, running_mean, running_var, num_batches_tracked, cfg: cfg.clone() })
+        Ok(Self {
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            num_batches_tracked,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn config(&self) -> &BatchNorm1dConfig {
@@ -355,12 +395,22 @@ impl BatchNorm1d {
                 bail!("BatchNorm1d: expected more than 1 value per channel when training, got input {dims:?}");
             }
             // (N, C, L) → (C, N·L) view of the statistics.
-            let x2 = if dims.len() == 2 { x.clone() } else { x.transpose(1, 2)?.reshape(((), c))? };
+            let x2 = if dims.len() == 2 {
+                x.clone()
+            } else {
+                x.transpose(1, 2)?.reshape(((), c))?
+            };
             let mean = x2.mean(0)?;
             let xc = x.broadcast_sub(&mean.reshape(bshape.as_slice())?)?;
-            let var = if dims.len() == 2 { xc.sqr()?.mean(0)? } else { xc.sqr()?.transpose(1, 2)?.reshape(((), c))?.mean(0)? };
+            let var = if dims.len() == 2 {
+                xc.sqr()?.mean(0)?
+            } else {
+                xc.sqr()?.transpose(1, 2)?.reshape(((), c))?.mean(0)?
+            };
             if train {
-                if let (Some(rm), Some(rv), Some(nbt)) = (&self.running_mean, &self.running_var, &self.num_batches_tracked) {
+                if let (Some(rm), Some(rv), Some(nbt)) =
+                    (&self.running_mean, &self.running_var, &self.num_batches_tracked)
+                {
                     let tracked = nbt.to_scalar::<i64>()? + 1;
                     nbt.set(&Tensor::new(tracked, x.device())?)?;
                     let f = match self.cfg.momentum {
@@ -468,14 +518,23 @@ mod tests {
     fn fused_layer_norm_matches_composed_forward_and_backward() {
         for affine in [true, false] {
             let vs = VarStore::new(3, &Device::Cpu);
-            let ln = LayerNorm::new(&LayerNormConfig { elementwise_affine: affine, ..LayerNormConfig::new(37) }, &vs).unwrap();
+            let ln = LayerNorm::new(
+                &LayerNormConfig {
+                    elementwise_affine: affine,
+                    ..LayerNormConfig::new(37)
+                },
+                &vs,
+            )
+            .unwrap();
             if affine {
                 // Non-trivial affine parameters.
                 for (_, v) in vs.trainable() {
-                    v.set(&crate::SeqRng::new(5).normal(37, 0.5, 1.0, &Device::Cpu).unwrap()).unwrap();
+                    v.set(&crate::SeqRng::new(5).normal(37, 0.5, 1.0, &Device::Cpu).unwrap())
+                        .unwrap();
                 }
             }
-            let xv = Var::from_tensor(&crate::SeqRng::new(2).normal((300, 37), 1.0, 3.0, &Device::Cpu).unwrap()).unwrap();
+            let xv =
+                Var::from_tensor(&crate::SeqRng::new(2).normal((300, 37), 1.0, 3.0, &Device::Cpu).unwrap()).unwrap();
             let probe = crate::SeqRng::new(4).normal((300, 37), 0.0, 1.0, &Device::Cpu).unwrap();
             let yf = ln.forward(xv.as_tensor()).unwrap();
             let yc = ln.forward_composed(xv.as_tensor()).unwrap();
@@ -487,12 +546,18 @@ mod tests {
                 assert!(max_rel(gf.get(&v).unwrap(), gc.get(&v).unwrap()) < 1e-5, "{name}");
             }
             let xt = xv.as_tensor().t().unwrap(); // (37, 300), non-contiguous
-            let ln2 = LayerNorm { weight: None, bias: None, eps: 1e-5 };
+            let ln2 = LayerNorm {
+                weight: None,
+                bias: None,
+                eps: 1e-5,
+            };
             assert!(max_rel(&ln2.forward(&xt).unwrap(), &ln2.forward_composed(&xt).unwrap()) < 1e-6);
         }
         let vs = VarStore::new(0, &Device::Cpu);
         let ln = LayerNorm::new(&LayerNormConfig::new(4), &vs).unwrap();
-        assert!(ln.forward(&Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap()).is_err());
+        assert!(ln
+            .forward(&Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap())
+            .is_err());
     }
 
     fn bn_input(shape: &[usize], seed: u64) -> Tensor {
@@ -514,7 +579,10 @@ mod tests {
     #[test]
     fn batch_norm_cumulative_average_and_eval_use_running_stats() {
         let vs = VarStore::new(0, &Device::Cpu);
-        let cfg = BatchNorm1dConfig { momentum: None, ..BatchNorm1dConfig::new(3) };
+        let cfg = BatchNorm1dConfig {
+            momentum: None,
+            ..BatchNorm1dConfig::new(3)
+        };
         let bn = BatchNorm1d::new(&cfg, &vs).unwrap();
         let (a, b) = (bn_input(&[4, 3], 1), bn_input(&[4, 3], 2));
         bn.forward(&a, true).unwrap();
@@ -523,7 +591,15 @@ mod tests {
         let both_mean = ((a.mean(0).unwrap() + b.mean(0).unwrap()).unwrap() * 0.5).unwrap();
         let rm = bn.running_mean.as_ref().unwrap().as_tensor();
         assert!(max_rel(rm, &both_mean) < 1e-6);
-        let uvar = |t: &Tensor| t.broadcast_sub(&t.mean_keepdim(0).unwrap()).unwrap().sqr().unwrap().sum(0).unwrap() / 3.0;
+        let uvar = |t: &Tensor| {
+            t.broadcast_sub(&t.mean_keepdim(0).unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum(0)
+                .unwrap()
+                / 3.0
+        };
         let both_var = ((uvar(&a).unwrap() + uvar(&b).unwrap()).unwrap() * 0.5).unwrap();
         assert!(max_rel(bn.running_var.as_ref().unwrap().as_tensor(), &both_var) < 1e-6);
         assert_eq!(bn.num_batches_tracked.as_ref().unwrap().to_scalar::<i64>().unwrap(), 2);
@@ -532,7 +608,12 @@ mod tests {
         let want = a
             .broadcast_sub(rm)
             .unwrap()
-            .broadcast_div(&(bn.running_var.as_ref().unwrap().as_tensor() + 1e-5).unwrap().sqrt().unwrap())
+            .broadcast_div(
+                &(bn.running_var.as_ref().unwrap().as_tensor() + 1e-5)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap(),
+            )
             .unwrap();
         assert!(max_rel(&y, &want) < 1e-6);
     }
@@ -548,7 +629,10 @@ mod tests {
             bn.forward(&bn_input(&[6, 4, 2], s), true).unwrap();
         }
         let names: Vec<String> = vs.state_dict().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]);
+        assert_eq!(
+            names,
+            ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+        );
         vs.save_safetensors(&f).unwrap();
         let vs2 = VarStore::new(1, &Device::Cpu);
         let bn2 = BatchNorm1d::new(&BatchNorm1dConfig::new(4), &vs2).unwrap();
@@ -558,8 +642,18 @@ mod tests {
         assert_eq!((nbt.dtype(), nbt.to_scalar::<i64>().unwrap()), (DType::I64, 3));
         let x = bn_input(&[2, 4, 3], 9);
         assert_eq!(
-            bn.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            bn2.forward(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            bn.forward(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            bn2.forward(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         );
     }
 
@@ -567,7 +661,14 @@ mod tests {
     fn batch_norm_rejects_bad_input_and_config() {
         let vs = VarStore::new(0, &Device::Cpu);
         assert!(BatchNorm1d::new(&BatchNorm1dConfig::new(0), &vs).is_err());
-        assert!(BatchNorm1d::new(&BatchNorm1dConfig { momentum: Some(1.5), ..BatchNorm1dConfig::new(2) }, &vs).is_err());
+        assert!(BatchNorm1d::new(
+            &BatchNorm1dConfig {
+                momentum: Some(1.5),
+                ..BatchNorm1dConfig::new(2)
+            },
+            &vs
+        )
+        .is_err());
         let bn = BatchNorm1d::new(&BatchNorm1dConfig::new(4), &vs).unwrap();
         assert!(bn.forward(&bn_input(&[3, 5], 0), true).is_err());
         assert!(bn.forward(&bn_input(&[3], 0), true).is_err());
@@ -575,7 +676,11 @@ mod tests {
         assert!(e.contains("more than 1 value"), "{e}");
         // Without running statistics evaluation uses the batch, and no buffers exist.
         let vs = VarStore::new(0, &Device::Cpu);
-        let cfg = BatchNorm1dConfig { track_running_stats: false, affine: false, ..BatchNorm1dConfig::new(4) };
+        let cfg = BatchNorm1dConfig {
+            track_running_stats: false,
+            affine: false,
+            ..BatchNorm1dConfig::new(4)
+        };
         let bn = BatchNorm1d::new(&cfg, &vs).unwrap();
         let x = bn_input(&[5, 4], 3);
         assert_eq!(

@@ -67,10 +67,23 @@ mod tests {
         assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6));
         let w = Tensor::new(&[[1f32, 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
         let g = (p * w).unwrap().sum_all().unwrap().backward().unwrap();
-        let gx = g.get(&x).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let gx = g
+            .get(&x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(gx > 0.0);
         let lp = log_softmax(x.as_tensor(), 1).unwrap().exp().unwrap();
-        let d = (lp - softmax(x.as_tensor(), 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+        let d = (lp - softmax(x.as_tensor(), 1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
     }
 }

@@ -72,10 +72,17 @@ impl OptimizerState {
         let md = meta.metadata().clone().unwrap_or_default();
         let get = |k: &str| md.get(k).cloned().ok_or_else(|| err(format!("no `{k}` metadata")));
         let kind = get("optimizer")?;
-        let step = get("step")?.parse::<u64>().map_err(|e| err(format!("bad `step`: {e}")))?;
+        let step = get("step")?
+            .parse::<u64>()
+            .map_err(|e| err(format!("bad `step`: {e}")))?;
         let lr = get("lr")?.parse::<f64>().map_err(|e| err(format!("bad `lr`: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
-        Ok(Self { kind, step, lr, tensors })
+        Ok(Self {
+            kind,
+            step,
+            lr,
+            tensors,
+        })
     }
 }
 
@@ -111,7 +118,13 @@ impl Params {
             if index.insert(var.id(), i).is_some() {
                 bail!("{what}: parameter {name} is listed twice");
             }
-            slots.push(Slot { name, var, buf1: vec![], buf2: vec![], step: 0 });
+            slots.push(Slot {
+                name,
+                var,
+                buf1: vec![],
+                buf2: vec![],
+                step: 0,
+            });
         }
         Ok(Self { slots, index })
     }
@@ -143,7 +156,12 @@ impl Params {
         for (i, g) in grads {
             let s = &self.slots[*i];
             if g.shape() != s.var.shape() {
-                bail!("{what}: gradient of {} has shape {:?}, parameter {:?}", s.name, g.dims(), s.var.dims());
+                bail!(
+                    "{what}: gradient of {} has shape {:?}, parameter {:?}",
+                    s.name,
+                    g.dims(),
+                    s.var.dims()
+                );
             }
             if g.dtype() != DType::F32 {
                 bail!("{what}: gradient of {} is {:?}, expected f32", s.name, g.dtype());
@@ -158,7 +176,9 @@ impl Params {
 fn update_param(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
     let grad = grad.contiguous()?;
     if var.device().is_cpu() && grad.device().is_cpu() {
-        let op = Fused { kernel: RefCell::new(kernel) };
+        let op = Fused {
+            kernel: RefCell::new(kernel),
+        };
         var.as_tensor().inplace_op2(&grad, &op)
     } else {
         let mut p = var.flatten_all()?.to_vec1::<f32>()?;
@@ -211,7 +231,10 @@ fn export(slots: &[Slot], names: [&str; 2]) -> Result<HashMap<String, Tensor>> {
         t.insert(format!("step.{}", s.name), Tensor::new(s.step as i64, &Device::Cpu)?);
         for (n, b) in names.iter().zip([&s.buf1, &s.buf2]) {
             if !n.is_empty() && !b.is_empty() {
-                t.insert(format!("{n}.{}", s.name), Tensor::from_slice(b, s.var.shape(), &Device::Cpu)?);
+                t.insert(
+                    format!("{n}.{}", s.name),
+                    Tensor::from_slice(b, s.var.shape(), &Device::Cpu)?,
+                );
             }
         }
     }
@@ -261,7 +284,12 @@ fn import(
                 Some(t) => {
                     used += 1;
                     if t.shape() != s.var.shape() || t.dtype() != DType::F32 {
-                        problems.push(format!("{key}: {:?} {:?}, parameter is {:?} F32", t.dims(), t.dtype(), s.var.dims()));
+                        problems.push(format!(
+                            "{key}: {:?} {:?}, parameter is {:?} F32",
+                            t.dims(),
+                            t.dtype(),
+                            s.var.dims()
+                        ));
                     } else {
                         bufs[k] = t.flatten_all()?.to_vec1::<f32>()?;
                     }
@@ -274,7 +302,12 @@ fn import(
     if used != state.tensors.len() {
         let known: std::collections::HashSet<String> = slots
             .iter()
-            .flat_map(|s| ["step", names[0], names[1]].into_iter().filter(|n| !n.is_empty()).map(move |n| format!("{n}.{}", s.name)))
+            .flat_map(|s| {
+                ["step", names[0], names[1]]
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .map(move |n| format!("{n}.{}", s.name))
+            })
             .collect();
         for k in state.tensors.keys() {
             if !known.contains(k) {
@@ -307,13 +340,21 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
 impl AdamWConfig {
     pub fn new(lr: f64) -> Self {
-        Self { lr, ..Default::default() }
+        Self {
+            lr,
+            ..Default::default()
+        }
     }
 }
 
@@ -335,7 +376,11 @@ impl AdamW {
         if !ok(cfg.eps) || !ok(cfg.weight_decay) {
             bail!("AdamW: eps and weight_decay must be finite and >= 0, got {cfg:?}");
         }
-        Ok(Self { params: Params::new("AdamW", params)?, cfg, steps: 0 })
+        Ok(Self {
+            params: Params::new("AdamW", params)?,
+            cfg,
+            steps: 0,
+        })
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -344,7 +389,12 @@ impl AdamW {
 
     fn apply(&mut self, grads: Vec<(usize, Tensor)>) -> Result<()> {
         self.params.check_grads("AdamW", &grads)?;
-        let AdamWConfig { lr, betas: (beta1, beta2), eps, weight_decay } = self.cfg;
+        let AdamWConfig {
+            lr,
+            betas: (beta1, beta2),
+            eps,
+            weight_decay,
+        } = self.cfg;
         for (i, g) in grads {
             let slot = &mut self.params.slots[i];
             let n = slot.var.elem_count();
@@ -371,7 +421,11 @@ impl AdamW {
                         *p *= decay;
                     }
                     // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
-                    *m = if w.abs() < 0.5 { *m + w * (g - *m) } else { g - (g - *m) * (1.0 - w) };
+                    *m = if w.abs() < 0.5 {
+                        *m + w * (g - *m)
+                    } else {
+                        g - (g - *m) * (1.0 - w)
+                    };
                     // `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`
                     *v = *v * b2 + omb2 * g * g;
                     let denom = v.sqrt() / bc2_sqrt + eps;
@@ -420,7 +474,14 @@ impl Optimizer for AdamW {
 
     fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         check_lr("AdamW", state.lr)?;
-        let got = import("AdamW", &self.params.slots, state, "adamw", ["exp_avg", "exp_avg_sq"], [true, true])?;
+        let got = import(
+            "AdamW",
+            &self.params.slots,
+            state,
+            "adamw",
+            ["exp_avg", "exp_avg_sq"],
+            [true, true],
+        )?;
         for (s, (step, b1, b2)) in self.params.slots.iter_mut().zip(got) {
             (s.step, s.buf1, s.buf2) = (step, b1, b2);
         }
@@ -449,7 +510,13 @@ pub struct SgdConfig {
 
 impl SgdConfig {
     pub fn new(lr: f64) -> Self {
-        Self { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
+        Self {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
     }
 }
 
@@ -470,7 +537,11 @@ impl Sgd {
         if cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0) {
             bail!("SGD: Nesterov momentum requires a momentum and zero dampening, got {cfg:?}");
         }
-        Ok(Self { params: Params::new("SGD", params)?, cfg, steps: 0 })
+        Ok(Self {
+            params: Params::new("SGD", params)?,
+            cfg,
+            steps: 0,
+        })
     }
 
     pub fn config(&self) -> &SgdConfig {
@@ -479,8 +550,19 @@ impl Sgd {
 
     fn apply(&mut self, grads: Vec<(usize, Tensor)>) -> Result<()> {
         self.params.check_grads("SGD", &grads)?;
-        let SgdConfig { lr, momentum, dampening, weight_decay, nesterov } = self.cfg;
-        let (wd, mom, damp, neg_lr) = (weight_decay as f32, momentum as f32, (1.0 - dampening) as f32, (-lr) as f32);
+        let SgdConfig {
+            lr,
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+        } = self.cfg;
+        let (wd, mom, damp, neg_lr) = (
+            weight_decay as f32,
+            momentum as f32,
+            (1.0 - dampening) as f32,
+            (-lr) as f32,
+        );
         for (i, g) in grads {
             let slot = &mut self.params.slots[i];
             slot.step += 1;
@@ -542,7 +624,14 @@ impl Optimizer for Sgd {
     fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         check_lr("SGD", state.lr)?;
         let req = self.cfg.momentum != 0.0;
-        let got = import("SGD", &self.params.slots, state, "sgd", ["momentum_buffer", ""], [req, false])?;
+        let got = import(
+            "SGD",
+            &self.params.slots,
+            state,
+            "sgd",
+            ["momentum_buffer", ""],
+            [req, false],
+        )?;
         for (s, (step, b1, _)) in self.params.slots.iter_mut().zip(got) {
             (s.step, s.buf1) = (step, b1);
         }
@@ -615,7 +704,10 @@ mod tests {
     }
 
     fn values(vs: &VarStore) -> Vec<Vec<f32>> {
-        vs.trainable().iter().map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        vs.trainable()
+            .iter()
+            .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
     }
 
     /// Expected values: `torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8,
@@ -625,7 +717,11 @@ mod tests {
     #[test]
     fn adamw_matches_torch_on_a_small_case() {
         let w = Var::new(&[1f32, -2., 3.], &Device::Cpu).unwrap();
-        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.5, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg).unwrap();
         let g = Tensor::new(&[0.5f32, -1., 0.], &Device::Cpu).unwrap();
         opt.step_with(&[(w.clone(), g.clone())]).unwrap();
@@ -646,7 +742,12 @@ mod tests {
     #[test]
     fn sgd_nesterov_matches_torch() {
         let w = Var::new(&[1f32, -2.], &Device::Cpu).unwrap();
-        let cfg = SgdConfig { momentum: 0.9, weight_decay: 0.1, nesterov: true, ..SgdConfig::new(0.1) };
+        let cfg = SgdConfig {
+            momentum: 0.9,
+            weight_decay: 0.1,
+            nesterov: true,
+            ..SgdConfig::new(0.1)
+        };
         let mut opt = Sgd::new(vec![("w".into(), w.clone())], cfg).unwrap();
         let g = Tensor::new(&[0.5f32, 1.], &Device::Cpu).unwrap();
         opt.step_with(&[(w.clone(), g.clone())]).unwrap();
@@ -679,11 +780,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("seqlab-optim-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         vs_b.save_safetensors(dir.join("model.safetensors")).unwrap();
-        b.state_dict().unwrap().save_safetensors(dir.join("optim.safetensors")).unwrap();
+        b.state_dict()
+            .unwrap()
+            .save_safetensors(dir.join("optim.safetensors"))
+            .unwrap();
         let (vs_c, _) = setup(77);
         vs_c.load_safetensors(dir.join("model.safetensors"), true).unwrap();
         let mut c = make(&vs_c);
-        c.load_state(&OptimizerState::load_safetensors(dir.join("optim.safetensors")).unwrap()).unwrap();
+        c.load_state(&OptimizerState::load_safetensors(dir.join("optim.safetensors")).unwrap())
+            .unwrap();
         std::fs::remove_dir_all(&dir).ok();
         assert_eq!(c.lr(), b.lr());
         assert_eq!(c.state_dict().unwrap().step, k as u64);
@@ -697,27 +802,51 @@ mod tests {
 
     #[test]
     fn adamw_resumes_bit_exactly() {
-        run_resume(|vs| AdamW::new(vs.trainable(), AdamWConfig::new(0.05)).unwrap(), "adamw");
+        run_resume(
+            |vs| AdamW::new(vs.trainable(), AdamWConfig::new(0.05)).unwrap(),
+            "adamw",
+        );
     }
 
     #[test]
     fn sgd_resumes_bit_exactly() {
-        let cfg = SgdConfig { momentum: 0.9, dampening: 0.1, weight_decay: 0.01, ..SgdConfig::new(0.05) };
+        let cfg = SgdConfig {
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 0.01,
+            ..SgdConfig::new(0.05)
+        };
         run_resume(|vs| Sgd::new(vs.trainable(), cfg.clone()).unwrap(), "sgd");
     }
 
     #[test]
     fn bad_config_and_state_are_errors() {
         let (vs, _) = setup(1);
-        assert!(AdamW::new(vs.trainable(), AdamWConfig { betas: (1.0, 0.9), ..Default::default() }).is_err());
+        assert!(AdamW::new(
+            vs.trainable(),
+            AdamWConfig {
+                betas: (1.0, 0.9),
+                ..Default::default()
+            }
+        )
+        .is_err());
         assert!(AdamW::new(vs.trainable(), AdamWConfig::new(-1.0)).is_err());
-        assert!(Sgd::new(vs.trainable(), SgdConfig { nesterov: true, ..SgdConfig::new(0.1) }).is_err());
+        assert!(Sgd::new(
+            vs.trainable(),
+            SgdConfig {
+                nesterov: true,
+                ..SgdConfig::new(0.1)
+            }
+        )
+        .is_err());
         let mut opt = AdamW::new(vs.trainable(), AdamWConfig::default()).unwrap();
         let wrong = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
         let w = vs.get("w").unwrap();
         assert!(opt.step_with(&[(w, wrong.clone())]).is_err());
         let stranger = Var::new(&[1f32], &Device::Cpu).unwrap();
-        assert!(opt.step_with(&[(stranger.clone(), stranger.as_tensor().clone())]).is_err());
+        assert!(opt
+            .step_with(&[(stranger.clone(), stranger.as_tensor().clone())])
+            .is_err());
         let mut st = opt.state_dict().unwrap();
         st.tensors.insert("exp_avg.nope".into(), wrong.clone());
         let e = opt.load_state(&st).unwrap_err().to_string();

@@ -31,14 +31,19 @@ pub struct SinusoidalPositionalEncoding {
 
 impl SinusoidalPositionalEncoding {
     pub fn new(max_len: usize, d_model: usize, device: &Device) -> Result<Self> {
-        Ok(Self { table: sinusoidal_table(max_len, d_model, device)? })
+        Ok(Self {
+            table: sinusoidal_table(max_len, d_model, device)?,
+        })
     }
 
     /// Rows `offset .. offset + len` of the table: (len, d_model).
     pub fn rows(&self, offset: usize, len: usize) -> Result<Tensor> {
         let max = self.table.dim(0)?;
         if offset + len > max {
-            bail!("positional encoding: positions up to {} requested, table has {max} (raise max_len)", offset + len);
+            bail!(
+                "positional encoding: positions up to {} requested, table has {max} (raise max_len)",
+                offset + len
+            );
         }
         self.table.narrow(0, offset, len)
     }
@@ -47,7 +52,10 @@ impl SinusoidalPositionalEncoding {
     pub fn forward(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, l, d) = x.dims3()?;
         if d != self.table.dim(1)? {
-            bail!("positional encoding: input width {d}, table width {}", self.table.dim(1)?);
+            bail!(
+                "positional encoding: input width {d}, table width {}",
+                self.table.dim(1)?
+            );
         }
         x.broadcast_add(&self.rows(offset, l)?)
     }

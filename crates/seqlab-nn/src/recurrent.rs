@@ -131,7 +131,11 @@ impl RecurrentConfig {
             bail!("{n}: proj_size is only supported by LSTM");
         }
         if self.proj_size >= self.hidden_size && self.proj_size > 0 {
-            bail!("{n}: proj_size ({}) must be smaller than hidden_size ({})", self.proj_size, self.hidden_size);
+            bail!(
+                "{n}: proj_size ({}) must be smaller than hidden_size ({})",
+                self.proj_size,
+                self.hidden_size
+            );
         }
         Ok(())
     }
@@ -194,12 +198,23 @@ impl Stack {
                 } else {
                     None
                 };
-                dirs.push(DirParams { w_ih, w_hh, b_ih, b_hh, w_hr });
+                dirs.push(DirParams {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w_hr,
+                });
             }
             layers.push(dirs);
         }
         let dropout = Dropout::new(cfg.dropout, vs.rng())?;
-        Ok(Self { cell, cfg, layers, dropout })
+        Ok(Self {
+            cell,
+            cfg,
+            layers,
+            dropout,
+        })
     }
 
     fn forward(
@@ -222,10 +237,17 @@ impl Stack {
         if x.dtype() != DType::F32 {
             bail!("{n}: input must be f32, got {:?}", x.dtype());
         }
-        let x = if cfg.batch_first { x.transpose(0, 1)?.contiguous()? } else { x.clone() };
+        let x = if cfg.batch_first {
+            x.transpose(0, 1)?.contiguous()?
+        } else {
+            x.clone()
+        };
         let (t_len, bsz, i_size) = x.dims3()?;
         if i_size != cfg.input_size {
-            bail!("{n}: input feature size {i_size}, expected input_size {}", cfg.input_size);
+            bail!(
+                "{n}: input feature size {i_size}, expected input_size {}",
+                cfg.input_size
+            );
         }
         if t_len == 0 || bsz == 0 {
             bail!("{n}: empty input of shape {:?}", x.dims());
@@ -242,7 +264,11 @@ impl Stack {
         let check_state = |s: Option<&Tensor>, what: &str, size: usize| -> Result<()> {
             if let Some(s) = s {
                 if s.dims() != [layers * dirs, bsz, size] {
-                    bail!("{n}: {what} must have shape {:?}, got {:?}", [layers * dirs, bsz, size], s.dims());
+                    bail!(
+                        "{n}: {what} must have shape {:?}, got {:?}",
+                        [layers * dirs, bsz, size],
+                        s.dims()
+                    );
                 }
             }
             Ok(())
@@ -266,7 +292,10 @@ impl Stack {
                     (Some(bi), Some(bh)) if gru => {
                         let rz = bh.narrow(0, 0, 2 * h)?;
                         let pad = Tensor::zeros(h, DType::F32, dev)?;
-                        (Some((bi + Tensor::cat(&[&rz, &pad], 0)?)?), Some(bh.narrow(0, 2 * h, h)?))
+                        (
+                            Some((bi + Tensor::cat(&[&rz, &pad], 0)?)?),
+                            Some(bh.narrow(0, 2 * h, h)?),
+                        )
                     }
                     (Some(bi), Some(bh)) => (Some((bi + bh)?), None),
                     _ => (None, None),
@@ -296,7 +325,11 @@ impl Stack {
                 if let Some(b) = &b_hn {
                     wparts.push(b.clone());
                 }
-                let w = if wparts.len() == 1 { wparts.pop().unwrap() } else { Tensor::cat(&wparts, 0)? };
+                let w = if wparts.len() == 1 {
+                    wparts.pop().unwrap()
+                } else {
+                    Tensor::cat(&wparts, 0)?
+                };
                 let spec = FusedSpec {
                     cell: self.cell.fused(),
                     seq_len: t_len,
@@ -315,10 +348,22 @@ impl Stack {
                     cns.push(c);
                 }
             }
-            let out = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
-            layer_in = if l + 1 < layers { self.dropout.forward(&out, train)? } else { out };
+            let out = if outs.len() == 1 {
+                outs.pop().unwrap()
+            } else {
+                Tensor::cat(&outs, 2)?
+            };
+            layer_in = if l + 1 < layers {
+                self.dropout.forward(&out, train)?
+            } else {
+                out
+            };
         }
-        let out = if cfg.batch_first { layer_in.transpose(0, 1)?.contiguous()? } else { layer_in };
+        let out = if cfg.batch_first {
+            layer_in.transpose(0, 1)?.contiguous()?
+        } else {
+            layer_in
+        };
         let hn = Tensor::stack(&hns, 0)?;
         let cn = if lstm { Some(Tensor::stack(&cns, 0)?) } else { None };
         Ok(StackOut { out, hn, cn })
@@ -381,7 +426,9 @@ pub struct Lstm {
 
 impl Lstm {
     pub fn new(cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
-        Ok(Self { stack: Stack::new(CellKind::Lstm, cfg, vs)? })
+        Ok(Self {
+            stack: Stack::new(CellKind::Lstm, cfg, vs)?,
+        })
     }
 
     pub fn config(&self) -> &RecurrentConfig {
@@ -400,7 +447,9 @@ impl Lstm {
         lengths: Option<&[usize]>,
         train: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let r = self.stack.forward(x, state0.map(|s| s.0), state0.map(|s| s.1), lengths, train)?;
+        let r = self
+            .stack
+            .forward(x, state0.map(|s| s.0), state0.map(|s| s.1), lengths, train)?;
         Ok((r.out, r.hn, r.cn.expect("LSTM has a cell state")))
     }
 }
@@ -420,7 +469,15 @@ pub struct RecurrentClassifierConfig {
 
 impl RecurrentClassifierConfig {
     pub fn new(cell: CellKind, input_size: usize, hidden_size: usize, num_classes: usize) -> Self {
-        Self { cell, input_size, hidden_size, num_layers: 1, bidirectional: false, dropout: 0.0, num_classes }
+        Self {
+            cell,
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+            num_classes,
+        }
     }
 }
 
@@ -453,7 +510,11 @@ impl RecurrentClassifier {
         let stack = Stack::new(cfg.cell, &rc, &vs.pp("rnn"))?;
         let d = if cfg.bidirectional { 2 } else { 1 };
         let fc = Linear::new(&LinearConfig::new(d * cfg.hidden_size, cfg.num_classes), &vs.pp("fc"))?;
-        Ok(Self { cfg: cfg.clone(), stack, fc })
+        Ok(Self {
+            cfg: cfg.clone(),
+            stack,
+            fc,
+        })
     }
 
     pub fn config(&self) -> &RecurrentClassifierConfig {
@@ -475,7 +536,13 @@ impl RecurrentClassifier {
 fn case_lengths(inp: &crate::golden::Inputs) -> Result<Option<Vec<usize>>> {
     match inp.opt("lengths") {
         None => Ok(None),
-        Some(t) => Ok(Some(t.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|v| v.max(0) as usize).collect())),
+        Some(t) => Ok(Some(
+            t.to_dtype(DType::I64)?
+                .to_vec1::<i64>()?
+                .into_iter()
+                .map(|v| v.max(0) as usize)
+                .collect(),
+        )),
     }
 }
 
@@ -542,7 +609,11 @@ pub(crate) fn golden_seed_model(case: &crate::golden::Case) -> Result<crate::gol
     let model = RecurrentClassifier::new(&cfg, &vs)?;
     crate::golden::run_standard(case, &vs, |inp| {
         let lengths = case_lengths(inp)?;
-        Ok([("y".to_string(), model.forward(&inp.get("x")?, lengths.as_deref(), false)?)].into())
+        Ok([(
+            "y".to_string(),
+            model.forward(&inp.get("x")?, lengths.as_deref(), false)?,
+        )]
+        .into())
     })
 }
 
@@ -558,15 +629,26 @@ mod tests {
     }
 
     fn bidir_cfg() -> RecurrentConfig {
-        RecurrentConfig { num_layers: 2, bidirectional: true, ..RecurrentConfig::new(4, 6) }
+        RecurrentConfig {
+            num_layers: 2,
+            bidirectional: true,
+            ..RecurrentConfig::new(4, 6)
+        }
     }
 
     #[test]
     fn parameter_names_shapes_and_order_follow_pytorch() {
         let vs = VarStore::new(0, &Device::Cpu);
-        let cfg = RecurrentConfig { proj_size: 3, ..bidir_cfg() };
+        let cfg = RecurrentConfig {
+            proj_size: 3,
+            ..bidir_cfg()
+        };
         Lstm::new(&cfg, &vs).unwrap();
-        let sd: Vec<(String, Vec<usize>)> = vs.state_dict().into_iter().map(|(n, t)| (n, t.dims().to_vec())).collect();
+        let sd: Vec<(String, Vec<usize>)> = vs
+            .state_dict()
+            .into_iter()
+            .map(|(n, t)| (n, t.dims().to_vec()))
+            .collect();
         // torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3).state_dict()
         let want: Vec<(&str, Vec<usize>)> = vec![
             ("weight_ih_l0", vec![24, 4]),
@@ -603,15 +685,45 @@ mod tests {
     fn bad_configs_and_inputs_are_errors() {
         let vs = VarStore::new(0, &Device::Cpu);
         let c = RecurrentConfig::new(4, 6);
-        assert!(Lstm::new(&RecurrentConfig { proj_size: 6, ..c.clone() }, &vs).is_err());
-        assert!(Gru::new(&RecurrentConfig { proj_size: 2, ..c.clone() }, &vs).is_err());
-        assert!(Rnn::new(&RecurrentConfig { dropout: 1.0, ..c.clone() }, &vs).is_err());
-        assert!(Rnn::new(&RecurrentConfig { num_layers: 0, ..c.clone() }, &vs).is_err());
+        assert!(Lstm::new(
+            &RecurrentConfig {
+                proj_size: 6,
+                ..c.clone()
+            },
+            &vs
+        )
+        .is_err());
+        assert!(Gru::new(
+            &RecurrentConfig {
+                proj_size: 2,
+                ..c.clone()
+            },
+            &vs
+        )
+        .is_err());
+        assert!(Rnn::new(
+            &RecurrentConfig {
+                dropout: 1.0,
+                ..c.clone()
+            },
+            &vs
+        )
+        .is_err());
+        assert!(Rnn::new(
+            &RecurrentConfig {
+                num_layers: 0,
+                ..c.clone()
+            },
+            &vs
+        )
+        .is_err());
         let rnn = Rnn::new(&c, &vs).unwrap();
         assert!(rnn.forward(&input((3, 2, 5)), None, None, false).is_err());
         assert!(rnn.forward(&input((3, 2, 4)), None, Some(&[3, 4]), false).is_err());
         assert!(rnn.forward(&input((3, 2, 4)), None, Some(&[3]), false).is_err());
-        assert!(rnn.forward(&input((3, 2, 4)), Some(&input((1, 3, 6))), None, false).is_err());
+        assert!(rnn
+            .forward(&input((3, 2, 4)), Some(&input((1, 3, 6))), None, false)
+            .is_err());
         assert!(CellKind::parse("transformer").is_err());
     }
 
@@ -628,14 +740,27 @@ mod tests {
     #[test]
     fn lstm_with_projection_bidirectional_gets_all_gradients() {
         let vs = VarStore::new(2, &Device::Cpu);
-        let cfg = RecurrentConfig { proj_size: 3, batch_first: true, dropout: 0.3, ..bidir_cfg() };
+        let cfg = RecurrentConfig {
+            proj_size: 3,
+            batch_first: true,
+            dropout: 0.3,
+            ..bidir_cfg()
+        };
         let m = Lstm::new(&cfg, &vs).unwrap();
         let (out, hn, cn) = m.forward(&input((3, 5, 4)), None, Some(&[5, 2, 4]), true).unwrap();
         assert_eq!(out.dims(), &[3, 5, 6]);
         assert_eq!(hn.dims(), &[4, 3, 3]);
         assert_eq!(cn.dims(), &[4, 3, 6]);
         // Padded outputs are exactly zero.
-        let pad = out.get(1).unwrap().narrow(0, 2, 3).unwrap().abs().unwrap().sum_all().unwrap();
+        let pad = out
+            .get(1)
+            .unwrap()
+            .narrow(0, 2, 3)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
         assert_eq!(pad.to_scalar::<f32>().unwrap(), 0.0);
         assert_all_params_get_grad(
             &vs,
@@ -671,16 +796,36 @@ mod tests {
     #[test]
     fn lengths_match_running_each_sequence_alone() {
         let vs = VarStore::new(5, &Device::Cpu);
-        let m = Gru::new(&RecurrentConfig { batch_first: true, ..bidir_cfg() }, &vs).unwrap();
+        let m = Gru::new(
+            &RecurrentConfig {
+                batch_first: true,
+                ..bidir_cfg()
+            },
+            &vs,
+        )
+        .unwrap();
         let x = input((2, 5, 4));
         let (out, hn) = m.forward(&x, None, Some(&[5, 3]), false).unwrap();
         let x1 = x.get(1).unwrap().narrow(0, 0, 3).unwrap().unsqueeze(0).unwrap();
         let (out1, hn1) = m.forward(&x1, None, None, false).unwrap();
         let a = out.get(1).unwrap().narrow(0, 0, 3).unwrap();
-        let d = (a - out1.get(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - out1.get(0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6, "{d}");
-        let d =
-            (hn.narrow(1, 1, 1).unwrap() - hn1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (hn.narrow(1, 1, 1).unwrap() - hn1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6, "{d}");
     }
 }

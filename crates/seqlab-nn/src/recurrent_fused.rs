@@ -61,7 +61,12 @@ impl FusedSpec {
         self.cell.gates() * self.hidden
     }
     fn state_len(&self) -> usize {
-        self.batch * self.out + if self.cell == FusedCell::Lstm { self.batch * self.hidden } else { 0 }
+        self.batch * self.out
+            + if self.cell == FusedCell::Lstm {
+                self.batch * self.hidden
+            } else {
+                0
+            }
     }
     fn w_len(&self) -> usize {
         self.gh() * self.out
@@ -175,8 +180,11 @@ pub fn sgemm_strided(
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let threads = rayon::current_num_threads();
     // Thread dispatch costs more than it saves on tiny products.
-    let par =
-        if threads > 1 && m * n * k >= 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 && m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(
@@ -247,7 +255,6 @@ fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-
 impl FusedRecurrence {
     pub fn new(spec: FusedSpec) -> Result<Self> {
         if let Some(l) = &spec.lengths {
@@ -262,9 +269,17 @@ impl FusedRecurrence {
             bail!("fused recurrence: projection is LSTM-only");
         }
         if !spec.proj && spec.out != spec.hidden {
-            bail!("fused recurrence: out size {} != hidden {} without projection", spec.out, spec.hidden);
+            bail!(
+                "fused recurrence: out size {} != hidden {} without projection",
+                spec.out,
+                spec.hidden
+            );
         }
-        Ok(Self { spec, saved: Mutex::new(None), keep: true })
+        Ok(Self {
+            spec,
+            saved: Mutex::new(None),
+            keep: true,
+        })
     }
 
     /// Runs the op: returns `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)`.
@@ -273,10 +288,16 @@ impl FusedRecurrence {
         let lstm = spec.cell == FusedCell::Lstm;
         let mut op = Self::new(spec)?;
         op.keep = gx.track_op() || state0.track_op() || w.track_op();
-        let res = gx.contiguous()?.apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
+        let res = gx
+            .contiguous()?
+            .apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
         let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
         let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
-        let cn = if lstm { Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?) } else { None };
+        let cn = if lstm {
+            Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?)
+        } else {
+            None
+        };
         Ok((out, hn, cn))
     }
 
@@ -301,8 +322,11 @@ impl FusedRecurrence {
         let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
         let mut hcur = state0[..bsz * p].to_vec();
         let mut ccur = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
-        let mut sv =
-            Saved { hprev: vec![0.0; t_len * bsz * p], gates: vec![0.0; t_len * bsz * gh], ..Default::default() };
+        let mut sv = Saved {
+            hprev: vec![0.0; t_len * bsz * p],
+            gates: vec![0.0; t_len * bsz * gh],
+            ..Default::default()
+        };
         if lstm {
             sv.cprev = vec![0.0; t_len * bsz * h];
             sv.tc = vec![0.0; t_len * bsz * h];
@@ -414,7 +438,9 @@ impl FusedRecurrence {
         let sp = &self.spec;
         let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
         let guard = self.saved.lock().unwrap();
-        let Some(sv) = guard.as_ref() else { bail!("fused recurrence: backward before forward") };
+        let Some(sv) = guard.as_ref() else {
+            bail!("fused recurrence: backward before forward")
+        };
         let lstm = sp.cell == FusedCell::Lstm;
         let gru = sp.cell == FusedCell::Gru;
         let w = &sv.w;
@@ -422,7 +448,11 @@ impl FusedRecurrence {
         let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
         let dout = &gres[..t_len * bsz * p];
         let mut dh = gres[t_len * bsz * p..t_len * bsz * p + bsz * p].to_vec();
-        let mut dc = if lstm { gres[t_len * bsz * p + bsz * p..].to_vec() } else { vec![] };
+        let mut dc = if lstm {
+            gres[t_len * bsz * p + bsz * p..].to_vec()
+        } else {
+            vec![]
+        };
         // dgx in time order; for RNN/LSTM it is also the gradient of h @ W_hh^T.
         let mut dgx = vec![0f32; t_len * bsz * gh];
         // GRU: the gradient of h @ W_hh^T (+ b_hn) differs from dgx in the n block.
@@ -465,7 +495,11 @@ impl FusedRecurrence {
                         }
                     }
                     FusedCell::Lstm => {
-                        let dmb: &[f32] = if sp.proj { &dm[b * h..(b + 1) * h] } else { &dh[b * p..(b + 1) * p] };
+                        let dmb: &[f32] = if sp.proj {
+                            &dm[b * h..(b + 1) * h]
+                        } else {
+                            &dh[b * p..(b + 1) * p]
+                        };
                         let tc = &sv.tc[row * h..(row + 1) * h];
                         let cp = &sv.cprev[row * h..(row + 1) * h];
                         let dcb = &mut dc[b * h..(b + 1) * h];
@@ -531,10 +565,36 @@ impl FusedRecurrence {
         let rows = t_len * bsz;
         let dgate_all: &[f32] = if gru { &dhh } else { &dgx };
         // dW_hh = dG^T @ H_prev over all steps at once (GH × TB @ TB × P).
-        sgemm(gh, p, rows, &mut dw[..gh * p], p, false, dgate_all, 1, gh, &sv.hprev, p, 1);
+        sgemm(
+            gh,
+            p,
+            rows,
+            &mut dw[..gh * p],
+            p,
+            false,
+            dgate_all,
+            1,
+            gh,
+            &sv.hprev,
+            p,
+            1,
+        );
         if sp.proj {
             // dW_hr = dH^T @ M (P × TB @ TB × H).
-            sgemm(p, h, rows, &mut dw[gh * p..gh * p + p * h], h, false, &dhs, 1, p, &sv.m, h, 1);
+            sgemm(
+                p,
+                h,
+                rows,
+                &mut dw[gh * p..gh * p + p * h],
+                h,
+                false,
+                &dhs,
+                1,
+                p,
+                &sv.m,
+                h,
+                1,
+            );
         }
         if sp.gru_bhn {
             let off = dw.len() - h;
@@ -578,7 +638,10 @@ impl CustomOp3 for FusedRecurrence {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad_res.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let g = grad_res
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
         let (dgx, dst, dw) = self.backward(&g)?;
         let dev = arg1.device();
         Ok((

@@ -29,7 +29,9 @@ pub struct RngState {
 
 impl SeqRng {
     pub fn new(seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     pub fn shared(seed: u64) -> SharedRng {
@@ -78,7 +80,9 @@ impl SeqRng {
     }
 
     pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-        (0..n).map(|_| (lo + (hi - lo) * self.rng.random::<f64>()) as f32).collect()
+        (0..n)
+            .map(|_| (lo + (hi - lo) * self.rng.random::<f64>()) as f32)
+            .collect()
     }
 
     /// Normal draws by Box-Muller (no extra dependency, and stable across rand versions).
@@ -130,13 +134,20 @@ mod tests {
         let x = a.uniform_vec(4, -1.0, 1.0);
         let mut c = SeqRng::from_state(&st).unwrap();
         assert_eq!(x, c.uniform_vec(4, -1.0, 1.0));
-        assert_ne!(SeqRng::new(8).uniform_vec(4, 0.0, 1.0), SeqRng::new(7).uniform_vec(4, 0.0, 1.0));
+        assert_ne!(
+            SeqRng::new(8).uniform_vec(4, 0.0, 1.0),
+            SeqRng::new(7).uniform_vec(4, 0.0, 1.0)
+        );
     }
 
     #[test]
     fn dropout_mask_rate_and_scale() {
         let mut r = SeqRng::new(1);
-        let m = r.dropout_mask(10_000, 0.25, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        let m = r
+            .dropout_mask(10_000, 0.25, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let zeros = m.iter().filter(|&&v| v == 0.0).count() as f64 / 1e4;
         assert!((zeros - 0.25).abs() < 0.02, "{zeros}");
         assert!(m.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));

@@ -29,5 +29,9 @@ pub fn assert_all_params_get_grad(vs: &VarStore, y: &Tensor) {
         }
     }
     assert!(!vs.trainable().is_empty(), "model has no trainable parameters");
-    assert!(bad.is_empty(), "parameters without a usable gradient: {}", bad.join(", "));
+    assert!(
+        bad.is_empty(),
+        "parameters without a usable gradient: {}",
+        bad.join(", ")
+    );
 }

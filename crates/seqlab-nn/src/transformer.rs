@@ -7,7 +7,9 @@
 //! layer caches its self-attention keys/values, and the cross-attention keys/values of the
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
-use crate::attention::{linear_act, linear_act_dropout, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig};
+use crate::attention::{
+    linear_act, linear_act_dropout, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig,
+};
 use crate::positional::SinusoidalPositionalEncoding;
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
@@ -74,7 +76,11 @@ impl TransformerLayerConfig {
             bail!("{what}: d_model, nhead and dim_feedforward must be positive, got {self:?}");
         }
         if self.d_model % self.nhead != 0 {
-            bail!("{what}: d_model {} must be divisible by nhead {}", self.d_model, self.nhead);
+            bail!(
+                "{what}: d_model {} must be divisible by nhead {}",
+                self.d_model,
+                self.nhead
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("{what}: dropout must be in [0, 1), got {}", self.dropout);
@@ -83,12 +89,21 @@ impl TransformerLayerConfig {
     }
 
     fn mha(&self, vs: &VarStore) -> Result<MultiheadAttention> {
-        let cfg = MultiheadAttentionConfig { dropout: self.dropout, ..MultiheadAttentionConfig::new(self.d_model, self.nhead) };
+        let cfg = MultiheadAttentionConfig {
+            dropout: self.dropout,
+            ..MultiheadAttentionConfig::new(self.d_model, self.nhead)
+        };
         MultiheadAttention::new(&cfg, vs)
     }
 
     fn norm(&self, vs: &VarStore) -> Result<LayerNorm> {
-        LayerNorm::new(&LayerNormConfig { eps: self.layer_norm_eps, ..LayerNormConfig::new(self.d_model) }, vs)
+        LayerNorm::new(
+            &LayerNormConfig {
+                eps: self.layer_norm_eps,
+                ..LayerNormConfig::new(self.d_model)
+            },
+            vs,
+        )
     }
 }
 
@@ -129,7 +144,9 @@ impl FeedForward {
                 let drop = (train && self.dropout.p > 0.0).then_some((self.dropout.p, &self.rng));
                 linear_act_dropout(x, w1, b1, true, drop)?
             }
-            Activation::Gelu => self.dropout.forward(&ops::gelu(&linear_act(x, w1, b1, false)?)?, train)?,
+            Activation::Gelu => self
+                .dropout
+                .forward(&ops::gelu(&linear_act(x, w1, b1, false)?)?, train)?,
         };
         let outer = outer.filter(|d| train && d.p > 0.0).map(|d| (d.p, &self.rng));
         linear_act_dropout(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false, outer)
@@ -163,7 +180,8 @@ impl TransformerEncoderLayer {
     }
 
     fn sa_block(&self, x: &Tensor, masks: &AttnMasks, train: bool) -> Result<Tensor> {
-        self.self_attn.forward_then_dropout(x, x, x, masks, Some(&self.dropout1), train)
+        self.self_attn
+            .forward_then_dropout(x, x, x, masks, Some(&self.dropout1), train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -181,7 +199,11 @@ impl TransformerEncoderLayer {
         is_causal: bool,
         train: bool,
     ) -> Result<Tensor> {
-        let masks = AttnMasks { attn_mask: src_mask, key_padding_mask: src_key_padding_mask, is_causal };
+        let masks = AttnMasks {
+            attn_mask: src_mask,
+            key_padding_mask: src_key_padding_mask,
+            is_causal,
+        };
         if self.norm_first {
             let x = (src + self.sa_block(&self.norm1.forward(src)?, &masks, train)?)?;
             &x + self.ff_block(&self.norm2.forward(&x)?, train)?
@@ -286,8 +308,18 @@ impl TransformerDecoderLayer {
         };
         self.run(
             tgt,
-            |y| Ok(self.self_attn.forward_masks(y, y, y, &self_masks, false, false, train)?.0),
-            |y| Ok(self.multihead_attn.forward_masks(y, memory, memory, &cross_masks, false, false, train)?.0),
+            |y| {
+                Ok(self
+                    .self_attn
+                    .forward_masks(y, y, y, &self_masks, false, false, train)?
+                    .0)
+            },
+            |y| {
+                Ok(self
+                    .multihead_attn
+                    .forward_masks(y, memory, memory, &cross_masks, false, false, train)?
+                    .0)
+            },
             train,
         )
     }
@@ -295,7 +327,11 @@ impl TransformerDecoderLayer {
     /// Projects the memory (B, S, E) for cross-attention once and starts an empty self cache.
     pub fn init_cache(&self, memory: &Tensor) -> Result<DecoderLayerCache> {
         let (cross_k, cross_v) = self.multihead_attn.project_kv(memory, memory)?;
-        Ok(DecoderLayerCache { self_kv: KvCache::default(), cross_k, cross_v })
+        Ok(DecoderLayerCache {
+            self_kv: KvCache::default(),
+            cross_k,
+            cross_v,
+        })
     }
 
     /// One decoding step: x (B, 1, E) at position `cache.self_kv.len()` → (B, 1, E). Equals
@@ -308,8 +344,15 @@ impl TransformerDecoderLayer {
         memory_key_padding_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let DecoderLayerCache { self_kv, cross_k, cross_v } = cache;
-        let cross_masks = AttnMasks { key_padding_mask: memory_key_padding_mask, ..Default::default() };
+        let DecoderLayerCache {
+            self_kv,
+            cross_k,
+            cross_v,
+        } = cache;
+        let cross_masks = AttnMasks {
+            key_padding_mask: memory_key_padding_mask,
+            ..Default::default()
+        };
         let mha = &self.multihead_attn;
         self.run(
             x,
@@ -336,7 +379,11 @@ impl TransformerEncoder {
         let layers = (0..num_layers)
             .map(|i| TransformerEncoderLayer::new(cfg, &vs.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let norm = if final_norm { Some(cfg.norm(&vs.pp("norm"))?) } else { None };
+        let norm = if final_norm {
+            Some(cfg.norm(&vs.pp("norm"))?)
+        } else {
+            None
+        };
         Ok(Self { layers, norm })
     }
 
@@ -376,7 +423,11 @@ impl TransformerDecoder {
         let layers = (0..num_layers)
             .map(|i| TransformerDecoderLayer::new(cfg, &vs.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let norm = if final_norm { Some(cfg.norm(&vs.pp("norm"))?) } else { None };
+        let norm = if final_norm {
+            Some(cfg.norm(&vs.pp("norm"))?)
+        } else {
+            None
+        };
         Ok(Self { layers, norm })
     }
 
@@ -410,7 +461,11 @@ impl TransformerDecoder {
         train: bool,
     ) -> Result<Tensor> {
         if caches.len() != self.layers.len() {
-            bail!("TransformerDecoder::step: {} caches for {} layers", caches.len(), self.layers.len());
+            bail!(
+                "TransformerDecoder::step: {} caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            );
         }
         let mut x = x.clone();
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
@@ -505,7 +560,9 @@ fn xavier_reinit(vs: &VarStore, prefix: &str) -> Result<()> {
         }
         let dims = var.dims().to_vec();
         let fan_in: usize = dims[1..].iter().product();
-        let Init::Uniform { lo, hi } = Init::xavier_uniform(fan_in, dims[0]) else { unreachable!() };
+        let Init::Uniform { lo, hi } = Init::xavier_uniform(fan_in, dims[0]) else {
+            unreachable!()
+        };
         let fresh = rng.lock().unwrap().uniform(dims, lo, hi, var.device())?;
         var.set(&fresh)?;
     }
@@ -519,11 +576,21 @@ impl Transformer {
         let decoder = TransformerDecoder::new(&lc, cfg.num_decoder_layers, true, &vs.pp("decoder"))?;
         xavier_reinit(vs, &vs.path("encoder."))?;
         xavier_reinit(vs, &vs.path("decoder."))?;
-        Ok(Self { encoder, decoder, d_model: cfg.d_model })
+        Ok(Self {
+            encoder,
+            decoder,
+            d_model: cfg.d_model,
+        })
     }
 
     /// src (B, S, E) → memory (B, S, E).
-    pub fn encode(&self, src: &Tensor, src_mask: Option<&Tensor>, src_key_padding_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    pub fn encode(
+        &self,
+        src: &Tensor,
+        src_mask: Option<&Tensor>,
+        src_key_padding_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         self.encoder.forward(src, src_mask, src_key_padding_mask, false, train)
     }
 
@@ -532,9 +599,20 @@ impl Transformer {
         let (bs, _, es) = src.dims3()?;
         let (bt, _, et) = tgt.dims3()?;
         if bs != bt || es != self.d_model || et != self.d_model {
-            bail!("Transformer: src {:?} and tgt {:?} must be (B, *, {})", src.dims(), tgt.dims(), self.d_model);
+            bail!(
+                "Transformer: src {:?} and tgt {:?} must be (B, *, {})",
+                src.dims(),
+                tgt.dims(),
+                self.d_model
+            );
         }
-        let memory = self.encoder.forward(src, masks.src_mask, masks.src_key_padding_mask, masks.src_is_causal, train)?;
+        let memory = self.encoder.forward(
+            src,
+            masks.src_mask,
+            masks.src_key_padding_mask,
+            masks.src_is_causal,
+            train,
+        )?;
         let dm = DecoderMasks {
             tgt_mask: masks.tgt_mask,
             memory_mask: masks.memory_mask,
@@ -630,7 +708,10 @@ impl Seq2SeqTransformer {
         if cfg.pad_id >= cfg.src_vocab_size || cfg.pad_id >= cfg.tgt_vocab_size {
             bail!("Seq2SeqTransformer: pad_id {} is outside the vocabulary", cfg.pad_id);
         }
-        let emb_init = Init::Normal { mean: 0.0, std: (d as f64).powf(-0.5) };
+        let emb_init = Init::Normal {
+            mean: 0.0,
+            std: (d as f64).powf(-0.5),
+        };
         let (src_embed, tgt_embed, out_weight, out_bias) = match cfg.tying {
             EmbeddingTying::Shared => {
                 if cfg.src_vocab_size != cfg.tgt_vocab_size {
@@ -666,7 +747,11 @@ impl Seq2SeqTransformer {
 
     fn ids_u32(ids: &Tensor, what: &str) -> Result<Tensor> {
         if ids.rank() != 2 || ids.dtype().is_float() {
-            bail!("Seq2SeqTransformer: {what} must be integer ids (B, L), got {:?} {:?}", ids.dtype(), ids.dims());
+            bail!(
+                "Seq2SeqTransformer: {what} must be integer ids (B, L), got {:?} {:?}",
+                ids.dtype(),
+                ids.dims()
+            );
         }
         ids.to_dtype(DType::U32)
     }
@@ -693,7 +778,10 @@ impl Seq2SeqTransformer {
         let kpm = src.eq(self.pad_id as u32)?;
         let x = self.embed(&self.src_embed, &src, 0, train)?;
         let memory = self.transformer.encode(&x, None, Some(&kpm), train)?;
-        Ok(EncodedSource { memory, src_key_padding_mask: kpm })
+        Ok(EncodedSource {
+            memory,
+            src_key_padding_mask: kpm,
+        })
     }
 
     /// tgt ids (B, T) (teacher forcing) → logits (B, T, V).
@@ -719,7 +807,10 @@ impl Seq2SeqTransformer {
 
     /// Starts incremental decoding against an encoded source.
     pub fn begin_decode(&self, enc: &EncodedSource) -> Result<DecodeState> {
-        Ok(DecodeState { caches: self.transformer.decoder.init_cache(&enc.memory)?, pos: 0 })
+        Ok(DecodeState {
+            caches: self.transformer.decoder.init_cache(&enc.memory)?,
+            pos: 0,
+        })
     }
 
     /// Feeds one target token per sequence, `tokens` (B,) or (B, 1), in evaluation mode →
@@ -729,7 +820,10 @@ impl Seq2SeqTransformer {
         let b = tokens.dim(0)?;
         let ids = Self::ids_u32(&tokens.reshape((b, 1))?, "tokens")?;
         let y = self.embed(&self.tgt_embed, &ids, state.pos, false)?;
-        let h = self.transformer.decoder.step(&y, &mut state.caches, Some(&enc.src_key_padding_mask), false)?;
+        let h = self
+            .transformer
+            .decoder
+            .step(&y, &mut state.caches, Some(&enc.src_key_padding_mask), false)?;
         state.pos += 1;
         self.logits(&h.squeeze(1)?)
     }
@@ -793,7 +887,10 @@ fn transformer_cfg_from_case(case: &crate::golden::Case, layers_key: Option<&str
             let n: usize = case.cfg_req(k)?;
             (n, n)
         }
-        None => (case.cfg_or("num_encoder_layers", 6)?, case.cfg_or("num_decoder_layers", 6)?),
+        None => (
+            case.cfg_or("num_encoder_layers", 6)?,
+            case.cfg_or("num_decoder_layers", 6)?,
+        ),
     };
     Ok(TransformerConfig {
         d_model: l.d_model,
@@ -843,7 +940,10 @@ pub(crate) fn golden_seq2seq_tied(case: &crate::golden::Case) -> Result<crate::g
     let vs = VarStore::new(0, &candle_core::Device::Cpu);
     let vocab: usize = case.cfg_req("vocab_size")?;
     let tcfg = transformer_cfg_from_case(case, Some("num_layers"))?;
-    let cfg = Seq2SeqConfig { pad_id: case.cfg_or("pad_id", 0)?, ..Seq2SeqConfig::new(vocab, tcfg) };
+    let cfg = Seq2SeqConfig {
+        pad_id: case.cfg_or("pad_id", 0)?,
+        ..Seq2SeqConfig::new(vocab, tcfg)
+    };
     let model = Seq2SeqTransformer::new(&cfg, &vs)?;
     crate::golden::run_standard(case, &vs, |inp| {
         let logits = model.forward(&inp.get("src")?, &inp.get("tgt")?, false)?;
@@ -863,11 +963,26 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     fn small(norm_first: bool, activation: Activation, dropout: f64) -> TransformerLayerConfig {
-        TransformerLayerConfig { dim_feedforward: 12, dropout, activation, norm_first, ..TransformerLayerConfig::new(8, 2) }
+        TransformerLayerConfig {
+            dim_feedforward: 12,
+            dropout,
+            activation,
+            norm_first,
+            ..TransformerLayerConfig::new(8, 2)
+        }
     }
 
     #[test]
@@ -877,7 +992,9 @@ mod tests {
                 let vs = VarStore::new(0, &Device::Cpu);
                 let layer = TransformerEncoderLayer::new(&small(nf, act, 0.1), &vs).unwrap();
                 let kpm = Tensor::new(&[[0u8, 0, 0, 1], [0, 0, 0, 0]], &Device::Cpu).unwrap();
-                let y = layer.forward(&randn(1, &[2, 4, 8]), None, Some(&kpm), false, true).unwrap();
+                let y = layer
+                    .forward(&randn(1, &[2, 4, 8]), None, Some(&kpm), false, true)
+                    .unwrap();
                 assert_eq!(y.dims(), &[2, 4, 8]);
                 assert_all_params_get_grad(&vs, &y);
             }
@@ -890,10 +1007,19 @@ mod tests {
         let cfg = small(false, Activation::Relu, 0.3);
         let x = randn(1, &[2, 4, 8]);
         let (vs1, vs2) = (VarStore::new(5, &Device::Cpu), VarStore::new(5, &Device::Cpu));
-        let (f1, f2) = (FeedForward::new(&cfg, &vs1).unwrap(), FeedForward::new(&cfg, &vs2).unwrap());
-        let (o1, o2) = (Dropout::new(0.3, vs1.rng()).unwrap(), Dropout::new(0.3, vs2.rng()).unwrap());
+        let (f1, f2) = (
+            FeedForward::new(&cfg, &vs1).unwrap(),
+            FeedForward::new(&cfg, &vs2).unwrap(),
+        );
+        let (o1, o2) = (
+            Dropout::new(0.3, vs1.rng()).unwrap(),
+            Dropout::new(0.3, vs2.rng()).unwrap(),
+        );
         let y1 = f1.forward_then_dropout(&x, Some(&o1), true).unwrap();
-        let h = ops::linear(&x, &f2.linear1.weight, f2.linear1.bias.as_ref()).unwrap().relu().unwrap();
+        let h = ops::linear(&x, &f2.linear1.weight, f2.linear1.bias.as_ref())
+            .unwrap()
+            .relu()
+            .unwrap();
         let h = f2.dropout.forward(&h, true).unwrap();
         let y2 = o2.forward(&f2.linear2.forward(&h).unwrap(), true).unwrap();
         assert!(max_diff(&y1, &y2) < 1e-6);
@@ -909,8 +1035,14 @@ mod tests {
         let l1 = TransformerEncoderLayer::new(&cfg, &vs1).unwrap();
         let l2 = TransformerEncoderLayer::new(&cfg, &vs2).unwrap();
         let y1 = l1.forward(&x, None, None, false, true).unwrap();
-        let (sa, _) = l2.self_attn.forward_masks(&x, &x, &x, &AttnMasks::default(), false, false, true).unwrap();
-        let h = l2.norm1.forward(&(&x + l2.dropout1.forward(&sa, true).unwrap()).unwrap()).unwrap();
+        let (sa, _) = l2
+            .self_attn
+            .forward_masks(&x, &x, &x, &AttnMasks::default(), false, false, true)
+            .unwrap();
+        let h = l2
+            .norm1
+            .forward(&(&x + l2.dropout1.forward(&sa, true).unwrap()).unwrap())
+            .unwrap();
         let f = l2.dropout2.forward(&l2.ff.forward(&h, true).unwrap(), true).unwrap();
         let y2 = l2.norm2.forward(&(&h + f).unwrap()).unwrap();
         assert!(max_diff(&y1, &y2) < 1e-5);
@@ -922,8 +1054,13 @@ mod tests {
             for act in [Activation::Relu, Activation::Gelu] {
                 let vs = VarStore::new(0, &Device::Cpu);
                 let layer = TransformerDecoderLayer::new(&small(nf, act, 0.1), &vs).unwrap();
-                let masks = DecoderMasks { tgt_is_causal: true, ..Default::default() };
-                let y = layer.forward(&randn(1, &[2, 3, 8]), &randn(2, &[2, 5, 8]), &masks, true).unwrap();
+                let masks = DecoderMasks {
+                    tgt_is_causal: true,
+                    ..Default::default()
+                };
+                let y = layer
+                    .forward(&randn(1, &[2, 3, 8]), &randn(2, &[2, 5, 8]), &masks, true)
+                    .unwrap();
                 assert_all_params_get_grad(&vs, &y);
             }
         }
@@ -933,9 +1070,19 @@ mod tests {
     fn bad_configs_are_errors() {
         let vs = VarStore::new(0, &Device::Cpu);
         assert!(TransformerEncoderLayer::new(&TransformerLayerConfig::new(10, 3), &vs).is_err());
-        assert!(TransformerDecoderLayer::new(&TransformerLayerConfig { dropout: 1.0, ..small(false, Activation::Relu, 0.0) }, &vs).is_err());
+        assert!(TransformerDecoderLayer::new(
+            &TransformerLayerConfig {
+                dropout: 1.0,
+                ..small(false, Activation::Relu, 0.0)
+            },
+            &vs
+        )
+        .is_err());
         assert!(Activation::parse("tanh").is_err());
-        let cfg = Seq2SeqConfig { tgt_vocab_size: 7, ..Seq2SeqConfig::new(5, tiny_transformer()) };
+        let cfg = Seq2SeqConfig {
+            tgt_vocab_size: 7,
+            ..Seq2SeqConfig::new(5, tiny_transformer())
+        };
         assert!(Seq2SeqTransformer::new(&cfg, &VarStore::new(0, &Device::Cpu)).is_err());
     }
 
@@ -959,9 +1106,17 @@ mod tests {
         assert!(names.contains(&"encoder.norm.weight".to_string()));
         assert!(names.contains(&"decoder.layers.1.multihead_attn.in_proj_weight".to_string()));
         let cm = Transformer::generate_square_subsequent_mask(3, &Device::Cpu).unwrap();
-        assert_eq!(cm.to_vec2::<u8>().unwrap(), vec![vec![0, 1, 1], vec![0, 0, 1], vec![0, 0, 0]]);
-        let masks = TransformerMasks { tgt_mask: Some(&cm), ..Default::default() };
-        let y = t.forward(&randn(1, &[2, 4, 8]), &randn(2, &[2, 3, 8]), &masks, true).unwrap();
+        assert_eq!(
+            cm.to_vec2::<u8>().unwrap(),
+            vec![vec![0, 1, 1], vec![0, 0, 1], vec![0, 0, 0]]
+        );
+        let masks = TransformerMasks {
+            tgt_mask: Some(&cm),
+            ..Default::default()
+        };
+        let y = t
+            .forward(&randn(1, &[2, 4, 8]), &randn(2, &[2, 3, 8]), &masks, true)
+            .unwrap();
         assert_all_params_get_grad(&vs, &y);
     }
 
@@ -969,7 +1124,11 @@ mod tests {
     fn seq2seq_gradients_tied_and_separate() {
         for tying in [EmbeddingTying::Shared, EmbeddingTying::Separate] {
             let vs = VarStore::new(0, &Device::Cpu);
-            let cfg = Seq2SeqConfig { tying, max_len: 16, ..Seq2SeqConfig::new(11, tiny_transformer()) };
+            let cfg = Seq2SeqConfig {
+                tying,
+                max_len: 16,
+                ..Seq2SeqConfig::new(11, tiny_transformer())
+            };
             let m = Seq2SeqTransformer::new(&cfg, &vs).unwrap();
             let src = Tensor::new(&[[3u32, 4, 5, 0], [6, 7, 8, 9]], &Device::Cpu).unwrap();
             let tgt = Tensor::new(&[[1u32, 2, 10], [1, 5, 0]], &Device::Cpu).unwrap();
@@ -986,8 +1145,14 @@ mod tests {
     fn cached_decoding_equals_full_rerun() {
         for nf in [false, true] {
             let vs = VarStore::new(3, &Device::Cpu);
-            let tcfg = TransformerConfig { norm_first: nf, ..tiny_transformer() };
-            let cfg = Seq2SeqConfig { max_len: 16, ..Seq2SeqConfig::new(11, tcfg) };
+            let tcfg = TransformerConfig {
+                norm_first: nf,
+                ..tiny_transformer()
+            };
+            let cfg = Seq2SeqConfig {
+                max_len: 16,
+                ..Seq2SeqConfig::new(11, tcfg)
+            };
             let m = Seq2SeqTransformer::new(&cfg, &vs).unwrap();
             let src = Tensor::new(&[[3u32, 4, 5, 0, 0], [6, 7, 8, 9, 2]], &Device::Cpu).unwrap();
             let tgt = Tensor::new(&[[1u32, 2, 10, 4, 7, 3], [1, 5, 9, 9, 2, 8]], &Device::Cpu).unwrap();

@@ -123,7 +123,13 @@ impl VarStore {
         };
         let var = Var::from_tensor(&tensor.to_dtype(dtype)?)?;
         t.order.push(full.clone());
-        t.map.insert(full, Entry { var: var.clone(), trainable });
+        t.map.insert(
+            full,
+            Entry {
+                var: var.clone(),
+                trainable,
+            },
+        );
         Ok(var)
     }
 
@@ -156,7 +162,10 @@ impl VarStore {
     /// Every parameter and buffer: PyTorch's `state_dict()`.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         let t = self.table.lock().unwrap();
-        t.order.iter().map(|n| (n.clone(), t.map[n].var.as_tensor().clone())).collect()
+        t.order
+            .iter()
+            .map(|n| (n.clone(), t.map[n].var.as_tensor().clone()))
+            .collect()
     }
 
     pub fn get(&self, full_name: &str) -> Option<Var> {
@@ -223,10 +232,20 @@ mod tests {
     #[test]
     fn names_follow_prefixes_and_same_seed_same_init() {
         let a = VarStore::new(3, &Device::Cpu);
-        let w = a.pp("encoder").pp("layers").pp(0).param("w", (2, 3), Init::uniform_fan(3)).unwrap();
+        let w = a
+            .pp("encoder")
+            .pp("layers")
+            .pp(0)
+            .param("w", (2, 3), Init::uniform_fan(3))
+            .unwrap();
         assert_eq!(a.trainable()[0].0, "encoder.layers.0.w");
         let b = VarStore::new(3, &Device::Cpu);
-        let w2 = b.pp("encoder").pp("layers").pp(0).param("w", (2, 3), Init::uniform_fan(3)).unwrap();
+        let w2 = b
+            .pp("encoder")
+            .pp("layers")
+            .pp(0)
+            .param("w", (2, 3), Init::uniform_fan(3))
+            .unwrap();
         assert_eq!(w.to_vec2::<f32>().unwrap(), w2.to_vec2::<f32>().unwrap());
     }
 
@@ -239,7 +258,10 @@ mod tests {
         m.insert("a".to_string(), Tensor::ones(3, DType::F32, &Device::Cpu).unwrap());
         m.insert("c".to_string(), Tensor::ones(2, DType::F32, &Device::Cpu).unwrap());
         let e = vs.load_state_dict(&m, true).unwrap_err().to_string();
-        assert!(e.contains("missing key b") && e.contains("unexpected key c") && e.contains("a: shape"), "{e}");
+        assert!(
+            e.contains("missing key b") && e.contains("unexpected key c") && e.contains("a: shape"),
+            "{e}"
+        );
     }
 
     #[test]

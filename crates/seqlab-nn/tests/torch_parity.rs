@@ -21,10 +21,17 @@ fn torch_parity_all_cases() {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
         match seqlab_nn::golden::check_file(f) {
             Ok(r) if r.failures.is_empty() => {
-                println!("ok   {name:40} {} tensors, worst rel err {:.2e} ({})", r.checked, r.worst, r.worst_key)
+                println!(
+                    "ok   {name:40} {} tensors, worst rel err {:.2e} ({})",
+                    r.checked, r.worst, r.worst_key
+                )
             }
             Ok(r) => {
-                println!("FAIL {name:40} worst rel err {:.2e}: {}", r.worst, r.failures.join("; "));
+                println!(
+                    "FAIL {name:40} worst rel err {:.2e}: {}",
+                    r.worst,
+                    r.failures.join("; ")
+                );
                 failed.push(name);
             }
             Err(e) => {
@@ -33,5 +40,11 @@ fn torch_parity_all_cases() {
             }
         }
     }
-    assert!(failed.is_empty(), "{} of {} cases failed: {}", failed.len(), files.len(), failed.join(", "));
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed: {}",
+        failed.len(),
+        files.len(),
+        failed.join(", ")
+    );
 }

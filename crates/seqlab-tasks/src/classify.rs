@@ -56,28 +56,61 @@ pub fn class_report(truth: &[usize], pred: &[usize], k: usize) -> ClassReport {
         })
         .collect();
     let macro_f1 = per_class.iter().map(|x| x.2).sum::<f64>() / k.max(1) as f64;
-    ClassReport { accuracy: correct as f64 / truth.len().max(1) as f64, macro_f1, per_class, confusion }
+    ClassReport {
+        accuracy: correct as f64 / truth.len().max(1) as f64,
+        macro_f1,
+        per_class,
+        confusion,
+    }
 }
 
 impl ClsTask {
     pub fn build(cfg: &RunConfig, vs: &VarStore, saved: Option<&Path>, with_train_data: bool) -> Result<Self> {
         let d = &cfg.data;
         let saved_labels = saved.map(|s| s.join("labels.json")).filter(|p| p.exists());
-        let train_data = if with_train_data || saved_labels.is_none() { Some(ClsData::read_train(&d.train)?) } else { None };
+        let train_data = if with_train_data || saved_labels.is_none() {
+            Some(ClsData::read_train(&d.train)?)
+        } else {
+            None
+        };
         let labels = match &saved_labels {
             Some(p) => {
-                let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(p)?).with_context(|| format!("{}: bad label list", p.display()))?;
+                let names: Vec<String> = serde_json::from_str(&std::fs::read_to_string(p)?)
+                    .with_context(|| format!("{}: bad label list", p.display()))?;
                 LabelSet::from_names(names)
             }
             None => train_data.as_ref().expect("read above").labels.clone(),
         };
-        let tcfg = TokenizerConfig { kind: d.tokenizer, vocab_size: d.vocab_size, min_frequency: d.min_frequency };
-        let tok = tokenizer(saved, &tcfg, train_data.iter().flat_map(|t| t.examples.iter().map(|e| e.text.as_str())))?;
+        let tcfg = TokenizerConfig {
+            kind: d.tokenizer,
+            vocab_size: d.vocab_size,
+            min_frequency: d.min_frequency,
+        };
+        let tok = tokenizer(
+            saved,
+            &tcfg,
+            train_data
+                .iter()
+                .flat_map(|t| t.examples.iter().map(|e| e.text.as_str())),
+        )?;
         let net = ClsNet::new(&cfg.model, tok.vocab_size(), labels.len(), tok.pad_id(), vs)?;
         if cfg.model.kind == crate::config::ModelKind::Transformer && d.max_len > cfg.model.max_positions {
-            bail!("data.max_len ({}) exceeds model.max_positions ({})", d.max_len, cfg.model.max_positions);
+            bail!(
+                "data.max_len ({}) exceeds model.max_positions ({})",
+                d.max_len,
+                cfg.model.max_positions
+            );
         }
-        let mut t = Self { cfg: cfg.clone(), tok, labels, net, vs: vs.clone(), train: None, valid: None, epoch_batches: None };
+        let mut t = Self {
+            cfg: cfg.clone(),
+            tok,
+            labels,
+            net,
+            vs: vs.clone(),
+            train: None,
+            valid: None,
+            epoch_batches: None,
+        };
         if with_train_data {
             t.train = Some(t.encode(train_data.as_ref().expect("read above"))?);
             if let Some(v) = &d.valid {
@@ -109,7 +142,10 @@ impl ClsTask {
 
     fn predict(&self, e: &Encoded, max_batches: Option<usize>) -> Result<(Vec<usize>, Vec<usize>, f64)> {
         let lengths: Vec<usize> = e.seqs.iter().map(Vec::len).collect();
-        let batches = c(token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), None).map_err(|e| candle_core::Error::Msg(e.0)))?;
+        let batches = c(
+            token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), None)
+                .map_err(|e| candle_core::Error::Msg(e.0)),
+        )?;
         let (mut truth, mut pred, mut loss, mut n) = (vec![], vec![], 0.0, 0usize);
         for (i, b) in batches.iter().enumerate() {
             if max_batches.is_some_and(|m| i >= m) {
@@ -117,7 +153,11 @@ impl ClsTask {
             }
             let (logits, y) = self.batch_logits(e, b, false)?;
             loss += c(cross_entropy(&logits, &y, None, 0.0, Reduction::Sum)?.to_scalar::<f32>())? as f64;
-            pred.extend(c(logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>())?.into_iter().map(|p| p as usize));
+            pred.extend(
+                c(logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>())?
+                    .into_iter()
+                    .map(|p| p as usize),
+            );
             truth.extend(b.iter().map(|&i| e.labels[i]));
             n += b.len();
         }
@@ -127,8 +167,18 @@ impl ClsTask {
     pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = match (path, split) {
             (Some(p), _) => p.to_path_buf(),
-            (None, Split::Test) => self.cfg.data.test.clone().ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
-            (None, Split::Valid) => self.cfg.data.valid.clone().ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
+            (None, Split::Test) => self
+                .cfg
+                .data
+                .test
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
+            (None, Split::Valid) => self
+                .cfg
+                .data
+                .valid
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
         };
         let e = self.encode(&ClsData::read_eval(&p, &self.labels)?)?;
         let (truth, pred, loss) = self.predict(&e, None)?;
@@ -136,12 +186,21 @@ impl ClsTask {
         let r = class_report(&truth, &pred, k);
         let names = self.labels.names();
         let w = names.iter().map(|s| s.len()).max().unwrap_or(5).max(5);
-        let mut text = format!("{}: {} examples  accuracy {:.4}  macro-F1 {:.4}  loss {loss:.4}\n\n", p.display(), truth.len(), r.accuracy, r.macro_f1);
+        let mut text = format!(
+            "{}: {} examples  accuracy {:.4}  macro-F1 {:.4}  loss {loss:.4}\n\n",
+            p.display(),
+            truth.len(),
+            r.accuracy,
+            r.macro_f1
+        );
         text.push_str(&format!("{:w$}  precision  recall     F1  support\n", "class"));
         for (i, (pr, rc, f, s)) in r.per_class.iter().enumerate() {
             text.push_str(&format!("{:w$}  {pr:9.4}  {rc:6.4}  {f:6.4}  {s:7}\n", names[i]));
         }
-        text.push_str(&format!("\nconfusion matrix (rows = truth, columns = prediction)\n{:w$}", ""));
+        text.push_str(&format!(
+            "\nconfusion matrix (rows = truth, columns = prediction)\n{:w$}",
+            ""
+        ));
         for i in 0..k {
             text.push_str(&format!(" {:>7}", &names[i][..names[i].len().min(7)]));
         }
@@ -157,7 +216,12 @@ impl ClsTask {
             .per_class
             .iter()
             .enumerate()
-            .map(|(i, (p, rc, f, s))| (names[i].clone(), json!({"precision": p, "recall": rc, "f1": f, "support": s})))
+            .map(|(i, (p, rc, f, s))| {
+                (
+                    names[i].clone(),
+                    json!({"precision": p, "recall": rc, "f1": f, "support": s}),
+                )
+            })
             .collect();
         let json = json!({"file": p.display().to_string(), "examples": truth.len(), "accuracy": r.accuracy, "macro_f1": r.macro_f1, "loss": loss, "per_class": per, "labels": names, "confusion": r.confusion});
         Ok(Report { text, json })
@@ -168,22 +232,37 @@ impl TrainTask for ClsTask {
     fn batches_per_epoch(&self) -> usize {
         let Some(t) = &self.train else { return 0 };
         let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
-        token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), Some((self.cfg.train.seed, 0))).map_or(0, |b| b.len())
+        token_budget_batches(
+            &lengths,
+            &BudgetConfig::new(self.cfg.data.batch_tokens),
+            Some((self.cfg.train.seed, 0)),
+        )
+        .map_or(0, |b| b.len())
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
         let t = self.train.as_ref().expect("built with training data");
         if self.epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
-            let b = c(token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), Some((self.cfg.train.seed, epoch)))
-                .map_err(|e| candle_core::Error::Msg(e.0)))?;
+            let b = c(token_budget_batches(
+                &lengths,
+                &BudgetConfig::new(self.cfg.data.batch_tokens),
+                Some((self.cfg.train.seed, epoch)),
+            )
+            .map_err(|e| candle_core::Error::Msg(e.0)))?;
             self.epoch_batches = Some((epoch, b));
         }
         let batches = &self.epoch_batches.as_ref().expect("set above").1;
         // Batch counts can differ by one between epochs (pools cut differently); wrap.
         let idx = &batches[index % batches.len()];
         let (logits, y) = self.batch_logits(t, idx, true)?;
-        let loss = c(cross_entropy(&logits, &y, None, self.cfg.optim.label_smoothing, Reduction::Mean))?;
+        let loss = c(cross_entropy(
+            &logits,
+            &y,
+            None,
+            self.cfg.optim.label_smoothing,
+            Reduction::Mean,
+        ))?;
         Ok((loss, idx.iter().map(|&i| t.seqs[i].len()).sum()))
     }
 
@@ -193,7 +272,11 @@ impl TrainTask for ClsTask {
         };
         let (truth, pred, loss) = self.predict(v, self.cfg.data.max_eval_batches)?;
         let r = class_report(&truth, &pred, self.labels.len());
-        Ok(BTreeMap::from([("loss".into(), loss), ("accuracy".into(), r.accuracy), ("macro_f1".into(), r.macro_f1)]))
+        Ok(BTreeMap::from([
+            ("loss".into(), loss),
+            ("accuracy".into(), r.accuracy),
+            ("macro_f1".into(), r.macro_f1),
+        ]))
     }
 
     fn selection(&self) -> (String, bool) {
@@ -202,7 +285,10 @@ impl TrainTask for ClsTask {
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         self.tok.save(dir.join("tokenizer.json"))?;
-        std::fs::write(dir.join("labels.json"), serde_json::to_string_pretty(self.labels.names())?)?;
+        std::fs::write(
+            dir.join("labels.json"),
+            serde_json::to_string_pretty(self.labels.names())?,
+        )?;
         Ok(())
     }
 }

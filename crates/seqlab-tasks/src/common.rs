@@ -25,7 +25,11 @@ pub(crate) fn print_warnings(w: &[seqlab_data::Warning]) {
 }
 
 /// The tokenizer stored in `saved/tokenizer.json`, or a new one trained on `lines`.
-pub(crate) fn tokenizer<'a>(saved: Option<&Path>, cfg: &TokenizerConfig, lines: impl Iterator<Item = &'a str> + Send) -> Result<Tokenizer> {
+pub(crate) fn tokenizer<'a>(
+    saved: Option<&Path>,
+    cfg: &TokenizerConfig,
+    lines: impl Iterator<Item = &'a str> + Send,
+) -> Result<Tokenizer> {
     if let Some(dir) = saved {
         let p = dir.join("tokenizer.json");
         if p.exists() {

@@ -202,7 +202,15 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { name: OptimName::Adamw, lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.01, momentum: 0.9, label_smoothing: 0.0 }
+        Self {
+            name: OptimName::Adamw,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+            momentum: 0.9,
+            label_smoothing: 0.0,
+        }
     }
 }
 
@@ -218,7 +226,9 @@ fn set_path(root: &mut toml::Table, path: &str, raw: &str) -> Result<()> {
     }
     let mut table = root;
     for p in &parts[..parts.len() - 1] {
-        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         table = match entry {
             toml::Value::Table(t) => t,
             _ => bail!("--set {path}={raw}: `{p}` is not a table"),
@@ -251,12 +261,27 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(!self.data.train.as_os_str().is_empty(), "data.train is required");
         anyhow::ensure!(self.optim.lr > 0.0, "optim.lr must be > 0");
-        anyhow::ensure!((0.0..1.0).contains(&self.model.dropout), "model.dropout must be in [0, 1)");
-        anyhow::ensure!((0.0..=1.0).contains(&self.optim.label_smoothing), "optim.label_smoothing must be in [0, 1]");
-        anyhow::ensure!(self.data.batch_size > 0 && self.data.bptt > 0, "data.batch_size and data.bptt must be > 0");
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.model.dropout),
+            "model.dropout must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.optim.label_smoothing),
+            "optim.label_smoothing must be in [0, 1]"
+        );
+        anyhow::ensure!(
+            self.data.batch_size > 0 && self.data.bptt > 0,
+            "data.batch_size and data.bptt must be > 0"
+        );
         if self.task == TaskKind::Forecast {
-            anyhow::ensure!(self.data.column.is_some(), "forecasting needs data.column (the CSV column to model)");
-            anyhow::ensure!(self.model.kind != ModelKind::Transformer, "forecasting supports rnn, rnn_relu, lstm and gru models");
+            anyhow::ensure!(
+                self.data.column.is_some(),
+                "forecasting needs data.column (the CSV column to model)"
+            );
+            anyhow::ensure!(
+                self.model.kind != ModelKind::Transformer,
+                "forecasting supports rnn, rnn_relu, lstm and gru models"
+            );
         }
         if self.model.kind == ModelKind::Transformer {
             anyhow::ensure!(
@@ -281,7 +306,9 @@ impl RunConfig {
     }
 
     pub fn schedule(&self) -> Schedule {
-        self.schedule.clone().unwrap_or(Schedule::Constant { lr: self.optim.lr })
+        self.schedule
+            .clone()
+            .unwrap_or(Schedule::Constant { lr: self.optim.lr })
     }
 }
 
@@ -289,14 +316,23 @@ impl RunConfig {
 mod tests {
     use super::*;
 
-    const BASE: &str = "task = \"lm\"\n[data]\ntrain = \"a.txt\"\n[train]\nmax_steps = 10\neval_every = 5\nlog_every = 5\n";
+    const BASE: &str =
+        "task = \"lm\"\n[data]\ntrain = \"a.txt\"\n[train]\nmax_steps = 10\neval_every = 5\nlog_every = 5\n";
 
     #[test]
     fn defaults_overrides_and_unknown_keys() {
         let c = RunConfig::from_toml(BASE, &[]).unwrap();
         assert_eq!(c.model.kind, ModelKind::Lstm);
         assert_eq!(c.train.max_steps, 10);
-        let c = RunConfig::from_toml(BASE, &["model.kind=gru".into(), "train.max_steps=3".into(), "optim.lr=0.5".into()]).unwrap();
+        let c = RunConfig::from_toml(
+            BASE,
+            &[
+                "model.kind=gru".into(),
+                "train.max_steps=3".into(),
+                "optim.lr=0.5".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!((c.model.kind, c.train.max_steps, c.optim.lr), (ModelKind::Gru, 3, 0.5));
         let e = RunConfig::from_toml(&format!("{BASE}[model]\nhiden_size = 3\n"), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("hiden_size"), "{e:#}");

@@ -36,7 +36,10 @@ fn errors(pred: &[f64], truth: &[f64]) -> Errors {
     let n = truth.len().max(1) as f64;
     let se: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t) * (p - t)).sum();
     let ae: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t).abs()).sum();
-    Errors { rmse: (se / n).sqrt(), mae: ae / n }
+    Errors {
+        rmse: (se / n).sqrt(),
+        mae: ae / n,
+    }
 }
 
 impl ForecastTask {
@@ -48,9 +51,21 @@ impl ForecastTask {
         let train = ts.windows(Part::Train, d.input_len, d.horizon)?;
         let valid = ts.windows(Part::Valid, d.input_len, d.horizon)?;
         if train.n == 0 {
-            bail!("{}: the training part has no window of {} inputs + {} targets", d.train.display(), d.input_len, d.horizon);
+            bail!(
+                "{}: the training part has no window of {} inputs + {} targets",
+                d.train.display(),
+                d.input_len,
+                d.horizon
+            );
         }
-        Ok(Self { cfg: cfg.clone(), ts, net, vs: vs.clone(), train, valid })
+        Ok(Self {
+            cfg: cfg.clone(),
+            ts,
+            net,
+            vs: vs.clone(),
+            train,
+            valid,
+        })
     }
 
     fn batch(&self, w: &Windows, idx: &[usize], train: bool) -> Result<(Tensor, Tensor)> {
@@ -82,7 +97,11 @@ impl ForecastTask {
                     truth.push(self.ts.raw[t0 + k]);
                     last.push(self.ts.raw[t0 - 1]);
                     let back = s * (1 + k / s);
-                    seasonal.push(if t0 + k >= back { self.ts.raw[t0 + k - back] } else { self.ts.raw[t0 - 1] });
+                    seasonal.push(if t0 + k >= back {
+                        self.ts.raw[t0 + k - back]
+                    } else {
+                        self.ts.raw[t0 - 1]
+                    });
                 }
             }
         }
@@ -129,18 +148,31 @@ impl TrainTask for ForecastTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
-        let b = c(fixed_batches(self.train.n, self.cfg.data.batch_size, Some((self.cfg.train.seed, epoch))).map_err(|e| candle_core::Error::Msg(e.0)))?;
+        let b = c(fixed_batches(
+            self.train.n,
+            self.cfg.data.batch_size,
+            Some((self.cfg.train.seed, epoch)),
+        )
+        .map_err(|e| candle_core::Error::Msg(e.0)))?;
         let idx = &b[index];
         let (p, y) = self.batch(&self.train, idx, true)?;
         Ok((c(mse_loss(&p, &y, Reduction::Mean))?, idx.len()))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
-        anyhow::ensure!(self.valid.n > 0, "the validation part has no complete window; lower data.input_len or raise data.valid_frac");
+        anyhow::ensure!(
+            self.valid.n > 0,
+            "the validation part has no complete window; lower data.input_len or raise data.valid_frac"
+        );
         let (pred, truth, _, seasonal) = self.predict(&self.valid)?;
         let (m, s) = (errors(&pred, &truth), errors(&seasonal, &truth));
         let loss = (m.rmse / self.ts.scaler.std).powi(2);
-        Ok(BTreeMap::from([("loss".into(), loss), ("rmse".into(), m.rmse), ("mae".into(), m.mae), ("seasonal_naive_rmse".into(), s.rmse)]))
+        Ok(BTreeMap::from([
+            ("loss".into(), loss),
+            ("rmse".into(), m.rmse),
+            ("mae".into(), m.mae),
+            ("seasonal_naive_rmse".into(), s.rmse),
+        ]))
     }
 
     fn write_extra(&self, dir: &Path) -> Result<()> {

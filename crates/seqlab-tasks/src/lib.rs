@@ -59,11 +59,20 @@ pub fn optimizer(cfg: &RunConfig, vs: &VarStore) -> Result<Box<dyn Optimizer>> {
     let lr = cfg.schedule().lr(1);
     Ok(match o.name {
         OptimName::Adamw => {
-            let ac = AdamWConfig { lr, betas: (o.betas[0], o.betas[1]), eps: o.eps, weight_decay: o.weight_decay };
+            let ac = AdamWConfig {
+                lr,
+                betas: (o.betas[0], o.betas[1]),
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+            };
             Box::new(c(AdamW::new(vs.trainable(), ac))?)
         }
         OptimName::Sgd => {
-            let sc = SgdConfig { momentum: o.momentum, weight_decay: o.weight_decay, ..SgdConfig::new(lr) };
+            let sc = SgdConfig {
+                momentum: o.momentum,
+                weight_decay: o.weight_decay,
+                ..SgdConfig::new(lr)
+            };
             Box::new(c(Sgd::new(vs.trainable(), sc))?)
         }
     })
@@ -98,24 +107,49 @@ pub fn train(cfg: &RunConfig, existing: Existing) -> Result<TrainOutcome> {
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let mut task = AnyTask::build(cfg, &vs, latest.as_deref(), true)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    seqlab_nn::io::write_atomic(&run_dir.join("config.toml"), toml::to_string(cfg)?.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    seqlab_nn::io::write_atomic(&run_dir.join("config.toml"), toml::to_string(cfg)?.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opt = optimizer(cfg, &vs)?;
-    let mut trainer = Trainer::new(cfg.train.clone(), vs, opt, cfg.schedule(), &run_dir, serde_json::to_value(cfg)?)?;
-    let resumed_from = if existing == Existing::Resume { trainer.resume()? } else { None };
+    let mut trainer = Trainer::new(
+        cfg.train.clone(),
+        vs,
+        opt,
+        cfg.schedule(),
+        &run_dir,
+        serde_json::to_value(cfg)?,
+    )?;
+    let resumed_from = if existing == Existing::Resume {
+        trainer.resume()?
+    } else {
+        None
+    };
     let summary = trainer.run(task.as_train())?;
     let metrics = trainer.metrics_path();
     if let Ok(series) = seqlab_train::plot::series_from_logs(&[metrics.as_path()], "loss") {
-        seqlab_train::plot::line_chart(&run_dir.join("loss.png"), &format!("{} loss", run_dir.display()), "step", "loss", &series, true)?;
+        seqlab_train::plot::line_chart(
+            &run_dir.join("loss.png"),
+            &format!("{} loss", run_dir.display()),
+            "step",
+            "loss",
+            &series,
+            true,
+        )?;
     }
-    Ok(TrainOutcome { summary, run_dir, resumed_from })
+    Ok(TrainOutcome {
+        summary,
+        run_dir,
+        resumed_from,
+    })
 }
 
 /// A trained model loaded from a checkpoint folder, ready to evaluate or generate.
 pub fn load(dir: &Path) -> Result<(RunConfig, AnyTask)> {
     let f = dir.join("trainer.json");
-    let text = std::fs::read_to_string(&f).with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
+    let text = std::fs::read_to_string(&f)
+        .with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-    let cfg: RunConfig = serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))?;
+    let cfg: RunConfig =
+        serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let task = AnyTask::build(&cfg, &vs, Some(dir), false)?;
     c(vs.load_safetensors(dir.join("model.safetensors"), true))?;
@@ -134,6 +168,9 @@ pub fn resolve_checkpoint(p: &Path) -> Result<PathBuf> {
     }
     match seqlab_train::checkpoint::latest(&root)? {
         Some(d) => Ok(d),
-        None => anyhow::bail!("{}: no checkpoint here (expected trainer.json, or checkpoints/ of a run folder)", p.display()),
+        None => anyhow::bail!(
+            "{}: no checkpoint here (expected trainer.json, or checkpoints/ of a run folder)",
+            p.display()
+        ),
     }
 }

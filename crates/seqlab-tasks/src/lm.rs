@@ -28,10 +28,18 @@ impl LmTask {
     /// `with_train_data` is false when only evaluating or generating.
     pub fn build(cfg: &RunConfig, vs: &VarStore, saved: Option<&Path>, with_train_data: bool) -> Result<Self> {
         let d = &cfg.data;
-        let tcfg = TokenizerConfig { kind: d.tokenizer, vocab_size: d.vocab_size, min_frequency: d.min_frequency };
+        let tcfg = TokenizerConfig {
+            kind: d.tokenizer,
+            vocab_size: d.vocab_size,
+            min_frequency: d.min_frequency,
+        };
         let need_text = with_train_data || saved.is_none_or(|s| !s.join("tokenizer.json").exists());
         let text = if need_text { Some(LmText::read(&d.train)?) } else { None };
-        let tok = tokenizer(saved, &tcfg, text.as_ref().map(|t| t.text.lines()).into_iter().flatten())?;
+        let tok = tokenizer(
+            saved,
+            &tcfg,
+            text.as_ref().map(|t| t.text.lines()).into_iter().flatten(),
+        )?;
         let net = LmNet::new(&cfg.model, tok.vocab_size(), vs)?;
         if let Some(m) = net.max_len() {
             if d.bptt > m {
@@ -39,14 +47,22 @@ impl LmTask {
             }
         }
         let train = match (with_train_data, &text) {
-            (true, Some(t)) => Some(c(StreamBatcher::new(&t.encode_stream(&tok)?, d.batch_size).map_err(|e| candle_core::Error::Msg(format!("{}: {}", d.train.display(), e.0))))?),
+            (true, Some(t)) => Some(c(StreamBatcher::new(&t.encode_stream(&tok)?, d.batch_size)
+                .map_err(|e| candle_core::Error::Msg(format!("{}: {}", d.train.display(), e.0))))?),
             _ => None,
         };
         let valid = match (&d.valid, with_train_data) {
             (Some(p), true) => Some(Self::stream(p, &tok, d.batch_size)?),
             _ => None,
         };
-        Ok(Self { cfg: cfg.clone(), tok, net, vs: vs.clone(), train, valid })
+        Ok(Self {
+            cfg: cfg.clone(),
+            tok,
+            net,
+            vs: vs.clone(),
+            train,
+            valid,
+        })
     }
 
     fn stream(path: &Path, tok: &Tokenizer, batch: usize) -> Result<StreamBatcher> {
@@ -63,7 +79,13 @@ impl LmTask {
         let (logits, _) = self.net.forward(&x, None, train)?;
         let v = c(logits.dim(D::Minus1))?;
         let ls = if train { self.cfg.optim.label_smoothing } else { 0.0 };
-        c(cross_entropy(&c(logits.reshape((ch.batch * ch.len, v)))?, &y, None, ls, reduction))
+        c(cross_entropy(
+            &c(logits.reshape((ch.batch * ch.len, v)))?,
+            &y,
+            None,
+            ls,
+            reduction,
+        ))
     }
 
     /// Mean next-token loss (nats) over a stream, and the number of tokens.
@@ -92,13 +114,27 @@ impl LmTask {
     pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = match (path, split) {
             (Some(p), _) => p.to_path_buf(),
-            (None, Split::Test) => self.cfg.data.test.clone().ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
-            (None, Split::Valid) => self.cfg.data.valid.clone().ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
+            (None, Split::Test) => self
+                .cfg
+                .data
+                .test
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
+            (None, Split::Valid) => self
+                .cfg
+                .data
+                .valid
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
         };
         let sb = Self::stream(&p, &self.tok, self.cfg.data.batch_size)?;
         let (loss, n) = self.stream_loss(&sb, None)?;
         let m = self.metrics(loss);
-        let mut text = format!("{}: {n} tokens  loss {loss:.4} nats/token  perplexity {:.2}", p.display(), m["ppl"]);
+        let mut text = format!(
+            "{}: {n} tokens  loss {loss:.4} nats/token  perplexity {:.2}",
+            p.display(),
+            m["ppl"]
+        );
         if let Some(b) = m.get("bpc") {
             text.push_str(&format!("  {b:.3} bits/char"));
         }
@@ -129,7 +165,10 @@ impl LmTask {
             let x = ids_tensor(window, 1, window.len(), dev)?;
             let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
             state = st;
-            let last = c(logits.get(0).and_then(|l| l.get(window.len() - 1)).and_then(|l| l.to_vec1::<f32>()))?;
+            let last = c(logits
+                .get(0)
+                .and_then(|l| l.get(window.len() - 1))
+                .and_then(|l| l.to_vec1::<f32>()))?;
             let next = sample(&last, s, &mut rng);
             if next == self.tok.eos_id() {
                 break;
@@ -137,7 +176,10 @@ impl LmTask {
             ids.push(next);
             feed = vec![next];
         }
-        Ok(self.tok.decode(&ids[n_prompt..], true).map(|g| format!("{prompt}{g}"))?)
+        Ok(self
+            .tok
+            .decode(&ids[n_prompt..], true)
+            .map(|g| format!("{prompt}{g}"))?)
     }
 }
 
@@ -155,7 +197,11 @@ pub struct SampleConfig {
 /// Draws a token id from logits with temperature, then top-k, then nucleus (top-p) filtering.
 pub fn sample(logits: &[f32], s: &SampleConfig, rng: &mut SeqRng) -> u32 {
     if s.temperature <= 0.0 {
-        return logits.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0 as u32;
+        return logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+            .0 as u32;
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -163,7 +209,10 @@ pub fn sample(logits: &[f32], s: &SampleConfig, rng: &mut SeqRng) -> u32 {
         order.truncate(k.max(1));
     }
     let top = logits[order[0]] as f64;
-    let mut p: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - top) / s.temperature).exp()).collect();
+    let mut p: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / s.temperature).exp())
+        .collect();
     let z: f64 = p.iter().sum();
     p.iter_mut().for_each(|v| *v /= z);
     if let Some(tp) = s.top_p {
@@ -200,7 +249,9 @@ impl TrainTask for LmTask {
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
         let t = self.train.as_ref().expect("built with training data");
         let order = shuffled_indices(t.num_chunks(self.cfg.data.bptt), self.cfg.train.seed, epoch);
-        let ch = t.chunk(order[index], self.cfg.data.bptt).expect("index within the epoch");
+        let ch = t
+            .chunk(order[index], self.cfg.data.bptt)
+            .expect("index within the epoch");
         let n = ch.batch * ch.len;
         Ok((self.chunk_loss(&ch, true, Reduction::Mean)?, n))
     }
@@ -226,13 +277,27 @@ mod tests {
     fn sampling_filters() {
         let logits = [0.0f32, 5.0, 1.0, 4.9];
         let mut rng = SeqRng::new(0);
-        let greedy = SampleConfig { max_tokens: 1, temperature: 0.0, top_k: None, top_p: None, seed: 0 };
+        let greedy = SampleConfig {
+            max_tokens: 1,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        };
         assert_eq!(sample(&logits, &greedy, &mut rng), 1);
-        let top2 = SampleConfig { temperature: 1.0, top_k: Some(2), ..greedy.clone() };
+        let top2 = SampleConfig {
+            temperature: 1.0,
+            top_k: Some(2),
+            ..greedy.clone()
+        };
         for _ in 0..200 {
             assert!(matches!(sample(&logits, &top2, &mut rng), 1 | 3));
         }
-        let nucleus = SampleConfig { temperature: 1.0, top_p: Some(0.3), ..greedy };
+        let nucleus = SampleConfig {
+            temperature: 1.0,
+            top_p: Some(0.3),
+            ..greedy
+        };
         for _ in 0..50 {
             assert_eq!(sample(&logits, &nucleus, &mut rng), 1);
         }

@@ -5,7 +5,9 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use seqlab_nn::ops;
 use seqlab_nn::positional::SinusoidalPositionalEncoding;
-use seqlab_nn::recurrent::{CellKind, Gru, Lstm, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig, RecurrentConfig, Rnn};
+use seqlab_nn::recurrent::{
+    CellKind, Gru, Lstm, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig, RecurrentConfig, Rnn,
+};
 use seqlab_nn::transformer::{Activation, TransformerEncoder, TransformerLayerConfig};
 use seqlab_nn::{Dropout, Embedding, EmbeddingConfig, Linear, LinearConfig, VarStore};
 
@@ -101,9 +103,25 @@ pub struct TransformerInput {
 
 impl TransformerInput {
     fn new(m: &ModelConfig, vocab: usize, padding_idx: Option<usize>, vs: &VarStore) -> Result<Self> {
-        let emb = c(Embedding::new(&EmbeddingConfig { num_embeddings: vocab, embedding_dim: m.d_model, padding_idx }, &vs.pp("embed")))?;
-        let pe = c(SinusoidalPositionalEncoding::new(m.max_positions, m.d_model, vs.device()))?;
-        Ok(Self { emb, pe, drop: c(Dropout::new(m.dropout, vs.rng()))?, scale: (m.d_model as f64).sqrt() })
+        let emb = c(Embedding::new(
+            &EmbeddingConfig {
+                num_embeddings: vocab,
+                embedding_dim: m.d_model,
+                padding_idx,
+            },
+            &vs.pp("embed"),
+        ))?;
+        let pe = c(SinusoidalPositionalEncoding::new(
+            m.max_positions,
+            m.d_model,
+            vs.device(),
+        ))?;
+        Ok(Self {
+            emb,
+            pe,
+            drop: c(Dropout::new(m.dropout, vs.rng()))?,
+            scale: (m.d_model as f64).sqrt(),
+        })
     }
 
     fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
@@ -114,25 +132,70 @@ impl TransformerInput {
 
 /// A language model: ids (B, T) → next-token logits (B, T, V).
 pub enum LmNet {
-    Recurrent { emb: Embedding, rnn: RecurrentNet, drop: Dropout, out: Option<Linear> },
-    Transformer { input: TransformerInput, enc: TransformerEncoder, max_positions: usize },
+    Recurrent {
+        emb: Embedding,
+        rnn: RecurrentNet,
+        drop: Dropout,
+        out: Option<Linear>,
+    },
+    Transformer {
+        input: TransformerInput,
+        enc: TransformerEncoder,
+        max_positions: usize,
+    },
 }
 
 impl LmNet {
     pub fn new(m: &ModelConfig, vocab: usize, vs: &VarStore) -> Result<Self> {
         if m.kind == ModelKind::Transformer {
             let input = TransformerInput::new(m, vocab, None, vs)?;
-            let enc = c(TransformerEncoder::new(&layer_config(m)?, m.num_layers, m.norm_first, &vs.pp("encoder")))?;
-            return Ok(LmNet::Transformer { input, enc, max_positions: m.max_positions });
+            let enc = c(TransformerEncoder::new(
+                &layer_config(m)?,
+                m.num_layers,
+                m.norm_first,
+                &vs.pp("encoder"),
+            ))?;
+            return Ok(LmNet::Transformer {
+                input,
+                enc,
+                max_positions: m.max_positions,
+            });
         }
         if m.tie_weights && m.embed_dim != m.hidden_size {
-            bail!("model.tie_weights needs model.embed_dim ({}) == model.hidden_size ({})", m.embed_dim, m.hidden_size);
+            bail!(
+                "model.tie_weights needs model.embed_dim ({}) == model.hidden_size ({})",
+                m.embed_dim,
+                m.hidden_size
+            );
         }
-        let emb = c(Embedding::new(&EmbeddingConfig { num_embeddings: vocab, embedding_dim: m.embed_dim, padding_idx: None }, &vs.pp("embed")))?;
-        let rc = RecurrentConfig { num_layers: m.num_layers, dropout: m.dropout, ..RecurrentConfig::new(m.embed_dim, m.hidden_size) };
+        let emb = c(Embedding::new(
+            &EmbeddingConfig {
+                num_embeddings: vocab,
+                embedding_dim: m.embed_dim,
+                padding_idx: None,
+            },
+            &vs.pp("embed"),
+        ))?;
+        let rc = RecurrentConfig {
+            num_layers: m.num_layers,
+            dropout: m.dropout,
+            ..RecurrentConfig::new(m.embed_dim, m.hidden_size)
+        };
         let rnn = RecurrentNet::new(m.kind, &rc, &vs.pp("rnn"))?;
-        let out = if m.tie_weights { None } else { Some(c(Linear::new(&LinearConfig::new(m.hidden_size, vocab), &vs.pp("decoder")))?) };
-        Ok(LmNet::Recurrent { emb, rnn, drop: c(Dropout::new(m.dropout, vs.rng()))?, out })
+        let out = if m.tie_weights {
+            None
+        } else {
+            Some(c(Linear::new(
+                &LinearConfig::new(m.hidden_size, vocab),
+                &vs.pp("decoder"),
+            ))?)
+        };
+        Ok(LmNet::Recurrent {
+            emb,
+            rnn,
+            drop: c(Dropout::new(m.dropout, vs.rng()))?,
+            out,
+        })
     }
 
     /// Longest input the model accepts (Transformer position table), if any.
@@ -156,7 +219,11 @@ impl LmNet {
                 };
                 Ok((logits, Some(st)))
             }
-            LmNet::Transformer { input, enc, max_positions } => {
+            LmNet::Transformer {
+                input,
+                enc,
+                max_positions,
+            } => {
                 let t = c(ids.dim(1))?;
                 if t > *max_positions {
                     bail!("input of {t} tokens exceeds model.max_positions ({max_positions})");
@@ -174,25 +241,44 @@ pub enum ClsNet {
     /// Embedding → recurrent layer → last valid step → Linear.
     Recurrent { emb: Embedding, clf: RecurrentClassifier },
     /// Transformer encoder with padding mask → mean over real tokens → Linear.
-    Transformer { input: TransformerInput, enc: TransformerEncoder, fc: Linear },
+    Transformer {
+        input: TransformerInput,
+        enc: TransformerEncoder,
+        fc: Linear,
+    },
 }
 
 impl ClsNet {
     pub fn new(m: &ModelConfig, vocab: usize, classes: usize, pad_id: u32, vs: &VarStore) -> Result<Self> {
         if m.kind == ModelKind::Transformer {
             let input = TransformerInput::new(m, vocab, Some(pad_id as usize), vs)?;
-            let enc = c(TransformerEncoder::new(&layer_config(m)?, m.num_layers, m.norm_first, &vs.pp("encoder")))?;
+            let enc = c(TransformerEncoder::new(
+                &layer_config(m)?,
+                m.num_layers,
+                m.norm_first,
+                &vs.pp("encoder"),
+            ))?;
             let fc = c(Linear::new(&LinearConfig::new(m.d_model, classes), &vs.pp("fc")))?;
             return Ok(ClsNet::Transformer { input, enc, fc });
         }
-        let emb = c(Embedding::new(&EmbeddingConfig { num_embeddings: vocab, embedding_dim: m.embed_dim, padding_idx: Some(pad_id as usize) }, &vs.pp("embed")))?;
+        let emb = c(Embedding::new(
+            &EmbeddingConfig {
+                num_embeddings: vocab,
+                embedding_dim: m.embed_dim,
+                padding_idx: Some(pad_id as usize),
+            },
+            &vs.pp("embed"),
+        ))?;
         let cc = RecurrentClassifierConfig {
             num_layers: m.num_layers,
             bidirectional: m.bidirectional,
             dropout: m.dropout,
             ..RecurrentClassifierConfig::new(cell_kind(m.kind)?, m.embed_dim, m.hidden_size, classes)
         };
-        Ok(ClsNet::Recurrent { emb, clf: c(RecurrentClassifier::new(&cc, vs))? })
+        Ok(ClsNet::Recurrent {
+            emb,
+            clf: c(RecurrentClassifier::new(&cc, vs))?,
+        })
     }
 
     /// ids (B, T) u32, `lengths` per row, `pad` (B, T) u8 with 1 on padding → logits (B, C).

@@ -44,7 +44,8 @@ pub fn save_dir(root: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>
 
 /// Records `name` as the newest complete checkpoint under `root`.
 pub fn set_latest(root: &Path, name: &str) -> Result<()> {
-    seqlab_nn::io::write_atomic(&root.join("latest"), format!("{name}\n").as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))
+    seqlab_nn::io::write_atomic(&root.join("latest"), format!("{name}\n").as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The newest complete checkpoint under `root`, if any.
@@ -55,7 +56,12 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     }
     let name = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
     let dir = root.join(name.trim());
-    anyhow::ensure!(dir.is_dir(), "{}: names checkpoint {} which does not exist", f.display(), dir.display());
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{}: names checkpoint {} which does not exist",
+        f.display(),
+        dir.display()
+    );
     Ok(Some(dir))
 }
 
@@ -68,7 +74,12 @@ pub fn step_name(step: u64) -> String {
 pub fn prune(root: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.contains('.')))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+        })
         .collect();
     steps.sort();
     let n = steps.len();
@@ -87,7 +98,10 @@ mod tests {
         let root = std::env::temp_dir().join(format!("seqlab-ckpt-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for s in [10u64, 20, 30] {
-            save_dir(&root, &step_name(s), |d| Ok(std::fs::write(d.join("x"), s.to_string())?)).unwrap();
+            save_dir(&root, &step_name(s), |d| {
+                Ok(std::fs::write(d.join("x"), s.to_string())?)
+            })
+            .unwrap();
             set_latest(&root, &step_name(s)).unwrap();
         }
         assert_eq!(latest(&root).unwrap().unwrap(), root.join("step-00000030"));

@@ -24,7 +24,10 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Drops every record with `step > last_step`: on resume, events logged after the
@@ -88,7 +91,8 @@ mod tests {
         {
             let mut m = MetricsLog::open(&p).unwrap();
             for s in 1..=4u64 {
-                m.log(&json!({"step": s, "split": "train", "loss": 1.0 / s as f64})).unwrap();
+                m.log(&json!({"step": s, "split": "train", "loss": 1.0 / s as f64}))
+                    .unwrap();
             }
         }
         assert_eq!(read_jsonl(&p).unwrap().len(), 4);

@@ -31,7 +31,10 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
         let recs = read_jsonl(p)?;
         let mut by_split: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
         for r in &recs {
-            let (Some(step), Some(v)) = (r.get("step").and_then(|v| v.as_f64()), r.get(key).and_then(|v| v.as_f64())) else {
+            let (Some(step), Some(v)) = (
+                r.get("step").and_then(|v| v.as_f64()),
+                r.get(key).and_then(|v| v.as_f64()),
+            ) else {
                 continue;
             };
             if !v.is_finite() {
@@ -40,7 +43,11 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
             let split = r.get("split").and_then(|s| s.as_str()).unwrap_or("").to_string();
             by_split.entry(split).or_default().push((step, v));
         }
-        let stem = p.parent().and_then(|d| d.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for (split, points) in by_split {
             let name = match (paths.len() > 1, split.is_empty()) {
                 (true, true) => stem.clone(),
@@ -52,19 +59,36 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
         }
     }
     if out.is_empty() {
-        bail!("no `{key}` values with a `step` in {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "no `{key}` values with a `step` in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(out)
 }
 
-fn with_backend(out: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>, draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>) -> Result<()> {
+fn with_backend(
+    out: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+    draw_svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> Result<()>,
+) -> Result<()> {
     register_font();
     if let Some(d) = out.parent() {
         if !d.as_os_str().is_empty() {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
     }
-    match out.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+    match out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("png") => {
             let root = BitMapBackend::new(out, size).into_drawing_area();
             draw(&root)?;
@@ -107,11 +131,19 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
             let root = $root;
             root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut b = ChartBuilder::on(root);
-            b.caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
+            b.caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70);
             macro_rules! finish {
                 ($chart:expr) => {{
                     let mut chart = $chart;
-                    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    chart
+                        .configure_mesh()
+                        .x_desc(x_label)
+                        .y_desc(y_label)
+                        .draw()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     for (i, s) in series.iter().enumerate() {
                         let c = Palette99::pick(i).to_rgba();
                         chart
@@ -129,9 +161,13 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
                 }};
             }
             if log_y {
-                finish!(b.build_cartesian_2d(x0..x1, (y0 * 0.95..y1 * 1.05).log_scale()).map_err(|e| anyhow::anyhow!("{e}"))?);
+                finish!(b
+                    .build_cartesian_2d(x0..x1, (y0 * 0.95..y1 * 1.05).log_scale())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?);
             } else {
-                finish!(b.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(|e| anyhow::anyhow!("{e}"))?);
+                finish!(b
+                    .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?);
             }
             Ok(())
         }};
@@ -146,7 +182,10 @@ pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String]
     if rows == 0 || cols == 0 || data.iter().any(|r| r.len() != cols) {
         bail!("heat map needs a non-empty rectangular matrix");
     }
-    let (lo, hi) = data.iter().flatten().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = data
+        .iter()
+        .flatten()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
     let cell = (700 / cols.max(rows)).clamp(4, 40) as u32;
     let w = 160 + cell * cols as u32;
@@ -165,9 +204,10 @@ pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String]
             let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
             let yl = |y: &SegmentValue<usize>| match y {
                 // The axis also asks for the segment end (index == rows): no label there.
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => {
-                    row_labels.get(rows - 1 - *i).cloned().unwrap_or_else(|| (rows - 1 - *i).to_string())
-                }
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => row_labels
+                    .get(rows - 1 - *i)
+                    .cloned()
+                    .unwrap_or_else(|| (rows - 1 - *i).to_string()),
                 SegmentValue::CenterOf(_) | SegmentValue::Exact(_) => String::new(),
                 SegmentValue::Last => String::new(),
             };
@@ -186,7 +226,10 @@ pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String]
                         let t = ((v - lo) / span) as f64;
                         let color = ViridisRGB::get_color(t);
                         let y = rows - 1 - r;
-                        Rectangle::new([(c, SegmentValue::Exact(y)), (c + 1, SegmentValue::Exact(y + 1))], color.filled())
+                        Rectangle::new(
+                            [(c, SegmentValue::Exact(y)), (c + 1, SegmentValue::Exact(y + 1))],
+                            color.filled(),
+                        )
                     })
                 }))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -204,7 +247,10 @@ mod tests {
     fn draws_png_and_svg() {
         let dir = std::env::temp_dir().join(format!("seqlab-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let s = vec![Series { name: "train".into(), points: (1..50).map(|i| (i as f64, 5.0 / i as f64)).collect() }];
+        let s = vec![Series {
+            name: "train".into(),
+            points: (1..50).map(|i| (i as f64, 5.0 / i as f64)).collect(),
+        }];
         for ext in ["png", "svg"] {
             let p = dir.join(format!("c.{ext}"));
             line_chart(&p, "loss", "step", "loss", &s, true).unwrap();

@@ -68,7 +68,10 @@ impl LoopConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.max_steps > 0, "train.max_steps must be > 0");
         anyhow::ensure!(self.accum_steps > 0, "train.accum_steps must be > 0");
-        anyhow::ensure!(self.eval_every > 0 && self.log_every > 0, "train.eval_every and train.log_every must be > 0");
+        anyhow::ensure!(
+            self.eval_every > 0 && self.log_every > 0,
+            "train.eval_every and train.log_every must be > 0"
+        );
         anyhow::ensure!(
             self.eval_every % self.log_every == 0,
             "train.log_every ({}) must divide train.eval_every ({}) so that a resumed run logs the same windows",
@@ -161,12 +164,35 @@ fn accumulate(a: &mut GradStore, b: GradStore, vars: &[candle_core::Var]) -> Res
 }
 
 impl Trainer {
-    pub fn new(cfg: LoopConfig, vs: VarStore, opt: Box<dyn Optimizer>, schedule: Schedule, run_dir: &Path, run_config: Value) -> Result<Self> {
+    pub fn new(
+        cfg: LoopConfig,
+        vs: VarStore,
+        opt: Box<dyn Optimizer>,
+        schedule: Schedule,
+        run_dir: &Path,
+        run_config: Value,
+    ) -> Result<Self> {
         cfg.validate()?;
         schedule.validate()?;
         let rng = vs.rng().lock().unwrap().state();
-        let state = LoopState { step: 0, epoch: 0, index: 0, best: None, evals_since_best: 0, rng, tokens: 0 };
-        Ok(Self { cfg, vs, opt, schedule, run_dir: run_dir.to_path_buf(), run_config, state })
+        let state = LoopState {
+            step: 0,
+            epoch: 0,
+            index: 0,
+            best: None,
+            evals_since_best: 0,
+            rng,
+            tokens: 0,
+        };
+        Ok(Self {
+            cfg,
+            vs,
+            opt,
+            schedule,
+            run_dir: run_dir.to_path_buf(),
+            run_config,
+            state,
+        })
     }
 
     pub fn checkpoint_root(&self) -> PathBuf {
@@ -195,7 +221,8 @@ impl Trainer {
         let f = dir.join("trainer.json");
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-        self.state = serde_json::from_value(v["state"].clone()).with_context(|| format!("{}: bad `state`", f.display()))?;
+        self.state =
+            serde_json::from_value(v["state"].clone()).with_context(|| format!("{}: bad `state`", f.display()))?;
         *self.vs.rng().lock().unwrap() = ctx(SeqRng::from_state(&self.state.rng))?;
         Ok(())
     }
@@ -203,7 +230,8 @@ impl Trainer {
     fn save_checkpoint(&mut self, task: &dyn TrainTask, name: &str) -> Result<PathBuf> {
         self.state.rng = self.vs.rng().lock().unwrap().state();
         let st = ctx(self.opt.state_dict())?;
-        let trainer_json = json!({ "state": self.state, "config": self.run_config, "seqlab_version": env!("CARGO_PKG_VERSION") });
+        let trainer_json =
+            json!({ "state": self.state, "config": self.run_config, "seqlab_version": env!("CARGO_PKG_VERSION") });
         let vs = self.vs.clone();
         checkpoint::save_dir(&self.checkpoint_root(), name, |d| {
             ctx(vs.save_safetensors(d.join("model.safetensors")))?;
@@ -225,8 +253,10 @@ impl Trainer {
         let bar = if self.cfg.progress {
             let b = ProgressBar::new(self.cfg.max_steps);
             b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}")
-                    .unwrap(),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}",
+                )
+                .unwrap(),
             );
             b.set_position(self.state.step);
             b
@@ -262,7 +292,9 @@ impl Trainer {
                     self.state.index = 0;
                     self.state.epoch += 1;
                 }
-                let lv = ctx(loss.to_dtype(candle_core::DType::F64).and_then(|l| l.to_scalar::<f64>()))?;
+                let lv = ctx(loss
+                    .to_dtype(candle_core::DType::F64)
+                    .and_then(|l| l.to_scalar::<f64>()))?;
                 if !lv.is_finite() {
                     bar.abandon();
                     let last = checkpoint::latest(&self.checkpoint_root())?
@@ -319,7 +351,11 @@ impl Trainer {
                 let line = format!(
                     "step {:>7}  valid {}",
                     self.state.step,
-                    metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join("  ")
+                    metrics
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join("  ")
                 );
                 // A hidden bar drops its println: without a bar, report on stderr directly.
                 if self.cfg.progress {
@@ -353,6 +389,12 @@ impl Trainer {
             }
         };
         bar.finish_and_clear();
-        Ok(RunSummary { steps: self.state.step, reason, last_eval, best: self.state.best, train_losses })
+        Ok(RunSummary {
+            steps: self.state.step,
+            reason,
+            last_eval,
+            best: self.state.best,
+            train_losses,
+        })
     }
 }

@@ -26,7 +26,14 @@ impl Toy {
         let mut r = SeqRng::new(5);
         let x = r.normal((16, 3), 0.0, 1.0, &Device::Cpu).unwrap();
         let y = r.normal((16, 2), 0.0, 1.0, &Device::Cpu).unwrap();
-        Self { lin, x, y, micro, nan_at: None, calls: 0 }
+        Self {
+            lin,
+            x,
+            y,
+            micro,
+            nan_at: None,
+            calls: 0,
+        }
     }
 }
 
@@ -46,7 +53,10 @@ impl TrainTask for Toy {
     }
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
         let d = (self.lin.forward(&self.x)? - &self.y)?;
-        Ok(BTreeMap::from([("loss".to_string(), d.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)]))
+        Ok(BTreeMap::from([(
+            "loss".to_string(),
+            d.sqr()?.mean_all()?.to_scalar::<f32>()? as f64,
+        )]))
     }
 }
 
@@ -58,15 +68,33 @@ fn tmp(name: &str) -> PathBuf {
 
 fn trainer(vs: &VarStore, cfg: LoopConfig, dir: &PathBuf) -> Trainer {
     let opt = AdamW::new(vs.trainable(), AdamWConfig::new(0.05)).unwrap();
-    Trainer::new(cfg, vs.clone(), Box::new(opt), Schedule::Constant { lr: 0.05 }, dir, serde_json::json!({})).unwrap()
+    Trainer::new(
+        cfg,
+        vs.clone(),
+        Box::new(opt),
+        Schedule::Constant { lr: 0.05 },
+        dir,
+        serde_json::json!({}),
+    )
+    .unwrap()
 }
 
 fn quiet(max_steps: u64) -> LoopConfig {
-    LoopConfig { max_steps, eval_every: 2, log_every: 1, clip_norm: None, progress: false, ..Default::default() }
+    LoopConfig {
+        max_steps,
+        eval_every: 2,
+        log_every: 1,
+        clip_norm: None,
+        progress: false,
+        ..Default::default()
+    }
 }
 
 fn weights(vs: &VarStore) -> Vec<f32> {
-    vs.trainable().iter().flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    vs.trainable()
+        .iter()
+        .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
 }
 
 #[test]
@@ -74,7 +102,14 @@ fn accumulating_k_micro_batches_equals_one_k_times_larger_batch() {
     let (da, db) = (tmp("acc-a"), tmp("acc-b"));
     let va = VarStore::new(1, &Device::Cpu);
     let mut a = Toy::new(&va, 2);
-    let mut ta = trainer(&va, LoopConfig { accum_steps: 4, ..quiet(2) }, &da);
+    let mut ta = trainer(
+        &va,
+        LoopConfig {
+            accum_steps: 4,
+            ..quiet(2)
+        },
+        &da,
+    );
     ta.run(&mut a).unwrap();
     let vb = VarStore::new(1, &Device::Cpu);
     let mut b = Toy::new(&vb, 8);
@@ -94,8 +129,13 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     t.nan_at = Some(5);
     let mut tr = trainer(&vs, quiet(10), &d);
     let e = tr.run(&mut t).unwrap_err().to_string();
-    assert!(e.contains("loss became NaN at step 5") && e.contains("step-00000004"), "{e}");
-    let latest = seqlab_train::checkpoint::latest(&d.join("checkpoints")).unwrap().unwrap();
+    assert!(
+        e.contains("loss became NaN at step 5") && e.contains("step-00000004"),
+        "{e}"
+    );
+    let latest = seqlab_train::checkpoint::latest(&d.join("checkpoints"))
+        .unwrap()
+        .unwrap();
     assert!(latest.ends_with("step-00000004"));
     let _ = std::fs::remove_dir_all(d);
 }

@@ -16,6 +16,10 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     // Accept `w2v train …` too, so scripts can call this binary or `seqlab` alike.
-    let args: Vec<String> = std::env::args().enumerate().filter(|(i, a)| !(*i == 1 && a == "w2v")).map(|(_, a)| a).collect();
+    let args: Vec<String> = std::env::args()
+        .enumerate()
+        .filter(|(i, a)| !(*i == 1 && a == "w2v"))
+        .map(|(_, a)| a)
+        .collect();
     seqlab_w2v::cli::run(Cli::parse_from(args).args)
 }

@@ -31,7 +31,10 @@ pub struct TextArgs {
 
 impl From<TextArgs> for TextOptions {
     fn from(a: TextArgs) -> Self {
-        TextOptions { lowercase: a.lowercase, strip_punct: a.strip_punct }
+        TextOptions {
+            lowercase: a.lowercase,
+            strip_punct: a.strip_punct,
+        }
     }
 }
 
@@ -161,17 +164,34 @@ pub fn run(args: W2vArgs) -> Result<()> {
             }
             Ok(())
         }
-        W2vCommand::EvalAnalogy { vectors, questions, restrict_vocab, json } => {
+        W2vCommand::EvalAnalogy {
+            vectors,
+            questions,
+            restrict_vocab,
+            json,
+        } => {
             let ix = Index::new(&load(&vectors)?);
             let r = eval_analogy(&ix, &questions, restrict_vocab)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for s in &r.sections {
-                    println!("{:<32} {:>6.2}%  ({}/{})", s.section, 100.0 * s.accuracy, s.correct, s.total);
+                    println!(
+                        "{:<32} {:>6.2}%  ({}/{})",
+                        s.section,
+                        100.0 * s.accuracy,
+                        s.correct,
+                        s.total
+                    );
                 }
                 for s in [&r.semantic, &r.syntactic, &r.overall] {
-                    println!("{:<32} {:>6.2}%  ({}/{})", s.section, 100.0 * s.accuracy, s.correct, s.total);
+                    println!(
+                        "{:<32} {:>6.2}%  ({}/{})",
+                        s.section,
+                        100.0 * s.accuracy,
+                        s.correct,
+                        s.total
+                    );
                 }
                 println!(
                     "{} questions, {} skipped (out of vocabulary, restrict {}: {:.1}%)",
@@ -183,7 +203,12 @@ pub fn run(args: W2vArgs) -> Result<()> {
             }
             Ok(())
         }
-        W2vCommand::EvalSimilarity { vectors, pairs, restrict_vocab, json } => {
+        W2vCommand::EvalSimilarity {
+            vectors,
+            pairs,
+            restrict_vocab,
+            json,
+        } => {
             let ix = Index::new(&load(&vectors)?);
             let r = eval_similarity(&ix, &pairs, restrict_vocab)?;
             if json {
@@ -204,7 +229,9 @@ pub fn run(args: W2vArgs) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cfg = Config {
         model: a.model,
         dim: a.dim,
@@ -222,7 +249,11 @@ fn train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         text: a.text.into(),
     };
-    let bar = if a.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    let bar = if a.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{elapsed_precise} {wide_bar} {percent:>3}% {human_pos}/{human_len} words {per_sec} lr {msg} ETA {eta}",
@@ -236,7 +267,11 @@ fn train(a: TrainArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if s.corpus.invalid_bytes > 0 {
-        eprintln!("warning: {}: skipped {} bytes of invalid UTF-8", a.input.display(), s.corpus.invalid_bytes);
+        eprintln!(
+            "warning: {}: skipped {} bytes of invalid UTF-8",
+            a.input.display(),
+            s.corpus.invalid_bytes
+        );
     }
     let wv = WordVectors {
         words: emb.vocab.words.clone(),
@@ -263,7 +298,9 @@ fn train(a: TrainArgs) -> Result<()> {
 }
 
 fn prepare(input: &Path, output: &Path, opts: TextOptions) -> Result<()> {
-    let len = std::fs::metadata(input).with_context(|| format!("cannot read {}", input.display()))?.len();
+    let len = std::fs::metadata(input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .len();
     let mut r = ChunkReader::open(input, 0, len, opts).with_context(|| format!("cannot open {}", input.display()))?;
     let mut w = std::io::BufWriter::with_capacity(
         1 << 20,
@@ -291,7 +328,11 @@ fn prepare(input: &Path, output: &Path, opts: TextOptions) -> Result<()> {
     }
     w.flush()?;
     if r.invalid_bytes > 0 {
-        eprintln!("warning: {}: skipped {} bytes of invalid UTF-8", input.display(), r.invalid_bytes);
+        eprintln!(
+            "warning: {}: skipped {} bytes of invalid UTF-8",
+            input.display(),
+            r.invalid_bytes
+        );
     }
     eprintln!("{}: {lines} lines, {words} words", output.display());
     Ok(())

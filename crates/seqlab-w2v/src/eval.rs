@@ -53,7 +53,12 @@ impl Index {
         for (i, w) in wv.words.iter().enumerate() {
             lookup.entry(w.clone()).or_insert(i);
         }
-        Self { words: wv.words.clone(), dim: wv.dim, unit, lookup }
+        Self {
+            words: wv.words.clone(),
+            dim: wv.dim,
+            unit,
+            lookup,
+        }
     }
 
     pub fn row(&self, i: usize) -> &[f32] {
@@ -61,7 +66,10 @@ impl Index {
     }
 
     fn id(&self, w: &str) -> Result<usize> {
-        self.lookup.get(w).copied().with_context(|| format!("word {w:?} is not in the vocabulary"))
+        self.lookup
+            .get(w)
+            .copied()
+            .with_context(|| format!("word {w:?} is not in the vocabulary"))
     }
 
     /// Top `n` rows among the first `limit` by `score`, skipping `exclude`.
@@ -177,7 +185,11 @@ pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<Ana
             continue; // gensim skips malformed lines (and blank ones).
         }
         let Some(sec) = sections.last_mut() else {
-            bail!("{}: line {}: a question before the first `: section` line", questions.display(), ln + 1);
+            bail!(
+                "{}: line {}: a question before the first `: section` line",
+                questions.display(),
+                ln + 1
+            );
         };
         n_questions += 1;
         match (ok.get(&w[0]), ok.get(&w[1]), ok.get(&w[2]), ok.get(&w[3])) {
@@ -191,7 +203,9 @@ pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<Ana
     if n_questions == 0 {
         bail!("{}: no analogy questions found", questions.display());
     }
-    let upper: Vec<String> = (0..restrict.min(ix.words.len())).map(|i| ix.words[i].to_uppercase()).collect();
+    let upper: Vec<String> = (0..restrict.min(ix.words.len()))
+        .map(|i| ix.words[i].to_uppercase())
+        .collect();
     let mut out = Vec::new();
     let (mut sem, mut syn) = ((0, 0), (0, 0));
     for (name, qs, _) in &sections {
@@ -268,7 +282,10 @@ pub fn eval_similarity(ix: &Index, pairs: &Path, restrict: usize) -> Result<Simi
         bail!("{}: no `word word score` pairs found", pairs.display());
     }
     if gold.len() < 2 {
-        bail!("{}: fewer than 2 of its {n} pairs are in the vocabulary", pairs.display());
+        bail!(
+            "{}: fewer than 2 of its {n} pairs are in the vocabulary",
+            pairs.display()
+        );
     }
     Ok(SimilarityReport {
         pairs: n,
@@ -325,9 +342,13 @@ mod tests {
     fn toy() -> Index {
         // Planted geometry: x-axis = royal, y-axis = female, z: other.
         let wv = WordVectors {
-            words: ["king", "queen", "man", "woman", "apple", "King"].map(String::from).to_vec(),
+            words: ["king", "queen", "man", "woman", "apple", "King"]
+                .map(String::from)
+                .to_vec(),
             dim: 3,
-            vectors: vec![1.0, 0.0, 0.1, 1.0, 1.0, 0.1, 0.0, 0.0, 0.1, 0.0, 1.0, 0.1, 0.0, 0.0, 5.0, 1.0, 0.0, 0.12],
+            vectors: vec![
+                1.0, 0.0, 0.1, 1.0, 1.0, 0.1, 0.0, 0.0, 0.1, 0.0, 1.0, 0.1, 0.0, 0.0, 5.0, 1.0, 0.0, 0.12,
+            ],
             counts: None,
         };
         Index::new(&wv)
@@ -350,7 +371,11 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let q = d.join("q.txt");
         // 1 correct, 1 OOV; "KING" and "king" are one word case-insensitively.
-        std::fs::write(&q, ": family\nman woman KING queen\nman woman prince princess\n: gram1\nbad line\n").unwrap();
+        std::fs::write(
+            &q,
+            ": family\nman woman KING queen\nman woman prince princess\n: gram1\nbad line\n",
+        )
+        .unwrap();
         let r = eval_analogy(&ix, &q, 30000).unwrap();
         assert_eq!((r.questions, r.oov_questions), (2, 1));
         assert_eq!((r.semantic.correct, r.semantic.total), (1, 1));

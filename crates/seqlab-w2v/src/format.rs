@@ -85,18 +85,16 @@ pub fn save(wv: &WordVectors, path: &Path, format: Format) -> Result<()> {
         }
         Format::Safetensors => {
             let bytes: Vec<u8> = wv.vectors.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![wv.len(), wv.dim],
-                &bytes,
-            )?;
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![wv.len(), wv.dim], &bytes)?;
             let vp = vocab_path(path);
             let meta = HashMap::from([
                 ("format".to_string(), "seqlab-w2v".to_string()),
-                ("vocab".to_string(), vp.file_name().unwrap_or_default().to_string_lossy().into_owned()),
+                (
+                    "vocab".to_string(),
+                    vp.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                ),
             ]);
-            safetensors::tensor::serialize_to_file([("vectors", view)], Some(meta), path)
-                .with_context(ctx)?;
+            safetensors::tensor::serialize_to_file([("vectors", view)], Some(meta), path).with_context(ctx)?;
             let mut w = BufWriter::new(
                 File::create(&vp).with_context(|| format!("cannot write vocabulary to {}", vp.display()))?,
             );
@@ -207,7 +205,12 @@ fn read_text(r: impl BufRead, path: &Path, v: usize, dim: usize) -> Result<WordV
         }
         lineno += 1;
     }
-    Ok(WordVectors { words, dim, vectors, counts: None })
+    Ok(WordVectors {
+        words,
+        dim,
+        vectors,
+        counts: None,
+    })
 }
 
 fn read_binary(mut r: impl BufRead, path: &Path, v: usize, dim: usize) -> Result<WordVectors> {
@@ -256,7 +259,12 @@ fn read_binary(mut r: impl BufRead, path: &Path, v: usize, dim: usize) -> Result
             rest.len()
         );
     }
-    Ok(WordVectors { words, dim, vectors, counts: None })
+    Ok(WordVectors {
+        words,
+        dim,
+        vectors,
+        counts: None,
+    })
 }
 
 fn load_safetensors(path: &Path) -> Result<WordVectors> {
@@ -267,10 +275,19 @@ fn load_safetensors(path: &Path) -> Result<WordVectors> {
         .tensor("vectors")
         .with_context(|| format!("{}: no tensor named `vectors`", path.display()))?;
     if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
-        bail!("{}: `vectors` must be a 2-D F32 tensor, found {:?} {:?}", path.display(), t.dtype(), t.shape());
+        bail!(
+            "{}: `vectors` must be a 2-D F32 tensor, found {:?} {:?}",
+            path.display(),
+            t.dtype(),
+            t.shape()
+        );
     }
     let (v, dim) = (t.shape()[0], t.shape()[1]);
-    let vectors: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let vectors: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let vp = vocab_path(path);
     let text = std::fs::read_to_string(&vp)
         .with_context(|| format!("cannot read the vocabulary {} of {}", vp.display(), path.display()))?;
@@ -285,9 +302,19 @@ fn load_safetensors(path: &Path) -> Result<WordVectors> {
         );
     }
     if words.len() != v {
-        bail!("{}: {} words for {v} vectors in {}", vp.display(), words.len(), path.display());
+        bail!(
+            "{}: {} words for {v} vectors in {}",
+            vp.display(),
+            words.len(),
+            path.display()
+        );
     }
-    Ok(WordVectors { words, dim, vectors, counts: Some(counts) })
+    Ok(WordVectors {
+        words,
+        dim,
+        vectors,
+        counts: Some(counts),
+    })
 }
 
 #[cfg(test)]
@@ -312,7 +339,11 @@ mod tests {
     #[test]
     fn round_trips_text_binary_safetensors() {
         let wv = sample();
-        for (f, name) in [(Format::Text, "a.txt"), (Format::Binary, "a.bin"), (Format::Safetensors, "a.safetensors")] {
+        for (f, name) in [
+            (Format::Text, "a.txt"),
+            (Format::Binary, "a.bin"),
+            (Format::Safetensors, "a.safetensors"),
+        ] {
             let p = tmp(name);
             save(&wv, &p, f).unwrap();
             let back = load(&p).unwrap();

@@ -32,7 +32,11 @@ impl TextOptions {
     /// Applies the options to one valid UTF-8 line, writing the result into `out`.
     pub fn prepare_into(&self, line: &str, out: &mut String) {
         out.clear();
-        let chars: Vec<char> = if self.strip_punct { line.chars().collect() } else { Vec::new() };
+        let chars: Vec<char> = if self.strip_punct {
+            line.chars().collect()
+        } else {
+            Vec::new()
+        };
         if self.strip_punct {
             for (i, &c) in chars.iter().enumerate() {
                 let keep = c.is_alphanumeric()
@@ -201,7 +205,10 @@ impl ChunkReader {
 
     fn emit<F: FnMut(&str)>(&mut self, s: &str, f: &mut F) {
         if self.opts.is_identity() {
-            for w in s.split(|c: char| c.is_ascii() && is_sep(c as u8)).filter(|w| !w.is_empty()) {
+            for w in s
+                .split(|c: char| c.is_ascii() && is_sep(c as u8))
+                .filter(|w| !w.is_empty())
+            {
                 f(w);
             }
         } else {
@@ -266,7 +273,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("w2v-utf8-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("bad.txt");
-        std::fs::File::create(&p).unwrap().write_all(b"good wo\xff\xferd caf\xc3\xa9\n").unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(b"good wo\xff\xferd caf\xc3\xa9\n")
+            .unwrap();
         let (lines, bad) = words_in(&p, 0, 100, TextOptions::default());
         assert_eq!(lines, vec![vec!["good", "wo", "rd", "café"]]);
         assert_eq!(bad, 2);
@@ -274,7 +284,10 @@ mod tests {
 
     #[test]
     fn preparation_lowercases_and_strips_punctuation() {
-        let o = TextOptions { lowercase: true, strip_punct: true };
+        let o = TextOptions {
+            lowercase: true,
+            strip_punct: true,
+        };
         let mut out = String::new();
         o.prepare_into("Hello, World! Don't re-use \"É\"-- ok.", &mut out);
         let w: Vec<&str> = out.split_whitespace().collect();

@@ -467,11 +467,7 @@ pub struct Progress<'a> {
 
 /// Builds the vocabulary of `path` and trains. `on_progress` is called about every 200 ms
 /// from the calling thread while worker threads train.
-pub fn train_file(
-    path: &Path,
-    cfg: &Config,
-    mut on_progress: impl FnMut(&Progress),
-) -> Result<(Embeddings, Summary)> {
+pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progress)) -> Result<(Embeddings, Summary)> {
     cfg.validate()?;
     let t0 = Instant::now();
     let (vocab, stats) = Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?;
@@ -484,11 +480,21 @@ pub fn train_file(
     // Input vectors uniform in [-0.5/dim, 0.5/dim) as word2vec.c and gensim; output
     // vectors zero.
     let mut init = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut syn0: Vec<f32> = (0..v * dim).map(|_| (init.random::<f32>() - 0.5) / dim as f32).collect();
-    let mut syn1neg = if cfg.negative > 0 { vec![0f32; v * dim] } else { Vec::new() };
+    let mut syn0: Vec<f32> = (0..v * dim)
+        .map(|_| (init.random::<f32>() - 0.5) / dim as f32)
+        .collect();
+    let mut syn1neg = if cfg.negative > 0 {
+        vec![0f32; v * dim]
+    } else {
+        Vec::new()
+    };
     let mut syn1 = if cfg.hs { vec![0f32; v.max(2) * dim] } else { Vec::new() };
     let table = AliasTable::new(&vocab.counts, 0.75);
-    let huff = if cfg.hs { Some(Huffman::new(&vocab.counts)) } else { None };
+    let huff = if cfg.hs {
+        Some(Huffman::new(&vocab.counts))
+    } else {
+        None
+    };
     let keep = vocab.keep_thresholds(cfg.sample);
     let sig = sigmoid_table();
     let file_len = std::fs::metadata(path)?.len();
@@ -498,7 +504,11 @@ pub fn train_file(
 
     let words_done = AtomicU64::new(0);
     let alpha_bits = AtomicU32::new(alpha0.to_bits());
-    let shared = Shared { syn0: syn0.as_mut_ptr(), syn1neg: syn1neg.as_mut_ptr(), syn1: syn1.as_mut_ptr() };
+    let shared = Shared {
+        syn0: syn0.as_mut_ptr(),
+        syn1neg: syn1neg.as_mut_ptr(),
+        syn1: syn1.as_mut_ptr(),
+    };
     let kernel = pick_kernel();
     let ctx = Ctx {
         dim,
@@ -577,7 +587,11 @@ pub fn train_file(
                 })
             })
             .collect();
-        let prog = Progress { words: &words_done, alpha_bits: &alpha_bits, total };
+        let prog = Progress {
+            words: &words_done,
+            alpha_bits: &alpha_bits,
+            total,
+        };
         while !handles.iter().all(|h| h.is_finished()) {
             on_progress(&prog);
             std::thread::sleep(Duration::from_millis(100));
@@ -602,7 +616,14 @@ pub fn train_file(
         words_per_second: words_trained as f64 / train_seconds.max(1e-9),
         invalid_bytes: invalid,
     };
-    Ok((Embeddings { vocab, dim, vectors: syn0 }, summary))
+    Ok((
+        Embeddings {
+            vocab,
+            dim,
+            vectors: syn0,
+        },
+        summary,
+    ))
 }
 
 #[cfg(test)]
@@ -650,11 +671,23 @@ mod tests {
     }
 
     fn small_cfg() -> Config {
-        Config { dim: 16, min_count: 1, sample: 0.0, epochs: 10, threads: 1, ..Config::default() }
+        Config {
+            dim: 16,
+            min_count: 1,
+            sample: 0.0,
+            epochs: 10,
+            threads: 1,
+            ..Config::default()
+        }
     }
 
     fn wv(e: Embeddings) -> WordVectors {
-        WordVectors { words: e.vocab.words, dim: e.dim, vectors: e.vectors, counts: None }
+        WordVectors {
+            words: e.vocab.words,
+            dim: e.dim,
+            vectors: e.vectors,
+            counts: None,
+        }
     }
 
     #[test]
@@ -662,9 +695,31 @@ mod tests {
         let p = write_tmp("planted.txt", planted_corpus().as_bytes());
         let variants = [
             ("skip-gram, negative", Config { ..small_cfg() }),
-            ("cbow, negative", Config { model: Model::Cbow, ..small_cfg() }),
-            ("skip-gram, hs", Config { negative: 0, hs: true, ..small_cfg() }),
-            ("cbow sum, hs+neg, 2 threads", Config { model: Model::Cbow, cbow_mean: false, hs: true, threads: 2, ..small_cfg() }),
+            (
+                "cbow, negative",
+                Config {
+                    model: Model::Cbow,
+                    ..small_cfg()
+                },
+            ),
+            (
+                "skip-gram, hs",
+                Config {
+                    negative: 0,
+                    hs: true,
+                    ..small_cfg()
+                },
+            ),
+            (
+                "cbow sum, hs+neg, 2 threads",
+                Config {
+                    model: Model::Cbow,
+                    cbow_mean: false,
+                    hs: true,
+                    threads: 2,
+                    ..small_cfg()
+                },
+            ),
         ];
         for (name, cfg) in variants {
             let (e, s) = train_file(&p, &cfg, |_| {}).unwrap();
@@ -674,7 +729,9 @@ mod tests {
             for i in 0..6 {
                 for k in 0..6 {
                     if i != k {
-                        let (add, _) = ix.analogy(&format!("a{i}"), &format!("b{i}"), &format!("a{k}"), 1).unwrap();
+                        let (add, _) = ix
+                            .analogy(&format!("a{i}"), &format!("b{i}"), &format!("a{k}"), 1)
+                            .unwrap();
                         if add[0].0 != format!("b{k}") {
                             wrong.push(format!("a{i}:b{i}::a{k}:{}", add[0].0));
                         }
@@ -688,7 +745,11 @@ mod tests {
     #[test]
     fn one_thread_is_deterministic() {
         let p = write_tmp("det.txt", planted_corpus().as_bytes());
-        let cfg = Config { epochs: 2, sample: 1e-2, ..small_cfg() };
+        let cfg = Config {
+            epochs: 2,
+            sample: 1e-2,
+            ..small_cfg()
+        };
         let a = train_file(&p, &cfg, |_| {}).unwrap().0.vectors;
         let b = train_file(&p, &cfg, |_| {}).unwrap().0.vectors;
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
@@ -702,20 +763,43 @@ mod tests {
         let e = format!("{:#}", train_file(&p, &small_cfg(), |_| {}).err().unwrap());
         assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
         let p = write_tmp("rare.txt", b"a b c d\n");
-        let cfg = Config { min_count: 5, ..small_cfg() };
+        let cfg = Config {
+            min_count: 5,
+            ..small_cfg()
+        };
         let e = format!("{:#}", train_file(&p, &cfg, |_| {}).err().unwrap());
         assert!(e.contains("rare.txt") && e.contains("min_count = 5"), "{e}");
         let p = std::env::temp_dir().join("w2v-no-such-dir/none.txt");
         let e = format!("{:#}", train_file(&p, &small_cfg(), |_| {}).err().unwrap());
         assert!(e.contains("none.txt"), "{e}");
-        let e = format!("{:#}", train_file(&p, &Config { negative: 0, ..small_cfg() }, |_| {}).err().unwrap());
+        let e = format!(
+            "{:#}",
+            train_file(
+                &p,
+                &Config {
+                    negative: 0,
+                    ..small_cfg()
+                },
+                |_| {}
+            )
+            .err()
+            .unwrap()
+        );
         assert!(e.contains("nothing to train"), "{e}");
     }
 
     #[test]
     fn invalid_utf8_is_counted_not_fatal() {
         let p = write_tmp("bad-utf8.txt", b"one two \xff\xfe three\none two three\n");
-        let (e, s) = train_file(&p, &Config { epochs: 1, ..small_cfg() }, |_| {}).unwrap();
+        let (e, s) = train_file(
+            &p,
+            &Config {
+                epochs: 1,
+                ..small_cfg()
+            },
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(s.corpus.invalid_bytes, 2);
         assert_eq!(e.vocab.words, ["one", "two", "three"]);
     }

@@ -61,7 +61,11 @@ pub struct CorpusStats {
 impl Vocab {
     /// Builds a vocabulary from `(word, count)` pairs already in the desired order.
     pub fn from_words(words: Vec<String>, counts: Vec<u64>) -> Self {
-        let index = words.iter().enumerate().map(|(i, w)| (w.as_str().into(), i as u32)).collect();
+        let index = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.as_str().into(), i as u32))
+            .collect();
         Self { words, counts, index }
     }
 
@@ -76,8 +80,8 @@ impl Vocab {
         let len = std::fs::metadata(path)
             .with_context(|| format!("cannot read corpus {}", path.display()))?
             .len();
-        let mut reader = ChunkReader::open(path, 0, len, opts)
-            .with_context(|| format!("cannot open corpus {}", path.display()))?;
+        let mut reader =
+            ChunkReader::open(path, 0, len, opts).with_context(|| format!("cannot open corpus {}", path.display()))?;
         let mut counts: FxMap<Box<str>, (u64, u32)> = FxMap::default();
         let mut stats = CorpusStats::default();
         loop {
@@ -102,8 +106,11 @@ impl Vocab {
         if stats.tokens == 0 {
             bail!("corpus {} is empty: it contains no words", path.display());
         }
-        let mut kept: Vec<(Box<str>, u64, u32)> =
-            counts.into_iter().filter(|(_, (c, _))| *c >= min_count).map(|(w, (c, i))| (w, c, i)).collect();
+        let mut kept: Vec<(Box<str>, u64, u32)> = counts
+            .into_iter()
+            .filter(|(_, (c, _))| *c >= min_count)
+            .map(|(w, (c, i))| (w, c, i))
+            .collect();
         if kept.is_empty() {
             bail!(
                 "corpus {}: none of its {} distinct words occurs at least min_count = {} times",
@@ -215,7 +222,11 @@ impl Huffman {
         let v = counts.len();
         if v < 2 {
             // One word: a single inner node, code 0.
-            return Self { codes: vec![0; v], points: vec![0; v], offsets: (0..=v).collect() };
+            return Self {
+                codes: vec![0; v],
+                points: vec![0; v],
+                offsets: (0..=v).collect(),
+            };
         }
         let mut count = vec![u64::MAX; 2 * v];
         count[..v].copy_from_slice(counts);
