@@ -33,7 +33,7 @@ impl BertTokenizer {
     pub fn train<'a>(cfg: &TokenizerConfig, lines: impl Iterator<Item = &'a str> + Send) -> Result<Self> {
         let base = Tokenizer::train(cfg, lines).map_err(|e| anyhow::anyhow!("training the tokenizer: {}", e.0))?;
         let mut hf = base.hf().clone();
-        hf.add_special_tokens([AddedToken::from(CLS, true), AddedToken::from(SEP, true), AddedToken::from(MASK, true)]);
+        hf.add_special_tokens([AddedToken::from(CLS, true), AddedToken::from(SEP, true), AddedToken::from(MASK, true)]).map_err(|e| anyhow::anyhow!("adding BERT special tokens: {e}"))?;
         let json = hf.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::from_tokenizer(Tokenizer::from_json(&json).map_err(|e| anyhow::anyhow!("{}", e.0))?)
     }
