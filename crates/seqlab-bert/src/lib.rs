@@ -1,0 +1,20 @@
+//! BERT (Devlin et al. 2019): a Transformer encoder pretrained with masked-language-model and
+//! next-sentence-prediction objectives, then fine-tuned for sequence classification.
+//!
+//! - [`model`]: the encoder with token, learned position and segment embeddings, the MLM head
+//!   (tied to the token embedding) and the NSP head; HF BERT parameter names.
+//! - [`data`]: tokenizer with `[CLS]`/`[SEP]`/`[MASK]`, sentence-pair sampling and masking,
+//!   all pure functions of (seed, epoch, index).
+//! - [`task`]: `pretrain` and `finetune` as `TrainTask`s for `seqlab-train`.
+//! - [`cli`]: clap arguments for the `seqlab` binary.
+
+pub mod cli;
+pub mod data;
+pub mod model;
+pub mod task;
+
+pub use model::{BertClassifier, BertConfig, BertForPreTraining, BertModel};
+
+pub(crate) fn c<T>(r: candle_core::Result<T>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
