@@ -27,6 +27,10 @@ enum Command {
     Generate(train_cmd::GenerateArgs),
     /// Draw loss/metric curves from metrics.jsonl files to PNG or SVG.
     Plot(train_cmd::PlotArgs),
+    /// BERT-style pretraining (masked LM + next-sentence prediction) on a text corpus.
+    Pretrain(seqlab_bert::cli::PretrainArgs),
+    /// Fine-tune a pretrained BERT checkpoint for text<TAB>label classification.
+    Finetune(seqlab_bert::cli::FinetuneArgs),
     /// Time training steps of the layer library (tokens/s).
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
@@ -48,6 +52,8 @@ fn main() {
         Command::Eval(a) => train_cmd::eval(a),
         Command::Generate(a) => train_cmd::generate(a),
         Command::Plot(a) => train_cmd::plot(a),
+        Command::Pretrain(a) => seqlab_bert::cli::pretrain(&a),
+        Command::Finetune(a) => seqlab_bert::cli::finetune(&a),
         Command::Bench(a) => bench::run(a),
         Command::W2v(a) => seqlab_w2v::cli::run(a),
         Command::AverageCheckpoints(a) => seqlab_mt::cli::average(a),
