@@ -45,7 +45,13 @@ pub struct FinetuneArgs {
 
 fn print_summary(s: &seqlab_train::trainer::RunSummary, run_dir: &std::path::Path) {
     let m: Vec<String> = s.last_eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    println!("{} steps ({:?}); last evaluation: {}; run folder {}", s.steps, s.reason, m.join("  "), run_dir.display());
+    println!(
+        "{} steps ({:?}); last evaluation: {}; run folder {}",
+        s.steps,
+        s.reason,
+        m.join("  "),
+        run_dir.display()
+    );
 }
 
 pub fn pretrain(a: &PretrainArgs) -> Result<()> {

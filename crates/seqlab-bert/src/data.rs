@@ -33,20 +33,35 @@ impl BertTokenizer {
     pub fn train<'a>(cfg: &TokenizerConfig, lines: impl Iterator<Item = &'a str> + Send) -> Result<Self> {
         let base = Tokenizer::train(cfg, lines).map_err(|e| anyhow::anyhow!("training the tokenizer: {}", e.0))?;
         let mut hf = base.hf().clone();
-        hf.add_special_tokens([AddedToken::from(CLS, true), AddedToken::from(SEP, true), AddedToken::from(MASK, true)]).map_err(|e| anyhow::anyhow!("adding BERT special tokens: {e}"))?;
+        hf.add_special_tokens([
+            AddedToken::from(CLS, true),
+            AddedToken::from(SEP, true),
+            AddedToken::from(MASK, true),
+        ])
+        .map_err(|e| anyhow::anyhow!("adding BERT special tokens: {e}"))?;
         let json = hf.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?;
         Self::from_tokenizer(Tokenizer::from_json(&json).map_err(|e| anyhow::anyhow!("{}", e.0))?)
     }
 
     /// Wraps a tokenizer that already holds the BERT special tokens.
     pub fn from_tokenizer(tok: Tokenizer) -> Result<Self> {
-        let id = |s: &str| tok.token_to_id(s).ok_or_else(|| anyhow::anyhow!("tokenizer has no {s} token: not a BERT tokenizer"));
+        let id = |s: &str| {
+            tok.token_to_id(s)
+                .ok_or_else(|| anyhow::anyhow!("tokenizer has no {s} token: not a BERT tokenizer"))
+        };
         let (cls, sep, mask) = (id(CLS)?, id(SEP)?, id(MASK)?);
         let first_added = cls.min(sep).min(mask);
         if first_added <= BASE_SPECIALS {
             bail!("tokenizer has no ordinary tokens");
         }
-        Ok(Self { pad: tok.pad_id(), tok, cls, sep, mask, first_added })
+        Ok(Self {
+            pad: tok.pad_id(),
+            tok,
+            cls,
+            sep,
+            mask,
+            first_added,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -58,7 +73,9 @@ impl BertTokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.tok.vocab_size().max(self.cls.max(self.sep).max(self.mask) as usize + 1)
+        self.tok
+            .vocab_size()
+            .max(self.cls.max(self.sep).max(self.mask) as usize + 1)
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -141,14 +158,23 @@ impl PairCorpus {
         if n_par < 2 {
             bail!("need at least two paragraphs to draw random (not-next) sentences");
         }
-        Ok(Self { sentences, paragraph, anchors })
+        Ok(Self {
+            sentences,
+            paragraph,
+            anchors,
+        })
     }
 
     /// Tokenises `lines` (one paragraph each).
     pub fn from_lines<'a>(tok: &BertTokenizer, lines: impl Iterator<Item = &'a str>) -> Result<Self> {
         let mut pars = Vec::new();
         for l in lines {
-            pars.push(split_sentences(l).into_iter().map(|s| tok.encode(s)).collect::<Result<Vec<_>>>()?);
+            pars.push(
+                split_sentences(l)
+                    .into_iter()
+                    .map(|s| tok.encode(s))
+                    .collect::<Result<Vec<_>>>()?,
+            );
         }
         Self::new(pars)
     }
@@ -166,7 +192,11 @@ impl PairCorpus {
     pub fn pair(&self, k: usize, rng: &mut SeqRng) -> Pair {
         let a = self.anchors[k % self.anchors.len()];
         if rng.unit_f32() < 0.5 {
-            return Pair { a, b: a + 1, is_next: true };
+            return Pair {
+                a,
+                b: a + 1,
+                is_next: true,
+            };
         }
         let n = self.sentences.len();
         let mut b = rng.below(n);
@@ -212,7 +242,11 @@ pub struct MaskConfig {
 
 impl Default for MaskConfig {
     fn default() -> Self {
-        Self { select: 0.15, to_mask: 0.8, to_random: 0.1 }
+        Self {
+            select: 0.15,
+            to_mask: 0.8,
+            to_random: 0.1,
+        }
     }
 }
 
@@ -263,7 +297,15 @@ pub struct PretrainBatch {
 }
 
 /// The examples `anchors` (indices into `corpus.anchors`) of `epoch`, masked and padded.
-pub fn pretrain_batch(corpus: &PairCorpus, tok: &BertTokenizer, anchors: &[usize], seed: u64, epoch: u64, max_len: usize, m: &MaskConfig) -> PretrainBatch {
+pub fn pretrain_batch(
+    corpus: &PairCorpus,
+    tok: &BertTokenizer,
+    anchors: &[usize],
+    seed: u64,
+    epoch: u64,
+    max_len: usize,
+    m: &MaskConfig,
+) -> PretrainBatch {
     let mut rows = Vec::with_capacity(anchors.len());
     for &k in anchors {
         let mut rng = example_rng(seed, epoch, k);
@@ -274,7 +316,16 @@ pub fn pretrain_batch(corpus: &PairCorpus, tok: &BertTokenizer, anchors: &[usize
     }
     let len = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let b = rows.len();
-    let mut out = PretrainBatch { batch: b, len, ids: vec![tok.pad; b * len], segments: vec![0; b * len], padding: vec![1; b * len], masked: vec![], mlm_labels: vec![], nsp_labels: vec![] };
+    let mut out = PretrainBatch {
+        batch: b,
+        len,
+        ids: vec![tok.pad; b * len],
+        segments: vec![0; b * len],
+        padding: vec![1; b * len],
+        masked: vec![],
+        mlm_labels: vec![],
+        nsp_labels: vec![],
+    };
     for (r, (ids, segs, targets, is_next)) in rows.into_iter().enumerate() {
         let o = r * len;
         out.ids[o..o + ids.len()].copy_from_slice(&ids);
@@ -295,7 +346,10 @@ pub(crate) mod tests {
     use seqlab_data::TokenizerKind;
 
     pub(crate) fn corpus_lines() -> Vec<String> {
-        let words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang", "in", "tree", "fish", "swam"];
+        let words = [
+            "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang", "in", "tree", "fish",
+            "swam",
+        ];
         let mut rng = SeqRng::new(7);
         (0..60)
             .map(|_| {
@@ -312,7 +366,10 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn tokenizer(lines: &[String]) -> BertTokenizer {
-        let cfg = TokenizerConfig { vocab_size: 120, ..TokenizerConfig::new(TokenizerKind::Bpe) };
+        let cfg = TokenizerConfig {
+            vocab_size: 120,
+            ..TokenizerConfig::new(TokenizerKind::Bpe)
+        };
         BertTokenizer::train(&cfg, lines.iter().map(String::as_str)).unwrap()
     }
 

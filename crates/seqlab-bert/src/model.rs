@@ -65,16 +65,25 @@ impl BertConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
-            bail!("BERT: vocab_size, hidden_size, num_hidden_layers and intermediate_size must be positive, got {self:?}");
+            bail!(
+                "BERT: vocab_size, hidden_size, num_hidden_layers and intermediate_size must be positive, got {self:?}"
+            );
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            bail!("BERT: hidden_size {} must be divisible by num_attention_heads {}", self.hidden_size, self.num_attention_heads);
+            bail!(
+                "BERT: hidden_size {} must be divisible by num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         if self.max_position_embeddings < 3 || self.type_vocab_size == 0 {
             bail!("BERT: max_position_embeddings must be >= 3 and type_vocab_size >= 1");
         }
         if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
-            bail!("BERT: hidden_dropout_prob must be in [0, 1), got {}", self.hidden_dropout_prob);
+            bail!(
+                "BERT: hidden_dropout_prob must be in [0, 1), got {}",
+                self.hidden_dropout_prob
+            );
         }
         Ok(())
     }
@@ -91,7 +100,13 @@ impl BertConfig {
     }
 
     fn norm(&self, vs: &VarStore) -> Result<LayerNorm> {
-        c(LayerNorm::new(&LayerNormConfig { eps: self.layer_norm_eps, ..LayerNormConfig::new(self.hidden_size) }, vs))
+        c(LayerNorm::new(
+            &LayerNormConfig {
+                eps: self.layer_norm_eps,
+                ..LayerNormConfig::new(self.hidden_size)
+            },
+            vs,
+        ))
     }
 }
 
@@ -119,17 +134,31 @@ impl BertModel {
     /// Builds under `vs` (pass `vs.pp("bert")` for HF names).
     pub fn new(cfg: &BertConfig, vs: &VarStore) -> Result<Self> {
         cfg.validate()?;
-        let init = Init::Normal { mean: 0.0, std: cfg.initializer_range };
+        let init = Init::Normal {
+            mean: 0.0,
+            std: cfg.initializer_range,
+        };
         let e = vs.pp("embeddings");
         let h = cfg.hidden_size;
         Ok(Self {
             cfg: cfg.clone(),
             word_embeddings: c(e.pp("word_embeddings").param("weight", (cfg.vocab_size, h), init))?,
-            position_embeddings: c(e.pp("position_embeddings").param("weight", (cfg.max_position_embeddings, h), init))?,
-            token_type_embeddings: c(e.pp("token_type_embeddings").param("weight", (cfg.type_vocab_size, h), init))?,
+            position_embeddings: c(e.pp("position_embeddings").param(
+                "weight",
+                (cfg.max_position_embeddings, h),
+                init,
+            ))?,
+            token_type_embeddings: c(e
+                .pp("token_type_embeddings")
+                .param("weight", (cfg.type_vocab_size, h), init))?,
             emb_norm: cfg.norm(&e.pp("LayerNorm"))?,
             dropout: c(Dropout::new(cfg.hidden_dropout_prob, vs.rng()))?,
-            encoder: c(TransformerEncoder::new(&cfg.layer(), cfg.num_hidden_layers, false, &vs.pp("encoder")))?,
+            encoder: c(TransformerEncoder::new(
+                &cfg.layer(),
+                cfg.num_hidden_layers,
+                false,
+                &vs.pp("encoder"),
+            ))?,
             pooler: c(Linear::new(&LinearConfig::new(h, h), &vs.pp("pooler").pp("dense")))?,
         })
     }
@@ -138,14 +167,23 @@ impl BertModel {
     pub fn forward(&self, x: &BertInput, train: bool) -> Result<Tensor> {
         let (b, l) = c(x.ids.dims2())?;
         if l > self.cfg.max_position_embeddings {
-            bail!("BERT: input length {l} exceeds max_position_embeddings {}", self.cfg.max_position_embeddings);
+            bail!(
+                "BERT: input length {l} exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
         }
         if x.segments.dims() != [b, l] || x.padding.dims() != [b, l] {
-            bail!("BERT: ids {:?}, segments {:?} and padding {:?} must have one (B, L) shape", x.ids.dims(), x.segments.dims(), x.padding.dims());
+            bail!(
+                "BERT: ids {:?}, segments {:?} and padding {:?} must have one (B, L) shape",
+                x.ids.dims(),
+                x.segments.dims(),
+                x.padding.dims()
+            );
         }
         let lookup = |w: &Tensor, ids: &Tensor| -> Result<Tensor> {
             let flat = c(ids.flatten_all().and_then(|f| f.to_dtype(DType::U32)))?;
-            c(w.index_select(&flat, 0).and_then(|e| e.reshape((b, l, self.cfg.hidden_size))))
+            c(w.index_select(&flat, 0)
+                .and_then(|e| e.reshape((b, l, self.cfg.hidden_size))))
         };
         let words = lookup(&self.word_embeddings, x.ids)?;
         let segs = lookup(&self.token_type_embeddings, x.segments)?;
@@ -157,7 +195,11 @@ impl BertModel {
 
     /// `tanh(dense(h[:, 0]))`: the `[CLS]` summary (B, H).
     pub fn pool(&self, hidden: &Tensor) -> Result<Tensor> {
-        c(hidden.narrow(1, 0, 1).and_then(|h| h.squeeze(1)).and_then(|h| self.pooler.forward(&h)).and_then(|p| p.tanh()))
+        c(hidden
+            .narrow(1, 0, 1)
+            .and_then(|h| h.squeeze(1))
+            .and_then(|h| self.pooler.forward(&h))
+            .and_then(|p| p.tanh()))
     }
 }
 
@@ -181,7 +223,10 @@ impl BertForPreTraining {
             transform: c(Linear::new(&LinearConfig::new(h, h), &p.pp("transform").pp("dense")))?,
             transform_norm: cfg.norm(&p.pp("transform").pp("LayerNorm"))?,
             mlm_bias: c(p.param("bias", cfg.vocab_size, Init::Zeros))?,
-            seq_relationship: c(Linear::new(&LinearConfig::new(h, 2), &vs.pp("cls").pp("seq_relationship")))?,
+            seq_relationship: c(Linear::new(
+                &LinearConfig::new(h, 2),
+                &vs.pp("cls").pp("seq_relationship"),
+            ))?,
         })
     }
 
@@ -216,14 +261,20 @@ impl BertClassifier {
         Ok(Self {
             bert: BertModel::new(cfg, &vs.pp("bert"))?,
             dropout: c(Dropout::new(cfg.hidden_dropout_prob, vs.rng()))?,
-            classifier: c(Linear::new(&LinearConfig::new(cfg.hidden_size, num_labels), &vs.pp("classifier")))?,
+            classifier: c(Linear::new(
+                &LinearConfig::new(cfg.hidden_size, num_labels),
+                &vs.pp("classifier"),
+            ))?,
         })
     }
 
     /// Class logits (B, C).
     pub fn forward(&self, x: &BertInput, train: bool) -> Result<Tensor> {
         let pooled = self.bert.pool(&self.bert.forward(x, train)?)?;
-        c(self.dropout.forward(&pooled, train).and_then(|p| self.classifier.forward(&p)))
+        c(self
+            .dropout
+            .forward(&pooled, train)
+            .and_then(|p| self.classifier.forward(&p)))
     }
 }
 
@@ -234,7 +285,14 @@ mod tests {
     use seqlab_nn::testing::assert_all_params_get_grad;
 
     fn tiny() -> BertConfig {
-        BertConfig { vocab_size: 30, hidden_size: 16, num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 12, ..BertConfig::preset("tiny").unwrap() }
+        BertConfig {
+            vocab_size: 30,
+            hidden_size: 16,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            max_position_embeddings: 12,
+            ..BertConfig::preset("tiny").unwrap()
+        }
     }
 
     fn input(dev: &Device) -> (Tensor, Tensor, Tensor) {
@@ -276,7 +334,17 @@ mod tests {
         let m = BertForPreTraining::new(&tiny(), &vs).unwrap();
         let (ids, segs, pad) = input(&dev);
         let masked = Tensor::new(&[2u32, 3, 9, 12], &dev).unwrap();
-        let (mlm, nsp) = m.forward(&BertInput { ids: &ids, segments: &segs, padding: &pad }, &masked, true).unwrap();
+        let (mlm, nsp) = m
+            .forward(
+                &BertInput {
+                    ids: &ids,
+                    segments: &segs,
+                    padding: &pad,
+                },
+                &masked,
+                true,
+            )
+            .unwrap();
         assert_eq!(mlm.dims(), [4, 30]);
         assert_eq!(nsp.dims(), [2, 2]);
         let y = Tensor::cat(&[mlm.flatten_all().unwrap(), nsp.flatten_all().unwrap()], 0).unwrap();
@@ -289,7 +357,16 @@ mod tests {
         let vs = VarStore::new(2, &dev);
         let m = BertClassifier::new(&tiny(), 3, &vs).unwrap();
         let (ids, segs, pad) = input(&dev);
-        let y = m.forward(&BertInput { ids: &ids, segments: &segs, padding: &pad }, true).unwrap();
+        let y = m
+            .forward(
+                &BertInput {
+                    ids: &ids,
+                    segments: &segs,
+                    padding: &pad,
+                },
+                true,
+            )
+            .unwrap();
         assert_eq!(y.dims(), [2, 3]);
         assert_all_params_get_grad(&vs, &y);
     }
@@ -301,7 +378,16 @@ mod tests {
         let m = BertModel::new(&tiny(), &vs).unwrap();
         let ids = Tensor::zeros((1, 13), DType::U32, &dev).unwrap();
         let pad = Tensor::zeros((1, 13), DType::U8, &dev).unwrap();
-        let e = m.forward(&BertInput { ids: &ids, segments: &ids, padding: &pad }, false).unwrap_err();
+        let e = m
+            .forward(
+                &BertInput {
+                    ids: &ids,
+                    segments: &ids,
+                    padding: &pad,
+                },
+                false,
+            )
+            .unwrap_err();
         assert!(e.to_string().contains("max_position_embeddings"), "{e}");
     }
 }

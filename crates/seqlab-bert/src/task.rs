@@ -31,13 +31,24 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { lr: 1e-4, weight_decay: 0.01, warmup_steps: 1000, betas: [0.9, 0.999], eps: 1e-6 }
+        Self {
+            lr: 1e-4,
+            weight_decay: 0.01,
+            warmup_steps: 1000,
+            betas: [0.9, 0.999],
+            eps: 1e-6,
+        }
     }
 }
 
 impl OptimConfig {
     fn schedule(&self, total: u64) -> Schedule {
-        Schedule::WarmupCosine { lr: self.lr, warmup: self.warmup_steps.min(total.saturating_sub(1)), total, min_lr: 0.0 }
+        Schedule::WarmupCosine {
+            lr: self.lr,
+            warmup: self.warmup_steps.min(total.saturating_sub(1)),
+            total,
+            min_lr: 0.0,
+        }
     }
 }
 
@@ -110,7 +121,10 @@ fn u32_tensor(v: &[u32], dev: &Device) -> Result<Tensor> {
 }
 
 fn correct(logits: &Tensor, labels: &[u32]) -> Result<usize> {
-    let p = c(logits.argmax(D::Minus1).and_then(|a| a.to_dtype(DType::U32)).and_then(|a| a.to_vec1::<u32>()))?;
+    let p = c(logits
+        .argmax(D::Minus1)
+        .and_then(|a| a.to_dtype(DType::U32))
+        .and_then(|a| a.to_vec1::<u32>()))?;
     Ok(p.iter().zip(labels).filter(|(a, b)| a == b).count())
 }
 
@@ -138,42 +152,107 @@ impl PretrainTask {
             lines.truncate(m);
         }
         if lines.len() <= d.valid_paragraphs + 1 {
-            bail!("{}: {} paragraphs, but data.valid_paragraphs = {} are held out", d.corpus.display(), lines.len(), d.valid_paragraphs);
+            bail!(
+                "{}: {} paragraphs, but data.valid_paragraphs = {} are held out",
+                d.corpus.display(),
+                lines.len(),
+                d.valid_paragraphs
+            );
         }
         let (tr, va) = lines.split_at(lines.len() - d.valid_paragraphs);
         let tok = match saved.map(|s| s.join("tokenizer.json")).filter(|p| p.exists()) {
             Some(p) => BertTokenizer::load(&p)?,
             None => {
-                let tc = TokenizerConfig { kind: d.tokenizer, vocab_size: d.vocab_size, min_frequency: d.min_frequency };
+                let tc = TokenizerConfig {
+                    kind: d.tokenizer,
+                    vocab_size: d.vocab_size,
+                    min_frequency: d.min_frequency,
+                };
                 BertTokenizer::train(&tc, tr.iter().copied())?
             }
         };
-        let train = PairCorpus::from_lines(&tok, tr.iter().copied()).with_context(|| format!("{}: training part", d.corpus.display()))?;
-        let valid = PairCorpus::from_lines(&tok, va.iter().copied()).with_context(|| format!("{}: held-out part", d.corpus.display()))?;
+        let train = PairCorpus::from_lines(&tok, tr.iter().copied())
+            .with_context(|| format!("{}: training part", d.corpus.display()))?;
+        let valid = PairCorpus::from_lines(&tok, va.iter().copied())
+            .with_context(|| format!("{}: held-out part", d.corpus.display()))?;
         let mut cfg = cfg.clone();
         cfg.model.vocab_size = tok.vocab_size();
         if d.max_len > cfg.model.max_position_embeddings {
-            bail!("data.max_len ({}) exceeds model.max_position_embeddings ({})", d.max_len, cfg.model.max_position_embeddings);
+            bail!(
+                "data.max_len ({}) exceeds model.max_position_embeddings ({})",
+                d.max_len,
+                cfg.model.max_position_embeddings
+            );
         }
         let net = BertForPreTraining::new(&cfg.model, vs)?;
-        Ok(Self { cfg, tok, net, vs: vs.clone(), train, valid })
+        Ok(Self {
+            cfg,
+            tok,
+            net,
+            vs: vs.clone(),
+            train,
+            valid,
+        })
     }
 
     fn mask_cfg(&self) -> MaskConfig {
-        MaskConfig { select: self.cfg.data.mask_prob, ..MaskConfig::default() }
+        MaskConfig {
+            select: self.cfg.data.mask_prob,
+            ..MaskConfig::default()
+        }
     }
 
     /// (MLM loss, NSP loss, MLM correct, MLM count, NSP correct) of one batch.
-    fn batch(&self, corpus: &PairCorpus, anchors: &[usize], epoch: u64, train: bool) -> Result<(Tensor, Tensor, usize, usize, usize)> {
+    fn batch(
+        &self,
+        corpus: &PairCorpus,
+        anchors: &[usize],
+        epoch: u64,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, usize, usize, usize)> {
         let dev = self.vs.device();
-        let b = pretrain_batch(corpus, &self.tok, anchors, self.cfg.train.seed, epoch, self.cfg.data.max_len, &self.mask_cfg());
+        let b = pretrain_batch(
+            corpus,
+            &self.tok,
+            anchors,
+            self.cfg.train.seed,
+            epoch,
+            self.cfg.data.max_len,
+            &self.mask_cfg(),
+        );
         let ids = c(Tensor::from_slice(&b.ids, (b.batch, b.len), dev))?;
         let segs = c(Tensor::from_slice(&b.segments, (b.batch, b.len), dev))?;
         let pad = c(Tensor::from_slice(&b.padding, (b.batch, b.len), dev))?;
-        let (mlm, nsp) = self.net.forward(&BertInput { ids: &ids, segments: &segs, padding: &pad }, &u32_tensor(&b.masked, dev)?, train)?;
-        let mlm_loss = c(cross_entropy(&mlm, &u32_tensor(&b.mlm_labels, dev)?, None, 0.0, Reduction::Mean))?;
-        let nsp_loss = c(cross_entropy(&nsp, &u32_tensor(&b.nsp_labels, dev)?, None, 0.0, Reduction::Mean))?;
-        Ok((mlm_loss, nsp_loss, correct(&mlm, &b.mlm_labels)?, b.masked.len(), correct(&nsp, &b.nsp_labels)?))
+        let (mlm, nsp) = self.net.forward(
+            &BertInput {
+                ids: &ids,
+                segments: &segs,
+                padding: &pad,
+            },
+            &u32_tensor(&b.masked, dev)?,
+            train,
+        )?;
+        let mlm_loss = c(cross_entropy(
+            &mlm,
+            &u32_tensor(&b.mlm_labels, dev)?,
+            None,
+            0.0,
+            Reduction::Mean,
+        ))?;
+        let nsp_loss = c(cross_entropy(
+            &nsp,
+            &u32_tensor(&b.nsp_labels, dev)?,
+            None,
+            0.0,
+            Reduction::Mean,
+        ))?;
+        Ok((
+            mlm_loss,
+            nsp_loss,
+            correct(&mlm, &b.mlm_labels)?,
+            b.masked.len(),
+            correct(&nsp, &b.nsp_labels)?,
+        ))
     }
 }
 
@@ -221,13 +300,21 @@ impl TrainTask for PretrainTask {
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         self.tok.save(&dir.join("tokenizer.json"))?;
-        std::fs::write(dir.join("bert_config.json"), serde_json::to_string_pretty(&self.cfg.model)?)?;
+        std::fs::write(
+            dir.join("bert_config.json"),
+            serde_json::to_string_pretty(&self.cfg.model)?,
+        )?;
         Ok(())
     }
 }
 
 fn optimizer(o: &OptimConfig, vs: &VarStore, lr: f64) -> Result<Box<dyn seqlab_nn::Optimizer>> {
-    let ac = AdamWConfig { lr, betas: (o.betas[0], o.betas[1]), eps: o.eps, weight_decay: o.weight_decay };
+    let ac = AdamWConfig {
+        lr,
+        betas: (o.betas[0], o.betas[1]),
+        eps: o.eps,
+        weight_decay: o.weight_decay,
+    };
     Ok(Box::new(c(AdamW::new(vs.trainable(), ac))?))
 }
 
@@ -237,11 +324,20 @@ fn prepare_run_dir(run_dir: &Path, resume: bool, cfg_toml: &str) -> Result<Optio
         bail!("{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)", run_dir.display());
     }
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.toml"), cfg_toml).with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+    std::fs::write(run_dir.join("config.toml"), cfg_toml)
+        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
     Ok(latest)
 }
 
-fn run(cfg_train: &LoopConfig, o: &OptimConfig, vs: VarStore, run_dir: &Path, run_config: serde_json::Value, resume: bool, task: &mut dyn TrainTask) -> Result<RunSummary> {
+fn run(
+    cfg_train: &LoopConfig,
+    o: &OptimConfig,
+    vs: VarStore,
+    run_dir: &Path,
+    run_config: serde_json::Value,
+    resume: bool,
+    task: &mut dyn TrainTask,
+) -> Result<RunSummary> {
     let sched = o.schedule(cfg_train.max_steps);
     let opt = optimizer(o, &vs, sched.lr(1))?;
     let mut trainer = Trainer::new(cfg_train.clone(), vs, opt, sched, run_dir, run_config)?;
@@ -275,7 +371,13 @@ pub struct FinetuneData {
 
 impl Default for FinetuneData {
     fn default() -> Self {
-        Self { train: PathBuf::new(), valid: None, max_len: 128, batch_size: 32, max_eval_batches: None }
+        Self {
+            train: PathBuf::new(),
+            valid: None,
+            max_len: 128,
+            batch_size: 32,
+            max_eval_batches: None,
+        }
     }
 }
 
@@ -295,7 +397,11 @@ pub struct FinetuneConfig {
 
 /// The paper's fine-tuning range (lr 2e-5..5e-5, 10 % warm-up is typical).
 fn finetune_optim() -> OptimConfig {
-    OptimConfig { lr: 3e-5, warmup_steps: 100, ..OptimConfig::default() }
+    OptimConfig {
+        lr: 3e-5,
+        warmup_steps: 100,
+        ..OptimConfig::default()
+    }
 }
 
 impl FinetuneConfig {
@@ -316,7 +422,10 @@ pub fn resolve_checkpoint(p: &Path) -> Result<PathBuf> {
     }
     match seqlab_train::checkpoint::latest(&root)? {
         Some(d) => Ok(d),
-        None => bail!("{}: no checkpoint here (expected model.safetensors, or checkpoints/ of a run folder)", p.display()),
+        None => bail!(
+            "{}: no checkpoint here (expected model.safetensors, or checkpoints/ of a run folder)",
+            p.display()
+        ),
     }
 }
 
@@ -324,7 +433,8 @@ pub fn resolve_checkpoint(p: &Path) -> Result<PathBuf> {
 /// that is missing or has the wrong shape. Other entries of the file (`cls.*`) are ignored.
 /// Returns how many tensors were loaded.
 pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
-    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(file, vs.device()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(file, vs.device()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut problems = Vec::new();
     let mut n = 0;
     for (name, var) in vs.trainable() {
@@ -333,7 +443,11 @@ pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
         }
         match tensors.get(&name) {
             None => problems.push(format!("missing {name}")),
-            Some(t) if t.dims() != var.dims() => problems.push(format!("{name}: shape {:?} in file, {:?} in model", t.dims(), var.dims())),
+            Some(t) if t.dims() != var.dims() => problems.push(format!(
+                "{name}: shape {:?} in file, {:?} in model",
+                t.dims(),
+                var.dims()
+            )),
             Some(t) => {
                 c(var.set(&c(t.to_dtype(var.dtype()))?))?;
                 n += 1;
@@ -341,7 +455,11 @@ pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
         }
     }
     if !problems.is_empty() {
-        bail!("{}: pretrained encoder does not fit: {}", file.display(), problems.join("; "));
+        bail!(
+            "{}: pretrained encoder does not fit: {}",
+            file.display(),
+            problems.join("; ")
+        );
     }
     Ok(n)
 }
@@ -370,11 +488,15 @@ impl FinetuneTask {
         let ck = resolve_checkpoint(&cfg.pretrained)?;
         let tok = BertTokenizer::load(&ck.join("tokenizer.json"))?;
         let bc = ck.join("bert_config.json");
-        let bert_cfg: BertConfig = serde_json::from_str(&std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?)
-            .with_context(|| format!("{}: bad model config", bc.display()))?;
+        let bert_cfg: BertConfig =
+            serde_json::from_str(&std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?)
+                .with_context(|| format!("{}: bad model config", bc.display()))?;
         let d = &cfg.data;
         if d.max_len < 3 || d.max_len > bert_cfg.max_position_embeddings || d.batch_size == 0 {
-            bail!("data: need 3 <= max_len <= {} (the model's positions) and batch_size > 0", bert_cfg.max_position_embeddings);
+            bail!(
+                "data: need 3 <= max_len <= {} (the model's positions) and batch_size > 0",
+                bert_cfg.max_position_embeddings
+            );
         }
         let tr = ClsData::read_train(&d.train)?;
         let labels = tr.labels.clone();
@@ -389,14 +511,26 @@ impl FinetuneTask {
                 ids.push(tok.sep);
                 seqs.push(ids);
             }
-            Ok(ClsSet { seqs, labels: data.examples.iter().map(|e| e.label as u32).collect() })
+            Ok(ClsSet {
+                seqs,
+                labels: data.examples.iter().map(|e| e.label as u32).collect(),
+            })
         };
         let train = encode(&tr)?;
         let valid = match &d.valid {
             Some(p) => Some(encode(&ClsData::read_eval(p, &labels)?)?),
             None => None,
         };
-        Ok(Self { cfg: cfg.clone(), tok, labels, bert_cfg, net, vs: vs.clone(), train, valid })
+        Ok(Self {
+            cfg: cfg.clone(),
+            tok,
+            labels,
+            bert_cfg,
+            net,
+            vs: vs.clone(),
+            train,
+            valid,
+        })
     }
 
     fn logits(&self, set: &ClsSet, idx: &[usize], train: bool) -> Result<(Tensor, Vec<u32>)> {
@@ -413,7 +547,17 @@ impl FinetuneTask {
         let segs = c(ids.zeros_like())?;
         let pad = c(Tensor::from_vec(pad, (b, len), dev))?;
         let y = idx.iter().map(|&i| set.labels[i]).collect();
-        Ok((self.net.forward(&BertInput { ids: &ids, segments: &segs, padding: &pad }, train)?, y))
+        Ok((
+            self.net.forward(
+                &BertInput {
+                    ids: &ids,
+                    segments: &segs,
+                    padding: &pad,
+                },
+                train,
+            )?,
+            y,
+        ))
     }
 }
 
@@ -428,7 +572,13 @@ impl TrainTask for FinetuneTask {
         let lo = (index * bs).min(order.len().saturating_sub(1));
         let idx = &order[lo..(lo + bs).min(order.len())];
         let (logits, y) = self.logits(&self.train, idx, true)?;
-        let loss = c(cross_entropy(&logits, &u32_tensor(&y, self.vs.device())?, None, 0.0, Reduction::Mean))?;
+        let loss = c(cross_entropy(
+            &logits,
+            &u32_tensor(&y, self.vs.device())?,
+            None,
+            0.0,
+            Reduction::Mean,
+        ))?;
         Ok((loss, idx.iter().map(|&i| self.train.seqs[i].len()).sum()))
     }
 
@@ -443,11 +593,17 @@ impl TrainTask for FinetuneTask {
                 break;
             }
             let (logits, y) = self.logits(v, idx, false)?;
-            loss += c(cross_entropy(&logits, &u32_tensor(&y, self.vs.device())?, None, 0.0, Reduction::Sum).and_then(|l| l.to_scalar::<f32>()))? as f64;
+            loss += c(
+                cross_entropy(&logits, &u32_tensor(&y, self.vs.device())?, None, 0.0, Reduction::Sum)
+                    .and_then(|l| l.to_scalar::<f32>()),
+            )? as f64;
             right += correct(&logits, &y)?;
             n += idx.len();
         }
-        Ok(BTreeMap::from([("loss".into(), loss / n.max(1) as f64), ("accuracy".into(), right as f64 / n.max(1) as f64)]))
+        Ok(BTreeMap::from([
+            ("loss".into(), loss / n.max(1) as f64),
+            ("accuracy".into(), right as f64 / n.max(1) as f64),
+        ]))
     }
 
     fn selection(&self) -> (String, bool) {
@@ -456,8 +612,14 @@ impl TrainTask for FinetuneTask {
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         self.tok.save(&dir.join("tokenizer.json"))?;
-        std::fs::write(dir.join("bert_config.json"), serde_json::to_string_pretty(&self.bert_cfg)?)?;
-        std::fs::write(dir.join("labels.json"), serde_json::to_string_pretty(self.labels.names())?)?;
+        std::fs::write(
+            dir.join("bert_config.json"),
+            serde_json::to_string_pretty(&self.bert_cfg)?,
+        )?;
+        std::fs::write(
+            dir.join("labels.json"),
+            serde_json::to_string_pretty(self.labels.names())?,
+        )?;
         Ok(())
     }
 }
@@ -468,7 +630,15 @@ pub fn finetune(cfg: &FinetuneConfig, resume: bool) -> Result<RunSummary> {
     prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let mut task = FinetuneTask::build(cfg, &vs)?;
-    run(&cfg.train, &cfg.optim, vs, &cfg.run_dir, serde_json::to_value(cfg)?, resume, &mut task)
+    run(
+        &cfg.train,
+        &cfg.optim,
+        vs,
+        &cfg.run_dir,
+        serde_json::to_value(cfg)?,
+        resume,
+        &mut task,
+    )
 }
 
 #[cfg(test)]
@@ -488,10 +658,36 @@ mod tests {
         std::fs::write(&corpus, corpus_lines().join("\n")).unwrap();
         PretrainConfig {
             run_dir: dir.join("run"),
-            model: BertConfig { hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 48, hidden_dropout_prob: 0.0, ..BertConfig::preset("tiny").unwrap() },
-            data: PretrainData { corpus, vocab_size: 100, valid_paragraphs: 10, max_len: 48, batch_size: 16, ..PretrainData::default() },
-            optim: OptimConfig { lr: 3e-3, warmup_steps: 5, weight_decay: 0.0, ..OptimConfig::default() },
-            train: LoopConfig { max_steps: 60, eval_every: 60, log_every: 10, progress: false, seed: 3, ..LoopConfig::default() },
+            model: BertConfig {
+                hidden_size: 32,
+                num_attention_heads: 2,
+                intermediate_size: 64,
+                max_position_embeddings: 48,
+                hidden_dropout_prob: 0.0,
+                ..BertConfig::preset("tiny").unwrap()
+            },
+            data: PretrainData {
+                corpus,
+                vocab_size: 100,
+                valid_paragraphs: 10,
+                max_len: 48,
+                batch_size: 16,
+                ..PretrainData::default()
+            },
+            optim: OptimConfig {
+                lr: 3e-3,
+                warmup_steps: 5,
+                weight_decay: 0.0,
+                ..OptimConfig::default()
+            },
+            train: LoopConfig {
+                max_steps: 60,
+                eval_every: 60,
+                log_every: 10,
+                progress: false,
+                seed: 3,
+                ..LoopConfig::default()
+            },
         }
     }
 
@@ -516,22 +712,43 @@ mod tests {
         let before = PretrainTask::build(&cfg, &vs, None).unwrap().evaluate().unwrap();
         let summary = pretrain(&cfg, false).unwrap();
         let after = &summary.last_eval;
-        assert!(after["mlm_loss"] < before["mlm_loss"] - 0.5, "MLM loss {} -> {}", before["mlm_loss"], after["mlm_loss"]);
+        assert!(
+            after["mlm_loss"] < before["mlm_loss"] - 0.5,
+            "MLM loss {} -> {}",
+            before["mlm_loss"],
+            after["mlm_loss"]
+        );
         assert!(after["mlm_accuracy"] > before["mlm_accuracy"]);
         assert!(after.contains_key("nsp_accuracy"));
 
         // Fine-tuning: every bert.* weight equals the pretrained one; the head is fresh.
         let (train, valid) = (dir.join("train.tsv"), dir.join("valid.tsv"));
         let lines = corpus_lines();
-        let tsv: String = lines.iter().enumerate().map(|(i, l)| format!("{l}\t{}\n", if l.contains("cat") && i % 2 == 0 { "a" } else { "b" })).collect();
+        let tsv: String = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{l}\t{}\n", if l.contains("cat") && i % 2 == 0 { "a" } else { "b" }))
+            .collect();
         std::fs::write(&train, &tsv).unwrap();
         std::fs::write(&valid, &tsv).unwrap();
         let fcfg = FinetuneConfig {
             pretrained: cfg.run_dir.clone(),
             run_dir: dir.join("ft"),
-            data: FinetuneData { train, valid: Some(valid), max_len: 48, batch_size: 16, max_eval_batches: None },
+            data: FinetuneData {
+                train,
+                valid: Some(valid),
+                max_len: 48,
+                batch_size: 16,
+                max_eval_batches: None,
+            },
             optim: finetune_optim(),
-            train: LoopConfig { max_steps: 2, eval_every: 2, log_every: 1, progress: false, ..LoopConfig::default() },
+            train: LoopConfig {
+                max_steps: 2,
+                eval_every: 2,
+                log_every: 1,
+                progress: false,
+                ..LoopConfig::default()
+            },
         };
         let fvs = VarStore::new(99, &Device::Cpu);
         let task = FinetuneTask::build(&fcfg, &fvs).unwrap();
@@ -540,7 +757,14 @@ mod tests {
         let mut checked = 0;
         for (name, var) in fvs.trainable() {
             if name.starts_with("bert.") {
-                let diff = (var.as_tensor() - &saved[&name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let diff = (var.as_tensor() - &saved[&name])
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert_eq!(diff, 0.0, "{name} not loaded");
                 checked += 1;
             } else {
@@ -558,7 +782,10 @@ mod tests {
         let f = dir.join("partial.safetensors");
         candle_core::safetensors::save(&partial, &f).unwrap();
         let e = load_encoder(&fvs, &f).unwrap_err().to_string();
-        assert!(e.contains("missing bert.embeddings.token_type_embeddings.weight"), "{e}");
+        assert!(
+            e.contains("missing bert.embeddings.token_type_embeddings.weight"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }
