@@ -757,14 +757,7 @@ mod tests {
         let mut checked = 0;
         for (name, var) in fvs.trainable() {
             if name.starts_with("bert.") {
-                let diff = (var.as_tensor() - &saved[&name])
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = seqlab_nn::testing::max_abs_diff(var.as_tensor(), &saved[&name]);
                 assert_eq!(diff, 0.0, "{name} not loaded");
                 checked += 1;
             } else {

@@ -451,14 +451,7 @@ mod tests {
         for _ in 0..8 {
             let a = cached.step(&feed).unwrap();
             let b = full.step(&feed).unwrap();
-            let d = (&a - &b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = seqlab_nn::testing::max_abs_diff(&a, &b);
             assert!(d < 1e-5, "cached vs full logits differ by {d}");
             let (ra, rb) = (a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
             feed = ra.iter().map(|r| argmax(r)).collect();

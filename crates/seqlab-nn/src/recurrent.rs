@@ -809,23 +809,9 @@ mod tests {
         let x1 = x.get(1).unwrap().narrow(0, 0, 3).unwrap().unsqueeze(0).unwrap();
         let (out1, hn1) = m.forward(&x1, None, None, false).unwrap();
         let a = out.get(1).unwrap().narrow(0, 0, 3).unwrap();
-        let d = (a - out1.get(0).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::testing::max_abs_diff(&a, &out1.get(0).unwrap());
         assert!(d < 1e-6, "{d}");
-        let d = (hn.narrow(1, 1, 1).unwrap() - hn1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::testing::max_abs_diff(&hn.narrow(1, 1, 1).unwrap(), &hn1);
         assert!(d < 1e-6, "{d}");
     }
 }

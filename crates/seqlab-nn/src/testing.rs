@@ -35,3 +35,16 @@ pub fn assert_all_params_get_grad(vs: &VarStore, y: &Tensor) {
         bad.join(", ")
     );
 }
+
+/// Largest absolute element-wise difference of two same-shaped tensors (panics on mismatch:
+/// for tests).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}

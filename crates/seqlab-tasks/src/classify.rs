@@ -165,21 +165,7 @@ impl ClsTask {
     }
 
     pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
-        let p = match (path, split) {
-            (Some(p), _) => p.to_path_buf(),
-            (None, Split::Test) => self
-                .cfg
-                .data
-                .test
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
-            (None, Split::Valid) => self
-                .cfg
-                .data
-                .valid
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
-        };
+        let p = crate::common::eval_file(&self.cfg, split, path)?;
         let e = self.encode(&ClsData::read_eval(&p, &self.labels)?)?;
         let (truth, pred, loss) = self.predict(&e, None)?;
         let k = self.labels.len();

@@ -51,3 +51,20 @@ pub enum Split {
     Valid,
     Test,
 }
+
+/// The file an evaluation reads: `path` if given, else the configured test or valid file.
+pub(crate) fn eval_file(
+    cfg: &crate::config::RunConfig,
+    split: Split,
+    path: Option<&Path>,
+) -> Result<std::path::PathBuf> {
+    let (file, key) = match split {
+        Split::Test => (&cfg.data.test, "test"),
+        Split::Valid => (&cfg.data.valid, "valid"),
+    };
+    match (path, file) {
+        (Some(p), _) => Ok(p.to_path_buf()),
+        (None, Some(f)) => Ok(f.clone()),
+        (None, None) => anyhow::bail!("no data.{key} in the config; pass --data FILE"),
+    }
+}

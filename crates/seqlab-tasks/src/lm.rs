@@ -112,21 +112,7 @@ impl LmTask {
 
     /// Loss, perplexity (and bits per character) on the test or validation file, or `path`.
     pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
-        let p = match (path, split) {
-            (Some(p), _) => p.to_path_buf(),
-            (None, Split::Test) => self
-                .cfg
-                .data
-                .test
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no data.test in the config; pass --data FILE"))?,
-            (None, Split::Valid) => self
-                .cfg
-                .data
-                .valid
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no data.valid in the config; pass --data FILE"))?,
-        };
+        let p = crate::common::eval_file(&self.cfg, split, path)?;
         let sb = Self::stream(&p, &self.tok, self.cfg.data.batch_size)?;
         let (loss, n) = self.stream_loss(&sb, None)?;
         let m = self.metrics(loss);
