@@ -36,6 +36,15 @@ impl MetricsLog {
         if !path.exists() {
             return Ok(());
         }
+        // A run killed mid-write can leave a torn last line: drop it, it is logged again.
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        if let Some(last) = text.lines().last() {
+            if serde_json::from_str::<Value>(last).is_err() {
+                let cut = text.len() - text.trim_end_matches('\n').len() + last.len();
+                seqlab_nn::io::write_atomic(path, text[..text.len() - cut].as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
         let kept: Vec<Map<String, Value>> = read_jsonl(path)?
             .into_iter()
             .filter(|r| r.get("step").and_then(Value::as_u64).is_none_or(|s| s <= last_step))
@@ -100,6 +109,10 @@ mod tests {
         let r = read_jsonl(&p).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[1]["step"], 2);
+        // A torn last line (a kill mid-write) is dropped on resume.
+        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"st").unwrap();
+        MetricsLog::truncate_after(&p, 5).unwrap();
+        assert_eq!(read_jsonl(&p).unwrap().len(), 2);
         std::fs::write(&p, "{\"step\":1}\nnot json\n").unwrap();
         let e = read_jsonl(&p).unwrap_err().to_string();
         assert!(e.contains("m.jsonl:2: invalid JSON"), "{e}");
