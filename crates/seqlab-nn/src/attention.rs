@@ -1455,26 +1455,9 @@ pub(crate) fn golden_mha(case: &crate::golden::Case) -> Result<crate::golden::Co
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::assert_all_params_get_grad;
+    use crate::testing::{assert_all_params_get_grad, max_abs_diff as max_diff, randn};
     use crate::SeqRng;
     use candle_core::{Device, Var};
-
-    fn randn(seed: u64, shape: &[usize]) -> Tensor {
-        SeqRng::new(seed).normal(shape, 0.0, 1.0, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The fused kernel and its backward against plain candle ops, with an additive mask.
     #[test]

@@ -48,3 +48,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A tensor of N(0, 1) draws from the project's seeded RNG (for tests).
+pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    SeqRng::new(seed)
+        .normal(shape, 0.0, 1.0, &candle_core::Device::Cpu)
+        .unwrap()
+}

@@ -954,26 +954,8 @@ pub(crate) fn golden_seq2seq_tied(case: &crate::golden::Case) -> Result<crate::g
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::assert_all_params_get_grad;
-    use crate::SeqRng;
+    use crate::testing::{assert_all_params_get_grad, max_abs_diff as max_diff, randn};
     use candle_core::Device;
-
-    fn randn(seed: u64, shape: &[usize]) -> Tensor {
-        SeqRng::new(seed).normal(shape, 0.0, 1.0, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn small(norm_first: bool, activation: Activation, dropout: f64) -> TransformerLayerConfig {
         TransformerLayerConfig {
