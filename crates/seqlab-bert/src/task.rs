@@ -80,7 +80,7 @@ pub struct PretrainData {
 impl Default for PretrainData {
     fn default() -> Self {
         Self {
-            corpus: PathBuf::from("/work/shared/data/w2v/corpus.en.txt"),
+            corpus: PathBuf::from("../shared/data/w2v/corpus.en.txt"),
             tokenizer: TokenizerKind::Bpe,
             vocab_size: 8000,
             min_frequency: 2,
