@@ -1,4 +1,5 @@
-//! Shared plumbing of seqlab's fused CPU kernels (candle `CustomOp`s).
+//! Shared plumbing of seqlab's fused CPU kernels (candle `CustomOp`s): argument slices and a
+//! bounds-checked strided f32 matmul on the `gemm` crate.
 
 use candle_core::{bail, CpuStorage, Layout, Result};
 
@@ -20,5 +21,95 @@ pub(crate) fn contiguous<'a>(op: &str, what: &str, data: &'a [f32], l: &Layout) 
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+/// dst (m×n, row-major with row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit
+/// strides.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
+/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
+/// that makes the big operand column-major.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let threads = rayon::current_num_threads();
+    // Thread dispatch costs more than it saves on tiny products.
+    let par = if threads > 1 && m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every accessed element inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
     }
 }
