@@ -1,46 +1,35 @@
-//! Command-line arguments for the `seqlab` binary (`seqlab bert-pretrain`, `seqlab bert-finetune`).
+//! Command-line arguments for the `seqlab` binary (`seqlab pretrain`, `seqlab finetune`).
 
 use crate::task::{FinetuneConfig, PretrainConfig};
 use anyhow::Result;
 use clap::Args;
+use seqlab_train::overrides::load_with;
+use seqlab_train::RunFlags;
 use std::path::PathBuf;
 
 /// Pretrain a BERT encoder (masked LM + next-sentence prediction).
 #[derive(Args, Debug, Clone)]
 pub struct PretrainArgs {
-    /// TOML config (see configs/bert-*.toml).
+    /// TOML config (see configs/bert-*.toml); any key can be overridden with `--set`.
     pub config: PathBuf,
-    /// Continue the run from its newest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Override `run_dir`.
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Override `train.max_steps`.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Override `data.corpus`.
-    #[arg(long)]
-    pub corpus: Option<PathBuf>,
-    /// Override `data.max_paragraphs`.
-    #[arg(long)]
-    pub max_paragraphs: Option<usize>,
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 /// Fine-tune a pretrained BERT encoder for `text<TAB>label` classification.
 #[derive(Args, Debug, Clone)]
 pub struct FinetuneArgs {
-    /// TOML config with `pretrained`, `run_dir`, `[data] train/valid`.
+    /// TOML config with `pretrained`, `run_dir`, `[data] train/valid/test`.
     pub config: PathBuf,
     /// Override `pretrained` (a checkpoint folder or a pretraining run folder).
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
+    /// Train the same model from random weights (the pretrained checkpoint still supplies the
+    /// tokenizer and model shape): the baseline that shows what pretraining buys.
     #[arg(long)]
-    pub resume: bool,
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub max_steps: Option<u64>,
+    pub from_scratch: bool,
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 fn print_summary(s: &seqlab_train::trainer::RunSummary, run_dir: &std::path::Path) {
@@ -55,36 +44,25 @@ fn print_summary(s: &seqlab_train::trainer::RunSummary, run_dir: &std::path::Pat
 }
 
 pub fn pretrain(a: &PretrainArgs) -> Result<()> {
-    let mut cfg = PretrainConfig::from_file(&a.config)?;
-    if let Some(d) = &a.run_dir {
-        cfg.run_dir = d.clone();
-    }
-    if let Some(n) = a.max_steps {
-        cfg.train.max_steps = n;
-    }
-    if let Some(c) = &a.corpus {
-        cfg.data.corpus = c.clone();
-    }
-    if a.max_paragraphs.is_some() {
-        cfg.data.max_paragraphs = a.max_paragraphs;
-    }
-    let s = crate::task::pretrain(&cfg, a.resume)?;
+    let cfg: PretrainConfig = load_with(&a.config, &a.run.overrides())?;
+    let s = crate::task::pretrain(&cfg, a.run.resume)?;
     print_summary(&s, &cfg.run_dir);
     Ok(())
 }
 
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
-    let mut cfg = FinetuneConfig::from_file(&a.config)?;
+    let mut sets = a.run.overrides();
     if let Some(p) = &a.pretrained {
-        cfg.pretrained = p.clone();
+        sets.push(format!("pretrained={:?}", p.display().to_string()));
     }
-    if let Some(d) = &a.run_dir {
-        cfg.run_dir = d.clone();
+    if a.from_scratch {
+        sets.push("from_scratch=true".into());
     }
-    if let Some(n) = a.max_steps {
-        cfg.train.max_steps = n;
+    let cfg: FinetuneConfig = load_with(&a.config, &sets)?;
+    let out = crate::task::finetune(&cfg, a.run.resume)?;
+    print_summary(&out.summary, &cfg.run_dir);
+    if let Some((text, _)) = out.test {
+        println!("{text}");
     }
-    let s = crate::task::finetune(&cfg, a.resume)?;
-    print_summary(&s, &cfg.run_dir);
     Ok(())
 }

@@ -7,6 +7,7 @@ use crate::model::{BertClassifier, BertConfig, BertForPreTraining, BertInput};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use seqlab_data::{shuffled_indices, ClsData, LabelSet, TokenizerConfig, TokenizerKind};
+use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::optim::{AdamW, AdamWConfig};
 use seqlab_nn::VarStore;
@@ -111,8 +112,7 @@ pub struct PretrainConfig {
 
 impl PretrainConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid BERT pretraining config", path.display()))
+        seqlab_train::overrides::load_with(path, &[])
     }
 }
 
@@ -362,6 +362,8 @@ pub fn pretrain(cfg: &PretrainConfig, resume: bool) -> Result<RunSummary> {
 pub struct FinetuneData {
     pub train: PathBuf,
     pub valid: Option<PathBuf>,
+    /// Scored with the best checkpoint when training ends.
+    pub test: Option<PathBuf>,
     /// Longest input, `[CLS]`/`[SEP]` included; longer texts are cut. Default 128.
     pub max_len: usize,
     /// Default 32.
@@ -374,6 +376,7 @@ impl Default for FinetuneData {
         Self {
             train: PathBuf::new(),
             valid: None,
+            test: None,
             max_len: 128,
             batch_size: 32,
             max_eval_batches: None,
@@ -387,6 +390,10 @@ impl Default for FinetuneData {
 pub struct FinetuneConfig {
     /// A pretraining checkpoint folder, or a pretraining run folder (→ `best`, else latest).
     pub pretrained: PathBuf,
+    /// Keep the random initial weights instead of loading the pretrained encoder (the
+    /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
+    #[serde(default)]
+    pub from_scratch: bool,
     pub run_dir: PathBuf,
     pub data: FinetuneData,
     #[serde(default = "finetune_optim")]
@@ -406,28 +413,11 @@ fn finetune_optim() -> OptimConfig {
 
 impl FinetuneConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: invalid BERT fine-tuning config", path.display()))
+        seqlab_train::overrides::load_with(path, &[])
     }
 }
 
-/// The checkpoint folder a `pretrained` path names.
-pub fn resolve_checkpoint(p: &Path) -> Result<PathBuf> {
-    if p.join("model.safetensors").exists() {
-        return Ok(p.to_path_buf());
-    }
-    let root = p.join("checkpoints");
-    if root.join("best").join("model.safetensors").exists() {
-        return Ok(root.join("best"));
-    }
-    match seqlab_train::checkpoint::latest(&root)? {
-        Some(d) => Ok(d),
-        None => bail!(
-            "{}: no checkpoint here (expected model.safetensors, or checkpoints/ of a run folder)",
-            p.display()
-        ),
-    }
-}
+use seqlab_train::checkpoint::resolve as resolve_checkpoint;
 
 /// Copies every `bert.*` weight of `vs` from the safetensors file; an error names each one
 /// that is missing or has the wrong shape. Other entries of the file (`cls.*`) are ignored.
@@ -469,6 +459,22 @@ struct ClsSet {
     labels: Vec<u32>,
 }
 
+/// `[CLS] text [SEP]`, the text cut to fit `max_len`.
+fn encode_cls(tok: &BertTokenizer, data: &ClsData, max_len: usize) -> Result<ClsSet> {
+    let mut seqs = Vec::with_capacity(data.examples.len());
+    for e in &data.examples {
+        let mut ids = vec![tok.cls];
+        let body = tok.encode(&e.text)?;
+        ids.extend_from_slice(&body[..body.len().min(max_len - 2)]);
+        ids.push(tok.sep);
+        seqs.push(ids);
+    }
+    Ok(ClsSet {
+        seqs,
+        labels: data.examples.iter().map(|e| e.label as u32).collect(),
+    })
+}
+
 /// Classification fine-tuning from a pretrained encoder.
 pub struct FinetuneTask {
     pub cfg: FinetuneConfig,
@@ -501,21 +507,10 @@ impl FinetuneTask {
         let tr = ClsData::read_train(&d.train)?;
         let labels = tr.labels.clone();
         let net = BertClassifier::new(&bert_cfg, labels.len(), vs)?;
-        load_encoder(vs, &ck.join("model.safetensors"))?;
-        let encode = |data: &ClsData| -> Result<ClsSet> {
-            let mut seqs = Vec::with_capacity(data.examples.len());
-            for e in &data.examples {
-                let mut ids = vec![tok.cls];
-                let body = tok.encode(&e.text)?;
-                ids.extend_from_slice(&body[..body.len().min(d.max_len - 2)]);
-                ids.push(tok.sep);
-                seqs.push(ids);
-            }
-            Ok(ClsSet {
-                seqs,
-                labels: data.examples.iter().map(|e| e.label as u32).collect(),
-            })
-        };
+        if !cfg.from_scratch {
+            load_encoder(vs, &ck.join("model.safetensors"))?;
+        }
+        let encode = |data: &ClsData| encode_cls(&tok, data, d.max_len);
         let train = encode(&tr)?;
         let valid = match &d.valid {
             Some(p) => Some(encode(&ClsData::read_eval(p, &labels)?)?),
@@ -561,6 +556,47 @@ impl FinetuneTask {
     }
 }
 
+impl FinetuneTask {
+    /// Truth, predictions and summed loss over the first `max_batches` batches of `set`.
+    fn predict(&self, set: &ClsSet, max_batches: Option<usize>) -> Result<(Vec<usize>, Vec<usize>, f64)> {
+        let all: Vec<usize> = (0..set.seqs.len()).collect();
+        let (mut truth, mut pred, mut loss) = (Vec::new(), Vec::new(), 0.0);
+        for (k, idx) in all.chunks(self.cfg.data.batch_size).enumerate() {
+            if max_batches.is_some_and(|m| k >= m) {
+                break;
+            }
+            let (logits, y) = self.logits(set, idx, false)?;
+            loss += c(
+                cross_entropy(&logits, &u32_tensor(&y, self.vs.device())?, None, 0.0, Reduction::Sum)
+                    .and_then(|l| l.to_scalar::<f32>()),
+            )? as f64;
+            let p = c(logits
+                .argmax(D::Minus1)
+                .and_then(|a| a.to_dtype(DType::U32))
+                .and_then(|a| a.to_vec1::<u32>()))?;
+            pred.extend(p.into_iter().map(|v| v as usize));
+            truth.extend(y.into_iter().map(|v| v as usize));
+        }
+        Ok((truth, pred, loss))
+    }
+
+    /// Accuracy, per-class P/R/F1 and confusion matrix of the current weights on a
+    /// `text<TAB>label` file (labels must be ones seen in training).
+    pub fn report(&self, path: &Path) -> Result<(String, serde_json::Value)> {
+        let set = encode_cls(
+            &self.tok,
+            &ClsData::read_eval(path, &self.labels)?,
+            self.cfg.data.max_len,
+        )?;
+        let (truth, pred, loss) = self.predict(&set, None)?;
+        let r = class_report(&truth, &pred, self.labels.len());
+        let head = format!("{}: {} examples", path.display(), truth.len());
+        let (text, mut json) = r.render(&head, self.labels.names(), loss / truth.len().max(1) as f64);
+        json["file"] = serde_json::json!(path.display().to_string());
+        Ok((text, json))
+    }
+}
+
 impl TrainTask for FinetuneTask {
     fn batches_per_epoch(&self) -> usize {
         self.train.seqs.len().div_ceil(self.cfg.data.batch_size)
@@ -586,23 +622,12 @@ impl TrainTask for FinetuneTask {
         let Some(v) = &self.valid else {
             bail!("fine-tuning needs data.valid for evaluation during training");
         };
-        let all: Vec<usize> = (0..v.seqs.len()).collect();
-        let (mut loss, mut right, mut n) = (0.0, 0, 0);
-        for (k, idx) in all.chunks(self.cfg.data.batch_size).enumerate() {
-            if self.cfg.data.max_eval_batches.is_some_and(|m| k >= m) {
-                break;
-            }
-            let (logits, y) = self.logits(v, idx, false)?;
-            loss += c(
-                cross_entropy(&logits, &u32_tensor(&y, self.vs.device())?, None, 0.0, Reduction::Sum)
-                    .and_then(|l| l.to_scalar::<f32>()),
-            )? as f64;
-            right += correct(&logits, &y)?;
-            n += idx.len();
-        }
+        let (truth, pred, loss) = self.predict(v, self.cfg.data.max_eval_batches)?;
+        let right = truth.iter().zip(&pred).filter(|(a, b)| a == b).count();
+        let n = truth.len().max(1) as f64;
         Ok(BTreeMap::from([
-            ("loss".into(), loss / n.max(1) as f64),
-            ("accuracy".into(), right as f64 / n.max(1) as f64),
+            ("loss".into(), loss / n),
+            ("accuracy".into(), right as f64 / n),
         ]))
     }
 
@@ -626,19 +651,43 @@ impl TrainTask for FinetuneTask {
 
 /// Fine-tunes per `cfg`; with `resume`, continues from the run folder's newest checkpoint
 /// (whose weights then replace the pretrained ones).
-pub fn finetune(cfg: &FinetuneConfig, resume: bool) -> Result<RunSummary> {
+/// What a fine-tuning run produced: the loop's summary and, with `data.test`, the best
+/// checkpoint's report on it (also written to `test_report.json` in the run folder).
+pub struct FinetuneOutcome {
+    pub summary: RunSummary,
+    pub test: Option<(String, serde_json::Value)>,
+}
+
+/// Fine-tunes per `cfg`; with `resume`, continues from the run folder's newest checkpoint
+/// (whose weights then replace the pretrained ones).
+pub fn finetune(cfg: &FinetuneConfig, resume: bool) -> Result<FinetuneOutcome> {
     prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let mut task = FinetuneTask::build(cfg, &vs)?;
-    run(
+    let summary = run(
         &cfg.train,
         &cfg.optim,
-        vs,
+        vs.clone(),
         &cfg.run_dir,
         serde_json::to_value(cfg)?,
         resume,
         &mut task,
-    )
+    )?;
+    let test = match &cfg.data.test {
+        Some(p) => {
+            let best = resolve_checkpoint(&cfg.run_dir)?;
+            c(vs.load_safetensors(best.join("model.safetensors"), true))?;
+            let (text, json) = task.report(p)?;
+            let text = format!("{} on the test data:\n{text}", best.display());
+            seqlab_nn::io::write_atomic(
+                &cfg.run_dir.join("test_report.json"),
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
+            Some((text, json))
+        }
+        None => None,
+    };
+    Ok(FinetuneOutcome { summary, test })
 }
 
 #[cfg(test)]
@@ -734,9 +783,11 @@ mod tests {
         let fcfg = FinetuneConfig {
             pretrained: cfg.run_dir.clone(),
             run_dir: dir.join("ft"),
+            from_scratch: false,
             data: FinetuneData {
                 train,
-                valid: Some(valid),
+                valid: Some(valid.clone()),
+                test: Some(valid),
                 max_len: 48,
                 batch_size: 16,
                 max_eval_batches: None,
@@ -767,7 +818,10 @@ mod tests {
         assert_eq!(checked, saved.keys().filter(|k| k.starts_with("bert.")).count());
         assert_eq!(task.labels.len(), 2);
         let s = finetune(&fcfg, false).unwrap();
-        assert!(s.last_eval.contains_key("accuracy"));
+        assert!(s.summary.last_eval.contains_key("accuracy"));
+        let (text, json) = s.test.expect("data.test was given");
+        assert!(text.contains("confusion matrix"), "{text}");
+        assert!(json["accuracy"].as_f64().unwrap() >= 0.0);
 
         // A checkpoint lacking an encoder weight is refused, naming it.
         let mut partial: HashMap<String, Tensor> = saved.clone();

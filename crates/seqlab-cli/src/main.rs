@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model from a TOML config (language model, classifier, forecaster).
+    /// Train a model from a TOML config (language model, classifier, forecaster, translation).
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on the test or validation data.
     Eval(train_cmd::EvalArgs),
@@ -35,6 +35,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
     W2v(seqlab_w2v::cli::W2vArgs),
+    /// Translate text with a trained translation model (stdin or a file; beam, greedy or
+    /// sampling; BLEU against references; attention pictures).
+    Translate(seqlab_mt::cli::TranslateArgs),
     /// Average the parameters of the last N checkpoints of a run (as the paper did).
     AverageCheckpoints(seqlab_mt::cli::AverageArgs),
     /// Draw the sinusoidal positional-encoding table as a heat map.
@@ -45,7 +48,36 @@ enum Command {
     Chrf(seqlab_metrics::cli::ScoreArgs),
 }
 
+/// word2vec's memory is two large matrices and a vocabulary. mimalloc's defaults (arenas
+/// committed eagerly, freed memory kept for 10 ms+), which suit the tensor code's constant
+/// reuse of buffers, add ~35 MiB of resident memory there. mimalloc reads these options when
+/// the process starts, so `seqlab w2v` re-executes itself once with them set.
+#[cfg(unix)]
+fn lean_allocator_for_w2v() {
+    use std::os::unix::process::CommandExt;
+    const KEY: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    let mut args = std::env::args_os();
+    let Some(exe) = args.next() else { return };
+    let rest: Vec<_> = args.collect();
+    if rest.first().is_none_or(|a| a != "w2v") || std::env::var_os(KEY).is_some() {
+        return;
+    }
+    let Ok(me) = std::env::current_exe() else { return };
+    let err = std::process::Command::new(me)
+        .arg0(exe)
+        .args(rest)
+        .env(KEY, "0")
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .exec();
+    // Only reached if exec failed: carry on with the defaults.
+    eprintln!("note: could not re-execute with lean allocator settings ({err}); continuing");
+}
+
+#[cfg(not(unix))]
+fn lean_allocator_for_w2v() {}
+
 fn main() {
+    lean_allocator_for_w2v();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train_cmd::train(a),
@@ -56,6 +88,7 @@ fn main() {
         Command::Finetune(a) => seqlab_bert::cli::finetune(&a),
         Command::Bench(a) => bench::run(a),
         Command::W2v(a) => seqlab_w2v::cli::run(a),
+        Command::Translate(a) => seqlab_mt::cli::translate(a),
         Command::AverageCheckpoints(a) => seqlab_mt::cli::average(a),
         Command::PlotPe(a) => seqlab_mt::cli::plot_pe(a),
         Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),

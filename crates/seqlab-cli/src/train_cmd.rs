@@ -5,7 +5,6 @@ use clap::Args;
 use seqlab_tasks::config::RunConfig;
 use seqlab_tasks::lm::SampleConfig;
 use seqlab_tasks::{AnyTask, Existing, Split};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -13,27 +12,8 @@ pub struct TrainArgs {
     /// TOML run configuration (presets in `configs/`).
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Override a config key, e.g. `--set train.max_steps=500 --set model.kind=gru`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Continue the run in the run folder from its newest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Run folder (overrides `run_dir`).
-    #[arg(long)]
-    pub run_dir: Option<PathBuf>,
-    /// Optimizer updates in total (overrides `train.max_steps`).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Stop after this many minutes, with a checkpoint (overrides `train.max_minutes`).
-    #[arg(long)]
-    pub max_minutes: Option<f64>,
-    /// Seed of weights, dropout and data order (overrides `train.seed`).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Hide the progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
+    #[command(flatten)]
+    pub run: seqlab_train::RunFlags,
 }
 
 #[derive(Args, Debug)]
@@ -85,7 +65,8 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug)]
 pub struct PlotArgs {
-    /// `metrics.jsonl` files (or run folders); one line per file and split.
+    /// `metrics.jsonl` files (or run folders); one line per file and split. The single word
+    /// `positional-encoding` draws the sinusoidal table as a heat map instead.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output picture (.png or .svg).
@@ -97,28 +78,35 @@ pub struct PlotArgs {
     /// Linear instead of logarithmic y axis.
     #[arg(long)]
     pub linear: bool,
+    /// `seqlab plot positional-encoding`: model width of the sinusoidal table.
+    #[arg(long, default_value_t = 128)]
+    pub d_model: usize,
+    /// `seqlab plot positional-encoding`: positions drawn.
+    #[arg(long, default_value_t = 100)]
+    pub max_len: usize,
+}
+
+/// The config's `task` key, read before the task-specific parsing.
+fn task_of(config: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("{}: cannot read config", config.display()))?;
+    let t: toml::Table = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", config.display()))?;
+    Ok(t.get("task").and_then(|v| v.as_str()).unwrap_or_default().to_string())
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let mut sets = a.set.clone();
-    if let Some(d) = &a.run_dir {
-        sets.push(format!("run_dir={:?}", d.display().to_string()));
+    if task_of(&a.config)? == "mt" {
+        return seqlab_mt::cli::train(&a.config, &a.run);
     }
-    if let Some(n) = a.max_steps {
-        sets.push(format!("train.max_steps={n}"));
-    }
-    if let Some(m) = a.max_minutes {
-        sets.push(format!("train.max_minutes={m}"));
-    }
-    if let Some(s) = a.seed {
-        sets.push(format!("train.seed={s}"));
-    }
-    if a.no_progress || !std::io::stderr().is_terminal() {
-        sets.push("train.progress=false".into());
-    }
-    let cfg = RunConfig::load(&a.config, &sets)?;
+    let cfg = RunConfig::load(&a.config, &a.run.overrides())?;
     let t0 = std::time::Instant::now();
-    let out = seqlab_tasks::train(&cfg, if a.resume { Existing::Resume } else { Existing::Refuse })?;
+    let out = seqlab_tasks::train(
+        &cfg,
+        if a.run.resume {
+            Existing::Resume
+        } else {
+            Existing::Refuse
+        },
+    )?;
     if let Some(s) = out.resumed_from {
         eprintln!("resumed from step {s}");
     }
@@ -218,6 +206,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 pub fn plot(a: PlotArgs) -> Result<()> {
+    if a.inputs.len() == 1 && a.inputs[0].as_os_str() == "positional-encoding" && !a.inputs[0].exists() {
+        return seqlab_mt::cli::plot_pe(seqlab_mt::cli::PlotPeArgs {
+            output: a.output,
+            d_model: a.d_model,
+            max_len: a.max_len,
+        });
+    }
     let files: Vec<PathBuf> = a
         .inputs
         .iter()

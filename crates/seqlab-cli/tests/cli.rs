@@ -186,3 +186,96 @@ fn bad_input_gives_clear_errors() {
     assert!(e.contains("train.txt") && e.contains("UTF-8"), "{e}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// Translation end to end: `train` on a `task = "mt"` config, `translate` from a file (with
+/// BLEU and an attention picture) and from stdin, and the positional-encoding picture.
+#[test]
+fn mt_train_translate_attention() {
+    let d = scratch("mt");
+    let words = ["red", "green", "blue", "cat", "dog", "sun"];
+    let mut tsv = String::new();
+    for i in 0..300usize {
+        let w: Vec<&str> = (0..2 + i % 3).map(|k| words[(i * 7 + k * 5) % 6]).collect();
+        let r: Vec<String> = w.iter().rev().map(|s| s.to_uppercase()).collect();
+        tsv.push_str(&format!("{}\t{}\n", w.join(" "), r.join(" ")));
+    }
+    std::fs::write(d.join("train.tsv"), &tsv).unwrap();
+    let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
+    std::fs::write(d.join("valid.tsv"), &valid).unwrap();
+    let cfg = d.join("mt.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "task = \"mt\"\nrun_dir = {:?}\n[data]\ntrain = {:?}\nvalid = {:?}\ntest = {:?}\nvocab_size = 60\nbatch_tokens = 256\n\
+             [model]\nd_model = 32\nnhead = 2\nnum_encoder_layers = 1\nnum_decoder_layers = 1\ndim_feedforward = 64\ndropout = 0.0\n\
+             [schedule]\nkind = \"constant\"\nlr = 0.003\n[train]\nmax_steps = 20\neval_every = 10\nlog_every = 5\n",
+            d.join("run").display().to_string(),
+            d.join("train.tsv").display().to_string(),
+            d.join("valid.tsv").display().to_string(),
+            d.join("valid.tsv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = ok(seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap());
+    assert!(out.contains("BLEU = ") && out.contains("chrF2 = "), "{out}");
+    assert!(d.join("run/test_translations.txt").exists());
+    let run = d.join("run");
+    let pic = d.join("attn.svg");
+    let o = seqlab()
+        .args(["translate", "--tsv", "--attention-heads", "--checkpoint"])
+        .arg(&run)
+        .arg("--input")
+        .arg(d.join("valid.tsv"))
+        .arg("--attention")
+        .arg(&pic)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let text = ok(o);
+    assert_eq!(text.lines().count(), 12, "{text}");
+    assert!(stderr.contains("sentences/s") && stderr.contains("BLEU = "), "{stderr}");
+    assert!(std::fs::metadata(&pic).unwrap().len() > 1000);
+    let mut child = seqlab()
+        .args(["translate", "--decoder", "greedy", "--checkpoint"])
+        .arg(&run)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"red cat\n\nsun dog blue\n")
+        .unwrap();
+    let lines = ok(child.wait_with_output().unwrap());
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert_eq!(lines.lines().nth(1), Some(""), "an empty line stays empty");
+    ok(seqlab()
+        .args([
+            "plot",
+            "positional-encoding",
+            "--d-model",
+            "32",
+            "--max-len",
+            "20",
+            "-o",
+        ])
+        .arg(d.join("pe.png"))
+        .output()
+        .unwrap());
+    // A line without a tab names its file and line.
+    std::fs::write(d.join("bad.tsv"), "a\tb\nno tab\n").unwrap();
+    let o = seqlab()
+        .args(["translate", "--tsv", "--checkpoint"])
+        .arg(&run)
+        .arg("--input")
+        .arg(d.join("bad.tsv"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("bad.tsv:2"), "{e}");
+    let _ = std::fs::remove_dir_all(d);
+}

@@ -12,6 +12,7 @@
 
 pub mod bleu;
 pub mod chrf;
+pub mod classification;
 pub mod cli;
 pub mod text;
 pub mod tokenizers;

@@ -49,7 +49,40 @@ impl Default for SpecialIds {
 
 /// A decoder: source ids (B, S) padded with `ids.pad` → B output token lists (no BOS/EOS).
 pub trait Decoder {
-    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>>;
+    fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>>;
+}
+
+/// An encoder-decoder model that the decoders drive one target token at a time.
+pub trait Seq2SeqModel {
+    /// Encodes `src` (B, S) once; every sentence becomes `expand` rows (beams). Without
+    /// `use_cache` each step re-runs the decoder over the whole prefix, where the model has a
+    /// cache to skip (for tests and timing).
+    fn start<'a>(&'a self, src: &Tensor, expand: usize, use_cache: bool) -> Result<Box<dyn DecodeSession + 'a>>;
+}
+
+/// Incremental decoding over N rows.
+pub trait DecodeSession {
+    /// Feeds one token per row → logits (N, V) for the next token.
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor>;
+    /// Row i of the next step continues former row `idx[i]`.
+    fn reorder(&mut self, idx: &[u32]) -> Result<()>;
+}
+
+impl Seq2SeqModel for Seq2SeqTransformer {
+    fn start<'a>(&'a self, src: &Tensor, expand: usize, use_cache: bool) -> Result<Box<dyn DecodeSession + 'a>> {
+        Ok(Box::new(Stepper::new(self, src, expand, use_cache)?))
+    }
+}
+
+/// Repeats every row of `t` (dim 0) `k` times: rows of sentence b become b*k .. b*k+k-1.
+pub fn repeat_rows(t: &Tensor, k: usize) -> Result<Tensor> {
+    if k <= 1 {
+        return Ok(t.clone());
+    }
+    let b = c(t.dim(0))?;
+    let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
+    let idx = c(Tensor::new(idx.as_slice(), t.device()))?;
+    c(t.index_select(&idx, 0))
 }
 
 /// The decoder for `strategy`; `use_cache` = false re-runs the full prefix every step.
@@ -108,7 +141,8 @@ fn max_lens(src: &Tensor, pad: u32) -> Result<Vec<usize>> {
         .collect())
 }
 
-/// Steps the decoder for N rows, with or without the cache; rows can be reordered (beams).
+/// Steps the Transformer decoder for N rows, with or without the cache; rows can be
+/// reordered (beams).
 pub struct Stepper<'a> {
     model: &'a Seq2SeqTransformer,
     enc: EncodedSource,
@@ -122,15 +156,9 @@ impl<'a> Stepper<'a> {
     pub fn new(model: &'a Seq2SeqTransformer, src: &Tensor, expand: usize, use_cache: bool) -> Result<Self> {
         let enc = c(model.encode(src, false))?;
         let b = c(src.dim(0))?;
-        let enc = if expand > 1 {
-            let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, expand)).collect();
-            let idx = c(Tensor::new(idx.as_slice(), src.device()))?;
-            EncodedSource {
-                memory: c(enc.memory.index_select(&idx, 0))?,
-                src_key_padding_mask: c(enc.src_key_padding_mask.index_select(&idx, 0))?,
-            }
-        } else {
-            enc
+        let enc = EncodedSource {
+            memory: repeat_rows(&enc.memory, expand)?,
+            src_key_padding_mask: repeat_rows(&enc.src_key_padding_mask, expand)?,
         };
         let state = if use_cache {
             Some(c(model.begin_decode(&enc))?)
@@ -144,9 +172,10 @@ impl<'a> Stepper<'a> {
             hist: vec![Vec::new(); b * expand.max(1)],
         })
     }
+}
 
-    /// Feeds one token per row → logits (N, V) for the next token.
-    pub fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
+impl DecodeSession for Stepper<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let dev = self.enc.memory.device().clone();
         match &mut self.state {
             Some(st) => {
@@ -166,8 +195,7 @@ impl<'a> Stepper<'a> {
         }
     }
 
-    /// Row i of the next step continues former row `idx[i]`.
-    pub fn reorder(&mut self, idx: &[u32]) -> Result<()> {
+    fn reorder(&mut self, idx: &[u32]) -> Result<()> {
         match &mut self.state {
             Some(st) => {
                 let t = c(Tensor::new(idx, &Device::Cpu))?;
@@ -211,7 +239,7 @@ fn argmax(r: &[f32]) -> u32 {
 
 /// Shared loop of greedy and sampling: `pick` chooses each row's next token.
 fn left_to_right(
-    model: &Seq2SeqTransformer,
+    model: &dyn Seq2SeqModel,
     src: &Tensor,
     ids: SpecialIds,
     use_cache: bool,
@@ -219,7 +247,7 @@ fn left_to_right(
 ) -> Result<Vec<Vec<u32>>> {
     let limits = max_lens(src, ids.pad)?;
     let b = limits.len();
-    let mut st = Stepper::new(model, src, 1, use_cache)?;
+    let mut st = model.start(src, 1, use_cache)?;
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     let mut feed = vec![ids.bos; b];
@@ -254,7 +282,7 @@ struct Greedy {
 }
 
 impl Decoder for Greedy {
-    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+    fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
         left_to_right(model, src, ids, self.use_cache, argmax)
     }
 }
@@ -268,7 +296,7 @@ struct Sampling {
 }
 
 impl Decoder for Sampling {
-    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+    fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
         let (temp, top_k, top_p) = (self.temperature as f32, self.top_k, self.top_p as f32);
         let rng = &mut self.rng;
         left_to_right(model, src, ids, self.use_cache, |logp| {
@@ -317,10 +345,10 @@ impl Beam {
 }
 
 impl Decoder for Beam {
-    fn decode(&mut self, model: &Seq2SeqTransformer, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
+    fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
         let limits = max_lens(src, ids.pad)?;
         let (b, k) = (limits.len(), self.size);
-        let mut st = Stepper::new(model, src, k, self.use_cache)?;
+        let mut st = model.start(src, k, self.use_cache)?;
         // Row b*k + j is beam j of sentence b. Only beam 0 is alive at the start, so the first
         // step does not pick k copies of the same token.
         let mut scores: Vec<f64> = (0..b * k)

@@ -1,8 +1,11 @@
-//! Machine translation on [`seqlab_nn::Seq2SeqTransformer`]: decoders (greedy, beam, sampling)
-//! over the cached incremental decoder, checkpoint averaging, parallel-text reading and the
-//! CLI entry points.
+//! Machine translation: the paper's Transformer ([`seqlab_nn::Seq2SeqTransformer`]) and an
+//! attention-LSTM baseline ([`rnn`]), trained as a [`task`] with BPE and token-budget batches;
+//! decoders (greedy, beam, sampling) over cached incremental decoding, checkpoint averaging,
+//! parallel-text reading and the CLI entry points (`seqlab translate`, ...).
 
 pub mod average;
 pub mod cli;
 pub mod decode;
 pub mod parallel;
+pub mod rnn;
+pub mod task;

@@ -21,6 +21,13 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(cfg: &EmbeddingConfig, vs: &VarStore) -> Result<Self> {
+        Self::with_init(cfg, Init::Normal { mean: 0.0, std: 1.0 }, vs)
+    }
+
+    /// Like [`Embedding::new`] with another initial distribution: a Transformer that scales
+    /// embeddings by √d_model (and ties them to the output layer) wants N(0, d_model^-0.5), so
+    /// that inputs and logits start at unit scale.
+    pub fn with_init(cfg: &EmbeddingConfig, init: Init, vs: &VarStore) -> Result<Self> {
         if cfg.num_embeddings == 0 || cfg.embedding_dim == 0 {
             bail!("Embedding: sizes must be positive, got {cfg:?}");
         }
@@ -32,11 +39,7 @@ impl Embedding {
                 );
             }
         }
-        let weight = vs.param(
-            "weight",
-            (cfg.num_embeddings, cfg.embedding_dim),
-            Init::Normal { mean: 0.0, std: 1.0 },
-        )?;
+        let weight = vs.param("weight", (cfg.num_embeddings, cfg.embedding_dim), init)?;
         if let Some(p) = cfg.padding_idx {
             let mut rows = weight.to_vec2::<f32>()?;
             rows[p].iter_mut().for_each(|v| *v = 0.0);

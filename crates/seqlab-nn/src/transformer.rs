@@ -296,6 +296,19 @@ impl TransformerDecoderLayer {
 
     /// tgt (B, T, E), memory (B, S, E) → (B, T, E).
     pub fn forward(&self, tgt: &Tensor, memory: &Tensor, masks: &DecoderMasks, train: bool) -> Result<Tensor> {
+        Ok(self.forward_weights(tgt, memory, masks, false, train)?.0)
+    }
+
+    /// [`forward`](Self::forward), plus with `cross_weights` the encoder-decoder attention
+    /// probabilities per head, (B, H, T, S).
+    pub fn forward_weights(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        masks: &DecoderMasks,
+        cross_weights: bool,
+        train: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let self_masks = AttnMasks {
             attn_mask: masks.tgt_mask,
             key_padding_mask: masks.tgt_key_padding_mask,
@@ -306,7 +319,8 @@ impl TransformerDecoderLayer {
             key_padding_mask: masks.memory_key_padding_mask,
             is_causal: false,
         };
-        self.run(
+        let mut weights = None;
+        let y = self.run(
             tgt,
             |y| {
                 Ok(self
@@ -315,13 +329,15 @@ impl TransformerDecoderLayer {
                     .0)
             },
             |y| {
-                Ok(self
-                    .multihead_attn
-                    .forward_masks(y, memory, memory, &cross_masks, false, false, train)?
-                    .0)
+                let (o, w) =
+                    self.multihead_attn
+                        .forward_masks(y, memory, memory, &cross_masks, cross_weights, false, train)?;
+                weights = w;
+                Ok(o)
             },
             train,
-        )
+        )?;
+        Ok((y, weights))
     }
 
     /// Projects the memory (B, S, E) for cross-attention once and starts an empty self cache.
@@ -445,6 +461,24 @@ impl TransformerDecoder {
             x = layer.forward(&x, memory, masks, train)?;
         }
         self.final_norm(x)
+    }
+
+    /// Evaluation-mode forward that also returns every layer's encoder-decoder attention
+    /// probabilities, (B, H, T, S) each.
+    pub fn forward_cross_attention(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        masks: &DecoderMasks,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut x = tgt.clone();
+        let mut all = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (y, w) = layer.forward_weights(&x, memory, masks, true, false)?;
+            all.push(w.expect("cross weights were asked for"));
+            x = y;
+        }
+        Ok((self.final_norm(x)?, all))
     }
 
     /// One cache per layer for decoding against `memory` (B, S, E).
@@ -803,6 +837,24 @@ impl Seq2SeqTransformer {
     pub fn forward(&self, src: &Tensor, tgt: &Tensor, train: bool) -> Result<Tensor> {
         let enc = self.encode(src, train)?;
         self.decode(tgt, &enc, train)
+    }
+
+    /// Encoder-decoder attention of a translation: src (B, S), tgt (B, T) (the decoder input,
+    /// `<bos>` first) → per layer (B, H, T, S) probabilities, in evaluation mode.
+    pub fn cross_attention(&self, src: &Tensor, tgt: &Tensor) -> Result<Vec<Tensor>> {
+        let enc = self.encode(src, false)?;
+        let tgt = Self::ids_u32(tgt, "tgt")?;
+        let y = self.embed(&self.tgt_embed, &tgt, 0, false)?;
+        let masks = DecoderMasks {
+            memory_key_padding_mask: Some(&enc.src_key_padding_mask),
+            tgt_is_causal: true,
+            ..Default::default()
+        };
+        Ok(self
+            .transformer
+            .decoder
+            .forward_cross_attention(&y, &enc.memory, &masks)?
+            .1)
     }
 
     /// Starts incremental decoding against an encoded source.

@@ -7,6 +7,7 @@ use crate::models::ClsNet;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use seqlab_data::{pad_batch, token_budget_batches, BudgetConfig, ClsData, LabelSet, Tokenizer, TokenizerConfig};
+use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
 use seqlab_train::trainer::TrainTask;
@@ -28,40 +29,6 @@ pub struct ClsTask {
     train: Option<Encoded>,
     valid: Option<Encoded>,
     epoch_batches: Option<(u64, Vec<Vec<usize>>)>,
-}
-
-/// Precision, recall, F1 per class and the confusion matrix (rows = truth).
-pub struct ClassReport {
-    pub accuracy: f64,
-    pub macro_f1: f64,
-    pub per_class: Vec<(f64, f64, f64, usize)>,
-    pub confusion: Vec<Vec<usize>>,
-}
-
-pub fn class_report(truth: &[usize], pred: &[usize], k: usize) -> ClassReport {
-    let mut confusion = vec![vec![0usize; k]; k];
-    for (&t, &p) in truth.iter().zip(pred) {
-        confusion[t][p] += 1;
-    }
-    let correct: usize = (0..k).map(|i| confusion[i][i]).sum();
-    let per_class: Vec<(f64, f64, f64, usize)> = (0..k)
-        .map(|i| {
-            let tp = confusion[i][i] as f64;
-            let predicted: usize = (0..k).map(|r| confusion[r][i]).sum();
-            let support: usize = confusion[i].iter().sum();
-            let p = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-            let r = if support > 0 { tp / support as f64 } else { 0.0 };
-            let f = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
-            (p, r, f, support)
-        })
-        .collect();
-    let macro_f1 = per_class.iter().map(|x| x.2).sum::<f64>() / k.max(1) as f64;
-    ClassReport {
-        accuracy: correct as f64 / truth.len().max(1) as f64,
-        macro_f1,
-        per_class,
-        confusion,
-    }
 }
 
 impl ClsTask {
@@ -171,45 +138,9 @@ impl ClsTask {
         let k = self.labels.len();
         let r = class_report(&truth, &pred, k);
         let names = self.labels.names();
-        let w = names.iter().map(|s| s.len()).max().unwrap_or(5).max(5);
-        let mut text = format!(
-            "{}: {} examples  accuracy {:.4}  macro-F1 {:.4}  loss {loss:.4}\n\n",
-            p.display(),
-            truth.len(),
-            r.accuracy,
-            r.macro_f1
-        );
-        text.push_str(&format!("{:w$}  precision  recall     F1  support\n", "class"));
-        for (i, (pr, rc, f, s)) in r.per_class.iter().enumerate() {
-            text.push_str(&format!("{:w$}  {pr:9.4}  {rc:6.4}  {f:6.4}  {s:7}\n", names[i]));
-        }
-        text.push_str(&format!(
-            "\nconfusion matrix (rows = truth, columns = prediction)\n{:w$}",
-            ""
-        ));
-        for i in 0..k {
-            text.push_str(&format!(" {:>7}", &names[i][..names[i].len().min(7)]));
-        }
-        text.push('\n');
-        for (i, row) in r.confusion.iter().enumerate() {
-            text.push_str(&format!("{:w$}", names[i]));
-            for v in row {
-                text.push_str(&format!(" {v:7}"));
-            }
-            text.push('\n');
-        }
-        let per: serde_json::Map<String, serde_json::Value> = r
-            .per_class
-            .iter()
-            .enumerate()
-            .map(|(i, (p, rc, f, s))| {
-                (
-                    names[i].clone(),
-                    json!({"precision": p, "recall": rc, "f1": f, "support": s}),
-                )
-            })
-            .collect();
-        let json = json!({"file": p.display().to_string(), "examples": truth.len(), "accuracy": r.accuracy, "macro_f1": r.macro_f1, "loss": loss, "per_class": per, "labels": names, "confusion": r.confusion});
+        let head = format!("{}: {} examples", p.display(), truth.len());
+        let (text, mut json) = r.render(&head, names, loss);
+        json["file"] = json!(p.display().to_string());
         Ok(Report { text, json })
     }
 }
@@ -276,19 +207,5 @@ impl TrainTask for ClsTask {
             serde_json::to_string_pretty(self.labels.names())?,
         )?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_counts() {
-        let r = class_report(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0], 3);
-        assert_eq!(r.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
-        assert!((r.accuracy - 0.6).abs() < 1e-12);
-        // class 1: precision 2/3, recall 1 → F1 0.8
-        assert!((r.per_class[1].2 - 0.8).abs() < 1e-12);
     }
 }

@@ -3,7 +3,7 @@
 //! from the command line with `--set table.key=value`. Paths are relative to the current
 //! directory.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use seqlab_data::{LengthPolicy, TokenizerKind};
 use seqlab_train::trainer::LoopConfig;
 use seqlab_train::Schedule;
@@ -214,46 +214,17 @@ impl Default for OptimConfig {
     }
 }
 
-/// Sets `path` (dotted) in a TOML table to `raw` parsed as a TOML value (or a string).
-fn set_path(root: &mut toml::Table, path: &str, raw: &str) -> Result<()> {
-    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").expect("just parsed"),
-        Err(_) => toml::Value::String(raw.to_string()),
-    };
-    let parts: Vec<&str> = path.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) {
-        bail!("--set {path}={raw}: bad key");
-    }
-    let mut table = root;
-    for p in &parts[..parts.len() - 1] {
-        let entry = table
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        table = match entry {
-            toml::Value::Table(t) => t,
-            _ => bail!("--set {path}={raw}: `{p}` is not a table"),
-        };
-    }
-    table.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
-}
-
 impl RunConfig {
     /// Reads a config file and applies `key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read config", path.display()))?;
-        Self::from_toml(&text, overrides).with_context(|| format!("{}: invalid config", path.display()))
+        let cfg: RunConfig = seqlab_train::overrides::load_with(path, overrides)?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid config", path.display()))?;
+        Ok(cfg)
     }
 
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)?;
-        for o in overrides {
-            let Some((k, v)) = o.split_once('=') else {
-                bail!("--set expects key=value, got `{o}`");
-            };
-            set_path(&mut table, k.trim(), v.trim())?;
-        }
-        let cfg: RunConfig = toml::Value::Table(table).try_into()?;
+        let cfg: RunConfig = seqlab_train::overrides::from_toml_with(text, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -156,21 +156,4 @@ pub fn load(dir: &Path) -> Result<(RunConfig, AnyTask)> {
     Ok((cfg, task))
 }
 
-/// A checkpoint argument may name a run folder (→ its `best/`, else its latest) or a
-/// checkpoint folder itself.
-pub fn resolve_checkpoint(p: &Path) -> Result<PathBuf> {
-    if p.join("trainer.json").exists() {
-        return Ok(p.to_path_buf());
-    }
-    let root = p.join("checkpoints");
-    if root.join("best").join("trainer.json").exists() {
-        return Ok(root.join("best"));
-    }
-    match seqlab_train::checkpoint::latest(&root)? {
-        Some(d) => Ok(d),
-        None => anyhow::bail!(
-            "{}: no checkpoint here (expected trainer.json, or checkpoints/ of a run folder)",
-            p.display()
-        ),
-    }
-}
+pub use seqlab_train::checkpoint::resolve as resolve_checkpoint;

@@ -9,7 +9,7 @@ use seqlab_nn::recurrent::{
     CellKind, Gru, Lstm, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig, RecurrentConfig, Rnn,
 };
 use seqlab_nn::transformer::{Activation, TransformerEncoder, TransformerLayerConfig};
-use seqlab_nn::{Dropout, Embedding, EmbeddingConfig, Linear, LinearConfig, VarStore};
+use seqlab_nn::{Dropout, Embedding, EmbeddingConfig, Init, Linear, LinearConfig, VarStore};
 
 fn c<T>(r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))
@@ -103,11 +103,15 @@ pub struct TransformerInput {
 
 impl TransformerInput {
     fn new(m: &ModelConfig, vocab: usize, padding_idx: Option<usize>, vs: &VarStore) -> Result<Self> {
-        let emb = c(Embedding::new(
+        let emb = c(Embedding::with_init(
             &EmbeddingConfig {
                 num_embeddings: vocab,
                 embedding_dim: m.d_model,
                 padding_idx,
+            },
+            Init::Normal {
+                mean: 0.0,
+                std: (m.d_model as f64).powf(-0.5),
             },
             &vs.pp("embed"),
         ))?;

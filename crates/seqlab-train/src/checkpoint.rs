@@ -89,6 +89,25 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint argument may name a run folder (→ its `best/`, else its latest) or a
+/// checkpoint folder itself.
+pub fn resolve(p: &Path) -> Result<PathBuf> {
+    if p.join("trainer.json").exists() {
+        return Ok(p.to_path_buf());
+    }
+    let root = p.join("checkpoints");
+    if root.join("best").join("trainer.json").exists() {
+        return Ok(root.join("best"));
+    }
+    match latest(&root)? {
+        Some(d) => Ok(d),
+        None => anyhow::bail!(
+            "{}: no checkpoint here (expected trainer.json, or checkpoints/ of a run folder)",
+            p.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

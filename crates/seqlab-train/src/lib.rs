@@ -4,9 +4,11 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod overrides;
 pub mod plot;
 pub mod schedule;
 pub mod trainer;
 
+pub use overrides::RunFlags;
 pub use schedule::Schedule;
 pub use trainer::{LoopConfig, RunSummary, StopReason, TrainTask, Trainer};

@@ -177,66 +177,91 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
 
 /// Heat map of a row-major matrix (rows × cols) with optional tick labels.
 pub fn heatmap(out: &Path, title: &str, data: &[Vec<f32>], row_labels: &[String], col_labels: &[String]) -> Result<()> {
-    let rows = data.len();
-    let cols = data.first().map_or(0, |r| r.len());
-    if rows == 0 || cols == 0 || data.iter().any(|r| r.len() != cols) {
-        bail!("heat map needs a non-empty rectangular matrix");
+    heatmaps(out, &[(title.to_string(), data.to_vec())], row_labels, col_labels, 1)
+}
+
+/// Several heat maps of the same shape side by side (`columns` per row of panels), each
+/// `(title, matrix)` with its own colour range; the tick labels are shared.
+pub fn heatmaps(
+    out: &Path,
+    panels: &[(String, Vec<Vec<f32>>)],
+    row_labels: &[String],
+    col_labels: &[String],
+    columns: usize,
+) -> Result<()> {
+    let Some((_, first)) = panels.first() else {
+        bail!("heat map needs at least one panel");
+    };
+    let rows = first.len();
+    let cols = first.first().map_or(0, |r| r.len());
+    if rows == 0
+        || cols == 0
+        || panels
+            .iter()
+            .any(|(_, d)| d.len() != rows || d.iter().any(|r| r.len() != cols))
+    {
+        bail!("heat map needs non-empty rectangular matrices of one shape");
     }
-    let (lo, hi) = data
-        .iter()
-        .flatten()
-        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let span = if hi > lo { hi - lo } else { 1.0 };
+    let columns = columns.clamp(1, panels.len());
+    let grid_rows = panels.len().div_ceil(columns);
     let cell = (700 / cols.max(rows)).clamp(4, 40) as u32;
-    let w = 160 + cell * cols as u32;
-    let h = 120 + cell * rows as u32;
+    let (pw, ph) = (160 + cell * cols as u32, 120 + cell * rows as u32);
+    let size = (pw * columns as u32, ph * grid_rows as u32);
     macro_rules! body {
         ($root:expr) => {{
             let root = $root;
             root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut chart = ChartBuilder::on(root)
-                .caption(format!("{title}  [{lo:.3}, {hi:.3}]"), ("sans-serif", 18))
-                .margin(10)
-                .x_label_area_size(60)
-                .y_label_area_size(90)
-                .build_cartesian_2d(0..cols, (0..rows).into_segmented())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
-            let yl = |y: &SegmentValue<usize>| match y {
-                // The axis also asks for the segment end (index == rows): no label there.
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => row_labels
-                    .get(rows - 1 - *i)
-                    .cloned()
-                    .unwrap_or_else(|| (rows - 1 - *i).to_string()),
-                SegmentValue::CenterOf(_) | SegmentValue::Exact(_) => String::new(),
-                SegmentValue::Last => String::new(),
-            };
-            chart
-                .configure_mesh()
-                .disable_mesh()
-                .x_labels(cols.min(40))
-                .y_labels(rows.min(40))
-                .x_label_formatter(&xl)
-                .y_label_formatter(&yl)
-                .draw()
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            chart
-                .draw_series(data.iter().enumerate().flat_map(|(r, row)| {
-                    row.iter().enumerate().map(move |(c, &v)| {
-                        let t = ((v - lo) / span) as f64;
-                        let color = ViridisRGB::get_color(t);
-                        let y = rows - 1 - r;
-                        Rectangle::new(
-                            [(c, SegmentValue::Exact(y)), (c + 1, SegmentValue::Exact(y + 1))],
-                            color.filled(),
-                        )
-                    })
-                }))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let areas = root.split_evenly((grid_rows, columns));
+            for (area, (title, data)) in areas.iter().zip(panels) {
+                let (lo, hi) = data
+                    .iter()
+                    .flatten()
+                    .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+                let span = if hi > lo { hi - lo } else { 1.0 };
+                let mut chart = ChartBuilder::on(area)
+                    .caption(format!("{title}  [{lo:.3}, {hi:.3}]"), ("sans-serif", 18))
+                    .margin(10)
+                    .x_label_area_size(60)
+                    .y_label_area_size(90)
+                    .build_cartesian_2d(0..cols, (0..rows).into_segmented())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
+                let yl = |y: &SegmentValue<usize>| match y {
+                    // The axis also asks for the segment end (index == rows): no label there.
+                    SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => row_labels
+                        .get(rows - 1 - *i)
+                        .cloned()
+                        .unwrap_or_else(|| (rows - 1 - *i).to_string()),
+                    SegmentValue::CenterOf(_) | SegmentValue::Exact(_) => String::new(),
+                    SegmentValue::Last => String::new(),
+                };
+                chart
+                    .configure_mesh()
+                    .disable_mesh()
+                    .x_labels(cols.min(40))
+                    .y_labels(rows.min(40))
+                    .x_label_formatter(&xl)
+                    .y_label_formatter(&yl)
+                    .draw()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                chart
+                    .draw_series(data.iter().enumerate().flat_map(|(r, row)| {
+                        row.iter().enumerate().map(move |(c, &v)| {
+                            let t = ((v - lo) / span) as f64;
+                            let color = ViridisRGB::get_color(t);
+                            let y = rows - 1 - r;
+                            Rectangle::new(
+                                [(c, SegmentValue::Exact(y)), (c + 1, SegmentValue::Exact(y + 1))],
+                                color.filled(),
+                            )
+                        })
+                    }))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
             Ok(())
         }};
     }
-    with_backend(out, (w, h), |r| body!(r), |r| body!(r))
+    with_backend(out, size, |r| body!(r), |r| body!(r))
 }
 
 #[cfg(test)]
@@ -258,6 +283,9 @@ mod tests {
         }
         let m: Vec<Vec<f32>> = (0..6).map(|r| (0..8).map(|c| (r * c) as f32).collect()).collect();
         heatmap(&dir.join("h.png"), "t", &m, &[], &[]).unwrap();
+        let panels: Vec<(String, Vec<Vec<f32>>)> = (0..3).map(|h| (format!("head {h}"), m.clone())).collect();
+        heatmaps(&dir.join("g.svg"), &panels, &[], &[], 2).unwrap();
+        assert!(heatmaps(&dir.join("e.png"), &[], &[], &[], 2).is_err());
         assert!(line_chart(&dir.join("x.bmpx"), "", "", "", &s, false).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }

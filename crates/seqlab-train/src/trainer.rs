@@ -29,6 +29,9 @@ pub struct LoopConfig {
     pub max_steps: u64,
     /// Stop (with a checkpoint) after this much wall time.
     pub max_minutes: Option<f64>,
+    /// Stop (with a checkpoint) after this much CPU time of the process, summed over all its
+    /// threads and over resumed segments: a budget that other jobs on the machine cannot eat.
+    pub max_cpu_minutes: Option<f64>,
     /// Micro-batches whose gradients are summed into one update.
     pub accum_steps: usize,
     /// Global gradient-norm clipping (`clip_grad_norm_`); `None` disables it.
@@ -52,6 +55,7 @@ impl Default for LoopConfig {
         Self {
             max_steps: 1000,
             max_minutes: None,
+            max_cpu_minutes: None,
             accum_steps: 1,
             clip_norm: Some(1.0),
             eval_every: 200,
@@ -115,6 +119,29 @@ pub struct LoopState {
     /// The model's dropout RNG.
     pub rng: RngState,
     pub tokens: u64,
+    /// CPU seconds spent by the run so far (all segments).
+    #[serde(default)]
+    pub cpu_seconds: f64,
+}
+
+/// CPU time of this process (user + system, all threads), where the OS tells it.
+pub fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a complete `rusage` into the pointer it is given.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+        if !ok {
+            return None;
+        }
+        let ru = unsafe { ru.assume_init() };
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// How a run ended.
@@ -183,6 +210,7 @@ impl Trainer {
             evals_since_best: 0,
             rng,
             tokens: 0,
+            cpu_seconds: 0.0,
         };
         Ok(Self {
             cfg,
@@ -264,6 +292,8 @@ impl Trainer {
             ProgressBar::hidden()
         };
         let start = Instant::now();
+        let (cpu_base, cpu_start) = (self.state.cpu_seconds, process_cpu_seconds());
+        let cpu_now = |wall: f64| cpu_base + cpu_start.and_then(|s| Some(process_cpu_seconds()? - s)).unwrap_or(wall);
         let mut window_loss = 0.0;
         let mut window_tokens = 0usize;
         let mut window_start = Instant::now();
@@ -273,13 +303,20 @@ impl Trainer {
             if self.state.step >= self.cfg.max_steps {
                 break StopReason::MaxSteps;
             }
-            if let Some(m) = self.cfg.max_minutes {
-                if start.elapsed().as_secs_f64() > m * 60.0 {
-                    let name = checkpoint::step_name(self.state.step);
-                    self.save_checkpoint(task, &name)?;
-                    checkpoint::set_latest(&self.checkpoint_root(), &name)?;
-                    break StopReason::TimeLimit;
-                }
+            self.state.cpu_seconds = cpu_now(start.elapsed().as_secs_f64());
+            let wall_out = self
+                .cfg
+                .max_minutes
+                .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
+            let cpu_out = self
+                .cfg
+                .max_cpu_minutes
+                .is_some_and(|m| self.state.cpu_seconds > m * 60.0);
+            if wall_out || cpu_out {
+                let name = checkpoint::step_name(self.state.step);
+                self.save_checkpoint(task, &name)?;
+                checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+                break StopReason::TimeLimit;
             }
             let lr = self.schedule.lr(self.state.step + 1);
             self.opt.set_lr(lr);
@@ -329,7 +366,8 @@ impl Trainer {
                 let mean = window_loss / self.cfg.log_every as f64;
                 let tps = window_tokens as f64 / secs;
                 bar.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
-                let mut rec = json!({"step": self.state.step, "split": "train", "loss": mean, "lr": lr, "tokens_per_s": tps, "epoch": self.state.epoch});
+                let cpu_min = cpu_now(start.elapsed().as_secs_f64()) / 60.0;
+                let mut rec = json!({"step": self.state.step, "split": "train", "loss": mean, "lr": lr, "tokens_per_s": tps, "epoch": self.state.epoch, "cpu_minutes": cpu_min});
                 if let Some(n) = grad_norm {
                     rec["grad_norm"] = json!(n);
                 }
@@ -343,7 +381,9 @@ impl Trainer {
                 let Some(&value) = metrics.get(&sel_key) else {
                     bail!("evaluation returned no `{sel_key}` metric");
                 };
-                let mut rec = json!({"step": self.state.step, "split": "valid"});
+                self.state.cpu_seconds = cpu_now(start.elapsed().as_secs_f64());
+                let mut rec =
+                    json!({"step": self.state.step, "split": "valid", "cpu_minutes": self.state.cpu_seconds / 60.0});
                 for (k, v) in &metrics {
                     rec[k] = json!(v);
                 }

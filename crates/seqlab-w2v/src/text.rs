@@ -11,7 +11,7 @@ pub const MAX_SENTENCE: usize = 10_000;
 
 /// A line longer than this many bytes is cut at the next whitespace so that a corpus with
 /// no newlines at all is still read in bounded memory.
-const MAX_LINE_BYTES: usize = 1 << 20;
+const MAX_LINE_BYTES: usize = 1 << 16;
 
 /// Text preparation for raw corpora. Defaults: both off (the corpus is taken as already
 /// tokenized on whitespace, as word2vec.c and gensim's `LineSentence` take it).

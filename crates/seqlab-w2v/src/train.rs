@@ -553,7 +553,7 @@ pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progre
                             };
                             let more = reader
                                 .next_line(|w| {
-                                    if let Some(&id) = vocab.index.get(w) {
+                                    if let Some(id) = vocab.id(w) {
                                         local += 1;
                                         // Subsampling: keep with probability keep[id] / 2^32.
                                         let k = ctx.keep[id as usize];

@@ -2,8 +2,7 @@
 //! sampling distribution (unigram^0.75, alias method) and the Huffman tree for
 //! hierarchical softmax.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -39,14 +38,73 @@ impl Hasher for FxHasher {
     }
 }
 
-pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Distinct words stored back to back in one buffer and found through a hash table of ids.
+/// A few large allocations instead of one per word: the counting pass over a corpus with
+/// hundreds of thousands of distinct words stays small, and the allocator can hand the
+/// memory back to the system when it is dropped, before the vectors are allocated.
+#[derive(Clone, Debug, Default)]
+pub struct WordTable {
+    text: String,
+    /// End offset of word i in `text` (word i starts where word i-1 ends).
+    ends: Vec<usize>,
+    table: hashbrown::HashTable<u32>,
+}
+
+fn fx_hash(w: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(w.as_bytes());
+    h.finish()
+}
+
+impl WordTable {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn word(&self, id: u32) -> &str {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    pub fn get(&self, w: &str) -> Option<u32> {
+        self.table.find(fx_hash(w), |&i| self.word(i) == w).copied()
+    }
+
+    /// The id of `w`, adding it with the next id if it is new; `true` when added.
+    pub fn intern(&mut self, w: &str) -> (u32, bool) {
+        let h = fx_hash(w);
+        let (text, ends) = (&self.text, &self.ends);
+        let word = |i: u32| {
+            let i = i as usize;
+            &text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]]
+        };
+        if let Some(&id) = self.table.find(h, |&i| word(i) == w) {
+            return (id, false);
+        }
+        let id = self.ends.len() as u32;
+        self.text.push_str(w);
+        self.ends.push(self.text.len());
+        let (text, ends) = (&self.text, &self.ends);
+        let rehash = |&i: &u32| {
+            let i = i as usize;
+            fx_hash(&text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]])
+        };
+        self.table.insert_unique(h, id, rehash);
+        (id, true)
+    }
+}
 
 /// Words sorted by decreasing count (ties: first occurrence first, as gensim keeps them).
 #[derive(Clone, Debug)]
 pub struct Vocab {
     pub words: Vec<String>,
     pub counts: Vec<u64>,
-    pub index: FxMap<Box<str>, u32>,
+    index: WordTable,
 }
 
 /// What the counting pass saw.
@@ -59,14 +117,20 @@ pub struct CorpusStats {
 }
 
 impl Vocab {
-    /// Builds a vocabulary from `(word, count)` pairs already in the desired order.
+    /// Builds a vocabulary from `(word, count)` pairs already in the desired order. A word
+    /// given twice keeps its first id.
     pub fn from_words(words: Vec<String>, counts: Vec<u64>) -> Self {
-        let index = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.as_str().into(), i as u32))
-            .collect();
+        let mut index = WordTable::default();
+        for w in &words {
+            index.intern(w);
+        }
         Self { words, counts, index }
+    }
+
+    /// The id of a word, if it is in the vocabulary.
+    #[inline]
+    pub fn id(&self, w: &str) -> Option<u32> {
+        self.index.get(w)
     }
 
     /// Counts the words of `path` (streamed), keeps those with at least `min_count`
@@ -82,17 +146,19 @@ impl Vocab {
             .len();
         let mut reader =
             ChunkReader::open(path, 0, len, opts).with_context(|| format!("cannot open corpus {}", path.display()))?;
-        let mut counts: FxMap<Box<str>, (u64, u32)> = FxMap::default();
+        // Ids are in order of first occurrence.
+        let mut seen = WordTable::default();
+        let mut counts: Vec<u64> = Vec::new();
         let mut stats = CorpusStats::default();
         loop {
             let more = reader
                 .next_line(|w| {
                     stats.tokens += 1;
-                    if let Some(e) = counts.get_mut(w) {
-                        e.0 += 1;
+                    let (id, new) = seen.intern(w);
+                    if new {
+                        counts.push(1);
                     } else {
-                        let n = counts.len() as u32;
-                        counts.insert(w.into(), (1, n));
+                        counts[id as usize] += 1;
                     }
                 })
                 .with_context(|| format!("error reading corpus {}", path.display()))?;
@@ -106,10 +172,8 @@ impl Vocab {
         if stats.tokens == 0 {
             bail!("corpus {} is empty: it contains no words", path.display());
         }
-        let mut kept: Vec<(Box<str>, u64, u32)> = counts
-            .into_iter()
-            .filter(|(_, (c, _))| *c >= min_count)
-            .map(|(w, (c, i))| (w, c, i))
+        let mut kept: Vec<u32> = (0..counts.len() as u32)
+            .filter(|&i| counts[i as usize] >= min_count)
             .collect();
         if kept.is_empty() {
             bail!(
@@ -119,12 +183,13 @@ impl Vocab {
                 min_count
             );
         }
-        kept.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        kept.sort_unstable_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b)));
         if let Some(m) = max_vocab {
             kept.truncate(m.max(1));
         }
-        let words = kept.iter().map(|(w, _, _)| w.to_string()).collect();
-        let cnts = kept.iter().map(|(_, c, _)| *c).collect();
+        let words = kept.iter().map(|&i| seen.word(i).to_string()).collect();
+        let cnts = kept.iter().map(|&i| counts[i as usize]).collect();
+        drop(seen);
         Ok((Self::from_words(words, cnts), stats))
     }
 
@@ -276,6 +341,32 @@ impl Huffman {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn word_table_interns_in_first_occurrence_order() {
+        let mut t = WordTable::default();
+        let words = ["the", "cat", "the", "", "naïve", "cat", "a"];
+        let ids: Vec<(u32, bool)> = words.iter().map(|w| t.intern(w)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                (0, true),
+                (1, true),
+                (0, false),
+                (2, true),
+                (3, true),
+                (1, false),
+                (4, true)
+            ]
+        );
+        assert_eq!((t.len(), t.word(3), t.word(2)), (5, "naïve", ""));
+        assert_eq!((t.get("cat"), t.get("dog")), (Some(1), None));
+        // Growing past many rehashes keeps every id findable.
+        for i in 0..10_000 {
+            t.intern(&format!("w{i}"));
+        }
+        assert!((0..10_000).all(|i| t.get(&format!("w{i}")) == Some(5 + i)));
+    }
+
     use super::*;
 
     #[test]

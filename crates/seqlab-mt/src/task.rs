@@ -1,0 +1,898 @@
+//! Machine translation as a [`TrainTask`]: parallel text → BPE (joint or separate) →
+//! token-budget batches → label-smoothed cross-entropy, with validation BLEU picking the best
+//! checkpoint and a test report (BLEU, chrF, translations) when training ends.
+//!
+//! Sources are `tokens + <eos>`; the decoder reads `<bos> + tokens` and predicts
+//! `tokens + <eos>`, as in fairseq and the paper's tensor2tensor.
+
+use crate::decode::{decoder, DecodeStrategy, Seq2SeqModel, SpecialIds};
+use crate::parallel::{filter_by_length, read_pairs, Pair};
+use crate::rnn::{RnnSeq2Seq, RnnSeq2SeqConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use seqlab_data::{pad_batch, token_budget_batches, BudgetConfig, Tokenizer, TokenizerConfig, TokenizerKind};
+use seqlab_metrics::{bleu, chrf};
+use seqlab_nn::loss::{cross_entropy, Reduction};
+use seqlab_nn::optim::{AdamW, AdamWConfig};
+use seqlab_nn::transformer::{Activation, EmbeddingTying, Seq2SeqConfig, TransformerConfig};
+use seqlab_nn::{Seq2SeqTransformer, VarStore};
+use seqlab_train::trainer::{LoopConfig, RunSummary, TrainTask, Trainer};
+use seqlab_train::Schedule;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn c<T>(r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// One BPE vocabulary for both languages (needed for shared embeddings), or one per side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VocabKind {
+    Joint,
+    Separate,
+}
+
+/// `[data]`: `src<TAB>tgt` files and how they become batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtData {
+    pub train: PathBuf,
+    pub valid: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    /// joint | separate. Default joint.
+    pub vocab: VocabKind,
+    /// BPE vocabulary size per tokenizer, specials included. Default 8000.
+    pub vocab_size: usize,
+    /// Default 2.
+    pub min_frequency: u64,
+    /// Training pairs with more tokens than this on either side are dropped. Default 128.
+    pub max_len: usize,
+    /// Training pairs whose token-count ratio exceeds this are dropped. Default 3.0.
+    pub max_ratio: f64,
+    /// Tokens per batch, padding included, counted on the longer side. Default 4096.
+    pub batch_tokens: usize,
+    /// Validation BLEU is computed on the first this many validation pairs (greedy); 0 = all.
+    /// Default 300.
+    pub valid_bleu_sentences: usize,
+}
+
+impl Default for MtData {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::new(),
+            valid: None,
+            test: None,
+            vocab: VocabKind::Joint,
+            vocab_size: 8000,
+            min_frequency: 2,
+            max_len: 128,
+            max_ratio: 3.0,
+            batch_tokens: 4096,
+            valid_bleu_sentences: 300,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtModelKind {
+    /// The paper's encoder-decoder Transformer.
+    Transformer,
+    /// Bidirectional LSTM encoder + attention LSTM decoder ([`RnnSeq2Seq`]).
+    Rnn,
+}
+
+/// `[model]`. Defaults are the paper's base model (d_model 512, 8 heads, 6+6 layers, FFN
+/// 2048, dropout 0.1, post-norm, ReLU, shared embeddings); the RNN keys only apply to `rnn`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtModel {
+    pub kind: MtModelKind,
+    pub d_model: usize,
+    pub nhead: usize,
+    pub num_encoder_layers: usize,
+    pub num_decoder_layers: usize,
+    pub dim_feedforward: usize,
+    pub dropout: f64,
+    /// The paper's post-norm is `false`.
+    pub norm_first: bool,
+    /// relu | gelu.
+    pub activation: String,
+    /// Source, target and output embeddings are one matrix (needs `data.vocab = "joint"`).
+    pub share_embeddings: bool,
+    /// RNN: embedding size. Default 256.
+    pub embed_dim: usize,
+    /// RNN: decoder state size (the encoder's two directions get half each). Default 512.
+    pub hidden_size: usize,
+    /// RNN: layers of encoder and decoder. Default 2.
+    pub num_layers: usize,
+}
+
+impl Default for MtModel {
+    fn default() -> Self {
+        Self {
+            kind: MtModelKind::Transformer,
+            d_model: 512,
+            nhead: 8,
+            num_encoder_layers: 6,
+            num_decoder_layers: 6,
+            dim_feedforward: 2048,
+            dropout: 0.1,
+            norm_first: false,
+            activation: "relu".into(),
+            share_embeddings: true,
+            embed_dim: 256,
+            hidden_size: 512,
+            num_layers: 2,
+        }
+    }
+}
+
+/// `[optim]`: Adam as in the paper (β 0.9/0.98, ε 1e-9), label smoothing 0.1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtOptim {
+    pub betas: [f64; 2],
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+}
+
+impl Default for MtOptim {
+    fn default() -> Self {
+        Self {
+            betas: [0.9, 0.98],
+            eps: 1e-9,
+            weight_decay: 0.0,
+            label_smoothing: 0.1,
+        }
+    }
+}
+
+/// `[decode]`: how the test set (and `seqlab translate` by default) is decoded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtDecode {
+    /// 1 = greedy. Default 4 (the paper).
+    pub beam_size: usize,
+    /// Default 0.6 (the paper's α).
+    pub length_penalty: f64,
+    /// Sentences decoded together. Default 32.
+    pub batch_size: usize,
+}
+
+impl Default for MtDecode {
+    fn default() -> Self {
+        Self {
+            beam_size: 4,
+            length_penalty: 0.6,
+            batch_size: 32,
+        }
+    }
+}
+
+impl MtDecode {
+    pub fn strategy(&self) -> DecodeStrategy {
+        if self.beam_size <= 1 {
+            DecodeStrategy::Greedy
+        } else {
+            DecodeStrategy::Beam {
+                size: self.beam_size,
+                length_penalty: self.length_penalty,
+            }
+        }
+    }
+}
+
+/// A translation run (`configs/mt-*.toml`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtConfig {
+    /// Must be "mt" (`seqlab train` dispatches on it).
+    pub task: String,
+    pub run_dir: PathBuf,
+    pub data: MtData,
+    #[serde(default)]
+    pub model: MtModel,
+    #[serde(default)]
+    pub optim: MtOptim,
+    /// Default: the paper's `noam` with d_model and warm-up 4000.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    #[serde(default)]
+    pub decode: MtDecode,
+    #[serde(default)]
+    pub train: LoopConfig,
+}
+
+impl MtConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.task != "mt" {
+            bail!("task must be \"mt\", got {:?}", self.task);
+        }
+        let (d, m) = (&self.data, &self.model);
+        if d.train.as_os_str().is_empty() {
+            bail!("data.train is required");
+        }
+        if d.max_len < 2 || d.batch_tokens < d.max_len || d.max_ratio < 1.0 {
+            bail!("data: need max_len >= 2, batch_tokens >= max_len and max_ratio >= 1");
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            bail!("model.dropout must be in [0, 1)");
+        }
+        if m.share_embeddings && d.vocab != VocabKind::Joint {
+            bail!("model.share_embeddings needs data.vocab = \"joint\"");
+        }
+        if m.kind == MtModelKind::Transformer && (m.nhead == 0 || m.d_model % m.nhead != 0) {
+            bail!(
+                "model.d_model ({}) must be divisible by model.nhead ({})",
+                m.d_model,
+                m.nhead
+            );
+        }
+        if !(0.0..1.0).contains(&self.optim.label_smoothing) {
+            bail!("optim.label_smoothing must be in [0, 1)");
+        }
+        self.schedule().validate()?;
+        self.train.validate()
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        self.schedule.clone().unwrap_or(Schedule::Noam {
+            d_model: match self.model.kind {
+                MtModelKind::Transformer => self.model.d_model,
+                MtModelKind::Rnn => self.model.hidden_size,
+            },
+            warmup: 4000,
+            factor: 1.0,
+        })
+    }
+}
+
+/// The two model families behind one interface.
+pub enum MtNet {
+    Transformer(Seq2SeqTransformer),
+    Rnn(RnnSeq2Seq),
+}
+
+impl MtNet {
+    pub fn new(cfg: &MtConfig, src_vocab: usize, tgt_vocab: usize, vs: &VarStore) -> Result<Self> {
+        let m = &cfg.model;
+        Ok(match m.kind {
+            MtModelKind::Transformer => {
+                let tc = TransformerConfig {
+                    d_model: m.d_model,
+                    nhead: m.nhead,
+                    num_encoder_layers: m.num_encoder_layers,
+                    num_decoder_layers: m.num_decoder_layers,
+                    dim_feedforward: m.dim_feedforward,
+                    dropout: m.dropout,
+                    activation: c(Activation::parse(&m.activation))?,
+                    layer_norm_eps: 1e-5,
+                    norm_first: m.norm_first,
+                };
+                let sc = Seq2SeqConfig {
+                    src_vocab_size: src_vocab,
+                    tgt_vocab_size: tgt_vocab,
+                    tying: if m.share_embeddings {
+                        EmbeddingTying::Shared
+                    } else {
+                        EmbeddingTying::Separate
+                    },
+                    ..Seq2SeqConfig::new(src_vocab, tc)
+                };
+                MtNet::Transformer(c(Seq2SeqTransformer::new(&sc, vs))?)
+            }
+            MtModelKind::Rnn => {
+                let rc = RnnSeq2SeqConfig {
+                    embed_dim: m.embed_dim,
+                    hidden_size: m.hidden_size,
+                    num_layers: m.num_layers,
+                    dropout: m.dropout,
+                    share_embeddings: m.share_embeddings,
+                    ..RnnSeq2SeqConfig::new(src_vocab, tgt_vocab)
+                };
+                MtNet::Rnn(RnnSeq2Seq::new(&rc, vs)?)
+            }
+        })
+    }
+
+    /// src (B, S), decoder input (B, T) → logits (B, T, V).
+    pub fn forward(&self, src: &Tensor, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            MtNet::Transformer(m) => c(m.forward(src, tgt_in, train)),
+            MtNet::Rnn(m) => m.forward(src, tgt_in, train),
+        }
+    }
+
+    pub fn as_model(&self) -> &dyn Seq2SeqModel {
+        match self {
+            MtNet::Transformer(m) => m,
+            MtNet::Rnn(m) => m,
+        }
+    }
+
+    /// Encoder-decoder attention per layer, (B, H, T, S) each.
+    pub fn cross_attention(&self, src: &Tensor, tgt_in: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            MtNet::Transformer(m) => c(m.cross_attention(src, tgt_in)),
+            MtNet::Rnn(m) => m.cross_attention(src, tgt_in),
+        }
+    }
+
+    /// Longest source the model takes (the Transformer's position table).
+    pub fn max_source_len(&self) -> usize {
+        match self {
+            MtNet::Transformer(m) => m.pe.table.dims()[0],
+            MtNet::Rnn(_) => usize::MAX,
+        }
+    }
+}
+
+/// Token ids of one pair: source `x + <eos>`, target `y` (without specials).
+#[derive(Clone, Debug)]
+struct Encoded {
+    src: Vec<u32>,
+    tgt: Vec<u32>,
+}
+
+pub struct MtTask {
+    pub cfg: MtConfig,
+    pub src_tok: Tokenizer,
+    pub tgt_tok: Tokenizer,
+    pub net: MtNet,
+    pub vs: VarStore,
+    train: Vec<Encoded>,
+    valid: Vec<(Pair, Encoded)>,
+    epoch_batches: Option<(u64, Vec<Vec<usize>>)>,
+}
+
+const EOS: u32 = seqlab_data::tokenizer::EOS_ID;
+const BOS: u32 = seqlab_data::tokenizer::BOS_ID;
+const PAD: u32 = seqlab_data::tokenizer::PAD_ID;
+
+fn encode_side(tok: &Tokenizer, texts: &[&str], what: &str) -> Result<Vec<Vec<u32>>> {
+    tok.encode_batch(texts)
+        .with_context(|| format!("tokenizing the {what} side"))
+}
+
+/// Tokenizer files inside a checkpoint folder.
+fn tokenizer_files(vocab: VocabKind) -> (&'static str, &'static str) {
+    match vocab {
+        VocabKind::Joint => ("tokenizer.json", "tokenizer.json"),
+        VocabKind::Separate => ("src_tokenizer.json", "tgt_tokenizer.json"),
+    }
+}
+
+impl MtTask {
+    /// Reads the data (training data only when `with_train`), trains the tokenizers or takes
+    /// them from the checkpoint folder `saved`, and builds the model.
+    pub fn build(cfg: &MtConfig, vs: &VarStore, saved: Option<&Path>, with_train: bool) -> Result<Self> {
+        cfg.validate()?;
+        let d = &cfg.data;
+        let train_pairs = if with_train { read_pairs(&d.train)? } else { Vec::new() };
+        let (sf, tf) = tokenizer_files(d.vocab);
+        let (src_tok, tgt_tok) = match saved {
+            Some(dir) => (Tokenizer::load(dir.join(sf))?, Tokenizer::load(dir.join(tf))?),
+            None => {
+                if train_pairs.is_empty() {
+                    bail!("no tokenizer: give a checkpoint folder or the training data");
+                }
+                let tc = TokenizerConfig {
+                    kind: TokenizerKind::Bpe,
+                    vocab_size: d.vocab_size,
+                    min_frequency: d.min_frequency,
+                };
+                let srcs = train_pairs.iter().map(|p| p.src.as_str());
+                let tgts = train_pairs.iter().map(|p| p.tgt.as_str());
+                match d.vocab {
+                    VocabKind::Joint => {
+                        let t = Tokenizer::train(&tc, srcs.chain(tgts))?;
+                        (t.clone(), t)
+                    }
+                    VocabKind::Separate => (Tokenizer::train(&tc, srcs)?, Tokenizer::train(&tc, tgts)?),
+                }
+            }
+        };
+        let train = if with_train {
+            let s: Vec<&str> = train_pairs.iter().map(|p| p.src.as_str()).collect();
+            let t: Vec<&str> = train_pairs.iter().map(|p| p.tgt.as_str()).collect();
+            let (s, t) = (
+                encode_side(&src_tok, &s, "source")?,
+                encode_side(&tgt_tok, &t, "target")?,
+            );
+            let all: Vec<((), Vec<u32>, Vec<u32>)> = s.into_iter().zip(t).map(|(a, b)| ((), a, b)).collect();
+            let (kept, dropped) = filter_by_length(all, d.max_len - 1, d.max_ratio);
+            if dropped > 0 {
+                eprintln!(
+                    "warning: {}: {dropped} of {} training pairs dropped (longer than data.max_len = {} tokens or length ratio above data.max_ratio = {})",
+                    d.train.display(),
+                    kept.len() + dropped,
+                    d.max_len,
+                    d.max_ratio
+                );
+            }
+            if kept.is_empty() {
+                bail!("{}: no training pair survives the length filter", d.train.display());
+            }
+            kept.into_iter()
+                .map(|(_, mut src, tgt)| {
+                    src.push(EOS);
+                    Encoded { src, tgt }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let net = MtNet::new(cfg, src_tok.vocab_size(), tgt_tok.vocab_size(), vs)?;
+        let mut task = Self {
+            cfg: cfg.clone(),
+            src_tok,
+            tgt_tok,
+            net,
+            vs: vs.clone(),
+            train,
+            valid: Vec::new(),
+            epoch_batches: None,
+        };
+        if let Some(p) = &d.valid {
+            task.valid = task.encode_pairs(read_pairs(p)?)?;
+        }
+        Ok(task)
+    }
+
+    fn encode_pairs(&self, pairs: Vec<Pair>) -> Result<Vec<(Pair, Encoded)>> {
+        let s: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
+        let t: Vec<&str> = pairs.iter().map(|p| p.tgt.as_str()).collect();
+        let (s, t) = (
+            encode_side(&self.src_tok, &s, "source")?,
+            encode_side(&self.tgt_tok, &t, "target")?,
+        );
+        Ok(pairs
+            .into_iter()
+            .zip(s.into_iter().zip(t))
+            .map(|(p, (src, tgt))| {
+                (
+                    p,
+                    Encoded {
+                        src: self.source_ids(src),
+                        tgt,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Appends `<eos>`, cutting what the model cannot take.
+    fn source_ids(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        ids.truncate(self.net.max_source_len().saturating_sub(1));
+        ids.push(EOS);
+        ids
+    }
+
+    fn budget(&self) -> BudgetConfig {
+        BudgetConfig::new(self.cfg.data.batch_tokens)
+    }
+
+    /// Padded source, decoder input and decoder target tensors of `idx`, and the number of
+    /// target tokens.
+    fn tensors(&self, pairs: &[&Encoded]) -> Result<(Tensor, Tensor, Tensor, usize)> {
+        let dev = self.vs.device();
+        let srcs: Vec<Vec<u32>> = pairs.iter().map(|e| e.src.clone()).collect();
+        let ins: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|e| std::iter::once(BOS).chain(e.tgt.iter().copied()).collect())
+            .collect();
+        let outs: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|e| e.tgt.iter().copied().chain(std::iter::once(EOS)).collect())
+            .collect();
+        let all: Vec<usize> = (0..pairs.len()).collect();
+        let (s, i, o) = (
+            pad_batch(&srcs, &all, PAD),
+            pad_batch(&ins, &all, PAD),
+            pad_batch(&outs, &all, PAD),
+        );
+        let n = o.lengths.iter().sum();
+        Ok((
+            c(Tensor::from_vec(s.ids, (s.batch, s.max_len), dev))?,
+            c(Tensor::from_vec(i.ids, (i.batch, i.max_len), dev))?,
+            c(Tensor::from_vec(o.ids, (o.batch, o.max_len), dev))?,
+            n,
+        ))
+    }
+
+    /// Mean cross-entropy over the target tokens of a batch (padding ignored).
+    fn loss(&self, pairs: &[&Encoded], smoothing: f64, train: bool) -> Result<(Tensor, usize)> {
+        let (src, tin, tout, n) = self.tensors(pairs)?;
+        let logits = self.net.forward(&src, &tin, train)?;
+        let (b, t, v) = c(logits.dims3())?;
+        let loss = c(cross_entropy(
+            &c(logits.reshape((b * t, v)))?,
+            &c(tout.reshape(b * t))?,
+            Some(PAD as i64),
+            smoothing,
+            Reduction::Mean,
+        ))?;
+        Ok((loss, n))
+    }
+
+    fn lengths(&self) -> Vec<usize> {
+        self.train.iter().map(|e| e.src.len().max(e.tgt.len() + 1)).collect()
+    }
+
+    fn batches(&mut self, epoch: u64) -> Result<&Vec<Vec<usize>>> {
+        if self.epoch_batches.as_ref().map(|e| e.0) != Some(epoch) {
+            let b = token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.train.seed, epoch)))?;
+            self.epoch_batches = Some((epoch, b));
+        }
+        Ok(&self.epoch_batches.as_ref().expect("just set").1)
+    }
+
+    /// Translates sentences (any order, any lengths) → detokenized text, batched by length.
+    pub fn translate(
+        &self,
+        sources: &[&str],
+        strategy: &DecodeStrategy,
+        batch_size: usize,
+        use_cache: bool,
+    ) -> Result<Vec<String>> {
+        let ids: Vec<Vec<u32>> = encode_side(&self.src_tok, sources, "source")?
+            .into_iter()
+            .map(|s| self.source_ids(s))
+            .collect();
+        Ok(self
+            .translate_ids(&ids, strategy, batch_size, use_cache)?
+            .iter()
+            .map(|o| self.detokenize(o))
+            .collect::<Result<_>>()?)
+    }
+
+    /// Decodes source id lists (with `<eos>`) → output ids (without specials), in input order.
+    pub fn translate_ids(
+        &self,
+        ids: &[Vec<u32>],
+        strategy: &DecodeStrategy,
+        batch_size: usize,
+        use_cache: bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut dec = decoder(strategy, use_cache)?;
+        let mut out = vec![Vec::new(); ids.len()];
+        let special = SpecialIds {
+            pad: PAD,
+            bos: BOS,
+            eos: EOS,
+        };
+        for chunk in order.chunks(batch_size.max(1)) {
+            let p = pad_batch(ids, chunk, PAD);
+            let src = c(Tensor::from_vec(p.ids, (p.batch, p.max_len), self.vs.device()))?;
+            for (&i, o) in chunk.iter().zip(dec.decode(self.net.as_model(), &src, special)?) {
+                out[i] = o;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.tgt_tok.decode(ids, true)?.trim().to_string())
+    }
+
+    /// Source ids (with `<eos>`) of one sentence.
+    pub fn encode_source(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.source_ids(self.src_tok.encode(text)?))
+    }
+
+    /// Translates the pairs of a `src<TAB>tgt` file and scores them against its targets:
+    /// (report text, JSON, hypotheses).
+    pub fn score_file(
+        &self,
+        path: &Path,
+        strategy: &DecodeStrategy,
+        batch_size: usize,
+    ) -> Result<(String, serde_json::Value, Vec<String>)> {
+        let pairs = read_pairs(path)?;
+        let srcs: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
+        let t0 = std::time::Instant::now();
+        let hyps = self.translate(&srcs, strategy, batch_size, true)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<String>>()];
+        let b = bleu::corpus_bleu(&hyps, &refs, &bleu::BleuConfig::default())?;
+        let ch = chrf::corpus_chrf(&hyps, &refs, &chrf::ChrfConfig::default())?;
+        let text = format!(
+            "{}: {} sentences, {strategy:?}, {:.1} sentences/s\n{}\n{}",
+            path.display(),
+            hyps.len(),
+            hyps.len() as f64 / secs.max(1e-9),
+            b,
+            ch
+        );
+        let json = json!({"file": path.display().to_string(), "sentences": hyps.len(), "bleu": b.score, "chrf": ch.score, "bleu_line": b.to_string(), "sentences_per_s": hyps.len() as f64 / secs.max(1e-9)});
+        Ok((text, json, hyps))
+    }
+}
+
+impl TrainTask for MtTask {
+    fn batches_per_epoch(&self) -> usize {
+        token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.train.seed, 0))).map_or(0, |b| b.len())
+    }
+
+    fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        let batches = self.batches(epoch)?;
+        // The number of batches varies a little between epochs; the loop counts epoch 0's.
+        let idx = batches[index % batches.len()].clone();
+        let pairs: Vec<&Encoded> = idx.iter().map(|&i| &self.train[i]).collect();
+        self.loss(&pairs, self.cfg.optim.label_smoothing, true)
+    }
+
+    fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
+        if self.valid.is_empty() {
+            bail!("translation training needs data.valid (validation BLEU picks the best checkpoint)");
+        }
+        let lengths: Vec<usize> = self
+            .valid
+            .iter()
+            .map(|(_, e)| e.src.len().max(e.tgt.len() + 1))
+            .collect();
+        let (mut sum, mut n) = (0.0, 0usize);
+        for b in token_budget_batches(&lengths, &self.budget(), None)? {
+            let pairs: Vec<&Encoded> = b.iter().map(|&i| &self.valid[i].1).collect();
+            let (l, k) = self.loss(&pairs, 0.0, false)?;
+            sum += c(l.to_scalar::<f32>())? as f64 * k as f64;
+            n += k;
+        }
+        let nll = sum / n.max(1) as f64;
+        let m = match self.cfg.data.valid_bleu_sentences {
+            0 => self.valid.len(),
+            m => m.min(self.valid.len()),
+        };
+        let ids: Vec<Vec<u32>> = self.valid[..m].iter().map(|(_, e)| e.src.clone()).collect();
+        let outs = self.translate_ids(&ids, &DecodeStrategy::Greedy, self.cfg.decode.batch_size, true)?;
+        let hyps: Vec<String> = outs.iter().map(|o| self.detokenize(o)).collect::<Result<_>>()?;
+        let refs = vec![self.valid[..m].iter().map(|(p, _)| p.tgt.clone()).collect::<Vec<_>>()];
+        let b = bleu::corpus_bleu(&hyps, &refs, &bleu::BleuConfig::default())?;
+        Ok(BTreeMap::from([
+            ("loss".into(), nll),
+            ("ppl".into(), nll.exp()),
+            ("bleu".into(), b.score),
+        ]))
+    }
+
+    fn selection(&self) -> (String, bool) {
+        ("bleu".into(), false)
+    }
+
+    fn write_extra(&self, dir: &Path) -> Result<()> {
+        let (sf, tf) = tokenizer_files(self.cfg.data.vocab);
+        self.src_tok.save(dir.join(sf))?;
+        if sf != tf {
+            self.tgt_tok.save(dir.join(tf))?;
+        }
+        Ok(())
+    }
+}
+
+/// The run configuration stored in a checkpoint's `trainer.json`.
+pub fn checkpoint_config(dir: &Path) -> Result<MtConfig> {
+    let f = dir.join("trainer.json");
+    let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
+    serde_json::from_value(v["config"].clone())
+        .with_context(|| format!("{}: not a translation checkpoint (task = \"mt\")", f.display()))
+}
+
+/// Loads a translation model from a checkpoint folder or run folder (→ best).
+pub fn load(path: &Path) -> Result<MtTask> {
+    let dir = seqlab_train::checkpoint::resolve(path)?;
+    let mut cfg = checkpoint_config(&dir)?;
+    cfg.data.valid = None;
+    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
+    let task = MtTask::build(&cfg, &vs, Some(&dir), false)?;
+    c(vs.load_safetensors(dir.join("model.safetensors"), true))?;
+    Ok(task)
+}
+
+/// What a training run produced.
+pub struct MtOutcome {
+    pub summary: RunSummary,
+    /// With `data.test`: the best checkpoint's report (also in `test_report.json`, with the
+    /// translations in `test_translations.txt`).
+    pub test: Option<String>,
+}
+
+/// Trains per `cfg`; with `resume`, continues from the newest checkpoint.
+pub fn train(cfg: &MtConfig, resume: bool) -> Result<MtOutcome> {
+    cfg.validate()?;
+    let root = cfg.run_dir.join("checkpoints");
+    let latest = seqlab_train::checkpoint::latest(&root)?;
+    if latest.is_some() && !resume {
+        bail!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)",
+            cfg.run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("creating {}", cfg.run_dir.display()))?;
+    seqlab_nn::io::write_atomic(&cfg.run_dir.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
+    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
+    let mut task = MtTask::build(cfg, &vs, latest.as_deref(), true)?;
+    let sched = cfg.schedule();
+    let ac = AdamWConfig {
+        lr: sched.lr(1),
+        betas: (cfg.optim.betas[0], cfg.optim.betas[1]),
+        eps: cfg.optim.eps,
+        weight_decay: cfg.optim.weight_decay,
+    };
+    let opt = Box::new(c(AdamW::new(vs.trainable(), ac))?);
+    let mut trainer = Trainer::new(
+        cfg.train.clone(),
+        vs.clone(),
+        opt,
+        sched,
+        &cfg.run_dir,
+        serde_json::to_value(cfg)?,
+    )?;
+    if resume {
+        trainer.resume()?;
+    }
+    let summary = trainer.run(&mut task)?;
+    let test = match &cfg.data.test {
+        Some(p) => {
+            let best = seqlab_train::checkpoint::resolve(&cfg.run_dir)?;
+            c(vs.load_safetensors(best.join("model.safetensors"), true))?;
+            let (text, json, hyps) = task.score_file(p, &cfg.decode.strategy(), cfg.decode.batch_size)?;
+            seqlab_nn::io::write_atomic(
+                &cfg.run_dir.join("test_report.json"),
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
+            let mut body = hyps.join("\n");
+            body.push('\n');
+            seqlab_nn::io::write_atomic(&cfg.run_dir.join("test_translations.txt"), body.as_bytes())?;
+            Some(format!("{} on the test data:\n{text}", best.display()))
+        }
+        None => None,
+    };
+    Ok(MtOutcome { summary, test })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("seqlab-mt-task-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&d).ok();
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `src<TAB>tgt` lines: a few words and the same words reversed, upper-cased.
+    fn reversal_file(path: &Path, n: usize, seed: u64) {
+        let words = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"];
+        let mut rng = seqlab_nn::SeqRng::new(seed);
+        let mut out = String::new();
+        for _ in 0..n {
+            let len = 2 + (rng.unit_f32() * 3.0) as usize;
+            let w: Vec<&str> = (0..len).map(|_| words[(rng.unit_f32() * 8.0) as usize % 8]).collect();
+            let r: Vec<String> = w.iter().rev().map(|s| s.to_uppercase()).collect();
+            out.push_str(&format!("{}\t{}\n", w.join(" "), r.join(" ")));
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn tiny_cfg(dir: &Path, kind: MtModelKind) -> MtConfig {
+        let (train, valid) = (dir.join("train.tsv"), dir.join("valid.tsv"));
+        reversal_file(&train, 400, 1);
+        reversal_file(&valid, 30, 2);
+        MtConfig {
+            task: "mt".into(),
+            run_dir: dir.join(format!("run-{kind:?}")),
+            data: MtData {
+                train,
+                valid: Some(valid.clone()),
+                test: Some(valid),
+                vocab: VocabKind::Joint,
+                vocab_size: 60,
+                batch_tokens: 256,
+                valid_bleu_sentences: 0,
+                ..MtData::default()
+            },
+            model: MtModel {
+                kind,
+                d_model: 32,
+                nhead: 2,
+                num_encoder_layers: 1,
+                num_decoder_layers: 1,
+                dim_feedforward: 64,
+                dropout: 0.0,
+                embed_dim: 16,
+                hidden_size: 32,
+                num_layers: 1,
+                ..MtModel::default()
+            },
+            optim: MtOptim::default(),
+            schedule: Some(Schedule::Constant { lr: 3e-3 }),
+            decode: MtDecode {
+                beam_size: 2,
+                ..MtDecode::default()
+            },
+            train: LoopConfig {
+                max_steps: 80,
+                eval_every: 40,
+                log_every: 20,
+                progress: false,
+                seed: 5,
+                ..LoopConfig::default()
+            },
+        }
+    }
+
+    /// Both model families train through the task, write a test report, and reload from the
+    /// run folder to translate the same way.
+    #[test]
+    fn tiny_runs_learn_and_reload_for_both_models() {
+        let dir = tmp("tiny");
+        for kind in [MtModelKind::Transformer, MtModelKind::Rnn] {
+            let cfg = tiny_cfg(&dir, kind);
+            let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
+            let before = MtTask::build(&cfg, &vs, None, true).unwrap().evaluate().unwrap();
+            let out = train(&cfg, false).unwrap();
+            let after = &out.summary.last_eval;
+            assert!(
+                after["loss"] < before["loss"] - 1.0,
+                "{kind:?}: valid loss {} -> {}",
+                before["loss"],
+                after["loss"]
+            );
+            assert!(out.test.as_deref().unwrap().contains("BLEU"), "{kind:?}");
+            let report: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(cfg.run_dir.join("test_report.json")).unwrap()).unwrap();
+            let hyps = std::fs::read_to_string(cfg.run_dir.join("test_translations.txt")).unwrap();
+            assert_eq!(hyps.lines().count(), 30);
+            let task = load(&cfg.run_dir).unwrap();
+            let again = task.translate(&["red cat"], &cfg.decode.strategy(), 8, true).unwrap();
+            assert_eq!(again.len(), 1);
+            let (_, json, hyps2) = task
+                .score_file(&dir.join("valid.tsv"), &cfg.decode.strategy(), 8)
+                .unwrap();
+            assert_eq!(
+                hyps2.join("\n") + "\n",
+                hyps,
+                "{kind:?}: reloaded model translates differently"
+            );
+            assert_eq!(json["bleu"], report["bleu"]);
+            // Attention rows are distributions over the source.
+            let s = Tensor::new(&[[5u32, 6, 2]], &Device::Cpu).unwrap();
+            let t = Tensor::new(&[[1u32, 7, 8]], &Device::Cpu).unwrap();
+            let w = task.net.cross_attention(&s, &t).unwrap();
+            let sums = w[0]
+                .sum(candle_core::D::Minus1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(sums.iter().all(|x| (x - 1.0).abs() < 1e-4), "{sums:?}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn config_errors_are_named() {
+        let dir = tmp("cfg");
+        let mut cfg = tiny_cfg(&dir, MtModelKind::Transformer);
+        cfg.data.vocab = VocabKind::Separate;
+        assert!(cfg.validate().unwrap_err().to_string().contains("share_embeddings"));
+        cfg.model.share_embeddings = false;
+        cfg.validate().unwrap();
+        cfg.model.nhead = 3;
+        assert!(cfg.validate().unwrap_err().to_string().contains("divisible"));
+        cfg.model.nhead = 2;
+        cfg.task = "lm".into();
+        assert!(cfg.validate().is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
