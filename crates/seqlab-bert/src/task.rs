@@ -318,17 +318,6 @@ fn optimizer(o: &OptimConfig, vs: &VarStore, lr: f64) -> Result<Box<dyn seqlab_n
     Ok(Box::new(c(AdamW::new(vs.trainable(), ac))?))
 }
 
-fn prepare_run_dir(run_dir: &Path, resume: bool, cfg_toml: &str) -> Result<Option<PathBuf>> {
-    let latest = seqlab_train::checkpoint::latest(&run_dir.join("checkpoints"))?;
-    if latest.is_some() && !resume {
-        bail!("{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)", run_dir.display());
-    }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    std::fs::write(run_dir.join("config.toml"), cfg_toml)
-        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
-    Ok(latest)
-}
-
 fn run(
     cfg_train: &LoopConfig,
     o: &OptimConfig,
@@ -417,7 +406,7 @@ impl FinetuneConfig {
     }
 }
 
-use seqlab_train::checkpoint::resolve as resolve_checkpoint;
+use seqlab_train::checkpoint::{prepare_run_dir, resolve as resolve_checkpoint};
 
 /// Copies every `bert.*` weight of `vs` from the safetensors file; an error names each one
 /// that is missing or has the wrong shape. Other entries of the file (`cls.*`) are ignored.
@@ -696,10 +685,7 @@ mod tests {
     use crate::data::tests::corpus_lines;
 
     fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("seqlab-bert-{tag}-{}", std::process::id()));
-        std::fs::remove_dir_all(&d).ok();
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        seqlab_nn::testing::scratch_dir(&format!("bert-{tag}"))
     }
 
     fn tiny_cfg(dir: &Path) -> PretrainConfig {

@@ -707,16 +707,7 @@ pub struct MtOutcome {
 /// Trains per `cfg`; with `resume`, continues from the newest checkpoint.
 pub fn train(cfg: &MtConfig, resume: bool) -> Result<MtOutcome> {
     cfg.validate()?;
-    let root = cfg.run_dir.join("checkpoints");
-    let latest = seqlab_train::checkpoint::latest(&root)?;
-    if latest.is_some() && !resume {
-        bail!(
-            "{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)",
-            cfg.run_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("creating {}", cfg.run_dir.display()))?;
-    seqlab_nn::io::write_atomic(&cfg.run_dir.join("config.toml"), toml::to_string(cfg)?.as_bytes())?;
+    let latest = seqlab_train::checkpoint::prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let mut task = MtTask::build(cfg, &vs, latest.as_deref(), true)?;
     let sched = cfg.schedule();
@@ -763,10 +754,7 @@ mod tests {
     use super::*;
 
     fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("seqlab-mt-task-{tag}-{}", std::process::id()));
-        std::fs::remove_dir_all(&d).ok();
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        seqlab_nn::testing::scratch_dir(&format!("mt-task-{tag}"))
     }
 
     /// `src<TAB>tgt` lines: a few words and the same words reversed, upper-cased.

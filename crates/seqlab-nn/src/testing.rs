@@ -55,3 +55,11 @@ pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
         .normal(shape, 0.0, 1.0, &candle_core::Device::Cpu)
         .unwrap()
 }
+
+/// A fresh, empty scratch folder for a test, unique to the tag and the process.
+pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("seqlab-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("creating a scratch folder");
+    d
+}

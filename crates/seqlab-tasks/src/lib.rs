@@ -96,19 +96,10 @@ pub struct TrainOutcome {
 /// Trains per `cfg`, writing checkpoints, `metrics.jsonl` and `loss.png` under its run folder.
 pub fn train(cfg: &RunConfig, existing: Existing) -> Result<TrainOutcome> {
     let run_dir = cfg.run_dir();
-    let ck_root = run_dir.join("checkpoints");
-    let latest = seqlab_train::checkpoint::latest(&ck_root)?;
-    if latest.is_some() && existing == Existing::Refuse {
-        anyhow::bail!(
-            "{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)",
-            run_dir.display()
-        );
-    }
+    let latest =
+        seqlab_train::checkpoint::prepare_run_dir(&run_dir, existing == Existing::Resume, &toml::to_string(cfg)?)?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let mut task = AnyTask::build(cfg, &vs, latest.as_deref(), true)?;
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    seqlab_nn::io::write_atomic(&run_dir.join("config.toml"), toml::to_string(cfg)?.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opt = optimizer(cfg, &vs)?;
     let mut trainer = Trainer::new(
         cfg.train.clone(),

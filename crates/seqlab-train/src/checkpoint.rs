@@ -108,6 +108,23 @@ pub fn resolve(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Readies a run folder: refuses one that already holds checkpoints unless `resume`, creates
+/// it, writes `config.toml` atomically, and returns the newest checkpoint (to resume from).
+pub fn prepare_run_dir(run_dir: &Path, resume: bool, config_toml: &str) -> Result<Option<PathBuf>> {
+    let latest = latest(&run_dir.join("checkpoints"))?;
+    if latest.is_some() && !resume {
+        anyhow::bail!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another run folder (--run-dir)",
+            run_dir.display()
+        );
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    seqlab_nn::io::write_atomic(&run_dir.join("config.toml"), config_toml.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("writing {}/config.toml", run_dir.display()))?;
+    Ok(latest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

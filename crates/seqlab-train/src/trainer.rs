@@ -269,6 +269,59 @@ impl Trainer {
         })
     }
 
+    /// Evaluates, logs, writes the step checkpoint (and `best/` when the selection metric
+    /// improved) and prunes old ones; returns the metrics.
+    fn evaluate_and_save(
+        &mut self,
+        task: &mut dyn TrainTask,
+        log: &mut MetricsLog,
+        bar: &ProgressBar,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (sel_key, lower_better) = task.selection();
+        let metrics = task.evaluate()?;
+        let Some(&value) = metrics.get(&sel_key) else {
+            bail!("evaluation returned no `{sel_key}` metric");
+        };
+        let mut rec = json!({"step": self.state.step, "split": "valid", "cpu_minutes": self.state.cpu_seconds / 60.0});
+        for (k, v) in &metrics {
+            rec[k] = json!(v);
+        }
+        log.log(&rec)?;
+        let line = format!(
+            "step {:>7}  valid {}",
+            self.state.step,
+            metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
+        // A hidden bar drops its println: without a bar, report on stderr directly.
+        if self.cfg.progress {
+            bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+        let improved = match self.state.best {
+            None => true,
+            Some(b) => (lower_better && value < b) || (!lower_better && value > b),
+        };
+        if improved {
+            self.state.best = Some(value);
+            self.state.evals_since_best = 0;
+        } else {
+            self.state.evals_since_best += 1;
+        }
+        let name = checkpoint::step_name(self.state.step);
+        self.save_checkpoint(task, &name)?;
+        if improved {
+            self.save_checkpoint(task, "best")?;
+        }
+        checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+        checkpoint::prune(&self.checkpoint_root(), self.cfg.keep_checkpoints)?;
+        Ok(metrics)
+    }
+
     /// Runs until `max_steps`, the time limit or early stopping. Each evaluation writes a
     /// checkpoint (and `best/` when the selection metric improved). A non-finite loss stops
     /// the run with an error; the last good checkpoint stays as it was.
@@ -276,7 +329,6 @@ impl Trainer {
         let per_epoch = task.batches_per_epoch();
         anyhow::ensure!(per_epoch > 0, "the training data gives no batches");
         let vars: Vec<candle_core::Var> = self.vs.trainable().into_iter().map(|(_, v)| v).collect();
-        let (sel_key, lower_better) = task.selection();
         let mut log = MetricsLog::open(&self.metrics_path())?;
         let bar = if self.cfg.progress {
             let b = ProgressBar::new(self.cfg.max_steps);
@@ -313,9 +365,16 @@ impl Trainer {
                 .max_cpu_minutes
                 .is_some_and(|m| self.state.cpu_seconds > m * 60.0);
             if wall_out || cpu_out {
-                let name = checkpoint::step_name(self.state.step);
-                self.save_checkpoint(task, &name)?;
-                checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+                // The steps since the last evaluation count too: evaluate them (which may
+                // make them the best checkpoint) rather than only saving.
+                let evaluated = self.state.step % self.cfg.eval_every == 0;
+                if self.state.step > 0 && !evaluated {
+                    last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
+                } else {
+                    let name = checkpoint::step_name(self.state.step);
+                    self.save_checkpoint(task, &name)?;
+                    checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+                }
                 break StopReason::TimeLimit;
             }
             let lr = self.schedule.lr(self.state.step + 1);
@@ -377,50 +436,8 @@ impl Trainer {
                 window_start = Instant::now();
             }
             if self.state.step % self.cfg.eval_every == 0 || self.state.step == self.cfg.max_steps {
-                let metrics = task.evaluate()?;
-                let Some(&value) = metrics.get(&sel_key) else {
-                    bail!("evaluation returned no `{sel_key}` metric");
-                };
                 self.state.cpu_seconds = cpu_now(start.elapsed().as_secs_f64());
-                let mut rec =
-                    json!({"step": self.state.step, "split": "valid", "cpu_minutes": self.state.cpu_seconds / 60.0});
-                for (k, v) in &metrics {
-                    rec[k] = json!(v);
-                }
-                log.log(&rec)?;
-                let line = format!(
-                    "step {:>7}  valid {}",
-                    self.state.step,
-                    metrics
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.4}"))
-                        .collect::<Vec<_>>()
-                        .join("  ")
-                );
-                // A hidden bar drops its println: without a bar, report on stderr directly.
-                if self.cfg.progress {
-                    bar.println(line);
-                } else {
-                    eprintln!("{line}");
-                }
-                let improved = match self.state.best {
-                    None => true,
-                    Some(b) => (lower_better && value < b) || (!lower_better && value > b),
-                };
-                if improved {
-                    self.state.best = Some(value);
-                    self.state.evals_since_best = 0;
-                } else {
-                    self.state.evals_since_best += 1;
-                }
-                let name = checkpoint::step_name(self.state.step);
-                self.save_checkpoint(task, &name)?;
-                if improved {
-                    self.save_checkpoint(task, "best")?;
-                }
-                checkpoint::set_latest(&self.checkpoint_root(), &name)?;
-                checkpoint::prune(&self.checkpoint_root(), self.cfg.keep_checkpoints)?;
-                last_eval = metrics;
+                last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
                 if let Some(p) = self.cfg.patience {
                     if self.state.evals_since_best >= p {
                         break StopReason::EarlyStopping;

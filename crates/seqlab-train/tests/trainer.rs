@@ -159,3 +159,26 @@ fn resumed_run_matches_uninterrupted_run_step_for_step() {
     assert_eq!(weights(&va), weights(&vc));
     let _ = (std::fs::remove_dir_all(da), std::fs::remove_dir_all(db));
 }
+
+/// A CPU-time budget stops the run with an evaluated checkpoint of its last step (the steps
+/// since the last scheduled evaluation are not wasted), and the CPU time is recorded.
+#[test]
+fn cpu_budget_stops_with_a_final_evaluation() {
+    let dir = tmp("cpu");
+    let vs = VarStore::new(1, &Device::Cpu);
+    let mut task = Toy::new(&vs, 4);
+    let cfg = LoopConfig {
+        max_steps: u64::MAX,
+        eval_every: 1_000_000,
+        max_cpu_minutes: Some(0.2 / 60.0),
+        ..quiet(1)
+    };
+    let mut t = trainer(&vs, cfg, &dir);
+    let s = t.run(&mut task).unwrap();
+    assert_eq!(s.reason, seqlab_train::StopReason::TimeLimit);
+    assert!(s.steps > 0 && s.last_eval.contains_key("loss"), "{s:?}");
+    assert!(t.state.cpu_seconds >= 0.2, "{}", t.state.cpu_seconds);
+    let best = seqlab_train::checkpoint::resolve(&dir).unwrap();
+    assert!(best.ends_with("best"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
