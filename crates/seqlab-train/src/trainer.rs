@@ -347,6 +347,8 @@ impl Trainer {
         let (cpu_base, cpu_start) = (self.state.cpu_seconds, process_cpu_seconds());
         let cpu_now = |wall: f64| cpu_base + cpu_start.and_then(|s| Some(process_cpu_seconds()? - s)).unwrap_or(wall);
         let mut window_loss = 0.0;
+        // A resumed run may start inside a logging window: average over the steps it ran.
+        let mut window_steps = 0u64;
         let mut window_tokens = 0usize;
         let mut window_start = Instant::now();
         let mut train_losses = Vec::new();
@@ -418,11 +420,12 @@ impl Trainer {
             self.state.step += 1;
             self.state.tokens += window_tokens as u64;
             window_loss += step_loss;
+            window_steps += 1;
             train_losses.push((self.state.step, step_loss));
             bar.set_position(self.state.step);
             if self.state.step % self.cfg.log_every == 0 {
                 let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let mean = window_loss / self.cfg.log_every as f64;
+                let mean = window_loss / window_steps.max(1) as f64;
                 let tps = window_tokens as f64 / secs;
                 bar.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
                 let cpu_min = cpu_now(start.elapsed().as_secs_f64()) / 60.0;
@@ -432,6 +435,7 @@ impl Trainer {
                 }
                 log.log(&rec)?;
                 window_loss = 0.0;
+                window_steps = 0;
                 window_tokens = 0;
                 window_start = Instant::now();
             }
