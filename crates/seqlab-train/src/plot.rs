@@ -225,7 +225,11 @@ pub fn heatmaps(
                     .y_label_area_size(90)
                     .build_cartesian_2d(0..cols, (0..rows).into_segmented())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let xl = |x: &usize| col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string());
+                // The axis also asks for the end of the range (x == cols): no label there.
+                let xl = |x: &usize| match *x < cols {
+                    true => col_labels.get(*x).cloned().unwrap_or_else(|| x.to_string()),
+                    false => String::new(),
+                };
                 let yl = |y: &SegmentValue<usize>| match y {
                     // The axis also asks for the segment end (index == rows): no label there.
                     SegmentValue::CenterOf(i) | SegmentValue::Exact(i) if *i < rows => row_labels
