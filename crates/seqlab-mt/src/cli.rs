@@ -204,11 +204,18 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
     Ok(())
 }
 
-/// A token as text for an axis label (byte-level BPE marks a leading space with `Ġ`).
+/// A token as text for an axis label, leading space shown as `▁`. Byte-level BPE stores
+/// bytes as stand-in characters: decode them, unless the token is a partial UTF-8 sequence.
 fn piece(tok: &seqlab_data::Tokenizer, id: u32) -> String {
-    match tok.id_to_token(id) {
-        Some(t) => t.replace('Ġ', "▁"),
-        None => format!("#{id}"),
+    match tok.decode(&[id], false) {
+        Ok(t) if !t.is_empty() && !t.contains('\u{FFFD}') => match t.strip_prefix(' ') {
+            Some(rest) => format!("▁{rest}"),
+            None => t,
+        },
+        _ => match tok.id_to_token(id) {
+            Some(t) => t.replace('Ġ', "▁"),
+            None => format!("#{id}"),
+        },
     }
 }
 

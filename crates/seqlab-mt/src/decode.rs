@@ -82,7 +82,7 @@ pub fn repeat_rows(t: &Tensor, k: usize) -> Result<Tensor> {
     let b = c(t.dim(0))?;
     let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     let idx = c(Tensor::new(idx.as_slice(), t.device()))?;
-    c(t.index_select(&idx, 0))
+    c(t.contiguous().and_then(|t| t.index_select(&idx, 0)))
 }
 
 /// The decoder for `strategy`; `use_cache` = false re-runs the full prefix every step.

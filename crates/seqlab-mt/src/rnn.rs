@@ -230,8 +230,9 @@ impl DecodeSession for RnnSession<'_> {
 
     fn reorder(&mut self, idx: &[u32]) -> Result<()> {
         let i = c(Tensor::new(idx, self.h.device()))?;
-        self.h = c(self.h.index_select(&i, 1))?;
-        self.c = c(self.c.index_select(&i, 1))?;
+        // The LSTM's final states can be strided views; index_select wants contiguous input.
+        self.h = c(self.h.contiguous().and_then(|h| h.index_select(&i, 1)))?;
+        self.c = c(self.c.contiguous().and_then(|x| x.index_select(&i, 1)))?;
         Ok(())
     }
 }
@@ -316,6 +317,16 @@ mod tests {
             let want = full.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
             assert!(max_abs_diff(&step, &want) < 1e-5, "step {t}");
         }
+        // Beam search reorders the 2-layer state between steps.
+        let strategy = crate::decode::DecodeStrategy::Beam {
+            size: 3,
+            length_penalty: 0.6,
+        };
+        let outs = crate::decode::decoder(&strategy, true)
+            .unwrap()
+            .decode(&m, &src, crate::decode::SpecialIds::default())
+            .unwrap();
+        assert_eq!(outs.len(), 2);
         let alone = m.forward(&ids(&[&[8, 2]]), &ids(&[&[1, 11, 12, 13]]), false).unwrap();
         let batched = full.narrow(0, 1, 1).unwrap();
         assert!(max_abs_diff(&alone, &batched) < 1e-5);
