@@ -1,14 +1,11 @@
 //! Checkpoint averaging: the paper's base models average the last 5 checkpoints, the big ones
 //! the last 20 (Vaswani et al. 2017, §6.1).
 
+use crate::c;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn c<T>(r: candle_core::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow::anyhow!("{e}"))
-}
 
 /// The newest `n` `step-*` checkpoint folders of a run folder (or of its `checkpoints/`),
 /// oldest first.

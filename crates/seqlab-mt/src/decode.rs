@@ -6,6 +6,7 @@
 //! tests and timing). A sentence may grow to its source length + 50 tokens (the paper, §6.1)
 //! and stops at EOS.
 
+use crate::c;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use seqlab_nn::{DecodeState, EncodedSource, Seq2SeqTransformer, SeqRng};
@@ -123,10 +124,6 @@ pub fn decoder(strategy: &DecodeStrategy, use_cache: bool) -> Result<Box<dyn Dec
             })
         }
     })
-}
-
-fn c<T>(r: candle_core::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Per-sentence length limits: non-pad source tokens + 50.

@@ -9,3 +9,8 @@ pub mod decode;
 pub mod parallel;
 pub mod rnn;
 pub mod task;
+
+/// candle's error as anyhow's.
+pub(crate) fn c<T>(r: candle_core::Result<T>) -> anyhow::Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}

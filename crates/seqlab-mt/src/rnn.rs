@@ -11,16 +11,13 @@
 //! `decoder.weight_hh_l1`, `attn.linear_in.weight`, `attn.linear_out.weight`,
 //! `generator.weight`.
 
+use crate::c;
 use crate::decode::{repeat_rows, DecodeSession, Seq2SeqModel};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 use seqlab_nn::recurrent::{Lstm, RecurrentConfig};
 use seqlab_nn::{ops, Dropout, Embedding, EmbeddingConfig, Init, Linear, LinearConfig, VarStore};
 use serde::{Deserialize, Serialize};
-
-fn c<T>(r: candle_core::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow::anyhow!("{e}"))
-}
 
 /// Sizes of [`RnnSeq2Seq`]. Defaults: embeddings 256, hidden 512 (the encoder's two
 /// directions have 256 each), 2 layers, dropout 0.2, source and target embeddings separate.

@@ -5,6 +5,7 @@
 //! Sources are `tokens + <eos>`; the decoder reads `<bos> + tokens` and predicts
 //! `tokens + <eos>`, as in fairseq and the paper's tensor2tensor.
 
+use crate::c;
 use crate::decode::{decoder, DecodeStrategy, Seq2SeqModel, SpecialIds};
 use crate::parallel::{filter_by_length, read_pairs, Pair};
 use crate::rnn::{RnnSeq2Seq, RnnSeq2SeqConfig};
@@ -22,10 +23,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-fn c<T>(r: candle_core::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow::anyhow!("{e}"))
-}
 
 /// One BPE vocabulary for both languages (needed for shared embeddings), or one per side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -678,11 +675,8 @@ impl TrainTask for MtTask {
 
 /// The run configuration stored in a checkpoint's `trainer.json`.
 pub fn checkpoint_config(dir: &Path) -> Result<MtConfig> {
-    let f = dir.join("trainer.json");
-    let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-    serde_json::from_value(v["config"].clone())
-        .with_context(|| format!("{}: not a translation checkpoint (task = \"mt\")", f.display()))
+    seqlab_train::checkpoint::run_config(dir)
+        .with_context(|| format!("{}: not a translation checkpoint (task = \"mt\")", dir.display()))
 }
 
 /// Loads a translation model from a checkpoint folder or run folder (→ best).

@@ -8,7 +8,7 @@ pub mod forecast;
 pub mod lm;
 pub mod models;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use common::c;
 pub use common::{Report, Split};
@@ -135,12 +135,7 @@ pub fn train(cfg: &RunConfig, existing: Existing) -> Result<TrainOutcome> {
 
 /// A trained model loaded from a checkpoint folder, ready to evaluate or generate.
 pub fn load(dir: &Path) -> Result<(RunConfig, AnyTask)> {
-    let f = dir.join("trainer.json");
-    let text = std::fs::read_to_string(&f)
-        .with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-    let cfg: RunConfig =
-        serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))?;
+    let cfg: RunConfig = seqlab_train::checkpoint::run_config(dir)?;
     let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
     let task = AnyTask::build(&cfg, &vs, Some(dir), false)?;
     c(vs.load_safetensors(dir.join("model.safetensors"), true))?;

@@ -125,6 +125,15 @@ pub fn prepare_run_dir(run_dir: &Path, resume: bool, config_toml: &str) -> Resul
     Ok(latest)
 }
 
+/// The run configuration stored in a checkpoint folder's `trainer.json`.
+pub fn run_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+    let f = dir.join("trainer.json");
+    let text = std::fs::read_to_string(&f)
+        .with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
+    serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
