@@ -50,6 +50,12 @@ pub struct WordTable {
     table: hashbrown::HashTable<u32>,
 }
 
+/// Word `id` of a buffer whose word i ends at `ends[i]` (and starts where word i-1 ends).
+fn word_at<'a>(text: &'a str, ends: &[usize], id: u32) -> &'a str {
+    let i = id as usize;
+    &text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]]
+}
+
 fn fx_hash(w: &str) -> u64 {
     let mut h = FxHasher::default();
     h.write(w.as_bytes());
@@ -66,9 +72,7 @@ impl WordTable {
     }
 
     pub fn word(&self, id: u32) -> &str {
-        let i = id as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
+        word_at(&self.text, &self.ends, id)
     }
 
     pub fn get(&self, w: &str) -> Option<u32> {
@@ -78,23 +82,14 @@ impl WordTable {
     /// The id of `w`, adding it with the next id if it is new; `true` when added.
     pub fn intern(&mut self, w: &str) -> (u32, bool) {
         let h = fx_hash(w);
-        let (text, ends) = (&self.text, &self.ends);
-        let word = |i: u32| {
-            let i = i as usize;
-            &text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]]
-        };
-        if let Some(&id) = self.table.find(h, |&i| word(i) == w) {
-            return (id, false);
+        if let Some(id) = self.table.find(h, |&i| word_at(&self.text, &self.ends, i) == w) {
+            return (*id, false);
         }
         let id = self.ends.len() as u32;
         self.text.push_str(w);
         self.ends.push(self.text.len());
         let (text, ends) = (&self.text, &self.ends);
-        let rehash = |&i: &u32| {
-            let i = i as usize;
-            fx_hash(&text[if i == 0 { 0 } else { ends[i - 1] }..ends[i]])
-        };
-        self.table.insert_unique(h, id, rehash);
+        self.table.insert_unique(h, id, |&i| fx_hash(word_at(text, ends, i)));
         (id, true)
     }
 }
