@@ -274,7 +274,7 @@ fn train(a: TrainArgs) -> Result<()> {
         );
     }
     let wv = WordVectors {
-        words: emb.vocab.words.clone(),
+        words: emb.vocab.words().map(str::to_string).collect(),
         dim: emb.dim,
         vectors: emb.vectors,
         counts: Some(emb.vocab.counts.clone()),

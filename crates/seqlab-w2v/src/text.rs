@@ -13,6 +13,10 @@ pub const MAX_SENTENCE: usize = 10_000;
 /// no newlines at all is still read in bounded memory.
 const MAX_LINE_BYTES: usize = 1 << 16;
 
+/// Read buffer per reader (one per training thread). 64 KiB keeps read calls rare; a
+/// larger buffer only adds to the peak memory while the vectors are alive.
+const READ_BUFFER: usize = 1 << 16;
+
 /// Text preparation for raw corpora. Defaults: both off (the corpus is taken as already
 /// tokenized on whitespace, as word2vec.c and gensim's `LineSentence` take it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,27 +36,25 @@ impl TextOptions {
     /// Applies the options to one valid UTF-8 line, writing the result into `out`.
     pub fn prepare_into(&self, line: &str, out: &mut String) {
         out.clear();
-        let chars: Vec<char> = if self.strip_punct {
-            line.chars().collect()
-        } else {
-            Vec::new()
-        };
-        if self.strip_punct {
-            for (i, &c) in chars.iter().enumerate() {
-                let keep = c.is_alphanumeric()
-                    || c.is_whitespace()
-                    || ((c == '\'' || c == '-' || c == '’')
-                        && i > 0
-                        && i + 1 < chars.len()
-                        && chars[i - 1].is_alphanumeric()
-                        && chars[i + 1].is_alphanumeric());
-                let c = if keep { c } else { ' ' };
-                push_case(out, c, self.lowercase);
-            }
-        } else {
+        if !self.strip_punct {
             for c in line.chars() {
                 push_case(out, c, self.lowercase);
             }
+            return;
+        }
+        // One pass with one character of look-behind and look-ahead: no per-line buffer of
+        // chars, whose ever-changing sizes fragmented the training threads' heaps.
+        let mut prev: Option<char> = None;
+        let mut it = line.chars().peekable();
+        while let Some(c) = it.next() {
+            let joiner = c == '\'' || c == '-' || c == '’';
+            let keep = c.is_alphanumeric()
+                || c.is_whitespace()
+                || (joiner
+                    && prev.is_some_and(char::is_alphanumeric)
+                    && it.peek().is_some_and(|n| n.is_alphanumeric()));
+            push_case(out, if keep { c } else { ' ' }, self.lowercase);
+            prev = Some(c);
         }
     }
 }
@@ -92,8 +94,12 @@ pub struct ChunkReader {
 
 impl ChunkReader {
     pub fn open(path: &Path, start: u64, end: u64, opts: TextOptions) -> io::Result<Self> {
+        Self::open_buffered(path, start, end, opts, READ_BUFFER)
+    }
+
+    fn open_buffered(path: &Path, start: u64, end: u64, opts: TextOptions, buffer: usize) -> io::Result<Self> {
         let f = File::open(path)?;
-        let mut reader = BufReader::with_capacity(1 << 18, f);
+        let mut reader = BufReader::with_capacity(buffer, f);
         let mut pos = 0;
         if start > 0 {
             reader.seek(SeekFrom::Start(start - 1))?;
@@ -149,12 +155,14 @@ impl ChunkReader {
                 }
                 break;
             }
-            let cap_reached = self.raw.len() >= MAX_LINE_BYTES;
-            let found = if cap_reached {
-                buf.iter().position(|&b| is_sep(b))
-            } else {
-                buf.iter().position(|&b| b == b'\n')
-            };
+            // A newline counts only within the cap; past it, any separator ends the piece.
+            // Measured from the line's start, not the buffer's, so the pieces do not
+            // depend on where the buffer boundaries fall.
+            let room = MAX_LINE_BYTES.saturating_sub(self.raw.len()).min(buf.len());
+            let found = buf[..room]
+                .iter()
+                .position(|&b| b == b'\n')
+                .or_else(|| buf[room..].iter().position(|&b| is_sep(b)).map(|i| i + room));
             match found {
                 Some(i) => {
                     self.raw.extend_from_slice(&buf[..=i]);
@@ -269,6 +277,36 @@ mod tests {
     }
 
     #[test]
+    fn long_lines_are_cut_in_the_same_places_whatever_the_buffer() {
+        let dir = std::env::temp_dir().join(format!("w2v-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("long.txt");
+        // One 200 KB line of 5-byte words ("wNNN "), then a short line.
+        let long: String = (0..40_000).map(|i| format!("w{:03} ", i % 1000)).collect();
+        let text = format!("{long}\nshort line\n");
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        let pieces = |buffer| {
+            let mut r = ChunkReader::open_buffered(&p, 0, text.len() as u64, TextOptions::default(), buffer).unwrap();
+            let mut lens = Vec::new();
+            loop {
+                let mut n = 0;
+                if !r.next_line(|_| n += 1).unwrap() {
+                    break;
+                }
+                lens.push(n);
+            }
+            lens
+        };
+        // Cut at the first separator at or after byte 65,536 of the line: 65,536 / 5 words
+        // plus the one straddling the cap, three times, then the rest and "short line".
+        let first = MAX_LINE_BYTES / 5 + 1;
+        let expected = vec![first, first, first, 40_000 - 3 * first, 2];
+        for buffer in [4096, 1 << 16, 1 << 18, 1 << 20] {
+            assert_eq!(pieces(buffer), expected, "buffer {buffer}");
+        }
+    }
+
+    #[test]
     fn invalid_utf8_is_skipped_and_counted() {
         let dir = std::env::temp_dir().join(format!("w2v-utf8-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -292,5 +330,9 @@ mod tests {
         o.prepare_into("Hello, World! Don't re-use \"É\"-- ok.", &mut out);
         let w: Vec<&str> = out.split_whitespace().collect();
         assert_eq!(w, ["hello", "world", "don't", "re-use", "é", "ok"]);
+        // Joiners at the ends of a line or next to punctuation are stripped.
+        o.prepare_into("'Tis well-- -x y- o'k'", &mut out);
+        let w: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(w, ["tis", "well", "x", "y", "o'k"]);
     }
 }

@@ -683,7 +683,7 @@ mod tests {
 
     fn wv(e: Embeddings) -> WordVectors {
         WordVectors {
-            words: e.vocab.words,
+            words: e.vocab.words().map(str::to_string).collect(),
             dim: e.dim,
             vectors: e.vectors,
             counts: None,
@@ -801,6 +801,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.corpus.invalid_bytes, 2);
-        assert_eq!(e.vocab.words, ["one", "two", "three"]);
+        assert_eq!(e.vocab.words().collect::<Vec<_>>(), ["one", "two", "three"]);
     }
 }

@@ -75,6 +75,14 @@ impl WordTable {
         word_at(&self.text, &self.ends, id)
     }
 
+    /// Gives back the spare capacity that growing left behind.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        let (text, ends) = (&self.text, &self.ends);
+        self.table.shrink_to_fit(|&i| fx_hash(word_at(text, ends, i)));
+    }
+
     pub fn get(&self, w: &str) -> Option<u32> {
         self.table.find(fx_hash(w), |&i| self.word(i) == w).copied()
     }
@@ -97,8 +105,11 @@ impl WordTable {
 /// Words sorted by decreasing count (ties: first occurrence first, as gensim keeps them).
 #[derive(Clone, Debug)]
 pub struct Vocab {
-    pub words: Vec<String>,
+    /// Word i's count in the corpus.
     pub counts: Vec<u64>,
+    /// The words themselves, stored once: training needs only lookups, and one heap
+    /// string per word would add a third to the vocabulary's memory while the vectors
+    /// are alive.
     index: WordTable,
 }
 
@@ -114,12 +125,23 @@ pub struct CorpusStats {
 impl Vocab {
     /// Builds a vocabulary from `(word, count)` pairs already in the desired order. A word
     /// given twice keeps its first id.
-    pub fn from_words(words: Vec<String>, counts: Vec<u64>) -> Self {
+    pub fn from_words<'a>(words: impl IntoIterator<Item = &'a str>, counts: Vec<u64>) -> Self {
         let mut index = WordTable::default();
-        for w in &words {
+        for w in words {
             index.intern(w);
         }
-        Self { words, counts, index }
+        index.shrink_to_fit();
+        Self { counts, index }
+    }
+
+    /// Word `id` (ids are in order of decreasing count).
+    pub fn word(&self, id: usize) -> &str {
+        self.index.word(id as u32)
+    }
+
+    /// All words in id order.
+    pub fn words(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.word(i))
     }
 
     /// The id of a word, if it is in the vocabulary.
@@ -182,18 +204,17 @@ impl Vocab {
         if let Some(m) = max_vocab {
             kept.truncate(m.max(1));
         }
-        let words = kept.iter().map(|&i| seen.word(i).to_string()).collect();
         let cnts = kept.iter().map(|&i| counts[i as usize]).collect();
-        drop(seen);
-        Ok((Self::from_words(words, cnts), stats))
+        drop(counts);
+        Ok((Self::from_words(kept.iter().map(|&i| seen.word(i)), cnts), stats))
     }
 
     pub fn len(&self) -> usize {
-        self.words.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
+        self.index.is_empty()
     }
 
     pub fn total(&self) -> u64 {
