@@ -153,8 +153,9 @@ impl<'a> Stepper<'a> {
     pub fn new(model: &'a Seq2SeqTransformer, src: &Tensor, expand: usize, use_cache: bool) -> Result<Self> {
         let enc = c(model.encode(src, false))?;
         let b = c(src.dim(0))?;
+        // Decoding needs no gradient: detached, the encoder's activations are freed now.
         let enc = EncodedSource {
-            memory: repeat_rows(&enc.memory, expand)?,
+            memory: repeat_rows(&enc.memory.detach(), expand)?,
             src_key_padding_mask: repeat_rows(&enc.src_key_padding_mask, expand)?,
         };
         let state = if use_cache {

@@ -221,7 +221,8 @@ impl DecodeSession for RnnSession<'_> {
     fn step(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let t = c(Tensor::new(tokens, self.h.device()).and_then(|t| t.reshape((tokens.len(), 1))))?;
         let (logits, _, (h, cc)) = self.model.decode(&t, &self.enc, (&self.h, &self.c), false)?;
-        (self.h, self.c) = (h, cc);
+        // Detached, or every step's activations stay reachable from the state until the end.
+        (self.h, self.c) = (h.detach(), cc.detach());
         c(logits.squeeze(1))
     }
 
@@ -242,9 +243,10 @@ impl Seq2SeqModel for RnnSeq2Seq {
                 .and_then(|t| repeat_rows(&t, expand))
                 .and_then(|t| c(t.transpose(0, 1).and_then(|t| t.contiguous())))
         };
-        let (h, cc) = (across(&enc.h0)?, across(&enc.c0)?);
+        // Decoding needs no gradient: detached, the encoder's activations are freed now.
+        let (h, cc) = (across(&enc.h0.detach())?, across(&enc.c0.detach())?);
         let enc = RnnEncoded {
-            memory: repeat_rows(&enc.memory, expand)?,
+            memory: repeat_rows(&enc.memory.detach(), expand)?,
             mask_bias: repeat_rows(&enc.mask_bias, expand)?,
             h0: h.clone(),
             c0: cc.clone(),

@@ -1394,8 +1394,12 @@ impl MultiheadAttention {
             Some(v) => Tensor::cat(&[v, &v_new], 1)?,
             None => v_new,
         };
-        cache.k = Some(k.clone());
-        cache.v = Some(v.clone());
+        // Outside training the cache is stored detached: each `cat` would otherwise keep the
+        // previous cache alive through the autograd graph, so a T-step decode held all T
+        // prefixes (O(T²) memory: gigabytes for a beam over a long sentence).
+        let keep = |t: &Tensor| if train { t.clone() } else { t.detach() };
+        cache.k = Some(keep(&k));
+        cache.v = Some(keep(&v));
         self.attend(&q, &k, &v, &AttnMasks::default(), train)
     }
 }
@@ -1618,6 +1622,9 @@ mod tests {
                 .self_attn_step(&x.narrow(1, t, 1).unwrap(), &mut cache, false)
                 .unwrap();
             assert!(max_diff(&y, &full.narrow(1, t, 1).unwrap()) < 1e-5);
+            // Evaluation-mode caches hold no graph: a tracked cache chains every earlier
+            // cache through `cat` (quadratic memory over a decode).
+            assert!(!cache.k.as_ref().unwrap().track_op() && !cache.v.as_ref().unwrap().track_op());
         }
         assert_eq!(cache.len(), 5);
     }

@@ -150,7 +150,7 @@ impl LmTask {
             };
             let x = ids_tensor(window, 1, window.len(), dev)?;
             let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
-            state = st;
+            state = st.map(|s| s.detach());
             let last = c(logits
                 .get(0)
                 .and_then(|l| l.get(window.len() - 1))

@@ -32,6 +32,17 @@ pub enum RnnState {
     Hc(Tensor, Tensor),
 }
 
+impl RnnState {
+    /// The same state cut from the autograd graph. Generation carries the state from step
+    /// to step; attached, it would keep every earlier step's activations alive.
+    pub fn detach(&self) -> Self {
+        match self {
+            Self::H(h) => Self::H(h.detach()),
+            Self::Hc(h, c) => Self::Hc(h.detach(), c.detach()),
+        }
+    }
+}
+
 /// One of the three recurrent layers behind one interface (batch-first).
 pub enum RecurrentNet {
     Rnn(Rnn),
