@@ -157,7 +157,7 @@ pub fn run(args: W2vArgs) -> Result<()> {
             let ix = Index::new(&load(&vectors)?);
             let (add, mul) = ix.analogy(&a, &b, &c, n)?;
             println!("{a} : {b} :: {c} : ?");
-            println!("{:<24}{}", "3CosAdd", "3CosMul");
+            println!("{:<24}3CosMul", "3CosAdd");
             for i in 0..add.len().max(mul.len()) {
                 let f = |v: &[(String, f32)]| v.get(i).map_or(String::new(), |(w, s)| format!("{w} {s:.4}"));
                 println!("{:<24}{}", f(&add), f(&mul));

@@ -13,6 +13,9 @@ use serde::Serialize;
 use crate::format::WordVectors;
 
 /// Word vectors normalised to unit length, with an index.
+/// Words with their scores, best first.
+pub type Ranked = Vec<(String, f32)>;
+
 pub struct Index {
     pub words: Vec<String>,
     pub dim: usize,
@@ -112,7 +115,7 @@ impl Index {
 
     /// "a is to b as c is to ?" by 3CosAdd and by 3CosMul (Levy & Goldberg 2014, as
     /// gensim's `most_similar_cosmul`: cosines shifted to [0, 1], epsilon 1e-6).
-    pub fn analogy(&self, a: &str, b: &str, c: &str, n: usize) -> Result<(Vec<(String, f32)>, Vec<(String, f32)>)> {
+    pub fn analogy(&self, a: &str, b: &str, c: &str, n: usize) -> Result<(Ranked, Ranked)> {
         let (ia, ib, ic) = (self.id(a)?, self.id(b)?, self.id(c)?);
         let add = self.cos_add(ia, ib, ic, usize::MAX, n);
         let (ra, rb, rc) = (self.row(ia), self.row(ib), self.row(ic));

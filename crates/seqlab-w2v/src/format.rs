@@ -60,7 +60,7 @@ pub fn save(wv: &WordVectors, path: &Path, format: Format) -> Result<()> {
     match format {
         Format::Text | Format::Binary => {
             let mut w = BufWriter::with_capacity(1 << 20, File::create(path).with_context(ctx)?);
-            write!(w, "{} {}\n", wv.len(), wv.dim).with_context(ctx)?;
+            writeln!(w, "{} {}", wv.len(), wv.dim).with_context(ctx)?;
             let mut line = String::new();
             for (i, word) in wv.words.iter().enumerate() {
                 if format == Format::Text {

@@ -654,7 +654,7 @@ mod tests {
         for _ in 0..3000 {
             let i = r(6);
             let kind = if r(2) == 0 { "a" } else { "b" };
-            let mut w = vec![
+            let mut w = [
                 format!("{kind}{i}"),
                 format!("t{i}_{}", r(4)),
                 format!("t{i}_{}", r(4)),
