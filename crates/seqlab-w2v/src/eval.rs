@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use crate::format::WordVectors;
 
-/// Word vectors normalised to unit length, with an index.
 /// Words with their scores, best first.
 pub type Ranked = Vec<(String, f32)>;
 
+/// Word vectors normalised to unit length, with an index.
 pub struct Index {
     pub words: Vec<String>,
     pub dim: usize,

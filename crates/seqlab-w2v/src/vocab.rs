@@ -123,13 +123,14 @@ pub struct CorpusStats {
 }
 
 impl Vocab {
-    /// Builds a vocabulary from `(word, count)` pairs already in the desired order. A word
-    /// given twice keeps its first id.
-    pub fn from_words<'a>(words: impl IntoIterator<Item = &'a str>, counts: Vec<u64>) -> Self {
+    /// Builds a vocabulary from distinct words, already in the desired order, and their
+    /// counts (word i has count i).
+    fn from_words<'a>(words: impl IntoIterator<Item = &'a str>, counts: Vec<u64>) -> Self {
         let mut index = WordTable::default();
         for w in words {
             index.intern(w);
         }
+        debug_assert_eq!(index.len(), counts.len(), "words must be distinct, one count each");
         index.shrink_to_fit();
         Self { counts, index }
     }
