@@ -1404,58 +1404,6 @@ impl MultiheadAttention {
     }
 }
 
-/// Golden case `sdpa`: `F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)`.
-pub(crate) fn golden_sdpa(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let is_causal: bool = case.cfg_or("is_causal", false)?;
-    let scale: Option<f64> = case.cfg("scale")?;
-    let conv: String = case.cfg_or("mask_convention", "1 = may attend".to_string())?;
-    if conv != "1 = may attend" {
-        bail!("case {}: unsupported sdpa mask_convention {conv:?}", case.name);
-    }
-    crate::golden::run_standard(case, &vs, |inp| {
-        let mask = inp.opt("attn_mask");
-        let opts = SdpaOptions {
-            attn_mask: mask.as_ref(),
-            is_causal,
-            scale,
-            ..Default::default()
-        };
-        let y = scaled_dot_product_attention(&inp.get("q")?, &inp.get("k")?, &inp.get("v")?, &opts)?;
-        Ok([("y".to_string(), y)].into())
-    })
-}
-
-/// Golden case `mha`: `nn.MultiheadAttention(embed_dim, num_heads, bias=bias,
-/// batch_first=True)(query, key, value, key_padding_mask, attn_mask=attn_mask)` → `y`, `weights`.
-pub(crate) fn golden_mha(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    if !case.cfg_or("batch_first", true)? {
-        bail!("case {}: only batch_first=True is supported", case.name);
-    }
-    let cfg = MultiheadAttentionConfig {
-        embed_dim: case.cfg_req("embed_dim")?,
-        num_heads: case.cfg_req("num_heads")?,
-        dropout: 0.0,
-        bias: case.cfg_or("bias", true)?,
-    };
-    let average: bool = case.cfg_or("average_attn_weights", true)?;
-    let mha = MultiheadAttention::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let query = inp.get("query")?;
-        let key = inp.opt("key").unwrap_or_else(|| query.clone());
-        let value = inp.opt("value").unwrap_or_else(|| key.clone());
-        let kpm = inp.opt("key_padding_mask");
-        let am = inp.opt("attn_mask");
-        let (y, w) = mha.forward(&query, &key, &value, kpm.as_ref(), am.as_ref(), true, average, false)?;
-        let mut out: std::collections::HashMap<String, Tensor> = [("y".to_string(), y)].into();
-        if let Some(w) = w {
-            out.insert("weights".to_string(), w);
-        }
-        Ok(out)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,20 +73,6 @@ impl Embedding {
     }
 }
 
-/// Golden case `embedding`: `nn.Embedding(num_embeddings, embedding_dim, padding_idx)(ids)`.
-pub(crate) fn golden_embedding(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cfg = EmbeddingConfig {
-        num_embeddings: case.cfg_req("num_embeddings")?,
-        embedding_dim: case.cfg_req("embedding_dim")?,
-        padding_idx: case.cfg("padding_idx")?,
-    };
-    let emb = Embedding::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        Ok([("y".to_string(), emb.forward(&inp.get("ids")?)?)].into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

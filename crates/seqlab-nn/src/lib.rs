@@ -9,7 +9,6 @@ pub mod attention;
 pub mod clip;
 pub mod dropout;
 pub mod embedding;
-pub mod golden;
 pub mod io;
 mod kernel;
 pub mod linear;

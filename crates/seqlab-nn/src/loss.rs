@@ -232,26 +232,6 @@ pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result
     }
 }
 
-/// Golden case `cross_entropy`: `F.cross_entropy(logits, target, ignore_index,
-/// label_smoothing, reduction)` → `loss`.
-pub(crate) fn golden_cross_entropy(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = crate::VarStore::new(0, &candle_core::Device::Cpu);
-    // F.cross_entropy's own default when the case does not name one.
-    let ignore_index: i64 = case.cfg_or("ignore_index", -100)?;
-    let ls: f64 = case.cfg_or("label_smoothing", 0.0)?;
-    let reduction: Reduction = case.cfg_or("reduction", "mean".to_string())?.parse()?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let loss = cross_entropy(
-            &inp.get("logits")?,
-            &inp.get("target")?,
-            Some(ignore_index),
-            ls,
-            reduction,
-        )?;
-        Ok([("loss".to_string(), loss)].into())
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::excessive_precision)] // expected values as PyTorch printed them
 mod tests {
@@ -340,10 +320,10 @@ mod tests {
             let keep_t = Tensor::new(keep.as_slice(), &Device::Cpu).unwrap();
             let fused = x.as_tensor().apply_op1(op).unwrap();
             let composed = (per_row_composed(x.as_tensor(), ids.clone(), eps as f64).unwrap() * &keep_t).unwrap();
-            assert!(crate::golden::rel_err(&fused, &composed).unwrap() < 1e-6);
+            assert!(crate::testing::rel_err(&fused, &composed).unwrap() < 1e-6);
             let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gc = (composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(crate::golden::rel_err(gf.get(&x).unwrap(), gc.get(&x).unwrap()).unwrap() < 1e-5);
+            assert!(crate::testing::rel_err(gf.get(&x).unwrap(), gc.get(&x).unwrap()).unwrap() < 1e-5);
         }
     }
 

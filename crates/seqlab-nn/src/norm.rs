@@ -443,57 +443,6 @@ impl BatchNorm1d {
     }
 }
 
-/// Golden case `batch_norm1d`: training-mode forward on `x` (→ `y`, running statistics),
-/// then evaluation-mode forward on `x_eval` (→ `y_eval`).
-pub(crate) fn golden_batch_norm1d(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let momentum: Option<f64> = match case.config.get("momentum") {
-        Some(serde_json::Value::Null) => None,
-        _ => Some(case.cfg_or("momentum", 0.1)?),
-    };
-    let cfg = BatchNorm1dConfig {
-        num_features: case.cfg_req("num_features")?,
-        eps: case.cfg_or("eps", 1e-5)?,
-        momentum,
-        affine: case.cfg_or("affine", true)?,
-        track_running_stats: case.cfg_or("track_running_stats", true)?,
-    };
-    let bn = BatchNorm1d::new(&cfg, &vs)?;
-    // The case holds parameters only; the buffers start from their fresh values, as in the
-    // freshly built PyTorch module.
-    let mut tensors = case.tensors.clone();
-    for (name, t) in vs.state_dict() {
-        tensors.entry(format!("param.{name}")).or_insert(t.copy()?);
-    }
-    let full = crate::golden::Case {
-        file: case.file.clone(),
-        name: case.name.clone(),
-        module: case.module.clone(),
-        config: case.config.clone(),
-        loss_outputs: case.loss_outputs.clone(),
-        tensors,
-    };
-    crate::golden::run_standard(&full, &vs, |inp| {
-        let y = bn.forward(&inp.get("x")?, true)?;
-        let y_eval = bn.forward(&inp.get("x_eval")?, false)?;
-        Ok([("y".to_string(), y), ("y_eval".to_string(), y_eval)].into())
-    })
-}
-
-/// Golden case `layer_norm`: `nn.LayerNorm(normalized_shape, eps)(x)`.
-pub(crate) fn golden_layer_norm(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cfg = LayerNormConfig {
-        normalized_shape: case.cfg_req("normalized_shape")?,
-        eps: case.cfg_or("eps", 1e-5)?,
-        elementwise_affine: case.cfg_or("elementwise_affine", true)?,
-    };
-    let ln = LayerNorm::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        Ok([("y".to_string(), ln.forward(&inp.get("x")?)?)].into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,7 +458,7 @@ mod tests {
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        crate::golden::rel_err(a, b).unwrap() as f32
+        crate::testing::rel_err(a, b).unwrap() as f32
     }
 
     /// The fused kernel and its backward agree with the composed ops (which autograd

@@ -641,47 +641,6 @@ impl Optimizer for Sgd {
     }
 }
 
-/// Golden case `adamw`: `config.steps` AdamW steps on params `w`, `b`, each after clipping
-/// the given gradients `input.grad_w.i`, `input.grad_b.i` to `max_grad_norm`.
-pub(crate) fn golden_adamw(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = crate::VarStore::new(0, &Device::Cpu);
-    let params = case.params();
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    for n in &names {
-        vs.param(n, params[*n].shape(), crate::Init::Zeros)?;
-    }
-    vs.load_state_dict(&params, true)?;
-    let betas: Vec<f64> = case.cfg_or("betas", vec![0.9, 0.999])?;
-    if betas.len() != 2 {
-        bail!("case {}: betas must have two values", case.name);
-    }
-    let cfg = AdamWConfig {
-        lr: case.cfg_or("lr", 1e-3)?,
-        betas: (betas[0], betas[1]),
-        eps: case.cfg_or("eps", 1e-8)?,
-        weight_decay: case.cfg_or("weight_decay", 1e-2)?,
-    };
-    let max_norm: Option<f64> = case.cfg("max_grad_norm")?;
-    let steps: usize = case.cfg_req("steps")?;
-    let mut opt = AdamW::new(vs.trainable(), cfg)?;
-    let mut computed = crate::golden::Computed::default();
-    for i in 0..steps {
-        let mut pairs = Vec::new();
-        for (name, var) in vs.trainable() {
-            pairs.push((var, case.tensor(&format!("input.grad_{name}.{i}"))?));
-        }
-        if let Some(m) = max_norm {
-            crate::clip::clip_grad_norm_pairs(&mut pairs, m)?;
-        }
-        opt.step_with(&pairs)?;
-        for (name, var) in vs.trainable() {
-            computed.outputs.insert(format!("{name}.{i}"), var.as_tensor().copy()?);
-        }
-    }
-    Ok(computed)
-}
-
 #[cfg(test)]
 #[allow(clippy::excessive_precision)] // expected values as PyTorch printed them
 mod tests {

@@ -88,16 +88,6 @@ impl LearnedPositionalEmbedding {
     }
 }
 
-/// Golden case `positional_encoding`: the sinusoidal table (max_len, d_model) as `pe`.
-pub(crate) fn golden_positional_encoding(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
-    let d: usize = case.cfg_req("d_model")?;
-    let max_len: usize = case.cfg_req("max_len")?;
-    crate::golden::run_standard(case, &vs, |_| {
-        Ok([("pe".to_string(), sinusoidal_table(max_len, d, &Device::Cpu)?)].into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
