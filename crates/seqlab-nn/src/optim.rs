@@ -45,6 +45,7 @@ pub struct OptimizerState {
     pub kind: String,
     /// Number of `step` calls so far.
     pub step: u64,
+    /// Learning rate.
     pub lr: f64,
     /// `exp_avg.<param>` etc.; `step.<param>` is an i64 scalar.
     pub tensors: HashMap<String, Tensor>,
@@ -350,6 +351,7 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -366,6 +368,9 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over the named parameters. Rejects an `lr` that is not finite and >= 0, `betas`
+    /// outside [0, 1), a negative or non-finite `eps` or `weight_decay`, and non-f32 or duplicate
+    /// parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         check_lr("AdamW", cfg.lr)?;
         let (b1, b2) = cfg.betas;
@@ -383,6 +388,7 @@ impl AdamW {
         })
     }
 
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
@@ -497,6 +503,7 @@ impl Optimizer for AdamW {
 /// Hyper-parameters of [`Sgd`]; defaults are `torch.optim.SGD`'s (lr has none there).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate.
     pub lr: f64,
     /// Default 0.
     pub momentum: f64,
@@ -509,6 +516,7 @@ pub struct SgdConfig {
 }
 
 impl SgdConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -528,6 +536,9 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// SGD over the named parameters. Rejects an `lr` that is not finite and >= 0, a negative or
+    /// non-finite `momentum`, `dampening` or `weight_decay`, `nesterov` without momentum or with
+    /// dampening, and non-f32 or duplicate parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self> {
         check_lr("SGD", cfg.lr)?;
         let ok = |x: f64| x.is_finite() && x >= 0.0;
@@ -544,6 +555,7 @@ impl Sgd {
         })
     }
 
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &SgdConfig {
         &self.cfg
     }

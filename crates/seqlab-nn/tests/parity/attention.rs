@@ -2,7 +2,10 @@
 
 use super::{run_standard, Case, Computed, Outputs};
 use candle_core::{bail, Device, Result};
-use seqlab_nn::{scaled_dot_product_attention, MultiheadAttention, MultiheadAttentionConfig, SdpaOptions, VarStore};
+use seqlab_nn::{
+    scaled_dot_product_attention, AttnMask, KeyPaddingMask, MhaInput, MultiheadAttention, MultiheadAttentionConfig,
+    ReturnWeights, SdpaOptions, VarStore,
+};
 
 /// `F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)` → `y`.
 pub fn sdpa(case: &Case) -> Result<Computed> {
@@ -14,10 +17,17 @@ pub fn sdpa(case: &Case) -> Result<Computed> {
         bail!("case {}: unsupported sdpa mask_convention {conv:?}", case.name);
     }
     run_standard(case, &vs, |inp| {
-        let mask = inp.opt("attn_mask");
+        let attn_mask = match (inp.opt("attn_mask"), is_causal) {
+            (Some(_), true) => bail!(
+                "case {}: give either attn_mask or is_causal, as PyTorch requires",
+                case.name
+            ),
+            (Some(m), false) => Some(AttnMask::from_torch_sdpa(&m)),
+            (None, true) => Some(AttnMask::Causal),
+            (None, false) => None,
+        };
         let opts = SdpaOptions {
-            attn_mask: mask.as_ref(),
-            is_causal,
+            attn_mask,
             scale,
             ..Default::default()
         };
@@ -39,19 +49,28 @@ pub fn mha(case: &Case) -> Result<Computed> {
         dropout: 0.0,
         bias: case.cfg_or("bias", true)?,
     };
-    let average: bool = case.cfg_or("average_attn_weights", true)?;
+    let weights = if case.cfg_or("average_attn_weights", true)? {
+        ReturnWeights::Averaged
+    } else {
+        ReturnWeights::PerHead
+    };
     let mha = MultiheadAttention::new(&cfg, &vs)?;
     run_standard(case, &vs, |inp| {
         let query = inp.get("query")?;
         let key = inp.opt("key").unwrap_or_else(|| query.clone());
         let value = inp.opt("value").unwrap_or_else(|| key.clone());
-        let kpm = inp.opt("key_padding_mask");
-        let am = inp.opt("attn_mask");
-        let (y, w) = mha.forward(&query, &key, &value, kpm.as_ref(), am.as_ref(), true, average, false)?;
-        let mut out: Outputs = [("y".to_string(), y)].into();
-        if let Some(w) = w {
-            out.insert("weights".to_string(), w);
+        let mut input = MhaInput::new(&query, &key, &value).weights(weights);
+        if let Some(m) = inp.opt("key_padding_mask") {
+            input = input.key_padding_mask(KeyPaddingMask::from_torch(&m));
         }
-        Ok(out)
+        if let Some(m) = inp.opt("attn_mask") {
+            input = input.attn_mask(AttnMask::from_torch_mha(&m));
+        }
+        let out = mha.forward(&input)?;
+        let mut m: Outputs = [("y".to_string(), out.output)].into();
+        if let Some(w) = out.weights {
+            m.insert("weights".to_string(), w);
+        }
+        Ok(m)
     })
 }
