@@ -7,7 +7,7 @@
 //! (B, L, H, D), which is already the layout the output projection wants. The softmax
 //! probabilities are kept for the hand-written backward:
 //! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = scale·dS K, dK = scale·dSᵀ Q.
-//! The same probabilities, after dropout, are what [`FusedRun::weights`] returns as a
+//! The same probabilities, after dropout, are what `FusedRun::weights` returns as a
 //! differentiable function of Q and K (PyTorch's `need_weights=True`).
 //!
 //! Fully masked rows (every key masked for some query): the probabilities of that row are all
