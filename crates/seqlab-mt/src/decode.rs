@@ -478,13 +478,13 @@ mod tests {
     fn beam_search_never_scores_below_greedy() {
         // With no length penalty, the beam's best finished hypothesis has at least greedy's
         // log-probability. A 5-token vocabulary (3 specials + 2 words) makes an untrained
-        // model end sentences early (EOS has ~1/5 of the mass), so the comparison runs for
-        // most seeds; the test counts the seeds where both searches finished.
+        // model end sentences early for some seeds (greedy often loops on one word); the test
+        // counts the seeds where both searches finished and needs several of them.
         let s = Tensor::new(&[[3u32, 4, 3, 2]], &Device::Cpu).unwrap();
         let limit = 3 + MAX_LEN_OVER_SOURCE;
         let mut compared = 0;
         let mut beam_better = 0;
-        for seed in 0..8 {
+        for seed in 0..32 {
             let (_vs, m) = tiny_model(seed, 5);
             let score = |toks: &[u32]| -> f64 {
                 let mut st = Stepper::new(&m, &s, 1, true).unwrap();
@@ -518,7 +518,7 @@ mod tests {
                 beam_better += usize::from(sb > sg + 1e-4);
             }
         }
-        assert!(compared >= 4, "only {compared} of 8 seeds finished both searches");
+        assert!(compared >= 4, "only {compared} of 32 seeds finished both searches");
         eprintln!("beam beat greedy on {beam_better} of {compared} seeds");
     }
 

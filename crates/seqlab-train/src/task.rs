@@ -217,9 +217,11 @@ pub fn parse_config<T: Task>(mut m: Map<String, Value>, source: &str) -> Result<
             eprintln!("note: {source}: {note}");
         }
         let cfg = split_config::<T::Config>(std::mem::take(m), &T::default_optim())?;
-        T::default_schedule(&cfg)
-            .validate()
-            .context("the default schedule (set [schedule] explicitly)")?;
+        if cfg.run.schedule.is_none() {
+            T::default_schedule(&cfg)
+                .validate()
+                .context("the task's default schedule (set [schedule] explicitly)")?;
+        }
         T::validate(&cfg)?;
         Ok(cfg)
     };
