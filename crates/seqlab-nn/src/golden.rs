@@ -286,6 +286,7 @@ pub fn run_case(case: &Case) -> Result<Computed> {
         "decoder_layer" => crate::transformer::golden_decoder_layer(case),
         "transformer" => crate::transformer::golden_transformer(case),
         "seq2seq_tied" => crate::transformer::golden_seq2seq_tied(case),
+        "mamba" => crate::mamba::golden_mamba(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }
