@@ -46,6 +46,7 @@ pub struct OptimizerState {
     pub kind: String,
     /// Number of `step` calls so far.
     pub step: u64,
+    /// Learning rate.
     pub lr: f64,
     /// `exp_avg.<param>` etc.; `step.<param>` is an i64 scalar.
     pub tensors: HashMap<String, Tensor>,
@@ -372,6 +373,7 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -388,6 +390,9 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over the named parameters. Rejects an `lr` that is not finite and >= 0, `betas`
+    /// outside [0, 1), a negative or non-finite `eps` or `weight_decay`, and non-f32 or duplicate
+    /// parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         check_lr("AdamW", cfg.lr)?;
         let (b1, b2) = cfg.betas;
@@ -417,6 +422,7 @@ impl AdamW {
         Ok(self)
     }
 
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
@@ -532,6 +538,7 @@ impl Optimizer for AdamW {
 /// Hyper-parameters of [`Sgd`]; defaults are `torch.optim.SGD`'s (lr has none there).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate.
     pub lr: f64,
     /// Default 0.
     pub momentum: f64,
@@ -544,6 +551,7 @@ pub struct SgdConfig {
 }
 
 impl SgdConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -563,6 +571,9 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// SGD over the named parameters. Rejects an `lr` that is not finite and >= 0, a negative or
+    /// non-finite `momentum`, `dampening` or `weight_decay`, `nesterov` without momentum or with
+    /// dampening, and non-f32 or duplicate parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self> {
         check_lr("SGD", cfg.lr)?;
         let ok = |x: f64| x.is_finite() && x >= 0.0;
@@ -591,6 +602,7 @@ impl Sgd {
         Ok(self)
     }
 
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &SgdConfig {
         &self.cfg
     }
@@ -687,47 +699,6 @@ impl Optimizer for Sgd {
         self.cfg.lr = state.lr;
         Ok(())
     }
-}
-
-/// Golden case `adamw`: `config.steps` AdamW steps on params `w`, `b`, each after clipping
-/// the given gradients `input.grad_w.i`, `input.grad_b.i` to `max_grad_norm`.
-pub(crate) fn golden_adamw(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = crate::VarStore::new(0, &Device::Cpu);
-    let params = case.params();
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    for n in &names {
-        vs.param(n, params[*n].shape(), crate::Init::Zeros)?;
-    }
-    vs.load_state_dict(&params, true)?;
-    let betas: Vec<f64> = case.cfg_or("betas", vec![0.9, 0.999])?;
-    if betas.len() != 2 {
-        bail!("case {}: betas must have two values", case.name);
-    }
-    let cfg = AdamWConfig {
-        lr: case.cfg_or("lr", 1e-3)?,
-        betas: (betas[0], betas[1]),
-        eps: case.cfg_or("eps", 1e-8)?,
-        weight_decay: case.cfg_or("weight_decay", 1e-2)?,
-    };
-    let max_norm: Option<f64> = case.cfg("max_grad_norm")?;
-    let steps: usize = case.cfg_req("steps")?;
-    let mut opt = AdamW::new(vs.trainable(), cfg)?;
-    let mut computed = crate::golden::Computed::default();
-    for i in 0..steps {
-        let mut pairs = Vec::new();
-        for (name, var) in vs.trainable() {
-            pairs.push((var, case.tensor(&format!("input.grad_{name}.{i}"))?));
-        }
-        if let Some(m) = max_norm {
-            crate::clip::clip_grad_norm_pairs(&mut pairs, m)?;
-        }
-        opt.step_with(&pairs)?;
-        for (name, var) in vs.trainable() {
-            computed.outputs.insert(format!("{name}.{i}"), var.as_tensor().copy()?);
-        }
-    }
-    Ok(computed)
 }
 
 #[cfg(test)]

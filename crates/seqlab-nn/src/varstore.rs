@@ -70,6 +70,7 @@ impl VarStore {
         }
     }
 
+    /// The device every tensor of the store lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -203,6 +204,7 @@ impl VarStore {
             .collect()
     }
 
+    /// The parameter or buffer with this full (prefixed) name, if any.
     pub fn get(&self, full_name: &str) -> Option<Var> {
         self.table.lock().unwrap().map.get(full_name).map(|e| e.var.clone())
     }

@@ -1,3 +1,148 @@
-//! seqlab's unsafe CPU kernels (candle `CustomOp`s with hand-written backward passes).
+//! seqlab's fused CPU kernels: the unsafe, hand-written forward and backward passes behind
+//! the layers, each one candle `CustomOp` (one graph node):
+//!
+//! - [`attention`]: scaled dot-product attention per (batch, head) with masks, dropout and the
+//!   differentiable attention weights (behind [`crate::attention`]);
+//! - [`linear`]: `x Wᵀ + b`, optionally with ReLU and dropout, in one pass (behind the
+//!   Transformer's projections and feed-forward block — not attention-specific);
+//! - [`layer_norm`]: LayerNorm over the last dimension (behind [`crate::LayerNorm`]);
+//! - [`cross_entropy`]: `F.cross_entropy` per row with label smoothing (behind
+//!   [`crate::loss::cross_entropy`]);
+//! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
+//!   (behind [`crate::recurrent`]);
+//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward (behind
+//!   [`crate::mamba`]).
+//!
+//! The layer modules hold the public API, configs and validation; this module holds only the
+//! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
+//! `gemm` crate). Every kernel is checked against plain candle ops in its tests and, through
+//! its layer, against PyTorch (`tests/torch_parity.rs`).
 
-pub(crate) mod selective_scan;
+pub mod attention;
+pub mod cross_entropy;
+pub mod layer_norm;
+pub mod linear;
+pub mod recurrence;
+pub mod selective_scan;
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+
+/// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
+pub(crate) fn storage_f32<'a>(op: &str, what: &str, s: &'a CpuStorage) -> Result<&'a [f32]> {
+    match s {
+        CpuStorage::F32(v) => Ok(v),
+        _ => bail!("{op}: {what} must be f32"),
+    }
+}
+
+/// All f32 elements of a storage that must be on the CPU (for the backward passes, which get
+/// tensors rather than CPU storages).
+pub(crate) fn device_f32<'a>(op: &str, what: &str, s: &'a Storage) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => storage_f32(op, what, c),
+        _ => bail!("{op} runs on the CPU only ({what} is on another device)"),
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor argument.
+pub(crate) fn contiguous_f32<'a>(op: &str, what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    contiguous(op, what, storage_f32(op, what, s)?, l)
+}
+
+/// The part of `data` a contiguous layout covers.
+pub(crate) fn contiguous<'a>(op: &str, what: &str, data: &'a [f32], l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: {what} must be contiguous"),
+    }
+}
+
+/// dst (m×n, row-major with row stride `dst_rs`) = [dst +] a (m×k) @ b (k×n), with explicit
+/// strides.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
+/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
+/// that makes the big operand column-major.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                for c in 0..n {
+                    dst[r * dst_rs + c * dst_cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
+    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    let threads = rayon::current_num_threads();
+    // Thread dispatch costs more than it saves on tiny products.
+    let par = if threads > 1 && m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every accessed element inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}

@@ -24,8 +24,8 @@
 //!
 //! Work is split over (sequence, block of [`CHANNELS_PER_TASK`] channels) pairs with rayon.
 
-use crate::kernel::contiguous_f32;
-use crate::recurrent_fused::{fexp, sigmoid};
+use super::contiguous_f32;
+use super::recurrence::{fexp, sigmoid};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

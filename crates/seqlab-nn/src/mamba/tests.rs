@@ -16,7 +16,7 @@ fn small_cfg() -> MambaConfig {
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    crate::golden::rel_err(a, b).unwrap()
+    crate::testing::rel_err(a, b).unwrap()
 }
 
 /// Random scan inputs as Vars: u, delta, A (negative), B, C, D, z, delta_bias.
