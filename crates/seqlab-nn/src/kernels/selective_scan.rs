@@ -24,8 +24,8 @@
 //!
 //! Work is split over (sequence, block of [`CHANNELS_PER_TASK`] channels) pairs with rayon.
 
-use super::contiguous_f32;
 use super::recurrence::{fexp, sigmoid};
+use super::{contiguous, contiguous_f32, device_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -143,6 +143,12 @@ impl SelectiveScanOp {
         Ok(Self { spec })
     }
 
+    /// (B, L, D, N).
+    fn sizes(&self) -> (usize, usize, usize, usize) {
+        let s = &self.spec;
+        (s.batch, s.seq_len, s.d_inner, s.d_state)
+    }
+
     fn tasks(&self) -> usize {
         self.spec.batch * self.spec.d_inner.div_ceil(CHANNELS_PER_TASK)
     }
@@ -156,13 +162,7 @@ impl SelectiveScanOp {
     }
 
     fn args<'a>(&self, seq: &'a [f32], bc: &'a [f32], params: &'a [f32]) -> Result<Args<'a>> {
-        let ScanSpec {
-            batch,
-            seq_len,
-            d_inner: dn,
-            d_state: n,
-            ..
-        } = self.spec;
+        let (batch, seq_len, dn, n) = self.sizes();
         let m = batch * seq_len * dn;
         let mn = batch * seq_len * n;
         if seq.len() != 3 * m || bc.len() != 2 * mn || params.len() != dn * n + 2 * dn {
@@ -225,13 +225,7 @@ impl SelectiveScanOp {
 
     fn forward(&self, seq: &[f32], bc: &[f32], params: &[f32]) -> Result<Vec<f32>> {
         let x = self.args(seq, bc, params)?;
-        let ScanSpec {
-            batch,
-            seq_len,
-            d_inner: dn,
-            d_state: n,
-            ..
-        } = self.spec;
+        let (batch, seq_len, dn, n) = self.sizes();
         let m = batch * seq_len * dn;
         let mut out = vec![0f32; m + batch * dn * n];
         let ptr = SharedMut(out.as_mut_ptr());
@@ -257,13 +251,7 @@ impl SelectiveScanOp {
     /// Gradients `(d seq, d bc, d params)` from the gradient of the result.
     fn backward(&self, seq: &[f32], bc: &[f32], params: &[f32], gres: &[f32]) -> Result<[Vec<f32>; 3]> {
         let x = self.args(seq, bc, params)?;
-        let ScanSpec {
-            batch,
-            seq_len: l,
-            d_inner: dn,
-            d_state: n,
-            ..
-        } = self.spec;
+        let (batch, l, dn, n) = self.sizes();
         let m = batch * l * dn;
         if gres.len() != m + batch * dn * n {
             bail!(
@@ -438,9 +426,19 @@ impl CustomOp3 for SelectiveScanOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let g = flat(&grad_res.to_dtype(candle_core::DType::F32)?)?;
-        let [gs, gbc, gp] = self.backward(&flat(arg1)?, &flat(arg2)?, &flat(arg3)?, &g)?;
+        // Read the arguments in place (they are contiguous: `run` made them so).
+        let grad = grad_res.contiguous()?;
+        let (s1, l1) = arg1.storage_and_layout();
+        let (s2, l2) = arg2.storage_and_layout();
+        let (s3, l3) = arg3.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let op = "selective scan";
+        let [gs, gbc, gp] = self.backward(
+            contiguous(op, "u/delta/z", device_f32(op, "u/delta/z", &s1)?, l1)?,
+            contiguous(op, "B/C", device_f32(op, "B/C", &s2)?, l2)?,
+            contiguous(op, "A/D/delta_bias", device_f32(op, "A/D/delta_bias", &s3)?, l3)?,
+            contiguous(op, "grad", device_f32(op, "grad", &sg)?, lg)?,
+        )?;
         let dev = arg1.device();
         Ok((
             Some(Tensor::from_vec(gs, arg1.shape(), dev)?),

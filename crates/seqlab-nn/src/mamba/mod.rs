@@ -226,6 +226,14 @@ pub(crate) struct MixerInit {
     pub n_layer: usize,
 }
 
+impl MixerInit {
+    /// The module on its own: PyTorch's default Linear init, no residual scaling.
+    pub const STANDALONE: Self = Self {
+        zero_linear_bias: false,
+        n_layer: 1,
+    };
+}
+
 /// The Mamba mixer of `state-spaces/mamba` (`mamba_simple.Mamba`, slow path):
 ///
 /// ```text
@@ -260,14 +268,7 @@ impl Mamba {
     /// dt_rank^-0.5), `dt_proj.bias` = softplus⁻¹(Δ) with Δ log-uniform in [dt_min, dt_max]
     /// floored at dt_init_floor, `A_log[d, n] = log(n + 1)` (S4D-real), `D` = 1.
     pub fn new(cfg: &MambaConfig, vs: &VarStore) -> Result<Self> {
-        Self::with_init(
-            cfg,
-            MixerInit {
-                zero_linear_bias: false,
-                n_layer: 1,
-            },
-            vs,
-        )
+        Self::with_init(cfg, MixerInit::STANDALONE, vs)
     }
 
     pub(crate) fn with_init(cfg: &MambaConfig, init: MixerInit, vs: &VarStore) -> Result<Self> {

@@ -94,14 +94,7 @@ pub struct MambaBlock {
 
 impl MambaBlock {
     pub fn new(cfg: &MambaBlockConfig, vs: &VarStore) -> Result<Self> {
-        Self::with_init(
-            cfg,
-            MixerInit {
-                zero_linear_bias: false,
-                n_layer: 1,
-            },
-            vs,
-        )
+        Self::with_init(cfg, MixerInit::STANDALONE, vs)
     }
 
     fn with_init(cfg: &MambaBlockConfig, init: MixerInit, vs: &VarStore) -> Result<Self> {

@@ -14,7 +14,7 @@ use seqlab_nn::{Mamba, MambaConfig, Padding, VarStore};
 pub fn mamba(case: &Case) -> Result<Computed> {
     let d_model: usize = case.cfg_req("d_model")?;
     let d_inner: usize = case.cfg_req("d_inner")?;
-    if d_model == 0 || d_inner % d_model != 0 {
+    if d_model == 0 || !d_inner.is_multiple_of(d_model) {
         bail!(
             "case {}: d_inner {d_inner} is not a multiple of d_model {d_model}",
             case.name
