@@ -34,6 +34,7 @@ pub mod optim;
 pub mod positional;
 pub mod recurrent;
 pub mod rng;
+pub mod sampling;
 pub mod testing;
 pub mod transformer;
 pub mod varstore;
