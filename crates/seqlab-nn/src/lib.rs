@@ -27,6 +27,7 @@ pub mod io;
 pub mod kernels;
 pub mod linear;
 pub mod loss;
+pub mod mamba;
 pub mod norm;
 pub mod ops;
 pub mod optim;
@@ -47,7 +48,11 @@ pub use dropout::Dropout;
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{cross_entropy, mse_loss, Reduction};
-pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig};
+pub use mamba::{
+    DtRank, Mamba, MambaBlock, MambaBlockConfig, MambaCache, MambaConfig, MambaLmHead, MambaLmHeadConfig, MambaModel,
+    MambaModelConfig, MambaState, NormKind, Padding,
+};
+pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 pub use positional::{sinusoidal_table, LearnedPositionalEmbedding, SinusoidalPositionalEncoding};
 pub use recurrent::{

@@ -1,4 +1,4 @@
-//! Normalisation layers: LayerNorm (and BatchNorm1d).
+//! Normalisation layers: LayerNorm, RMSNorm (and BatchNorm1d).
 
 use crate::kernels::layer_norm::layer_norm_fused;
 use crate::{Init, VarStore};
@@ -90,6 +90,70 @@ impl LayerNorm {
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Configuration of [`RmsNorm`]; defaults follow `torch.nn.RMSNorm`.
+#[derive(Clone, Debug)]
+pub struct RmsNormConfig {
+    /// Size of the last dimension.
+    pub normalized_shape: usize,
+    /// Added to the mean square. Default `None`: the input dtype's machine epsilon
+    /// (`torch.finfo(torch.float32).eps` = 1.19e-7), as PyTorch does. Mamba uses 1e-5.
+    pub eps: Option<f64>,
+    /// Learnable `weight` (ones). Default `true`.
+    pub elementwise_affine: bool,
+}
+
+impl RmsNormConfig {
+    pub fn new(normalized_shape: usize) -> Self {
+        Self {
+            normalized_shape,
+            eps: None,
+            elementwise_affine: true,
+        }
+    }
+}
+
+/// `torch.nn.RMSNorm` over the last dimension: `y = x / sqrt(mean(x²) + eps) * weight`
+/// (Zhang & Sennrich, 2019); no mean subtraction and no bias. Parameter `weight` (C).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(cfg: &RmsNormConfig, vs: &VarStore) -> Result<Self> {
+        let eps = cfg.eps.unwrap_or(f32::EPSILON as f64);
+        if cfg.normalized_shape == 0 || !(eps > 0.0 && eps.is_finite()) {
+            bail!("RMSNorm: normalized_shape must be positive and eps > 0, got {cfg:?}");
+        }
+        let weight = if cfg.elementwise_affine {
+            Some(vs.param("weight", cfg.normalized_shape, Init::Ones)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, eps })
+    }
+
+    /// (..., C) → (..., C), from candle primitives (autograd through each op).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = *x.dims().last().unwrap_or(&0);
+        if let Some(w) = &self.weight {
+            if w.dims() != [c] {
+                bail!(
+                    "RMSNorm: input's last dimension is {c}, normalized_shape is {}",
+                    w.dim(0)?
+                );
+            }
+        }
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        match &self.weight {
+            Some(w) => y.broadcast_mul(w),
             None => Ok(y),
         }
     }
@@ -447,5 +511,35 @@ mod tests {
             bn.forward(&x, true).unwrap().to_vec2::<f32>().unwrap()
         );
         assert!(vs.state_dict().is_empty());
+    }
+
+    #[test]
+    fn rms_norm_matches_definition_and_reaches_weight() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let n = RmsNorm::new(
+            &RmsNormConfig {
+                eps: Some(1e-5),
+                ..RmsNormConfig::new(3)
+            },
+            &vs,
+        )
+        .unwrap();
+        let x = Tensor::new(&[[1f32, 2., 2.], [0., 0., 3.]], &Device::Cpu).unwrap();
+        let y = n.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        // rows: mean square 3 and 3 -> divide by sqrt(3 + 1e-5)
+        let s = (3f32 + 1e-5).sqrt();
+        let want = [[1. / s, 2. / s, 2. / s], [0., 0., 3. / s]];
+        for (a, b) in y.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        crate::testing::assert_all_params_get_grad(&vs, &n.forward(&x).unwrap());
+        assert_eq!(
+            RmsNorm::new(&RmsNormConfig::new(3), &vs).unwrap().eps,
+            f32::EPSILON as f64
+        );
+        assert!(n
+            .forward(&Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap())
+            .is_err());
+        assert!(RmsNorm::new(&RmsNormConfig::new(0), &vs).is_err());
     }
 }

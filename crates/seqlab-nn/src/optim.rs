@@ -13,6 +13,7 @@
 //! `step.<param>`, `momentum_buffer.<param>`), which [`OptimizerState::save_safetensors`]
 //! writes and [`OptimizerState::load_safetensors`] reads back bit-exactly.
 
+use crate::VarStore;
 use candle_core::backprop::GradStore;
 use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, TensorId, Var};
 use std::cell::RefCell;
@@ -97,6 +98,8 @@ struct Slot {
     buf2: Vec<f32>,
     /// Steps this parameter has taken (PyTorch keeps one per parameter).
     step: u64,
+    /// Whether weight decay applies (false for parameters in a "no decay" group).
+    decay: bool,
 }
 
 /// Parameter list shared by both optimizers.
@@ -125,6 +128,7 @@ impl Params {
                 buf1: vec![],
                 buf2: vec![],
                 step: 0,
+                decay: true,
             });
         }
         Ok(Self { slots, index })
@@ -146,6 +150,24 @@ impl Params {
                 None => bail!("{what}: step_with got a gradient for a Var that is not one of its parameters"),
             })
             .collect()
+    }
+
+    /// Puts the named parameters in a group without weight decay (PyTorch: a second param
+    /// group with `weight_decay=0`). Unknown names are an error, naming them.
+    fn exclude_from_decay(&mut self, what: &str, names: &[String]) -> Result<()> {
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.slots.iter().any(|s| &s.name == *n))
+            .collect();
+        if !unknown.is_empty() {
+            bail!("{what}: no parameter named {unknown:?} to exclude from weight decay");
+        }
+        for s in &mut self.slots {
+            if names.contains(&s.name) {
+                s.decay = false;
+            }
+        }
+        Ok(())
     }
 
     fn list(&self) -> Vec<(String, Var)> {
@@ -388,6 +410,18 @@ impl AdamW {
         })
     }
 
+    /// Over every trainable parameter of `vs`, leaving those it marks
+    /// [`VarStore::param_no_weight_decay`] out of weight decay.
+    pub fn for_store(vs: &VarStore, cfg: AdamWConfig) -> Result<Self> {
+        Self::new(vs.trainable(), cfg)?.without_weight_decay(&vs.no_weight_decay())
+    }
+
+    /// Excludes the named parameters from weight decay (their Adam update is unchanged).
+    pub fn without_weight_decay(mut self, names: &[String]) -> Result<Self> {
+        self.params.exclude_from_decay("AdamW", names)?;
+        Ok(self)
+    }
+
     /// The configuration (with the current `lr`).
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
@@ -413,6 +447,7 @@ impl AdamW {
             // Scalars as PyTorch's Python code forms them (f64), rounded where a float32
             // kernel receives them.
             let decay = (1.0 - lr * weight_decay) as f32;
+            let decays = weight_decay != 0.0 && slot.decay;
             let w = (1.0 - beta1) as f32;
             let b2 = beta2 as f32;
             let omb2 = (1.0 - beta2) as f32;
@@ -423,7 +458,7 @@ impl AdamW {
             let (m, v) = (&mut slot.buf1, &mut slot.buf2);
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
-                    if weight_decay != 0.0 {
+                    if decays {
                         *p *= decay;
                     }
                     // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
@@ -555,6 +590,18 @@ impl Sgd {
         })
     }
 
+    /// Over every trainable parameter of `vs`, leaving those it marks
+    /// [`VarStore::param_no_weight_decay`] out of weight decay.
+    pub fn for_store(vs: &VarStore, cfg: SgdConfig) -> Result<Self> {
+        Self::new(vs.trainable(), cfg)?.without_weight_decay(&vs.no_weight_decay())
+    }
+
+    /// Excludes the named parameters from weight decay.
+    pub fn without_weight_decay(mut self, names: &[String]) -> Result<Self> {
+        self.params.exclude_from_decay("SGD", names)?;
+        Ok(self)
+    }
+
     /// The configuration (with the current `lr`).
     pub fn config(&self) -> &SgdConfig {
         &self.cfg
@@ -583,9 +630,10 @@ impl Sgd {
                 slot.buf1 = vec![0.0; slot.var.elem_count()];
             }
             let buf = &mut slot.buf1;
+            let decays = weight_decay != 0.0 && slot.decay;
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-                    let mut d = if weight_decay != 0.0 { g + wd * *p } else { g };
+                    let mut d = if decays { g + wd * *p } else { g };
                     if momentum != 0.0 {
                         let b = &mut buf[k];
                         *b = if first { d } else { *b * mom + damp * d };
@@ -834,5 +882,44 @@ mod tests {
         opt.step(&loss(&vs, &x).backward().unwrap()).unwrap();
         assert_eq!(extra.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
         assert!(!opt.state_dict().unwrap().tensors.contains_key("step.unused"));
+    }
+
+    #[test]
+    fn no_weight_decay_params_are_only_adam_updated() {
+        // With a zero gradient AdamW's Adam term is 0, so only the decay moves a parameter.
+        let vs = VarStore::new(0, &Device::Cpu);
+        let w = vs.param("w", 2, Init::Ones).unwrap();
+        let a = vs.param_no_weight_decay("A_log", 2, Init::Ones).unwrap();
+        assert_eq!(vs.no_weight_decay(), vec!["A_log".to_string()]);
+        let cfg = AdamWConfig {
+            weight_decay: 0.5,
+            ..AdamWConfig::new(0.1)
+        };
+        let mut opt = AdamW::for_store(&vs, cfg).unwrap();
+        let zero = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let vars: Vec<Var> = vs.trainable().into_iter().map(|(_, v)| v).collect();
+        opt.step_with(&[(vars[0].clone(), zero.clone()), (vars[1].clone(), zero.clone())])
+            .unwrap();
+        assert_eq!(w.to_vec1::<f32>().unwrap(), vec![0.95, 0.95]);
+        assert_eq!(a.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        let mut sgd = Sgd::for_store(
+            &vs,
+            SgdConfig {
+                weight_decay: 0.5,
+                ..SgdConfig::new(0.1)
+            },
+        )
+        .unwrap();
+        sgd.step_with(&[(vars[0].clone(), zero.clone()), (vars[1].clone(), zero)])
+            .unwrap();
+        assert_eq!(a.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert!(w.to_vec1::<f32>().unwrap()[0] < 0.95);
+        let e = AdamW::new(vs.trainable(), AdamWConfig::default())
+            .unwrap()
+            .without_weight_decay(&["nope".to_string()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
     }
 }

@@ -9,7 +9,9 @@
 //! - [`cross_entropy`]: `F.cross_entropy` per row with label smoothing (behind
 //!   [`crate::loss::cross_entropy`]);
 //! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
-//!   (behind [`crate::recurrent`]).
+//!   (behind [`crate::recurrent`]);
+//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward (behind
+//!   [`crate::mamba`]).
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
@@ -21,6 +23,7 @@ pub mod cross_entropy;
 pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
+pub mod selective_scan;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 

@@ -128,7 +128,7 @@ pub struct FusedRecurrence {
 /// exp for f32 with ~1 ulp error, branch-free so that loops over it vectorise (libm's
 /// `expf` does not, and the nonlinearities would otherwise rival the matmuls in cost).
 #[inline(always)]
-fn fexp(x: f32) -> f32 {
+pub(crate) fn fexp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -145,7 +145,7 @@ fn fexp(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fexp(-x))
 }
 

@@ -12,6 +12,7 @@
 
 mod attention;
 mod basic;
+mod mamba;
 mod norm;
 mod recurrent;
 mod transformer;
@@ -297,6 +298,7 @@ pub fn run_case(case: &Case) -> Result<Computed> {
         "decoder_layer" => transformer::decoder_layer(case),
         "transformer" => transformer::transformer(case),
         "seq2seq_tied" => transformer::seq2seq_tied(case),
+        "mamba" => mamba::mamba(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }
