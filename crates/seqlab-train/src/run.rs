@@ -1,13 +1,13 @@
 //! The one run path every task goes through, as named steps:
 //!
-//! 1. [`prepare_run_folder`]: refuse a folder with checkpoints unless resuming; write
+//! 1. [`prepare_run_folder`] — refuse a folder with checkpoints unless resuming; write
 //!    `config.toml`;
-//! 2. [`build_task`]: data and model (tokenizer etc. from the checkpoint when resuming);
-//! 3. [`build_optimizer`]: from `[optim]` and the schedule (`[schedule]` or the task's);
-//! 4. [`resume`]: model, optimizer, RNG and loop position from the newest checkpoint;
-//! 5. [`Trainer::run`]: the loop (checkpoints, `metrics.jsonl`);
-//! 6. [`draw_curves`]: `loss.png`;
-//! 7. [`write_test_report`]: the best checkpoint evaluated on the test data (else the
+//! 2. [`build_task`] — data and model (tokenizer etc. from the checkpoint when resuming);
+//! 3. [`build_optimizer`] — from `[optim]` and the schedule (`[schedule]` or the task's);
+//! 4. [`resume`] — model, optimizer, RNG and loop position from the newest checkpoint;
+//! 5. [`Trainer::run`] — the loop (checkpoints, `metrics.jsonl`);
+//! 6. [`draw_curves`] — `loss.png`;
+//! 7. [`write_test_report`] — the best checkpoint evaluated on the test data (else the
 //!    validation data) into `test_report.json` (plus any files the task's report adds).
 //!
 //! [`load`] is the one checkpoint loader: config from `trainer.json`, the task built for
