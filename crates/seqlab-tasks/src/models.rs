@@ -397,6 +397,7 @@ pub fn probs_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use seqlab_nn::testing::max_abs_diff as diff;
 
     fn mamba_cfg() -> ModelConfig {
         ModelConfig {
@@ -406,17 +407,6 @@ mod tests {
             d_state: 4,
             ..ModelConfig::default()
         }
-    }
-
-    fn diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
