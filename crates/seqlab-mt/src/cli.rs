@@ -1,7 +1,7 @@
 //! Command-line entry points of the MT crate, wired into the `seqlab` binary by seqlab-cli.
 //! Each is a clap `Args` struct plus a run function.
 
-use crate::average::{average_checkpoints, last_checkpoints};
+use crate::average::{average_checkpoints, last_checkpoints, IfExists};
 use crate::decode::DecodeStrategy;
 use crate::task::{MtConfig, MtTask};
 use anyhow::{bail, Context, Result};
@@ -105,6 +105,16 @@ pub struct TranslateArgs {
     pub attention_heads: bool,
 }
 
+/// Refuses `--output` naming the input file (it would be replaced by its translation).
+fn check_output(a: &TranslateArgs) -> Result<()> {
+    let (Some(i), Some(o)) = (&a.input, &a.output) else { return Ok(()) };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canon(i) == canon(o) {
+        bail!("--output {} is the input file: choose another output file", o.display());
+    }
+    Ok(())
+}
+
 fn read_input(a: &TranslateArgs) -> Result<(Vec<String>, Option<Vec<String>>)> {
     let (name, lines): (String, Vec<String>) = match &a.input {
         Some(p) => {
@@ -159,11 +169,14 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
 
 /// Translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
+    check_output(&a)?;
     let task = crate::task::load(&a.checkpoint)?;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();
     let texts: Vec<&str> = todo.iter().map(|&i| srcs[i].as_str()).collect();
+    let name = a.input.as_ref().map_or("<stdin>".into(), |p| p.display().to_string());
+    task.warn_overlong(&texts, &name, |k| todo[k] + 1)?;
     let t0 = std::time::Instant::now();
     let outs = task.translate(&texts, &strat, a.batch_size, !a.no_cache)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -174,7 +187,7 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
     let mut body = hyps.join("\n");
     body.push('\n');
     match &a.output {
-        Some(p) => std::fs::write(p, &body).with_context(|| format!("writing {}", p.display()))?,
+        Some(p) => seqlab_nn::io::write_atomic(p, body.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => std::io::stdout().write_all(body.as_bytes())?,
     }
     eprintln!(
@@ -265,15 +278,19 @@ pub struct AverageArgs {
     /// How many of the newest checkpoints to average (the paper: 5 for base, 20 for big).
     #[arg(short = 'n', long = "num", default_value_t = 5)]
     pub n: usize,
-    /// Output checkpoint folder.
+    /// Output checkpoint folder; must not exist unless `--force`.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Replace an existing output folder (all of it: no file of the old checkpoint stays).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Averages the parameters of the last `n` checkpoints into a new checkpoint folder.
 pub fn average(a: AverageArgs) -> Result<()> {
     let dirs = last_checkpoints(&a.run_dir, a.n)?;
-    let count = average_checkpoints(&dirs, &a.output)?;
+    let if_exists = if a.force { IfExists::Replace } else { IfExists::Refuse };
+    let count = average_checkpoints(&dirs, &a.output, if_exists)?;
     let names: Vec<String> = dirs
         .iter()
         .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -3,12 +3,15 @@
 //! plots.
 
 pub mod checkpoint;
+pub mod interrupt;
+pub mod lock;
 pub mod metrics;
 pub mod overrides;
 pub mod plot;
 pub mod schedule;
 pub mod trainer;
 
+pub use lock::RunLock;
 pub use overrides::RunFlags;
 pub use schedule::Schedule;
 pub use trainer::{LoopConfig, RunSummary, StopReason, TrainTask, Trainer};
