@@ -20,9 +20,34 @@ fn file(tag: &str, bytes: &[u8]) -> PathBuf {
 /// Byte strings made of the pieces that delimit these formats.
 fn format_bytes() -> impl Strategy<Value = Vec<u8>> {
     let pieces: Vec<&'static [u8]> = vec![
-        b"a", b"b", b"word", b" ", b"\t", b"\n", b"\r\n", b"\r", b",", b"\"", b"\"\"", b"label", b"pos", b"0",
-        b"1.5", b"-2e3", b"1e309", b"NaN", b"inf", b"5e-324", b"value", b"date", b"\xff", b"\xc3", b"\xc3\xa9",
-        "東京\u{3000}".as_bytes(), b"\x00", b"#",
+        b"a",
+        b"b",
+        b"word",
+        b" ",
+        b"\t",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b",",
+        b"\"",
+        b"\"\"",
+        b"label",
+        b"pos",
+        b"0",
+        b"1.5",
+        b"-2e3",
+        b"1e309",
+        b"NaN",
+        b"inf",
+        b"5e-324",
+        b"value",
+        b"date",
+        b"\xff",
+        b"\xc3",
+        b"\xc3\xa9",
+        "東京\u{3000}".as_bytes(),
+        b"\x00",
+        b"#",
     ];
     prop::collection::vec(prop::sample::select(pieces), 0..60).prop_map(|v| v.concat())
 }

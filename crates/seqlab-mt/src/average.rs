@@ -75,7 +75,11 @@ pub fn average_checkpoints(dirs: &[PathBuf], out: &Path, if_exists: IfExists) ->
     let (Some(root), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str())) else {
         bail!("{}: not a usable output folder name", out.display());
     };
-    let root = if root.as_os_str().is_empty() { Path::new(".") } else { root };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
     let mut sum: HashMap<String, Tensor> = HashMap::new();
     let mut dtypes: HashMap<String, DType> = HashMap::new();
     for (i, d) in dirs.iter().enumerate() {
@@ -181,12 +185,16 @@ mod tests {
         // one keeps none of its old files (its optimizer state would pair with other weights).
         let best = root.join("best");
         std::fs::write(best.join("optimizer.safetensors"), b"old").unwrap();
-        let e = average_checkpoints(&dirs, &best, IfExists::Refuse).unwrap_err().to_string();
+        let e = average_checkpoints(&dirs, &best, IfExists::Refuse)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("best") && e.contains("--force"), "{e}");
         assert_eq!(std::fs::read(best.join("optimizer.safetensors")).unwrap(), b"old");
         average_checkpoints(&dirs, &best, IfExists::Replace).unwrap();
         assert!(!best.join("optimizer.safetensors").exists() && best.join("model.safetensors").exists());
-        let e = average_checkpoints(&dirs, &dirs[2], IfExists::Replace).unwrap_err().to_string();
+        let e = average_checkpoints(&dirs, &dirs[2], IfExists::Replace)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("one of the checkpoints"), "{e}");
         std::fs::write(root.join("step-00000400/model.safetensors"), b"junk").unwrap();
         assert!(average_checkpoints(&dirs, &tmp.join("avg2"), IfExists::Refuse).is_err());

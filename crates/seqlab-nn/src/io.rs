@@ -44,7 +44,10 @@ pub fn save_tensors_atomic(
 pub fn unique_temp_path(path: &Path) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_os_string()).unwrap_or_else(|| OsString::from("file"));
+    let name = path
+        .file_name()
+        .map(|s| s.to_os_string())
+        .unwrap_or_else(|| OsString::from("file"));
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".{}.{n}.tmp", std::process::id()));
@@ -54,7 +57,11 @@ pub fn unique_temp_path(path: &Path) -> PathBuf {
 /// Syncs a folder, so that a rename inside it survives a power cut (best effort: some file
 /// systems refuse to open folders for syncing).
 pub fn sync_dir(dir: &Path) {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -126,7 +133,10 @@ mod tests {
         let got = std::fs::read(&path).unwrap();
         assert_eq!(got.len(), 4096);
         assert!(got.iter().all(|&b| b == got[0]), "a torn write");
-        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["config.toml"], "temporary files left behind");
         // A failed write leaves the old file and no debris.
         let blocker = dir.join("sub");

@@ -21,6 +21,7 @@ pub mod positional;
 pub mod recurrent;
 pub mod recurrent_fused;
 pub mod rng;
+pub mod sampling;
 pub mod testing;
 pub mod transformer;
 pub mod varstore;

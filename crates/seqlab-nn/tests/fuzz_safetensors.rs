@@ -73,14 +73,7 @@ fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (0.0..1.0f64).prop_map(Damage::Truncate),
         pos_byte.clone().prop_map(Damage::HeaderBytes),
-        prop_oneof![
-            Just(0u64),
-            Just(u64::MAX),
-            Just(1u64 << 40),
-            0u64..400,
-            any::<u64>()
-        ]
-        .prop_map(Damage::HeaderLen),
+        prop_oneof![Just(0u64), Just(u64::MAX), Just(1u64 << 40), 0u64..400, any::<u64>()].prop_map(Damage::HeaderLen),
         prop::sample::select(vec![
             ("F32", "F64"),
             ("F32", "I64"),

@@ -7,8 +7,8 @@
 //! never a torn one. The file `latest` names the newest complete checkpoint; it too is
 //! replaced by rename.
 
-use anyhow::{Context, Result};
 use crate::lock::RunLock;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Writes a checkpoint folder `root/name` atomically: `write` fills a fresh temporary folder
@@ -214,13 +214,17 @@ pub fn ensure_finite(vs: &seqlab_nn::VarStore, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The run configuration stored in a checkpoint folder's `trainer.json`.
-pub fn run_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+/// The whole run configuration stored in a checkpoint folder's `trainer.json`, as a JSON
+/// object (engine and task keys side by side; see [`crate::config`]).
+pub fn stored_config(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let f = dir.join("trainer.json");
     let text = std::fs::read_to_string(&f)
         .with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-    serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))
+    match v.get("config") {
+        Some(serde_json::Value::Object(m)) => Ok(m.clone()),
+        _ => anyhow::bail!("{}: no `config` table", f.display()),
+    }
 }
 
 #[cfg(test)]
@@ -234,11 +238,15 @@ mod tests {
         vs.param("ok", 3, Init::Ones).unwrap();
         let w = vs.param("layer.weight", (2, 2), Init::Ones).unwrap();
         ensure_finite(&vs, Path::new("ck")).unwrap();
-        let nan = candle_core::Tensor::new(&[[1f32, f32::NAN], [f32::INFINITY, 0.0]], &candle_core::Device::Cpu).unwrap();
+        let nan =
+            candle_core::Tensor::new(&[[1f32, f32::NAN], [f32::INFINITY, 0.0]], &candle_core::Device::Cpu).unwrap();
         vs.get("layer.weight").unwrap().set(&nan).unwrap();
         drop(w);
         let e = ensure_finite(&vs, Path::new("ck")).unwrap_err().to_string();
-        assert!(e.contains("ck:") && e.contains("layer.weight (2 of 4)") && !e.contains("ok ("), "{e}");
+        assert!(
+            e.contains("ck:") && e.contains("layer.weight (2 of 4)") && !e.contains("ok ("),
+            "{e}"
+        );
     }
 
     #[test]
@@ -257,7 +265,11 @@ mod tests {
         save_dir(&root, "best", |d| Ok(std::fs::write(d.join("x"), "b")?)).unwrap();
         assert_eq!(std::fs::read_to_string(root.join("best/x")).unwrap(), "b");
         // A crash mid-write leaves a temporary folder that is ignored and removed by prune.
-        for debris in ["step-00000040.tmp", ".step-00000050.999999999.0.tmp", ".best.old.999999999.3.tmp"] {
+        for debris in [
+            "step-00000040.tmp",
+            ".step-00000050.999999999.0.tmp",
+            ".best.old.999999999.3.tmp",
+        ] {
             std::fs::create_dir_all(root.join(debris)).unwrap();
         }
         // A failing writer leaves nothing behind and the old checkpoint as it was.

@@ -12,8 +12,23 @@ use std::time::Duration;
 fn number() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "5e-324", "0", "-0.0", "-1", "1e308", "-1.7976931348623157e308", "1e-310", "2.2250738585072014e-308",
-            "null", "\"x\"", "3.5", "1e400", "1e300", "1e-300", "12", "true", "[]",
+            "5e-324",
+            "0",
+            "-0.0",
+            "-1",
+            "1e308",
+            "-1.7976931348623157e308",
+            "1e-310",
+            "2.2250738585072014e-308",
+            "null",
+            "\"x\"",
+            "3.5",
+            "1e400",
+            "1e300",
+            "1e-300",
+            "12",
+            "true",
+            "[]",
         ])
         .prop_map(str::to_string),
         any::<f64>().prop_map(|f| if f.is_finite() { format!("{f:e}") } else { "null".into() }),
