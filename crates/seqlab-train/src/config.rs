@@ -339,6 +339,18 @@ pub fn table_with_overrides(text: &str, overrides: &[String]) -> Result<Map<Stri
             bail!("--set expects key=value, got `{o}`");
         };
         set_path(&mut table, k.trim(), v.trim())?;
+        // With a [schedule], the rate comes from schedule.lr and optim.lr is not read: an
+        // override of it would be silently ignored (issue 13).
+        let has_schedule_lr = table
+            .get("schedule")
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| s.contains_key("lr"));
+        if k.trim() == "optim.lr" && has_schedule_lr {
+            bail!(
+                "--set optim.lr={}: this config's learning rate comes from its [schedule] table (schedule.lr); set schedule.lr instead",
+                v.trim()
+            );
+        }
     }
     as_object(serde_json::to_value(table)?, "a TOML document")
 }
