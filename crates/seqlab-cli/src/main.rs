@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod score;
 mod train_cmd;
+mod w2v;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,7 +36,7 @@ enum Command {
     /// Time training steps of the layer library (tokens/s).
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
-    W2v(seqlab_w2v::cli::W2vArgs),
+    W2v(w2v::W2vArgs),
     /// Translate text with a trained translation model (stdin or a file; beam, greedy or
     /// sampling; BLEU against references; attention pictures).
     Translate(seqlab_mt::cli::TranslateArgs),
@@ -43,9 +45,9 @@ enum Command {
     /// Draw the sinusoidal positional-encoding table as a heat map.
     PlotPe(seqlab_mt::cli::PlotPeArgs),
     /// Corpus BLEU of a hypothesis file against references (sacrebleu's defaults).
-    Bleu(seqlab_metrics::cli::ScoreArgs),
+    Bleu(score::BleuArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
-    Chrf(seqlab_metrics::cli::ScoreArgs),
+    Chrf(score::ChrfArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -102,12 +104,12 @@ fn main() {
         Command::Pretrain(a) => seqlab_bert::cli::pretrain(&a),
         Command::Finetune(a) => seqlab_bert::cli::finetune(&a),
         Command::Bench(a) => bench::run(a),
-        Command::W2v(a) => seqlab_w2v::cli::run(a),
+        Command::W2v(a) => w2v::run(a),
         Command::Translate(a) => seqlab_mt::cli::translate(a),
         Command::AverageCheckpoints(a) => seqlab_mt::cli::average(a),
         Command::PlotPe(a) => seqlab_mt::cli::plot_pe(a),
-        Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
-        Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
+        Command::Bleu(a) => score::run_bleu(a),
+        Command::Chrf(a) => score::run_chrf(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
