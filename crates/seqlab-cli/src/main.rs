@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bert;
 mod mt;
+mod score;
 mod train;
+mod w2v;
 
 /// Every task `seqlab train` / `seqlab eval` know: one `register` call per task crate.
 pub(crate) fn registry() -> seqlab_train::Registry {
@@ -52,7 +54,7 @@ enum Command {
     /// Time training steps of the layer library (tokens/s).
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
-    W2v(seqlab_w2v::cli::W2vArgs),
+    W2v(w2v::W2vArgs),
     /// Translate text with a trained translation model (stdin or a file; beam, greedy or
     /// sampling; BLEU against references; attention pictures).
     Translate(mt::TranslateArgs),
@@ -61,9 +63,9 @@ enum Command {
     /// Draw the sinusoidal positional-encoding table as a heat map.
     PlotPe(mt::PlotPeArgs),
     /// Corpus BLEU of a hypothesis file against references (sacrebleu's defaults).
-    Bleu(seqlab_metrics::cli::ScoreArgs),
+    Bleu(score::BleuArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
-    Chrf(seqlab_metrics::cli::ScoreArgs),
+    Chrf(score::ChrfArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -133,12 +135,12 @@ fn main() {
         Command::Pretrain(a) => bert::pretrain(a),
         Command::Finetune(a) => bert::finetune(a),
         Command::Bench(a) => bench::run(a),
-        Command::W2v(a) => seqlab_w2v::cli::run(a),
+        Command::W2v(a) => w2v::run(a),
         Command::Translate(a) => mt::translate(a),
         Command::AverageCheckpoints(a) => mt::average(a),
         Command::PlotPe(a) => mt::plot_pe(a),
-        Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
-        Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
+        Command::Bleu(a) => score::run_bleu(a),
+        Command::Chrf(a) => score::run_chrf(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -47,7 +47,8 @@ pub fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 }
 
 /// What to do with a sequence longer than the model's maximum.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Config and command-line spelling: `truncate`, `error`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LengthPolicy {
     /// Keep the first `max` tokens and record a warning (default).
@@ -55,6 +56,18 @@ pub enum LengthPolicy {
     Truncate,
     /// Fail with an error naming the line.
     Error,
+}
+
+impl std::str::FromStr for LengthPolicy {
+    type Err = String;
+    /// Parses `truncate` or `error`; rejects anything else, listing the two.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "truncate" => Ok(LengthPolicy::Truncate),
+            "error" => Ok(LengthPolicy::Error),
+            _ => Err(format!("unknown length policy {s:?} (expected truncate or error)")),
+        }
+    }
 }
 
 /// A non-fatal problem met while reading, e.g. a truncated sequence.

@@ -38,13 +38,32 @@ pub const EOS_ID: u32 = 2;
 pub const UNK_ID: u32 = 3;
 const SPECIALS: [&str; 4] = [PAD, BOS, EOS, UNK];
 
-/// Which tokenizer to build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+/// Which tokenizer to build (config and command-line spelling: `char`, `word`, `bpe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenizerKind {
+    /// One token per character (newline included).
     Char,
+    /// Words split on Unicode whitespace (`char::is_whitespace`, as HF's `WhitespaceSplit`),
+    /// punctuation isolated.
     Word,
+    /// GPT-2 style byte-level BPE.
     Bpe,
+}
+
+impl std::str::FromStr for TokenizerKind {
+    type Err = TokenizerError;
+    /// Parses `char`, `word` or `bpe`; rejects anything else, listing the three.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "char" => Ok(TokenizerKind::Char),
+            "word" => Ok(TokenizerKind::Word),
+            "bpe" => Ok(TokenizerKind::Bpe),
+            _ => Err(TokenizerError(format!(
+                "unknown tokenizer kind {s:?} (expected char, word or bpe)"
+            ))),
+        }
+    }
 }
 
 impl std::fmt::Display for TokenizerKind {
@@ -312,6 +331,35 @@ mod tests {
             min_frequency: 1,
         };
         Tokenizer::train(&cfg, TEXT.lines()).unwrap()
+    }
+
+    /// Issue 13: token separators are Unicode whitespace everywhere: `東京\u{3000}大阪 東京`
+    /// is three words, `東京` twice.
+    #[test]
+    fn word_tokenizer_splits_on_unicode_whitespace() {
+        let lines = ["東京\u{3000}大阪 東京", "a\u{a0}b\u{2009}c"];
+        let cfg = TokenizerConfig {
+            min_frequency: 1,
+            ..TokenizerConfig::new(TokenizerKind::Word)
+        };
+        let t = Tokenizer::train(&cfg, lines.iter()).unwrap();
+        // 4 specials + 東京, 大阪, a, b, c.
+        assert_eq!(t.vocab_size(), 9);
+        let ids = t.encode(lines[0]).unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[0], ids[2]);
+        assert_ne!(ids[0], ids[1]);
+        assert!(!ids.contains(&UNK_ID));
+        assert_eq!(t.encode(lines[1]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for k in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            assert_eq!(k.to_string().parse::<TokenizerKind>().unwrap(), k);
+        }
+        let e = "words".parse::<TokenizerKind>().unwrap_err().to_string();
+        assert!(e.contains("words") && e.contains("char, word or bpe"), "{e}");
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! let c = chrf::corpus_chrf(&hyps, &refs, &chrf::ChrfConfig::default()).unwrap();
 //! assert!(b.score > 0.0 && c.score > 0.0);
 //! ```
+//!
+//! Files are read as sacrebleu's CLI reads them with [`text::read_aligned`]. The `seqlab bleu` /
+//! `seqlab chrf` commands (argument parsing, printing) live in the `seqlab` binary.
 
 pub mod bleu;
 pub mod chrf;
 pub mod classification;
-pub mod cli;
 pub mod text;
 pub mod tokenizers;
 
@@ -35,6 +37,19 @@ pub enum MetricError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{}: line {line} is not valid UTF-8 (invalid byte at byte {byte} of the line)", path.display())]
     Utf8 { path: PathBuf, line: usize, byte: usize },
+    #[error("hypothesis file {} has no lines", path.display())]
+    EmptyHypotheses { path: PathBuf },
+    #[error(
+        "line counts differ: hypothesis file {} has {hyp_lines} lines, reference file {} has {ref_lines}",
+        hyp.display(),
+        reference.display()
+    )]
+    LineCounts {
+        hyp: PathBuf,
+        hyp_lines: usize,
+        reference: PathBuf,
+        ref_lines: usize,
+    },
 }
 
 /// Checks the shapes every corpus metric needs: `refs[k][i]` for each hypothesis `i`.

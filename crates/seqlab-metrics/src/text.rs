@@ -65,9 +65,62 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>, MetricError> {
         .collect()
 }
 
+/// Reads a hypothesis file and line-aligned reference files (each as [`read_lines`]):
+/// returns `(hyps, refs)` with `refs[k][i]` the line `i` of reference file `k`. Rejects an
+/// empty hypothesis file and a reference file with another number of lines (naming both).
+pub fn read_aligned(hyp: &Path, refs: &[PathBuf]) -> Result<(Vec<String>, Vec<Vec<String>>), MetricError> {
+    let hyps = read_lines(hyp)?;
+    if hyps.is_empty() {
+        return Err(MetricError::EmptyHypotheses {
+            path: hyp.to_path_buf(),
+        });
+    }
+    let mut ref_lines = Vec::with_capacity(refs.len());
+    for r in refs {
+        let lines = read_lines(r)?;
+        if lines.len() != hyps.len() {
+            return Err(MetricError::LineCounts {
+                hyp: hyp.to_path_buf(),
+                hyp_lines: hyps.len(),
+                reference: r.clone(),
+                ref_lines: lines.len(),
+            });
+        }
+        ref_lines.push(lines);
+    }
+    Ok((hyps, ref_lines))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_count_mismatch_names_both_files() {
+        let dir = std::env::temp_dir().join(format!("seqlab-metrics-aligned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (h, r) = (dir.join("hyp.txt"), dir.join("ref.txt"));
+        std::fs::write(&h, "a\nb\n").unwrap();
+        std::fs::write(&r, "a\n").unwrap();
+        let e = read_aligned(&h, std::slice::from_ref(&r)).unwrap_err().to_string();
+        assert!(
+            e.contains("hyp.txt") && e.contains("ref.txt") && e.contains("2 lines"),
+            "{e}"
+        );
+        std::fs::write(&r, "x\ny\n").unwrap();
+        let (hyps, refs) = read_aligned(&h, std::slice::from_ref(&r)).unwrap();
+        assert_eq!(
+            (hyps, refs),
+            (
+                vec!["a".to_string(), "b".into()],
+                vec![vec!["x".to_string(), "y".into()]]
+            )
+        );
+        std::fs::write(&h, "").unwrap();
+        let e = read_aligned(&h, &[r]).unwrap_err().to_string();
+        assert!(e.contains("hyp.txt") && e.contains("no lines"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn isspace_matches_cpython() {

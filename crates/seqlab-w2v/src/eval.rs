@@ -15,11 +15,16 @@ use crate::format::WordVectors;
 /// Words with their scores, best first.
 pub type Ranked = Vec<(String, f32)>;
 
-/// Word vectors normalised to unit length, with an index.
+/// Word vectors normalised to unit length, with an index; what every query and evaluation
+/// runs on.
 pub struct Index {
+    /// The words, in file order (most frequent first for trained vectors).
     pub words: Vec<String>,
+    /// Vector size.
     pub dim: usize,
+    /// Unit-length vectors, row-major `[words.len(), dim]` (a zero vector stays zero).
     pub unit: Vec<f32>,
+    /// Word -> row.
     pub lookup: HashMap<String, usize>,
 }
 
@@ -47,23 +52,25 @@ fn normalise(v: &mut [f32]) {
 }
 
 impl Index {
-    pub fn new(wv: &WordVectors) -> Self {
+    /// Normalises and indexes `wv`. Rejects what [`WordVectors::new`] rejects (a value with
+    /// public fields may have been built without it): dim 0, a vector count that does not
+    /// match, duplicate words.
+    pub fn new(wv: &WordVectors) -> Result<Self> {
+        wv.check()?;
         let mut unit = wv.vectors.clone();
         for r in unit.chunks_exact_mut(wv.dim) {
             normalise(r);
         }
-        let mut lookup = HashMap::with_capacity(wv.len());
-        for (i, w) in wv.words.iter().enumerate() {
-            lookup.entry(w.clone()).or_insert(i);
-        }
-        Self {
+        let lookup = wv.words.iter().enumerate().map(|(i, w)| (w.clone(), i)).collect();
+        Ok(Self {
             words: wv.words.clone(),
             dim: wv.dim,
             unit,
             lookup,
-        }
+        })
     }
 
+    /// The unit vector of word `i`. Panics if `i` is out of range.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.unit[i * self.dim..(i + 1) * self.dim]
     }
@@ -75,15 +82,18 @@ impl Index {
             .with_context(|| format!("word {w:?} is not in the vocabulary"))
     }
 
-    /// Top `n` rows among the first `limit` by `score`, skipping `exclude`.
+    /// Top `n` rows among the first `limit` by `score`, skipping `exclude` (empty for n = 0).
     fn top(&self, limit: usize, n: usize, exclude: &[usize], score: impl Fn(usize) -> f32) -> Vec<(usize, f32)> {
-        let mut best: Vec<(usize, f32)> = Vec::with_capacity(n + 1);
+        let mut best: Vec<(usize, f32)> = Vec::with_capacity(n.min(self.words.len()) + 1);
+        if n == 0 {
+            return best;
+        }
         for i in 0..limit.min(self.words.len()) {
             if exclude.contains(&i) {
                 continue;
             }
             let s = score(i);
-            if best.len() < n || s > best[best.len() - 1].1 {
+            if best.len() < n || best.last().is_some_and(|&(_, worst)| s > worst) {
                 let pos = best.partition_point(|&(_, b)| b >= s);
                 best.insert(pos, (i, s));
                 best.truncate(n);
@@ -92,14 +102,16 @@ impl Index {
         best
     }
 
-    /// The `n` words closest (cosine) to `word`.
-    pub fn similar(&self, word: &str, n: usize) -> Result<Vec<(String, f32)>> {
+    /// The `n` words closest (cosine) to `word`, best first. Rejects `n` = 0 and a word
+    /// that is not in the vocabulary.
+    pub fn similar(&self, word: &str, n: usize) -> Result<Ranked> {
+        check_n(n)?;
         let q = self.id(word)?;
         let qv = self.row(q);
         Ok(self.named(self.top(usize::MAX, n, &[q], |i| dot(self.row(i), qv))))
     }
 
-    fn named(&self, v: Vec<(usize, f32)>) -> Vec<(String, f32)> {
+    fn named(&self, v: Vec<(usize, f32)>) -> Ranked {
         v.into_iter().map(|(i, s)| (self.words[i].clone(), s)).collect()
     }
 
@@ -114,8 +126,10 @@ impl Index {
     }
 
     /// "a is to b as c is to ?" by 3CosAdd and by 3CosMul (Levy & Goldberg 2014, as
-    /// gensim's `most_similar_cosmul`: cosines shifted to [0, 1], epsilon 1e-6).
+    /// gensim's `most_similar_cosmul`: cosines shifted to [0, 1], epsilon 1e-6); `n` best of
+    /// each. Rejects `n` = 0 and words that are not in the vocabulary.
     pub fn analogy(&self, a: &str, b: &str, c: &str, n: usize) -> Result<(Ranked, Ranked)> {
+        check_n(n)?;
         let (ia, ib, ic) = (self.id(a)?, self.id(b)?, self.id(c)?);
         let add = self.cos_add(ia, ib, ic, usize::MAX, n);
         let (ra, rb, rc) = (self.row(ia), self.row(ib), self.row(ic));
@@ -138,23 +152,64 @@ impl Index {
     }
 }
 
+/// Rejects a result count of 0 (a query for no words is a mistake, not an empty answer).
+fn check_n(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("the number of results (n) must be at least 1");
+    }
+    Ok(())
+}
+
+/// Rejects a `restrict_vocab` of 0 (every question would be out of vocabulary).
+fn check_restrict(restrict: usize) -> Result<()> {
+    if restrict == 0 {
+        bail!("restrict_vocab must be at least 1 (it is how many of the most frequent words are searched)");
+    }
+    Ok(())
+}
+
+/// Reads an evaluation file as UTF-8, naming the line of the first invalid byte.
+fn read_utf8(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("{}: line {line}: not valid UTF-8 (byte offset {at})", path.display())
+    })
+}
+
+/// Accuracy of one group of analogy questions.
 #[derive(Clone, Debug, Serialize)]
 pub struct SectionResult {
+    /// Section name (`capital-common-countries`, ..., or `semantic`/`syntactic`/`total`).
     pub section: String,
+    /// Questions answered right.
     pub correct: usize,
+    /// Questions asked (in-vocabulary ones).
     pub total: usize,
+    /// `correct / total` (0 when `total` is 0).
     pub accuracy: f64,
 }
 
+/// What [`eval_analogy`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct AnalogyReport {
+    /// One result per `: section` of the file, in file order.
     pub sections: Vec<SectionResult>,
+    /// Sections whose name does not start with `gram`.
     pub semantic: SectionResult,
+    /// Sections whose name starts with `gram`.
     pub syntactic: SectionResult,
+    /// All sections.
     pub overall: SectionResult,
+    /// Questions in the file (including skipped ones).
     pub questions: usize,
+    /// Questions skipped because a word is outside the first `restrict_vocab` words.
     pub oov_questions: usize,
+    /// `oov_questions / questions`.
     pub oov_ratio: f64,
+    /// How many of the most frequent words were searched.
     pub restrict_vocab: usize,
 }
 
@@ -170,10 +225,11 @@ fn result(section: &str, correct: usize, total: usize) -> SectionResult {
 /// The Google analogy test, as gensim's `evaluate_word_analogies(restrict_vocab=…,
 /// case_insensitive=True)`: questions with a word outside the first `restrict` words are
 /// skipped and counted; the answer is the best 3CosAdd candidate among the top 5 that is
-/// not one of the question words (case-insensitively).
+/// not one of the question words (case-insensitively). Rejects `restrict` = 0, a file that is
+/// not UTF-8, a question before the first section line and a file without questions.
 pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<AnalogyReport> {
-    let text = std::fs::read(questions).with_context(|| format!("cannot read {}", questions.display()))?;
-    let text = String::from_utf8_lossy(&text);
+    check_restrict(restrict)?;
+    let text = read_utf8(questions)?;
     let ok = ix.ok_vocab(restrict);
     let mut sections: Vec<(String, Vec<[usize; 4]>, usize)> = Vec::new();
     let mut n_questions = 0;
@@ -243,21 +299,29 @@ pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<Ana
     })
 }
 
+/// What [`eval_similarity`] found.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimilarityReport {
+    /// Pairs in the file (including skipped ones).
     pub pairs: usize,
+    /// Pairs skipped because a word is outside the first `restrict_vocab` words.
     pub oov_pairs: usize,
+    /// `oov_pairs / pairs`.
     pub oov_ratio: f64,
+    /// Spearman's rank correlation of cosine similarity with the human scores.
     pub spearman: f64,
+    /// Pearson's correlation of cosine similarity with the human scores.
     pub pearson: f64,
 }
 
 /// Word-pair similarity (WordSim353 / SimLex-999 style: `w1 w2 score`, tab- or
 /// space-separated, `#` comments), case-insensitive over the first `restrict` words as
-/// gensim's `evaluate_word_pairs`; pairs with an unknown word are skipped and counted.
+/// gensim's `evaluate_word_pairs`; pairs with an unknown word are skipped and counted. Lines
+/// that are not `word word number` are skipped as gensim skips them. Rejects `restrict` = 0,
+/// a file that is not UTF-8, a file without pairs, and fewer than 2 pairs in the vocabulary.
 pub fn eval_similarity(ix: &Index, pairs: &Path, restrict: usize) -> Result<SimilarityReport> {
-    let text = std::fs::read(pairs).with_context(|| format!("cannot read {}", pairs.display()))?;
-    let text = String::from_utf8_lossy(&text);
+    check_restrict(restrict)?;
+    let text = read_utf8(pairs)?;
     let ok = ix.ok_vocab(restrict);
     let (mut gold, mut model) = (Vec::new(), Vec::new());
     let (mut n, mut oov) = (0, 0);
@@ -319,6 +383,7 @@ pub fn ranks(x: &[f64]) -> Vec<f64> {
     r
 }
 
+/// Pearson's correlation of `x` and `y` (same length); NaN when either is constant.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
     let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
@@ -354,7 +419,7 @@ mod tests {
             ],
             counts: None,
         };
-        Index::new(&wv)
+        Index::new(&wv).unwrap()
     }
 
     #[test]
@@ -365,6 +430,59 @@ mod tests {
         assert_eq!(mul[0].0, "queen");
         assert_eq!(ix.similar("king", 1).unwrap()[0].0, "King");
         assert!(ix.similar("nope", 1).is_err());
+    }
+
+    /// Issue 13: `w2v similar vec.txt the -n 0` panicked (index out of bounds).
+    #[test]
+    fn zero_counts_are_errors_not_panics() {
+        let ix = toy();
+        for e in [
+            ix.similar("king", 0).unwrap_err(),
+            ix.analogy("man", "woman", "king", 0).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("at least 1"), "{e}");
+        }
+        // More results than words: all the others, no panic.
+        assert_eq!(ix.similar("king", 100).unwrap().len(), 5);
+        assert_eq!(ix.analogy("man", "woman", "king", 100).unwrap().0.len(), 3);
+        let d = std::env::temp_dir().join(format!("w2v-eval0-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let q = d.join("q.txt");
+        std::fs::write(&q, ": family\nman woman king queen\n").unwrap();
+        assert!(eval_analogy(&ix, &q, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("restrict_vocab"));
+        let p = d.join("p.txt");
+        std::fs::write(&p, "king queen 8\nman woman 7\n").unwrap();
+        assert!(eval_similarity(&ix, &p, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("restrict_vocab"));
+        std::fs::write(&p, b"king queen 8\nman wo\xffman 7\n").unwrap();
+        let e = eval_similarity(&ix, &p, 10).unwrap_err().to_string();
+        assert!(
+            e.contains("p.txt") && e.contains("line 2") && e.contains("UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn index_refuses_what_word_vectors_refuses() {
+        let wv = WordVectors {
+            words: vec!["a".into(), "a".into()],
+            dim: 1,
+            vectors: vec![1.0, 2.0],
+            counts: None,
+        };
+        assert!(Index::new(&wv).err().unwrap().to_string().contains("appears twice"));
+        let wv = WordVectors {
+            words: vec!["a".into()],
+            dim: 0,
+            vectors: vec![],
+            counts: None,
+        };
+        assert!(Index::new(&wv).is_err());
     }
 
     #[test]

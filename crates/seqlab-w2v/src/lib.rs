@@ -6,8 +6,12 @@
 //! - [`vocab`]: counting pass, subsampling, unigram^0.75 alias table, Huffman tree.
 //! - [`text`]: chunked line reader, invalid UTF-8 handling, lower-casing / punctuation.
 //! - [`format`]: word2vec text and binary formats (gensim/word2vec.c compatible) and
-//!   safetensors + vocabulary.
+//!   safetensors + vocabulary; format detection, strict readers.
+//! - [`output`]: output checks before work starts, atomic writes.
 //! - [`eval`]: `similar`, `analogy`, `eval-analogy`, `eval-similarity`.
+//!
+//! Argument parsing lives in the `seqlab` binary (`seqlab-cli/src/w2v.rs`); this crate
+//! exposes plain functions and config types.
 //!
 //! ```text
 //! seqlab w2v prepare --input corpus.en.txt --output prepared.txt --lowercase --strip-punct
@@ -15,9 +19,10 @@
 //! seqlab w2v eval-analogy vectors.bin questions-words.txt --restrict-vocab 30000
 //! ```
 
-pub mod cli;
 pub mod eval;
 pub mod format;
+pub mod output;
+mod simd;
 pub mod text;
 pub mod train;
 pub mod vocab;

@@ -1,5 +1,13 @@
 //! Reading a corpus as a stream: byte-range chunks per thread, lines capped in length,
 //! invalid UTF-8 skipped (and counted), optional lower-casing and punctuation stripping.
+//!
+//! **Token separators are Unicode whitespace** (`char::is_whitespace`: ASCII space, tab and
+//! newlines, but also U+3000 IDEOGRAPHIC SPACE, U+00A0 NO-BREAK SPACE, U+2000–U+200A, …), in
+//! every reader of a corpus: the vocabulary count, training and `w2v prepare`. So
+//! `東京\u{3000}大阪 東京` is three words, `東京` twice (as gensim, whose `LineSentence` splits
+//! with Python's `str.split()`; word2vec.c splits on ASCII space, tab and newline only).
+//! Byte ranges and over-long lines are cut at ASCII whitespace bytes only ([`is_sep`]), which
+//! never fall inside a UTF-8 character; the words inside are then split on Unicode whitespace.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
@@ -68,8 +76,9 @@ fn push_case(out: &mut String, c: char, lower: bool) {
     }
 }
 
-/// Word separators: ASCII whitespace (what word2vec.c and Python's `str.split()` agree on
-/// for ASCII text).
+/// ASCII whitespace bytes: where byte ranges and over-long lines may be cut (a byte test,
+/// and a multi-byte character never contains one). Words are split on all of Unicode
+/// whitespace (see the module docs).
 #[inline]
 pub fn is_sep(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
@@ -93,6 +102,8 @@ pub struct ChunkReader {
 }
 
 impl ChunkReader {
+    /// Opens `path` to read the words of bytes `[start, end)` (see the type's docs); `end`
+    /// may exceed the file length.
     pub fn open(path: &Path, start: u64, end: u64, opts: TextOptions) -> io::Result<Self> {
         Self::open_buffered(path, start, end, opts, READ_BUFFER)
     }
@@ -137,8 +148,8 @@ impl ChunkReader {
         })
     }
 
-    /// Reads the next line of the range and calls `f` with its words. Returns `false` at
-    /// the end of the range.
+    /// Reads the next line of the range and calls `f` with its words (split on Unicode
+    /// whitespace, after the text options). Returns `false` at the end of the range.
     pub fn next_line<F: FnMut(&str)>(&mut self, mut f: F) -> io::Result<bool> {
         if self.done || self.pos >= self.end {
             return Ok(false);
@@ -213,10 +224,7 @@ impl ChunkReader {
 
     fn emit<F: FnMut(&str)>(&mut self, s: &str, f: &mut F) {
         if self.opts.is_identity() {
-            for w in s
-                .split(|c: char| c.is_ascii() && is_sep(c as u8))
-                .filter(|w| !w.is_empty())
-            {
+            for w in s.split_whitespace() {
                 f(w);
             }
         } else {
@@ -229,9 +237,62 @@ impl ChunkReader {
         }
     }
 
+    /// The file being read.
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// What [`prepare_file`] wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrepareStats {
+    /// Non-empty lines written.
+    pub lines: u64,
+    /// Words written.
+    pub words: u64,
+    /// Invalid UTF-8 bytes skipped in the input.
+    pub invalid_bytes: u64,
+}
+
+/// Writes a prepared copy of the corpus `input` to `output`: the words of each input line
+/// (after `opts`, split on Unicode whitespace) joined by one space, empty lines dropped. The
+/// output is checked before reading (see [`crate::output::check_output`]; it may not be the
+/// input) and written atomically.
+pub fn prepare_file(input: &Path, output: &Path, opts: TextOptions) -> anyhow::Result<PrepareStats> {
+    use anyhow::Context;
+    use std::io::Write;
+    let len = std::fs::metadata(input)
+        .with_context(|| format!("cannot read {}", input.display()))?
+        .len();
+    crate::output::check_output(output, &[input])?;
+    let mut r = ChunkReader::open(input, 0, len, opts).with_context(|| format!("cannot open {}", input.display()))?;
+    let mut stats = PrepareStats::default();
+    crate::output::write_atomic(output, |w| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let more = r
+                .next_line(|t| {
+                    if !line.is_empty() {
+                        line.push(' ');
+                    }
+                    line.push_str(t);
+                    stats.words += 1;
+                })
+                .with_context(|| format!("error reading {}", input.display()))?;
+            if !more {
+                break;
+            }
+            if !line.is_empty() {
+                line.push('\n');
+                w.write_all(line.as_bytes())?;
+                stats.lines += 1;
+            }
+        }
+        Ok(())
+    })?;
+    stats.invalid_bytes = r.invalid_bytes;
+    Ok(stats)
 }
 
 /// Splits a file of `len` bytes into `n` nearly equal byte ranges.
@@ -334,5 +395,61 @@ mod tests {
         o.prepare_into("'Tis well-- -x y- o'k'", &mut out);
         let w: Vec<&str> = out.split_whitespace().collect();
         assert_eq!(w, ["tis", "well", "x", "y", "o'k"]);
+    }
+
+    /// Issue 13: `東京\u{3000}大阪 東京` was two words (`東京\u{3000}大阪`, `東京`).
+    #[test]
+    fn words_are_split_on_unicode_whitespace_with_and_without_options() {
+        let dir = std::env::temp_dir().join(format!("w2v-ws-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("ws.txt");
+        let text = "東京\u{3000}大阪 東京\na\u{a0}b\u{2009}c\td\u{85}e\u{2028}f\n";
+        std::fs::write(&p, text).unwrap();
+        for opts in [
+            TextOptions::default(),
+            TextOptions {
+                lowercase: true,
+                strip_punct: false,
+            },
+            TextOptions {
+                lowercase: false,
+                strip_punct: true,
+            },
+        ] {
+            let (lines, _) = words_in(&p, 0, 1000, opts);
+            assert_eq!(
+                lines,
+                vec![vec!["東京", "大阪", "東京"], vec!["a", "b", "c", "d", "e", "f"]],
+                "{opts:?}"
+            );
+        }
+        // Every byte range split still covers each word once.
+        let all: Vec<String> = text.split_whitespace().map(String::from).collect();
+        for n in 1..=8 {
+            let mut got = Vec::new();
+            for (s, e) in ranges(text.len() as u64, n) {
+                got.extend(words_in(&p, s, e, TextOptions::default()).0.into_iter().flatten());
+            }
+            assert_eq!(got, all, "{n} ranges");
+        }
+        let out = dir.join("ws.prepared.txt");
+        let st = prepare_file(&p, &out, TextOptions::default()).unwrap();
+        assert_eq!((st.lines, st.words), (2, 9));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "東京 大阪 東京\na b c d e f\n");
+    }
+
+    #[test]
+    fn prepare_refuses_to_overwrite_its_input() {
+        let dir = std::env::temp_dir().join(format!("w2v-prep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("in.txt");
+        std::fs::write(&p, "Hello, World\n").unwrap();
+        let e = prepare_file(&p, &p, TextOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("is the input file"), "{e}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "Hello, World\n");
+        let e = prepare_file(&p, &dir.join("missing/out.txt"), TextOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
     }
 }

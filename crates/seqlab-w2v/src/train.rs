@@ -1,45 +1,108 @@
 //! The trainer: skip-gram / CBOW with negative sampling and/or hierarchical softmax,
 //! Hogwild over threads that each stream their own byte range of the corpus.
+//!
+//! [`train_file`] runs these steps, each a function below:
+//! 1. [`Vocab::build`]: one counting pass over the corpus;
+//! 2. [`Weights::init`]: input vectors uniform in ±0.5/dim, output vectors zero;
+//! 3. the output layers ([`NegativeSampling`], [`HierarchicalSoftmax`], both behind
+//!    [`OutputLayer`]) and the shared tables (subsampling thresholds, logistic table);
+//! 4. one [`Worker`] per thread: for each epoch, read its byte range line by line, drop
+//!    subsampled words, train each sentence ([`train_sentence_impl`]), and decay the learning
+//!    rate on global progress ([`LearningRate`]);
+//! 5. join the workers and report.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+#[cfg(target_arch = "x86_64")]
+use crate::simd::Avx2;
+use crate::simd::{Scalar, Simd};
 use crate::text::{ranges, ChunkReader, TextOptions, MAX_SENTENCE};
 use crate::vocab::{AliasTable, CorpusStats, Huffman, Vocab};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The word2vec architecture (Mikolov et al., 2013, "Efficient Estimation of Word
+/// Representations in Vector Space").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Model {
+    /// Skip-gram: each context word predicts the centre word (default).
+    #[default]
     Skipgram,
+    /// Continuous bag of words: the mean (or sum) of the context predicts the centre word.
     Cbow,
 }
 
-/// Training settings. Defaults follow word2vec.c (and gensim where they agree): skip-gram,
-/// dim 100, window 5, negative 5, no hierarchical softmax, sample 1e-3, min_count 5,
-/// 5 epochs, alpha 0.025 for skip-gram and 0.05 for CBOW (word2vec.c; gensim uses 0.025 for
-/// both), min_alpha = alpha · 1e-4, CBOW takes the mean of the context.
+impl Model {
+    /// The name used on the command line and in messages: `skipgram` or `cbow`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Skipgram => "skipgram",
+            Model::Cbow => "cbow",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Model {
+    type Err = anyhow::Error;
+    /// Accepts `skipgram` (also `skip-gram`, `sg`) and `cbow`; rejects anything else.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "skipgram" | "skip-gram" | "sg" => Ok(Model::Skipgram),
+            "cbow" => Ok(Model::Cbow),
+            _ => bail!("unknown model {s:?} (expected skipgram or cbow)"),
+        }
+    }
+}
+
+/// Training settings. Defaults ([`Config::default`]) follow word2vec.c (and gensim where they
+/// agree); each field names its default. Check a config with [`Config::validate`] (which
+/// [`train_file`] calls first).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Skip-gram or CBOW. Default: skip-gram.
     pub model: Model,
+    /// Vector size. Default 100.
     pub dim: usize,
+    /// Maximum distance to a context word; each position draws its own in `1..=window`
+    /// (word2vec.c's dynamic window). Default 5.
     pub window: usize,
+    /// Negative samples per positive, drawn from unigram^0.75 (0: no negative sampling).
+    /// Default 5.
     pub negative: usize,
+    /// Also train hierarchical softmax over a Huffman tree. Default false.
     pub hs: bool,
+    /// Subsampling threshold for frequent words (0: off). Default 1e-3.
     pub sample: f64,
+    /// Words seen fewer times are left out of the vocabulary. Default 5.
     pub min_count: u64,
+    /// Keep at most this many words (the most frequent); `None`: no limit. Default `None`.
     pub max_vocab: Option<usize>,
+    /// Passes over the corpus. Default 5.
     pub epochs: usize,
-    /// `None`: 0.025 (skip-gram) or 0.05 (CBOW).
+    /// Initial learning rate; `None`: 0.025 for skip-gram, 0.05 for CBOW (word2vec.c;
+    /// gensim uses 0.025 for both). Default `None`.
     pub alpha: Option<f32>,
-    /// `None`: alpha · 1e-4.
+    /// Final learning rate (linear decay from `alpha`); `None`: alpha · 1e-4. Default `None`.
     pub min_alpha: Option<f32>,
+    /// CBOW: average the context vectors (true) or sum them. Default true.
     pub cbow_mean: bool,
+    /// Worker threads; with 1 a run is reproducible bit for bit. Default 1.
     pub threads: usize,
+    /// Seed of the initial vectors and of every thread's random stream. Default 1.
     pub seed: u64,
+    /// Lower-casing / punctuation stripping of the corpus. Default: both off.
     pub text: TextOptions,
 }
 
@@ -66,6 +129,7 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The initial learning rate: `alpha`, or the model's default.
     pub fn alpha0(&self) -> f32 {
         self.alpha.unwrap_or(match self.model {
             Model::Skipgram => 0.025,
@@ -73,6 +137,15 @@ impl Config {
         })
     }
 
+    /// The final learning rate: `min_alpha`, or alpha · 1e-4.
+    pub fn min_alpha(&self) -> f32 {
+        self.min_alpha.unwrap_or(self.alpha0() * 1e-4)
+    }
+
+    /// Checks the settings. Rejects: `dim`, `window`, `epochs` or `threads` of 0; `negative`
+    /// 0 without `hs` (nothing to train) or above [`MAX_NEGATIVE`]; `max_vocab` of 0; an
+    /// `alpha` that is not a positive finite number; a `min_alpha` that is negative, not
+    /// finite or above `alpha`; a `sample` that is negative or not finite.
     pub fn validate(&self) -> Result<()> {
         if self.dim == 0 {
             bail!("dim must be at least 1");
@@ -81,10 +154,13 @@ impl Config {
             bail!("window must be at least 1");
         }
         if self.negative == 0 && !self.hs {
-            bail!("nothing to train: negative is 0 and hierarchical softmax (--hs) is off");
+            bail!("nothing to train: negative is 0 and hierarchical softmax (hs) is off");
         }
         if self.negative > MAX_NEGATIVE {
             bail!("negative must be at most {MAX_NEGATIVE}, got {}", self.negative);
+        }
+        if self.max_vocab == Some(0) {
+            bail!("max_vocab must be at least 1 (leave it unset for no limit)");
         }
         if self.epochs == 0 {
             bail!("epochs must be at least 1");
@@ -96,6 +172,10 @@ impl Config {
         if !(a > 0.0 && a.is_finite()) {
             bail!("alpha must be positive, got {a}");
         }
+        let m = self.min_alpha();
+        if !(m >= 0.0 && m <= a) {
+            bail!("min_alpha must be between 0 and alpha ({a}), got {m}");
+        }
         if !(self.sample >= 0.0 && self.sample.is_finite()) {
             bail!("sample must be >= 0, got {}", self.sample);
         }
@@ -105,21 +185,30 @@ impl Config {
 
 /// Trained input vectors (`syn0`), row-major `[vocab.len(), dim]`.
 pub struct Embeddings {
+    /// The vocabulary, most frequent word first; row i is word i.
     pub vocab: Vocab,
+    /// Vector size.
     pub dim: usize,
+    /// `vocab.len() * dim` values.
     pub vectors: Vec<f32>,
 }
 
 /// What a training run did.
 #[derive(Clone, Debug)]
 pub struct Summary {
+    /// What the counting pass saw.
     pub corpus: CorpusStats,
+    /// Words kept in the vocabulary.
     pub vocab_size: usize,
     /// In-vocabulary words read over all epochs (before subsampling).
     pub words_trained: u64,
+    /// Wall time of the training passes, in seconds.
     pub train_seconds: f64,
+    /// Wall time of the counting pass, in seconds.
     pub vocab_seconds: f64,
+    /// `words_trained / train_seconds`.
     pub words_per_second: f64,
+    /// Invalid UTF-8 bytes skipped in the last epoch (summed over threads).
     pub invalid_bytes: u64,
 }
 
@@ -127,6 +216,9 @@ const EXP_TABLE_SIZE: usize = 1000;
 /// Most negative samples per positive (gensim and word2vec.c users go up to 25).
 pub const MAX_NEGATIVE: usize = 64;
 const MAX_EXP: f32 = 6.0;
+/// Words a thread trains between two updates of the shared progress counter (and so of its
+/// learning rate), as word2vec.c's 10,000.
+const PROGRESS_EVERY: u64 = 10_000;
 
 /// word2vec.c's precomputed logistic on [-MAX_EXP, MAX_EXP]: `exp` costs as much as the
 /// 100-wide dot product it follows, and 1000 steps are as accurate as SGD needs.
@@ -144,6 +236,10 @@ fn sigmoid_table() -> Vec<f32> {
 struct Fast(u64);
 
 impl Fast {
+    /// The stream of thread `tid` of a run seeded with `seed`.
+    fn for_thread(seed: u64, tid: usize) -> Self {
+        Fast(seed ^ (tid as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F))
+    }
     #[inline(always)]
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -159,162 +255,63 @@ impl Fast {
     }
 }
 
-/// Parameters shared by all threads without locks (Hogwild, as word2vec.c and gensim do):
+/// The parameters: input vectors `syn0` (the embeddings), the negative-sampling output
+/// vectors `syn1neg` and the hierarchical-softmax inner-node vectors `syn1` (empty when that
+/// output layer is off). Row-major, `dim` wide.
+struct Weights {
+    syn0: Vec<f32>,
+    syn1neg: Vec<f32>,
+    syn1: Vec<f32>,
+}
+
+impl Weights {
+    /// Input vectors uniform in [-0.5/dim, 0.5/dim) as word2vec.c and gensim, drawn from
+    /// ChaCha8 seeded with `cfg.seed`; output vectors zero.
+    fn init(vocab_len: usize, cfg: &Config) -> Self {
+        let dim = cfg.dim;
+        let mut init = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let syn0 = (0..vocab_len * dim)
+            .map(|_| (init.random::<f32>() - 0.5) / dim as f32)
+            .collect();
+        let syn1neg = if cfg.negative > 0 {
+            vec![0f32; vocab_len * dim]
+        } else {
+            Vec::new()
+        };
+        let syn1 = if cfg.hs {
+            vec![0f32; vocab_len.max(2) * dim]
+        } else {
+            Vec::new()
+        };
+        Self { syn0, syn1neg, syn1 }
+    }
+}
+
+/// A matrix shared by all threads without locks (Hogwild, as word2vec.c and gensim do):
 /// updates touch a few rows out of tens of thousands, so two threads rarely write the same
 /// row at once, and a lost update is just noise in SGD. Locks or atomics per element would
-/// cost more than the arithmetic. Raw pointers are used because Rust references may not
-/// alias mutably; every access is in bounds by construction (word ids < vocab size, inner
-/// node ids < vocab size - 1).
+/// cost more than the arithmetic. A raw pointer because Rust references may not alias
+/// mutably; every access is in bounds by construction (word ids < vocab size, inner node
+/// ids < vocab size - 1).
 #[derive(Clone, Copy)]
-struct Shared {
-    syn0: *mut f32,
-    syn1neg: *mut f32,
-    syn1: *mut f32,
-}
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-struct Ctx<'a> {
+struct Rows {
+    base: *mut f32,
     dim: usize,
-    window: usize,
-    negative: usize,
-    cbow: bool,
-    cbow_mean: bool,
-    keep: &'a [u32],
-    table: &'a AliasTable,
-    huff: Option<&'a Huffman>,
-    sig: &'a [f32],
-    w: Shared,
 }
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
 
-#[inline(always)]
-unsafe fn row<'a>(base: *mut f32, i: usize, dim: usize) -> &'a mut [f32] {
-    std::slice::from_raw_parts_mut(base.add(i * dim), dim)
-}
-
-/// Vector primitives over rows of `dim` f32. Two implementations: portable scalar code,
-/// and AVX2+FMA intrinsics (LLVM does not vectorize an f32 dot product by itself, since
-/// that reorders the sum; the 100-wide dot and axpy are nearly all of the training time).
-trait Simd {
-    /// Hint that `row` will be read soon.
-    unsafe fn prefetch(row: &[f32]);
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// `y += a · x`
-    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]);
-}
-
-struct Scalar;
-
-impl Simd for Scalar {
-    #[inline(always)]
-    unsafe fn prefetch(_row: &[f32]) {}
-    #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0f32; 4];
-        let n = a.len().min(b.len());
-        let mut i = 0;
-        while i + 4 <= n {
-            for k in 0..4 {
-                acc[k] += a[i + k] * b[i + k];
-            }
-            i += 4;
-        }
-        let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
-        }
-        s
-    }
-    #[inline(always)]
-    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        for (yi, xi) in y[..n].iter_mut().zip(&x[..n]) {
-            *yi += a * xi;
+impl Rows {
+    fn of(m: &mut [f32], dim: usize) -> Self {
+        Rows {
+            base: m.as_mut_ptr(),
+            dim,
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-/// Unaligned 8 x f32. Reading/writing a packed field by value compiles to `vmovups`, like
-/// `_mm256_loadu_ps`, but without the `copy_nonoverlapping` precondition checks that builds
-/// with debug assertions (our dev/test profile) put around every such load.
-#[cfg(target_arch = "x86_64")]
-#[repr(C, packed)]
-#[derive(Clone, Copy)]
-struct U8(std::arch::x86_64::__m256);
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn ld(p: *const f32) -> std::arch::x86_64::__m256 {
-    (*(p as *const U8)).0
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn st(p: *mut f32, v: std::arch::x86_64::__m256) {
-    (*(p as *mut U8)).0 = v;
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd for Avx2 {
+    /// Row `i`. Safety: `i` is a row of the matrix; other threads may write it (Hogwild).
     #[inline(always)]
-    unsafe fn prefetch(row: &[f32]) {
-        use std::arch::x86_64::*;
-        let p = row.as_ptr() as *const i8;
-        let bytes = row.len() * 4;
-        let mut o = 0;
-        while o < bytes {
-            _mm_prefetch::<_MM_HINT_T0>(p.add(o));
-            o += 64;
-        }
-    }
-    /// Caller guarantees AVX2 and FMA (checked once in `pick_kernel`) and `a.len() == b.len()`.
-    #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut s0 = _mm256_setzero_ps();
-        let mut s1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(ld(pa.add(i)), ld(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(ld(pa.add(i + 8)), ld(pb.add(i + 8)), s1);
-            i += 16;
-        }
-        if i + 8 <= n {
-            s0 = _mm256_fmadd_ps(ld(pa.add(i)), ld(pb.add(i)), s0);
-            i += 8;
-        }
-        let s = _mm256_add_ps(s0, s1);
-        let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-        let mut r = _mm_cvtss_f32(h);
-        while i < n {
-            r += *pa.add(i) * *pb.add(i);
-            i += 1;
-        }
-        r
-    }
-    #[inline(always)]
-    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
-        let va = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            st(py.add(i), _mm256_fmadd_ps(va, ld(px.add(i)), ld(py.add(i))));
-            i += 8;
-        }
-        while i < n {
-            *py.add(i) += a * *px.add(i);
-            i += 1;
-        }
+    unsafe fn row<'a>(self, i: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.base.add(i * self.dim), self.dim)
     }
 }
 
@@ -331,60 +328,131 @@ fn grad(sig: &[f32], f: f32, label: f32, alpha: f32) -> Option<f32> {
     Some((label - s) * alpha)
 }
 
-/// One output-layer step for input `l1` (a syn0 row or the CBOW hidden vector) predicting
-/// `word`: accumulates the input gradient into `neu1e` and updates the output rows.
+/// One logistic-regression step of input `l1` against output row `l2` with target `label`:
+/// accumulates the input gradient into `neu1e` and updates `l2`.
 #[inline(always)]
-unsafe fn output_step<S: Simd>(c: &Ctx, rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], word: usize, alpha: f32) {
-    let dim = c.dim;
-    if let Some(h) = c.huff {
-        let (s, e) = (*h.offsets.get_unchecked(word), *h.offsets.get_unchecked(word + 1));
-        for k in s..e {
-            let p = *h.points.get_unchecked(k) as usize;
-            let l2 = row(c.w.syn1, p, dim);
-            let label = 1.0 - *h.codes.get_unchecked(k) as f32;
-            if let Some(g) = grad(c.sig, S::dot(l1, l2), label, alpha) {
-                S::axpy(g, l2, neu1e);
-                S::axpy(g, l1, l2);
-            }
-        }
+unsafe fn logistic_step<S: Simd>(sig: &[f32], l1: &[f32], l2: &mut [f32], neu1e: &mut [f32], label: f32, alpha: f32) {
+    if let Some(g) = grad(sig, S::dot(l1, l2), label, alpha) {
+        S::axpy(g, l2, neu1e);
+        S::axpy(g, l1, l2);
     }
-    if c.negative > 0 {
+}
+
+/// An output layer: predicts `word` from the input vector `l1` (a syn0 row for skip-gram,
+/// the context's mean or sum for CBOW), accumulates the gradient for `l1` into `neu1e` and
+/// updates its own weights in place. Implemented by [`NegativeSampling`],
+/// [`HierarchicalSoftmax`] and a pair of both (applied in that order: softmax first, as
+/// word2vec.c and gensim).
+trait OutputLayer: Sync {
+    /// One SGD step at learning rate `alpha`. Safety: `word` is a vocabulary id; the rows
+    /// written may be written by other threads at the same time (Hogwild).
+    unsafe fn step<S: Simd>(&self, sig: &[f32], rng: &mut Fast, l1: &[f32], neu1e: &mut [f32], word: usize, alpha: f32);
+}
+
+/// Negative sampling (Mikolov et al., 2013b): the true word against `negative` words drawn
+/// from unigram^0.75; a draw equal to the true word is skipped.
+struct NegativeSampling<'a> {
+    syn1neg: Rows,
+    negative: usize,
+    table: &'a AliasTable,
+}
+
+impl OutputLayer for NegativeSampling<'_> {
+    #[inline(always)]
+    unsafe fn step<S: Simd>(
+        &self,
+        sig: &[f32],
+        rng: &mut Fast,
+        l1: &[f32],
+        neu1e: &mut [f32],
+        word: usize,
+        alpha: f32,
+    ) {
         // Draw all targets first and prefetch their rows: they are random rows of a table
         // far larger than the caches, and fetching them together overlaps the misses that
         // the dot -> update dependency chain would otherwise take one after another.
         let mut targets = [0u32; MAX_NEGATIVE + 1];
         targets[0] = word as u32;
-        S::prefetch(row(c.w.syn1neg, word, dim));
-        for t in targets.iter_mut().take(c.negative + 1).skip(1) {
-            *t = c.table.sample(rng.next()) as u32;
-            S::prefetch(row(c.w.syn1neg, *t as usize, dim));
+        S::prefetch(self.syn1neg.row(word));
+        for t in targets.iter_mut().take(self.negative + 1).skip(1) {
+            *t = self.table.sample(rng.next()) as u32;
+            S::prefetch(self.syn1neg.row(*t as usize));
         }
-        for d in 0..=c.negative {
+        for d in 0..=self.negative {
             let target = *targets.get_unchecked(d) as usize;
             if d > 0 && target == word {
                 continue;
             }
             let label = if d == 0 { 1.0 } else { 0.0 };
-            let l2 = row(c.w.syn1neg, target, dim);
-            if let Some(g) = grad(c.sig, S::dot(l1, l2), label, alpha) {
-                S::axpy(g, l2, neu1e);
-                S::axpy(g, l1, l2);
-            }
+            logistic_step::<S>(sig, l1, self.syn1neg.row(target), neu1e, label, alpha);
         }
     }
 }
 
+/// Hierarchical softmax (Morin & Bengio, 2005): one logistic step per inner node on the
+/// word's Huffman path, predicting the branch taken.
+struct HierarchicalSoftmax<'a> {
+    syn1: Rows,
+    huff: &'a Huffman,
+}
+
+impl OutputLayer for HierarchicalSoftmax<'_> {
+    #[inline(always)]
+    unsafe fn step<S: Simd>(
+        &self,
+        sig: &[f32],
+        _rng: &mut Fast,
+        l1: &[f32],
+        neu1e: &mut [f32],
+        word: usize,
+        alpha: f32,
+    ) {
+        let h = self.huff;
+        let (s, e) = (*h.offsets.get_unchecked(word), *h.offsets.get_unchecked(word + 1));
+        for k in s..e {
+            let p = *h.points.get_unchecked(k) as usize;
+            let label = 1.0 - *h.codes.get_unchecked(k) as f32;
+            logistic_step::<S>(sig, l1, self.syn1.row(p), neu1e, label, alpha);
+        }
+    }
+}
+
+impl<A: OutputLayer, B: OutputLayer> OutputLayer for (A, B) {
+    #[inline(always)]
+    unsafe fn step<S: Simd>(
+        &self,
+        sig: &[f32],
+        rng: &mut Fast,
+        l1: &[f32],
+        neu1e: &mut [f32],
+        word: usize,
+        alpha: f32,
+    ) {
+        self.0.step::<S>(sig, rng, l1, neu1e, word, alpha);
+        self.1.step::<S>(sig, rng, l1, neu1e, word, alpha);
+    }
+}
+
+/// What the sentence kernel needs: the architecture, the input vectors and an output layer.
+struct Ctx<'a, O> {
+    window: usize,
+    cbow: bool,
+    cbow_mean: bool,
+    sig: &'a [f32],
+    syn0: Rows,
+    out: O,
+}
+
 /// Trains on one sentence (word ids after subsampling).
 #[inline(always)]
-unsafe fn train_sentence_impl<S: Simd>(
-    c: &Ctx,
+unsafe fn train_sentence_impl<S: Simd, O: OutputLayer>(
+    c: &Ctx<O>,
     rng: &mut Fast,
     sent: &[u32],
     alpha: f32,
     neu1: &mut [f32],
     neu1e: &mut [f32],
 ) {
-    let dim = c.dim;
     let n = sent.len();
     for i in 0..n {
         let word = *sent.get_unchecked(i) as usize;
@@ -394,32 +462,7 @@ unsafe fn train_sentence_impl<S: Simd>(
         let lo = i.saturating_sub(reach);
         let hi = (i + reach + 1).min(n);
         if c.cbow {
-            neu1.fill(0.0);
-            let mut cw = 0usize;
-            for j in lo..hi {
-                if j != i {
-                    let ctx = *sent.get_unchecked(j) as usize;
-                    S::axpy(1.0, row(c.w.syn0, ctx, dim), neu1);
-                    cw += 1;
-                }
-            }
-            if cw == 0 {
-                continue;
-            }
-            let inv = 1.0 / cw as f32;
-            if c.cbow_mean {
-                neu1.iter_mut().for_each(|x| *x *= inv);
-            }
-            neu1e.fill(0.0);
-            output_step::<S>(c, rng, neu1, neu1e, word, alpha);
-            // As gensim: with a summed context the error is shared out over its words.
-            let scale = if c.cbow_mean { 1.0 } else { inv };
-            for j in lo..hi {
-                if j != i {
-                    let ctx = *sent.get_unchecked(j) as usize;
-                    S::axpy(scale, neu1e, row(c.w.syn0, ctx, dim));
-                }
-            }
+            cbow_step::<S, O>(c, rng, sent, i, lo..hi, alpha, neu1, neu1e);
         } else {
             for j in lo..hi {
                 if j == i {
@@ -427,11 +470,52 @@ unsafe fn train_sentence_impl<S: Simd>(
                 }
                 // As word2vec.c: the context word's input vector predicts the centre word.
                 let ctx = *sent.get_unchecked(j) as usize;
-                let l1 = row(c.w.syn0, ctx, dim);
+                let l1 = c.syn0.row(ctx);
                 neu1e.fill(0.0);
-                output_step::<S>(c, rng, l1, neu1e, word, alpha);
+                c.out.step::<S>(c.sig, rng, l1, neu1e, word, alpha);
                 S::axpy(1.0, neu1e, l1);
             }
+        }
+    }
+}
+
+/// CBOW at position `i`: the mean (or sum) of the context rows `ctx` (minus `i`) predicts the
+/// centre word; the input gradient goes back to every context row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cbow_step<S: Simd, O: OutputLayer>(
+    c: &Ctx<O>,
+    rng: &mut Fast,
+    sent: &[u32],
+    i: usize,
+    ctx: std::ops::Range<usize>,
+    alpha: f32,
+    neu1: &mut [f32],
+    neu1e: &mut [f32],
+) {
+    let word = *sent.get_unchecked(i) as usize;
+    neu1.fill(0.0);
+    let mut cw = 0usize;
+    for j in ctx.clone() {
+        if j != i {
+            S::axpy(1.0, c.syn0.row(*sent.get_unchecked(j) as usize), neu1);
+            cw += 1;
+        }
+    }
+    if cw == 0 {
+        return;
+    }
+    let inv = 1.0 / cw as f32;
+    if c.cbow_mean {
+        neu1.iter_mut().for_each(|x| *x *= inv);
+    }
+    neu1e.fill(0.0);
+    c.out.step::<S>(c.sig, rng, neu1, neu1e, word, alpha);
+    // As gensim: with a summed context the error is shared out over its words.
+    let scale = if c.cbow_mean { 1.0 } else { inv };
+    for j in ctx {
+        if j != i {
+            S::axpy(scale, neu1e, c.syn0.row(*sent.get_unchecked(j) as usize));
         }
     }
 }
@@ -440,157 +524,198 @@ unsafe fn train_sentence_impl<S: Simd>(
 /// any x86-64. Both paths give identical results on a given machine run to run.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn train_sentence_avx2(c: &Ctx, rng: &mut Fast, s: &[u32], a: f32, n1: &mut [f32], n1e: &mut [f32]) {
-    train_sentence_impl::<Avx2>(c, rng, s, a, n1, n1e)
+unsafe fn train_sentence_avx2<O: OutputLayer>(
+    c: &Ctx<O>,
+    rng: &mut Fast,
+    s: &[u32],
+    a: f32,
+    n1: &mut [f32],
+    n1e: &mut [f32],
+) {
+    train_sentence_impl::<Avx2, O>(c, rng, s, a, n1, n1e)
 }
 
-unsafe fn train_sentence_base(c: &Ctx, rng: &mut Fast, s: &[u32], a: f32, n1: &mut [f32], n1e: &mut [f32]) {
-    train_sentence_impl::<Scalar>(c, rng, s, a, n1, n1e)
+unsafe fn train_sentence_base<O: OutputLayer>(
+    c: &Ctx<O>,
+    rng: &mut Fast,
+    s: &[u32],
+    a: f32,
+    n1: &mut [f32],
+    n1e: &mut [f32],
+) {
+    train_sentence_impl::<Scalar, O>(c, rng, s, a, n1, n1e)
 }
 
-type SentenceFn = unsafe fn(&Ctx, &mut Fast, &[u32], f32, &mut [f32], &mut [f32]);
+type SentenceFn<O> = unsafe fn(&Ctx<O>, &mut Fast, &[u32], f32, &mut [f32], &mut [f32]);
 
-fn pick_kernel() -> SentenceFn {
+/// The sentence kernel for this CPU: AVX2+FMA when present, scalar otherwise.
+fn pick_kernel<O: OutputLayer>() -> SentenceFn<O> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        return train_sentence_avx2;
+        return train_sentence_avx2::<O>;
     }
-    train_sentence_base
+    train_sentence_base::<O>
 }
 
 /// Progress reported while training: words done (of `total`), current learning rate.
 pub struct Progress<'a> {
+    /// In-vocabulary words read so far, over all threads and epochs.
     pub words: &'a AtomicU64,
+    /// The learning rate last set by a thread, as `f32::to_bits`.
     pub alpha_bits: &'a AtomicU32,
+    /// Words to read in the whole run (vocabulary words × epochs).
     pub total: u64,
 }
 
-/// Builds the vocabulary of `path` and trains. `on_progress` is called about every 200 ms
-/// from the calling thread while worker threads train.
-pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progress)) -> Result<(Embeddings, Summary)> {
-    cfg.validate()?;
-    let t0 = Instant::now();
-    let (vocab, stats) = Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?;
-    let vocab_seconds = t0.elapsed().as_secs_f64();
-    let v = vocab.len();
-    let dim = cfg.dim;
-    let train_words = vocab.total();
-    let total = train_words * cfg.epochs as u64;
+/// Linear learning-rate decay on global progress, as word2vec.c: `alpha0 · (1 - done /
+/// (total + 1))`, never below `min_alpha`.
+#[derive(Clone, Copy)]
+struct LearningRate {
+    alpha0: f32,
+    min_alpha: f32,
+    total: u64,
+}
 
-    // Input vectors uniform in [-0.5/dim, 0.5/dim) as word2vec.c and gensim; output
-    // vectors zero.
-    let mut init = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut syn0: Vec<f32> = (0..v * dim)
-        .map(|_| (init.random::<f32>() - 0.5) / dim as f32)
-        .collect();
-    let mut syn1neg = if cfg.negative > 0 {
-        vec![0f32; v * dim]
-    } else {
-        Vec::new()
-    };
-    let mut syn1 = if cfg.hs { vec![0f32; v.max(2) * dim] } else { Vec::new() };
-    let table = AliasTable::new(&vocab.counts, 0.75);
-    let huff = if cfg.hs {
-        Some(Huffman::new(&vocab.counts))
-    } else {
-        None
-    };
-    let keep = vocab.keep_thresholds(cfg.sample);
-    let sig = sigmoid_table();
-    let file_len = std::fs::metadata(path)?.len();
-    let parts = ranges(file_len, cfg.threads);
-    let alpha0 = cfg.alpha0();
-    let min_alpha = cfg.min_alpha.unwrap_or(alpha0 * 1e-4);
+impl LearningRate {
+    fn at(&self, done: u64) -> f32 {
+        (self.alpha0 * (1.0 - done as f32 / (self.total + 1) as f32)).max(self.min_alpha)
+    }
+}
 
-    let words_done = AtomicU64::new(0);
-    let alpha_bits = AtomicU32::new(alpha0.to_bits());
-    let shared = Shared {
-        syn0: syn0.as_mut_ptr(),
-        syn1neg: syn1neg.as_mut_ptr(),
-        syn1: syn1.as_mut_ptr(),
-    };
-    let kernel = pick_kernel();
-    let ctx = Ctx {
-        dim,
-        window: cfg.window,
-        negative: cfg.negative,
-        cbow: cfg.model == Model::Cbow,
-        cbow_mean: cfg.cbow_mean,
-        keep: &keep,
-        table: &table,
-        huff: huff.as_ref(),
-        sig: &sig,
-        w: shared,
-    };
+/// What every worker shares: settings, vocabulary, subsampling thresholds, the kernel and its
+/// context, and the global progress counters.
+struct Shared<'a, O> {
+    path: &'a Path,
+    cfg: &'a Config,
+    vocab: &'a Vocab,
+    keep: &'a [u32],
+    ctx: Ctx<'a, O>,
+    kernel: SentenceFn<O>,
+    lr: LearningRate,
+    words_done: AtomicU64,
+    alpha_bits: AtomicU32,
+}
 
-    let t1 = Instant::now();
-    let invalid = std::thread::scope(|s| -> Result<u64> {
+/// One training thread: its byte range of the corpus, random stream and scratch buffers.
+struct Worker<'a, O> {
+    sh: &'a Shared<'a, O>,
+    range: (u64, u64),
+    rng: Fast,
+    neu1: Vec<f32>,
+    neu1e: Vec<f32>,
+    sent: Vec<u32>,
+    /// Words read since the last progress update.
+    local: u64,
+    alpha: f32,
+}
+
+impl<'a, O: OutputLayer> Worker<'a, O> {
+    fn new(sh: &'a Shared<'a, O>, tid: usize, range: (u64, u64)) -> Self {
+        let dim = sh.cfg.dim;
+        Self {
+            sh,
+            range,
+            rng: Fast::for_thread(sh.cfg.seed, tid),
+            neu1: vec![0f32; dim],
+            neu1e: vec![0f32; dim],
+            sent: Vec::with_capacity(MAX_SENTENCE),
+            local: 0,
+            alpha: sh.lr.alpha0,
+        }
+    }
+
+    /// Every epoch over the range; returns the invalid UTF-8 bytes of the last epoch.
+    fn run(mut self) -> Result<u64> {
+        let mut invalid = 0;
+        for _epoch in 0..self.sh.cfg.epochs {
+            invalid = self.epoch()?;
+        }
+        self.sh.words_done.fetch_add(self.local, Ordering::Relaxed);
+        Ok(invalid)
+    }
+
+    /// One pass over the range, line by line; returns the invalid UTF-8 bytes skipped.
+    fn epoch(&mut self) -> Result<u64> {
+        let path = self.sh.path;
+        let mut reader = ChunkReader::open(path, self.range.0, self.range.1, self.sh.cfg.text)
+            .with_context(|| format!("cannot open corpus {}", path.display()))?;
+        loop {
+            self.sent.clear();
+            let more = reader
+                .next_line(|w| self.add_word(w))
+                .with_context(|| format!("error reading corpus {}", path.display()))?;
+            if !self.sent.is_empty() {
+                self.flush();
+            }
+            if self.local >= PROGRESS_EVERY {
+                self.report_progress();
+            }
+            if !more {
+                return Ok(reader.invalid_bytes);
+            }
+        }
+    }
+
+    /// Adds a corpus word to the current sentence unless it is out of the vocabulary or
+    /// subsampled away; trains the sentence when it reaches [`MAX_SENTENCE`] words.
+    #[inline]
+    fn add_word(&mut self, w: &str) {
+        let Some(id) = self.sh.vocab.id(w) else { return };
+        self.local += 1;
+        // Subsampling: keep with probability keep[id] / 2^32.
+        let k = self.sh.keep[id as usize];
+        if k == u32::MAX || (self.rng.next() as u32) < k {
+            self.sent.push(id);
+        }
+        if self.sent.len() >= MAX_SENTENCE {
+            self.flush();
+        }
+    }
+
+    /// Trains the current sentence and empties it.
+    fn flush(&mut self) {
+        // SAFETY: ids in `sent` are < vocab size; see `Rows`.
+        unsafe {
+            (self.sh.kernel)(
+                &self.sh.ctx,
+                &mut self.rng,
+                &self.sent,
+                self.alpha,
+                &mut self.neu1,
+                &mut self.neu1e,
+            )
+        };
+        self.sent.clear();
+    }
+
+    /// Adds the words read since the last report to the global count and sets this
+    /// thread's learning rate from it.
+    fn report_progress(&mut self) {
+        let sh = self.sh;
+        let done = sh.words_done.fetch_add(self.local, Ordering::Relaxed) + self.local;
+        self.local = 0;
+        self.alpha = sh.lr.at(done);
+        sh.alpha_bits.store(self.alpha.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Runs one worker per byte range on scoped threads, calling `on_progress` about every
+/// 100 ms from the calling thread; returns the invalid UTF-8 bytes of the last epoch.
+fn run_workers<O: OutputLayer>(
+    sh: &Shared<O>,
+    parts: &[(u64, u64)],
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<u64> {
+    std::thread::scope(|s| -> Result<u64> {
         let handles: Vec<_> = parts
             .iter()
             .enumerate()
-            .map(|(tid, &(start, end))| {
-                let ctx = &ctx;
-                let words_done = &words_done;
-                let alpha_bits = &alpha_bits;
-                let vocab = &vocab;
-                s.spawn(move || -> Result<u64> {
-                    let mut rng = Fast(cfg.seed ^ (tid as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
-                    let mut neu1 = vec![0f32; dim];
-                    let mut neu1e = vec![0f32; dim];
-                    let mut sent: Vec<u32> = Vec::with_capacity(MAX_SENTENCE);
-                    let mut local = 0u64;
-                    let mut alpha = alpha0;
-                    let mut invalid = 0u64;
-                    for _epoch in 0..cfg.epochs {
-                        let mut reader = ChunkReader::open(path, start, end, cfg.text)
-                            .with_context(|| format!("cannot open corpus {}", path.display()))?;
-                        loop {
-                            sent.clear();
-                            let mut flush = |sent: &mut Vec<u32>, alpha: f32, rng: &mut Fast| {
-                                // SAFETY: ids in `sent` are < vocab size; see `Shared`.
-                                unsafe { kernel(ctx, rng, sent, alpha, &mut neu1, &mut neu1e) };
-                                sent.clear();
-                            };
-                            let more = reader
-                                .next_line(|w| {
-                                    if let Some(id) = vocab.id(w) {
-                                        local += 1;
-                                        // Subsampling: keep with probability keep[id] / 2^32.
-                                        let k = ctx.keep[id as usize];
-                                        if k == u32::MAX || (rng.next() as u32) < k {
-                                            sent.push(id);
-                                        }
-                                        if sent.len() >= MAX_SENTENCE {
-                                            flush(&mut sent, alpha, &mut rng);
-                                        }
-                                    }
-                                })
-                                .with_context(|| format!("error reading corpus {}", path.display()))?;
-                            if !sent.is_empty() {
-                                flush(&mut sent, alpha, &mut rng);
-                            }
-                            if local >= 10_000 {
-                                // Linear decay on global progress, as word2vec.c.
-                                let done = words_done.fetch_add(local, Ordering::Relaxed) + local;
-                                local = 0;
-                                alpha = (alpha0 * (1.0 - done as f32 / (total + 1) as f32)).max(min_alpha);
-                                alpha_bits.store(alpha.to_bits(), Ordering::Relaxed);
-                            }
-                            if !more {
-                                break;
-                            }
-                        }
-                        invalid = reader.invalid_bytes;
-                    }
-                    words_done.fetch_add(local, Ordering::Relaxed);
-                    Ok(invalid)
-                })
-            })
+            .map(|(tid, &range)| s.spawn(move || Worker::new(sh, tid, range).run()))
             .collect();
         let prog = Progress {
-            words: &words_done,
-            alpha_bits: &alpha_bits,
-            total,
+            words: &sh.words_done,
+            alpha_bits: &sh.alpha_bits,
+            total: sh.lr.total,
         };
         while !handles.iter().all(|h| h.is_finished()) {
             on_progress(&prog);
@@ -599,17 +724,96 @@ pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progre
         on_progress(&prog);
         let mut invalid = 0;
         for h in handles {
-            invalid += h.join().map_err(|_| anyhow::anyhow!("a training thread panicked"))??;
+            invalid += h.join().map_err(|_| anyhow!("a training thread panicked"))??;
         }
         Ok(invalid)
-    })?;
+    })
+}
+
+/// Everything [`train_passes`] needs besides the output layer.
+struct Setup<'a> {
+    path: &'a Path,
+    cfg: &'a Config,
+    vocab: &'a Vocab,
+    keep: &'a [u32],
+    sig: &'a [f32],
+    syn0: Rows,
+    lr: LearningRate,
+}
+
+/// Trains with output layer `out`: sets up the shared state and runs the workers.
+fn train_passes<O: OutputLayer>(st: Setup, out: O, on_progress: &mut dyn FnMut(&Progress)) -> Result<(u64, u64)> {
+    let sh = Shared {
+        path: st.path,
+        cfg: st.cfg,
+        vocab: st.vocab,
+        keep: st.keep,
+        ctx: Ctx {
+            window: st.cfg.window,
+            cbow: st.cfg.model == Model::Cbow,
+            cbow_mean: st.cfg.cbow_mean,
+            sig: st.sig,
+            syn0: st.syn0,
+            out,
+        },
+        kernel: pick_kernel::<O>(),
+        lr: st.lr,
+        words_done: AtomicU64::new(0),
+        alpha_bits: AtomicU32::new(st.lr.alpha0.to_bits()),
+    };
+    let file_len = std::fs::metadata(st.path)
+        .with_context(|| format!("cannot read corpus {}", st.path.display()))?
+        .len();
+    let invalid = run_workers(&sh, &ranges(file_len, st.cfg.threads), on_progress)?;
+    Ok((invalid, sh.words_done.load(Ordering::Relaxed)))
+}
+
+/// Builds the vocabulary of `path` and trains. `on_progress` is called about every 100 ms
+/// from the calling thread while worker threads train. Fails on an invalid config (see
+/// [`Config::validate`]), an unreadable or empty corpus, or a corpus with no word of
+/// `min_count` occurrences.
+pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progress)) -> Result<(Embeddings, Summary)> {
+    cfg.validate()?;
+    let t0 = Instant::now();
+    let (vocab, stats) = Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?;
+    let vocab_seconds = t0.elapsed().as_secs_f64();
+    let dim = cfg.dim;
+    let mut w = Weights::init(vocab.len(), cfg);
+    let table = AliasTable::new(&vocab.counts, 0.75);
+    let huff = cfg.hs.then(|| Huffman::new(&vocab.counts));
+    let keep = vocab.keep_thresholds(cfg.sample);
+    let sig = sigmoid_table();
+    let st = Setup {
+        path,
+        cfg,
+        vocab: &vocab,
+        keep: &keep,
+        sig: &sig,
+        syn0: Rows::of(&mut w.syn0, dim),
+        lr: LearningRate {
+            alpha0: cfg.alpha0(),
+            min_alpha: cfg.min_alpha(),
+            total: vocab.total() * cfg.epochs as u64,
+        },
+    };
+    let (syn1neg, syn1) = (Rows::of(&mut w.syn1neg, dim), Rows::of(&mut w.syn1, dim));
+    let neg = || NegativeSampling {
+        syn1neg,
+        negative: cfg.negative,
+        table: &table,
+    };
+    let hs = |huff| HierarchicalSoftmax { syn1, huff };
+    let t1 = Instant::now();
+    let on_progress: &mut dyn FnMut(&Progress) = &mut on_progress;
+    let (invalid, words_trained) = match (huff.as_ref(), cfg.negative > 0) {
+        (Some(h), true) => train_passes(st, (hs(h), neg()), on_progress)?,
+        (Some(h), false) => train_passes(st, hs(h), on_progress)?,
+        (None, _) => train_passes(st, neg(), on_progress)?,
+    };
     let train_seconds = t1.elapsed().as_secs_f64();
-    let words_trained = words_done.load(Ordering::Relaxed);
-    drop(syn1neg);
-    drop(syn1);
     let summary = Summary {
         corpus: stats,
-        vocab_size: v,
+        vocab_size: vocab.len(),
         words_trained,
         train_seconds,
         vocab_seconds,
@@ -620,7 +824,7 @@ pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progre
         Embeddings {
             vocab,
             dim,
-            vectors: syn0,
+            vectors: w.syn0,
         },
         summary,
     ))
@@ -724,7 +928,7 @@ mod tests {
         for (name, cfg) in variants {
             let (e, s) = train_file(&p, &cfg, |_| {}).unwrap();
             assert_eq!(s.words_trained, 15_000 * 10, "{name}");
-            let ix = Index::new(&wv(e));
+            let ix = Index::new(&wv(e)).unwrap();
             let mut wrong = Vec::new();
             for i in 0..6 {
                 for k in 0..6 {

@@ -63,14 +63,17 @@ fn fx_hash(w: &str) -> u64 {
 }
 
 impl WordTable {
+    /// Number of distinct words.
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// Whether no word was added.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
+    /// Word `id`. Panics if `id >= len()`.
     pub fn word(&self, id: u32) -> &str {
         word_at(&self.text, &self.ends, id)
     }
@@ -83,6 +86,7 @@ impl WordTable {
         self.table.shrink_to_fit(|&i| fx_hash(word_at(text, ends, i)));
     }
 
+    /// The id of `w`, if it was added.
     pub fn get(&self, w: &str) -> Option<u32> {
         self.table.find(fx_hash(w), |&i| self.word(i) == w).copied()
     }
@@ -116,9 +120,13 @@ pub struct Vocab {
 /// What the counting pass saw.
 #[derive(Clone, Debug, Default)]
 pub struct CorpusStats {
+    /// Lines read (long lines count once per piece, see [`ChunkReader`]).
     pub lines: u64,
+    /// Words read, in vocabulary or not.
     pub tokens: u64,
+    /// Distinct words read (before `min_count` / `max_vocab`).
     pub distinct: u64,
+    /// Invalid UTF-8 bytes skipped.
     pub invalid_bytes: u64,
 }
 
@@ -151,14 +159,19 @@ impl Vocab {
         self.index.get(w)
     }
 
-    /// Counts the words of `path` (streamed), keeps those with at least `min_count`
-    /// occurrences, and at most `max_vocab` of them (the most frequent) if given.
+    /// Counts the words of `path` (streamed; words split as [`ChunkReader`] splits them),
+    /// keeps those with at least `min_count` occurrences, and at most `max_vocab` of them (the
+    /// most frequent; ties keep the first seen) if given. Rejects `max_vocab` = 0, an
+    /// unreadable or empty corpus, and one where no word reaches `min_count`.
     pub fn build(
         path: &Path,
         opts: TextOptions,
         min_count: u64,
         max_vocab: Option<usize>,
     ) -> Result<(Self, CorpusStats)> {
+        if max_vocab == Some(0) {
+            bail!("max_vocab must be at least 1 (leave it unset for no limit)");
+        }
         let len = std::fs::metadata(path)
             .with_context(|| format!("cannot read corpus {}", path.display()))?
             .len();
@@ -203,21 +216,24 @@ impl Vocab {
         }
         kept.sort_unstable_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b)));
         if let Some(m) = max_vocab {
-            kept.truncate(m.max(1));
+            kept.truncate(m);
         }
         let cnts = kept.iter().map(|&i| counts[i as usize]).collect();
         drop(counts);
         Ok((Self::from_words(kept.iter().map(|&i| seen.word(i)), cnts), stats))
     }
 
+    /// Number of words kept.
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
+    /// Whether no word was kept (never the case for a vocabulary from [`Vocab::build`]).
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
+    /// Occurrences of the kept words in the corpus (the words one epoch trains on).
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }
@@ -253,7 +269,13 @@ pub struct AliasTable {
 }
 
 impl AliasTable {
+    /// The table for P(i) ∝ counts[i]^power (word2vec uses power 0.75). Panics if `counts`
+    /// is empty or all zero (a vocabulary from [`Vocab::build`] never is).
     pub fn new(counts: &[u64], power: f64) -> Self {
+        assert!(
+            counts.iter().any(|&c| c > 0),
+            "AliasTable needs at least one positive count"
+        );
         let n = counts.len();
         let w: Vec<f64> = counts.iter().map(|&c| (c as f64).powf(power)).collect();
         let sum: f64 = w.iter().sum();
@@ -291,7 +313,9 @@ impl AliasTable {
 
 /// Huffman codes and paths (inner-node indices) of every word, flattened.
 pub struct Huffman {
+    /// The branch (0/1) taken at each inner node, root first, all words back to back.
     pub codes: Vec<u8>,
+    /// The inner nodes (rows of `syn1`) on each word's path, root first.
     pub points: Vec<u32>,
     /// `offsets[w]..offsets[w+1]` indexes `codes`/`points` of word `w`.
     pub offsets: Vec<usize>,
@@ -385,6 +409,40 @@ mod tests {
     }
 
     use super::*;
+
+    fn corpus(name: &str, text: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("w2v-vocab-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Issue 13: `東京\u{3000}大阪 東京` counted `東京` once and `東京\u{3000}大阪` once.
+    #[test]
+    fn counts_split_on_unicode_whitespace() {
+        let p = corpus("tokyo.txt", "東京\u{3000}大阪 東京\n");
+        let (v, stats) = Vocab::build(&p, TextOptions::default(), 1, None).unwrap();
+        assert_eq!(v.words().collect::<Vec<_>>(), ["東京", "大阪"]);
+        assert_eq!(v.counts, [2, 1]);
+        assert_eq!((stats.tokens, stats.distinct, stats.lines), (3, 2, 1));
+    }
+
+    #[test]
+    fn max_vocab_keeps_the_most_frequent_and_zero_is_rejected() {
+        let p = corpus("mv.txt", "a b b c c c\n");
+        let (v, _) = Vocab::build(&p, TextOptions::default(), 1, Some(2)).unwrap();
+        assert_eq!(v.words().collect::<Vec<_>>(), ["c", "b"]);
+        let e = Vocab::build(&p, TextOptions::default(), 1, Some(0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_vocab"), "{e}");
+        let cfg = crate::train::Config {
+            max_vocab: Some(0),
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("max_vocab"));
+    }
 
     #[test]
     fn huffman_codes_are_prefix_free_and_frequent_words_short() {
