@@ -292,7 +292,13 @@ impl Tokenizer {
 
     /// Reads a tokenizer from HF JSON text.
     pub fn from_json(json: &str) -> Result<Self, TokenizerError> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(tok_err)?;
+        // The HF parser panics (an unwrap in its decoder deserializer) on some malformed
+        // files, such as a cut-off one: check the JSON syntax first, and turn any remaining
+        // panic into an error.
+        serde_json::from_str::<serde_json::Value>(json).map_err(|e| TokenizerError(format!("invalid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| TokenizerError("malformed tokenizer file (the HF parser gave up)".into()))?;
+        let inner: tokenizers::Tokenizer = parsed.map_err(tok_err)?;
         Self::from_hf(inner, None)
     }
 
