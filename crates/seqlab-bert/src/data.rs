@@ -9,8 +9,11 @@ use seqlab_nn::SeqRng;
 use std::path::Path;
 use tokenizers::AddedToken;
 
+/// BERT's classification token `[CLS]`, put first in every pair.
 pub const CLS: &str = "[CLS]";
+/// BERT's separator token `[SEP]`, ending each segment of a pair.
 pub const SEP: &str = "[SEP]";
+/// BERT's mask token `[MASK]`, replacing tokens chosen for masked-LM prediction.
 pub const MASK: &str = "[MASK]";
 /// seqlab-data's `<pad> <bos> <eos> <unk>` take ids 0..4.
 const BASE_SPECIALS: u32 = 4;
@@ -18,10 +21,15 @@ const BASE_SPECIALS: u32 = 4;
 /// seqlab's tokenizer plus the three BERT special tokens, added after its vocabulary.
 #[derive(Clone, Debug)]
 pub struct BertTokenizer {
+    /// The underlying seqlab tokenizer (BPE, word or char) with the BERT tokens added.
     pub tok: Tokenizer,
+    /// Id of `[CLS]`.
     pub cls: u32,
+    /// Id of `[SEP]`.
     pub sep: u32,
+    /// Id of `[MASK]`.
     pub mask: u32,
+    /// Id of `<pad>` (seqlab's `PAD_ID`).
     pub pad: u32,
     /// Ordinary tokens are `4..first_added`; random replacements are drawn from them.
     pub first_added: u32,
@@ -64,20 +72,24 @@ impl BertTokenizer {
         })
     }
 
+    /// Loads a seqlab tokenizer file and adds the BERT special tokens; errors name the file.
     pub fn load(path: &Path) -> Result<Self> {
         Self::from_tokenizer(Tokenizer::load(path)?).with_context(|| path.display().to_string())
     }
 
+    /// Writes the underlying tokenizer (special tokens included) as HF `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         Ok(self.tok.save(path)?)
     }
 
+    /// Number of ids, the BERT special tokens included (embedding table size).
     pub fn vocab_size(&self) -> usize {
         self.tok
             .vocab_size()
             .max(self.cls.max(self.sep).max(self.mask) as usize + 1)
     }
 
+    /// Ids of `text` without any special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.tok.encode(text).map_err(|e| anyhow::anyhow!("{}", e.0))
     }
@@ -120,16 +132,22 @@ pub fn example_rng(seed: u64, epoch: u64, index: usize) -> SeqRng {
 /// have a next sentence in the same paragraph.
 #[derive(Clone, Debug)]
 pub struct PairCorpus {
+    /// Token ids of each sentence, without special tokens.
     pub sentences: Vec<Vec<u32>>,
+    /// Paragraph number of each sentence.
     pub paragraph: Vec<usize>,
+    /// Indices of the sentences followed by another in the same paragraph.
     pub anchors: Vec<usize>,
 }
 
 /// One NSP pair: sentence indices and whether `b` really follows `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pair {
+    /// Index of the first sentence (segment A).
     pub a: usize,
+    /// Index of the second sentence (segment B).
     pub b: usize,
+    /// True when `b` is the sentence after `a` (NSP label "IsNext").
     pub is_next: bool,
 }
 
@@ -179,10 +197,12 @@ impl PairCorpus {
         Self::new(pars)
     }
 
+    /// Number of anchor sentences (sentences that have a next sentence).
     pub fn len(&self) -> usize {
         self.anchors.len()
     }
 
+    /// True when no paragraph has two sentences, so no pair can be drawn.
     pub fn is_empty(&self) -> bool {
         self.anchors.is_empty()
     }
@@ -235,8 +255,11 @@ pub fn pair_input(tok: &BertTokenizer, a: &[u32], b: &[u32], max_len: usize) -> 
 /// random, 10 % unchanged).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MaskConfig {
+    /// Probability that a token is selected for prediction. Default 0.15.
     pub select: f64,
+    /// Probability that a selected token becomes `[MASK]`. Default 0.8.
     pub to_mask: f64,
+    /// Probability that a selected token becomes a random ordinary token. Default 0.1.
     pub to_random: f64,
 }
 
@@ -283,14 +306,19 @@ pub fn mask_tokens(ids: &mut [u32], tok: &BertTokenizer, m: &MaskConfig, rng: &m
 /// A padded pretraining batch, row-major (B, L).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PretrainBatch {
+    /// Number of rows B.
     pub batch: usize,
+    /// Padded length L.
     pub len: usize,
+    /// Input ids (B, L) after masking, `[CLS] A [SEP] B [SEP]` then padding.
     pub ids: Vec<u32>,
+    /// Segment ids (B, L): 0 for `[CLS] A [SEP]`, 1 for `B [SEP]` (HF `token_type_ids`).
     pub segments: Vec<u32>,
     /// 1 = padding.
     pub padding: Vec<u8>,
     /// Flat positions (row · L + col) of the MLM targets, and their original ids.
     pub masked: Vec<u32>,
+    /// Original ids at the `masked` positions (the MLM targets).
     pub mlm_labels: Vec<u32>,
     /// 0 = B follows A, 1 = random B (HF's `next_sentence_label`).
     pub nsp_labels: Vec<u32>,

@@ -22,15 +22,23 @@ use serde::{Deserialize, Serialize};
 pub struct BertConfig {
     /// Set from the tokenizer when the model is built (0 in a config file means "from data").
     pub vocab_size: usize,
+    /// Width of embeddings and Transformer layers. Default 128.
     pub hidden_size: usize,
+    /// Number of Transformer encoder layers. Default 2.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer; must divide `hidden_size`. Default 2.
     pub num_attention_heads: usize,
+    /// Feed-forward inner width. Default 4 · hidden_size.
     pub intermediate_size: usize,
     /// Longest input, `[CLS]` and `[SEP]`s included. Default 128.
     pub max_position_embeddings: usize,
+    /// Number of segment types (token types). Default 2.
     pub type_vocab_size: usize,
+    /// Dropout on embeddings, attention and feed-forward outputs, in [0, 1). Default 0.1.
     pub hidden_dropout_prob: f64,
+    /// LayerNorm epsilon. Default 1e-12.
     pub layer_norm_eps: f64,
+    /// Standard deviation of the N(0, σ²) weight initialisation. Default 0.02.
     pub initializer_range: f64,
 }
 
@@ -63,6 +71,8 @@ impl BertConfig {
         })
     }
 
+    /// Rejects zero vocab/hidden/layer/intermediate sizes, `hidden_size` not divisible by the
+    /// heads, `max_position_embeddings < 3`, `type_vocab_size = 0` and dropout outside [0, 1).
     pub fn validate(&self) -> Result<()> {
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
             bail!(
@@ -113,20 +123,31 @@ impl BertConfig {
 /// The encoder (`bert.*`): embeddings, Transformer layers and the `[CLS]` pooler.
 #[derive(Clone, Debug)]
 pub struct BertModel {
+    /// The configuration this model was built with.
     pub cfg: BertConfig,
+    /// Token embeddings (V, H).
     pub word_embeddings: Tensor,
+    /// Learned position embeddings (max_position_embeddings, H).
     pub position_embeddings: Tensor,
+    /// Segment embeddings (type_vocab_size, H).
     pub token_type_embeddings: Tensor,
+    /// LayerNorm over the summed embeddings.
     pub emb_norm: LayerNorm,
+    /// Dropout after the embedding LayerNorm.
     pub dropout: Dropout,
+    /// The post-norm Transformer encoder layers.
     pub encoder: TransformerEncoder,
+    /// Linear (H → H, tanh) on the `[CLS]` state, giving the pooled output.
     pub pooler: Linear,
 }
 
 /// One batch of inputs: (B, L) u32 ids and segment ids, (B, L) u8 padding mask (1 = padding).
 pub struct BertInput<'a> {
+    /// Token ids (B, L), u32.
     pub ids: &'a Tensor,
+    /// Segment ids (B, L), u32.
     pub segments: &'a Tensor,
+    /// Padding mask (B, L), u8, 1 = padding.
     pub padding: &'a Tensor,
 }
 
@@ -206,14 +227,21 @@ impl BertModel {
 /// Encoder plus MLM and NSP heads (`bert.*`, `cls.*`).
 #[derive(Clone, Debug)]
 pub struct BertForPreTraining {
+    /// The encoder (`bert.*`).
     pub bert: BertModel,
+    /// MLM head transform, H → H (`cls.predictions.transform.dense`).
     pub transform: Linear,
+    /// LayerNorm after the MLM transform.
     pub transform_norm: LayerNorm,
+    /// Output bias (V) of the MLM decoder, whose weight is tied to the word embeddings.
     pub mlm_bias: Tensor,
+    /// NSP head, H → 2 on the pooled output (`cls.seq_relationship`).
     pub seq_relationship: Linear,
 }
 
 impl BertForPreTraining {
+    /// Encoder plus masked-LM and next-sentence heads (HF `BertForPreTraining`), parameters
+    /// under `bert.*` and `cls.*`. Rejects what [`BertConfig::validate`] rejects.
     pub fn new(cfg: &BertConfig, vs: &VarStore) -> Result<Self> {
         let bert = BertModel::new(cfg, &vs.pp("bert"))?;
         let p = vs.pp("cls").pp("predictions");
@@ -248,12 +276,17 @@ impl BertForPreTraining {
 /// `BertForSequenceClassification`.
 #[derive(Clone, Debug)]
 pub struct BertClassifier {
+    /// The encoder (`bert.*`).
     pub bert: BertModel,
+    /// Dropout on the pooled output.
     pub dropout: Dropout,
+    /// Linear head, H → num_labels (`classifier.*`).
     pub classifier: Linear,
 }
 
 impl BertClassifier {
+    /// Encoder, dropout and a linear head on the pooled `[CLS]` output (HF
+    /// `BertForSequenceClassification`). Rejects `num_labels < 2` and invalid configs.
     pub fn new(cfg: &BertConfig, num_labels: usize, vs: &VarStore) -> Result<Self> {
         if num_labels < 2 {
             bail!("BERT classifier: need at least 2 labels, got {num_labels}");

@@ -51,6 +51,7 @@ pub struct PretrainData {
     pub tokenizer: TokenizerKind,
     /// Counts seqlab's four specials, not `[CLS]`/`[SEP]`/`[MASK]`. Default 8000.
     pub vocab_size: usize,
+    /// Least count for a token or merge to enter the vocabulary.
     pub min_frequency: u64,
     /// Read only the first this many paragraphs (lines). Default all.
     pub max_paragraphs: Option<usize>,
@@ -88,8 +89,10 @@ impl Default for PretrainData {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainTaskConfig {
+    /// Encoder size; `vocab_size` comes from the tokenizer.
     #[serde(default)]
     pub model: BertConfig,
+    /// Corpus, tokenizer and batching.
     #[serde(default)]
     pub data: PretrainData,
 }
@@ -111,11 +114,17 @@ fn correct(logits: &Tensor, labels: &[u32]) -> Result<usize> {
 
 /// MLM + NSP pretraining.
 pub struct PretrainTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: PretrainConfig,
+    /// Tokenizer with the BERT special tokens.
     pub tok: BertTokenizer,
+    /// Encoder with MLM and NSP heads.
     pub net: BertForPreTraining,
+    /// The model's parameters.
     pub vs: VarStore,
+    /// Training sentences and NSP anchors.
     pub train: PairCorpus,
+    /// Validation sentences and NSP anchors.
     pub valid: PairCorpus,
 }
 
@@ -371,7 +380,9 @@ impl TrainTask for PretrainTask {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FinetuneData {
+    /// Training `text<TAB>label` file.
     pub train: PathBuf,
+    /// Validation file, evaluated during training.
     pub valid: Option<PathBuf>,
     /// Scored with the best checkpoint when training ends.
     pub test: Option<PathBuf>,
@@ -379,6 +390,7 @@ pub struct FinetuneData {
     pub max_len: usize,
     /// Default 32.
     pub batch_size: usize,
+    /// Evaluate at most this many validation batches. Default all.
     pub max_eval_batches: Option<usize>,
 }
 
@@ -405,6 +417,7 @@ pub struct FinetuneTaskConfig {
     /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
     #[serde(default)]
     pub from_scratch: bool,
+    /// Classification files and batching.
     pub data: FinetuneData,
 }
 
@@ -469,11 +482,17 @@ fn encode_cls(tok: &BertTokenizer, data: &ClsData, max_len: usize) -> Result<Cls
 
 /// Classification fine-tuning from a pretrained encoder.
 pub struct FinetuneTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: FinetuneConfig,
+    /// The pretrained checkpoint's tokenizer.
     pub tok: BertTokenizer,
+    /// The label names and their ids.
     pub labels: LabelSet,
+    /// The pretrained encoder's configuration.
     pub bert_cfg: BertConfig,
+    /// Encoder plus classification head.
     pub net: BertClassifier,
+    /// The model's parameters.
     pub vs: VarStore,
     train: ClsSet,
     valid: Option<ClsSet>,

@@ -11,6 +11,7 @@ use seqlab_nn::transformer::{TransformerEncoderLayer, TransformerLayerConfig};
 use seqlab_nn::{SeqRng, VarStore};
 use std::time::Instant;
 
+/// Arguments of `seqlab bench`: what to time and how many steps.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to time: `layers` (2-layer LSTM, 2-layer GRU, one Transformer encoder layer).
@@ -109,6 +110,8 @@ fn encoder(steps: usize, warmup: usize) -> Result<f64> {
     })
 }
 
+/// Runs `seqlab bench`: times forward+backward steps per model and prints the results.
+/// Rejects an unknown benchmark name and `--steps 0`.
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.what != "layers" {
         anyhow::bail!("unknown benchmark `{}` (known: layers)", args.what);

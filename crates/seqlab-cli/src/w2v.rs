@@ -133,6 +133,7 @@ impl VectorsArg {
     }
 }
 
+/// Subcommands of `seqlab w2v` (word2vec training, corpus preparation and queries).
 #[derive(Subcommand, Debug)]
 pub enum W2vCommand {
     /// Train word vectors (skip-gram/CBOW, negative sampling/hierarchical softmax).

@@ -69,6 +69,7 @@ pub struct BudgetConfig {
 }
 
 impl BudgetConfig {
+    /// Budget of `max_tokens` per batch, no cap on sentences, and a sort pool of 1000.
     pub fn new(max_tokens: usize) -> Self {
         Self {
             max_tokens,
@@ -130,10 +131,15 @@ pub fn token_budget_batches(
 /// real tokens, 0 on padding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PaddedBatch {
+    /// Token ids, `[batch, max_len]`, padding filled with the pad id.
     pub ids: Vec<u32>,
+    /// 1 on real tokens, 0 on padding, `[batch, max_len]`.
     pub mask: Vec<u8>,
+    /// Real length of each sequence.
     pub lengths: Vec<usize>,
+    /// Number of sequences.
     pub batch: usize,
+    /// Length of the longest sequence (the padded length).
     pub max_len: usize,
 }
 
@@ -178,9 +184,13 @@ pub fn pad_lm_batch(seqs: &[Vec<u32>], idx: &[usize], pad_id: u32) -> (PaddedBat
 /// One `(batch, len)` chunk of a contiguous stream; `target` is `input` shifted by one token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamChunk {
+    /// Input ids, `[batch, len]` row-major.
     pub input: Vec<u32>,
+    /// Target ids (the next tokens), `[batch, len]` row-major.
     pub target: Vec<u32>,
+    /// Number of rows.
     pub batch: usize,
+    /// Time steps in this chunk (at most `bptt`).
     pub len: usize,
 }
 
@@ -195,6 +205,8 @@ pub struct StreamBatcher {
 }
 
 impl StreamBatcher {
+    /// Lays `stream` out as `batch` rows (PyTorch word_language_model's `batchify`), dropping the
+    /// remainder. Rejects `batch = 0` and streams too short for 2 tokens per row.
     pub fn new(stream: &[u32], batch: usize) -> Result<Self, BatchError> {
         if batch == 0 {
             return Err(BatchError("batch size must be positive".into()));
@@ -218,6 +230,7 @@ impl StreamBatcher {
         self.cols
     }
 
+    /// Number of rows (parallel streams).
     pub fn batch(&self) -> usize {
         self.batch
     }
@@ -250,6 +263,7 @@ impl StreamBatcher {
         })
     }
 
+    /// All chunks of at most `bptt` steps, in order (truncated BPTT, as PyTorch's `get_batch`).
     pub fn chunks(&self, bptt: usize) -> impl Iterator<Item = StreamChunk> + '_ {
         (0..self.num_chunks(bptt)).map_while(move |k| self.chunk(k, bptt))
     }

@@ -40,13 +40,16 @@ pub enum ErrorKind {
 /// An error in a data file, with its place.
 #[derive(Debug)]
 pub struct DataError {
+    /// The file the error is in.
     pub path: PathBuf,
     /// 1-based line number; `None` for whole-file problems.
     pub line: Option<usize>,
+    /// What went wrong.
     pub kind: ErrorKind,
 }
 
 impl DataError {
+    /// An error about the whole file `path` (no line number).
     pub fn file(path: impl AsRef<Path>, kind: ErrorKind) -> Self {
         Self {
             path: path.as_ref().to_path_buf(),
@@ -55,6 +58,7 @@ impl DataError {
         }
     }
 
+    /// An error at 1-based line `line` of `path`.
     pub fn at(path: impl AsRef<Path>, line: usize, kind: ErrorKind) -> Self {
         Self {
             path: path.as_ref().to_path_buf(),
@@ -82,6 +86,7 @@ impl std::error::Error for DataError {
     }
 }
 
+/// Result whose error defaults to [`DataError`].
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
 #[cfg(test)]

@@ -73,8 +73,11 @@ impl std::str::FromStr for LengthPolicy {
 /// A non-fatal problem met while reading, e.g. a truncated sequence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Warning {
+    /// The file being read.
     pub path: PathBuf,
+    /// 1-based line number.
     pub line: usize,
+    /// What was wrong, for people.
     pub message: String,
 }
 
@@ -113,11 +116,14 @@ pub fn fit_length(
 /// A plain-text corpus for language modelling.
 #[derive(Clone, Debug)]
 pub struct LmText {
+    /// The file read.
     pub path: PathBuf,
+    /// Its whole contents.
     pub text: String,
 }
 
 impl LmText {
+    /// Reads a whole UTF-8 text file for language modelling; errors name the file.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         Ok(Self {
@@ -194,24 +200,30 @@ pub struct LabelSet {
 }
 
 impl LabelSet {
+    /// Label set from names, sorted and deduplicated; a label's id is its sorted position.
     pub fn from_names<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
         let mut names: Vec<String> = names.into_iter().map(Into::into).collect();
         names.sort();
         names.dedup();
         Self { names }
     }
+    /// Id of label `name`, or `None` if unknown.
     pub fn id(&self, name: &str) -> Option<usize> {
         self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
     }
+    /// Name of label `id`, or `None` if out of range.
     pub fn name(&self, id: usize) -> Option<&str> {
         self.names.get(id).map(String::as_str)
     }
+    /// All label names, sorted (index = id).
     pub fn names(&self) -> &[String] {
         &self.names
     }
+    /// Number of labels.
     pub fn len(&self) -> usize {
         self.names.len()
     }
+    /// True when there are no labels.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
@@ -220,16 +232,22 @@ impl LabelSet {
 /// One `text<TAB>label` line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClsExample {
+    /// 1-based line number in the file.
     pub line: usize,
+    /// The text before the tab.
     pub text: String,
+    /// Label id in the split's [`LabelSet`].
     pub label: usize,
 }
 
 /// A classification split read from a `text<TAB>label` file.
 #[derive(Clone, Debug)]
 pub struct ClsData {
+    /// The file read.
     pub path: PathBuf,
+    /// The label set the examples' ids refer to.
     pub labels: LabelSet,
+    /// The examples, in file order.
     pub examples: Vec<ClsExample>,
 }
 

@@ -42,12 +42,14 @@ pub enum Part {
 /// `(x - mean) / std`, fitted on the training part.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Standardizer {
+    /// Mean of the training values.
     pub mean: f64,
     /// Population standard deviation; 1 when the training part is constant.
     pub std: f64,
 }
 
 impl Standardizer {
+    /// Mean and population standard deviation of `values` (std 1 when constant or empty).
     pub fn fit(values: &[f64]) -> Self {
         let n = values.len().max(1) as f64;
         let mean = values.iter().sum::<f64>() / n;
@@ -55,9 +57,11 @@ impl Standardizer {
         let std = if var.sqrt() > 0.0 { var.sqrt() } else { 1.0 };
         Self { mean, std }
     }
+    /// Standardises `v`: `(v - mean) / std`.
     pub fn apply(&self, v: f64) -> f64 {
         (v - self.mean) / self.std
     }
+    /// Undoes [`Standardizer::apply`]: `z * std + mean`.
     pub fn invert(&self, z: f64) -> f64 {
         z * self.std + self.mean
     }
@@ -66,10 +70,15 @@ impl Standardizer {
 /// Fixed-size windows, row-major: `inputs` is `[n, input_len]`, `targets` is `[n, horizon]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Windows {
+    /// Number of windows.
     pub n: usize,
+    /// Input steps per window.
     pub input_len: usize,
+    /// Target steps per window (forecast horizon).
     pub horizon: usize,
+    /// Inputs, `[n, input_len]` row-major.
     pub inputs: Vec<f32>,
+    /// Targets, `[n, horizon]` row-major.
     pub targets: Vec<f32>,
     /// Index in the full series of each window's first target.
     pub target_start: Vec<usize>,
@@ -78,12 +87,15 @@ pub struct Windows {
 /// A univariate series read from a CSV column.
 #[derive(Clone, Debug)]
 pub struct TimeSeries {
+    /// The CSV file read.
     pub path: PathBuf,
+    /// The column read.
     pub column: String,
     /// Values as read.
     pub raw: Vec<f64>,
     /// Values standardised with `scaler`.
     pub normalized: Vec<f32>,
+    /// Standardisation fitted on the training part.
     pub scaler: Standardizer,
     /// Train is `0..bounds[0]`, valid `bounds[0]..bounds[1]`, test `bounds[1]..len`.
     pub bounds: [usize; 2],
@@ -165,6 +177,7 @@ impl TimeSeries {
         })
     }
 
+    /// Index range of `part` in the series (chronological train / valid / test split).
     pub fn range(&self, part: Part) -> std::ops::Range<usize> {
         match part {
             Part::Train => 0..self.bounds[0],

@@ -28,13 +28,21 @@ use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiter
 
 use crate::error::{DataError, ErrorKind};
 
+/// Padding token.
 pub const PAD: &str = "<pad>";
+/// Beginning-of-sequence token.
 pub const BOS: &str = "<bos>";
+/// End-of-sequence token.
 pub const EOS: &str = "<eos>";
+/// Unknown-token replacement.
 pub const UNK: &str = "<unk>";
+/// Id of [`PAD`] in every seqlab tokenizer.
 pub const PAD_ID: u32 = 0;
+/// Id of [`BOS`] in every seqlab tokenizer.
 pub const BOS_ID: u32 = 1;
+/// Id of [`EOS`] in every seqlab tokenizer.
 pub const EOS_ID: u32 = 2;
+/// Id of [`UNK`] in every seqlab tokenizer.
 pub const UNK_ID: u32 = 3;
 const SPECIALS: [&str; 4] = [PAD, BOS, EOS, UNK];
 
@@ -79,6 +87,7 @@ impl std::fmt::Display for TokenizerKind {
 /// Training settings. `vocab_size` counts the four special tokens.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenizerConfig {
+    /// Char, word or BPE.
     pub kind: TokenizerKind,
     /// Default: char 1000, word 30000, bpe 8000.
     pub vocab_size: usize,
@@ -238,6 +247,7 @@ impl Tokenizer {
         Ok(Self { kind, inner })
     }
 
+    /// Which kind of tokenizer this is (char, word or BPE).
     pub fn kind(&self) -> TokenizerKind {
         self.kind
     }
@@ -247,15 +257,19 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Id of `<pad>` (always [`PAD_ID`]).
     pub fn pad_id(&self) -> u32 {
         PAD_ID
     }
+    /// Id of `<bos>` (always [`BOS_ID`]).
     pub fn bos_id(&self) -> u32 {
         BOS_ID
     }
+    /// Id of `<eos>` (always [`EOS_ID`]).
     pub fn eos_id(&self) -> u32 {
         EOS_ID
     }
+    /// Id of `<unk>` (always [`UNK_ID`]).
     pub fn unk_id(&self) -> u32 {
         UNK_ID
     }
@@ -277,10 +291,12 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
+    /// Token string of `id`, or `None` if out of range.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
 
+    /// Id of the exact token string `token`, or `None` if not in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -28,6 +28,7 @@ pub enum SmoothMethod {
 }
 
 impl SmoothMethod {
+    /// The method's name as sacrebleu's signature spells it (`none`, `floor`, `add-k`, `exp`).
     pub fn name(self) -> &'static str {
         match self {
             SmoothMethod::None => "none",
@@ -73,11 +74,15 @@ impl fmt::Display for SmoothMethod {
 /// for sentence-level scores; do the same when scoring single sentences).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BleuConfig {
+    /// Lower-case hypotheses and references first (sacrebleu `-lc`).
     pub lowercase: bool,
+    /// Tokenizer applied before counting n-grams (sacrebleu `-tok`). Default `13a`.
     pub tokenizer: Tokenizer,
+    /// Smoothing of zero n-gram matches (sacrebleu `-s`). Default `exp`.
     pub smooth_method: SmoothMethod,
     /// For `floor` and `add-k`; `None` means the method's default (0.1 and 1).
     pub smooth_value: Option<f64>,
+    /// Highest n-gram order. Default 4.
     pub max_ngram_order: usize,
     /// Average only over the orders up to the last one with a non-zero total.
     pub effective_order: bool,
@@ -142,7 +147,9 @@ impl BleuConfig {
 /// Sufficient statistics of BLEU; add segments' statistics to get the corpus's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BleuStats {
+    /// Hypothesis length in tokens.
     pub sys_len: u64,
+    /// Reference length in tokens.
     pub ref_len: u64,
     /// Clipped n-gram matches per order (index 0 = unigrams).
     pub counts: Vec<u64>,
@@ -151,6 +158,7 @@ pub struct BleuStats {
 }
 
 impl BleuStats {
+    /// Empty statistics for n-gram orders 1..=`max_order`.
     pub fn zeros(max_order: usize) -> Self {
         BleuStats {
             sys_len: 0,
@@ -160,6 +168,7 @@ impl BleuStats {
         }
     }
 
+    /// Adds `other`'s lengths and n-gram counts (corpus BLEU sums per-sentence statistics).
     pub fn add(&mut self, other: &BleuStats) {
         self.sys_len += other.sys_len;
         self.ref_len += other.ref_len;
@@ -175,17 +184,22 @@ impl BleuStats {
 /// A BLEU result with the fields sacrebleu's `BLEUScore` has. Scores are in 0..=100.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BleuScore {
+    /// BLEU in 0..=100.
     pub score: f64,
     /// n-gram precisions in percent (after smoothing), index 0 = unigrams.
     pub precisions: Vec<f64>,
+    /// Brevity penalty, in (0, 1].
     pub bp: f64,
     /// `sys_len / ref_len`, 0 when `ref_len` is 0.
     pub ratio: f64,
+    /// Hypothesis length in tokens.
     pub sys_len: u64,
+    /// Reference length in tokens.
     pub ref_len: u64,
     /// Matches per order as counted (sacrebleu's `add-k` also adds k into the counts and totals
     /// it returns; these stay the raw counts).
     pub counts: Vec<u64>,
+    /// Hypothesis n-grams per order (precision denominators).
     pub totals: Vec<u64>,
 }
 

@@ -19,9 +19,13 @@ use crate::{check_corpus, MetricError};
 /// chrF++ is `word_order: 2` (see [`ChrfConfig::chrf_plus_plus`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChrfConfig {
+    /// Character n-gram order. Default 6.
     pub char_order: usize,
+    /// Word n-gram order; 2 gives chrF++. Default 0.
     pub word_order: usize,
+    /// Weight of recall over precision in the F-score. Default 2.
     pub beta: u32,
+    /// Lower-case hypotheses and references first.
     pub lowercase: bool,
     /// Keep whitespace inside character n-grams.
     pub whitespace: bool,
@@ -52,6 +56,7 @@ impl ChrfConfig {
         }
     }
 
+    /// Rejects `char_order + word_order = 0` and unreasonably large orders or beta.
     pub fn validate(&self) -> Result<(), MetricError> {
         if self.char_order + self.word_order == 0 {
             return Err(MetricError::Config("char_order + word_order must be at least 1".into()));
@@ -90,15 +95,20 @@ impl ChrfConfig {
 /// A chrF result: `score` in 0..=100.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChrfScore {
+    /// chrF in 0..=100.
     pub score: f64,
+    /// Character n-gram order used.
     pub char_order: usize,
+    /// Word n-gram order used.
     pub word_order: usize,
+    /// Beta used.
     pub beta: u32,
     /// Summed `[hyp, ref, match]` n-gram counts per order (char orders first, then word orders).
     pub stats: Vec<[u64; 3]>,
 }
 
 impl ChrfScore {
+    /// The metric name as sacrebleu prints it, e.g. `chrF2` or `chrF2++`.
     pub fn name(&self) -> String {
         format!("chrF{}{}", self.beta, "+".repeat(self.word_order))
     }

@@ -5,9 +5,13 @@ use serde_json::{json, Value};
 
 /// Precision, recall, F1 per class and the confusion matrix (rows = truth).
 pub struct ClassReport {
+    /// Fraction of correct predictions.
     pub accuracy: f64,
+    /// Unweighted mean of the per-class F1.
     pub macro_f1: f64,
+    /// (precision, recall, F1, support) of each class.
     pub per_class: Vec<(f64, f64, f64, usize)>,
+    /// `confusion[truth][pred]` counts, k × k.
     pub confusion: Vec<Vec<usize>>,
 }
 

@@ -31,8 +31,11 @@ pub enum DecodeStrategy {
 /// Token ids the decoders need.
 #[derive(Clone, Copy, Debug)]
 pub struct SpecialIds {
+    /// Padding id.
     pub pad: u32,
+    /// Id that starts every target sequence.
     pub bos: u32,
+    /// Id that ends a hypothesis.
     pub eos: u32,
 }
 

@@ -6,8 +6,11 @@ use std::path::Path;
 /// A sentence pair and its 1-based line number.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pair {
+    /// 1-based line number in the file.
     pub line: usize,
+    /// Source sentence.
     pub src: String,
+    /// Target sentence.
     pub tgt: String,
 }
 

@@ -23,18 +23,26 @@ use serde::{Deserialize, Serialize};
 /// directions have 256 each), 2 layers, dropout 0.2, source and target embeddings separate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RnnSeq2SeqConfig {
+    /// Source vocabulary size.
     pub src_vocab_size: usize,
+    /// Target vocabulary size.
     pub tgt_vocab_size: usize,
+    /// Embedding size. Default 256.
     pub embed_dim: usize,
+    /// Decoder state size; the encoder's two directions get half each. Default 512.
     pub hidden_size: usize,
+    /// Layers of encoder and decoder. Default 2.
     pub num_layers: usize,
+    /// Dropout probability. Default 0.2.
     pub dropout: f64,
+    /// Padding id, masked out of attention.
     pub pad_id: u32,
     /// One embedding table for both sides (needs one vocabulary).
     pub share_embeddings: bool,
 }
 
 impl RnnSeq2SeqConfig {
+    /// Defaults for the given vocabulary sizes: embed 256, hidden 512, 2 layers.
     pub fn new(src_vocab_size: usize, tgt_vocab_size: usize) -> Self {
         Self {
             src_vocab_size,
@@ -53,13 +61,20 @@ impl RnnSeq2SeqConfig {
 /// the decoder's initial state (L, B, H) ×2.
 #[derive(Clone, Debug)]
 pub struct RnnEncoded {
+    /// Encoder outputs (B, S, H).
     pub memory: Tensor,
+    /// Additive attention bias (B, 1, S): 0 on real tokens, a large negative on padding.
     pub mask_bias: Tensor,
+    /// Decoder initial hidden state (L, B, H).
     pub h0: Tensor,
+    /// Decoder initial cell state (L, B, H).
     pub c0: Tensor,
 }
 
+/// Bidirectional-LSTM encoder and attention-LSTM decoder for translation (Luong et al. 2015,
+/// global attention).
 pub struct RnnSeq2Seq {
+    /// The sizes this model was built with.
     pub cfg: RnnSeq2SeqConfig,
     src_embed: Embedding,
     tgt_embed: Embedding,
@@ -72,6 +87,8 @@ pub struct RnnSeq2Seq {
 }
 
 impl RnnSeq2Seq {
+    /// Creates the parameters under `vs`. Rejects zero sizes, odd `hidden_size`, `pad_id` outside
+    /// either vocabulary and shared embeddings with different vocabulary sizes.
     pub fn new(cfg: &RnnSeq2SeqConfig, vs: &VarStore) -> Result<Self> {
         let (e, h, l) = (cfg.embed_dim, cfg.hidden_size, cfg.num_layers);
         if e == 0 || h == 0 || l == 0 || h % 2 != 0 {

@@ -35,8 +35,11 @@ pub enum VocabKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MtData {
+    /// Training `src<TAB>tgt` file.
     pub train: PathBuf,
+    /// Validation file, evaluated during training.
     pub valid: Option<PathBuf>,
+    /// Test file, scored with the best checkpoint when training ends.
     pub test: Option<PathBuf>,
     /// joint | separate. Default joint.
     pub vocab: VocabKind,
@@ -72,6 +75,7 @@ impl Default for MtData {
     }
 }
 
+/// Which translation model to train (config spelling: `transformer`, `rnn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MtModelKind {
@@ -86,12 +90,19 @@ pub enum MtModelKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MtModel {
+    /// transformer | rnn. Default transformer.
     pub kind: MtModelKind,
+    /// Transformer width. Default 512.
     pub d_model: usize,
+    /// Attention heads. Default 8.
     pub nhead: usize,
+    /// Encoder layers. Default 6.
     pub num_encoder_layers: usize,
+    /// Decoder layers. Default 6.
     pub num_decoder_layers: usize,
+    /// Feed-forward inner width. Default 2048.
     pub dim_feedforward: usize,
+    /// Dropout. Default 0.1.
     pub dropout: f64,
     /// The paper's post-norm is `false`.
     pub norm_first: bool,
@@ -150,6 +161,7 @@ impl Default for MtDecode {
 }
 
 impl MtDecode {
+    /// Greedy decoding when `beam_size <= 1`, else beam search with these settings.
     pub fn strategy(&self) -> DecodeStrategy {
         if self.beam_size <= 1 {
             DecodeStrategy::Greedy
@@ -167,12 +179,15 @@ impl MtDecode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MtTaskConfig {
+    /// Parallel files, vocabulary and batching.
     pub data: MtData,
+    /// Model kind and sizes.
     #[serde(default)]
     pub model: MtModel,
     /// Default label smoothing 0.1 (the paper's).
     #[serde(default = "paper_loss")]
     pub loss: LossConfig,
+    /// Decoding (greedy or beam) for evaluation and translation.
     #[serde(default)]
     pub decode: MtDecode,
 }
@@ -266,6 +281,7 @@ impl MtNet {
         }
     }
 
+    /// The network as a [`Seq2SeqModel`], for decoding independent of the kind.
     pub fn as_model(&self) -> &dyn Seq2SeqModel {
         match self {
             MtNet::Transformer(m) => m,
@@ -299,10 +315,15 @@ struct Encoded {
 
 /// A translation model with its tokenizers and (when training) its data.
 pub struct MtTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: MtConfig,
+    /// Source tokenizer (the same as `tgt_tok` with a joint vocabulary).
     pub src_tok: Tokenizer,
+    /// Target tokenizer.
     pub tgt_tok: Tokenizer,
+    /// The translation model.
     pub net: MtNet,
+    /// The model's parameters.
     pub vs: VarStore,
     train: Vec<Encoded>,
     valid: Vec<(Pair, Encoded)>,
@@ -569,6 +590,7 @@ impl MtTask {
         Ok(out)
     }
 
+    /// Target ids back to text, special tokens skipped and whitespace trimmed.
     pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
         Ok(self.tgt_tok.decode(ids, true)?.trim().to_string())
     }

@@ -108,6 +108,7 @@ pub struct RmsNormConfig {
 }
 
 impl RmsNormConfig {
+    /// RMSNorm over the last `normalized_shape` features, default eps, with a learned weight.
     pub fn new(normalized_shape: usize) -> Self {
         Self {
             normalized_shape,
@@ -121,11 +122,15 @@ impl RmsNormConfig {
 /// (Zhang & Sennrich, 2019); no mean subtraction and no bias. Parameter `weight` (C).
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
+    /// Per-feature scale (C), `None` without elementwise affine.
     pub weight: Option<Tensor>,
+    /// Added to mean(x²) before the square root.
     pub eps: f64,
 }
 
 impl RmsNorm {
+    /// Creates `weight` (ones) under `vs` when affine (PyTorch `nn.RMSNorm`). Rejects
+    /// `normalized_shape = 0` and eps not positive and finite; eps defaults to f32 machine epsilon.
     pub fn new(cfg: &RmsNormConfig, vs: &VarStore) -> Result<Self> {
         let eps = cfg.eps.unwrap_or(f32::EPSILON as f64);
         if cfg.normalized_shape == 0 || !(eps > 0.0 && eps.is_finite()) {

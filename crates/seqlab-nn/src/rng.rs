@@ -30,16 +30,19 @@ pub struct RngState {
 }
 
 impl SeqRng {
+    /// Deterministic generator (ChaCha8) seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }
 
+    /// A generator seeded with `seed`, behind `Arc<Mutex<_>>` for sharing between layers.
     pub fn shared(seed: u64) -> SharedRng {
         Arc::new(Mutex::new(Self::new(seed)))
     }
 
+    /// Seed, stream and position, enough to resume the exact sequence (checkpoints).
     pub fn state(&self) -> RngState {
         RngState {
             seed: self.rng.get_seed(),
@@ -48,6 +51,7 @@ impl SeqRng {
         }
     }
 
+    /// Restores a generator saved by [`SeqRng::state`]. Rejects an unparsable word position.
     pub fn from_state(s: &RngState) -> Result<Self> {
         let mut rng = ChaCha8Rng::from_seed(s.seed);
         rng.set_stream(s.stream);
@@ -59,6 +63,7 @@ impl SeqRng {
         Ok(Self { rng })
     }
 
+    /// Next raw 64-bit draw.
     pub fn next_u64(&mut self) -> u64 {
         self.rng.next_u64()
     }
@@ -81,6 +86,7 @@ impl SeqRng {
         }
     }
 
+    /// `n` draws uniform in [`lo`, `hi`), as f32.
     pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
         (0..n)
             .map(|_| (lo + (hi - lo) * self.rng.random::<f64>()) as f32)
@@ -102,11 +108,13 @@ impl SeqRng {
         out
     }
 
+    /// Tensor of `shape` uniform in [`lo`, `hi`) (PyTorch `nn.init.uniform_`).
     pub fn uniform<S: Into<Shape>>(&mut self, shape: S, lo: f64, hi: f64, dev: &Device) -> Result<Tensor> {
         let shape = shape.into();
         Tensor::from_vec(self.uniform_vec(shape.elem_count(), lo, hi), shape, dev)
     }
 
+    /// Tensor of `shape` drawn from N(`mean`, `std`²) (PyTorch `nn.init.normal_`).
     pub fn normal<S: Into<Shape>>(&mut self, shape: S, mean: f64, std: f64, dev: &Device) -> Result<Tensor> {
         let shape = shape.into();
         Tensor::from_vec(self.normal_vec(shape.elem_count(), mean, std), shape, dev)

@@ -95,6 +95,7 @@ impl Sampler {
         })
     }
 
+    /// The sampling settings.
     pub fn config(&self) -> &SamplingConfig {
         &self.cfg
     }

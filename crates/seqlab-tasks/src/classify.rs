@@ -24,10 +24,15 @@ struct Encoded {
 
 /// A sequence classifier with its tokenizer, label set and (when training) its data.
 pub struct ClsTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: Config,
+    /// The tokenizer.
     pub tok: Tokenizer,
+    /// The label names and their ids.
     pub labels: LabelSet,
+    /// The classifier.
     pub net: ClsNet,
+    /// The model's parameters.
     pub vs: VarStore,
     train: Option<Encoded>,
     valid: Option<Encoded>,

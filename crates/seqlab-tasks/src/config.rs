@@ -14,7 +14,9 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
+    /// Data files and tokenization.
     pub data: DataConfig,
+    /// Model kind and sizes.
     #[serde(default)]
     pub model: ModelConfig,
     /// Cross-entropy settings (LM and classification; forecasting trains with MSE and
@@ -26,6 +28,7 @@ pub struct TaskConfig {
 /// A whole run config of these tasks: the engine's settings plus [`TaskConfig`].
 pub type Config = seqlab_train::RunConfig<TaskConfig>;
 
+/// The `[data]` section of a task config: files and tokenization.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
@@ -111,6 +114,7 @@ pub enum ModelKind {
     Mamba,
 }
 
+/// The `[model]` section of a task config: architecture and sizes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {

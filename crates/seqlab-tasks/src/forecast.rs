@@ -19,9 +19,13 @@ use std::path::Path;
 
 /// A recurrent forecaster with its standardised series and windows.
 pub struct ForecastTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: Config,
+    /// The series, standardised, with its split.
     pub ts: TimeSeries,
+    /// The recurrent forecasting network.
     pub net: RecurrentClassifier,
+    /// The model's parameters.
     pub vs: VarStore,
     train: Windows,
     valid: Windows,
@@ -30,7 +34,9 @@ pub struct ForecastTask {
 /// Errors in the series' units.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Errors {
+    /// Root mean squared error.
     pub rmse: f64,
+    /// Mean absolute error.
     pub mae: f64,
 }
 

@@ -19,9 +19,13 @@ use std::path::Path;
 
 /// A language model with its tokenizer and (when training) its data.
 pub struct LmTask {
+    /// The whole run config (engine settings plus task keys).
     pub cfg: Config,
+    /// The tokenizer.
     pub tok: Tokenizer,
+    /// The language model.
     pub net: LmNet,
+    /// The model's parameters.
     pub vs: VarStore,
     train: Option<StreamBatcher>,
     valid: Option<StreamBatcher>,

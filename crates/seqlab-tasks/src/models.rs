@@ -18,6 +18,7 @@ fn c<T>(r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The recurrent cell for an RNN/LSTM/GRU kind; rejects Transformer and Mamba.
 pub fn cell_kind(kind: ModelKind) -> Result<CellKind> {
     Ok(match kind {
         ModelKind::Rnn => CellKind::Rnn(Nonlinearity::Tanh),
@@ -66,6 +67,8 @@ pub enum RecurrentNet {
 }
 
 impl RecurrentNet {
+    /// Batch-first RNN/LSTM/GRU of `kind` under `vs`. Rejects non-recurrent kinds and what the
+    /// layer constructor rejects.
     pub fn new(kind: ModelKind, cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
         let mut cfg = cfg.clone();
         cfg.batch_first = true;
@@ -178,6 +181,8 @@ pub enum LmNet {
 }
 
 impl LmNet {
+    /// Language model of kind `m.kind` over `vocab` tokens, parameters under `vs`. Rejects
+    /// invalid model settings.
     pub fn new(m: &ModelConfig, vocab: usize, vs: &VarStore) -> Result<Self> {
         if m.kind == ModelKind::Mamba {
             return Ok(LmNet::Mamba(c(MambaLmHead::new(
@@ -308,6 +313,8 @@ pub enum ClsNet {
 }
 
 impl ClsNet {
+    /// Classifier of kind `m.kind` into `classes` labels, `pad_id` masked. Rejects invalid
+    /// model settings.
     pub fn new(m: &ModelConfig, vocab: usize, classes: usize, pad_id: u32, vs: &VarStore) -> Result<Self> {
         if m.kind == ModelKind::Mamba {
             let backbone = c(MambaModel::new(&m.mamba(vocab), &vs.pp("backbone")))?;

@@ -253,7 +253,9 @@ pub const ENGINE_KEYS: [&str; 5] = ["task", "run_dir", "optim", "schedule", "tra
 /// A whole run config: the engine's settings plus the task's own config `C`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig<C> {
+    /// The engine's settings (`[run]`, `[train]`, ...).
     pub run: RunSettings,
+    /// The task's own config.
     pub task: C,
 }
 

@@ -70,6 +70,7 @@ impl MetricsLog {
         Ok(Some(to))
     }
 
+    /// Appends `record` as one JSON line, written in one call so a kill tears at most the last line.
     pub fn log(&mut self, record: &Value) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         // One write per record: a kill leaves at most one torn last line.
@@ -81,6 +82,7 @@ impl MetricsLog {
         Ok(())
     }
 
+    /// Path of the `.jsonl` file being written.
     pub fn path(&self) -> &Path {
         &self.path
     }

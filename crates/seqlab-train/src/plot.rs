@@ -20,7 +20,9 @@ fn register_font() {
 
 /// One named series of (x, y) points.
 pub struct Series {
+    /// Legend label.
     pub name: String,
+    /// The (x, y) points, in drawing order.
     pub points: Vec<(f64, f64)>,
 }
 

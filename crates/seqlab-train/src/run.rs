@@ -29,8 +29,11 @@ use std::path::{Path, PathBuf};
 /// The end-of-run report: which checkpoint, which split, what it said.
 #[derive(Clone, Debug)]
 pub struct FinalReport {
+    /// The checkpoint folder evaluated.
     pub checkpoint: PathBuf,
+    /// The split it was evaluated on.
     pub split: Split,
+    /// What the evaluation said.
     pub report: Report,
 }
 
@@ -39,7 +42,9 @@ pub struct FinalReport {
 pub struct RunOutcome {
     /// The registry key of the task.
     pub task: &'static str,
+    /// What the training loop did.
     pub summary: RunSummary,
+    /// The run folder (checkpoints, metrics, reports).
     pub run_dir: PathBuf,
     /// The step the run resumed from, if it did.
     pub resumed_from: Option<u64>,
@@ -296,7 +301,9 @@ pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<Ru
 pub struct Loaded<T: Task> {
     /// The checkpoint folder.
     pub dir: PathBuf,
+    /// The run config stored with the checkpoint.
     pub cfg: RunConfig<T::Config>,
+    /// The task, with the checkpoint's weights loaded.
     pub task: T,
 }
 

@@ -64,8 +64,11 @@ impl Split {
 /// contents) that the end-of-run report writes into the run folder (e.g. translations).
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// The report for people.
     pub text: String,
+    /// The same results as JSON, for tools.
     pub json: Value,
+    /// Extra files (name, contents) to write into the run folder.
     pub files: Vec<(String, String)>,
 }
 
@@ -86,6 +89,7 @@ pub struct BuildFrom<'a> {
     /// being resumed, or the checkpoint being evaluated. `None` for a fresh run. The engine
     /// loads the weights afterwards; the task only needs its own files.
     pub checkpoint: Option<&'a Path>,
+    /// Why the model is built (training, evaluation, ...).
     pub purpose: Purpose,
 }
 
@@ -170,6 +174,7 @@ pub struct LoadedAny {
     pub dir: PathBuf,
     /// The split `seqlab eval` uses by default ([`Task::final_split`]).
     pub default_split: Option<Split>,
+    /// The loaded task, behind the object-safe [`AnyTask`].
     pub task: Box<dyn AnyTask>,
 }
 

@@ -187,6 +187,7 @@ pub enum StopReason {
 pub struct RunSummary {
     /// Optimizer updates done in total (resumed segments included).
     pub steps: u64,
+    /// Why training stopped.
     pub reason: StopReason,
     /// Validation metrics of the last evaluation of this segment (empty if none ran).
     pub last_eval: BTreeMap<String, f64>,
@@ -200,10 +201,13 @@ pub struct RunSummary {
 /// run folder. Build it with [`Trainer::new`], optionally [`Trainer::resume`], then
 /// [`Trainer::run`] a [`TrainTask`].
 pub struct Trainer {
+    /// The loop settings (steps, evaluation, checkpoints, ...).
     pub cfg: LoopConfig,
     /// The model's parameters (shared with the task).
     pub vs: VarStore,
+    /// The optimizer over `vs`.
     pub opt: Box<dyn Optimizer>,
+    /// The learning-rate schedule.
     pub schedule: Schedule,
     /// Where `checkpoints/` and `metrics.jsonl` go.
     pub run_dir: PathBuf,

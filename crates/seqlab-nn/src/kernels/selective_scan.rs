@@ -57,9 +57,13 @@ fn softplus_grad(x: f32) -> f32 {
 /// Sizes of one scan and the real span `[start, end)` of each sequence.
 #[derive(Clone, Debug)]
 pub(crate) struct ScanSpec {
+    /// Batch size B.
     pub batch: usize,
+    /// Padded sequence length L.
     pub seq_len: usize,
+    /// Channels D (Mamba's `d_inner`).
     pub d_inner: usize,
+    /// State size N per channel.
     pub d_state: usize,
     /// One `(start, end)` per sequence, `start < end <= seq_len`.
     pub spans: Vec<(usize, usize)>,

@@ -44,6 +44,7 @@ pub struct MambaConfig {
     pub dt_rank: DtRank,
     /// Initial Δ is drawn log-uniformly in [dt_min, dt_max]. Defaults 0.001 and 0.1.
     pub dt_min: f64,
+    /// Upper end of the initial Δ range. Default 0.1.
     pub dt_max: f64,
     /// Floor of the initial Δ. Default 1e-4.
     pub dt_init_floor: f64,
@@ -56,6 +57,7 @@ pub struct MambaConfig {
 }
 
 impl MambaConfig {
+    /// The reference defaults for `d_model`: d_state 16, d_conv 4, expand 2, dt_rank auto.
     pub fn new(d_model: usize) -> Self {
         Self {
             d_model,
@@ -72,10 +74,12 @@ impl MambaConfig {
         }
     }
 
+    /// Inner width `expand * d_model` (the reference's `d_inner`).
     pub fn d_inner(&self) -> usize {
         self.expand * self.d_model
     }
 
+    /// Rank of the Δ projection: `ceil(d_model / 16)` when auto.
     pub fn dt_rank(&self) -> usize {
         match self.dt_rank {
             DtRank::Auto => self.d_model.div_ceil(16),
@@ -178,6 +182,7 @@ impl Padding {
         &self.spans
     }
 
+    /// Padded sequence length L that this padding describes.
     pub fn seq_len(&self) -> usize {
         self.seq_len
     }
@@ -352,6 +357,7 @@ impl Mamba {
         })
     }
 
+    /// The configuration this layer was built with.
     pub fn config(&self) -> &MambaConfig {
         &self.cfg
     }

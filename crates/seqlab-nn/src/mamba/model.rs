@@ -55,6 +55,7 @@ impl Norm {
 /// Configuration of [`MambaBlock`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MambaBlockConfig {
+    /// The mixer's configuration.
     pub mixer: MambaConfig,
     /// Default [`NormKind::RmsNorm`].
     pub norm: NormKind,
@@ -63,6 +64,7 @@ pub struct MambaBlockConfig {
 }
 
 impl MambaBlockConfig {
+    /// Block around `mixer` with RMSNorm, eps 1e-5 (the reference's defaults).
     pub fn new(mixer: MambaConfig) -> Self {
         Self {
             mixer,
@@ -71,6 +73,7 @@ impl MambaBlockConfig {
         }
     }
 
+    /// Rejects an invalid mixer config and a `norm_eps` that is not positive and finite.
     pub fn validate(&self) -> Result<()> {
         self.mixer.validate()?;
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
@@ -93,6 +96,7 @@ pub struct MambaBlock {
 }
 
 impl MambaBlock {
+    /// Creates `norm.*` and `mixer.*` under `vs`. Rejects what [`MambaBlockConfig::validate`] rejects.
     pub fn new(cfg: &MambaBlockConfig, vs: &VarStore) -> Result<Self> {
         Self::with_init(cfg, MixerInit::STANDALONE, vs)
     }
@@ -105,6 +109,7 @@ impl MambaBlock {
         Ok(Self { norm, mixer })
     }
 
+    /// The Mamba mixer inside this block.
     pub fn mixer(&self) -> &Mamba {
         &self.mixer
     }
@@ -129,6 +134,7 @@ impl MambaBlock {
 /// Configuration of [`MambaModel`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MambaModelConfig {
+    /// Number of token ids V.
     pub vocab_size: usize,
     /// Number of blocks.
     pub n_layer: usize,
@@ -137,6 +143,7 @@ pub struct MambaModelConfig {
 }
 
 impl MambaModelConfig {
+    /// `n_layer` blocks of width `d_model` over `vocab_size` tokens, other settings default.
     pub fn new(vocab_size: usize, n_layer: usize, d_model: usize) -> Self {
         Self {
             vocab_size,
@@ -145,6 +152,7 @@ impl MambaModelConfig {
         }
     }
 
+    /// Rejects `vocab_size = 0`, `n_layer = 0` and an invalid block config.
     pub fn validate(&self) -> Result<()> {
         if self.vocab_size == 0 {
             bail!("MambaModelConfig: `vocab_size` must be positive, got 0");
@@ -155,6 +163,7 @@ impl MambaModelConfig {
         self.block.validate()
     }
 
+    /// Model width (the mixer's `d_model`).
     pub fn d_model(&self) -> usize {
         self.block.mixer.d_model
     }
@@ -163,6 +172,7 @@ impl MambaModelConfig {
 /// Per-layer decoding states of a [`MambaModel`].
 #[derive(Clone, Debug)]
 pub struct MambaCache {
+    /// One state per block, in layer order.
     pub layers: Vec<MambaState>,
 }
 
@@ -178,6 +188,8 @@ pub struct MambaModel {
 }
 
 impl MambaModel {
+    /// Creates embedding, layers and final norm under `vs` (reference `MixerModel`). Rejects
+    /// what [`MambaModelConfig::validate`] rejects.
     pub fn new(cfg: &MambaModelConfig, vs: &VarStore) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.d_model();
@@ -206,14 +218,17 @@ impl MambaModel {
         })
     }
 
+    /// The configuration this model was built with.
     pub fn config(&self) -> &MambaModelConfig {
         &self.cfg
     }
 
+    /// The token embedding (V, d_model).
     pub fn embedding(&self) -> &Embedding {
         &self.embedding
     }
 
+    /// The residual blocks, in order.
     pub fn layers(&self) -> &[MambaBlock] {
         &self.layers
     }
@@ -270,6 +285,7 @@ impl MambaModel {
 /// Configuration of [`MambaLmHead`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MambaLmHeadConfig {
+    /// The backbone's configuration.
     pub backbone: MambaModelConfig,
     /// The output layer reuses `backbone.embedding.weight`. Default `true` (the reference's
     /// `tie_embeddings`); otherwise `lm_head.weight` (vocab, d_model), no bias.
@@ -277,6 +293,7 @@ pub struct MambaLmHeadConfig {
 }
 
 impl MambaLmHeadConfig {
+    /// LM head over `backbone` with the output projection tied to the embedding.
     pub fn new(backbone: MambaModelConfig) -> Self {
         Self {
             backbone,
@@ -293,6 +310,8 @@ pub struct MambaLmHead {
 }
 
 impl MambaLmHead {
+    /// Creates the backbone under `backbone.*` and, when untied, `lm_head.*` (reference
+    /// `MambaLMHeadModel`). Rejects what [`MambaModelConfig::validate`] rejects.
     pub fn new(cfg: &MambaLmHeadConfig, vs: &VarStore) -> Result<Self> {
         let backbone = MambaModel::new(&cfg.backbone, &vs.pp("backbone"))?;
         let lm_head = if cfg.tie_embeddings {
@@ -311,6 +330,7 @@ impl MambaLmHead {
         Ok(Self { backbone, lm_head })
     }
 
+    /// The backbone (embedding, blocks, final norm).
     pub fn backbone(&self) -> &MambaModel {
         &self.backbone
     }
@@ -335,6 +355,7 @@ impl MambaLmHead {
         self.logits(&self.backbone.step(ids, cache)?)
     }
 
+    /// Zeroed decoding states for `batch` sequences (see [`MambaModel::new_cache`]).
     pub fn new_cache(&self, batch: usize, device: &Device) -> Result<MambaCache> {
         self.backbone.new_cache(batch, device)
     }
