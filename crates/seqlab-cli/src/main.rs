@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod serve_cmd;
 mod train_cmd;
 
 #[global_allocator]
@@ -46,6 +47,8 @@ enum Command {
     Bleu(seqlab_metrics::cli::ScoreArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
     Chrf(seqlab_metrics::cli::ScoreArgs),
+    /// Serve checkpoints over HTTP/JSON with dynamic batching, metrics and a web page.
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -108,6 +111,7 @@ fn main() {
         Command::PlotPe(a) => seqlab_mt::cli::plot_pe(a),
         Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
         Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
+        Command::Serve(a) => serve_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
