@@ -381,7 +381,7 @@ mod tests {
             ok
         });
         // One running + two waiting at most while the others arrive.
-        assert!(ok >= 2 && ok <= 4, "{ok} answered");
+        assert!((2..=4).contains(&ok), "{ok} answered");
         assert_eq!(ok + refused.load(Ordering::SeqCst), 10);
         assert_eq!(sizes.lock().unwrap().len(), ok);
         b.close();

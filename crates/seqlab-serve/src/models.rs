@@ -28,6 +28,8 @@ fn bad<T>(msg: String) -> Result<T> {
 }
 
 /// A checkpoint loaded for serving, by what it answers.
+// Made once per checkpoint at start and moved into its batcher: the size gap is harmless.
+#[allow(clippy::large_enum_variant)]
 pub enum Loaded {
     Translate(Translator),
     Generate(Generator),
