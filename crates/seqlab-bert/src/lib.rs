@@ -5,15 +5,19 @@
 //!   (tied to the token embedding) and the NSP head; HF BERT parameter names.
 //! - [`data`]: tokenizer with `[CLS]`/`[SEP]`/`[MASK]`, sentence-pair sampling and masking,
 //!   all pure functions of (seed, epoch, index).
-//! - [`task`]: `pretrain` and `finetune` as `TrainTask`s for `seqlab-train`.
-//! - [`cli`]: clap arguments for the `seqlab` binary.
+//! - [`task`]: pretraining (`task = "bert-pretrain"`) and fine-tuning (`"bert-finetune"`)
+//!   as [`seqlab_train::Task`]s; [`register`] adds both to the `seqlab` binary's registry.
 
-pub mod cli;
 pub mod data;
 pub mod model;
 pub mod task;
 
 pub use model::{BertClassifier, BertConfig, BertForPreTraining, BertModel};
+
+/// Adds `bert-pretrain` and `bert-finetune` to the registry.
+pub fn register(r: &mut seqlab_train::Registry) {
+    r.add::<task::PretrainTask>().add::<task::FinetuneTask>();
+}
 
 pub(crate) fn c<T>(r: candle_core::Result<T>) -> anyhow::Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))

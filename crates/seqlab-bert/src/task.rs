@@ -1,5 +1,6 @@
-//! Pretraining (MLM + NSP) and classification fine-tuning as `TrainTask`s, so both get
-//! seqlab-train's checkpoints, exact resume and metrics.
+//! Pretraining (MLM + NSP, `task = "bert-pretrain"`) and classification fine-tuning
+//! (`task = "bert-finetune"`) as [`Task`]s, so both get seqlab-train's run path: checkpoints,
+//! exact resume, metrics, `loss.png` and `test_report.json`.
 
 use crate::c;
 use crate::data::{pretrain_batch, BertTokenizer, MaskConfig, PairCorpus};
@@ -9,47 +10,34 @@ use candle_core::{DType, Device, Tensor, D};
 use seqlab_data::{shuffled_indices, ClsData, LabelSet, TokenizerConfig, TokenizerKind};
 use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
-use seqlab_nn::optim::{AdamW, AdamWConfig};
 use seqlab_nn::VarStore;
-use seqlab_train::schedule::Schedule;
-use seqlab_train::trainer::{LoopConfig, RunSummary, TrainTask, Trainer};
+use seqlab_train::checkpoint::resolve as resolve_checkpoint;
+use seqlab_train::trainer::TrainTask;
+use seqlab_train::{BuildFrom, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// `[optim]`: AdamW with linear warm-up and cosine decay to 0 at `train.max_steps`.
-/// Defaults follow the BERT paper (lr 1e-4, weight decay 0.01, β = (0.9, 0.999)) with
-/// eps 1e-6 as in its code.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimConfig {
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub warmup_steps: u64,
-    pub betas: [f64; 2],
-    pub eps: f64,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-4,
-            weight_decay: 0.01,
-            warmup_steps: 1000,
-            betas: [0.9, 0.999],
-            eps: 1e-6,
-        }
+/// BERT's optimizer defaults (AdamW, the paper's weight decay 0.01 and β = (0.9, 0.999), ε
+/// 1e-6 as in its code) at learning rate `lr`.
+fn bert_optim(lr: f64) -> OptimConfig {
+    OptimConfig {
+        lr,
+        weight_decay: 0.01,
+        eps: 1e-6,
+        ..OptimConfig::default()
     }
 }
 
-impl OptimConfig {
-    fn schedule(&self, total: u64) -> Schedule {
-        Schedule::WarmupCosine {
-            lr: self.lr,
-            warmup: self.warmup_steps.min(total.saturating_sub(1)),
-            total,
-            min_lr: 0.0,
-        }
+/// BERT's default schedule: linear warm-up over `warmup` steps (at most `max_steps - 1`),
+/// then cosine decay to 0 at `train.max_steps`.
+fn bert_schedule(lr: f64, warmup: u64, max_steps: u64) -> Schedule {
+    Schedule::WarmupCosine {
+        lr,
+        warmup: warmup.min(max_steps.saturating_sub(1)),
+        total: max_steps,
+        min_lr: 0.0,
     }
 }
 
@@ -95,26 +83,19 @@ impl Default for PretrainData {
     }
 }
 
-/// A pretraining run (`configs/bert-*.toml`).
+/// The task keys of a pretraining run (`configs/bert-*.toml`); the engine's keys are
+/// [`seqlab_train::config`]'s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PretrainConfig {
-    pub run_dir: PathBuf,
+pub struct PretrainTaskConfig {
     #[serde(default)]
     pub model: BertConfig,
     #[serde(default)]
     pub data: PretrainData,
-    #[serde(default)]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
 }
 
-impl PretrainConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        seqlab_train::overrides::load_with(path, &[])
-    }
-}
+/// A whole pretraining run config.
+pub type PretrainConfig = RunConfig<PretrainTaskConfig>;
 
 fn u32_tensor(v: &[u32], dev: &Device) -> Result<Tensor> {
     c(Tensor::from_slice(v, v.len(), dev))
@@ -139,10 +120,11 @@ pub struct PretrainTask {
 }
 
 impl PretrainTask {
-    /// Reads the corpus, trains the tokenizer (or takes `saved/tokenizer.json`) and builds the
-    /// model; sets `cfg.model.vocab_size` from the tokenizer.
-    pub fn build(cfg: &PretrainConfig, vs: &VarStore, saved: Option<&Path>) -> Result<Self> {
-        let d = &cfg.data;
+    /// Reads the corpus (its held-out part is the evaluation data, so evaluation reads it
+    /// too), trains the tokenizer (or takes the checkpoint's `tokenizer.json`) and builds the
+    /// model; sets `model.vocab_size` from the tokenizer.
+    fn new(cfg: &PretrainConfig, vs: &VarStore, saved: Option<&Path>) -> Result<Self> {
+        let d = &cfg.task.data;
         if d.max_len < 5 || d.batch_size == 0 || !(0.0..1.0).contains(&d.mask_prob) || d.mask_prob == 0.0 {
             bail!("data: need max_len >= 5, batch_size > 0 and 0 < mask_prob < 1");
         }
@@ -176,15 +158,15 @@ impl PretrainTask {
         let valid = PairCorpus::from_lines(&tok, va.iter().copied())
             .with_context(|| format!("{}: held-out part", d.corpus.display()))?;
         let mut cfg = cfg.clone();
-        cfg.model.vocab_size = tok.vocab_size();
-        if d.max_len > cfg.model.max_position_embeddings {
+        cfg.task.model.vocab_size = tok.vocab_size();
+        if d.max_len > cfg.task.model.max_position_embeddings {
             bail!(
                 "data.max_len ({}) exceeds model.max_position_embeddings ({})",
                 d.max_len,
-                cfg.model.max_position_embeddings
+                cfg.task.model.max_position_embeddings
             );
         }
-        let net = BertForPreTraining::new(&cfg.model, vs)?;
+        let net = BertForPreTraining::new(&cfg.task.model, vs)?;
         Ok(Self {
             cfg,
             tok,
@@ -195,9 +177,35 @@ impl PretrainTask {
         })
     }
 
+    /// MLM and NSP loss and accuracy on a held-out corpus (masks drawn from a fixed epoch),
+    /// over at most `max_batches` batches.
+    fn held_out_metrics(&self, corpus: &PairCorpus, max_batches: Option<usize>) -> Result<BTreeMap<String, f64>> {
+        let bs = self.cfg.task.data.batch_size;
+        let all: Vec<usize> = (0..corpus.len()).collect();
+        let (mut ml, mut nl, mut mc, mut mn, mut nc, mut nn) = (0.0, 0.0, 0, 0, 0, 0);
+        for (batches, idx) in all.chunks(bs).enumerate() {
+            if max_batches.is_some_and(|m| batches >= m) {
+                break;
+            }
+            let (m, n, a, k, b) = self.batch(corpus, idx, EVAL_EPOCH, false)?;
+            ml += c(m.to_scalar::<f32>())? as f64 * k as f64;
+            nl += c(n.to_scalar::<f32>())? as f64 * idx.len() as f64;
+            (mc, mn, nc, nn) = (mc + a, mn + k, nc + b, nn + idx.len());
+        }
+        let (mlm_loss, nsp_loss) = (ml / mn.max(1) as f64, nl / nn.max(1) as f64);
+        Ok(BTreeMap::from([
+            ("loss".into(), mlm_loss + nsp_loss),
+            ("mlm_loss".into(), mlm_loss),
+            ("nsp_loss".into(), nsp_loss),
+            ("mlm_accuracy".into(), mc as f64 / mn.max(1) as f64),
+            ("nsp_accuracy".into(), nc as f64 / nn.max(1) as f64),
+            ("pairs".into(), nn as f64),
+        ]))
+    }
+
     fn mask_cfg(&self) -> MaskConfig {
         MaskConfig {
-            select: self.cfg.data.mask_prob,
+            select: self.cfg.task.data.mask_prob,
             ..MaskConfig::default()
         }
     }
@@ -215,9 +223,9 @@ impl PretrainTask {
             corpus,
             &self.tok,
             anchors,
-            self.cfg.train.seed,
+            self.cfg.run.train.seed,
             epoch,
-            self.cfg.data.max_len,
+            self.cfg.task.data.max_len,
             &self.mask_cfg(),
         );
         let ids = c(Tensor::from_slice(&b.ids, (b.batch, b.len), dev))?;
@@ -259,14 +267,85 @@ impl PretrainTask {
 /// Masks of the held-out part are drawn once, from this epoch number.
 const EVAL_EPOCH: u64 = u64::MAX;
 
+impl Task for PretrainTask {
+    type Config = PretrainTaskConfig;
+    const NAME: &'static str = "bert-pretrain";
+    const ABOUT: &'static str = "BERT masked-LM + next-sentence pretraining on a text corpus";
+
+    /// AdamW, lr 1e-4, weight decay 0.01, ε 1e-6 (the BERT paper and code).
+    fn default_optim() -> OptimConfig {
+        bert_optim(1e-4)
+    }
+
+    /// Warm-up over 1000 steps, then cosine decay to 0 at `train.max_steps`.
+    fn default_schedule(cfg: &PretrainConfig) -> Schedule {
+        bert_schedule(cfg.run.optim.lr, 1000, cfg.run.train.max_steps)
+    }
+
+    /// Configs of older seqlab versions had no `task` key: a pretraining config is one with
+    /// `data.corpus` or a BERT `[model]` and no `pretrained`.
+    fn claims_untagged(cfg: &Map<String, Value>) -> bool {
+        let corpus = cfg.get("data").and_then(|d| d.get("corpus")).is_some();
+        let bert_model = cfg.get("model").and_then(|m| m.get("num_hidden_layers")).is_some();
+        !cfg.contains_key("pretrained") && (corpus || bert_model)
+    }
+
+    fn build(cfg: &PretrainConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs, from.checkpoint)
+    }
+
+    /// Pretraining has no test split: the held-out paragraphs.
+    fn final_split(_cfg: &PretrainConfig) -> Option<Split> {
+        Some(Split::Valid)
+    }
+
+    /// MLM/NSP loss and accuracy on all held-out paragraphs (either split), or on every
+    /// paragraph of the corpus file `path`.
+    fn report(&self, _split: Split, path: Option<&Path>) -> Result<Report> {
+        let (what, m) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+                let corpus = PairCorpus::from_lines(&self.tok, lines).with_context(|| format!("{}", p.display()))?;
+                (p.display().to_string(), self.held_out_metrics(&corpus, None)?)
+            }
+            None => (
+                format!(
+                    "{} (the last {} paragraphs, held out)",
+                    self.cfg.task.data.corpus.display(),
+                    self.cfg.task.data.valid_paragraphs
+                ),
+                self.held_out_metrics(&self.valid, None)?,
+            ),
+        };
+        let text = format!(
+            "{what}: {} sentence pairs\n  masked LM: loss {:.4}  accuracy {:.4}\n  next sentence: loss {:.4}  accuracy {:.4}",
+            m["pairs"], m["mlm_loss"], m["mlm_accuracy"], m["nsp_loss"], m["nsp_accuracy"]
+        );
+        let mut j = json!({"file": what});
+        for (k, v) in &m {
+            j[k] = json!(v);
+        }
+        Ok(Report {
+            text,
+            json: j,
+            files: Vec::new(),
+        })
+    }
+
+    fn guide(&self) -> String {
+        "masked-LM accuracy is the share of hidden tokens guessed right (chance is 1/vocabulary); next-sentence accuracy starts at 0.5 (coin flip).".into()
+    }
+}
+
 impl TrainTask for PretrainTask {
     fn batches_per_epoch(&self) -> usize {
-        self.train.len().div_ceil(self.cfg.data.batch_size)
+        self.train.len().div_ceil(self.cfg.task.data.batch_size)
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
-        let order = shuffled_indices(self.train.len(), self.cfg.train.seed, epoch);
-        let bs = self.cfg.data.batch_size;
+        let order = shuffled_indices(self.train.len(), self.cfg.run.train.seed, epoch);
+        let bs = self.cfg.task.data.batch_size;
         let lo = (index * bs).min(order.len().saturating_sub(1));
         let idx = &order[lo..(lo + bs).min(order.len())];
         let (mlm, nsp, _, n, _) = self.batch(&self.train, idx, epoch, true)?;
@@ -275,74 +354,17 @@ impl TrainTask for PretrainTask {
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
-        let bs = self.cfg.data.batch_size;
-        let all: Vec<usize> = (0..self.valid.len()).collect();
-        let (mut ml, mut nl, mut mc, mut mn, mut nc, mut nn, mut batches) = (0.0, 0.0, 0, 0, 0, 0, 0);
-        for idx in all.chunks(bs) {
-            if self.cfg.data.max_eval_batches.is_some_and(|m| batches >= m) {
-                break;
-            }
-            let (m, n, a, k, b) = self.batch(&self.valid, idx, EVAL_EPOCH, false)?;
-            ml += c(m.to_scalar::<f32>())? as f64 * k as f64;
-            nl += c(n.to_scalar::<f32>())? as f64 * idx.len() as f64;
-            (mc, mn, nc, nn) = (mc + a, mn + k, nc + b, nn + idx.len());
-            batches += 1;
-        }
-        let (mlm_loss, nsp_loss) = (ml / mn.max(1) as f64, nl / nn.max(1) as f64);
-        Ok(BTreeMap::from([
-            ("loss".into(), mlm_loss + nsp_loss),
-            ("mlm_loss".into(), mlm_loss),
-            ("nsp_loss".into(), nsp_loss),
-            ("mlm_accuracy".into(), mc as f64 / mn.max(1) as f64),
-            ("nsp_accuracy".into(), nc as f64 / nn.max(1) as f64),
-        ]))
+        self.held_out_metrics(&self.valid, self.cfg.task.data.max_eval_batches)
     }
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         self.tok.save(&dir.join("tokenizer.json"))?;
         std::fs::write(
             dir.join("bert_config.json"),
-            serde_json::to_string_pretty(&self.cfg.model)?,
+            serde_json::to_string_pretty(&self.cfg.task.model)?,
         )?;
         Ok(())
     }
-}
-
-fn optimizer(o: &OptimConfig, vs: &VarStore, lr: f64) -> Result<Box<dyn seqlab_nn::Optimizer>> {
-    let ac = AdamWConfig {
-        lr,
-        betas: (o.betas[0], o.betas[1]),
-        eps: o.eps,
-        weight_decay: o.weight_decay,
-    };
-    Ok(Box::new(c(AdamW::new(vs.trainable(), ac))?))
-}
-
-fn run(
-    cfg_train: &LoopConfig,
-    o: &OptimConfig,
-    vs: VarStore,
-    run_dir: &Path,
-    run_config: serde_json::Value,
-    resume: bool,
-    task: &mut dyn TrainTask,
-) -> Result<RunSummary> {
-    let sched = o.schedule(cfg_train.max_steps);
-    let opt = optimizer(o, &vs, sched.lr(1))?;
-    let mut trainer = Trainer::new(cfg_train.clone(), vs, opt, sched, run_dir, run_config)?;
-    if resume {
-        trainer.resume()?;
-    }
-    trainer.run(task)
-}
-
-/// Pretrains per `cfg`; with `resume`, continues from the run folder's newest checkpoint.
-pub fn pretrain(cfg: &PretrainConfig, resume: bool) -> Result<RunSummary> {
-    let latest = prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
-    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-    let mut task = PretrainTask::build(cfg, &vs, latest.as_deref())?;
-    let rc = serde_json::to_value(&task.cfg)?;
-    run(&cfg.train, &cfg.optim, vs, &cfg.run_dir, rc, resume, &mut task)
 }
 
 /// `[data]` of a fine-tuning run: `text<TAB>label` files.
@@ -373,40 +395,21 @@ impl Default for FinetuneData {
     }
 }
 
-/// A fine-tuning run: a pretrained checkpoint plus classification data.
+/// The task keys of a fine-tuning run: a pretrained checkpoint plus classification data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FinetuneConfig {
+pub struct FinetuneTaskConfig {
     /// A pretraining checkpoint folder, or a pretraining run folder (→ `best`, else latest).
     pub pretrained: PathBuf,
     /// Keep the random initial weights instead of loading the pretrained encoder (the
     /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
     #[serde(default)]
     pub from_scratch: bool,
-    pub run_dir: PathBuf,
     pub data: FinetuneData,
-    #[serde(default = "finetune_optim")]
-    pub optim: OptimConfig,
-    #[serde(default)]
-    pub train: LoopConfig,
 }
 
-/// The paper's fine-tuning range (lr 2e-5..5e-5, 10 % warm-up is typical).
-fn finetune_optim() -> OptimConfig {
-    OptimConfig {
-        lr: 3e-5,
-        warmup_steps: 100,
-        ..OptimConfig::default()
-    }
-}
-
-impl FinetuneConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        seqlab_train::overrides::load_with(path, &[])
-    }
-}
-
-use seqlab_train::checkpoint::{prepare_run_dir, resolve as resolve_checkpoint};
+/// A whole fine-tuning run config.
+pub type FinetuneConfig = RunConfig<FinetuneTaskConfig>;
 
 /// Copies every `bert.*` weight of `vs` from the safetensors file; an error names each one
 /// that is missing or has the wrong shape. Other entries of the file (`cls.*`) are ignored.
@@ -477,34 +480,52 @@ pub struct FinetuneTask {
 }
 
 impl FinetuneTask {
-    /// Reads the data, the pretrained tokenizer and model config, builds the classifier and
-    /// loads every encoder weight from the pretrained checkpoint.
-    pub fn build(cfg: &FinetuneConfig, vs: &VarStore) -> Result<Self> {
-        let ck = resolve_checkpoint(&cfg.pretrained)?;
+    /// For training: reads the data, the pretrained checkpoint's tokenizer and model config,
+    /// builds the classifier and loads every encoder weight from it (unless `from_scratch`).
+    /// For evaluation: tokenizer, model config and labels come from `from.checkpoint` and no
+    /// training data is read.
+    fn new(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        let evaluate_only = from.purpose == Purpose::Evaluate;
+        let ck = match (from.checkpoint, evaluate_only) {
+            (Some(dir), true) => dir.to_path_buf(),
+            _ => resolve_checkpoint(&cfg.task.pretrained)?,
+        };
         let tok = BertTokenizer::load(&ck.join("tokenizer.json"))?;
         let bc = ck.join("bert_config.json");
         let bert_cfg: BertConfig =
             serde_json::from_str(&std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?)
                 .with_context(|| format!("{}: bad model config", bc.display()))?;
-        let d = &cfg.data;
+        let d = &cfg.task.data;
         if d.max_len < 3 || d.max_len > bert_cfg.max_position_embeddings || d.batch_size == 0 {
             bail!(
                 "data: need 3 <= max_len <= {} (the model's positions) and batch_size > 0",
                 bert_cfg.max_position_embeddings
             );
         }
-        let tr = ClsData::read_train(&d.train)?;
-        let labels = tr.labels.clone();
+        let encode = |data: &ClsData| encode_cls(&tok, data, d.max_len);
+        let (labels, train, valid) = if evaluate_only {
+            let f = ck.join("labels.json");
+            let names: Vec<String> =
+                serde_json::from_str(&std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)
+                    .with_context(|| format!("{}: bad label list", f.display()))?;
+            let empty = ClsSet {
+                seqs: Vec::new(),
+                labels: Vec::new(),
+            };
+            (LabelSet::from_names(names), empty, None)
+        } else {
+            let tr = ClsData::read_train(&d.train)?;
+            let labels = tr.labels.clone();
+            let valid = match &d.valid {
+                Some(p) => Some(encode(&ClsData::read_eval(p, &labels)?)?),
+                None => None,
+            };
+            (labels, encode(&tr)?, valid)
+        };
         let net = BertClassifier::new(&bert_cfg, labels.len(), vs)?;
-        if !cfg.from_scratch {
+        if !evaluate_only && !cfg.task.from_scratch {
             load_encoder(vs, &ck.join("model.safetensors"))?;
         }
-        let encode = |data: &ClsData| encode_cls(&tok, data, d.max_len);
-        let train = encode(&tr)?;
-        let valid = match &d.valid {
-            Some(p) => Some(encode(&ClsData::read_eval(p, &labels)?)?),
-            None => None,
-        };
         Ok(Self {
             cfg: cfg.clone(),
             tok,
@@ -550,7 +571,7 @@ impl FinetuneTask {
     fn predict(&self, set: &ClsSet, max_batches: Option<usize>) -> Result<(Vec<usize>, Vec<usize>, f64)> {
         let all: Vec<usize> = (0..set.seqs.len()).collect();
         let (mut truth, mut pred, mut loss) = (Vec::new(), Vec::new(), 0.0);
-        for (k, idx) in all.chunks(self.cfg.data.batch_size).enumerate() {
+        for (k, idx) in all.chunks(self.cfg.task.data.batch_size).enumerate() {
             if max_batches.is_some_and(|m| k >= m) {
                 break;
             }
@@ -571,29 +592,74 @@ impl FinetuneTask {
 
     /// Accuracy, per-class P/R/F1 and confusion matrix of the current weights on a
     /// `text<TAB>label` file (labels must be ones seen in training).
-    pub fn report(&self, path: &Path) -> Result<(String, serde_json::Value)> {
+    fn file_report(&self, path: &Path) -> Result<Report> {
         let set = encode_cls(
             &self.tok,
             &ClsData::read_eval(path, &self.labels)?,
-            self.cfg.data.max_len,
+            self.cfg.task.data.max_len,
         )?;
         let (truth, pred, loss) = self.predict(&set, None)?;
         let r = class_report(&truth, &pred, self.labels.len());
         let head = format!("{}: {} examples", path.display(), truth.len());
         let (text, mut json) = r.render(&head, self.labels.names(), loss / truth.len().max(1) as f64);
         json["file"] = serde_json::json!(path.display().to_string());
-        Ok((text, json))
+        Ok(Report {
+            text,
+            json,
+            files: Vec::new(),
+        })
+    }
+}
+
+impl Task for FinetuneTask {
+    type Config = FinetuneTaskConfig;
+    const NAME: &'static str = "bert-finetune";
+    const ABOUT: &'static str = "fine-tuning a pretrained BERT for text<TAB>label classification";
+
+    /// BERT's AdamW at lr 3e-5, in the paper's fine-tuning range (2e-5..5e-5).
+    fn default_optim() -> OptimConfig {
+        bert_optim(3e-5)
+    }
+
+    /// Warm-up over 100 steps, then cosine decay to 0 at `train.max_steps`.
+    fn default_schedule(cfg: &FinetuneConfig) -> Schedule {
+        bert_schedule(cfg.run.optim.lr, 100, cfg.run.train.max_steps)
+    }
+
+    /// Configs of older seqlab versions had no `task` key: one with `pretrained` is this.
+    fn claims_untagged(cfg: &Map<String, Value>) -> bool {
+        cfg.contains_key("pretrained")
+    }
+
+    fn build(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs, from)
+    }
+
+    fn final_split(cfg: &FinetuneConfig) -> Option<Split> {
+        let d = &cfg.task.data;
+        Split::test_else_valid(d.test.is_some(), d.valid.is_some())
+    }
+
+    /// Accuracy, per-class P/R/F1 and the confusion matrix on the split's `text<TAB>label`
+    /// file, or `path` (labels must be ones seen in training).
+    fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        let d = &self.cfg.task.data;
+        self.file_report(&split.file(path, d.test.as_deref(), d.valid.as_deref())?)
+    }
+
+    fn guide(&self) -> String {
+        "accuracy is the share of texts whose class was predicted right; compare with a --from-scratch run to see what pretraining buys.".into()
     }
 }
 
 impl TrainTask for FinetuneTask {
     fn batches_per_epoch(&self) -> usize {
-        self.train.seqs.len().div_ceil(self.cfg.data.batch_size)
+        self.train.seqs.len().div_ceil(self.cfg.task.data.batch_size)
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
-        let order = shuffled_indices(self.train.seqs.len(), self.cfg.train.seed, epoch);
-        let bs = self.cfg.data.batch_size;
+        let order = shuffled_indices(self.train.seqs.len(), self.cfg.run.train.seed, epoch);
+        let bs = self.cfg.task.data.batch_size;
         let lo = (index * bs).min(order.len().saturating_sub(1));
         let idx = &order[lo..(lo + bs).min(order.len())];
         let (logits, y) = self.logits(&self.train, idx, true)?;
@@ -611,7 +677,7 @@ impl TrainTask for FinetuneTask {
         let Some(v) = &self.valid else {
             bail!("fine-tuning needs data.valid for evaluation during training");
         };
-        let (truth, pred, loss) = self.predict(v, self.cfg.data.max_eval_batches)?;
+        let (truth, pred, loss) = self.predict(v, self.cfg.task.data.max_eval_batches)?;
         let right = truth.iter().zip(&pred).filter(|(a, b)| a == b).count();
         let n = truth.len().max(1) as f64;
         Ok(BTreeMap::from([
@@ -638,51 +704,12 @@ impl TrainTask for FinetuneTask {
     }
 }
 
-/// Fine-tunes per `cfg`; with `resume`, continues from the run folder's newest checkpoint
-/// (whose weights then replace the pretrained ones).
-/// What a fine-tuning run produced: the loop's summary and, with `data.test`, the best
-/// checkpoint's report on it (also written to `test_report.json` in the run folder).
-pub struct FinetuneOutcome {
-    pub summary: RunSummary,
-    pub test: Option<(String, serde_json::Value)>,
-}
-
-/// Fine-tunes per `cfg`; with `resume`, continues from the run folder's newest checkpoint
-/// (whose weights then replace the pretrained ones).
-pub fn finetune(cfg: &FinetuneConfig, resume: bool) -> Result<FinetuneOutcome> {
-    prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
-    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-    let mut task = FinetuneTask::build(cfg, &vs)?;
-    let summary = run(
-        &cfg.train,
-        &cfg.optim,
-        vs.clone(),
-        &cfg.run_dir,
-        serde_json::to_value(cfg)?,
-        resume,
-        &mut task,
-    )?;
-    let test = match &cfg.data.test {
-        Some(p) => {
-            let best = resolve_checkpoint(&cfg.run_dir)?;
-            c(vs.load_safetensors(best.join("model.safetensors"), true))?;
-            let (text, json) = task.report(p)?;
-            let text = format!("{} on the test data:\n{text}", best.display());
-            seqlab_nn::io::write_atomic(
-                &cfg.run_dir.join("test_report.json"),
-                serde_json::to_string_pretty(&json)?.as_bytes(),
-            )?;
-            Some((text, json))
-        }
-        None => None,
-    };
-    Ok(FinetuneOutcome { summary, test })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::tests::corpus_lines;
+    use seqlab_train::task::parse_config;
+    use seqlab_train::{LoopConfig, OptimName, RunSettings};
 
     fn tmp(tag: &str) -> PathBuf {
         seqlab_nn::testing::scratch_dir(&format!("bert-{tag}"))
@@ -691,62 +718,97 @@ mod tests {
     fn tiny_cfg(dir: &Path) -> PretrainConfig {
         let corpus = dir.join("corpus.txt");
         std::fs::write(&corpus, corpus_lines().join("\n")).unwrap();
-        PretrainConfig {
-            run_dir: dir.join("run"),
-            model: BertConfig {
-                hidden_size: 32,
-                num_attention_heads: 2,
-                intermediate_size: 64,
-                max_position_embeddings: 48,
-                hidden_dropout_prob: 0.0,
-                ..BertConfig::preset("tiny").unwrap()
+        RunConfig {
+            run: RunSettings {
+                task: PretrainTask::NAME.into(),
+                run_dir: Some(dir.join("run")),
+                optim: OptimConfig {
+                    lr: 3e-3,
+                    weight_decay: 0.0,
+                    ..PretrainTask::default_optim()
+                },
+                schedule: Some(bert_schedule(3e-3, 5, 60)),
+                train: LoopConfig {
+                    max_steps: 60,
+                    eval_every: 60,
+                    log_every: 10,
+                    progress: false,
+                    seed: 3,
+                    ..LoopConfig::default()
+                },
             },
-            data: PretrainData {
-                corpus,
-                vocab_size: 100,
-                valid_paragraphs: 10,
-                max_len: 48,
-                batch_size: 16,
-                ..PretrainData::default()
-            },
-            optim: OptimConfig {
-                lr: 3e-3,
-                warmup_steps: 5,
-                weight_decay: 0.0,
-                ..OptimConfig::default()
-            },
-            train: LoopConfig {
-                max_steps: 60,
-                eval_every: 60,
-                log_every: 10,
-                progress: false,
-                seed: 3,
-                ..LoopConfig::default()
+            task: PretrainTaskConfig {
+                model: BertConfig {
+                    hidden_size: 32,
+                    num_attention_heads: 2,
+                    intermediate_size: 64,
+                    max_position_embeddings: 48,
+                    hidden_dropout_prob: 0.0,
+                    ..BertConfig::preset("tiny").unwrap()
+                },
+                data: PretrainData {
+                    corpus,
+                    vocab_size: 100,
+                    valid_paragraphs: 10,
+                    max_len: 48,
+                    batch_size: 16,
+                    ..PretrainData::default()
+                },
             },
         }
+    }
+
+    fn parse_file<T: Task>(path: &Path) -> RunConfig<T::Config> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let m = seqlab_train::config::table_with_overrides(&text, &[]).unwrap();
+        parse_config::<T>(m, &path.display().to_string()).unwrap()
     }
 
     #[test]
     fn preset_configs_parse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         for (name, layers, hidden) in [("tiny", 2, 128), ("mini", 4, 256), ("small", 4, 512)] {
-            let cfg = PretrainConfig::from_file(&root.join(format!("bert-{name}.toml"))).unwrap();
+            let cfg = parse_file::<PretrainTask>(&root.join(format!("bert-{name}.toml")));
             let preset = BertConfig::preset(name).unwrap();
-            assert_eq!(cfg.model, preset, "{name}");
-            assert_eq!((cfg.model.num_hidden_layers, cfg.model.hidden_size), (layers, hidden));
-            cfg.train.validate().unwrap();
+            assert_eq!(cfg.task.model, preset, "{name}");
+            assert_eq!(
+                (cfg.task.model.num_hidden_layers, cfg.task.model.hidden_size),
+                (layers, hidden)
+            );
+            assert!(
+                matches!(cfg.run.schedule, Some(Schedule::WarmupCosine { .. })),
+                "{name}"
+            );
         }
-        FinetuneConfig::from_file(&root.join("bert-finetune.toml")).unwrap();
+        let f = parse_file::<FinetuneTask>(&root.join("bert-finetune.toml"));
+        assert_eq!(f.run.optim.lr, 1e-4);
+    }
+
+    /// A config of the old schema (no `task`, `[optim] warmup_steps`) still loads, as the
+    /// warm-up cosine schedule it meant.
+    #[test]
+    fn old_bert_config_loads() {
+        let old = "run_dir = \"r\"\n[data]\ncorpus = \"c.txt\"\n[optim]\nlr = 5e-4\nweight_decay = 0.01\nwarmup_steps = 200\nbetas = [0.9, 0.999]\neps = 1e-6\n[train]\nmax_steps = 3000\n";
+        let mut m = seqlab_train::config::table_with_overrides(old, &[]).unwrap();
+        assert!(PretrainTask::claims_untagged(&m) && !FinetuneTask::claims_untagged(&m));
+        m.remove("task");
+        let cfg = parse_config::<PretrainTask>(m, "old.toml").unwrap();
+        assert_eq!(cfg.run.schedule, Some(bert_schedule(5e-4, 200, 3000)));
+        assert_eq!((cfg.run.optim.name, cfg.run.optim.eps), (OptimName::Adamw, 1e-6));
     }
 
     #[test]
     fn tiny_pretraining_lowers_mlm_loss_and_finetuning_loads_encoder() {
         let dir = tmp("pt");
         let cfg = tiny_cfg(&dir);
-        let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-        let before = PretrainTask::build(&cfg, &vs, None).unwrap().evaluate().unwrap();
-        let summary = pretrain(&cfg, false).unwrap();
-        let after = &summary.last_eval;
+        let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
+        let fresh = BuildFrom {
+            checkpoint: None,
+            purpose: Purpose::Train,
+        };
+        let before = PretrainTask::build(&cfg, &vs, fresh).unwrap().evaluate().unwrap();
+        let out = seqlab_train::run::train::<PretrainTask>(&cfg, false).unwrap();
+        let after = &out.summary.last_eval;
         assert!(
             after["mlm_loss"] < before["mlm_loss"] - 0.5,
             "MLM loss {} -> {}",
@@ -755,6 +817,13 @@ mod tests {
         );
         assert!(after["mlm_accuracy"] > before["mlm_accuracy"]);
         assert!(after.contains_key("nsp_accuracy"));
+        let rep = out.test_report.expect("pretraining reports on its held-out part");
+        assert_eq!(rep.split, Split::Valid);
+        assert!(cfg.run_dir().join("loss.png").exists() && cfg.run_dir().join("test_report.json").exists());
+        // The loader rebuilds the same model: the same held-out numbers.
+        let loaded = seqlab_train::load::<PretrainTask>(&cfg.run_dir()).unwrap();
+        let again = loaded.task.report(Split::Valid, None).unwrap();
+        assert_eq!(again.json["mlm_loss"], rep.report.json["mlm_loss"]);
 
         // Fine-tuning: every bert.* weight equals the pretrained one; the head is fresh.
         let (train, valid) = (dir.join("train.tsv"), dir.join("valid.tsv"));
@@ -766,30 +835,36 @@ mod tests {
             .collect();
         std::fs::write(&train, &tsv).unwrap();
         std::fs::write(&valid, &tsv).unwrap();
-        let fcfg = FinetuneConfig {
-            pretrained: cfg.run_dir.clone(),
-            run_dir: dir.join("ft"),
-            from_scratch: false,
-            data: FinetuneData {
-                train,
-                valid: Some(valid.clone()),
-                test: Some(valid),
-                max_len: 48,
-                batch_size: 16,
-                max_eval_batches: None,
+        let fcfg = RunConfig {
+            run: RunSettings {
+                task: FinetuneTask::NAME.into(),
+                run_dir: Some(dir.join("ft")),
+                optim: FinetuneTask::default_optim(),
+                schedule: None,
+                train: LoopConfig {
+                    max_steps: 2,
+                    eval_every: 2,
+                    log_every: 1,
+                    progress: false,
+                    ..LoopConfig::default()
+                },
             },
-            optim: finetune_optim(),
-            train: LoopConfig {
-                max_steps: 2,
-                eval_every: 2,
-                log_every: 1,
-                progress: false,
-                ..LoopConfig::default()
+            task: FinetuneTaskConfig {
+                pretrained: cfg.run_dir(),
+                from_scratch: false,
+                data: FinetuneData {
+                    train,
+                    valid: Some(valid.clone()),
+                    test: Some(valid),
+                    max_len: 48,
+                    batch_size: 16,
+                    max_eval_batches: None,
+                },
             },
         };
         let fvs = VarStore::new(99, &Device::Cpu);
-        let task = FinetuneTask::build(&fcfg, &fvs).unwrap();
-        let ck = resolve_checkpoint(&cfg.run_dir).unwrap();
+        let task = FinetuneTask::build(&fcfg, &fvs, fresh).unwrap();
+        let ck = resolve_checkpoint(&cfg.run_dir()).unwrap();
         let saved = candle_core::safetensors::load(ck.join("model.safetensors"), &Device::Cpu).unwrap();
         let mut checked = 0;
         for (name, var) in fvs.trainable() {
@@ -803,11 +878,25 @@ mod tests {
         }
         assert_eq!(checked, saved.keys().filter(|k| k.starts_with("bert.")).count());
         assert_eq!(task.labels.len(), 2);
-        let s = finetune(&fcfg, false).unwrap();
+        let s = seqlab_train::run::train::<FinetuneTask>(&fcfg, false).unwrap();
         assert!(s.summary.last_eval.contains_key("accuracy"));
-        let (text, json) = s.test.expect("data.test was given");
-        assert!(text.contains("confusion matrix"), "{text}");
-        assert!(json["accuracy"].as_f64().unwrap() >= 0.0);
+        let fin = s.test_report.expect("data.test was given");
+        assert!(fin.report.text.contains("confusion matrix"), "{}", fin.report.text);
+        // The report covers every test example, and the checkpoint loaded for evaluation
+        // (labels, tokenizer and weights from the checkpoint alone) scores exactly the same.
+        let json = &fin.report.json;
+        let acc = json["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{json}");
+        assert!(
+            fin.report.text.contains(&format!("{} examples", lines.len())),
+            "{}",
+            fin.report.text
+        );
+        let reloaded = seqlab_train::load::<FinetuneTask>(&fcfg.run_dir()).unwrap();
+        assert!(reloaded.task.train.seqs.is_empty(), "evaluation reads no training data");
+        let again = reloaded.task.report(Split::Test, None).unwrap();
+        assert_eq!(again.json["accuracy"], json["accuracy"]);
+        assert_eq!(again.json["macro_f1"], json["macro_f1"]);
 
         // A checkpoint lacking an encoder weight is refused, naming it.
         let mut partial: HashMap<String, Tensor> = saved.clone();
@@ -819,6 +908,34 @@ mod tests {
             e.contains("missing bert.embeddings.token_type_embeddings.weight"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// `[optim]` is one schema: AdamW, Adam and SGD each pretrain BERT a few steps through
+    /// the same run path and lower the training loss.
+    #[test]
+    fn every_optimizer_pretrains() {
+        let dir = tmp("optim");
+        for name in [OptimName::Adamw, OptimName::Adam, OptimName::Sgd] {
+            let mut cfg = tiny_cfg(&dir);
+            cfg.run.run_dir = Some(dir.join(format!("run-{name:?}")));
+            cfg.run.optim.name = name;
+            let lr = if name == OptimName::Sgd { 0.2 } else { 3e-3 };
+            cfg.run.schedule = Some(Schedule::Constant { lr });
+            cfg.run.train.max_steps = 12;
+            cfg.run.train.eval_every = 12;
+            cfg.run.train.log_every = 4;
+            let out = seqlab_train::run::train::<PretrainTask>(&cfg, false).unwrap();
+            let l = &out.summary.train_losses;
+            let (first, last) = (
+                l[..3].iter().map(|x| x.1).sum::<f64>(),
+                l[9..].iter().map(|x| x.1).sum::<f64>(),
+            );
+            assert!(
+                last < first,
+                "{name:?}: training loss {first} -> {last} (sums of 3 steps)"
+            );
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

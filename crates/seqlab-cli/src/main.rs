@@ -1,10 +1,25 @@
-//! The `seqlab` command: a thin layer over the seqlab crates.
+//! The `seqlab` command: a thin layer over the seqlab crates, and the only place that parses
+//! arguments. Each module holds the clap structs of a group of commands and calls library
+//! functions: [`train`] (train, eval, generate, plot), [`mt`] (translate,
+//! average-checkpoints, plot-pe), [`bert`] (pretrain, finetune aliases), `bench`, and the
+//! w2v/bleu/chrF commands.
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bert;
+mod mt;
 mod serve_cmd;
-mod train_cmd;
+mod train;
+
+/// Every task `seqlab train` / `seqlab eval` know: one `register` call per task crate.
+pub(crate) fn registry() -> seqlab_train::Registry {
+    let mut r = seqlab_train::Registry::new();
+    seqlab_tasks::register(&mut r);
+    seqlab_mt::register(&mut r);
+    seqlab_bert::register(&mut r);
+    r
+}
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,29 +35,32 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a model from a TOML config (language model, classifier, forecaster, translation).
-    Train(train_cmd::TrainArgs),
-    /// Evaluate a checkpoint on the test or validation data.
-    Eval(train_cmd::EvalArgs),
+    /// Train a model from a TOML config; its `task` key picks the task (lm, classify,
+    /// forecast, mt, bert-pretrain, bert-finetune).
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint of any task on its test or validation data, or a file.
+    Eval(train::EvalArgs),
     /// Sample text from a language-model checkpoint.
-    Generate(train_cmd::GenerateArgs),
+    Generate(train::GenerateArgs),
     /// Draw loss/metric curves from metrics.jsonl files to PNG or SVG.
-    Plot(train_cmd::PlotArgs),
-    /// BERT-style pretraining (masked LM + next-sentence prediction) on a text corpus.
-    Pretrain(seqlab_bert::cli::PretrainArgs),
-    /// Fine-tune a pretrained BERT checkpoint for text<TAB>label classification.
-    Finetune(seqlab_bert::cli::FinetuneArgs),
+    Plot(train::PlotArgs),
+    /// BERT-style pretraining (masked LM + next-sentence prediction) on a text corpus:
+    /// `seqlab train` for task = "bert-pretrain".
+    Pretrain(bert::PretrainArgs),
+    /// Fine-tune a pretrained BERT checkpoint for text<TAB>label classification:
+    /// `seqlab train` for task = "bert-finetune".
+    Finetune(bert::FinetuneArgs),
     /// Time training steps of the layer library (tokens/s).
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
     W2v(seqlab_w2v::cli::W2vArgs),
     /// Translate text with a trained translation model (stdin or a file; beam, greedy or
     /// sampling; BLEU against references; attention pictures).
-    Translate(seqlab_mt::cli::TranslateArgs),
+    Translate(mt::TranslateArgs),
     /// Average the parameters of the last N checkpoints of a run (as the paper did).
-    AverageCheckpoints(seqlab_mt::cli::AverageArgs),
+    AverageCheckpoints(mt::AverageArgs),
     /// Draw the sinusoidal positional-encoding table as a heat map.
-    PlotPe(seqlab_mt::cli::PlotPeArgs),
+    PlotPe(mt::PlotPeArgs),
     /// Corpus BLEU of a hypothesis file against references (sacrebleu's defaults).
     Bleu(seqlab_metrics::cli::ScoreArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
@@ -62,7 +80,7 @@ enum Command {
 fn allocator_options(command: &str) -> &'static [(&'static str, &'static str)] {
     match command {
         "w2v" => &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")],
-        "train" | "eval" | "generate" | "pretrain" | "finetune" | "bench" | "translate" => {
+        "train" | "eval" | "generate" | "pretrain" | "finetune" | "bench" | "translate" | "serve" => {
             &[("MIMALLOC_PURGE_DELAY", "-1")]
         }
         _ => &[],
@@ -98,17 +116,17 @@ fn main() {
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => train_cmd::train(a),
-        Command::Eval(a) => train_cmd::eval(a),
-        Command::Generate(a) => train_cmd::generate(a),
-        Command::Plot(a) => train_cmd::plot(a),
-        Command::Pretrain(a) => seqlab_bert::cli::pretrain(&a),
-        Command::Finetune(a) => seqlab_bert::cli::finetune(&a),
+        Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
+        Command::Generate(a) => train::generate(a),
+        Command::Plot(a) => train::plot(a),
+        Command::Pretrain(a) => bert::pretrain(a),
+        Command::Finetune(a) => bert::finetune(a),
         Command::Bench(a) => bench::run(a),
         Command::W2v(a) => seqlab_w2v::cli::run(a),
-        Command::Translate(a) => seqlab_mt::cli::translate(a),
-        Command::AverageCheckpoints(a) => seqlab_mt::cli::average(a),
-        Command::PlotPe(a) => seqlab_mt::cli::plot_pe(a),
+        Command::Translate(a) => mt::translate(a),
+        Command::AverageCheckpoints(a) => mt::average(a),
+        Command::PlotPe(a) => mt::plot_pe(a),
         Command::Bleu(a) => seqlab_metrics::cli::run_bleu(a),
         Command::Chrf(a) => seqlab_metrics::cli::run_chrf(a),
         Command::Serve(a) => serve_cmd::run(a),

@@ -1,5 +1,6 @@
-//! End-to-end tests of the `seqlab` binary on tiny data: train, resume after SIGKILL,
-//! evaluate, generate, plot, and clear errors on bad input.
+//! End-to-end tests of the `seqlab` binary on tiny data: every task trained and evaluated
+//! through the registry, resume after SIGKILL, generate, translate, plot, every preset
+//! config, and clear errors on bad input.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -89,6 +90,7 @@ fn lm_pipeline_train_eval_generate_plot() {
     assert!(out.contains("trained 10 steps") && out.contains("perplexity"), "{out}");
     let run = d.join("run");
     assert!(run.join("loss.png").exists() && run.join("checkpoints/best/model.safetensors").exists());
+    assert_run_outputs(&run, "test");
     // Without --resume an existing run is refused, never overwritten.
     let again = seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
@@ -118,6 +120,39 @@ fn lm_pipeline_train_eval_generate_plot() {
     let g = gen("3");
     assert!(g.starts_with("KING"));
     assert_eq!(g, gen("3"), "same seed, same sample");
+    // One sampler meaning: --top-k 0 is "no top-k filter" (the same draws as no --top-k),
+    // and --temperature 0 is greedy whatever the seed.
+    let gen_with = |extra: &[&str]| {
+        let mut c = seqlab();
+        c.args(["generate", "--prompt", "KING", "--max-tokens", "40", "--checkpoint"])
+            .arg(&run)
+            .args(extra);
+        ok(c.output().unwrap())
+    };
+    let unfiltered = gen_with(&["--temperature", "1.5", "--seed", "4"]);
+    assert_eq!(
+        unfiltered,
+        gen_with(&["--temperature", "1.5", "--seed", "4", "--top-k", "0"])
+    );
+    assert_ne!(
+        unfiltered,
+        gen_with(&["--temperature", "1.5", "--seed", "4", "--top-k", "1"]),
+        "top-k 1 is greedy, unlike no filter"
+    );
+    assert_eq!(
+        gen_with(&["--temperature", "0", "--seed", "1"]),
+        gen_with(&["--temperature", "0", "--seed", "2"])
+    );
+    assert_eq!(
+        gen_with(&["--temperature", "0"]),
+        gen_with(&["--temperature", "1.5", "--top-k", "1"])
+    );
+    let o = seqlab()
+        .args(["generate", "--top-p", "1.5", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("top_p"));
     ok(seqlab()
         .args(["plot", "-o"])
         .arg(d.join("p.svg"))
@@ -219,6 +254,7 @@ fn mt_train_translate_attention() {
     let out = ok(seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap());
     assert!(out.contains("BLEU = ") && out.contains("chrF2 = "), "{out}");
     assert!(d.join("run/test_translations.txt").exists());
+    assert_run_outputs(&d.join("run"), "test");
     let run = d.join("run");
     let pic = d.join("attn.svg");
     let o = seqlab()
@@ -252,6 +288,44 @@ fn mt_train_translate_attention() {
     let lines = ok(child.wait_with_output().unwrap());
     assert_eq!(lines.lines().count(), 3, "{lines}");
     assert_eq!(lines.lines().nth(1), Some(""), "an empty line stays empty");
+    // The sampler means what it means in `generate`: --top-k 0 = no filter, temperature 0 =
+    // greedy.
+    let tr = |extra: &[&str]| {
+        let mut c = seqlab();
+        c.args(["translate", "--checkpoint"])
+            .arg(&run)
+            .arg("--input")
+            .arg(d.join("valid.tsv"))
+            .arg("--tsv")
+            .args(extra);
+        ok(c.output().unwrap())
+    };
+    let sampled = tr(&["--decoder", "sampling", "--temperature", "3", "--seed", "5"]);
+    assert_eq!(
+        sampled,
+        tr(&[
+            "--decoder",
+            "sampling",
+            "--temperature",
+            "3",
+            "--seed",
+            "5",
+            "--top-k",
+            "0"
+        ])
+    );
+    assert_eq!(
+        tr(&["--decoder", "sampling", "--temperature", "0", "--seed", "9"]),
+        tr(&["--decoder", "greedy"])
+    );
+    // `seqlab eval` on a translation run goes through the registry.
+    let ev = ok(seqlab()
+        .args(["eval", "--json", "--checkpoint"])
+        .arg(&run)
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    assert!(v["bleu"].as_f64().is_some() && v["chrf"].as_f64().is_some(), "{v}");
     ok(seqlab()
         .args([
             "plot",
@@ -277,5 +351,215 @@ fn mt_train_translate_attention() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("bad.tsv:2"), "{e}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Every run draws `loss.png` and writes `test_report.json` (on `split`) from its best
+/// checkpoint.
+fn assert_run_outputs(run: &Path, split: &str) {
+    assert!(
+        std::fs::metadata(run.join("loss.png")).unwrap().len() > 1000,
+        "{}",
+        run.display()
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test_report.json")).unwrap()).unwrap();
+    assert_eq!(r["split"], split, "{r}");
+    assert!(r["checkpoint"].as_str().unwrap().contains("checkpoints"), "{r}");
+}
+
+/// Trains a config through `seqlab train` (or the given alias), then evaluates the run through
+/// `seqlab eval --json`; returns (train stdout, eval JSON).
+fn train_and_eval(train: &[&str], cfg: &Path, run: &Path) -> (String, serde_json::Value) {
+    let out = ok(seqlab().args(train).arg(cfg).output().unwrap());
+    let ev = ok(seqlab()
+        .args(["eval", "--json", "--checkpoint"])
+        .arg(run)
+        .output()
+        .unwrap());
+    (out, serde_json::from_str(&ev).unwrap())
+}
+
+/// `classify` and `forecast` train and evaluate through the registry like `lm` and `mt`.
+#[test]
+fn classify_and_forecast_through_the_registry() {
+    let d = scratch("cls-fc");
+    // Classification: the label says whether the text mentions an animal.
+    let words = ["red", "blue", "cat", "dog", "sun", "tree", "bird", "road"];
+    let mut tsv = String::new();
+    for i in 0..200usize {
+        let w: Vec<&str> = (0..3).map(|k| words[(i * 5 + k * 3 + i / 7) % 8]).collect();
+        let animal = w.iter().any(|x| ["cat", "dog", "bird"].contains(x));
+        tsv.push_str(&format!(
+            "{}\t{}\n",
+            w.join(" "),
+            if animal { "animal" } else { "thing" }
+        ));
+    }
+    std::fs::write(d.join("cls.tsv"), &tsv).unwrap();
+    let cls = d.join("cls.toml");
+    std::fs::write(
+        &cls,
+        format!(
+            "task = \"classify\"\nrun_dir = {:?}\n[data]\ntrain = {:?}\nvalid = {:?}\ntokenizer = \"word\"\nbatch_tokens = 256\n\
+             [model]\nkind = \"gru\"\nembed_dim = 8\nhidden_size = 16\nnum_layers = 1\n[loss]\nlabel_smoothing = 0.05\n\
+             [optim]\nname = \"adam\"\nlr = 0.01\n[train]\nmax_steps = 30\neval_every = 10\nlog_every = 5\n",
+            d.join("cls-run").display().to_string(),
+            d.join("cls.tsv").display().to_string(),
+            d.join("cls.tsv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (out, v) = train_and_eval(&["train", "--config"], &cls, &d.join("cls-run"));
+    assert!(out.contains("accuracy") && out.contains("on the valid data"), "{out}");
+    assert_run_outputs(&d.join("cls-run"), "valid");
+    // No data.test: eval defaults to the validation file, the one the report used.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("cls-run/test_report.json")).unwrap()).unwrap();
+    assert_eq!(v["accuracy"], report["accuracy"]);
+    assert_eq!(v["examples"], 200);
+
+    // Forecasting: a noisy sine, SGD.
+    let mut csv = String::from("t,y\n");
+    for i in 0..400 {
+        csv.push_str(&format!("{i},{:.4}\n", (i as f64 * 0.3).sin() * 10.0 + 20.0));
+    }
+    std::fs::write(d.join("ts.csv"), csv).unwrap();
+    let fc = d.join("fc.toml");
+    std::fs::write(
+        &fc,
+        format!(
+            "task = \"forecast\"\nrun_dir = {:?}\n[data]\ntrain = {:?}\ncolumn = \"y\"\ninput_len = 12\nbatch_size = 16\n\
+             [model]\nkind = \"lstm\"\nhidden_size = 8\nnum_layers = 1\n[optim]\nname = \"sgd\"\nlr = 0.05\n\
+             [train]\nmax_steps = 20\neval_every = 10\nlog_every = 5\n",
+            d.join("fc-run").display().to_string(),
+            d.join("ts.csv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (out, v) = train_and_eval(&["train", "--config"], &fc, &d.join("fc-run"));
+    assert!(out.contains("seasonal naive"), "{out}");
+    assert_run_outputs(&d.join("fc-run"), "test");
+    assert!(v["rmse"].as_f64().unwrap() > 0.0 && v["part"] == "test", "{v}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// BERT pretraining and fine-tuning through the aliases (`pretrain F`, `finetune --config F`)
+/// and through `seqlab train`, evaluated through the registry.
+#[test]
+fn bert_pretrain_and_finetune_through_the_registry() {
+    let d = scratch("bert");
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
+    ];
+    let mut corpus = String::new();
+    let mut tsv = String::new();
+    for p in 0..60usize {
+        let sents: Vec<String> = (0..4)
+            .map(|s| {
+                let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
+                format!("{} .", w.join(" "))
+            })
+            .collect();
+        corpus.push_str(&sents.join(" "));
+        corpus.push('\n');
+        tsv.push_str(&format!(
+            "{}\t{}\n",
+            sents[0],
+            if sents[0].contains("cat") { "a" } else { "b" }
+        ));
+    }
+    std::fs::write(d.join("corpus.txt"), corpus).unwrap();
+    std::fs::write(d.join("cls.tsv"), tsv).unwrap();
+    // Old style: no `task` key, the alias supplies it.
+    let pt = d.join("pt.toml");
+    std::fs::write(
+        &pt,
+        format!(
+            "run_dir = {:?}\n[model]\nvocab_size = 0\nhidden_size = 32\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
+             intermediate_size = 64\nmax_position_embeddings = 48\n[data]\ncorpus = {:?}\nvocab_size = 80\nvalid_paragraphs = 10\n\
+             max_len = 48\nbatch_size = 8\n[optim]\nlr = 3e-3\n[train]\nmax_steps = 6\neval_every = 3\nlog_every = 3\n",
+            d.join("pt-run").display().to_string(),
+            d.join("corpus.txt").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (out, v) = train_and_eval(&["pretrain"], &pt, &d.join("pt-run"));
+    assert!(out.contains("masked LM") && out.contains("on the valid data"), "{out}");
+    assert_run_outputs(&d.join("pt-run"), "valid");
+    assert!((0.0..=1.0).contains(&v["mlm_accuracy"].as_f64().unwrap()), "{v}");
+    // `seqlab train` refuses it without a `task` key... unless it recognises the old BERT
+    // config, which it does (with a note).
+    let o = seqlab()
+        .args(["train", "--check", "--config"])
+        .arg(&pt)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bert-pretrain"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ft = d.join("ft.toml");
+    std::fs::write(
+        &ft,
+        format!(
+            "task = \"bert-finetune\"\npretrained = {:?}\nrun_dir = {:?}\n[data]\ntrain = {:?}\nvalid = {:?}\ntest = {:?}\n\
+             max_len = 32\nbatch_size = 8\n[optim]\nname = \"sgd\"\nlr = 0.01\n[train]\nmax_steps = 4\neval_every = 2\nlog_every = 2\n",
+            d.join("pt-run").display().to_string(),
+            d.join("ft-run").display().to_string(),
+            d.join("cls.tsv").display().to_string(),
+            d.join("cls.tsv").display().to_string(),
+            d.join("cls.tsv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (out, v) = train_and_eval(&["finetune", "--config"], &ft, &d.join("ft-run"));
+    assert!(
+        out.contains("confusion matrix") && out.contains("on the test data"),
+        "{out}"
+    );
+    assert_run_outputs(&d.join("ft-run"), "test");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ft-run/test_report.json")).unwrap()).unwrap();
+    assert_eq!(v["accuracy"], report["accuracy"], "eval reloads the best checkpoint");
+    // The alias refuses a config of another task.
+    let o = seqlab().args(["pretrain", "--config"]).arg(&ft).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("bert-finetune"));
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// Every preset in configs/ parses and validates through the registry (`train --check`
+/// reads no data), and each names its task.
+#[test]
+fn every_preset_config_loads_through_the_registry() {
+    let mut n = 0;
+    for e in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = ok(seqlab()
+            .args(["train", "--check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap());
+        assert!(out.contains("a valid `"), "{}: {out}", p.display());
+        n += 1;
+    }
+    assert!(n >= 13, "only {n} presets found");
+    // An unknown task is named, with the known ones.
+    let d = scratch("unknown-task");
+    std::fs::write(d.join("x.toml"), "task = \"lmm\"\n").unwrap();
+    let o = seqlab()
+        .args(["train", "--config"])
+        .arg(d.join("x.toml"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("lmm") && e.contains("bert-finetune"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(d);
 }

@@ -1,4 +1,4 @@
-//! Machine translation as a [`TrainTask`]: parallel text → BPE (joint or separate) →
+//! Machine translation (`task = "mt"`) as a [`Task`]: parallel text → BPE (joint or separate) →
 //! token-budget batches → label-smoothed cross-entropy, with validation BLEU picking the best
 //! checkpoint and a test report (BLEU, chrF, translations) when training ends.
 //!
@@ -10,15 +10,14 @@ use crate::decode::{decoder, DecodeStrategy, Seq2SeqModel, SpecialIds};
 use crate::parallel::{filter_by_length, read_pairs, Pair};
 use crate::rnn::{RnnSeq2Seq, RnnSeq2SeqConfig};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use seqlab_data::{pad_batch, token_budget_batches, BudgetConfig, Tokenizer, TokenizerConfig, TokenizerKind};
 use seqlab_metrics::{bleu, chrf};
 use seqlab_nn::loss::{cross_entropy, Reduction};
-use seqlab_nn::optim::{AdamW, AdamWConfig};
 use seqlab_nn::transformer::{Activation, EmbeddingTying, Seq2SeqConfig, TransformerConfig};
 use seqlab_nn::{Seq2SeqTransformer, VarStore};
-use seqlab_train::trainer::{LoopConfig, RunSummary, TrainTask, Trainer};
-use seqlab_train::Schedule;
+use seqlab_train::trainer::TrainTask;
+use seqlab_train::{BuildFrom, LossConfig, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -128,27 +127,6 @@ impl Default for MtModel {
     }
 }
 
-/// `[optim]`: Adam as in the paper (β 0.9/0.98, ε 1e-9), label smoothing 0.1.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MtOptim {
-    pub betas: [f64; 2],
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub label_smoothing: f64,
-}
-
-impl Default for MtOptim {
-    fn default() -> Self {
-        Self {
-            betas: [0.9, 0.98],
-            eps: 1e-9,
-            weight_decay: 0.0,
-            label_smoothing: 0.1,
-        }
-    }
-}
-
 /// `[decode]`: how the test set (and `seqlab translate` by default) is decoded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,69 +162,51 @@ impl MtDecode {
     }
 }
 
-/// A translation run (`configs/mt-*.toml`).
+/// The task keys of a translation run (`configs/mt-*.toml`); the engine's keys are
+/// [`seqlab_train::config`]'s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MtConfig {
-    /// Must be "mt" (`seqlab train` dispatches on it).
-    pub task: String,
-    pub run_dir: PathBuf,
+pub struct MtTaskConfig {
     pub data: MtData,
     #[serde(default)]
     pub model: MtModel,
-    #[serde(default)]
-    pub optim: MtOptim,
-    /// Default: the paper's `noam` with d_model and warm-up 4000.
-    #[serde(default)]
-    pub schedule: Option<Schedule>,
+    /// Default label smoothing 0.1 (the paper's).
+    #[serde(default = "paper_loss")]
+    pub loss: LossConfig,
     #[serde(default)]
     pub decode: MtDecode,
-    #[serde(default)]
-    pub train: LoopConfig,
 }
 
-impl MtConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.task != "mt" {
-            bail!("task must be \"mt\", got {:?}", self.task);
-        }
-        let (d, m) = (&self.data, &self.model);
-        if d.train.as_os_str().is_empty() {
-            bail!("data.train is required");
-        }
-        if d.max_len < 2 || d.batch_tokens < d.max_len || d.max_ratio < 1.0 {
-            bail!("data: need max_len >= 2, batch_tokens >= max_len and max_ratio >= 1");
-        }
-        if !(0.0..1.0).contains(&m.dropout) {
-            bail!("model.dropout must be in [0, 1)");
-        }
-        if m.share_embeddings && d.vocab != VocabKind::Joint {
-            bail!("model.share_embeddings needs data.vocab = \"joint\"");
-        }
-        if m.kind == MtModelKind::Transformer && (m.nhead == 0 || m.d_model % m.nhead != 0) {
-            bail!(
-                "model.d_model ({}) must be divisible by model.nhead ({})",
-                m.d_model,
-                m.nhead
-            );
-        }
-        if !(0.0..1.0).contains(&self.optim.label_smoothing) {
-            bail!("optim.label_smoothing must be in [0, 1)");
-        }
-        self.schedule().validate()?;
-        self.train.validate()
-    }
+fn paper_loss() -> LossConfig {
+    LossConfig { label_smoothing: 0.1 }
+}
 
-    pub fn schedule(&self) -> Schedule {
-        self.schedule.clone().unwrap_or(Schedule::Noam {
-            d_model: match self.model.kind {
-                MtModelKind::Transformer => self.model.d_model,
-                MtModelKind::Rnn => self.model.hidden_size,
-            },
-            warmup: 4000,
-            factor: 1.0,
-        })
+/// A whole translation run config: the engine's settings plus [`MtTaskConfig`].
+pub type MtConfig = RunConfig<MtTaskConfig>;
+
+/// Checks the task keys, naming the bad one.
+fn validate(cfg: &MtConfig) -> Result<()> {
+    let (d, m) = (&cfg.task.data, &cfg.task.model);
+    if d.train.as_os_str().is_empty() {
+        bail!("data.train is required");
     }
+    if d.max_len < 2 || d.batch_tokens < d.max_len || d.max_ratio < 1.0 {
+        bail!("data: need max_len >= 2, batch_tokens >= max_len and max_ratio >= 1");
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        bail!("model.dropout must be in [0, 1)");
+    }
+    if m.share_embeddings && d.vocab != VocabKind::Joint {
+        bail!("model.share_embeddings needs data.vocab = \"joint\"");
+    }
+    if m.kind == MtModelKind::Transformer && (m.nhead == 0 || m.d_model % m.nhead != 0) {
+        bail!(
+            "model.d_model ({}) must be divisible by model.nhead ({})",
+            m.d_model,
+            m.nhead
+        );
+    }
+    cfg.task.loss.validate()
 }
 
 /// The two model families behind one interface.
@@ -256,8 +216,9 @@ pub enum MtNet {
 }
 
 impl MtNet {
+    /// The model of `[model]` for the given vocabulary sizes.
     pub fn new(cfg: &MtConfig, src_vocab: usize, tgt_vocab: usize, vs: &VarStore) -> Result<Self> {
-        let m = &cfg.model;
+        let m = &cfg.task.model;
         Ok(match m.kind {
             MtModelKind::Transformer => {
                 let tc = TransformerConfig {
@@ -336,6 +297,7 @@ struct Encoded {
     tgt: Vec<u32>,
 }
 
+/// A translation model with its tokenizers and (when training) its data.
 pub struct MtTask {
     pub cfg: MtConfig,
     pub src_tok: Tokenizer,
@@ -365,11 +327,11 @@ fn tokenizer_files(vocab: VocabKind) -> (&'static str, &'static str) {
 }
 
 impl MtTask {
-    /// Reads the data (training data only when `with_train`), trains the tokenizers or takes
-    /// them from the checkpoint folder `saved`, and builds the model.
-    pub fn build(cfg: &MtConfig, vs: &VarStore, saved: Option<&Path>, with_train: bool) -> Result<Self> {
-        cfg.validate()?;
-        let d = &cfg.data;
+    /// Reads the data (training and validation pairs only for [`Purpose::Train`]), trains
+    /// the tokenizers or takes them from `from.checkpoint`, and builds the model.
+    fn new(cfg: &MtConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        let (saved, with_train) = (from.checkpoint, from.purpose == Purpose::Train);
+        let d = &cfg.task.data;
         let train_pairs = if with_train { read_pairs(&d.train)? } else { Vec::new() };
         let (sf, tf) = tokenizer_files(d.vocab);
         let (src_tok, tgt_tok) = match saved {
@@ -435,7 +397,7 @@ impl MtTask {
             valid: Vec::new(),
             epoch_batches: None,
         };
-        if let Some(p) = &d.valid {
+        if let (Some(p), true) = (&d.valid, with_train) {
             task.valid = task.encode_pairs(read_pairs(p)?)?;
         }
         Ok(task)
@@ -471,7 +433,7 @@ impl MtTask {
     }
 
     fn budget(&self) -> BudgetConfig {
-        BudgetConfig::new(self.cfg.data.batch_tokens)
+        BudgetConfig::new(self.cfg.task.data.batch_tokens)
     }
 
     /// Padded source, decoder input and decoder target tensors of `idx`, and the number of
@@ -523,7 +485,7 @@ impl MtTask {
 
     fn batches(&mut self, epoch: u64) -> Result<&Vec<Vec<usize>>> {
         if self.epoch_batches.as_ref().map(|e| e.0) != Some(epoch) {
-            let b = token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.train.seed, epoch)))?;
+            let b = token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.run.train.seed, epoch)))?;
             self.epoch_batches = Some((epoch, b));
         }
         Ok(&self.epoch_batches.as_ref().expect("just set").1)
@@ -613,9 +575,75 @@ impl MtTask {
     }
 }
 
+impl Task for MtTask {
+    type Config = MtTaskConfig;
+    const NAME: &'static str = "mt";
+    const ABOUT: &'static str = "machine translation of src<TAB>tgt text (BLEU, chrF)";
+
+    /// Adam as in the paper: β = (0.9, 0.98), ε = 1e-9, no weight decay.
+    fn default_optim() -> OptimConfig {
+        OptimConfig {
+            betas: [0.9, 0.98],
+            eps: 1e-9,
+            weight_decay: 0.0,
+            ..OptimConfig::default()
+        }
+    }
+
+    /// The paper's `noam` with the model width and warm-up 4000.
+    fn default_schedule(cfg: &MtConfig) -> Schedule {
+        let m = &cfg.task.model;
+        Schedule::Noam {
+            d_model: match m.kind {
+                MtModelKind::Transformer => m.d_model,
+                MtModelKind::Rnn => m.hidden_size,
+            },
+            warmup: 4000,
+            factor: 1.0,
+        }
+    }
+
+    fn validate(cfg: &MtConfig) -> Result<()> {
+        validate(cfg)
+    }
+
+    fn build(cfg: &MtConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs, from)
+    }
+
+    /// `data.test` when given, else `data.valid` (required for training).
+    fn final_split(cfg: &MtConfig) -> Option<Split> {
+        let d = &cfg.task.data;
+        Split::test_else_valid(d.test.is_some(), d.valid.is_some())
+    }
+
+    /// BLEU and chrF of `[decode]`'s search on the split's `src<TAB>tgt` file (or `path`);
+    /// the translations come as the extra file `<split>_translations.txt`.
+    fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        let d = &self.cfg.task.data;
+        let file = split.file(path, d.test.as_deref(), d.valid.as_deref())?;
+        let dec = &self.cfg.task.decode;
+        let (text, json, hyps) = self.score_file(&file, &dec.strategy(), dec.batch_size)?;
+        let mut body = hyps.join("\n");
+        body.push('\n');
+        Ok(Report {
+            text,
+            json,
+            files: vec![(format!("{}_translations.txt", split.name()), body)],
+        })
+    }
+
+    fn guide(&self) -> String {
+        format!(
+            "BLEU (0-100) counts n-gram overlap with the reference translation, as sacrebleu does; chrF counts character n-grams. Translate new text with `seqlab translate --checkpoint {}`.",
+            self.cfg.run_dir().display()
+        )
+    }
+}
+
 impl TrainTask for MtTask {
     fn batches_per_epoch(&self) -> usize {
-        token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.train.seed, 0))).map_or(0, |b| b.len())
+        token_budget_batches(&self.lengths(), &self.budget(), Some((self.cfg.run.train.seed, 0))).map_or(0, |b| b.len())
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
@@ -623,7 +651,7 @@ impl TrainTask for MtTask {
         // The number of batches varies a little between epochs; the loop counts epoch 0's.
         let idx = batches[index % batches.len()].clone();
         let pairs: Vec<&Encoded> = idx.iter().map(|&i| &self.train[i]).collect();
-        self.loss(&pairs, self.cfg.optim.label_smoothing, true)
+        self.loss(&pairs, self.cfg.task.loss.label_smoothing, true)
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
@@ -643,12 +671,12 @@ impl TrainTask for MtTask {
             n += k;
         }
         let nll = sum / n.max(1) as f64;
-        let m = match self.cfg.data.valid_bleu_sentences {
+        let m = match self.cfg.task.data.valid_bleu_sentences {
             0 => self.valid.len(),
             m => m.min(self.valid.len()),
         };
         let ids: Vec<Vec<u32>> = self.valid[..m].iter().map(|(_, e)| e.src.clone()).collect();
-        let outs = self.translate_ids(&ids, &DecodeStrategy::Greedy, self.cfg.decode.batch_size, true)?;
+        let outs = self.translate_ids(&ids, &DecodeStrategy::Greedy, self.cfg.task.decode.batch_size, true)?;
         let hyps: Vec<String> = outs.iter().map(|o| self.detokenize(o)).collect::<Result<_>>()?;
         let refs = vec![self.valid[..m].iter().map(|(p, _)| p.tgt.clone()).collect::<Vec<_>>()];
         let b = bleu::corpus_bleu(&hyps, &refs, &bleu::BleuConfig::default())?;
@@ -664,7 +692,7 @@ impl TrainTask for MtTask {
     }
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
-        let (sf, tf) = tokenizer_files(self.cfg.data.vocab);
+        let (sf, tf) = tokenizer_files(self.cfg.task.data.vocab);
         self.src_tok.save(dir.join(sf))?;
         if sf != tf {
             self.tgt_tok.save(dir.join(tf))?;
@@ -673,79 +701,10 @@ impl TrainTask for MtTask {
     }
 }
 
-/// The run configuration stored in a checkpoint's `trainer.json`.
-pub fn checkpoint_config(dir: &Path) -> Result<MtConfig> {
-    seqlab_train::checkpoint::run_config(dir)
-        .with_context(|| format!("{}: not a translation checkpoint (task = \"mt\")", dir.display()))
-}
-
-/// Loads a translation model from a checkpoint folder or run folder (→ best).
-pub fn load(path: &Path) -> Result<MtTask> {
-    let dir = seqlab_train::checkpoint::resolve(path)?;
-    let mut cfg = checkpoint_config(&dir)?;
-    cfg.data.valid = None;
-    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-    let task = MtTask::build(&cfg, &vs, Some(&dir), false)?;
-    c(vs.load_safetensors(dir.join("model.safetensors"), true))?;
-    Ok(task)
-}
-
-/// What a training run produced.
-pub struct MtOutcome {
-    pub summary: RunSummary,
-    /// With `data.test`: the best checkpoint's report (also in `test_report.json`, with the
-    /// translations in `test_translations.txt`).
-    pub test: Option<String>,
-}
-
-/// Trains per `cfg`; with `resume`, continues from the newest checkpoint.
-pub fn train(cfg: &MtConfig, resume: bool) -> Result<MtOutcome> {
-    cfg.validate()?;
-    let latest = seqlab_train::checkpoint::prepare_run_dir(&cfg.run_dir, resume, &toml::to_string(cfg)?)?;
-    let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-    let mut task = MtTask::build(cfg, &vs, latest.as_deref(), true)?;
-    let sched = cfg.schedule();
-    let ac = AdamWConfig {
-        lr: sched.lr(1),
-        betas: (cfg.optim.betas[0], cfg.optim.betas[1]),
-        eps: cfg.optim.eps,
-        weight_decay: cfg.optim.weight_decay,
-    };
-    let opt = Box::new(c(AdamW::new(vs.trainable(), ac))?);
-    let mut trainer = Trainer::new(
-        cfg.train.clone(),
-        vs.clone(),
-        opt,
-        sched,
-        &cfg.run_dir,
-        serde_json::to_value(cfg)?,
-    )?;
-    if resume {
-        trainer.resume()?;
-    }
-    let summary = trainer.run(&mut task)?;
-    let test = match &cfg.data.test {
-        Some(p) => {
-            let best = seqlab_train::checkpoint::resolve(&cfg.run_dir)?;
-            c(vs.load_safetensors(best.join("model.safetensors"), true))?;
-            let (text, json, hyps) = task.score_file(p, &cfg.decode.strategy(), cfg.decode.batch_size)?;
-            seqlab_nn::io::write_atomic(
-                &cfg.run_dir.join("test_report.json"),
-                serde_json::to_string_pretty(&json)?.as_bytes(),
-            )?;
-            let mut body = hyps.join("\n");
-            body.push('\n');
-            seqlab_nn::io::write_atomic(&cfg.run_dir.join("test_translations.txt"), body.as_bytes())?;
-            Some(format!("{} on the test data:\n{text}", best.display()))
-        }
-        None => None,
-    };
-    Ok(MtOutcome { summary, test })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use seqlab_train::{LoopConfig, OptimName, RunSettings};
 
     fn tmp(tag: &str) -> PathBuf {
         seqlab_nn::testing::scratch_dir(&format!("mt-task-{tag}"))
@@ -769,59 +728,73 @@ mod tests {
         let (train, valid) = (dir.join("train.tsv"), dir.join("valid.tsv"));
         reversal_file(&train, 400, 1);
         reversal_file(&valid, 30, 2);
-        MtConfig {
-            task: "mt".into(),
-            run_dir: dir.join(format!("run-{kind:?}")),
-            data: MtData {
-                train,
-                valid: Some(valid.clone()),
-                test: Some(valid),
-                vocab: VocabKind::Joint,
-                vocab_size: 60,
-                batch_tokens: 256,
-                valid_bleu_sentences: 0,
-                ..MtData::default()
+        RunConfig {
+            run: RunSettings {
+                task: "mt".into(),
+                run_dir: Some(dir.join(format!("run-{kind:?}"))),
+                optim: MtTask::default_optim(),
+                schedule: Some(Schedule::Constant { lr: 3e-3 }),
+                train: LoopConfig {
+                    max_steps: 80,
+                    eval_every: 40,
+                    log_every: 20,
+                    progress: false,
+                    seed: 5,
+                    ..LoopConfig::default()
+                },
             },
-            model: MtModel {
-                kind,
-                d_model: 32,
-                nhead: 2,
-                num_encoder_layers: 1,
-                num_decoder_layers: 1,
-                dim_feedforward: 64,
-                dropout: 0.0,
-                embed_dim: 16,
-                hidden_size: 32,
-                num_layers: 1,
-                ..MtModel::default()
-            },
-            optim: MtOptim::default(),
-            schedule: Some(Schedule::Constant { lr: 3e-3 }),
-            decode: MtDecode {
-                beam_size: 2,
-                ..MtDecode::default()
-            },
-            train: LoopConfig {
-                max_steps: 80,
-                eval_every: 40,
-                log_every: 20,
-                progress: false,
-                seed: 5,
-                ..LoopConfig::default()
+            task: MtTaskConfig {
+                data: MtData {
+                    train,
+                    valid: Some(valid.clone()),
+                    test: Some(valid),
+                    vocab: VocabKind::Joint,
+                    vocab_size: 60,
+                    batch_tokens: 256,
+                    valid_bleu_sentences: 0,
+                    ..MtData::default()
+                },
+                model: MtModel {
+                    kind,
+                    d_model: 32,
+                    nhead: 2,
+                    num_encoder_layers: 1,
+                    num_decoder_layers: 1,
+                    dim_feedforward: 64,
+                    dropout: 0.0,
+                    embed_dim: 16,
+                    hidden_size: 32,
+                    num_layers: 1,
+                    ..MtModel::default()
+                },
+                loss: paper_loss(),
+                decode: MtDecode {
+                    beam_size: 2,
+                    ..MtDecode::default()
+                },
             },
         }
     }
 
-    /// Both model families train through the task, write a test report, and reload from the
-    /// run folder to translate the same way.
+    fn fresh(cfg: &MtConfig, vs: &VarStore) -> MtTask {
+        let from = BuildFrom {
+            checkpoint: None,
+            purpose: Purpose::Train,
+        };
+        MtTask::build(cfg, vs, from).unwrap()
+    }
+
+    /// Both model families train through the engine's run path, write a test report,
+    /// translations and curves, and reload from the run folder to translate the same way.
     #[test]
     fn tiny_runs_learn_and_reload_for_both_models() {
         let dir = tmp("tiny");
         for kind in [MtModelKind::Transformer, MtModelKind::Rnn] {
             let cfg = tiny_cfg(&dir, kind);
-            let vs = VarStore::new(cfg.train.seed, &Device::Cpu);
-            let before = MtTask::build(&cfg, &vs, None, true).unwrap().evaluate().unwrap();
-            let out = train(&cfg, false).unwrap();
+            let run_dir = cfg.run_dir();
+            let vs = VarStore::new(cfg.run.train.seed, &candle_core::Device::Cpu);
+            let before = fresh(&cfg, &vs).evaluate().unwrap();
+            let out = seqlab_train::run::train::<MtTask>(&cfg, false).unwrap();
             let after = &out.summary.last_eval;
             assert!(
                 after["loss"] < before["loss"] - 1.0,
@@ -829,16 +802,23 @@ mod tests {
                 before["loss"],
                 after["loss"]
             );
-            assert!(out.test.as_deref().unwrap().contains("BLEU"), "{kind:?}");
+            let fin = out.test_report.expect("data.test was given");
+            assert_eq!(fin.split, Split::Test);
+            assert!(fin.report.text.contains("BLEU"), "{kind:?}");
+            assert!(run_dir.join("loss.png").exists());
             let report: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(cfg.run_dir.join("test_report.json")).unwrap()).unwrap();
-            let hyps = std::fs::read_to_string(cfg.run_dir.join("test_translations.txt")).unwrap();
+                serde_json::from_str(&std::fs::read_to_string(run_dir.join("test_report.json")).unwrap()).unwrap();
+            assert_eq!(report["split"], "test");
+            let hyps = std::fs::read_to_string(run_dir.join("test_translations.txt")).unwrap();
             assert_eq!(hyps.lines().count(), 30);
-            let task = load(&cfg.run_dir).unwrap();
-            let again = task.translate(&["red cat"], &cfg.decode.strategy(), 8, true).unwrap();
+            let task = seqlab_train::load::<MtTask>(&run_dir).unwrap().task;
+            assert!(task.valid.is_empty(), "loading for evaluation reads no validation data");
+            let again = task
+                .translate(&["red cat"], &cfg.task.decode.strategy(), 8, true)
+                .unwrap();
             assert_eq!(again.len(), 1);
             let (_, json, hyps2) = task
-                .score_file(&dir.join("valid.tsv"), &cfg.decode.strategy(), 8)
+                .score_file(&dir.join("valid.tsv"), &cfg.task.decode.strategy(), 8)
                 .unwrap();
             assert_eq!(
                 hyps2.join("\n") + "\n",
@@ -847,8 +827,9 @@ mod tests {
             );
             assert_eq!(json["bleu"], report["bleu"]);
             // Attention rows are distributions over the source.
-            let s = Tensor::new(&[[5u32, 6, 2]], &Device::Cpu).unwrap();
-            let t = Tensor::new(&[[1u32, 7, 8]], &Device::Cpu).unwrap();
+            let dev = candle_core::Device::Cpu;
+            let s = Tensor::new(&[[5u32, 6, 2]], &dev).unwrap();
+            let t = Tensor::new(&[[1u32, 7, 8]], &dev).unwrap();
             let w = task.net.cross_attention(&s, &t).unwrap();
             let sums = w[0]
                 .sum(candle_core::D::Minus1)
@@ -862,19 +843,53 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// `[optim]` is one schema: AdamW, Adam and SGD all train a translation model (the loss
+    /// falls within a few steps) through the same run path.
+    #[test]
+    fn every_optimizer_trains_translation() {
+        let dir = tmp("optim");
+        for name in [OptimName::Adamw, OptimName::Adam, OptimName::Sgd] {
+            let mut cfg = tiny_cfg(&dir, MtModelKind::Transformer);
+            cfg.run.run_dir = Some(dir.join(format!("run-{name:?}")));
+            cfg.run.optim.name = name;
+            cfg.run.optim.lr = if name == OptimName::Sgd { 0.3 } else { 3e-3 };
+            cfg.run.schedule = None;
+            cfg.task.model.kind = MtModelKind::Transformer;
+            // The default schedule (noam, warm-up 4000) would barely move in 12 steps.
+            cfg.run.schedule = Some(Schedule::Constant { lr: cfg.run.optim.lr });
+            cfg.run.train.max_steps = 12;
+            cfg.run.train.eval_every = 12;
+            cfg.run.train.log_every = 4;
+            cfg.task.data.valid_bleu_sentences = 4;
+            let out = seqlab_train::run::train::<MtTask>(&cfg, false).unwrap();
+            let l = &out.summary.train_losses;
+            assert_eq!(l.len(), 12, "{name:?}");
+            let (first, last) = (
+                l[..3].iter().map(|x| x.1).sum::<f64>(),
+                l[9..].iter().map(|x| x.1).sum::<f64>(),
+            );
+            assert!(
+                last < first,
+                "{name:?}: training loss {first} -> {last} (sums of 3 steps)"
+            );
+            assert!(cfg.run_dir().join("test_report.json").exists(), "{name:?}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn config_errors_are_named() {
         let dir = tmp("cfg");
         let mut cfg = tiny_cfg(&dir, MtModelKind::Transformer);
-        cfg.data.vocab = VocabKind::Separate;
-        assert!(cfg.validate().unwrap_err().to_string().contains("share_embeddings"));
-        cfg.model.share_embeddings = false;
-        cfg.validate().unwrap();
-        cfg.model.nhead = 3;
-        assert!(cfg.validate().unwrap_err().to_string().contains("divisible"));
-        cfg.model.nhead = 2;
-        cfg.task = "lm".into();
-        assert!(cfg.validate().is_err());
+        cfg.task.data.vocab = VocabKind::Separate;
+        assert!(validate(&cfg).unwrap_err().to_string().contains("share_embeddings"));
+        cfg.task.model.share_embeddings = false;
+        validate(&cfg).unwrap();
+        cfg.task.model.nhead = 3;
+        assert!(validate(&cfg).unwrap_err().to_string().contains("divisible"));
+        cfg.task.model.nhead = 2;
+        cfg.task.loss.label_smoothing = 1.0;
+        assert!(validate(&cfg).unwrap_err().to_string().contains("loss.label_smoothing"));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

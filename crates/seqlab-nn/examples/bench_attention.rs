@@ -83,15 +83,7 @@ fn attention_only(batch: usize, seq: usize, steps: usize) -> candle_core::Result
         for _ in 0..steps.max(2) {
             let t0 = Instant::now();
             let y = if fused {
-                scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    &SdpaOptions {
-                        is_causal: false,
-                        ..Default::default()
-                    },
-                )?
+                scaled_dot_product_attention(&q, &k, &v, &SdpaOptions::default())?
             } else {
                 sdpa_reference(&q, &k, &v, None, 0.125)?
             };

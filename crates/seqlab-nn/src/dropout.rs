@@ -7,6 +7,7 @@ use candle_core::{bail, Result, Tensor};
 /// probability `p` and the rest scaled by 1/(1-p); identity in evaluation.
 #[derive(Clone)]
 pub struct Dropout {
+    /// Probability of zeroing an element, in [0, 1).
     pub p: f64,
     rng: SharedRng,
 }
@@ -18,6 +19,8 @@ impl std::fmt::Debug for Dropout {
 }
 
 impl Dropout {
+    /// Inverted dropout with probability `p`, drawing from `rng` (the model's RNG). Rejects `p`
+    /// outside [0, 1).
     pub fn new(p: f64, rng: SharedRng) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
             bail!("Dropout: p must be in [0, 1), got {p}");

@@ -6,7 +6,9 @@ use candle_core::{bail, DType, Result, Tensor};
 /// Configuration of [`Embedding`]; defaults follow `torch.nn.Embedding`.
 #[derive(Clone, Debug)]
 pub struct EmbeddingConfig {
+    /// Vocabulary size (rows of the table); must be > 0.
     pub num_embeddings: usize,
+    /// Width of each embedding; must be > 0.
     pub embedding_dim: usize,
     /// This row starts at zero and never receives a gradient. Default `None`.
     pub padding_idx: Option<usize>,
@@ -15,11 +17,15 @@ pub struct EmbeddingConfig {
 /// Lookup table `weight` (num_embeddings, embedding_dim), initialised N(0, 1).
 #[derive(Clone, Debug)]
 pub struct Embedding {
+    /// (num_embeddings, embedding_dim).
     pub weight: Tensor,
+    /// The row that starts at zero and never gets a gradient, if any.
     pub padding_idx: Option<usize>,
 }
 
 impl Embedding {
+    /// `weight` (num_embeddings, embedding_dim) drawn N(0, 1), the `padding_idx` row zeroed, as
+    /// PyTorch. Rejects `num_embeddings = 0`, `embedding_dim = 0` and `padding_idx >= num_embeddings`.
     pub fn new(cfg: &EmbeddingConfig, vs: &VarStore) -> Result<Self> {
         Self::with_init(cfg, Init::Normal { mean: 0.0, std: 1.0 }, vs)
     }
@@ -28,9 +34,13 @@ impl Embedding {
     /// embeddings by √d_model (and ties them to the output layer) wants N(0, d_model^-0.5), so
     /// that inputs and logits start at unit scale.
     pub fn with_init(cfg: &EmbeddingConfig, init: Init, vs: &VarStore) -> Result<Self> {
-        if cfg.num_embeddings == 0 || cfg.embedding_dim == 0 {
-            bail!("Embedding: sizes must be positive, got {cfg:?}");
-        }
+        crate::check::positive(
+            "Embedding",
+            &[
+                ("num_embeddings", cfg.num_embeddings),
+                ("embedding_dim", cfg.embedding_dim),
+            ],
+        )?;
         if let Some(p) = cfg.padding_idx {
             if p >= cfg.num_embeddings {
                 bail!(
@@ -71,20 +81,6 @@ impl Embedding {
         out.push(self.weight.dim(1)?);
         emb.reshape(out)
     }
-}
-
-/// Golden case `embedding`: `nn.Embedding(num_embeddings, embedding_dim, padding_idx)(ids)`.
-pub(crate) fn golden_embedding(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cfg = EmbeddingConfig {
-        num_embeddings: case.cfg_req("num_embeddings")?,
-        embedding_dim: case.cfg_req("embedding_dim")?,
-        padding_idx: case.cfg("padding_idx")?,
-    };
-    let emb = Embedding::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        Ok([("y".to_string(), emb.forward(&inp.get("ids")?)?)].into())
-    })
 }
 
 #[cfg(test)]

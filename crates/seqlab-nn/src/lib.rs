@@ -4,37 +4,55 @@
 //! [`VarStore`] path (parameters get PyTorch `state_dict` names), and a `forward` whose doc
 //! states the shapes. Layers whose behaviour differs between training and evaluation take a
 //! `train: bool` flag.
+//!
+//! Where things live:
+//! - layers and their public API: [`linear`], [`embedding`], [`dropout`], [`norm`]
+//!   (LayerNorm, BatchNorm1d), [`recurrent`] (RNN/LSTM/GRU, the sequence classifier),
+//!   [`attention`] (SDPA, MultiheadAttention, typed masks in [`attention::mask`]),
+//!   [`positional`], [`transformer`];
+//! - [`kernels`]: the unsafe fused CPU kernels behind those layers (forward + backward);
+//! - training pieces: [`loss`], [`optim`], [`clip`], [`rng`] (seeded, checkpointable),
+//!   [`varstore`] (named parameters), [`io`] (atomic writes), [`ops`] (differentiable helpers);
+//! - [`testing`]: helpers for tests of this and other crates (gradient reachability, ...).
+//!
+//! PyTorch parity is checked by `tests/torch_parity.rs` against the reference cases in
+//! `tests/golden/` (format and generator: `tests/golden/README.md`).
 
 pub mod attention;
+mod check;
 pub mod clip;
 pub mod dropout;
 pub mod embedding;
-pub mod golden;
 pub mod io;
-mod kernel;
+pub mod kernels;
 pub mod linear;
 pub mod loss;
+pub mod mamba;
 pub mod norm;
 pub mod ops;
 pub mod optim;
 pub mod positional;
 pub mod recurrent;
-pub mod recurrent_fused;
 pub mod rng;
+pub mod sampling;
 pub mod testing;
 pub mod transformer;
 pub mod varstore;
 
 pub use attention::{
-    causal_mask, scaled_dot_product_attention, AttnMasks, BoolMask, KvCache, MultiheadAttention,
-    MultiheadAttentionConfig, SdpaOptions,
+    causal_mask, scaled_dot_product_attention, AttnMask, KeyPaddingMask, KvCache, MhaInput, MhaOutput,
+    MultiheadAttention, MultiheadAttentionConfig, ReturnWeights, SdpaOptions,
 };
 pub use clip::{clip_grad_norm, clip_grad_norm_pairs};
 pub use dropout::Dropout;
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};
 pub use loss::{cross_entropy, mse_loss, Reduction};
-pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig};
+pub use mamba::{
+    DtRank, Mamba, MambaBlock, MambaBlockConfig, MambaCache, MambaConfig, MambaLmHead, MambaLmHeadConfig, MambaModel,
+    MambaModelConfig, MambaState, NormKind, Padding,
+};
+pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
 pub use positional::{sinusoidal_table, LearnedPositionalEmbedding, SinusoidalPositionalEncoding};
 pub use recurrent::{

@@ -1,18 +1,21 @@
 //! `nn.Linear`.
 
 use crate::{ops, Init, VarStore};
-use candle_core::{bail, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// Configuration of [`Linear`]; defaults follow `torch.nn.Linear`.
 #[derive(Clone, Debug)]
 pub struct LinearConfig {
+    /// Size of each input row; must be > 0.
     pub in_features: usize,
+    /// Size of each output row; must be > 0.
     pub out_features: usize,
     /// Default `true`.
     pub bias: bool,
 }
 
 impl LinearConfig {
+    /// The two sizes, with a bias.
     pub fn new(in_features: usize, out_features: usize) -> Self {
         Self {
             in_features,
@@ -26,15 +29,19 @@ impl LinearConfig {
 /// U(-1/sqrt(in), 1/sqrt(in)) as PyTorch does.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// (out_features, in_features).
     pub weight: Tensor,
+    /// (out_features), absent with `bias = false`.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// Creates `weight` and `bias` under `vs`. Rejects `in_features = 0` and `out_features = 0`.
     pub fn new(cfg: &LinearConfig, vs: &VarStore) -> Result<Self> {
-        if cfg.in_features == 0 || cfg.out_features == 0 {
-            bail!("Linear: in_features and out_features must be positive, got {cfg:?}");
-        }
+        crate::check::positive(
+            "Linear",
+            &[("in_features", cfg.in_features), ("out_features", cfg.out_features)],
+        )?;
         let init = Init::uniform_fan(cfg.in_features);
         let weight = vs.param("weight", (cfg.out_features, cfg.in_features), init)?;
         let bias = if cfg.bias {

@@ -3,7 +3,6 @@
 
 use crate::ops::log_softmax;
 use candle_core::{bail, DType, Result, Tensor, D};
-use rayon::prelude::*;
 
 /// How per-element losses are combined; PyTorch's `reduction` argument (default `Mean`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,7 +99,7 @@ pub fn cross_entropy(
     let m = ids.len();
     let count: f32 = keep.iter().sum();
     let per = if dev.is_cpu() && flat.dtype() == DType::F32 {
-        let op = CrossEntropyRows {
+        let op = crate::kernels::cross_entropy::CrossEntropyRows {
             target: idx,
             keep: keep.clone(),
             smoothing: label_smoothing as f32,
@@ -134,87 +133,6 @@ fn per_row_composed(flat: &Tensor, idx: Vec<u32>, label_smoothing: f64) -> Resul
     }
 }
 
-/// Per-row `(1 − ε)·(lse − x[t]) + (ε/C)·(C·lse − Σx)` over (M, C) f32 logits in one pass,
-/// with the analytic gradient `keep·g·(softmax − (1 − ε)·onehot(t) − ε/C)`. Ignored rows
-/// (`keep` 0) give 0 and get no gradient.
-struct CrossEntropyRows {
-    target: Vec<u32>,
-    keep: Vec<f32>,
-    smoothing: f32,
-}
-
-impl CrossEntropyRows {
-    /// max and log-sum-exp of a row; exp in f32, sums in f64.
-    #[inline]
-    fn lse(row: &[f32]) -> (f32, f32) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let s: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
-        (max, max + s.ln() as f32)
-    }
-}
-
-impl candle_core::CustomOp1 for CrossEntropyRows {
-    fn name(&self) -> &'static str {
-        "seqlab-cross-entropy"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (m, c) = l.shape().dims2()?;
-        let x = crate::kernel::contiguous_f32("cross_entropy", "logits", s, l)?;
-        let eps = self.smoothing;
-        let work = |(i, row): (usize, &[f32])| -> f32 {
-            if self.keep[i] == 0.0 {
-                return 0.0;
-            }
-            let (_, lse) = Self::lse(row);
-            let nll = lse - row[self.target[i] as usize];
-            if eps > 0.0 {
-                let sum: f64 = row.iter().map(|&v| v as f64).sum();
-                let smooth = c as f32 * lse - sum as f32;
-                (1.0 - eps) * nll + eps / c as f32 * smooth
-            } else {
-                nll
-            }
-        };
-        let out: Vec<f32> = if m * c > 1 << 15 {
-            x.par_chunks(c).enumerate().map(work).collect()
-        } else {
-            x.chunks(c).enumerate().map(work).collect()
-        };
-        Ok((candle_core::CpuStorage::F32(out), m.into()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (m, c) = x.dims2()?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let gv = grad.to_vec1::<f32>()?;
-        let eps = self.smoothing;
-        let mut dx = vec![0f32; m * c];
-        let work = |(i, (row, drow)): (usize, (&[f32], &mut [f32]))| {
-            let g = gv[i] * self.keep[i];
-            if g == 0.0 {
-                return;
-            }
-            let (_, lse) = Self::lse(row);
-            let off = eps / c as f32;
-            for (d, &v) in drow.iter_mut().zip(row) {
-                *d = g * ((v - lse).exp() - off);
-            }
-            drow[self.target[i] as usize] -= g * (1.0 - eps);
-        };
-        if m * c > 1 << 15 {
-            xv.par_chunks(c).zip(dx.par_chunks_mut(c)).enumerate().for_each(work);
-        } else {
-            xv.chunks(c).zip(dx.chunks_mut(c)).enumerate().for_each(work);
-        }
-        Ok(Some(Tensor::from_vec(dx, (m, c), x.device())?))
-    }
-}
-
 /// `F.mse_loss(input, target, reduction)`: `(input − target)²`, same shapes required.
 pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result<Tensor> {
     if input.dims() != target.dims() {
@@ -230,26 +148,6 @@ pub fn mse_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Result
         Reduction::Sum => sq.sum_all(),
         Reduction::Mean => sq.mean_all(),
     }
-}
-
-/// Golden case `cross_entropy`: `F.cross_entropy(logits, target, ignore_index,
-/// label_smoothing, reduction)` → `loss`.
-pub(crate) fn golden_cross_entropy(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = crate::VarStore::new(0, &candle_core::Device::Cpu);
-    // F.cross_entropy's own default when the case does not name one.
-    let ignore_index: i64 = case.cfg_or("ignore_index", -100)?;
-    let ls: f64 = case.cfg_or("label_smoothing", 0.0)?;
-    let reduction: Reduction = case.cfg_or("reduction", "mean".to_string())?.parse()?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let loss = cross_entropy(
-            &inp.get("logits")?,
-            &inp.get("target")?,
-            Some(ignore_index),
-            ls,
-            reduction,
-        )?;
-        Ok([("loss".to_string(), loss)].into())
-    })
 }
 
 #[cfg(test)]
@@ -332,7 +230,7 @@ mod tests {
         let keep: Vec<f32> = (0..70).map(|i| if i % 7 == 3 { 0.0 } else { 1.0 }).collect();
         let probe = crate::SeqRng::new(4).normal(70, 0.0, 1.0, &Device::Cpu).unwrap();
         for eps in [0.0f32, 0.15] {
-            let op = CrossEntropyRows {
+            let op = crate::kernels::cross_entropy::CrossEntropyRows {
                 target: ids.clone(),
                 keep: keep.clone(),
                 smoothing: eps,
@@ -340,10 +238,10 @@ mod tests {
             let keep_t = Tensor::new(keep.as_slice(), &Device::Cpu).unwrap();
             let fused = x.as_tensor().apply_op1(op).unwrap();
             let composed = (per_row_composed(x.as_tensor(), ids.clone(), eps as f64).unwrap() * &keep_t).unwrap();
-            assert!(crate::golden::rel_err(&fused, &composed).unwrap() < 1e-6);
+            assert!(crate::testing::rel_err(&fused, &composed).unwrap() < 1e-6);
             let gf = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let gc = (composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(crate::golden::rel_err(gf.get(&x).unwrap(), gc.get(&x).unwrap()).unwrap() < 1e-5);
+            assert!(crate::testing::rel_err(gf.get(&x).unwrap(), gc.get(&x).unwrap()).unwrap() < 1e-5);
         }
     }
 

@@ -1,8 +1,8 @@
-//! Normalisation layers: LayerNorm (and BatchNorm1d).
+//! Normalisation layers: LayerNorm, RMSNorm (and BatchNorm1d).
 
+use crate::kernels::layer_norm::layer_norm_fused;
 use crate::{Init, VarStore};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, D};
-use rayon::prelude::*;
+use candle_core::{bail, DType, Result, Tensor, Var, D};
 
 /// Configuration of [`LayerNorm`]; defaults follow `torch.nn.LayerNorm`.
 #[derive(Clone, Debug)]
@@ -16,6 +16,7 @@ pub struct LayerNormConfig {
 }
 
 impl LayerNormConfig {
+    /// `normalized_shape` (the size C of the last dimension) with the defaults.
     pub fn new(normalized_shape: usize) -> Self {
         Self {
             normalized_shape,
@@ -28,16 +29,20 @@ impl LayerNormConfig {
 /// Normalises over the last dimension with the biased variance, as PyTorch does.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
+    /// (C) scale, absent without affine parameters.
     pub weight: Option<Tensor>,
+    /// (C) shift, absent without affine parameters.
     pub bias: Option<Tensor>,
+    /// Added to the variance for numerical stability.
     pub eps: f64,
 }
 
 impl LayerNorm {
+    /// `weight` (C) ones and `bias` (C) zeros when `elementwise_affine`. Rejects
+    /// `normalized_shape = 0` and an `eps` that is not a finite number > 0.
     pub fn new(cfg: &LayerNormConfig, vs: &VarStore) -> Result<Self> {
-        if cfg.normalized_shape == 0 || cfg.eps <= 0.0 {
-            bail!("LayerNorm: normalized_shape must be positive and eps > 0, got {cfg:?}");
-        }
+        crate::check::positive("LayerNorm", &[("normalized_shape", cfg.normalized_shape)])?;
+        crate::check::positive_f64("LayerNorm", "eps", cfg.eps)?;
         let (weight, bias) = if cfg.elementwise_affine {
             (
                 Some(vs.param("weight", cfg.normalized_shape, Init::Ones)?),
@@ -90,206 +95,67 @@ impl LayerNorm {
     }
 }
 
-/// Fused layer normalisation over the last dimension (biased variance, as PyTorch), with an
-/// analytic backward. `weight` and `bias` are both given or both absent. CPU, f32 only.
-pub fn layer_norm_fused(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let op = LayerNormOp { eps: eps as f32 };
-    // The kernel reads storage directly, so it wants dense inputs.
-    let x = &x.contiguous()?;
-    let weight = weight.map(|w| w.contiguous()).transpose()?;
-    let bias = bias.map(|b| b.contiguous()).transpose()?;
-    match (weight.as_ref(), bias.as_ref()) {
-        (Some(w), Some(b)) => x.apply_op3(w, b, op),
-        (None, None) => x.apply_op1(op),
-        (Some(w), None) => {
-            let b = w.zeros_like()?;
-            x.apply_op3(w, &b, op)
-        }
-        (None, Some(b)) => {
-            let w = b.ones_like()?;
-            x.apply_op3(&w, b, op)
-        }
-    }
+/// Configuration of [`RmsNorm`]; defaults follow `torch.nn.RMSNorm`.
+#[derive(Clone, Debug)]
+pub struct RmsNormConfig {
+    /// Size of the last dimension.
+    pub normalized_shape: usize,
+    /// Added to the mean square. Default `None`: the input dtype's machine epsilon
+    /// (`torch.finfo(torch.float32).eps` = 1.19e-7), as PyTorch does. Mamba uses 1e-5.
+    pub eps: Option<f64>,
+    /// Learnable `weight` (ones). Default `true`.
+    pub elementwise_affine: bool,
 }
 
-#[derive(Clone, Copy)]
-struct LayerNormOp {
-    eps: f32,
-}
-
-/// A contiguous f32 slice of a CPU storage, or an error naming the op.
-
-/// Rows processed per rayon task; small inputs stay on one thread.
-const ROWS_PER_TASK: usize = 64;
-
-/// Mean and 1/sqrt(var + eps) of one row, two-pass for accuracy.
-#[inline]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-fn ln_forward(x: &[f32], c: usize, w: Option<&[f32]>, b: Option<&[f32]>, eps: f32) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    let work = |(xr, yr): (&[f32], &mut [f32])| {
-        for (xr, yr) in xr.chunks(c).zip(yr.chunks_mut(c)) {
-            let (mean, rstd) = row_stats(xr, eps);
-            match (w, b) {
-                (Some(w), Some(b)) => {
-                    for j in 0..c {
-                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-                    }
-                }
-                _ => {
-                    for j in 0..c {
-                        yr[j] = (xr[j] - mean) * rstd;
-                    }
-                }
-            }
-        }
-    };
-    let chunk = ROWS_PER_TASK * c;
-    if x.len() > chunk {
-        x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(work);
-    } else {
-        work((x, &mut y));
-    }
-    y
-}
-
-/// dx, and per-task partial sums of dweight and dbias (summed by the caller).
-fn ln_backward(x: &[f32], gy: &[f32], c: usize, w: Option<&[f32]>, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0f32; x.len()];
-    let work = |((xr, gr), dxr): ((&[f32], &[f32]), &mut [f32])| {
-        let mut dw = vec![0f32; c];
-        let mut db = vec![0f32; c];
-        let mut g = vec![0f32; c];
-        for ((xr, gr), dxr) in xr.chunks(c).zip(gr.chunks(c)).zip(dxr.chunks_mut(c)) {
-            let (mean, rstd) = row_stats(xr, eps);
-            // g = dL/dxhat; dx = rstd·(g − mean(g) − xhat·mean(g·xhat)).
-            let (mut sg, mut sgx) = (0f32, 0f32);
-            for j in 0..c {
-                let xh = (xr[j] - mean) * rstd;
-                dw[j] += gr[j] * xh;
-                db[j] += gr[j];
-                g[j] = match w {
-                    Some(w) => gr[j] * w[j],
-                    None => gr[j],
-                };
-                sg += g[j];
-                sgx += g[j] * xh;
-            }
-            let (mg, mgx) = (sg / c as f32, sgx / c as f32);
-            for j in 0..c {
-                let xh = (xr[j] - mean) * rstd;
-                dxr[j] = rstd * (g[j] - mg - xh * mgx);
-            }
-        }
-        (dw, db)
-    };
-    let chunk = ROWS_PER_TASK * c;
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = if x.len() > chunk {
-        x.par_chunks(chunk)
-            .zip(gy.par_chunks(chunk))
-            .zip(dx.par_chunks_mut(chunk))
-            .map(work)
-            .collect()
-    } else {
-        vec![work(((x, gy), &mut dx))]
-    };
-    let mut dw = vec![0f32; c];
-    let mut db = vec![0f32; c];
-    for (pw, pb) in parts {
-        for j in 0..c {
-            dw[j] += pw[j];
-            db[j] += pb[j];
+impl RmsNormConfig {
+    pub fn new(normalized_shape: usize) -> Self {
+        Self {
+            normalized_shape,
+            eps: None,
+            elementwise_affine: true,
         }
     }
-    (dx, dw, db)
 }
 
-impl LayerNormOp {
-    /// Host copies of (x, grad, weight) for the backward pass, which is CPU-only like the op.
-    fn bwd_common(&self, x: &Tensor, w: Option<&Tensor>, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let c = *x.dims().last().unwrap_or(&1);
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let gv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let wv = match w {
-            Some(w) => Some(w.to_vec1::<f32>()?),
-            None => None,
+/// `torch.nn.RMSNorm` over the last dimension: `y = x / sqrt(mean(x²) + eps) * weight`
+/// (Zhang & Sennrich, 2019); no mean subtraction and no bias. Parameter `weight` (C).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(cfg: &RmsNormConfig, vs: &VarStore) -> Result<Self> {
+        let eps = cfg.eps.unwrap_or(f32::EPSILON as f64);
+        if cfg.normalized_shape == 0 || !(eps > 0.0 && eps.is_finite()) {
+            bail!("RMSNorm: normalized_shape must be positive and eps > 0, got {cfg:?}");
+        }
+        let weight = if cfg.elementwise_affine {
+            Some(vs.param("weight", cfg.normalized_shape, Init::Ones)?)
+        } else {
+            None
         };
-        let (dx, dw, db) = ln_backward(&xv, &gv, c, wv.as_deref(), self.eps);
-        Ok((
-            Tensor::from_vec(dx, x.shape(), x.device())?,
-            Tensor::from_vec(dw, c, x.device())?,
-            Tensor::from_vec(db, c, x.device())?,
-        ))
-    }
-}
-
-impl CustomOp1 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "seqlab-layer-norm"
+        Ok(Self { weight, eps })
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernel::contiguous_f32("layer_norm", "input", s, l)?;
-        let c = *l.dims().last().unwrap_or(&0);
-        if c == 0 {
-            bail!("layer_norm: empty last dimension");
+    /// (..., C) → (..., C), from candle primitives (autograd through each op).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = *x.dims().last().unwrap_or(&0);
+        if let Some(w) = &self.weight {
+            if w.dims() != [c] {
+                bail!(
+                    "RMSNorm: input's last dimension is {c}, normalized_shape is {}",
+                    w.dim(0)?
+                );
+            }
         }
-        Ok((
-            CpuStorage::F32(ln_forward(x, c, None, None, self.eps)),
-            l.shape().clone(),
-        ))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.bwd_common(x, None, grad)?.0))
-    }
-}
-
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "seqlab-layer-norm-affine"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = crate::kernel::contiguous_f32("layer_norm", "input", s1, l1)?;
-        let (w, b) = (
-            crate::kernel::contiguous_f32("layer_norm", "weight", s2, l2)?,
-            crate::kernel::contiguous_f32("layer_norm", "bias", s3, l3)?,
-        );
-        let c = *l1.dims().last().unwrap_or(&0);
-        if c == 0 || w.len() != c || b.len() != c {
-            bail!("layer_norm: last dimension {c}, weight {}, bias {}", w.len(), b.len());
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        match &self.weight {
+            Some(w) => y.broadcast_mul(w),
+            None => Ok(y),
         }
-        Ok((
-            CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps)),
-            l1.shape().clone(),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.bwd_common(x, Some(w), grad)?;
-        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -311,6 +177,7 @@ pub struct BatchNorm1dConfig {
 }
 
 impl BatchNorm1dConfig {
+    /// `num_features` (C) with the defaults.
     pub fn new(num_features: usize) -> Self {
         Self {
             num_features,
@@ -325,9 +192,13 @@ impl BatchNorm1dConfig {
 /// `nn.BatchNorm1d` over (N, C) or (N, C, L): per-channel statistics over all other dims.
 #[derive(Clone, Debug)]
 pub struct BatchNorm1d {
+    /// (C) scale, absent without affine parameters.
     pub weight: Option<Tensor>,
+    /// (C) shift, absent without affine parameters.
     pub bias: Option<Tensor>,
+    /// (C) running mean (evaluation mode), absent without `track_running_stats`.
     pub running_mean: Option<Var>,
+    /// (C) running unbiased variance, absent without `track_running_stats`.
     pub running_var: Option<Var>,
     /// int64 scalar, as in PyTorch's state_dict.
     pub num_batches_tracked: Option<Var>,
@@ -335,10 +206,12 @@ pub struct BatchNorm1d {
 }
 
 impl BatchNorm1d {
+    /// `weight`/`bias` (C) when `affine`, buffers `running_mean`, `running_var`,
+    /// `num_batches_tracked` when `track_running_stats`. Rejects `num_features = 0`, an `eps` that
+    /// is not a finite number > 0, and a `momentum` outside [0, 1].
     pub fn new(cfg: &BatchNorm1dConfig, vs: &VarStore) -> Result<Self> {
-        if cfg.num_features == 0 || cfg.eps.is_nan() || cfg.eps <= 0.0 {
-            bail!("BatchNorm1d: num_features must be positive and eps > 0, got {cfg:?}");
-        }
+        crate::check::positive("BatchNorm1d", &[("num_features", cfg.num_features)])?;
+        crate::check::positive_f64("BatchNorm1d", "eps", cfg.eps)?;
         if let Some(m) = cfg.momentum {
             if !(0.0..=1.0).contains(&m) {
                 bail!("BatchNorm1d: momentum must be in [0, 1], got {m}");
@@ -372,6 +245,7 @@ impl BatchNorm1d {
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &BatchNorm1dConfig {
         &self.cfg
     }
@@ -443,57 +317,6 @@ impl BatchNorm1d {
     }
 }
 
-/// Golden case `batch_norm1d`: training-mode forward on `x` (→ `y`, running statistics),
-/// then evaluation-mode forward on `x_eval` (→ `y_eval`).
-pub(crate) fn golden_batch_norm1d(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let momentum: Option<f64> = match case.config.get("momentum") {
-        Some(serde_json::Value::Null) => None,
-        _ => Some(case.cfg_or("momentum", 0.1)?),
-    };
-    let cfg = BatchNorm1dConfig {
-        num_features: case.cfg_req("num_features")?,
-        eps: case.cfg_or("eps", 1e-5)?,
-        momentum,
-        affine: case.cfg_or("affine", true)?,
-        track_running_stats: case.cfg_or("track_running_stats", true)?,
-    };
-    let bn = BatchNorm1d::new(&cfg, &vs)?;
-    // The case holds parameters only; the buffers start from their fresh values, as in the
-    // freshly built PyTorch module.
-    let mut tensors = case.tensors.clone();
-    for (name, t) in vs.state_dict() {
-        tensors.entry(format!("param.{name}")).or_insert(t.copy()?);
-    }
-    let full = crate::golden::Case {
-        file: case.file.clone(),
-        name: case.name.clone(),
-        module: case.module.clone(),
-        config: case.config.clone(),
-        loss_outputs: case.loss_outputs.clone(),
-        tensors,
-    };
-    crate::golden::run_standard(&full, &vs, |inp| {
-        let y = bn.forward(&inp.get("x")?, true)?;
-        let y_eval = bn.forward(&inp.get("x_eval")?, false)?;
-        Ok([("y".to_string(), y), ("y_eval".to_string(), y_eval)].into())
-    })
-}
-
-/// Golden case `layer_norm`: `nn.LayerNorm(normalized_shape, eps)(x)`.
-pub(crate) fn golden_layer_norm(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cfg = LayerNormConfig {
-        normalized_shape: case.cfg_req("normalized_shape")?,
-        eps: case.cfg_or("eps", 1e-5)?,
-        elementwise_affine: case.cfg_or("elementwise_affine", true)?,
-    };
-    let ln = LayerNorm::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        Ok([("y".to_string(), ln.forward(&inp.get("x")?)?)].into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,7 +332,7 @@ mod tests {
     }
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        crate::golden::rel_err(a, b).unwrap() as f32
+        crate::testing::rel_err(a, b).unwrap() as f32
     }
 
     /// The fused kernel and its backward agree with the composed ops (which autograd
@@ -688,5 +511,35 @@ mod tests {
             bn.forward(&x, true).unwrap().to_vec2::<f32>().unwrap()
         );
         assert!(vs.state_dict().is_empty());
+    }
+
+    #[test]
+    fn rms_norm_matches_definition_and_reaches_weight() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let n = RmsNorm::new(
+            &RmsNormConfig {
+                eps: Some(1e-5),
+                ..RmsNormConfig::new(3)
+            },
+            &vs,
+        )
+        .unwrap();
+        let x = Tensor::new(&[[1f32, 2., 2.], [0., 0., 3.]], &Device::Cpu).unwrap();
+        let y = n.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        // rows: mean square 3 and 3 -> divide by sqrt(3 + 1e-5)
+        let s = (3f32 + 1e-5).sqrt();
+        let want = [[1. / s, 2. / s, 2. / s], [0., 0., 3. / s]];
+        for (a, b) in y.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        crate::testing::assert_all_params_get_grad(&vs, &n.forward(&x).unwrap());
+        assert_eq!(
+            RmsNorm::new(&RmsNormConfig::new(3), &vs).unwrap().eps,
+            f32::EPSILON as f64
+        );
+        assert!(n
+            .forward(&Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap())
+            .is_err());
+        assert!(RmsNorm::new(&RmsNormConfig::new(0), &vs).is_err());
     }
 }

@@ -13,6 +13,7 @@
 //! `step.<param>`, `momentum_buffer.<param>`), which [`OptimizerState::save_safetensors`]
 //! writes and [`OptimizerState::load_safetensors`] reads back bit-exactly.
 
+use crate::VarStore;
 use candle_core::backprop::GradStore;
 use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, TensorId, Var};
 use std::cell::RefCell;
@@ -45,6 +46,7 @@ pub struct OptimizerState {
     pub kind: String,
     /// Number of `step` calls so far.
     pub step: u64,
+    /// Learning rate.
     pub lr: f64,
     /// `exp_avg.<param>` etc.; `step.<param>` is an i64 scalar.
     pub tensors: HashMap<String, Tensor>,
@@ -96,6 +98,8 @@ struct Slot {
     buf2: Vec<f32>,
     /// Steps this parameter has taken (PyTorch keeps one per parameter).
     step: u64,
+    /// Whether weight decay applies (false for parameters in a "no decay" group).
+    decay: bool,
 }
 
 /// Parameter list shared by both optimizers.
@@ -124,6 +128,7 @@ impl Params {
                 buf1: vec![],
                 buf2: vec![],
                 step: 0,
+                decay: true,
             });
         }
         Ok(Self { slots, index })
@@ -145,6 +150,24 @@ impl Params {
                 None => bail!("{what}: step_with got a gradient for a Var that is not one of its parameters"),
             })
             .collect()
+    }
+
+    /// Puts the named parameters in a group without weight decay (PyTorch: a second param
+    /// group with `weight_decay=0`). Unknown names are an error, naming them.
+    fn exclude_from_decay(&mut self, what: &str, names: &[String]) -> Result<()> {
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.slots.iter().any(|s| &s.name == *n))
+            .collect();
+        if !unknown.is_empty() {
+            bail!("{what}: no parameter named {unknown:?} to exclude from weight decay");
+        }
+        for s in &mut self.slots {
+            if names.contains(&s.name) {
+                s.decay = false;
+            }
+        }
+        Ok(())
     }
 
     fn list(&self) -> Vec<(String, Var)> {
@@ -350,6 +373,7 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -366,6 +390,9 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over the named parameters. Rejects an `lr` that is not finite and >= 0, `betas`
+    /// outside [0, 1), a negative or non-finite `eps` or `weight_decay`, and non-f32 or duplicate
+    /// parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         check_lr("AdamW", cfg.lr)?;
         let (b1, b2) = cfg.betas;
@@ -383,6 +410,19 @@ impl AdamW {
         })
     }
 
+    /// Over every trainable parameter of `vs`, leaving those it marks
+    /// [`VarStore::param_no_weight_decay`] out of weight decay.
+    pub fn for_store(vs: &VarStore, cfg: AdamWConfig) -> Result<Self> {
+        Self::new(vs.trainable(), cfg)?.without_weight_decay(&vs.no_weight_decay())
+    }
+
+    /// Excludes the named parameters from weight decay (their Adam update is unchanged).
+    pub fn without_weight_decay(mut self, names: &[String]) -> Result<Self> {
+        self.params.exclude_from_decay("AdamW", names)?;
+        Ok(self)
+    }
+
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
@@ -407,6 +447,7 @@ impl AdamW {
             // Scalars as PyTorch's Python code forms them (f64), rounded where a float32
             // kernel receives them.
             let decay = (1.0 - lr * weight_decay) as f32;
+            let decays = weight_decay != 0.0 && slot.decay;
             let w = (1.0 - beta1) as f32;
             let b2 = beta2 as f32;
             let omb2 = (1.0 - beta2) as f32;
@@ -417,7 +458,7 @@ impl AdamW {
             let (m, v) = (&mut slot.buf1, &mut slot.buf2);
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
-                    if weight_decay != 0.0 {
+                    if decays {
                         *p *= decay;
                     }
                     // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
@@ -497,6 +538,7 @@ impl Optimizer for AdamW {
 /// Hyper-parameters of [`Sgd`]; defaults are `torch.optim.SGD`'s (lr has none there).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate.
     pub lr: f64,
     /// Default 0.
     pub momentum: f64,
@@ -509,6 +551,7 @@ pub struct SgdConfig {
 }
 
 impl SgdConfig {
+    /// The learning rate `lr` with the other fields at their defaults.
     pub fn new(lr: f64) -> Self {
         Self {
             lr,
@@ -528,6 +571,9 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// SGD over the named parameters. Rejects an `lr` that is not finite and >= 0, a negative or
+    /// non-finite `momentum`, `dampening` or `weight_decay`, `nesterov` without momentum or with
+    /// dampening, and non-f32 or duplicate parameters.
     pub fn new(params: Vec<(String, Var)>, cfg: SgdConfig) -> Result<Self> {
         check_lr("SGD", cfg.lr)?;
         let ok = |x: f64| x.is_finite() && x >= 0.0;
@@ -544,6 +590,19 @@ impl Sgd {
         })
     }
 
+    /// Over every trainable parameter of `vs`, leaving those it marks
+    /// [`VarStore::param_no_weight_decay`] out of weight decay.
+    pub fn for_store(vs: &VarStore, cfg: SgdConfig) -> Result<Self> {
+        Self::new(vs.trainable(), cfg)?.without_weight_decay(&vs.no_weight_decay())
+    }
+
+    /// Excludes the named parameters from weight decay.
+    pub fn without_weight_decay(mut self, names: &[String]) -> Result<Self> {
+        self.params.exclude_from_decay("SGD", names)?;
+        Ok(self)
+    }
+
+    /// The configuration (with the current `lr`).
     pub fn config(&self) -> &SgdConfig {
         &self.cfg
     }
@@ -571,9 +630,10 @@ impl Sgd {
                 slot.buf1 = vec![0.0; slot.var.elem_count()];
             }
             let buf = &mut slot.buf1;
+            let decays = weight_decay != 0.0 && slot.decay;
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-                    let mut d = if weight_decay != 0.0 { g + wd * *p } else { g };
+                    let mut d = if decays { g + wd * *p } else { g };
                     if momentum != 0.0 {
                         let b = &mut buf[k];
                         *b = if first { d } else { *b * mom + damp * d };
@@ -639,47 +699,6 @@ impl Optimizer for Sgd {
         self.cfg.lr = state.lr;
         Ok(())
     }
-}
-
-/// Golden case `adamw`: `config.steps` AdamW steps on params `w`, `b`, each after clipping
-/// the given gradients `input.grad_w.i`, `input.grad_b.i` to `max_grad_norm`.
-pub(crate) fn golden_adamw(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = crate::VarStore::new(0, &Device::Cpu);
-    let params = case.params();
-    let mut names: Vec<&String> = params.keys().collect();
-    names.sort();
-    for n in &names {
-        vs.param(n, params[*n].shape(), crate::Init::Zeros)?;
-    }
-    vs.load_state_dict(&params, true)?;
-    let betas: Vec<f64> = case.cfg_or("betas", vec![0.9, 0.999])?;
-    if betas.len() != 2 {
-        bail!("case {}: betas must have two values", case.name);
-    }
-    let cfg = AdamWConfig {
-        lr: case.cfg_or("lr", 1e-3)?,
-        betas: (betas[0], betas[1]),
-        eps: case.cfg_or("eps", 1e-8)?,
-        weight_decay: case.cfg_or("weight_decay", 1e-2)?,
-    };
-    let max_norm: Option<f64> = case.cfg("max_grad_norm")?;
-    let steps: usize = case.cfg_req("steps")?;
-    let mut opt = AdamW::new(vs.trainable(), cfg)?;
-    let mut computed = crate::golden::Computed::default();
-    for i in 0..steps {
-        let mut pairs = Vec::new();
-        for (name, var) in vs.trainable() {
-            pairs.push((var, case.tensor(&format!("input.grad_{name}.{i}"))?));
-        }
-        if let Some(m) = max_norm {
-            crate::clip::clip_grad_norm_pairs(&mut pairs, m)?;
-        }
-        opt.step_with(&pairs)?;
-        for (name, var) in vs.trainable() {
-            computed.outputs.insert(format!("{name}.{i}"), var.as_tensor().copy()?);
-        }
-    }
-    Ok(computed)
 }
 
 #[cfg(test)]
@@ -863,5 +882,44 @@ mod tests {
         opt.step(&loss(&vs, &x).backward().unwrap()).unwrap();
         assert_eq!(extra.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
         assert!(!opt.state_dict().unwrap().tensors.contains_key("step.unused"));
+    }
+
+    #[test]
+    fn no_weight_decay_params_are_only_adam_updated() {
+        // With a zero gradient AdamW's Adam term is 0, so only the decay moves a parameter.
+        let vs = VarStore::new(0, &Device::Cpu);
+        let w = vs.param("w", 2, Init::Ones).unwrap();
+        let a = vs.param_no_weight_decay("A_log", 2, Init::Ones).unwrap();
+        assert_eq!(vs.no_weight_decay(), vec!["A_log".to_string()]);
+        let cfg = AdamWConfig {
+            weight_decay: 0.5,
+            ..AdamWConfig::new(0.1)
+        };
+        let mut opt = AdamW::for_store(&vs, cfg).unwrap();
+        let zero = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+        let vars: Vec<Var> = vs.trainable().into_iter().map(|(_, v)| v).collect();
+        opt.step_with(&[(vars[0].clone(), zero.clone()), (vars[1].clone(), zero.clone())])
+            .unwrap();
+        assert_eq!(w.to_vec1::<f32>().unwrap(), vec![0.95, 0.95]);
+        assert_eq!(a.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        let mut sgd = Sgd::for_store(
+            &vs,
+            SgdConfig {
+                weight_decay: 0.5,
+                ..SgdConfig::new(0.1)
+            },
+        )
+        .unwrap();
+        sgd.step_with(&[(vars[0].clone(), zero.clone()), (vars[1].clone(), zero)])
+            .unwrap();
+        assert_eq!(a.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        assert!(w.to_vec1::<f32>().unwrap()[0] < 0.95);
+        let e = AdamW::new(vs.trainable(), AdamWConfig::default())
+            .unwrap()
+            .without_weight_decay(&["nope".to_string()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
     }
 }

@@ -30,6 +30,7 @@ pub struct SinusoidalPositionalEncoding {
 }
 
 impl SinusoidalPositionalEncoding {
+    /// The table for positions 0..max_len. Rejects `d_model = 0` (see [`sinusoidal_table`]).
     pub fn new(max_len: usize, d_model: usize, device: &Device) -> Result<Self> {
         Ok(Self {
             table: sinusoidal_table(max_len, d_model, device)?,
@@ -65,10 +66,12 @@ impl SinusoidalPositionalEncoding {
 /// N(0, 1) like `nn.Embedding`.
 #[derive(Clone, Debug)]
 pub struct LearnedPositionalEmbedding {
+    /// (max_len, d_model), one learned vector per position.
     pub weight: Tensor,
 }
 
 impl LearnedPositionalEmbedding {
+    /// `weight` (max_len, d_model) drawn N(0, 1). Rejects `max_len = 0` and `d_model = 0`.
     pub fn new(max_len: usize, d_model: usize, vs: &VarStore) -> Result<Self> {
         if max_len == 0 || d_model == 0 {
             bail!("LearnedPositionalEmbedding: sizes must be positive, got ({max_len}, {d_model})");
@@ -86,16 +89,6 @@ impl LearnedPositionalEmbedding {
         }
         x.broadcast_add(&self.weight.narrow(0, offset, l)?)
     }
-}
-
-/// Golden case `positional_encoding`: the sinusoidal table (max_len, d_model) as `pe`.
-pub(crate) fn golden_positional_encoding(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
-    let d: usize = case.cfg_req("d_model")?;
-    let max_len: usize = case.cfg_req("max_len")?;
-    crate::golden::run_standard(case, &vs, |_| {
-        Ok([("pe".to_string(), sinusoidal_table(max_len, d, &Device::Cpu)?)].into())
-    })
 }
 
 #[cfg(test)]

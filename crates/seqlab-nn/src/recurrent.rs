@@ -2,7 +2,7 @@
 //! [`RecurrentClassifier`] (recurrent layer → last step → `nn.Linear`).
 //!
 //! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (candle
-//! ops), then the whole recurrence as one fused op ([`crate::recurrent_fused`]) with a
+//! ops), then the whole recurrence as one fused op ([`crate::kernels::recurrence`]) with a
 //! hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
 //! through exactly this one.
 //!
@@ -11,7 +11,7 @@
 //! at its own last valid step — what PyTorch gives with `pack_padded_sequence(x, lengths,
 //! enforce_sorted=False)` → RNN → `pad_packed_sequence(total_length=T)`.
 
-use crate::recurrent_fused::{FusedCell, FusedRecurrence, FusedSpec};
+use crate::kernels::recurrence::{FusedCell, FusedRecurrence, FusedSpec};
 use crate::{Dropout, Init, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
 
@@ -66,14 +66,23 @@ impl CellKind {
 /// `proj_size = 0` (LSTM only; must be < `hidden_size`), `nonlinearity = Tanh` (RNN only).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecurrentConfig {
+    /// Features per input step; must be > 0.
     pub input_size: usize,
+    /// Features of the hidden state; must be > 0.
     pub hidden_size: usize,
+    /// Stacked layers; must be > 0.
     pub num_layers: usize,
+    /// `bias_ih_*`/`bias_hh_*` present.
     pub bias: bool,
+    /// Input and output are (B, T, ·) instead of (T, B, ·).
     pub batch_first: bool,
+    /// Dropout between layers (training only), in [0, 1).
     pub dropout: f64,
+    /// A reverse direction per layer, outputs concatenated.
     pub bidirectional: bool,
+    /// LSTM output projection size (0 = none); < hidden_size.
     pub proj_size: usize,
+    /// Plain RNN only.
     pub nonlinearity: Nonlinearity,
 }
 
@@ -85,6 +94,7 @@ pub type LstmConfig = RecurrentConfig;
 pub type GruConfig = RecurrentConfig;
 
 impl RecurrentConfig {
+    /// The two sizes with PyTorch's defaults for the rest.
     pub fn new(input_size: usize, hidden_size: usize) -> Self {
         Self {
             input_size,
@@ -118,12 +128,14 @@ impl RecurrentConfig {
 
     fn validate(&self, cell: CellKind) -> Result<()> {
         let n = cell.name();
-        if self.input_size == 0 || self.hidden_size == 0 {
-            bail!("{n}: input_size and hidden_size must be positive, got {self:?}");
-        }
-        if self.num_layers == 0 {
-            bail!("{n}: num_layers must be at least 1");
-        }
+        crate::check::positive(
+            n,
+            &[
+                ("input_size", self.input_size),
+                ("hidden_size", self.hidden_size),
+                ("num_layers", self.num_layers),
+            ],
+        )?;
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("{n}: dropout must be in [0, 1), got {}", self.dropout);
         }
@@ -217,6 +229,8 @@ impl Stack {
         })
     }
 
+    /// Runs every layer and direction: validates the input, then per layer runs each
+    /// direction's recurrence and applies dropout between layers (training only).
     fn forward(
         &self,
         x: &Tensor,
@@ -225,6 +239,60 @@ impl Stack {
         lengths: Option<&[usize]>,
         train: bool,
     ) -> Result<StackOut> {
+        let x = self.time_major_input(x, h0, c0, lengths)?;
+        let bsz = x.dim(1)?;
+        let cfg = &self.cfg;
+        let lstm = self.cell == CellKind::Lstm;
+        let state0 = InitialState {
+            h0,
+            c0,
+            zeros: Tensor::zeros(
+                bsz * cfg.h_out() + if lstm { bsz * cfg.hidden_size } else { 0 },
+                DType::F32,
+                x.device(),
+            )?,
+        };
+        let mut layer_in = x;
+        let (mut hns, mut cns) = (Vec::new(), Vec::new());
+        for (l, dparams) in self.layers.iter().enumerate() {
+            let mut outs = Vec::new();
+            for (d, prm) in dparams.iter().enumerate() {
+                let idx = l * cfg.directions() + d;
+                let (out, hn, cn) = self.run_direction(prm, &layer_in, &state0, idx, d == 1, lengths)?;
+                outs.push(out);
+                hns.push(hn);
+                cns.extend(cn);
+            }
+            let out = if outs.len() == 1 {
+                outs.pop().unwrap()
+            } else {
+                Tensor::cat(&outs, 2)?
+            };
+            layer_in = if l + 1 < cfg.num_layers {
+                self.dropout.forward(&out, train)?
+            } else {
+                out
+            };
+        }
+        let out = if cfg.batch_first {
+            layer_in.transpose(0, 1)?.contiguous()?
+        } else {
+            layer_in
+        };
+        let hn = Tensor::stack(&hns, 0)?;
+        let cn = if lstm { Some(Tensor::stack(&cns, 0)?) } else { None };
+        Ok(StackOut { out, hn, cn })
+    }
+
+    /// Checks `x` (rank 3, f32, feature size, non-empty), `lengths` and the initial states, and
+    /// returns `x` time-major (T, B, input_size).
+    fn time_major_input(
+        &self,
+        x: &Tensor,
+        h0: Option<&Tensor>,
+        c0: Option<&Tensor>,
+        lengths: Option<&[usize]>,
+    ) -> Result<Tensor> {
         let n = self.cell.name();
         let cfg = &self.cfg;
         if x.rank() != 3 {
@@ -260,113 +328,116 @@ impl Stack {
                 bail!("{n}: every length must be in 1..={t_len}, got {bad}");
             }
         }
-        let (h, p, dirs, layers) = (cfg.hidden_size, cfg.h_out(), cfg.directions(), cfg.num_layers);
-        let check_state = |s: Option<&Tensor>, what: &str, size: usize| -> Result<()> {
+        let states = cfg.num_layers * cfg.directions();
+        for (s, what, size) in [(h0, "h0", cfg.h_out()), (c0, "c0", cfg.hidden_size)] {
             if let Some(s) = s {
-                if s.dims() != [layers * dirs, bsz, size] {
+                if s.dims() != [states, bsz, size] {
                     bail!(
                         "{n}: {what} must have shape {:?}, got {:?}",
-                        [layers * dirs, bsz, size],
+                        [states, bsz, size],
                         s.dims()
                     );
                 }
             }
-            Ok(())
-        };
-        check_state(h0, "h0", p)?;
-        check_state(c0, "c0", h)?;
-        let lstm = self.cell == CellKind::Lstm;
-        let gru = self.cell == CellKind::Gru;
-        let dev = &x.device().clone();
-        let zeros_state = Tensor::zeros(bsz * p + if lstm { bsz * h } else { 0 }, DType::F32, dev)?;
-        let mut layer_in = x;
-        let mut hns = Vec::new();
-        let mut cns = Vec::new();
-        for (l, dparams) in self.layers.iter().enumerate() {
-            let mut outs = Vec::new();
-            for (d, prm) in dparams.iter().enumerate() {
-                let idx = l * dirs + d;
-                // Bias terms that merely add can join the input projection; GRU's b_hn is
-                // multiplied by r and must stay inside the recurrence.
-                let (bias_x, b_hn) = match (&prm.b_ih, &prm.b_hh) {
-                    (Some(bi), Some(bh)) if gru => {
-                        let rz = bh.narrow(0, 0, 2 * h)?;
-                        let pad = Tensor::zeros(h, DType::F32, dev)?;
-                        (
-                            Some((bi + Tensor::cat(&[&rz, &pad], 0)?)?),
-                            Some(bh.narrow(0, 2 * h, h)?),
-                        )
-                    }
-                    (Some(bi), Some(bh)) => (Some((bi + bh)?), None),
-                    _ => (None, None),
-                };
-                let gx = crate::ops::linear(&layer_in, &prm.w_ih, bias_x.as_ref())?;
-                let state0 = if h0.is_none() && c0.is_none() {
-                    zeros_state.clone()
-                } else {
-                    let hs = match h0 {
-                        Some(t) => t.get(idx)?.flatten_all()?,
-                        None => Tensor::zeros(bsz * p, DType::F32, dev)?,
-                    };
-                    if lstm {
-                        let cs = match c0 {
-                            Some(t) => t.get(idx)?.flatten_all()?,
-                            None => Tensor::zeros(bsz * h, DType::F32, dev)?,
-                        };
-                        Tensor::cat(&[&hs, &cs], 0)?
-                    } else {
-                        hs
-                    }
-                };
-                let mut wparts = vec![prm.w_hh.flatten_all()?];
-                if let Some(w) = &prm.w_hr {
-                    wparts.push(w.flatten_all()?);
-                }
-                if let Some(b) = &b_hn {
-                    wparts.push(b.clone());
-                }
-                let w = if wparts.len() == 1 {
-                    wparts.pop().unwrap()
-                } else {
-                    Tensor::cat(&wparts, 0)?
-                };
-                let spec = FusedSpec {
-                    cell: self.cell.fused(),
-                    seq_len: t_len,
-                    batch: bsz,
-                    hidden: h,
-                    out: p,
-                    proj: prm.w_hr.is_some(),
-                    gru_bhn: b_hn.is_some(),
-                    reverse: d == 1,
-                    lengths: lengths.map(|l| l.to_vec()),
-                };
-                let (out, hn, cn) = FusedRecurrence::run(spec, &gx, &state0, &w)?;
-                outs.push(out);
-                hns.push(hn);
-                if let Some(c) = cn {
-                    cns.push(c);
-                }
-            }
-            let out = if outs.len() == 1 {
-                outs.pop().unwrap()
-            } else {
-                Tensor::cat(&outs, 2)?
-            };
-            layer_in = if l + 1 < layers {
-                self.dropout.forward(&out, train)?
-            } else {
-                out
-            };
         }
-        let out = if cfg.batch_first {
-            layer_in.transpose(0, 1)?.contiguous()?
-        } else {
-            layer_in
+        Ok(x)
+    }
+
+    /// One layer and direction (`idx` = layer·D + direction): the input projection over all
+    /// steps (candle ops), then the fused recurrence. Returns out (T, B, H_out), hn, cn.
+    fn run_direction(
+        &self,
+        prm: &DirParams,
+        layer_in: &Tensor,
+        state0: &InitialState,
+        idx: usize,
+        reverse: bool,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (t_len, bsz, _) = layer_in.dims3()?;
+        let (bias_x, b_hn) = self.split_biases(prm, layer_in.device())?;
+        let gx = crate::ops::linear(layer_in, &prm.w_ih, bias_x.as_ref())?;
+        let state0 = state0.flat(idx, bsz, &self.cfg, self.cell == CellKind::Lstm)?;
+        let w = Self::recurrent_weights(prm, b_hn.as_ref())?;
+        let spec = FusedSpec {
+            cell: self.cell.fused(),
+            seq_len: t_len,
+            batch: bsz,
+            hidden: self.cfg.hidden_size,
+            out: self.cfg.h_out(),
+            proj: prm.w_hr.is_some(),
+            gru_bhn: b_hn.is_some(),
+            reverse,
+            lengths: lengths.map(|l| l.to_vec()),
         };
-        let hn = Tensor::stack(&hns, 0)?;
-        let cn = if lstm { Some(Tensor::stack(&cns, 0)?) } else { None };
-        Ok(StackOut { out, hn, cn })
+        FusedRecurrence::run(spec, &gx, &state0, &w)
+    }
+
+    /// The bias that joins the input projection, and GRU's `b_hn`. Bias terms that merely
+    /// add can join the input projection; GRU's b_hn is multiplied by r and must stay inside
+    /// the recurrence.
+    fn split_biases(&self, prm: &DirParams, dev: &candle_core::Device) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let h = self.cfg.hidden_size;
+        Ok(match (&prm.b_ih, &prm.b_hh) {
+            (Some(bi), Some(bh)) if self.cell == CellKind::Gru => {
+                let rz = bh.narrow(0, 0, 2 * h)?;
+                let pad = Tensor::zeros(h, DType::F32, dev)?;
+                (
+                    Some((bi + Tensor::cat(&[&rz, &pad], 0)?)?),
+                    Some(bh.narrow(0, 2 * h, h)?),
+                )
+            }
+            (Some(bi), Some(bh)) => (Some((bi + bh)?), None),
+            _ => (None, None),
+        })
+    }
+
+    /// The fused op's recurrent weights, flattened and concatenated: W_hh, then W_hr
+    /// (projection), then GRU's b_hn.
+    fn recurrent_weights(prm: &DirParams, b_hn: Option<&Tensor>) -> Result<Tensor> {
+        let mut wparts = vec![prm.w_hh.flatten_all()?];
+        if let Some(w) = &prm.w_hr {
+            wparts.push(w.flatten_all()?);
+        }
+        if let Some(b) = b_hn {
+            wparts.push(b.clone());
+        }
+        if wparts.len() == 1 {
+            Ok(wparts.pop().unwrap())
+        } else {
+            Tensor::cat(&wparts, 0)
+        }
+    }
+}
+
+/// The caller's initial states (zeros when absent), sliced per layer and direction.
+struct InitialState<'a> {
+    h0: Option<&'a Tensor>,
+    c0: Option<&'a Tensor>,
+    /// h (and c) all zeros, flattened: the common case, built once.
+    zeros: Tensor,
+}
+
+impl InitialState<'_> {
+    /// The state of layer·direction `idx` as the fused op wants it: h (B·H_out) then, for
+    /// LSTM, c (B·hidden_size), flattened.
+    fn flat(&self, idx: usize, bsz: usize, cfg: &RecurrentConfig, lstm: bool) -> Result<Tensor> {
+        if self.h0.is_none() && self.c0.is_none() {
+            return Ok(self.zeros.clone());
+        }
+        let dev = self.zeros.device();
+        let hs = match self.h0 {
+            Some(t) => t.get(idx)?.flatten_all()?,
+            None => Tensor::zeros(bsz * cfg.h_out(), DType::F32, dev)?,
+        };
+        if !lstm {
+            return Ok(hs);
+        }
+        let cs = match self.c0 {
+            Some(t) => t.get(idx)?.flatten_all()?,
+            None => Tensor::zeros(bsz * cfg.hidden_size, DType::F32, dev)?,
+        };
+        Tensor::cat(&[&hs, &cs], 0)
     }
 }
 
@@ -378,10 +449,14 @@ macro_rules! simple_recurrent {
         }
 
         impl $name {
+            /// Creates the parameters under `vs` with PyTorch's names and initialisation. Rejects
+            /// `input_size = 0`, `hidden_size = 0`, `num_layers = 0`, `dropout` outside [0, 1) and
+            /// `proj_size > 0` (LSTM only).
             pub fn new(cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
                 Ok(Self { stack: Stack::new($cell(cfg), cfg, vs)? })
             }
 
+            /// The configuration it was built with.
             pub fn config(&self) -> &RecurrentConfig {
                 &self.stack.cfg
             }
@@ -425,12 +500,16 @@ pub struct Lstm {
 }
 
 impl Lstm {
+    /// Creates the parameters under `vs` with PyTorch's names and initialisation. Rejects
+    /// `input_size = 0`, `hidden_size = 0`, `num_layers = 0`, `dropout` outside [0, 1) and
+    /// `proj_size >= hidden_size` (when set).
     pub fn new(cfg: &RecurrentConfig, vs: &VarStore) -> Result<Self> {
         Ok(Self {
             stack: Stack::new(CellKind::Lstm, cfg, vs)?,
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &RecurrentConfig {
         &self.stack.cfg
     }
@@ -458,16 +537,24 @@ impl Lstm {
 /// `bidirectional = false`, `dropout = 0.0` (between recurrent layers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecurrentClassifierConfig {
+    /// RNN, LSTM or GRU.
     pub cell: CellKind,
+    /// Features per input step; must be > 0.
     pub input_size: usize,
+    /// Features of the hidden state; must be > 0.
     pub hidden_size: usize,
+    /// Stacked layers; must be > 0.
     pub num_layers: usize,
+    /// A reverse direction per layer, outputs concatenated.
     pub bidirectional: bool,
+    /// Dropout between layers (training only), in [0, 1).
     pub dropout: f64,
+    /// Output logits; must be > 0.
     pub num_classes: usize,
 }
 
 impl RecurrentClassifierConfig {
+    /// The cell and sizes with the defaults for the rest.
     pub fn new(cell: CellKind, input_size: usize, hidden_size: usize, num_classes: usize) -> Self {
         Self {
             cell,
@@ -492,14 +579,16 @@ impl RecurrentClassifierConfig {
 pub struct RecurrentClassifier {
     cfg: RecurrentClassifierConfig,
     stack: Stack,
+    /// The classifier head (D·hidden_size → num_classes).
     pub fc: Linear,
 }
 
 impl RecurrentClassifier {
+    /// Creates `rnn.*` and `fc.*` under `vs`. Rejects `num_classes = 0` and whatever the
+    /// recurrent layer rejects (`input_size = 0`, `hidden_size = 0`, `num_layers = 0`, `dropout`
+    /// outside [0, 1)).
     pub fn new(cfg: &RecurrentClassifierConfig, vs: &VarStore) -> Result<Self> {
-        if cfg.num_classes == 0 {
-            bail!("RecurrentClassifier: num_classes must be positive");
-        }
+        crate::check::positive("RecurrentClassifier", &[("num_classes", cfg.num_classes)])?;
         let rc = RecurrentConfig {
             num_layers: cfg.num_layers,
             batch_first: true,
@@ -517,6 +606,7 @@ impl RecurrentClassifier {
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &RecurrentClassifierConfig {
         &self.cfg
     }
@@ -531,90 +621,6 @@ impl RecurrentClassifier {
         let feat = last.transpose(0, 1)?.contiguous()?.flatten_from(1)?;
         self.fc.forward(&feat)
     }
-}
-
-fn case_lengths(inp: &crate::golden::Inputs) -> Result<Option<Vec<usize>>> {
-    match inp.opt("lengths") {
-        None => Ok(None),
-        Some(t) => Ok(Some(
-            t.to_dtype(DType::I64)?
-                .to_vec1::<i64>()?
-                .into_iter()
-                .map(|v| v.max(0) as usize)
-                .collect(),
-        )),
-    }
-}
-
-fn case_config(case: &crate::golden::Case) -> Result<RecurrentConfig> {
-    let d = RecurrentConfig::new(case.cfg_req("input_size")?, case.cfg_req("hidden_size")?);
-    let nl: String = case.cfg_or("nonlinearity", "tanh".to_string())?;
-    Ok(RecurrentConfig {
-        num_layers: case.cfg_or("num_layers", d.num_layers)?,
-        bias: case.cfg_or("bias", d.bias)?,
-        batch_first: case.cfg_or("batch_first", d.batch_first)?,
-        dropout: case.cfg_or("dropout", d.dropout)?,
-        bidirectional: case.cfg_or("bidirectional", d.bidirectional)?,
-        proj_size: case.cfg_or("proj_size", d.proj_size)?,
-        nonlinearity: match nl.as_str() {
-            "tanh" => Nonlinearity::Tanh,
-            "relu" => Nonlinearity::Relu,
-            o => bail!("case {}: unknown nonlinearity `{o}`", case.name),
-        },
-        ..d
-    })
-}
-
-/// Golden cases `rnn`, `lstm`, `gru`: `nn.RNN/LSTM/GRU(**config)(x[, h0 / (h0, c0)])` →
-/// `out`, `hn` (`cn`). An optional int64 `input.lengths` runs the batch as
-/// `pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False)` →
-/// `pad_packed_sequence(total_length=T)`.
-pub(crate) fn golden_recurrent(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cfg = case_config(case)?;
-    let cell = match case.module.as_str() {
-        "rnn" => CellKind::Rnn(cfg.nonlinearity),
-        "lstm" => CellKind::Lstm,
-        "gru" => CellKind::Gru,
-        o => bail!("case {}: not a recurrent module `{o}`", case.name),
-    };
-    let stack = Stack::new(cell, &cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let lengths = case_lengths(inp)?;
-        let (h0, c0) = (inp.opt("h0"), inp.opt("c0"));
-        let r = stack.forward(&inp.get("x")?, h0.as_ref(), c0.as_ref(), lengths.as_deref(), false)?;
-        let mut m: std::collections::HashMap<String, Tensor> =
-            [("out".to_string(), r.out), ("hn".to_string(), r.hn)].into();
-        if let Some(c) = r.cn {
-            m.insert("cn".to_string(), c);
-        }
-        Ok(m)
-    })
-}
-
-/// Golden case `seed_model`: `cell` layer (batch_first) → last step → `nn.Linear` → `y`.
-pub(crate) fn golden_seed_model(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let cell: String = case.cfg_req("cell")?;
-    let cfg = RecurrentClassifierConfig {
-        num_layers: case.cfg_or("num_layers", 1)?,
-        bidirectional: case.cfg_or("bidirectional", false)?,
-        ..RecurrentClassifierConfig::new(
-            CellKind::parse(&cell)?,
-            case.cfg_req("input_size")?,
-            case.cfg_req("hidden_size")?,
-            case.cfg_req("output_size")?,
-        )
-    };
-    let model = RecurrentClassifier::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let lengths = case_lengths(inp)?;
-        Ok([(
-            "y".to_string(),
-            model.forward(&inp.get("x")?, lengths.as_deref(), false)?,
-        )]
-        .into())
-    })
 }
 
 #[cfg(test)]
@@ -725,6 +731,35 @@ mod tests {
             .forward(&input((3, 2, 4)), Some(&input((1, 3, 6))), None, false)
             .is_err());
         assert!(CellKind::parse("transformer").is_err());
+    }
+
+    /// A zero size names the config key, not a Debug dump of the struct (issue 13 §4).
+    #[test]
+    fn zero_sizes_name_the_config_key() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        for (cfg, key) in [
+            (RecurrentConfig::new(4, 0), "hidden_size must be > 0"),
+            (RecurrentConfig::new(0, 6), "input_size must be > 0"),
+            (
+                RecurrentConfig {
+                    num_layers: 0,
+                    ..RecurrentConfig::new(4, 6)
+                },
+                "num_layers must be > 0",
+            ),
+        ] {
+            for err in [
+                Rnn::new(&cfg, &vs).err(),
+                Lstm::new(&cfg, &vs).err(),
+                Gru::new(&cfg, &vs).err(),
+            ] {
+                let msg = err.expect("a zero size is rejected").to_string();
+                assert!(msg.contains(key) && !msg.contains("RecurrentConfig"), "{msg}");
+            }
+        }
+        let cfg = RecurrentClassifierConfig::new(CellKind::Gru, 4, 6, 0);
+        let msg = RecurrentClassifier::new(&cfg, &vs).err().unwrap().to_string();
+        assert!(msg.contains("num_classes must be > 0"), "{msg}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub type SharedRng = Arc<Mutex<SeqRng>>;
 /// Everything needed to continue a stream exactly where it stopped.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RngState {
+    /// The ChaCha seed.
     pub seed: [u8; 32],
+    /// Words consumed so far (the position in the stream).
     pub stream: u64,
     /// Word position as a decimal string: it is a u128, which TOML and JSON numbers cannot hold.
     pub word_pos: String,

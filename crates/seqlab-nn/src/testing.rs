@@ -63,3 +63,13 @@ pub fn scratch_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).expect("creating a scratch folder");
     d
 }
+
+/// Relative error ‖a−b‖/‖b‖ over all elements, in f64 (the absolute ‖a−b‖ when b is all
+/// zeros). The measure the PyTorch-parity tolerances are stated in.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_dtype(candle_core::DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(candle_core::DType::F64)?.flatten_all()?;
+    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    Ok(if norm == 0.0 { diff } else { diff / norm })
+}

@@ -7,9 +7,9 @@
 //! layer caches its self-attention keys/values, and the cross-attention keys/values of the
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
-use crate::attention::{
-    linear_act, linear_act_dropout, AttnMasks, KvCache, MultiheadAttention, MultiheadAttentionConfig,
-};
+use crate::attention::mask::Masks;
+use crate::attention::{KvCache, MultiheadAttention, MultiheadAttentionConfig, ReturnWeights};
+use crate::kernels::linear::{linear_act, linear_act_dropout};
 use crate::positional::SinusoidalPositionalEncoding;
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
@@ -32,6 +32,7 @@ impl Activation {
         }
     }
 
+    /// The activation, element-wise (any shape).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Relu => x.relu(),
@@ -44,7 +45,9 @@ impl Activation {
 /// `nn.TransformerEncoderLayer` / `nn.TransformerDecoderLayer` (with `batch_first=True`).
 #[derive(Clone, Debug)]
 pub struct TransformerLayerConfig {
+    /// Model width E; must be > 0 and divisible by `nhead`.
     pub d_model: usize,
+    /// Attention heads; must be > 0.
     pub nhead: usize,
     /// Default 2048.
     pub dim_feedforward: usize,
@@ -59,6 +62,7 @@ pub struct TransformerLayerConfig {
 }
 
 impl TransformerLayerConfig {
+    /// `d_model` and `nhead` with PyTorch's defaults for the rest.
     pub fn new(d_model: usize, nhead: usize) -> Self {
         Self {
             d_model,
@@ -72,9 +76,14 @@ impl TransformerLayerConfig {
     }
 
     fn validate(&self, what: &str) -> Result<()> {
-        if self.d_model == 0 || self.nhead == 0 || self.dim_feedforward == 0 {
-            bail!("{what}: d_model, nhead and dim_feedforward must be positive, got {self:?}");
-        }
+        crate::check::positive(
+            what,
+            &[
+                ("d_model", self.d_model),
+                ("nhead", self.nhead),
+                ("dim_feedforward", self.dim_feedforward),
+            ],
+        )?;
         if self.d_model % self.nhead != 0 {
             bail!(
                 "{what}: d_model {} must be divisible by nhead {}",
@@ -111,15 +120,20 @@ impl TransformerLayerConfig {
 /// `linear1.*` (d_ff, d_model) and `linear2.*` (d_model, d_ff) in the layer's namespace.
 #[derive(Clone, Debug)]
 pub struct FeedForward {
+    /// d_model → dim_feedforward.
     pub linear1: Linear,
+    /// dim_feedforward → d_model.
     pub linear2: Linear,
+    /// Between the two linear layers.
     pub activation: Activation,
+    /// Dropout (training only).
     pub dropout: Dropout,
     /// The model's RNG (the one `dropout` draws from), for the fused ReLU + dropout pass.
     rng: crate::SharedRng,
 }
 
 impl FeedForward {
+    /// `linear1.*`, `linear2.*` under `vs`.
     pub fn new(cfg: &TransformerLayerConfig, vs: &VarStore) -> Result<Self> {
         Ok(Self {
             linear1: Linear::new(&LinearConfig::new(cfg.d_model, cfg.dim_feedforward), &vs.pp("linear1"))?,
@@ -156,16 +170,25 @@ impl FeedForward {
 /// `nn.TransformerEncoderLayer(batch_first=True)`: `self_attn.*`, `linear1/2.*`, `norm1/2.*`.
 #[derive(Clone, Debug)]
 pub struct TransformerEncoderLayer {
+    /// Self-attention block.
     pub self_attn: MultiheadAttention,
+    /// Feed-forward block.
     pub ff: FeedForward,
+    /// LayerNorm around the first block.
     pub norm1: LayerNorm,
+    /// LayerNorm around the second block.
     pub norm2: LayerNorm,
+    /// Residual-branch dropout of the first block.
     pub dropout1: Dropout,
+    /// Residual-branch dropout of the second block.
     pub dropout2: Dropout,
+    /// Pre-norm (`true`) or post-norm.
     pub norm_first: bool,
 }
 
 impl TransformerEncoderLayer {
+    /// `self_attn.*`, `linear1/2.*`, `norm1/2.*` under `vs`. Rejects `d_model`, `nhead` or
+    /// `dim_feedforward` = 0, `d_model` not divisible by `nhead`, and `dropout` outside [0, 1).
     pub fn new(cfg: &TransformerLayerConfig, vs: &VarStore) -> Result<Self> {
         cfg.validate("TransformerEncoderLayer")?;
         Ok(Self {
@@ -179,9 +202,9 @@ impl TransformerEncoderLayer {
         })
     }
 
-    fn sa_block(&self, x: &Tensor, masks: &AttnMasks, train: bool) -> Result<Tensor> {
+    fn sa_block(&self, x: &Tensor, masks: &Masks, train: bool) -> Result<Tensor> {
         self.self_attn
-            .forward_then_dropout(x, x, x, masks, Some(&self.dropout1), train)
+            .forward_then_dropout((x, x, x), masks, Some(&self.dropout1), train)
     }
 
     fn ff_block(&self, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -199,11 +222,7 @@ impl TransformerEncoderLayer {
         is_causal: bool,
         train: bool,
     ) -> Result<Tensor> {
-        let masks = AttnMasks {
-            attn_mask: src_mask,
-            key_padding_mask: src_key_padding_mask,
-            is_causal,
-        };
+        let masks = Masks::from_torch(src_mask, src_key_padding_mask, is_causal);
         if self.norm_first {
             let x = (src + self.sa_block(&self.norm1.forward(src)?, &masks, train)?)?;
             &x + self.ff_block(&self.norm2.forward(&x)?, train)?
@@ -237,6 +256,7 @@ pub struct DecoderLayerCache {
     pub self_kv: KvCache,
     /// Cross-attention keys/values of the memory (B, S, H, D), computed once.
     pub cross_k: Tensor,
+    /// Cross-attention values of the memory (B, S, H, D).
     pub cross_v: Tensor,
 }
 
@@ -244,19 +264,31 @@ pub struct DecoderLayerCache {
 /// `linear1/2.*`, `norm1/2/3.*`.
 #[derive(Clone, Debug)]
 pub struct TransformerDecoderLayer {
+    /// Self-attention block.
     pub self_attn: MultiheadAttention,
+    /// Cross-attention over the memory.
     pub multihead_attn: MultiheadAttention,
+    /// Feed-forward block.
     pub ff: FeedForward,
+    /// LayerNorm around the first block.
     pub norm1: LayerNorm,
+    /// LayerNorm around the second block.
     pub norm2: LayerNorm,
+    /// LayerNorm around the feed-forward block.
     pub norm3: LayerNorm,
+    /// Residual-branch dropout of the first block.
     pub dropout1: Dropout,
+    /// Residual-branch dropout of the second block.
     pub dropout2: Dropout,
+    /// Residual-branch dropout of the feed-forward block.
     pub dropout3: Dropout,
+    /// Pre-norm (`true`) or post-norm.
     pub norm_first: bool,
 }
 
 impl TransformerDecoderLayer {
+    /// `self_attn.*`, `multihead_attn.*`, `linear1/2.*`, `norm1/2/3.*` under `vs`. Rejects what
+    /// [`TransformerEncoderLayer::new`] rejects.
     pub fn new(cfg: &TransformerLayerConfig, vs: &VarStore) -> Result<Self> {
         cfg.validate("TransformerDecoderLayer")?;
         Ok(Self {
@@ -309,15 +341,12 @@ impl TransformerDecoderLayer {
         cross_weights: bool,
         train: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let self_masks = AttnMasks {
-            attn_mask: masks.tgt_mask,
-            key_padding_mask: masks.tgt_key_padding_mask,
-            is_causal: masks.tgt_is_causal,
-        };
-        let cross_masks = AttnMasks {
-            attn_mask: masks.memory_mask,
-            key_padding_mask: masks.memory_key_padding_mask,
-            is_causal: false,
+        let self_masks = Masks::from_torch(masks.tgt_mask, masks.tgt_key_padding_mask, masks.tgt_is_causal);
+        let cross_masks = Masks::from_torch(masks.memory_mask, masks.memory_key_padding_mask, false);
+        let cross_weights = if cross_weights {
+            ReturnWeights::PerHead
+        } else {
+            ReturnWeights::No
         };
         let mut weights = None;
         let y = self.run(
@@ -325,15 +354,15 @@ impl TransformerDecoderLayer {
             |y| {
                 Ok(self
                     .self_attn
-                    .forward_masks(y, y, y, &self_masks, false, false, train)?
-                    .0)
+                    .forward_impl(y, y, y, &self_masks, ReturnWeights::No, train, None)?
+                    .output)
             },
             |y| {
-                let (o, w) =
+                let out =
                     self.multihead_attn
-                        .forward_masks(y, memory, memory, &cross_masks, cross_weights, false, train)?;
-                weights = w;
-                Ok(o)
+                        .forward_impl(y, memory, memory, &cross_masks, cross_weights, train, None)?;
+                weights = out.weights;
+                Ok(out.output)
             },
             train,
         )?;
@@ -365,10 +394,7 @@ impl TransformerDecoderLayer {
             cross_k,
             cross_v,
         } = cache;
-        let cross_masks = AttnMasks {
-            key_padding_mask: memory_key_padding_mask,
-            ..Default::default()
-        };
+        let cross_masks = Masks::from_torch(None, memory_key_padding_mask, false);
         let mha = &self.multihead_attn;
         self.run(
             x,
@@ -383,14 +409,18 @@ impl TransformerDecoderLayer {
 /// as `nn.TransformerEncoder`.
 #[derive(Clone, Debug)]
 pub struct TransformerEncoder {
+    /// The layers, applied in order.
     pub layers: Vec<TransformerEncoderLayer>,
+    /// Final LayerNorm, if any.
     pub norm: Option<LayerNorm>,
 }
 
 impl TransformerEncoder {
+    /// `num_layers` layers `layers.{i}.*` and, with `final_norm`, a final LayerNorm `norm.*`.
+    /// Rejects `num_layers = 0` and what [`TransformerEncoderLayer::new`] rejects.
     pub fn new(cfg: &TransformerLayerConfig, num_layers: usize, final_norm: bool, vs: &VarStore) -> Result<Self> {
         if num_layers == 0 {
-            bail!("TransformerEncoder: num_layers must be positive");
+            bail!("TransformerEncoder: num_layers must be > 0");
         }
         let layers = (0..num_layers)
             .map(|i| TransformerEncoderLayer::new(cfg, &vs.pp("layers").pp(i)))
@@ -427,14 +457,18 @@ impl TransformerEncoder {
 /// as `nn.TransformerDecoder`.
 #[derive(Clone, Debug)]
 pub struct TransformerDecoder {
+    /// The layers, applied in order.
     pub layers: Vec<TransformerDecoderLayer>,
+    /// Final LayerNorm, if any.
     pub norm: Option<LayerNorm>,
 }
 
 impl TransformerDecoder {
+    /// `num_layers` layers `layers.{i}.*` and, with `final_norm`, a final LayerNorm `norm.*`.
+    /// Rejects `num_layers = 0` and what [`TransformerDecoderLayer::new`] rejects.
     pub fn new(cfg: &TransformerLayerConfig, num_layers: usize, final_norm: bool, vs: &VarStore) -> Result<Self> {
         if num_layers == 0 {
-            bail!("TransformerDecoder: num_layers must be positive");
+            bail!("TransformerDecoder: num_layers must be > 0");
         }
         let layers = (0..num_layers)
             .map(|i| TransformerDecoderLayer::new(cfg, &vs.pp("layers").pp(i)))
@@ -549,6 +583,7 @@ impl Default for TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// The configuration of each of its layers.
     pub fn layer(&self) -> TransformerLayerConfig {
         TransformerLayerConfig {
             d_model: self.d_model,
@@ -565,13 +600,21 @@ impl TransformerConfig {
 /// The masks of [`Transformer::forward`] (PyTorch's names and conventions).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TransformerMasks<'a> {
+    /// (S, S) or (B·H, S, S); integer 1 = may NOT attend, or additive float.
     pub src_mask: Option<&'a Tensor>,
+    /// (T, T) or (B·H, T, T); integer 1 = may NOT attend, or additive float.
     pub tgt_mask: Option<&'a Tensor>,
+    /// (T, S) or (B·H, T, S); integer 1 = may NOT attend, or additive float.
     pub memory_mask: Option<&'a Tensor>,
+    /// (B, S); integer 1 = padding.
     pub src_key_padding_mask: Option<&'a Tensor>,
+    /// (B, T); integer 1 = padding.
     pub tgt_key_padding_mask: Option<&'a Tensor>,
+    /// (B, S); integer 1 = padding.
     pub memory_key_padding_mask: Option<&'a Tensor>,
+    /// Causal mask on the source without a tensor.
     pub src_is_causal: bool,
+    /// Causal mask on the target without a tensor.
     pub tgt_is_causal: bool,
 }
 
@@ -580,8 +623,11 @@ pub struct TransformerMasks<'a> {
 /// parameter with more than one dimension is re-initialised xavier-uniform.
 #[derive(Clone, Debug)]
 pub struct Transformer {
+    /// The encoder stack.
     pub encoder: TransformerEncoder,
+    /// The decoder stack.
     pub decoder: TransformerDecoder,
+    /// Model width E; must be > 0 and divisible by `nhead`.
     pub d_model: usize,
 }
 
@@ -604,6 +650,9 @@ fn xavier_reinit(vs: &VarStore, prefix: &str) -> Result<()> {
 }
 
 impl Transformer {
+    /// `encoder.*` and `decoder.*` under `vs`. Rejects what the layers reject (`d_model`,
+    /// `nhead`, `dim_feedforward` = 0, `d_model` not divisible by `nhead`, `dropout` outside
+    /// [0, 1)) and zero `num_encoder_layers` / `num_decoder_layers`.
     pub fn new(cfg: &TransformerConfig, vs: &VarStore) -> Result<Self> {
         let lc = cfg.layer();
         let encoder = TransformerEncoder::new(&lc, cfg.num_encoder_layers, true, &vs.pp("encoder"))?;
@@ -677,8 +726,11 @@ pub enum EmbeddingTying {
 /// Configuration of [`Seq2SeqTransformer`].
 #[derive(Clone, Debug)]
 pub struct Seq2SeqConfig {
+    /// Source vocabulary size; must be > 0.
     pub src_vocab_size: usize,
+    /// Target vocabulary size; must be > 0.
     pub tgt_vocab_size: usize,
+    /// The encoder-decoder.
     pub transformer: TransformerConfig,
     /// Padding token id (masked as a key everywhere). Default 0.
     pub pad_id: usize,
@@ -689,6 +741,7 @@ pub struct Seq2SeqConfig {
 }
 
 impl Seq2SeqConfig {
+    /// One shared vocabulary of `vocab_size` and the defaults for the rest.
     pub fn new(vocab_size: usize, transformer: TransformerConfig) -> Self {
         Self {
             src_vocab_size: vocab_size,
@@ -704,14 +757,18 @@ impl Seq2SeqConfig {
 /// An encoded source batch: memory (B, S, E) and its padding mask (B, S), u8 1 = padding.
 #[derive(Clone, Debug)]
 pub struct EncodedSource {
+    /// Encoder output (B, S, d_model).
     pub memory: Tensor,
+    /// (B, S) u8, 1 = padding.
     pub src_key_padding_mask: Tensor,
 }
 
 /// State of incremental decoding: per-layer caches and the next position.
 #[derive(Clone, Debug)]
 pub struct DecodeState {
+    /// One cache per decoder layer.
     pub caches: Vec<DecoderLayerCache>,
+    /// Positions decoded so far.
     pub pos: usize,
 }
 
@@ -722,23 +779,40 @@ pub struct DecodeState {
 /// √d_model scaling gives them unit variance.
 #[derive(Clone, Debug)]
 pub struct Seq2SeqTransformer {
+    /// (src_vocab_size, d_model).
     pub src_embed: Tensor,
+    /// (tgt_vocab_size, d_model) (the same tensor when shared).
     pub tgt_embed: Tensor,
+    /// (tgt_vocab_size, d_model) output layer (the embedding when shared).
     pub out_weight: Tensor,
+    /// Output bias (untied only).
     pub out_bias: Option<Tensor>,
+    /// The sinusoidal table.
     pub pe: SinusoidalPositionalEncoding,
+    /// The encoder-decoder.
     pub transformer: Transformer,
+    /// Dropout (training only).
     pub dropout: Dropout,
+    /// Model width E; must be > 0 and divisible by `nhead`.
     pub d_model: usize,
+    /// Padding token id.
     pub pad_id: usize,
 }
 
 impl Seq2SeqTransformer {
+    /// The embeddings, the Transformer and (untied) the generator under `vs`. Rejects
+    /// `src_vocab_size`, `tgt_vocab_size` or `max_len` = 0, `pad_id` outside a vocabulary, tied
+    /// embeddings over vocabularies of different sizes, and what [`Transformer::new`] rejects.
     pub fn new(cfg: &Seq2SeqConfig, vs: &VarStore) -> Result<Self> {
         let d = cfg.transformer.d_model;
-        if cfg.src_vocab_size == 0 || cfg.tgt_vocab_size == 0 || cfg.max_len == 0 {
-            bail!("Seq2SeqTransformer: vocabulary sizes and max_len must be positive, got {cfg:?}");
-        }
+        crate::check::positive(
+            "Seq2SeqTransformer",
+            &[
+                ("src_vocab_size", cfg.src_vocab_size),
+                ("tgt_vocab_size", cfg.tgt_vocab_size),
+                ("max_len", cfg.max_len),
+            ],
+        )?;
         if cfg.pad_id >= cfg.src_vocab_size || cfg.pad_id >= cfg.tgt_vocab_size {
             bail!("Seq2SeqTransformer: pad_id {} is outside the vocabulary", cfg.pad_id);
         }
@@ -881,128 +955,6 @@ impl Seq2SeqTransformer {
     }
 }
 
-fn layer_cfg_from_case(case: &crate::golden::Case) -> Result<TransformerLayerConfig> {
-    if !case.cfg_or("batch_first", true)? {
-        bail!("case {}: only batch_first=True is supported", case.name);
-    }
-    if !case.cfg_or("bias", true)? {
-        bail!("case {}: bias=False is not supported", case.name);
-    }
-    Ok(TransformerLayerConfig {
-        d_model: case.cfg_req("d_model")?,
-        nhead: case.cfg_req("nhead")?,
-        dim_feedforward: case.cfg_or("dim_feedforward", 2048)?,
-        dropout: case.cfg_or("dropout", 0.0)?,
-        activation: Activation::parse(&case.cfg_or("activation", "relu".to_string())?)?,
-        layer_norm_eps: case.cfg_or("layer_norm_eps", 1e-5)?,
-        norm_first: case.cfg_or("norm_first", false)?,
-    })
-}
-
-/// Golden case `encoder_layer`: `nn.TransformerEncoderLayer(**config).eval()(src, src_mask,
-/// src_key_padding_mask)` → `y`.
-pub(crate) fn golden_encoder_layer(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let layer = TransformerEncoderLayer::new(&layer_cfg_from_case(case)?, &vs)?;
-    let is_causal: bool = case.cfg_or("is_causal", false)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let (m, k) = (inp.opt("src_mask"), inp.opt("src_key_padding_mask"));
-        let y = layer.forward(&inp.get("src")?, m.as_ref(), k.as_ref(), is_causal, false)?;
-        Ok([("y".to_string(), y)].into())
-    })
-}
-
-/// Golden case `decoder_layer`: `nn.TransformerDecoderLayer(**config).eval()(tgt, memory,
-/// tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)` → `y`.
-pub(crate) fn golden_decoder_layer(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let layer = TransformerDecoderLayer::new(&layer_cfg_from_case(case)?, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let (tm, mm) = (inp.opt("tgt_mask"), inp.opt("memory_mask"));
-        let (tk, mk) = (inp.opt("tgt_key_padding_mask"), inp.opt("memory_key_padding_mask"));
-        let masks = DecoderMasks {
-            tgt_mask: tm.as_ref(),
-            memory_mask: mm.as_ref(),
-            tgt_key_padding_mask: tk.as_ref(),
-            memory_key_padding_mask: mk.as_ref(),
-            tgt_is_causal: false,
-        };
-        let y = layer.forward(&inp.get("tgt")?, &inp.get("memory")?, &masks, false)?;
-        Ok([("y".to_string(), y)].into())
-    })
-}
-
-fn transformer_cfg_from_case(case: &crate::golden::Case, layers_key: Option<&str>) -> Result<TransformerConfig> {
-    let l = layer_cfg_from_case(case)?;
-    let (ne, nd) = match layers_key {
-        Some(k) => {
-            let n: usize = case.cfg_req(k)?;
-            (n, n)
-        }
-        None => (
-            case.cfg_or("num_encoder_layers", 6)?,
-            case.cfg_or("num_decoder_layers", 6)?,
-        ),
-    };
-    Ok(TransformerConfig {
-        d_model: l.d_model,
-        nhead: l.nhead,
-        num_encoder_layers: ne,
-        num_decoder_layers: nd,
-        dim_feedforward: l.dim_feedforward,
-        dropout: l.dropout,
-        activation: l.activation,
-        layer_norm_eps: l.layer_norm_eps,
-        norm_first: l.norm_first,
-    })
-}
-
-/// Golden case `transformer`: `nn.Transformer(**config).eval()(src, tgt, src_mask, tgt_mask,
-/// memory_mask, src_key_padding_mask, tgt_key_padding_mask, memory_key_padding_mask)` → `y`.
-pub(crate) fn golden_transformer(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let model = Transformer::new(&transformer_cfg_from_case(case, None)?, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let names = [
-            "src_mask",
-            "tgt_mask",
-            "memory_mask",
-            "src_key_padding_mask",
-            "tgt_key_padding_mask",
-            "memory_key_padding_mask",
-        ];
-        let m: Vec<Option<Tensor>> = names.iter().map(|n| inp.opt(n)).collect();
-        let masks = TransformerMasks {
-            src_mask: m[0].as_ref(),
-            tgt_mask: m[1].as_ref(),
-            memory_mask: m[2].as_ref(),
-            src_key_padding_mask: m[3].as_ref(),
-            tgt_key_padding_mask: m[4].as_ref(),
-            memory_key_padding_mask: m[5].as_ref(),
-            ..Default::default()
-        };
-        let y = model.forward(&inp.get("src")?, &inp.get("tgt")?, &masks, false)?;
-        Ok([("y".to_string(), y)].into())
-    })
-}
-
-/// Golden case `seq2seq_tied`: see the case's `note`: logits = transformer(embed(src)·√d + pe,
-/// embed(tgt)·√d + pe, padding masks from `pad_id`, causal target mask) @ embed.weightᵀ.
-pub(crate) fn golden_seq2seq_tied(case: &crate::golden::Case) -> Result<crate::golden::Computed> {
-    let vs = VarStore::new(0, &candle_core::Device::Cpu);
-    let vocab: usize = case.cfg_req("vocab_size")?;
-    let tcfg = transformer_cfg_from_case(case, Some("num_layers"))?;
-    let cfg = Seq2SeqConfig {
-        pad_id: case.cfg_or("pad_id", 0)?,
-        ..Seq2SeqConfig::new(vocab, tcfg)
-    };
-    let model = Seq2SeqTransformer::new(&cfg, &vs)?;
-    crate::golden::run_standard(case, &vs, |inp| {
-        let logits = model.forward(&inp.get("src")?, &inp.get("tgt")?, false)?;
-        Ok([("logits".to_string(), logits)].into())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1069,10 +1021,11 @@ mod tests {
         let l1 = TransformerEncoderLayer::new(&cfg, &vs1).unwrap();
         let l2 = TransformerEncoderLayer::new(&cfg, &vs2).unwrap();
         let y1 = l1.forward(&x, None, None, false, true).unwrap();
-        let (sa, _) = l2
+        let sa = l2
             .self_attn
-            .forward_masks(&x, &x, &x, &AttnMasks::default(), false, false, true)
-            .unwrap();
+            .forward(&crate::MhaInput::self_attention(&x).train(true))
+            .unwrap()
+            .output;
         let h = l2
             .norm1
             .forward(&(&x + l2.dropout1.forward(&sa, true).unwrap()).unwrap())
@@ -1118,6 +1071,20 @@ mod tests {
             ..Seq2SeqConfig::new(5, tiny_transformer())
         };
         assert!(Seq2SeqTransformer::new(&cfg, &VarStore::new(0, &Device::Cpu)).is_err());
+        for (cfg, key) in [
+            (TransformerLayerConfig::new(0, 2), "d_model must be > 0"),
+            (TransformerLayerConfig::new(8, 0), "nhead must be > 0"),
+            (
+                TransformerLayerConfig {
+                    dim_feedforward: 0,
+                    ..TransformerLayerConfig::new(8, 2)
+                },
+                "dim_feedforward must be > 0",
+            ),
+        ] {
+            let msg = TransformerEncoderLayer::new(&cfg, &vs).err().unwrap().to_string();
+            assert!(msg.contains(key) && !msg.contains("TransformerLayerConfig"), "{msg}");
+        }
     }
 
     fn tiny_transformer() -> TransformerConfig {

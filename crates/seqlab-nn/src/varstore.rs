@@ -40,6 +40,8 @@ impl Init {
 struct Entry {
     var: Var,
     trainable: bool,
+    /// Excluded from weight decay (PyTorch code marks such tensors `_no_weight_decay`).
+    no_weight_decay: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ impl VarStore {
         }
     }
 
+    /// The device every tensor of the store lives on.
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -98,9 +101,24 @@ impl VarStore {
     }
 
     fn create_typed(&self, name: &str, shape: Shape, init: Init, trainable: bool, dtype: DType) -> Result<Var> {
+        self.create_entry(name, shape, init, trainable, dtype, false)
+    }
+
+    fn create_entry(
+        &self,
+        name: &str,
+        shape: Shape,
+        init: Init,
+        trainable: bool,
+        dtype: DType,
+        no_weight_decay: bool,
+    ) -> Result<Var> {
         let full = self.path(name);
         let mut t = self.table.lock().unwrap();
         if let Some(e) = t.map.get(&full) {
+            if e.no_weight_decay != no_weight_decay {
+                bail!("parameter {full} exists with no_weight_decay = {}", e.no_weight_decay);
+            }
             if e.var.shape() != &shape || e.var.dtype() != dtype {
                 bail!(
                     "parameter {full} exists as {:?} {:?}, asked for {:?} {dtype:?}",
@@ -128,6 +146,7 @@ impl VarStore {
             Entry {
                 var: var.clone(),
                 trainable,
+                no_weight_decay,
             },
         );
         Ok(var)
@@ -136,6 +155,23 @@ impl VarStore {
     /// A trainable parameter (created and initialised on first use).
     pub fn param<S: Into<Shape>>(&self, name: &str, shape: S, init: Init) -> Result<Tensor> {
         Ok(self.create(name, shape.into(), init, true)?.as_tensor().clone())
+    }
+
+    /// A trainable parameter that optimizers built with `for_store` (e.g.
+    /// [`crate::AdamW::for_store`]) leave out of weight decay, like a PyTorch tensor marked
+    /// `_no_weight_decay` (Mamba's `A_log` and `D`).
+    pub fn param_no_weight_decay<S: Into<Shape>>(&self, name: &str, shape: S, init: Init) -> Result<Tensor> {
+        Ok(self
+            .create_entry(name, shape.into(), init, true, DType::F32, true)?
+            .as_tensor()
+            .clone())
+    }
+
+    /// Full names of the parameters created with [`VarStore::param_no_weight_decay`], in
+    /// creation order.
+    pub fn no_weight_decay(&self) -> Vec<String> {
+        let t = self.table.lock().unwrap();
+        t.order.iter().filter(|n| t.map[*n].no_weight_decay).cloned().collect()
     }
 
     /// A non-trainable buffer such as BatchNorm's running statistics; update it with `Var::set`.
@@ -168,6 +204,7 @@ impl VarStore {
             .collect()
     }
 
+    /// The parameter or buffer with this full (prefixed) name, if any.
     pub fn get(&self, full_name: &str) -> Option<Var> {
         self.table.lock().unwrap().map.get(full_name).map(|e| e.var.clone())
     }

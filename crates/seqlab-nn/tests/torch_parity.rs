@@ -1,14 +1,14 @@
 //! Runs EVERY PyTorch reference case in `$SEQLAB_TORCH_FIXTURES` (default: this crate's
-//! `tests/golden`, a copy of `shared/golden/torch`) and checks outputs to 1e-5 and gradients
-//! to 1e-4 relative error. A case whose `module` is unknown, or a missing tensor, fails.
+//! `tests/golden`) and checks outputs to 1e-5 and gradients to 1e-4 relative error. A case
+//! whose `module` is unknown, a missing tensor, or a case with nothing to check fails.
+
+mod parity;
 
 use std::path::PathBuf;
 
 #[test]
 fn torch_parity_all_cases() {
-    let dir = std::env::var_os("SEQLAB_TORCH_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"));
+    let dir = parity::fixture_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("fixture folder {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -19,7 +19,7 @@ fn torch_parity_all_cases() {
     let mut failed = Vec::new();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        match seqlab_nn::golden::check_file(f) {
+        match parity::check_file(f) {
             Ok(r) if r.failures.is_empty() => {
                 println!(
                     "ok   {name:40} {} tensors, worst rel err {:.2e} ({})",
@@ -46,5 +46,36 @@ fn torch_parity_all_cases() {
         failed.len(),
         files.len(),
         failed.join(", ")
+    );
+}
+
+/// The harness itself can fail: an unknown `module` is an error, not a skip.
+#[test]
+fn unknown_module_is_a_failure() {
+    let case = parity::Case {
+        name: "made_up".into(),
+        module: "no_such_layer".into(),
+        config: serde_json::json!({}),
+        loss_outputs: vec![],
+        tensors: Default::default(),
+    };
+    let err = parity::run_case(&case).err().expect("an unknown module must fail");
+    assert!(err.to_string().contains("unknown module `no_such_layer`"), "{err}");
+}
+
+/// A wrong result is caught: perturbing one expected output makes `compare` report it.
+#[test]
+fn a_perturbed_expected_output_fails() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/layer_norm.safetensors");
+    let mut case = parity::Case::load(&path).unwrap();
+    let computed = parity::run_case(&case).unwrap();
+    assert!(parity::compare(&case, &computed).unwrap().failures.is_empty());
+    let y = case.tensors["output.y"].clone();
+    case.tensors.insert("output.y".into(), (y * 1.001).unwrap());
+    let rep = parity::compare(&case, &computed).unwrap();
+    assert!(
+        rep.failures.iter().any(|f| f.starts_with("output.y")),
+        "{:?}",
+        rep.failures
     );
 }

@@ -59,9 +59,9 @@ pub struct GenerateRequest {
     /// Softmax temperature; 0 = greedy. Default 1.0.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
-    /// Keep only the k most likely tokens (k ≥ 1).
+    /// Keep only the k most likely tokens; absent or 0 = no top-k filter (as `--top-k`).
     pub top_k: Option<usize>,
-    /// Nucleus mass in (0, 1].
+    /// Nucleus mass in (0, 1]; absent or 1 = no nucleus filter (as `--top-p`).
     pub top_p: Option<f64>,
     /// Sampling seed; the same request with the same seed gives the same text. Default 0.
     #[serde(default)]

@@ -12,10 +12,12 @@ use anyhow::Result;
 use candle_core::Tensor;
 use seqlab_mt::decode::DecodeStrategy;
 use seqlab_mt::task::{MtModelKind, MtTask};
+use seqlab_nn::sampling::SamplingConfig;
 use seqlab_tasks::classify::ClsTask;
 use seqlab_tasks::forecast::ForecastTask;
-use seqlab_tasks::lm::{LmTask, SampleConfig};
-use seqlab_tasks::AnyTask;
+use seqlab_tasks::lm::{GenerateConfig, LmTask};
+use seqlab_train::run::load;
+use seqlab_train::Task;
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -40,18 +42,26 @@ pub enum Loaded {
 /// Loads a checkpoint folder or run folder (→ its best checkpoint), whatever its task.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
     let dir = seqlab_train::checkpoint::resolve(path)?;
-    let cfg: Value = seqlab_train::checkpoint::run_config(&dir)?;
-    let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default().to_string();
-    Ok(match task.as_str() {
-        "mt" => Loaded::Translate(Translator::new(seqlab_mt::task::load(&dir)?)),
-        "lm" | "classify" | "forecast" => match seqlab_tasks::load(&dir)?.1 {
-            AnyTask::Lm(t) => Loaded::Generate(Generator { task: t }),
-            AnyTask::Classify(t) => Loaded::Classify(Classifier { task: t }),
-            AnyTask::Forecast(t) => Loaded::Forecast(Forecaster { task: t }),
-        },
+    let cfg = seqlab_train::checkpoint::stored_config(&dir)?;
+    let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default();
+    Ok(match task {
+        MtTask::NAME => Loaded::Translate(Translator::new(load::<MtTask>(&dir)?.task)),
+        LmTask::NAME => Loaded::Generate(Generator {
+            task: load::<LmTask>(&dir)?.task,
+        }),
+        ClsTask::NAME => Loaded::Classify(Classifier {
+            task: load::<ClsTask>(&dir)?.task,
+        }),
+        ForecastTask::NAME => Loaded::Forecast(Forecaster {
+            task: load::<ForecastTask>(&dir)?.task,
+        }),
         other => anyhow::bail!(
-            "{}: task {other:?} cannot be served (serve answers for mt, lm, classify and forecast checkpoints)",
-            dir.display()
+            "{}: task {other:?} cannot be served (serve answers for {}, {}, {} and {} checkpoints)",
+            dir.display(),
+            MtTask::NAME,
+            LmTask::NAME,
+            ClsTask::NAME,
+            ForecastTask::NAME
         ),
     })
 }
@@ -116,12 +126,12 @@ pub struct Translator {
 
 impl Translator {
     pub fn new(task: MtTask) -> Self {
-        let strategy = task.cfg.decode.strategy();
+        let strategy = task.cfg.task.decode.strategy();
         Self { task, strategy }
     }
 
     pub fn info(&self) -> Value {
-        let m = &self.task.cfg.model;
+        let m = &self.task.cfg.task.model;
         let (arch, layers, heads) = match m.kind {
             MtModelKind::Transformer => ("transformer", m.num_decoder_layers, m.nhead),
             MtModelKind::Rnn => ("rnn", 1, 1),
@@ -146,8 +156,8 @@ impl Translator {
                 .and_then(|w| w.round_to(4))
                 .and_then(|w| w.to_vec3::<f32>()))?);
         }
-        let source = src.iter().map(|&i| seqlab_mt::cli::piece(&t.src_tok, i)).collect();
-        let mut target: Vec<String> = out.iter().map(|&i| seqlab_mt::cli::piece(&t.tgt_tok, i)).collect();
+        let source = src.iter().map(|&i| seqlab_mt::plots::piece(&t.src_tok, i)).collect();
+        let mut target: Vec<String> = out.iter().map(|&i| seqlab_mt::plots::piece(&t.tgt_tok, i)).collect();
         target.push("<eos>".into());
         Ok(AttentionMaps {
             source,
@@ -194,8 +204,9 @@ pub const MAX_GENERATE_TOKENS: usize = 2000;
 
 impl Generator {
     pub fn info(&self) -> Value {
-        json!({"architecture": format!("{:?}", self.task.cfg.model.kind).to_lowercase(),
-            "tokenizer": format!("{:?}", self.task.cfg.data.tokenizer).to_lowercase()})
+        let t = &self.task.cfg.task;
+        json!({"architecture": format!("{:?}", t.model.kind).to_lowercase(),
+            "tokenizer": format!("{:?}", t.data.tokenizer).to_lowercase()})
     }
 
     fn one(&self, r: &GenerateRequest) -> Result<GenerateResponse> {
@@ -205,26 +216,22 @@ impl Generator {
                 r.max_tokens
             ));
         }
-        if !(r.temperature >= 0.0 && r.temperature.is_finite()) {
-            return bad(format!("`temperature` must be >= 0, got {}", r.temperature));
-        }
-        if r.top_k == Some(0) {
-            return bad("`top_k` must be at least 1".into());
-        }
-        if let Some(p) = r.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return bad(format!("`top_p` must be in (0, 1], got {p}"));
-            }
-        }
-        let s = SampleConfig {
-            max_tokens: r.max_tokens,
+        // The CLI's meaning (`--temperature/--top-k/--top-p`): an absent top_p is 1 (off).
+        let sampling = SamplingConfig {
             temperature: r.temperature,
             top_k: r.top_k,
-            top_p: r.top_p,
+            top_p: r.top_p.unwrap_or(1.0),
+        };
+        if let Err(e) = sampling.validate() {
+            return bad(e.to_string());
+        }
+        let g = GenerateConfig {
+            max_tokens: r.max_tokens,
+            sampling,
             seed: r.seed,
         };
         Ok(GenerateResponse {
-            text: self.task.generate(&r.prompt, &s)?,
+            text: self.task.generate(&r.prompt, &g)?,
         })
     }
 }
@@ -244,7 +251,7 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn info(&self) -> Value {
-        json!({"architecture": format!("{:?}", self.task.cfg.model.kind).to_lowercase(),
+        json!({"architecture": format!("{:?}", self.task.cfg.task.model.kind).to_lowercase(),
             "labels": self.task.labels.names()})
     }
 
@@ -268,7 +275,7 @@ impl Classifier {
         let mut warnings = Vec::new();
         let (seqs, _) = data.encode(
             &t.tok,
-            t.cfg.data.max_len,
+            t.cfg.task.data.max_len,
             seqlab_data::LengthPolicy::Truncate,
             &mut warnings,
         )?;
@@ -323,14 +330,14 @@ pub struct Forecaster {
 
 impl Forecaster {
     pub fn info(&self) -> Value {
-        let d = &self.task.cfg.data;
-        json!({"architecture": format!("{:?}", self.task.cfg.model.kind).to_lowercase(),
+        let d = &self.task.cfg.task.data;
+        json!({"architecture": format!("{:?}", self.task.cfg.task.model.kind).to_lowercase(),
             "column": d.column, "input_len": d.input_len, "horizon": d.horizon, "season": d.season})
     }
 
     /// The model input of a request: its last `input_len` values, standardised.
     fn window(&self, r: &ForecastRequest) -> Result<Vec<f32>> {
-        let l = self.task.cfg.data.input_len;
+        let l = self.task.cfg.task.data.input_len;
         if r.series.len() < l {
             return bad(format!(
                 "`series` has {} values; this model needs at least {l} (data.input_len)",
@@ -351,14 +358,14 @@ impl BatchPredictor for Forecaster {
     /// One forward pass over all windows of the batch.
     fn predict_batch(&self, reqs: Vec<ForecastRequest>) -> Vec<Result<ForecastResponse>> {
         let t = &self.task;
-        let (h, season) = (t.cfg.data.horizon, t.cfg.data.season.max(1));
+        let (h, season) = (t.cfg.task.data.horizon, t.cfg.task.data.season.max(1));
         batch_valid(
             &reqs,
             |r| self.window(r),
             |windows| {
                 let x = c(Tensor::from_vec(
                     windows.concat(),
-                    (windows.len(), t.cfg.data.input_len, 1),
+                    (windows.len(), t.cfg.task.data.input_len, 1),
                     t.vs.device(),
                 ))?;
                 c(t.net.forward(&x, None, false).and_then(|p| p.to_vec2::<f32>()))

@@ -527,7 +527,12 @@ async fn real_models_answer_every_endpoint_and_batching_changes_nothing() {
     for (path, body, reason) in [
         ("/v1/translate", json!({"text": "  "}), "`text` is empty"),
         ("/v1/generate", json!({"max_tokens": 0}), "`max_tokens` must be"),
-        ("/v1/generate", json!({"top_p": 1.5}), "`top_p` must be"),
+        ("/v1/generate", json!({"top_p": 1.5}), "top_p must be in (0, 1]"),
+        (
+            "/v1/generate",
+            json!({"temperature": -1.0}),
+            "temperature must be finite and >= 0",
+        ),
         ("/v1/classify", json!({"text": "cat", "top_k": 0}), "`top_k` must be"),
         ("/v1/forecast", json!({"series": [1.0, 2.0]}), "needs at least 12"),
         ("/v1/similar", json!({"word": "zebra"}), "not in the vocabulary"),
@@ -540,5 +545,18 @@ async fn real_models_answer_every_endpoint_and_batching_changes_nothing() {
             a.text()
         );
     }
+
+    // The CLI's meaning of the sampling options: top_k 0 and top_p 1 are "no filter", the
+    // same draws as leaving them out.
+    let base = json!({"prompt": "red", "max_tokens": 20, "temperature": 1.5, "seed": 3});
+    let mut off = base.clone();
+    off["top_k"] = json!(0);
+    off["top_p"] = json!(1.0);
+    let (a, b) = (
+        post(s.addr, "/v1/generate", base).await,
+        post(s.addr, "/v1/generate", off).await,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["text"], b.json()["text"]);
     s.stop().await;
 }

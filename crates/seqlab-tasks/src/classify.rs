@@ -1,8 +1,9 @@
-//! Sequence classification of `text<TAB>label` files: batches by token budget with length
-//! bucketing; accuracy, per-class precision/recall/F1 and the confusion matrix.
+//! Sequence classification (`task = "classify"`) of `text<TAB>label` files: batches by token
+//! budget with length bucketing; accuracy, per-class precision/recall/F1 and the confusion
+//! matrix.
 
-use crate::common::{c, ids_tensor, print_warnings, tokenizer, Report, Split};
-use crate::config::RunConfig;
+use crate::common::{c, ids_tensor, print_warnings, tokenizer};
+use crate::config::{Config, TaskConfig};
 use crate::models::ClsNet;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -11,6 +12,7 @@ use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
 use seqlab_train::trainer::TrainTask;
+use seqlab_train::{BuildFrom, Purpose, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,8 +22,9 @@ struct Encoded {
     labels: Vec<usize>,
 }
 
+/// A sequence classifier with its tokenizer, label set and (when training) its data.
 pub struct ClsTask {
-    pub cfg: RunConfig,
+    pub cfg: Config,
     pub tok: Tokenizer,
     pub labels: LabelSet,
     pub net: ClsNet,
@@ -32,8 +35,11 @@ pub struct ClsTask {
 }
 
 impl ClsTask {
-    pub fn build(cfg: &RunConfig, vs: &VarStore, saved: Option<&Path>, with_train_data: bool) -> Result<Self> {
-        let d = &cfg.data;
+    /// Reads the data (training data only for [`Purpose::Train`], or when no checkpoint
+    /// supplies the labels and tokenizer) and builds the classifier.
+    fn new(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        let (saved, with_train_data) = (from.checkpoint, from.purpose == Purpose::Train);
+        let d = &cfg.task.data;
         let saved_labels = saved.map(|s| s.join("labels.json")).filter(|p| p.exists());
         let train_data = if with_train_data || saved_labels.is_none() {
             Some(ClsData::read_train(&d.train)?)
@@ -60,12 +66,12 @@ impl ClsTask {
                 .iter()
                 .flat_map(|t| t.examples.iter().map(|e| e.text.as_str())),
         )?;
-        let net = ClsNet::new(&cfg.model, tok.vocab_size(), labels.len(), tok.pad_id(), vs)?;
-        if cfg.model.kind == crate::config::ModelKind::Transformer && d.max_len > cfg.model.max_positions {
+        let net = ClsNet::new(&cfg.task.model, tok.vocab_size(), labels.len(), tok.pad_id(), vs)?;
+        if cfg.task.model.kind == crate::config::ModelKind::Transformer && d.max_len > cfg.task.model.max_positions {
             bail!(
                 "data.max_len ({}) exceeds model.max_positions ({})",
                 d.max_len,
-                cfg.model.max_positions
+                cfg.task.model.max_positions
             );
         }
         let mut t = Self {
@@ -89,7 +95,12 @@ impl ClsTask {
 
     fn encode(&self, data: &ClsData) -> Result<Encoded> {
         let mut w = Vec::new();
-        let (seqs, labels) = data.encode(&self.tok, self.cfg.data.max_len, self.cfg.data.on_too_long, &mut w)?;
+        let (seqs, labels) = data.encode(
+            &self.tok,
+            self.cfg.task.data.max_len,
+            self.cfg.task.data.on_too_long,
+            &mut w,
+        )?;
         print_warnings(&w);
         Ok(Encoded { seqs, labels })
     }
@@ -110,7 +121,7 @@ impl ClsTask {
     fn predict(&self, e: &Encoded, max_batches: Option<usize>) -> Result<(Vec<usize>, Vec<usize>, f64)> {
         let lengths: Vec<usize> = e.seqs.iter().map(Vec::len).collect();
         let batches = c(
-            token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.data.batch_tokens), None)
+            token_budget_batches(&lengths, &BudgetConfig::new(self.cfg.task.data.batch_tokens), None)
                 .map_err(|e| candle_core::Error::Msg(e.0)),
         )?;
         let (mut truth, mut pred, mut loss, mut n) = (vec![], vec![], 0.0, 0usize);
@@ -131,7 +142,9 @@ impl ClsTask {
         Ok((truth, pred, loss / n.max(1) as f64))
     }
 
-    pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+    /// Accuracy, per-class P/R/F1 and the confusion matrix on the test or validation file,
+    /// or `path`.
+    fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = crate::common::eval_file(&self.cfg, split, path)?;
         let e = self.encode(&ClsData::read_eval(&p, &self.labels)?)?;
         let (truth, pred, loss) = self.predict(&e, None)?;
@@ -141,7 +154,37 @@ impl ClsTask {
         let head = format!("{}: {} examples", p.display(), truth.len());
         let (text, mut json) = r.render(&head, names, loss);
         json["file"] = json!(p.display().to_string());
-        Ok(Report { text, json })
+        Ok(Report {
+            text,
+            json,
+            files: Vec::new(),
+        })
+    }
+}
+
+impl Task for ClsTask {
+    type Config = TaskConfig;
+    const NAME: &'static str = "classify";
+    const ABOUT: &'static str = "text<TAB>label sequence classification (accuracy, per-class F1)";
+
+    fn validate(cfg: &Config) -> Result<()> {
+        crate::config::validate_common(cfg)
+    }
+
+    fn build(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs, from)
+    }
+
+    fn final_split(cfg: &Config) -> Option<Split> {
+        crate::common::test_else_valid(cfg)
+    }
+
+    fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        self.split_report(split, path)
+    }
+
+    fn guide(&self) -> String {
+        "accuracy is the share of passages whose class was predicted right; chance is 1/number-of-classes.".into()
     }
 }
 
@@ -151,8 +194,8 @@ impl TrainTask for ClsTask {
         let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
         token_budget_batches(
             &lengths,
-            &BudgetConfig::new(self.cfg.data.batch_tokens),
-            Some((self.cfg.train.seed, 0)),
+            &BudgetConfig::new(self.cfg.task.data.batch_tokens),
+            Some((self.cfg.run.train.seed, 0)),
         )
         .map_or(0, |b| b.len())
     }
@@ -163,8 +206,8 @@ impl TrainTask for ClsTask {
             let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
             let b = c(token_budget_batches(
                 &lengths,
-                &BudgetConfig::new(self.cfg.data.batch_tokens),
-                Some((self.cfg.train.seed, epoch)),
+                &BudgetConfig::new(self.cfg.task.data.batch_tokens),
+                Some((self.cfg.run.train.seed, epoch)),
             )
             .map_err(|e| candle_core::Error::Msg(e.0)))?;
             self.epoch_batches = Some((epoch, b));
@@ -177,7 +220,7 @@ impl TrainTask for ClsTask {
             &logits,
             &y,
             None,
-            self.cfg.optim.label_smoothing,
+            self.cfg.task.loss.label_smoothing,
             Reduction::Mean,
         ))?;
         Ok((loss, idx.iter().map(|&i| t.seqs[i].len()).sum()))
@@ -187,7 +230,7 @@ impl TrainTask for ClsTask {
         let Some(v) = &self.valid else {
             bail!("classification needs data.valid for evaluation during training");
         };
-        let (truth, pred, loss) = self.predict(v, self.cfg.data.max_eval_batches)?;
+        let (truth, pred, loss) = self.predict(v, self.cfg.task.data.max_eval_batches)?;
         let r = class_report(&truth, &pred, self.labels.len());
         Ok(BTreeMap::from([
             ("loss".into(), loss),

@@ -3,6 +3,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use seqlab_data::{Tokenizer, TokenizerConfig};
+use seqlab_train::Split;
 use std::path::Path;
 
 pub(crate) fn c<T>(r: candle_core::Result<T>) -> Result<T> {
@@ -39,32 +40,14 @@ pub(crate) fn tokenizer<'a>(
     Ok(Tokenizer::train(cfg, lines)?)
 }
 
-/// A finished evaluation: text for people, JSON for tools.
-pub struct Report {
-    pub text: String,
-    pub json: serde_json::Value,
-}
-
-/// Which data an evaluation reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    Valid,
-    Test,
-}
-
 /// The file an evaluation reads: `path` if given, else the configured test or valid file.
-pub(crate) fn eval_file(
-    cfg: &crate::config::RunConfig,
-    split: Split,
-    path: Option<&Path>,
-) -> Result<std::path::PathBuf> {
-    let (file, key) = match split {
-        Split::Test => (&cfg.data.test, "test"),
-        Split::Valid => (&cfg.data.valid, "valid"),
-    };
-    match (path, file) {
-        (Some(p), _) => Ok(p.to_path_buf()),
-        (None, Some(f)) => Ok(f.clone()),
-        (None, None) => anyhow::bail!("no data.{key} in the config; pass --data FILE"),
-    }
+pub(crate) fn eval_file(cfg: &crate::config::Config, split: Split, path: Option<&Path>) -> Result<std::path::PathBuf> {
+    let d = &cfg.task.data;
+    split.file(path, d.test.as_deref(), d.valid.as_deref())
+}
+
+/// The end-of-run split: test if configured, else valid, else none.
+pub(crate) fn test_else_valid(cfg: &crate::config::Config) -> Option<Split> {
+    let d = &cfg.task.data;
+    Split::test_else_valid(d.test.is_some(), d.valid.is_some())
 }

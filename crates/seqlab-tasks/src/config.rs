@@ -1,45 +1,30 @@
-//! The run configuration: one TOML file with `[data]`, `[model]`, `[optim]`, `[schedule]` and
-//! `[train]` tables, every key documented here with its default. Any key can be overridden
-//! from the command line with `--set table.key=value`. Paths are relative to the current
-//! directory.
+//! The task keys of `lm`, `classify` and `forecast` runs: `[data]`, `[model]` and `[loss]`,
+//! every key documented here with its default. The engine's keys (`task`, `run_dir`,
+//! `[optim]`, `[schedule]`, `[train]`) are [`seqlab_train::config`]'s. Any key can be
+//! overridden from the command line with `--set table.key=value`. Paths are relative to the
+//! current directory.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use seqlab_data::{LengthPolicy, TokenizerKind};
-use seqlab_train::trainer::LoopConfig;
-use seqlab_train::Schedule;
+use seqlab_train::LossConfig;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Which task a run trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskKind {
-    /// Language modelling on plain text.
-    Lm,
-    /// `text<TAB>label` sequence classification.
-    Classify,
-    /// Time-series forecasting from a CSV column.
-    Forecast,
-}
-
+/// The task keys shared by language modelling, classification and forecasting.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    pub task: TaskKind,
-    /// Folder for checkpoints, metrics and plots. Default `runs/<task>`.
-    #[serde(default)]
-    pub run_dir: Option<PathBuf>,
+pub struct TaskConfig {
     pub data: DataConfig,
     #[serde(default)]
     pub model: ModelConfig,
+    /// Cross-entropy settings (LM and classification; forecasting trains with MSE and
+    /// rejects a label smoothing).
     #[serde(default)]
-    pub optim: OptimConfig,
-    /// Default: constant `optim.lr`.
-    #[serde(default)]
-    pub schedule: Option<Schedule>,
-    #[serde(default)]
-    pub train: LoopConfig,
+    pub loss: LossConfig,
 }
+
+/// A whole run config of these tasks: the engine's settings plus [`TaskConfig`].
+pub type Config = seqlab_train::RunConfig<TaskConfig>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -174,140 +159,62 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimName {
-    Adamw,
-    Sgd,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OptimConfig {
-    /// adamw | sgd. Default adamw.
-    pub name: OptimName,
-    /// Peak learning rate (used by the default constant schedule). Default 1e-3.
-    pub lr: f64,
-    /// AdamW betas. Default [0.9, 0.999]; the paper's Transformer uses [0.9, 0.98].
-    pub betas: [f64; 2],
-    /// AdamW epsilon. Default 1e-8; the paper uses 1e-9.
-    pub eps: f64,
-    /// Decoupled weight decay. Default 0.01.
-    pub weight_decay: f64,
-    /// SGD momentum. Default 0.9.
-    pub momentum: f64,
-    /// Label smoothing of the cross-entropy. Default 0.
-    pub label_smoothing: f64,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            name: OptimName::Adamw,
-            lr: 1e-3,
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.01,
-            momentum: 0.9,
-            label_smoothing: 0.0,
-        }
-    }
-}
-
-impl RunConfig {
-    /// Reads a config file and applies `key=value` overrides.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let cfg: RunConfig = seqlab_train::overrides::load_with(path, overrides)?;
-        cfg.validate()
-            .with_context(|| format!("{}: invalid config", path.display()))?;
-        Ok(cfg)
-    }
-
-    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
-        let cfg: RunConfig = seqlab_train::overrides::from_toml_with(text, overrides)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(!self.data.train.as_os_str().is_empty(), "data.train is required");
-        anyhow::ensure!(self.optim.lr > 0.0, "optim.lr must be > 0");
+/// Checks the keys every one of these tasks uses, naming the bad one.
+pub fn validate_common(cfg: &Config) -> Result<()> {
+    let t = &cfg.task;
+    anyhow::ensure!(!t.data.train.as_os_str().is_empty(), "data.train is required");
+    anyhow::ensure!((0.0..1.0).contains(&t.model.dropout), "model.dropout must be in [0, 1)");
+    t.loss.validate()?;
+    anyhow::ensure!(
+        t.data.batch_size > 0 && t.data.bptt > 0,
+        "data.batch_size and data.bptt must be > 0"
+    );
+    if t.model.kind == ModelKind::Transformer {
         anyhow::ensure!(
-            (0.0..1.0).contains(&self.model.dropout),
-            "model.dropout must be in [0, 1)"
+            t.model.nhead > 0 && t.model.d_model % t.model.nhead == 0,
+            "model.d_model ({}) must be divisible by model.nhead ({})",
+            t.model.d_model,
+            t.model.nhead
         );
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&self.optim.label_smoothing),
-            "optim.label_smoothing must be in [0, 1]"
-        );
-        anyhow::ensure!(
-            self.data.batch_size > 0 && self.data.bptt > 0,
-            "data.batch_size and data.bptt must be > 0"
-        );
-        if self.task == TaskKind::Forecast {
-            anyhow::ensure!(
-                self.data.column.is_some(),
-                "forecasting needs data.column (the CSV column to model)"
-            );
-            anyhow::ensure!(
-                self.model.kind != ModelKind::Transformer,
-                "forecasting supports rnn, rnn_relu, lstm and gru models"
-            );
-        }
-        if self.model.kind == ModelKind::Transformer {
-            anyhow::ensure!(
-                self.model.nhead > 0 && self.model.d_model % self.model.nhead == 0,
-                "model.d_model ({}) must be divisible by model.nhead ({})",
-                self.model.d_model,
-                self.model.nhead
-            );
-        }
-        self.train.validate()?;
-        Ok(())
     }
-
-    pub fn run_dir(&self) -> PathBuf {
-        self.run_dir.clone().unwrap_or_else(|| {
-            PathBuf::from("runs").join(match self.task {
-                TaskKind::Lm => "lm",
-                TaskKind::Classify => "classify",
-                TaskKind::Forecast => "forecast",
-            })
-        })
-    }
-
-    pub fn schedule(&self) -> Schedule {
-        self.schedule
-            .clone()
-            .unwrap_or(Schedule::Constant { lr: self.optim.lr })
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lm::LmTask;
+    use seqlab_train::task::parse_config;
+    use seqlab_train::Task;
 
     const BASE: &str =
         "task = \"lm\"\n[data]\ntrain = \"a.txt\"\n[train]\nmax_steps = 10\neval_every = 5\nlog_every = 5\n";
 
+    fn parse(text: &str, sets: &[&str]) -> Result<Config> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        parse_config::<LmTask>(seqlab_train::config::table_with_overrides(text, &sets)?, "test.toml")
+    }
+
     #[test]
     fn defaults_overrides_and_unknown_keys() {
-        let c = RunConfig::from_toml(BASE, &[]).unwrap();
-        assert_eq!(c.model.kind, ModelKind::Lstm);
-        assert_eq!(c.train.max_steps, 10);
-        let c = RunConfig::from_toml(
-            BASE,
-            &[
-                "model.kind=gru".into(),
-                "train.max_steps=3".into(),
-                "optim.lr=0.5".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!((c.model.kind, c.train.max_steps, c.optim.lr), (ModelKind::Gru, 3, 0.5));
-        let e = RunConfig::from_toml(&format!("{BASE}[model]\nhiden_size = 3\n"), &[]).unwrap_err();
+        let c = parse(BASE, &[]).unwrap();
+        assert_eq!(c.task.model.kind, ModelKind::Lstm);
+        assert_eq!(c.run.train.max_steps, 10);
+        assert_eq!(
+            LmTask::default_schedule(&c),
+            seqlab_train::Schedule::Constant { lr: 1e-3 }
+        );
+        let c = parse(BASE, &["model.kind=gru", "train.max_steps=3", "optim.lr=0.5"]).unwrap();
+        assert_eq!(
+            (c.task.model.kind, c.run.train.max_steps, c.run.optim.lr),
+            (ModelKind::Gru, 3, 0.5)
+        );
+        let e = parse(&format!("{BASE}[model]\nhiden_size = 3\n"), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("hiden_size"), "{e:#}");
-        assert!(RunConfig::from_toml(BASE, &["model.dropout=1.5".into()]).is_err());
-        assert!(RunConfig::from_toml(BASE, &["nokey".into()]).is_err());
+        let e = parse(BASE, &["model.dropout=1.5"]).unwrap_err();
+        assert!(format!("{e:#}").contains("model.dropout"), "{e:#}");
+        let e = parse(BASE, &["loss.label_smoothing=1.0"]).unwrap_err();
+        assert!(format!("{e:#}").contains("loss.label_smoothing"), "{e:#}");
+        assert!(parse(BASE, &["nokey"]).is_err());
     }
 }

@@ -1,9 +1,9 @@
-//! Time-series forecasting: windows of `input_len` standardised values → the next `horizon`
+//! Time-series forecasting (`task = "forecast"`): windows of `input_len` standardised values → the next `horizon`
 //! values, MSE; RMSE/MAE in the series' own units beside last-value and seasonal-naive
 //! baselines.
 
-use crate::common::{c, Report, Split};
-use crate::config::RunConfig;
+use crate::common::c;
+use crate::config::{Config, ModelKind, TaskConfig};
 use crate::models::forecaster;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -12,12 +12,14 @@ use seqlab_nn::loss::{mse_loss, Reduction};
 use seqlab_nn::recurrent::RecurrentClassifier;
 use seqlab_nn::VarStore;
 use seqlab_train::trainer::TrainTask;
+use seqlab_train::{BuildFrom, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A recurrent forecaster with its standardised series and windows.
 pub struct ForecastTask {
-    pub cfg: RunConfig,
+    pub cfg: Config,
     pub ts: TimeSeries,
     pub net: RecurrentClassifier,
     pub vs: VarStore,
@@ -56,11 +58,13 @@ pub fn seasonal_naive(history: &[f64], k: usize, season: usize) -> f64 {
 }
 
 impl ForecastTask {
-    pub fn build(cfg: &RunConfig, vs: &VarStore) -> Result<Self> {
-        let d = &cfg.data;
+    /// Reads the series (the scaler is fitted on its training part, so evaluation reads it
+    /// too) and builds the forecaster.
+    fn new(cfg: &Config, vs: &VarStore) -> Result<Self> {
+        let d = &cfg.task.data;
         let column = d.column.as_deref().expect("validated");
         let ts = TimeSeries::read_csv(&d.train, column, d.valid_frac, d.test_frac)?;
-        let net = forecaster(&cfg.model, d.horizon, vs)?;
+        let net = forecaster(&cfg.task.model, d.horizon, vs)?;
         let train = ts.windows(Part::Train, d.input_len, d.horizon)?;
         let valid = ts.windows(Part::Valid, d.input_len, d.horizon)?;
         if train.n == 0 {
@@ -98,7 +102,7 @@ impl ForecastTask {
     /// Model predictions (original units), truths, and the two baselines for every window.
     fn predict(&self, w: &Windows) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)> {
         let (mut pred, mut truth, mut last, mut seasonal) = (vec![], vec![], vec![], vec![]);
-        let s = self.cfg.data.season.max(1);
+        let s = self.cfg.task.data.season.max(1);
         for b in c(fixed_batches(w.n, 256, None).map_err(|e| candle_core::Error::Msg(e.0)))? {
             let (p, _) = self.batch(w, &b, false)?;
             for row in c(p.to_vec2::<f32>())? {
@@ -116,11 +120,13 @@ impl ForecastTask {
         Ok((pred, truth, last, seasonal))
     }
 
-    pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+    /// RMSE and MAE of the model and both baselines on the test or validation part of the
+    /// series; another file (`path`) is rejected.
+    fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         if path.is_some() {
             bail!("forecasting evaluates the parts of its own series (data.train with valid_frac/test_frac); --data is not supported");
         }
-        let d = &self.cfg.data;
+        let d = &self.cfg.task.data;
         let (part, name) = match split {
             Split::Test => (Part::Test, "test"),
             Split::Valid => (Part::Valid, "valid"),
@@ -146,20 +152,65 @@ impl ForecastTask {
         );
         let json = json!({"part": name, "windows": w.n, "horizon": d.horizon, "rmse": m.rmse, "mae": m.mae,
             "last_value": {"rmse": l.rmse, "mae": l.mae}, "seasonal_naive": {"rmse": s.rmse, "mae": s.mae, "season": d.season}});
-        Ok(Report { text, json })
+        Ok(Report {
+            text,
+            json,
+            files: Vec::new(),
+        })
+    }
+}
+
+impl Task for ForecastTask {
+    type Config = TaskConfig;
+    const NAME: &'static str = "forecast";
+    const ABOUT: &'static str = "time-series forecasting of a CSV column (RMSE/MAE beside naive baselines)";
+
+    fn validate(cfg: &Config) -> Result<()> {
+        crate::config::validate_common(cfg)?;
+        let t = &cfg.task;
+        anyhow::ensure!(
+            t.data.column.is_some(),
+            "forecasting needs data.column (the CSV column to model)"
+        );
+        anyhow::ensure!(
+            t.model.kind != ModelKind::Transformer,
+            "forecasting supports rnn, rnn_relu, lstm and gru models"
+        );
+        anyhow::ensure!(
+            t.loss.label_smoothing == 0.0,
+            "forecasting trains with MSE: loss.label_smoothing does not apply"
+        );
+        Ok(())
+    }
+
+    fn build(cfg: &Config, vs: &VarStore, _from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs)
+    }
+
+    /// Forecasting always has a test part (the end of the series).
+    fn final_split(_cfg: &Config) -> Option<Split> {
+        Some(Split::Test)
+    }
+
+    fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        self.split_report(split, path)
+    }
+
+    fn guide(&self) -> String {
+        "RMSE is in the series' units; a model worth using beats the seasonal-naive and last-value baselines.".into()
     }
 }
 
 impl TrainTask for ForecastTask {
     fn batches_per_epoch(&self) -> usize {
-        self.train.n.div_ceil(self.cfg.data.batch_size)
+        self.train.n.div_ceil(self.cfg.task.data.batch_size)
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
         let b = c(fixed_batches(
             self.train.n,
-            self.cfg.data.batch_size,
-            Some((self.cfg.train.seed, epoch)),
+            self.cfg.task.data.batch_size,
+            Some((self.cfg.run.train.seed, epoch)),
         )
         .map_err(|e| candle_core::Error::Msg(e.0)))?;
         let idx = &b[index];

@@ -1,21 +1,25 @@
-//! Language modelling: contiguous (batch, bptt) chunks of a token stream, next-token
-//! cross-entropy; perplexity and bits per character; sampling with temperature, top-k, top-p.
+//! Language modelling (`task = "lm"`): contiguous (batch, bptt) chunks of a token stream,
+//! next-token cross-entropy; perplexity and bits per character; generation with
+//! [`seqlab_nn::sampling`] (temperature, top-k, top-p).
 
-use crate::common::{c, ids_tensor, tokenizer, Report, Split};
-use crate::config::RunConfig;
+use crate::common::{c, ids_tensor, tokenizer};
+use crate::config::{Config, TaskConfig};
 use crate::models::{LmNet, RnnState};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 use seqlab_data::{shuffled_indices, LmText, StreamBatcher, StreamChunk, Tokenizer, TokenizerConfig, TokenizerKind};
 use seqlab_nn::loss::{cross_entropy, Reduction};
-use seqlab_nn::{SeqRng, VarStore};
+use seqlab_nn::sampling::{Sampler, SamplingConfig};
+use seqlab_nn::VarStore;
 use seqlab_train::trainer::TrainTask;
+use seqlab_train::{BuildFrom, Purpose, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A language model with its tokenizer and (when training) its data.
 pub struct LmTask {
-    pub cfg: RunConfig,
+    pub cfg: Config,
     pub tok: Tokenizer,
     pub net: LmNet,
     pub vs: VarStore,
@@ -24,10 +28,11 @@ pub struct LmTask {
 }
 
 impl LmTask {
-    /// Builds the task; `saved` holds a checkpoint's tokenizer (resume, eval), and
-    /// `with_train_data` is false when only evaluating or generating.
-    pub fn build(cfg: &RunConfig, vs: &VarStore, saved: Option<&Path>, with_train_data: bool) -> Result<Self> {
-        let d = &cfg.data;
+    /// Builds the task; `from.checkpoint` holds a checkpoint's tokenizer (resume, eval), and
+    /// only [`Purpose::Train`] reads the training and validation streams.
+    fn new(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        let (saved, with_train_data) = (from.checkpoint, from.purpose == Purpose::Train);
+        let d = &cfg.task.data;
         let tcfg = TokenizerConfig {
             kind: d.tokenizer,
             vocab_size: d.vocab_size,
@@ -40,7 +45,7 @@ impl LmTask {
             &tcfg,
             text.as_ref().map(|t| t.text.lines()).into_iter().flatten(),
         )?;
-        let net = LmNet::new(&cfg.model, tok.vocab_size(), vs)?;
+        let net = LmNet::new(&cfg.task.model, tok.vocab_size(), vs)?;
         if let Some(m) = net.max_len() {
             if d.bptt > m {
                 bail!("data.bptt ({}) exceeds model.max_positions ({m})", d.bptt);
@@ -78,7 +83,7 @@ impl LmTask {
         let y = c(Tensor::from_slice(&ch.target, ch.batch * ch.len, dev))?;
         let (logits, _) = self.net.forward(&x, None, train)?;
         let v = c(logits.dim(D::Minus1))?;
-        let ls = if train { self.cfg.optim.label_smoothing } else { 0.0 };
+        let ls = if train { self.cfg.task.loss.label_smoothing } else { 0.0 };
         c(cross_entropy(
             &c(logits.reshape((ch.batch * ch.len, v)))?,
             &y,
@@ -91,7 +96,7 @@ impl LmTask {
     /// Mean next-token loss (nats) over a stream, and the number of tokens.
     pub fn stream_loss(&self, sb: &StreamBatcher, max_batches: Option<usize>) -> Result<(f64, usize)> {
         let (mut total, mut n) = (0.0, 0usize);
-        for (i, ch) in sb.chunks(self.cfg.data.bptt).enumerate() {
+        for (i, ch) in sb.chunks(self.cfg.task.data.bptt).enumerate() {
             if max_batches.is_some_and(|m| i >= m) {
                 break;
             }
@@ -111,9 +116,9 @@ impl LmTask {
     }
 
     /// Loss, perplexity (and bits per character) on the test or validation file, or `path`.
-    pub fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+    fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = crate::common::eval_file(&self.cfg, split, path)?;
-        let sb = Self::stream(&p, &self.tok, self.cfg.data.batch_size)?;
+        let sb = Self::stream(&p, &self.tok, self.cfg.task.data.batch_size)?;
         let (loss, n) = self.stream_loss(&sb, None)?;
         let m = self.metrics(loss);
         let mut text = format!(
@@ -128,21 +133,26 @@ impl LmTask {
         for (k, v) in &m {
             j[k] = json!(v);
         }
-        Ok(Report { text, json: j })
+        Ok(Report {
+            text,
+            json: j,
+            files: Vec::new(),
+        })
     }
 
-    /// Continues `prompt` by sampling; deterministic for a given seed.
-    pub fn generate(&self, prompt: &str, s: &SampleConfig) -> Result<String> {
+    /// Continues `prompt` with up to `g.max_tokens` tokens drawn by [`Sampler`] (stops at
+    /// `<eos>`); deterministic for a given seed. Rejects invalid sampling settings.
+    pub fn generate(&self, prompt: &str, g: &GenerateConfig) -> Result<String> {
+        let mut sampler = Sampler::new(g.sampling.clone(), g.seed).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut ids = self.tok.encode(prompt)?;
         if ids.is_empty() {
             ids = self.tok.encode("\n")?;
         }
         let n_prompt = ids.len();
-        let mut rng = SeqRng::new(s.seed);
         let dev = self.vs.device();
         let mut state: Option<RnnState> = None;
         let mut feed = ids.clone();
-        for _ in 0..s.max_tokens {
+        for _ in 0..g.max_tokens {
             let window = match self.net.max_len() {
                 Some(m) if ids.len() > m => &ids[ids.len() - m..],
                 Some(_) => &ids[..],
@@ -155,7 +165,7 @@ impl LmTask {
                 .get(0)
                 .and_then(|l| l.get(window.len() - 1))
                 .and_then(|l| l.to_vec1::<f32>()))?;
-            let next = sample(&last, s, &mut rng);
+            let next = sampler.sample(&last);
             if next == self.tok.eos_id() {
                 break;
             }
@@ -169,74 +179,53 @@ impl LmTask {
     }
 }
 
-/// Sampling settings for `seqlab generate`.
+/// Settings of [`LmTask::generate`] (`seqlab generate`).
 #[derive(Clone, Debug)]
-pub struct SampleConfig {
+pub struct GenerateConfig {
+    /// Most tokens to add to the prompt.
     pub max_tokens: usize,
-    /// 0 = greedy.
-    pub temperature: f64,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f64>,
+    /// Temperature, top-k, top-p, with [`seqlab_nn::sampling`]'s meaning.
+    pub sampling: SamplingConfig,
+    /// Seed of the sampler.
     pub seed: u64,
 }
 
-/// Draws a token id from logits with temperature, then top-k, then nucleus (top-p) filtering.
-pub fn sample(logits: &[f32], s: &SampleConfig, rng: &mut SeqRng) -> u32 {
-    if s.temperature <= 0.0 {
-        return logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
-            .0 as u32;
+impl Task for LmTask {
+    type Config = TaskConfig;
+    const NAME: &'static str = "lm";
+    const ABOUT: &'static str = "language modelling on plain text (perplexity, bits per character)";
+
+    fn validate(cfg: &Config) -> Result<()> {
+        crate::config::validate_common(cfg)
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if let Some(k) = s.top_k {
-        order.truncate(k.max(1));
+
+    fn build(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
+        Self::new(cfg, vs, from)
     }
-    let top = logits[order[0]] as f64;
-    let mut p: Vec<f64> = order
-        .iter()
-        .map(|&i| ((logits[i] as f64 - top) / s.temperature).exp())
-        .collect();
-    let z: f64 = p.iter().sum();
-    p.iter_mut().for_each(|v| *v /= z);
-    if let Some(tp) = s.top_p {
-        let mut cum = 0.0;
-        let mut keep = p.len();
-        for (i, v) in p.iter().enumerate() {
-            cum += v;
-            if cum >= tp {
-                keep = i + 1;
-                break;
-            }
-        }
-        p.truncate(keep);
-        order.truncate(keep);
-        let z: f64 = p.iter().sum();
-        p.iter_mut().for_each(|v| *v /= z);
+
+    fn final_split(cfg: &Config) -> Option<Split> {
+        crate::common::test_else_valid(cfg)
     }
-    let u = rng.unit_f32() as f64;
-    let mut cum = 0.0;
-    for (i, v) in p.iter().enumerate() {
-        cum += v;
-        if u < cum {
-            return order[i] as u32;
-        }
+
+    fn report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
+        self.split_report(split, path)
     }
-    order[p.len() - 1] as u32
+
+    fn guide(&self) -> String {
+        "perplexity is e^loss: the model is as unsure as a uniform choice among that many tokens (uniform over the vocabulary is the untrained value); bits/char below ~2.5 means it has learned spelling and common words.".into()
+    }
 }
 
 impl TrainTask for LmTask {
     fn batches_per_epoch(&self) -> usize {
-        self.train.as_ref().map_or(0, |t| t.num_chunks(self.cfg.data.bptt))
+        self.train.as_ref().map_or(0, |t| t.num_chunks(self.cfg.task.data.bptt))
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
         let t = self.train.as_ref().expect("built with training data");
-        let order = shuffled_indices(t.num_chunks(self.cfg.data.bptt), self.cfg.train.seed, epoch);
+        let order = shuffled_indices(t.num_chunks(self.cfg.task.data.bptt), self.cfg.run.train.seed, epoch);
         let ch = t
-            .chunk(order[index], self.cfg.data.bptt)
+            .chunk(order[index], self.cfg.task.data.bptt)
             .expect("index within the epoch");
         let n = ch.batch * ch.len;
         Ok((self.chunk_loss(&ch, true, Reduction::Mean)?, n))
@@ -246,46 +235,11 @@ impl TrainTask for LmTask {
         let Some(v) = self.valid.as_ref() else {
             bail!("language modelling needs data.valid for evaluation during training");
         };
-        let (loss, _) = self.stream_loss(v, self.cfg.data.max_eval_batches)?;
+        let (loss, _) = self.stream_loss(v, self.cfg.task.data.max_eval_batches)?;
         Ok(self.metrics(loss))
     }
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         Ok(self.tok.save(dir.join("tokenizer.json"))?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sampling_filters() {
-        let logits = [0.0f32, 5.0, 1.0, 4.9];
-        let mut rng = SeqRng::new(0);
-        let greedy = SampleConfig {
-            max_tokens: 1,
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            seed: 0,
-        };
-        assert_eq!(sample(&logits, &greedy, &mut rng), 1);
-        let top2 = SampleConfig {
-            temperature: 1.0,
-            top_k: Some(2),
-            ..greedy.clone()
-        };
-        for _ in 0..200 {
-            assert!(matches!(sample(&logits, &top2, &mut rng), 1 | 3));
-        }
-        let nucleus = SampleConfig {
-            temperature: 1.0,
-            top_p: Some(0.3),
-            ..greedy
-        };
-        for _ in 0..50 {
-            assert_eq!(sample(&logits, &nucleus, &mut rng), 1);
-        }
     }
 }

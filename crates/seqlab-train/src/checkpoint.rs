@@ -125,13 +125,17 @@ pub fn prepare_run_dir(run_dir: &Path, resume: bool, config_toml: &str) -> Resul
     Ok(latest)
 }
 
-/// The run configuration stored in a checkpoint folder's `trainer.json`.
-pub fn run_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+/// The whole run configuration stored in a checkpoint folder's `trainer.json`, as a JSON
+/// object (engine and task keys side by side; see [`crate::config`]).
+pub fn stored_config(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let f = dir.join("trainer.json");
     let text = std::fs::read_to_string(&f)
         .with_context(|| format!("{}: not a seqlab checkpoint folder (no trainer.json)", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", f.display()))?;
-    serde_json::from_value(v["config"].clone()).with_context(|| format!("{}: bad `config`", f.display()))
+    match v.get("config") {
+        Some(serde_json::Value::Object(m)) => Ok(m.clone()),
+        _ => anyhow::bail!("{}: no `config` table", f.display()),
+    }
 }
 
 #[cfg(test)]

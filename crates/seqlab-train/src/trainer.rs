@@ -69,6 +69,8 @@ impl Default for LoopConfig {
 }
 
 impl LoopConfig {
+    /// Checks the values, naming the bad key: max_steps, accum_steps, eval_every and
+    /// log_every > 0, log_every divides eval_every, clip_norm > 0.
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(self.max_steps > 0, "train.max_steps must be > 0");
         anyhow::ensure!(self.accum_steps > 0, "train.accum_steps must be > 0");
@@ -111,13 +113,19 @@ pub trait TrainTask {
 /// Position of the run; stored in `trainer.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LoopState {
+    /// Optimizer updates done.
     pub step: u64,
+    /// Epoch of the next micro-batch.
     pub epoch: u64,
+    /// Index of the next micro-batch within its epoch.
     pub index: usize,
+    /// Best value of the selection metric so far.
     pub best: Option<f64>,
+    /// Evaluations since the selection metric last improved (for `patience`).
     pub evals_since_best: u64,
     /// The model's dropout RNG.
     pub rng: RngState,
+    /// Tokens (or examples) trained on so far.
     pub tokens: u64,
     /// CPU seconds spent by the run so far (all segments).
     #[serde(default)]
@@ -147,28 +155,42 @@ pub fn process_cpu_seconds() -> Option<f64> {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
+    /// `train.max_steps` reached.
     MaxSteps,
+    /// `train.max_minutes` or `train.max_cpu_minutes` spent.
     TimeLimit,
+    /// `train.patience` evaluations without improvement.
     EarlyStopping,
 }
 
+/// What [`Trainer::run`] did.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
+    /// Optimizer updates done in total (resumed segments included).
     pub steps: u64,
     pub reason: StopReason,
+    /// Validation metrics of the last evaluation of this segment (empty if none ran).
     pub last_eval: BTreeMap<String, f64>,
+    /// Best value of the selection metric.
     pub best: Option<f64>,
+    /// (step, mean training loss) of every update of this segment.
     pub train_losses: Vec<(u64, f64)>,
 }
 
+/// The training loop's owner: optimizer, schedule, step counter, checkpoints and logs of one
+/// run folder. Build it with [`Trainer::new`], optionally [`Trainer::resume`], then
+/// [`Trainer::run`] a [`TrainTask`].
 pub struct Trainer {
     pub cfg: LoopConfig,
+    /// The model's parameters (shared with the task).
     pub vs: VarStore,
     pub opt: Box<dyn Optimizer>,
     pub schedule: Schedule,
+    /// Where `checkpoints/` and `metrics.jsonl` go.
     pub run_dir: PathBuf,
     /// The full run configuration, stored with each checkpoint.
     pub run_config: Value,
+    /// Position of the run, checkpointed.
     pub state: LoopState,
 }
 
@@ -191,6 +213,7 @@ fn accumulate(a: &mut GradStore, b: GradStore, vars: &[candle_core::Var]) -> Res
 }
 
 impl Trainer {
+    /// A trainer at step 0; rejects an invalid loop config or schedule.
     pub fn new(
         cfg: LoopConfig,
         vs: VarStore,
@@ -223,10 +246,12 @@ impl Trainer {
         })
     }
 
+    /// `run_dir/checkpoints`.
     pub fn checkpoint_root(&self) -> PathBuf {
         self.run_dir.join("checkpoints")
     }
 
+    /// `run_dir/metrics.jsonl`.
     pub fn metrics_path(&self) -> PathBuf {
         self.run_dir.join("metrics.jsonl")
     }
@@ -330,122 +355,34 @@ impl Trainer {
         anyhow::ensure!(per_epoch > 0, "the training data gives no batches");
         let vars: Vec<candle_core::Var> = self.vs.trainable().into_iter().map(|(_, v)| v).collect();
         let mut log = MetricsLog::open(&self.metrics_path())?;
-        let bar = if self.cfg.progress {
-            let b = ProgressBar::new(self.cfg.max_steps);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}",
-                )
-                .unwrap(),
-            );
-            b.set_position(self.state.step);
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let start = Instant::now();
-        let (cpu_base, cpu_start) = (self.state.cpu_seconds, process_cpu_seconds());
-        let cpu_now = |wall: f64| cpu_base + cpu_start.and_then(|s| Some(process_cpu_seconds()? - s)).unwrap_or(wall);
-        let mut window_loss = 0.0;
-        // A resumed run may start inside a logging window: average over the steps it ran.
-        let mut window_steps = 0u64;
-        let mut window_tokens = 0usize;
-        let mut window_start = Instant::now();
+        let bar = self.progress_bar();
+        let clock = Clock::start(self.state.cpu_seconds);
+        let mut window = LogWindow::new();
         let mut train_losses = Vec::new();
         let mut last_eval = BTreeMap::new();
         let reason = loop {
             if self.state.step >= self.cfg.max_steps {
                 break StopReason::MaxSteps;
             }
-            self.state.cpu_seconds = cpu_now(start.elapsed().as_secs_f64());
-            let wall_out = self
-                .cfg
-                .max_minutes
-                .is_some_and(|m| start.elapsed().as_secs_f64() > m * 60.0);
-            let cpu_out = self
-                .cfg
-                .max_cpu_minutes
-                .is_some_and(|m| self.state.cpu_seconds > m * 60.0);
-            if wall_out || cpu_out {
-                // The steps since the last evaluation count too: evaluate them (which may
-                // make them the best checkpoint) rather than only saving.
-                let evaluated = self.state.step % self.cfg.eval_every == 0;
-                if self.state.step > 0 && !evaluated {
-                    last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
-                } else {
-                    let name = checkpoint::step_name(self.state.step);
-                    self.save_checkpoint(task, &name)?;
-                    checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+            self.state.cpu_seconds = clock.cpu_seconds();
+            if self.out_of_time(&clock) {
+                if let Some(m) = self.stop_for_time(task, &mut log, &bar)? {
+                    last_eval = m;
                 }
                 break StopReason::TimeLimit;
             }
-            let lr = self.schedule.lr(self.state.step + 1);
-            self.opt.set_lr(lr);
-            let mut grads: Option<GradStore> = None;
-            let mut step_loss = 0.0;
-            for _ in 0..self.cfg.accum_steps {
-                let (loss, n) = task.train_loss(self.state.epoch, self.state.index)?;
-                self.state.index += 1;
-                if self.state.index >= per_epoch {
-                    self.state.index = 0;
-                    self.state.epoch += 1;
-                }
-                let lv = ctx(loss
-                    .to_dtype(candle_core::DType::F64)
-                    .and_then(|l| l.to_scalar::<f64>()))?;
-                if !lv.is_finite() {
-                    bar.abandon();
-                    let last = checkpoint::latest(&self.checkpoint_root())?
-                        .map(|p| format!("the last good checkpoint is {}", p.display()))
-                        .unwrap_or_else(|| "no checkpoint was written yet".to_string());
-                    bail!(
-                        "training loss became {lv} at step {} (lr {lr:.3e}); stopped. {last}. Try a lower learning rate or gradient clipping.",
-                        self.state.step + 1
-                    );
-                }
-                step_loss += lv / self.cfg.accum_steps as f64;
-                window_tokens += n;
-                let g = ctx((loss / self.cfg.accum_steps as f64).and_then(|l| l.backward()))?;
-                match grads.as_mut() {
-                    None => grads = Some(g),
-                    Some(acc) => accumulate(acc, g, &vars)?,
-                }
-            }
-            let mut grads = grads.expect("accum_steps > 0");
-            let grad_norm = match self.cfg.clip_norm {
-                Some(c) => Some(ctx(seqlab_nn::clip::clip_grad_norm(&mut grads, vars.iter(), c))?),
-                None => None,
-            };
-            ctx(self.opt.step(&grads))?;
-            self.state.step += 1;
-            self.state.tokens += window_tokens as u64;
-            window_loss += step_loss;
-            window_steps += 1;
-            train_losses.push((self.state.step, step_loss));
+            let step = self.train_step(task, &vars, per_epoch, &bar)?;
+            window.add(&step);
+            train_losses.push((self.state.step, step.loss));
             bar.set_position(self.state.step);
             if self.state.step % self.cfg.log_every == 0 {
-                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let mean = window_loss / window_steps.max(1) as f64;
-                let tps = window_tokens as f64 / secs;
-                bar.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
-                let cpu_min = cpu_now(start.elapsed().as_secs_f64()) / 60.0;
-                let mut rec = json!({"step": self.state.step, "split": "train", "loss": mean, "lr": lr, "tokens_per_s": tps, "epoch": self.state.epoch, "cpu_minutes": cpu_min});
-                if let Some(n) = grad_norm {
-                    rec["grad_norm"] = json!(n);
-                }
-                log.log(&rec)?;
-                window_loss = 0.0;
-                window_steps = 0;
-                window_tokens = 0;
-                window_start = Instant::now();
+                self.log_window(&mut window, &step, &clock, &mut log, &bar)?;
             }
             if self.state.step % self.cfg.eval_every == 0 || self.state.step == self.cfg.max_steps {
-                self.state.cpu_seconds = cpu_now(start.elapsed().as_secs_f64());
+                self.state.cpu_seconds = clock.cpu_seconds();
                 last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
-                if let Some(p) = self.cfg.patience {
-                    if self.state.evals_since_best >= p {
-                        break StopReason::EarlyStopping;
-                    }
+                if self.cfg.patience.is_some_and(|p| self.state.evals_since_best >= p) {
+                    break StopReason::EarlyStopping;
                 }
             }
         };
@@ -457,5 +394,210 @@ impl Trainer {
             best: self.state.best,
             train_losses,
         })
+    }
+
+    /// The progress bar (hidden when `progress` is off), positioned at the current step.
+    fn progress_bar(&self) -> ProgressBar {
+        if !self.cfg.progress {
+            return ProgressBar::hidden();
+        }
+        let b = ProgressBar::new(self.cfg.max_steps);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}",
+            )
+            .expect("a valid template"),
+        );
+        b.set_position(self.state.step);
+        b
+    }
+
+    /// Whether `max_minutes` of wall time or `max_cpu_minutes` of CPU time are spent.
+    fn out_of_time(&self, clock: &Clock) -> bool {
+        let wall_out = self.cfg.max_minutes.is_some_and(|m| clock.wall_seconds() > m * 60.0);
+        let cpu_out = self
+            .cfg
+            .max_cpu_minutes
+            .is_some_and(|m| self.state.cpu_seconds > m * 60.0);
+        wall_out || cpu_out
+    }
+
+    /// Ends a run at its time limit with a checkpoint. The steps since the last evaluation
+    /// count too: they are evaluated (which may make them the best checkpoint) rather than
+    /// only saved; returns that evaluation's metrics.
+    fn stop_for_time(
+        &mut self,
+        task: &mut dyn TrainTask,
+        log: &mut MetricsLog,
+        bar: &ProgressBar,
+    ) -> Result<Option<BTreeMap<String, f64>>> {
+        let evaluated = self.state.step % self.cfg.eval_every == 0;
+        if self.state.step > 0 && !evaluated {
+            return Ok(Some(self.evaluate_and_save(task, log, bar)?));
+        }
+        let name = checkpoint::step_name(self.state.step);
+        self.save_checkpoint(task, &name)?;
+        checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+        Ok(None)
+    }
+
+    /// One optimizer update: `accum_steps` micro-batches' gradients summed, clipped, applied
+    /// at the schedule's rate. Advances the data position and the step counter.
+    fn train_step(
+        &mut self,
+        task: &mut dyn TrainTask,
+        vars: &[candle_core::Var],
+        per_epoch: usize,
+        bar: &ProgressBar,
+    ) -> Result<StepStats> {
+        let lr = self.schedule.lr(self.state.step + 1);
+        self.opt.set_lr(lr);
+        let mut grads: Option<GradStore> = None;
+        let (mut loss, mut tokens) = (0.0, 0usize);
+        for _ in 0..self.cfg.accum_steps {
+            let (micro_loss, n) = task.train_loss(self.state.epoch, self.state.index)?;
+            self.advance_data_position(per_epoch);
+            let lv = ctx(micro_loss
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|l| l.to_scalar::<f64>()))?;
+            if !lv.is_finite() {
+                bar.abandon();
+                return Err(self.non_finite_loss_error(lv, lr));
+            }
+            loss += lv / self.cfg.accum_steps as f64;
+            tokens += n;
+            let g = ctx((micro_loss / self.cfg.accum_steps as f64).and_then(|l| l.backward()))?;
+            match grads.as_mut() {
+                None => grads = Some(g),
+                Some(acc) => accumulate(acc, g, vars)?,
+            }
+        }
+        let mut grads = grads.expect("accum_steps > 0");
+        let grad_norm = match self.cfg.clip_norm {
+            Some(c) => Some(ctx(seqlab_nn::clip::clip_grad_norm(&mut grads, vars.iter(), c))?),
+            None => None,
+        };
+        ctx(self.opt.step(&grads))?;
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        Ok(StepStats {
+            loss,
+            tokens,
+            lr,
+            grad_norm,
+        })
+    }
+
+    /// Moves to the next micro-batch, wrapping into the next epoch.
+    fn advance_data_position(&mut self, per_epoch: usize) {
+        self.state.index += 1;
+        if self.state.index >= per_epoch {
+            self.state.index = 0;
+            self.state.epoch += 1;
+        }
+    }
+
+    fn non_finite_loss_error(&self, loss: f64, lr: f64) -> anyhow::Error {
+        let last = match checkpoint::latest(&self.checkpoint_root()) {
+            Ok(Some(p)) => format!("the last good checkpoint is {}", p.display()),
+            _ => "no checkpoint was written yet".to_string(),
+        };
+        anyhow::anyhow!(
+            "training loss became {loss} at step {} (lr {lr:.3e}); stopped. {last}. Try a lower learning rate or gradient clipping.",
+            self.state.step + 1
+        )
+    }
+
+    /// Logs the mean training loss of the window that just ended (and throughput, the last
+    /// step's rate and gradient norm), and starts a new window.
+    fn log_window(
+        &self,
+        window: &mut LogWindow,
+        last: &StepStats,
+        clock: &Clock,
+        log: &mut MetricsLog,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let secs = window.start.elapsed().as_secs_f64().max(1e-9);
+        let mean = window.loss / window.steps.max(1) as f64;
+        let tps = window.tokens as f64 / secs;
+        let lr = last.lr;
+        bar.set_message(format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s"));
+        let cpu_min = clock.cpu_seconds() / 60.0;
+        let mut rec = json!({"step": self.state.step, "split": "train", "loss": mean, "lr": lr, "tokens_per_s": tps, "epoch": self.state.epoch, "cpu_minutes": cpu_min});
+        if let Some(n) = last.grad_norm {
+            rec["grad_norm"] = json!(n);
+        }
+        log.log(&rec)?;
+        *window = LogWindow::new();
+        Ok(())
+    }
+}
+
+/// What one optimizer update did.
+struct StepStats {
+    /// Mean loss over the update's micro-batches.
+    loss: f64,
+    /// Tokens (or examples) the update covered.
+    tokens: usize,
+    lr: f64,
+    /// Gradient norm before clipping, when clipping is on.
+    grad_norm: Option<f64>,
+}
+
+/// The updates since the last training-loss log line. A resumed run may start inside a
+/// window: the mean is over the steps it ran.
+struct LogWindow {
+    loss: f64,
+    steps: u64,
+    tokens: usize,
+    start: Instant,
+}
+
+impl LogWindow {
+    fn new() -> Self {
+        Self {
+            loss: 0.0,
+            steps: 0,
+            tokens: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, s: &StepStats) {
+        self.loss += s.loss;
+        self.steps += 1;
+        self.tokens += s.tokens;
+    }
+}
+
+/// Wall and CPU time of this run segment; CPU time continues the checkpointed total.
+struct Clock {
+    start: Instant,
+    cpu_base: f64,
+    cpu_start: Option<f64>,
+}
+
+impl Clock {
+    fn start(cpu_base: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            cpu_base,
+            cpu_start: process_cpu_seconds(),
+        }
+    }
+
+    fn wall_seconds(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// CPU seconds of the whole run (all segments); wall time where the OS does not tell.
+    fn cpu_seconds(&self) -> f64 {
+        let wall = self.wall_seconds();
+        self.cpu_base
+            + self
+                .cpu_start
+                .and_then(|s| Some(process_cpu_seconds()? - s))
+                .unwrap_or(wall)
     }
 }

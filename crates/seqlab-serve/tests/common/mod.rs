@@ -211,57 +211,34 @@ fn upper_pairs(path: &Path, n: usize, seed: u64) {
 }
 
 fn train_mt(dir: &Path) -> PathBuf {
-    use seqlab_mt::task::*;
     let (train, valid) = (dir.join("mt-train.tsv"), dir.join("mt-valid.tsv"));
     upper_pairs(&train, 400, 1);
     upper_pairs(&valid, 20, 2);
-    let run_dir = dir.join("mt-run");
-    let cfg = MtConfig {
-        task: "mt".into(),
-        run_dir: run_dir.clone(),
-        data: MtData {
-            train,
-            valid: Some(valid),
-            vocab_size: 60,
-            batch_tokens: 256,
-            valid_bleu_sentences: 0,
-            ..MtData::default()
-        },
-        model: MtModel {
-            d_model: 32,
-            nhead: 2,
-            num_encoder_layers: 1,
-            num_decoder_layers: 2,
-            dim_feedforward: 64,
-            dropout: 0.0,
-            ..MtModel::default()
-        },
-        optim: MtOptim::default(),
-        schedule: Some(seqlab_train::Schedule::Constant { lr: 3e-3 }),
-        // Greedy: the test compares batched with one-at-a-time decoding.
-        decode: MtDecode {
-            beam_size: 1,
-            ..MtDecode::default()
-        },
-        train: seqlab_train::trainer::LoopConfig {
-            max_steps: 120,
-            eval_every: 120,
-            log_every: 60,
-            progress: false,
-            seed: 5,
-            ..Default::default()
-        },
-    };
-    seqlab_mt::task::train(&cfg, false).unwrap();
-    run_dir
+    // Greedy decoding (beam_size 1): the test compares batched with one-at-a-time decoding.
+    train_task(
+        dir,
+        "mt",
+        &format!(
+            "[data]\ntrain = {train:?}\nvalid = {valid:?}\nvocab_size = 60\nbatch_tokens = 256\nvalid_bleu_sentences = 0\n[model]\nd_model = 32\nnhead = 2\nnum_encoder_layers = 1\nnum_decoder_layers = 2\ndim_feedforward = 64\ndropout = 0.0\n[schedule]\nkind = \"constant\"\nlr = 3e-3\n[decode]\nbeam_size = 1\n[train]\nmax_steps = 120\neval_every = 120\nlog_every = 60\nprogress = false\nseed = 5\n"
+        ),
+    )
 }
 
-/// Trains a seqlab-tasks run from its TOML tables (`[data]` ...) for `task`.
+/// Trains a run of `task` from its TOML tables (`[data]` ...) through the registry, as
+/// `seqlab train --config` does.
 fn train_task(dir: &Path, task: &str, tables: &str) -> PathBuf {
     let run_dir = dir.join(format!("{task}-run"));
-    let text = format!("task = {task:?}\nrun_dir = {run_dir:?}\n{tables}");
-    let cfg = seqlab_tasks::config::RunConfig::from_toml(&text, &[]).unwrap();
-    seqlab_tasks::train(&cfg, seqlab_tasks::Existing::Refuse).unwrap();
+    let config = dir.join(format!("{task}.toml"));
+    std::fs::write(&config, format!("task = {task:?}\nrun_dir = {run_dir:?}\n{tables}")).unwrap();
+    let mut registry = seqlab_train::Registry::new();
+    seqlab_tasks::register(&mut registry);
+    seqlab_mt::register(&mut registry);
+    registry
+        .train(&seqlab_train::TrainRequest {
+            config,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("training the {task} fixture: {e:#}"));
     run_dir
 }
 

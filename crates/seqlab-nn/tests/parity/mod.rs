@@ -1,13 +1,24 @@
-//! PyTorch reference cases ("golden" files) and the code path that reproduces each.
+//! The PyTorch-parity harness: loads reference cases ("golden" files), runs each through the
+//! seqlab code path its `module` names, and compares every expected tensor.
 //!
 //! A case file holds `param.*`, `input.*`, `probe.*` and expected `output.*`, `grad.*`,
-//! `state.*` tensors, plus `module`/`config`/`loss_outputs` metadata (see
-//! `shared/golden/README.md`). [`run_case`] picks the seqlab code path from `module`;
-//! [`compare`] checks every expected tensor. An unknown `module` or a tensor the code path
-//! did not produce is an error, never a skip.
+//! `state.*` tensors, plus `module`/`config`/`loss_outputs` metadata (the format is written
+//! down in `tests/golden/README.md`; `scripts/make_torch_fixtures.py` generates every kind).
+//! [`run_case`] picks the code path from `module`; [`compare`] checks every expected tensor.
+//! An unknown `module` or a tensor the code path did not produce is a failure, never a skip.
+//!
+//! The runners use only seqlab-nn's public API, one file per family of kinds; adding a kind
+//! is one runner function plus one line in [`run_case`].
 
-use crate::VarStore;
+mod attention;
+mod basic;
+mod mamba;
+mod norm;
+mod recurrent;
+mod transformer;
+
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
+use seqlab_nn::VarStore;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -18,9 +29,11 @@ pub const OUTPUT_TOL: f64 = 1e-5;
 /// Tolerance on gradients (relative).
 pub const GRAD_TOL: f64 = 1e-4;
 
+/// What a runner returns: the named outputs of one forward pass.
+pub type Outputs = HashMap<String, Tensor>;
+
 /// One reference case.
 pub struct Case {
-    pub file: PathBuf,
     pub name: String,
     pub module: String,
     pub config: Value,
@@ -52,7 +65,6 @@ impl Case {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Self {
-            file: path.to_path_buf(),
             name,
             module,
             config,
@@ -147,7 +159,7 @@ impl Inputs {
 /// `states["running_mean"]` ↔ `state.running_mean`.
 #[derive(Default)]
 pub struct Computed {
-    pub outputs: HashMap<String, Tensor>,
+    pub outputs: Outputs,
     pub grads: HashMap<String, Tensor>,
     pub states: HashMap<String, Tensor>,
 }
@@ -156,12 +168,19 @@ pub struct Computed {
 /// `L = Σ sum(output_k * probe_k)` over `loss_outputs`, back-propagates and collects the
 /// gradients of every parameter and differentiable input, and reads `state.*` buffers back
 /// from `vs`.
-pub fn run_standard(
+pub fn run_standard(case: &Case, vs: &VarStore, forward: impl FnOnce(&Inputs) -> Result<Outputs>) -> Result<Computed> {
+    run_with_params(case, &case.params(), vs, forward)
+}
+
+/// [`run_standard`] with the parameters given explicitly (for modules whose case files omit
+/// some of the state, e.g. fresh BatchNorm buffers).
+pub fn run_with_params(
     case: &Case,
+    params: &HashMap<String, Tensor>,
     vs: &VarStore,
-    forward: impl FnOnce(&Inputs) -> Result<HashMap<String, Tensor>>,
+    forward: impl FnOnce(&Inputs) -> Result<Outputs>,
 ) -> Result<Computed> {
-    vs.load_state_dict(&case.params(), true)
+    vs.load_state_dict(params, true)
         .map_err(|e| candle_core::Error::Msg(format!("case {}: {e}", case.name)))?;
     let inputs = Inputs::new(case)?;
     let outputs = forward(&inputs)?;
@@ -205,18 +224,8 @@ pub fn run_standard(
     Ok(computed)
 }
 
-/// Relative error ‖a−b‖/‖b‖ (absolute when b is all zeros).
-pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_dtype(DType::F64)?.flatten_all()?;
-    let b = b.to_dtype(DType::F64)?.flatten_all()?;
-    let diff = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
-    Ok(if norm == 0.0 { diff } else { diff / norm })
-}
-
 /// The outcome of one case.
 pub struct Report {
-    pub name: String,
     pub checked: usize,
     /// Largest relative error over all checked tensors.
     pub worst: f64,
@@ -230,7 +239,6 @@ pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
     let mut keys: Vec<&String> = case.tensors.keys().collect();
     keys.sort();
     let mut rep = Report {
-        name: case.name.clone(),
         checked: 0,
         worst: 0.0,
         worst_key: String::new(),
@@ -256,7 +264,7 @@ pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
                 .push(format!("{key}: shape {:?}, expected {:?}", got.dims(), want.dims()));
             continue;
         }
-        let e = rel_err(got, want)?;
+        let e = seqlab_nn::testing::rel_err(got, want)?;
         rep.checked += 1;
         if !(e <= tol) {
             rep.failures.push(format!("{key}: relative error {e:.3e} > {tol:.0e}"));
@@ -266,26 +274,31 @@ pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
             rep.worst_key = key.clone();
         }
     }
+    if rep.checked == 0 && rep.failures.is_empty() {
+        rep.failures
+            .push("the case holds no output.*, grad.* or state.* tensor to check".into());
+    }
     Ok(rep)
 }
 
 /// Runs a case through the seqlab code path named by its `module`.
 pub fn run_case(case: &Case) -> Result<Computed> {
     match case.module.as_str() {
-        "layer_norm" => crate::norm::golden_layer_norm(case),
-        "batch_norm1d" => crate::norm::golden_batch_norm1d(case),
-        "embedding" => crate::embedding::golden_embedding(case),
-        "cross_entropy" => crate::loss::golden_cross_entropy(case),
-        "adamw" => crate::optim::golden_adamw(case),
-        "rnn" | "lstm" | "gru" => crate::recurrent::golden_recurrent(case),
-        "seed_model" => crate::recurrent::golden_seed_model(case),
-        "sdpa" => crate::attention::golden_sdpa(case),
-        "mha" => crate::attention::golden_mha(case),
-        "positional_encoding" => crate::positional::golden_positional_encoding(case),
-        "encoder_layer" => crate::transformer::golden_encoder_layer(case),
-        "decoder_layer" => crate::transformer::golden_decoder_layer(case),
-        "transformer" => crate::transformer::golden_transformer(case),
-        "seq2seq_tied" => crate::transformer::golden_seq2seq_tied(case),
+        "layer_norm" => norm::layer_norm(case),
+        "batch_norm1d" => norm::batch_norm1d(case),
+        "embedding" => basic::embedding(case),
+        "positional_encoding" => basic::positional_encoding(case),
+        "cross_entropy" => basic::cross_entropy_case(case),
+        "adamw" => basic::adamw(case),
+        "rnn" | "lstm" | "gru" => recurrent::recurrent(case),
+        "seed_model" => recurrent::seed_model(case),
+        "sdpa" => attention::sdpa(case),
+        "mha" => attention::mha(case),
+        "encoder_layer" => transformer::encoder_layer(case),
+        "decoder_layer" => transformer::decoder_layer(case),
+        "transformer" => transformer::transformer(case),
+        "seq2seq_tied" => transformer::seq2seq_tied(case),
+        "mamba" => mamba::mamba(case),
         other => bail!("case {}: unknown module `{other}`", case.name),
     }
 }
@@ -295,4 +308,11 @@ pub fn check_file(path: &Path) -> Result<Report> {
     let case = Case::load(path)?;
     let computed = run_case(&case)?;
     compare(&case, &computed)
+}
+
+/// The fixture folder: `$SEQLAB_TORCH_FIXTURES`, else this crate's `tests/golden`.
+pub fn fixture_dir() -> PathBuf {
+    std::env::var_os("SEQLAB_TORCH_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden"))
 }

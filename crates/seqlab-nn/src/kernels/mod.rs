@@ -1,13 +1,46 @@
-//! Shared plumbing of seqlab's fused CPU kernels (candle `CustomOp`s): argument slices and a
-//! bounds-checked strided f32 matmul on the `gemm` crate.
+//! seqlab's fused CPU kernels: the unsafe, hand-written forward and backward passes behind
+//! the layers, each one candle `CustomOp` (one graph node):
+//!
+//! - [`attention`]: scaled dot-product attention per (batch, head) with masks, dropout and the
+//!   differentiable attention weights (behind [`crate::attention`]);
+//! - [`linear`]: `x Wᵀ + b`, optionally with ReLU and dropout, in one pass (behind the
+//!   Transformer's projections and feed-forward block — not attention-specific);
+//! - [`layer_norm`]: LayerNorm over the last dimension (behind [`crate::LayerNorm`]);
+//! - [`cross_entropy`]: `F.cross_entropy` per row with label smoothing (behind
+//!   [`crate::loss::cross_entropy`]);
+//! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
+//!   (behind [`crate::recurrent`]);
+//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward (behind
+//!   [`crate::mamba`]).
+//!
+//! The layer modules hold the public API, configs and validation; this module holds only the
+//! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
+//! `gemm` crate). Every kernel is checked against plain candle ops in its tests and, through
+//! its layer, against PyTorch (`tests/torch_parity.rs`).
 
-use candle_core::{bail, CpuStorage, Layout, Result};
+pub mod attention;
+pub mod cross_entropy;
+pub mod layer_norm;
+pub mod linear;
+pub mod recurrence;
+pub mod selective_scan;
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
 pub(crate) fn storage_f32<'a>(op: &str, what: &str, s: &'a CpuStorage) -> Result<&'a [f32]> {
     match s {
         CpuStorage::F32(v) => Ok(v),
         _ => bail!("{op}: {what} must be f32"),
+    }
+}
+
+/// All f32 elements of a storage that must be on the CPU (for the backward passes, which get
+/// tensors rather than CPU storages).
+pub(crate) fn device_f32<'a>(op: &str, what: &str, s: &'a Storage) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => storage_f32(op, what, c),
+        _ => bail!("{op} runs on the CPU only ({what} is on another device)"),
     }
 }
 

@@ -11,7 +11,7 @@
 //! all time steps, done by the caller with differentiable candle ops, and its result `gx`
 //! enters here.
 
-use crate::kernel::sgemm;
+use super::sgemm;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -40,8 +40,11 @@ impl FusedCell {
 /// Sizes and options of one fused recurrence.
 #[derive(Clone, Debug)]
 pub struct FusedSpec {
+    /// Which cell.
     pub cell: FusedCell,
+    /// T, the number of time steps.
     pub seq_len: usize,
+    /// B.
     pub batch: usize,
     /// Cell size H (the size of `c` for LSTM).
     pub hidden: usize,
@@ -125,7 +128,7 @@ pub struct FusedRecurrence {
 /// exp for f32 with ~1 ulp error, branch-free so that loops over it vectorise (libm's
 /// `expf` does not, and the nonlinearities would otherwise rival the matmuls in cost).
 #[inline(always)]
-fn fexp(x: f32) -> f32 {
+pub(crate) fn fexp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -142,7 +145,7 @@ fn fexp(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + fexp(-x))
 }
 
@@ -167,6 +170,7 @@ fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
 }
 
 impl FusedRecurrence {
+    /// The op for one layer and direction; rejects a spec whose sizes do not fit together.
     pub fn new(spec: FusedSpec) -> Result<Self> {
         if let Some(l) = &spec.lengths {
             if l.len() != spec.batch {
@@ -533,9 +537,9 @@ impl CustomOp3 for FusedRecurrence {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let gx = crate::kernel::contiguous_f32("fused recurrence", "gx", s1, l1)?;
-        let st = crate::kernel::contiguous_f32("fused recurrence", "state0", s2, l2)?;
-        let w = crate::kernel::contiguous_f32("fused recurrence", "weights", s3, l3)?;
+        let gx = super::contiguous_f32("fused recurrence", "gx", s1, l1)?;
+        let st = super::contiguous_f32("fused recurrence", "state0", s2, l2)?;
+        let w = super::contiguous_f32("fused recurrence", "weights", s3, l3)?;
         let res = self.forward(gx, st, w)?;
         let n = res.len();
         Ok((CpuStorage::F32(res), Shape::from(n)))

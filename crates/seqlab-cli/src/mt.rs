@@ -1,44 +1,17 @@
-//! Command-line entry points of the MT crate, wired into the `seqlab` binary by seqlab-cli.
-//! Each is a clap `Args` struct plus a run function.
+//! `seqlab translate`, `seqlab average-checkpoints`, `seqlab plot-pe`: argument parsing,
+//! reading input and printing; the work is seqlab-mt's.
 
-use crate::average::{average_checkpoints, last_checkpoints};
-use crate::decode::DecodeStrategy;
-use crate::task::{MtConfig, MtTask};
+use crate::train::SamplingArgs;
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
 use clap::Args;
+use seqlab_mt::average::{average_checkpoints, last_checkpoints};
+use seqlab_mt::decode::DecodeStrategy;
+use seqlab_mt::plots::{plot_attention, AttentionPlot};
+use seqlab_mt::task::MtTask;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Trains a translation model from a config with `task = "mt"` (called by `seqlab train`).
-pub fn train(config: &Path, run: &seqlab_train::RunFlags) -> Result<()> {
-    let cfg: MtConfig = seqlab_train::overrides::load_with(config, &run.overrides())?;
-    cfg.validate()
-        .with_context(|| format!("{}: invalid config", config.display()))?;
-    let t0 = std::time::Instant::now();
-    let out = crate::task::train(&cfg, run.resume)?;
-    let s = &out.summary;
-    println!(
-        "trained {} steps in {:.1} min ({:?}); run folder {}",
-        s.steps,
-        t0.elapsed().as_secs_f64() / 60.0,
-        s.reason,
-        cfg.run_dir.display()
-    );
-    if !s.last_eval.is_empty() {
-        let m: Vec<String> = s.last_eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-        println!("validation: {}", m.join("  "));
-    }
-    if let Some(t) = out.test {
-        println!("{t}");
-    }
-    println!(
-        "how to read this: BLEU (0-100) counts n-gram overlap with the reference translation, as sacrebleu does; chrF counts character n-grams. Translate new text with `seqlab translate --checkpoint {}`.",
-        cfg.run_dir.display()
-    );
-    Ok(())
-}
-
+/// The search `--decoder` picks.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum DecoderArg {
     Greedy,
@@ -63,7 +36,7 @@ pub struct TranslateArgs {
     /// against the references on standard error.
     #[arg(long)]
     pub tsv: bool,
-    /// Search: beam (default), greedy or sampling.
+    /// Search: beam, greedy or sampling.
     #[arg(long, value_enum, default_value = "beam")]
     pub decoder: DecoderArg,
     /// Beam size (default: the run's `decode.beam_size`).
@@ -72,18 +45,9 @@ pub struct TranslateArgs {
     /// Length penalty α: hypotheses rank by log-probability / length^α (default: the run's).
     #[arg(long)]
     pub length_penalty: Option<f64>,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Sampling: keep the k most likely tokens (0 = all).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Sampling: nucleus mass.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// `--decoder sampling`: temperature, top-k, top-p and seed.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Sentences decoded together.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -145,21 +109,19 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
     match a.decoder {
         DecoderArg::Greedy => DecodeStrategy::Greedy,
         DecoderArg::Beam => DecodeStrategy::Beam {
-            size: a.beam_size.unwrap_or(task.cfg.decode.beam_size),
-            length_penalty: a.length_penalty.unwrap_or(task.cfg.decode.length_penalty),
+            size: a.beam_size.unwrap_or(task.cfg.task.decode.beam_size),
+            length_penalty: a.length_penalty.unwrap_or(task.cfg.task.decode.length_penalty),
         },
         DecoderArg::Sampling => DecodeStrategy::Sampling {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
+            sampling: a.sampling.config(1.0),
+            seed: a.sampling.seed,
         },
     }
 }
 
-/// Translates text with a trained model; empty lines stay empty.
+/// `seqlab translate`: translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
-    let task = crate::task::load(&a.checkpoint)?;
+    let task = seqlab_train::load::<MtTask>(&a.checkpoint)?.task;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();
@@ -198,63 +160,14 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
                 srcs.len()
             );
         }
-        plot_attention(&task, &srcs[k], &hyps[k], out, a.attention_layer, a.attention_heads)?;
+        let what = AttentionPlot {
+            layer: a.attention_layer,
+            per_head: a.attention_heads,
+        };
+        plot_attention(&task, &srcs[k], &hyps[k], out, what)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
-}
-
-/// A token as text for an axis label, leading space shown as `▁`. Byte-level BPE stores
-/// bytes as stand-in characters: decode them, unless the token is a partial UTF-8 sequence.
-pub fn piece(tok: &seqlab_data::Tokenizer, id: u32) -> String {
-    match tok.decode(&[id], false) {
-        Ok(t) if !t.is_empty() && !t.contains('\u{FFFD}') => match t.strip_prefix(' ') {
-            Some(rest) => format!("▁{rest}"),
-            None => t,
-        },
-        _ => match tok.id_to_token(id) {
-            Some(t) => t.replace('Ġ', "▁"),
-            None => format!("#{id}"),
-        },
-    }
-}
-
-/// Draws the cross-attention of one translation: rows are output tokens (and `<eos>`),
-/// columns source tokens (and `<eos>`).
-fn plot_attention(task: &MtTask, src: &str, hyp: &str, out: &Path, layer: Option<usize>, heads: bool) -> Result<()> {
-    let c = |e: candle_core::Error| anyhow::anyhow!("{e}");
-    let s_ids = task.encode_source(src)?;
-    let mut t_ids = vec![seqlab_data::tokenizer::BOS_ID];
-    t_ids.extend(task.tgt_tok.encode(hyp)?);
-    let dev = task.vs.device();
-    let s = Tensor::from_slice(&s_ids, (1, s_ids.len()), dev).map_err(c)?;
-    let t = Tensor::from_slice(&t_ids, (1, t_ids.len()), dev).map_err(c)?;
-    let layers = task.net.cross_attention(&s, &t)?;
-    let l = layer.unwrap_or(layers.len() - 1);
-    let Some(w) = layers.get(l) else {
-        bail!("--attention-layer {l}: the decoder has {} layers", layers.len());
-    };
-    let w = w.squeeze(0).map_err(c)?; // (H, T, S)
-    let cols: Vec<String> = s_ids.iter().map(|&i| piece(&task.src_tok, i)).collect();
-    let mut rows: Vec<String> = t_ids[1..].iter().map(|&i| piece(&task.tgt_tok, i)).collect();
-    rows.push("<eos>".into());
-    let panels: Vec<(String, Vec<Vec<f32>>)> = if heads {
-        (0..w.dim(0).map_err(c)?)
-            .map(|h| {
-                Ok((
-                    format!("layer {l} head {h}"),
-                    w.get(h).and_then(|x| x.to_vec2::<f32>()).map_err(c)?,
-                ))
-            })
-            .collect::<Result<_>>()?
-    } else {
-        vec![(
-            format!("layer {l}, mean over heads"),
-            w.mean(0).and_then(|x| x.to_vec2::<f32>()).map_err(c)?,
-        )]
-    };
-    let n = panels.len();
-    seqlab_train::plot::heatmaps(out, &panels, &rows, &cols, if n >= 4 { n.div_ceil(2) } else { n })
 }
 
 /// `seqlab average-checkpoints RUN_DIR -n 5 -o DIR`
@@ -270,7 +183,8 @@ pub struct AverageArgs {
     pub output: PathBuf,
 }
 
-/// Averages the parameters of the last `n` checkpoints into a new checkpoint folder.
+/// `seqlab average-checkpoints`: averages the parameters of the last `n` checkpoints into a
+/// new checkpoint folder.
 pub fn average(a: AverageArgs) -> Result<()> {
     let dirs = last_checkpoints(&a.run_dir, a.n)?;
     let count = average_checkpoints(&dirs, &a.output)?;
@@ -287,58 +201,24 @@ pub fn average(a: AverageArgs) -> Result<()> {
     Ok(())
 }
 
-/// `seqlab plot-pe -o pe.png [--d-model 128 --max-len 100]`
+/// `seqlab plot-pe -o pe.png [--d-model 128 --max-len 100]` (the same picture as `seqlab plot
+/// positional-encoding`).
 #[derive(Args, Debug, Clone)]
 pub struct PlotPeArgs {
     /// Output image, .png or .svg.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Model width: the number of encoding dimensions drawn (columns).
     #[arg(long, default_value_t = 128)]
     pub d_model: usize,
+    /// Number of positions drawn (rows), from 0.
     #[arg(long, default_value_t = 100)]
     pub max_len: usize,
 }
 
-/// Draws the sinusoidal positional-encoding table (positions × dimensions) as a heat map.
+/// `seqlab plot-pe`: draws the sinusoidal positional-encoding table as a heat map.
 pub fn plot_pe(a: PlotPeArgs) -> Result<()> {
-    if a.d_model == 0 || a.max_len == 0 {
-        bail!("plot-pe: --d-model and --max-len must be positive");
-    }
-    let t = seqlab_nn::sinusoidal_table(a.max_len, a.d_model, &candle_core::Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t = t.reshape((a.max_len, a.d_model)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rows = t.to_vec2::<f32>().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rl: Vec<String> = (0..a.max_len).map(|i| i.to_string()).collect();
-    let cl: Vec<String> = (0..a.d_model).map(|i| i.to_string()).collect();
-    let title = format!(
-        "sinusoidal positional encoding (d_model {}, positions 0..{})",
-        a.d_model, a.max_len
-    );
-    seqlab_train::plot::heatmap(&a.output, &title, &rows, &rl, &cl)?;
+    seqlab_mt::plots::plot_positional_encoding(&a.output, a.d_model, a.max_len)?;
     println!("wrote {}", a.output.display());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plot_pe_writes_an_image_and_rejects_zero() {
-        let out = std::env::temp_dir().join(format!("seqlab-mt-pe-{}.svg", std::process::id()));
-        plot_pe(PlotPeArgs {
-            output: out.clone(),
-            d_model: 16,
-            max_len: 10,
-        })
-        .unwrap();
-        assert!(std::fs::metadata(&out).unwrap().len() > 100);
-        let _ = std::fs::remove_file(&out);
-        assert!(plot_pe(PlotPeArgs {
-            output: out,
-            d_model: 0,
-            max_len: 10
-        })
-        .is_err());
-    }
 }

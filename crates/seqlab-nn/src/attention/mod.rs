@@ -1,0 +1,824 @@
+//! Scaled dot-product attention (`F.scaled_dot_product_attention`) and
+//! `nn.MultiheadAttention`, both on one fused CPU kernel ([`crate::kernels::attention`]).
+//!
+//! Masks are typed ([`AttnMask`], [`KeyPaddingMask`]): the variant says whether a nonzero
+//! entry blocks or allows attention, so PyTorch's two opposite boolean conventions cannot be
+//! mixed up. Multi-head attention takes its arguments by name in an [`MhaInput`]:
+//!
+//! ```
+//! # use seqlab_nn::{AttnMask, KeyPaddingMask, MhaInput, MultiheadAttention, MultiheadAttentionConfig, ReturnWeights, VarStore};
+//! # use candle_core::{Device, Tensor};
+//! let vs = VarStore::new(0, &Device::Cpu);
+//! let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs)?;
+//! let x = Tensor::zeros((2, 5, 8), candle_core::DType::F32, &Device::Cpu)?; // (B, L, E)
+//! let padding = Tensor::new(&[[0u8, 0, 0, 1, 1], [0, 0, 0, 0, 0]], &Device::Cpu)?; // 1 = pad
+//! let out = mha.forward(
+//!     &MhaInput::self_attention(&x)
+//!         .attn_mask(AttnMask::Causal)
+//!         .key_padding_mask(KeyPaddingMask::Padded(padding))
+//!         .weights(ReturnWeights::Averaged),
+//! )?;
+//! assert_eq!(out.output.dims(), [2, 5, 8]);
+//! assert_eq!(out.weights.unwrap().dims(), [2, 5, 5]); // (B, L, S)
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+//!
+//! Fully masked rows (every key masked for some query) give zero probabilities, so a zero
+//! output and zero gradients there, as PyTorch's `scaled_dot_product_attention` does (its
+//! `nn.MultiheadAttention(need_weights=True)` path returns NaN instead). Nothing panics.
+
+pub mod mask;
+
+pub use mask::{causal_mask, AttnMask, KeyPaddingMask};
+
+use crate::kernels::attention::{run_fused, FusedRun, QkvInput};
+use crate::kernels::linear::{linear_act, linear_act_dropout};
+use crate::linear::Linear;
+use crate::{ops, Init, SharedRng, VarStore};
+use candle_core::{bail, Result, Tensor};
+use mask::Masks;
+
+/// Options of [`scaled_dot_product_attention`]; defaults follow
+/// `F.scaled_dot_product_attention` (no mask, scale 1/√D, no dropout).
+#[derive(Clone, Default)]
+pub struct SdpaOptions {
+    /// Broadcastable to (B, H, L, S). PyTorch's boolean `attn_mask` of this function is
+    /// [`AttnMask::Allowed`] ([`AttnMask::from_torch_sdpa`]); `is_causal=True` is
+    /// [`AttnMask::Causal`].
+    pub attn_mask: Option<AttnMask>,
+    /// Default 1/√D.
+    pub scale: Option<f64>,
+    /// Dropout on the attention probabilities, applied only when `train` is true. Default 0.
+    pub dropout_p: f64,
+    /// Training mode (dropout active). Default `false`.
+    pub train: bool,
+    /// The RNG dropout draws from; needed when `dropout_p > 0` and `train`.
+    pub rng: Option<SharedRng>,
+}
+
+/// `F.scaled_dot_product_attention(q, k, v, ...)`: q (B, H, L, D), k (B, H, S, D),
+/// v (B, H, S, Dv) → (B, H, L, Dv). Differentiable in q, k, v. Rejects tensors of another
+/// rank, shapes that do not fit together, non-f32 inputs, a mask of the wrong shape or dtype
+/// for its variant, and dropout in training without an `rng`.
+pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &SdpaOptions) -> Result<Tensor> {
+    for (n, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.rank() != 4 {
+            bail!("sdpa: {n} must be (B, H, L, D), got {:?}", t.dims());
+        }
+    }
+    let (b, h, l, d) = q.dims4()?;
+    let s = k.dim(2)?;
+    let masks = Masks {
+        attn_mask: opts.attn_mask.clone(),
+        ..Default::default()
+    }
+    .prepare((b, h, l, s))?;
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let dropout = if opts.train && opts.dropout_p > 0.0 {
+        match &opts.rng {
+            Some(r) => Some((opts.dropout_p, r)),
+            None => bail!("sdpa: dropout in training needs an rng"),
+        }
+    } else {
+        None
+    };
+    let (qt, kt, vt) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
+    let (o, _) = run_fused(QkvInput::Separate(&qt, &kt, &vt), masks, scale, dropout)?;
+    o.transpose(1, 2)
+}
+
+/// Straightforward candle-ops attention (no dropout): q (B, H, L, D), k (B, H, S, D),
+/// v (B, H, S, Dv) with an additive mask broadcastable to (B, H, L, S) → (B, H, L, Dv). The
+/// reference the fused kernel is tested and benchmarked against.
+pub fn sdpa_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    additive_mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?;
+    let scores = match additive_mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    ops::softmax(&scores, 3)?.matmul(v)
+}
+
+/// Configuration of [`MultiheadAttention`]; defaults follow `nn.MultiheadAttention`.
+#[derive(Clone, Debug)]
+pub struct MultiheadAttentionConfig {
+    /// E, the model width; must be > 0 and divisible by `num_heads`.
+    pub embed_dim: usize,
+    /// H; must be > 0.
+    pub num_heads: usize,
+    /// Dropout on the attention probabilities, in [0, 1). Default 0.
+    pub dropout: f64,
+    /// `in_proj_bias` and `out_proj.bias`. Default `true`.
+    pub bias: bool,
+}
+
+impl MultiheadAttentionConfig {
+    /// `embed_dim` and `num_heads` with the other fields at their defaults.
+    pub fn new(embed_dim: usize, num_heads: usize) -> Self {
+        Self {
+            embed_dim,
+            num_heads,
+            dropout: 0.0,
+            bias: true,
+        }
+    }
+}
+
+/// A self-attention K/V cache for incremental decoding: (B, T, H, D) each.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// Projected keys of the positions so far, (B, T, H, D).
+    pub k: Option<Tensor>,
+    /// Projected values of the positions so far, (B, T, H, D).
+    pub v: Option<Tensor>,
+}
+
+impl KvCache {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.dim(1).unwrap_or(0))
+    }
+
+    /// No position cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which attention weights [`MultiheadAttention::forward`] returns (PyTorch's `need_weights`
+/// and `average_attn_weights`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReturnWeights {
+    /// None (`need_weights=False`); the fastest path.
+    #[default]
+    No,
+    /// Averaged over the heads, (B, L, S) (`need_weights=True`, the default average).
+    Averaged,
+    /// Per head, (B, H, L, S) (`average_attn_weights=False`).
+    PerHead,
+}
+
+/// The arguments of [`MultiheadAttention::forward`], by name: `nn.MultiheadAttention.forward`'s
+/// with `batch_first=True`. Start from [`MhaInput::new`] or [`MhaInput::self_attention`] and
+/// add what is needed:
+/// `MhaInput::new(&q, &k, &v).key_padding_mask(KeyPaddingMask::Padded(pad)).train(true)`.
+#[derive(Clone, Debug)]
+pub struct MhaInput<'a> {
+    /// (B, L, E).
+    pub query: &'a Tensor,
+    /// (B, S, E).
+    pub key: &'a Tensor,
+    /// (B, S, E).
+    pub value: &'a Tensor,
+    /// Which (query, key) pairs may attend; see [`AttnMask`] for the shapes.
+    pub attn_mask: Option<AttnMask>,
+    /// (B, S): which keys are padding.
+    pub key_padding_mask: Option<KeyPaddingMask>,
+    /// Which attention weights to return. Default [`ReturnWeights::No`].
+    pub weights: ReturnWeights,
+    /// Training mode: attention dropout active. Default `false`.
+    pub train: bool,
+}
+
+impl<'a> MhaInput<'a> {
+    /// Attention of `query` over `key`/`value`; no masks, no weights, evaluation mode.
+    pub fn new(query: &'a Tensor, key: &'a Tensor, value: &'a Tensor) -> Self {
+        Self {
+            query,
+            key,
+            value,
+            attn_mask: None,
+            key_padding_mask: None,
+            weights: ReturnWeights::No,
+            train: false,
+        }
+    }
+
+    /// Self-attention: `x` is query, key and value (one packed projection).
+    pub fn self_attention(x: &'a Tensor) -> Self {
+        Self::new(x, x, x)
+    }
+
+    /// Sets the attention mask.
+    pub fn attn_mask(mut self, mask: AttnMask) -> Self {
+        self.attn_mask = Some(mask);
+        self
+    }
+
+    /// Sets the key-padding mask.
+    pub fn key_padding_mask(mut self, mask: KeyPaddingMask) -> Self {
+        self.key_padding_mask = Some(mask);
+        self
+    }
+
+    /// Asks for attention weights.
+    pub fn weights(mut self, weights: ReturnWeights) -> Self {
+        self.weights = weights;
+        self
+    }
+
+    /// Sets training mode (attention dropout).
+    pub fn train(mut self, train: bool) -> Self {
+        self.train = train;
+        self
+    }
+}
+
+/// What [`MultiheadAttention::forward`] returns.
+#[derive(Clone, Debug)]
+pub struct MhaOutput {
+    /// (B, L, E).
+    pub output: Tensor,
+    /// The attention probabilities after dropout, as [`MhaInput::weights`] asked: (B, L, S)
+    /// or (B, H, L, S). Differentiable, as in PyTorch: a loss on them reaches query, key and
+    /// `in_proj_*`.
+    pub weights: Option<Tensor>,
+}
+
+/// `nn.MultiheadAttention(embed_dim, num_heads, dropout, bias, batch_first=True)`.
+///
+/// Parameters `in_proj_weight` (3E, E) xavier-uniform, `in_proj_bias` (3E) zeros,
+/// `out_proj.weight` (E, E) U(±1/√E), `out_proj.bias` zeros, as PyTorch initialises them.
+#[derive(Clone)]
+pub struct MultiheadAttention {
+    /// (3E, E): the query, key and value projections stacked.
+    pub in_proj_weight: Tensor,
+    /// (3E), absent with `bias = false`.
+    pub in_proj_bias: Option<Tensor>,
+    /// The output projection (E → E).
+    pub out_proj: Linear,
+    /// E.
+    pub embed_dim: usize,
+    /// H.
+    pub num_heads: usize,
+    /// E / H.
+    pub head_dim: usize,
+    /// Dropout on the attention probabilities (training only).
+    pub dropout: f64,
+    rng: SharedRng,
+}
+
+impl std::fmt::Debug for MultiheadAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MultiheadAttention(E={}, heads={}, dropout={})",
+            self.embed_dim, self.num_heads, self.dropout
+        )
+    }
+}
+
+impl MultiheadAttention {
+    /// Creates the parameters under `vs`. Rejects `embed_dim = 0`, `num_heads = 0`,
+    /// `embed_dim` not divisible by `num_heads`, and `dropout` outside [0, 1).
+    pub fn new(cfg: &MultiheadAttentionConfig, vs: &VarStore) -> Result<Self> {
+        let e = cfg.embed_dim;
+        if e == 0 {
+            bail!("MultiheadAttention: embed_dim must be > 0");
+        }
+        if cfg.num_heads == 0 {
+            bail!("MultiheadAttention: num_heads must be > 0");
+        }
+        if e % cfg.num_heads != 0 {
+            bail!(
+                "MultiheadAttention: embed_dim {e} must be divisible by num_heads {}",
+                cfg.num_heads
+            );
+        }
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            bail!("MultiheadAttention: dropout must be in [0, 1), got {}", cfg.dropout);
+        }
+        let in_proj_weight = vs.param("in_proj_weight", (3 * e, e), Init::xavier_uniform(e, 3 * e))?;
+        let in_proj_bias = if cfg.bias {
+            Some(vs.param("in_proj_bias", 3 * e, Init::Zeros)?)
+        } else {
+            None
+        };
+        let ov = vs.pp("out_proj");
+        let weight = ov.param("weight", (e, e), Init::uniform_fan(e))?;
+        let bias = if cfg.bias {
+            Some(ov.param("bias", e, Init::Zeros)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            in_proj_weight,
+            in_proj_bias,
+            out_proj: Linear { weight, bias },
+            embed_dim: e,
+            num_heads: cfg.num_heads,
+            head_dim: e / cfg.num_heads,
+            dropout: cfg.dropout,
+            rng: vs.rng(),
+        })
+    }
+
+    fn check_input(&self, name: &str, x: &Tensor) -> Result<(usize, usize)> {
+        match *x.dims() {
+            [b, l, e] if e == self.embed_dim => Ok((b, l)),
+            _ => bail!(
+                "MultiheadAttention: {name} must be (B, L, {}), got {:?}",
+                self.embed_dim,
+                x.dims()
+            ),
+        }
+    }
+
+    /// Rows `[i·E, (i+n)·E)` of the in-projection applied to `x` (B, L, E) → (B, L, n·E).
+    fn project(&self, x: &Tensor, i: usize, n: usize) -> Result<Tensor> {
+        let e = self.embed_dim;
+        if n == 3 {
+            return linear_act(x, &self.in_proj_weight, self.in_proj_bias.as_ref(), false);
+        }
+        let w = self.in_proj_weight.narrow(0, i * e, n * e)?;
+        let b = match &self.in_proj_bias {
+            Some(b) => Some(b.narrow(0, i * e, n * e)?),
+            None => None,
+        };
+        linear_act(x, &w, b.as_ref(), false)
+    }
+
+    /// Projected keys and values of `key`/`value` (B, S, E) → ((B, S, H, D), (B, S, H, D)), as
+    /// used by cross-attention over a fixed memory (compute once, reuse every decoding step).
+    pub fn project_kv(&self, key: &Tensor, value: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, s) = self.check_input("key", key)?;
+        self.check_input("value", value)?;
+        let (h, d) = (self.num_heads, self.head_dim);
+        if key.id() == value.id() {
+            let kv = self.project(key, 1, 2)?.reshape((b, s, 2, h, d))?;
+            Ok((kv.narrow(2, 0, 1)?.squeeze(2)?, kv.narrow(2, 1, 1)?.squeeze(2)?))
+        } else {
+            Ok((
+                self.project(key, 1, 1)?.reshape((b, s, h, d))?,
+                self.project(value, 2, 1)?.reshape((b, s, h, d))?,
+            ))
+        }
+    }
+
+    /// Projected queries (B, L, E) → (B, L, H, D).
+    pub fn project_q(&self, query: &Tensor) -> Result<Tensor> {
+        let (b, l) = self.check_input("query", query)?;
+        self.project(query, 0, 1)?
+            .reshape((b, l, self.num_heads, self.head_dim))
+    }
+
+    fn dropout_arg(&self, train: bool) -> Option<(f64, &SharedRng)> {
+        (train && self.dropout > 0.0).then_some((self.dropout, &self.rng))
+    }
+
+    /// The output projection of O (B, L, H, D), with the caller's residual-branch dropout
+    /// `out_dropout` fused into its bias pass.
+    fn out_projection(&self, o: &Tensor, out_dropout: Option<f64>) -> Result<Tensor> {
+        let (b, l, h, d) = o.dims4()?;
+        let drop = out_dropout.filter(|p| *p > 0.0).map(|p| (p, &self.rng));
+        let (w, bias) = (&self.out_proj.weight, self.out_proj.bias.as_ref());
+        linear_act_dropout(&o.reshape((b, l, h * d))?, w, bias, false, drop)
+    }
+
+    /// Attention on already projected heads: q (B, L, H, D), k/v (B, S, H, D) → (B, L, E),
+    /// output projection included (the decoder's cached cross-attention).
+    pub(crate) fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, masks: &Masks, train: bool) -> Result<Tensor> {
+        let (b, l, h, _) = q.dims4()?;
+        let s = k.dim(1)?;
+        let pm = masks.prepare((b, h, l, s))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let (o, _) = run_fused(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
+        self.out_projection(&o, None)
+    }
+
+    /// `mha(query, key, value, key_padding_mask, need_weights, attn_mask,
+    /// average_attn_weights)` with `batch_first=True`: query (B, L, E), key/value (B, S, E) →
+    /// output (B, L, E), plus the attention weights [`MhaInput::weights`] asks for. Rejects
+    /// inputs whose last dimension is not E, batch or key/value lengths that differ, and masks
+    /// of the wrong shape or dtype.
+    pub fn forward(&self, input: &MhaInput) -> Result<MhaOutput> {
+        let masks = Masks {
+            attn_mask: input.attn_mask.clone(),
+            key_padding_mask: input.key_padding_mask.clone(),
+            causal: false,
+        };
+        self.forward_impl(
+            input.query,
+            input.key,
+            input.value,
+            &masks,
+            input.weights,
+            input.train,
+            None,
+        )
+    }
+
+    /// `out_dropout(forward(..).output)` without weights, the dropout (the caller's
+    /// residual-branch dropout, same RNG) fused into the output projection's bias pass.
+    pub(crate) fn forward_then_dropout(
+        &self,
+        (query, key, value): (&Tensor, &Tensor, &Tensor),
+        masks: &Masks,
+        out_dropout: Option<&crate::Dropout>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let p = out_dropout.filter(|_| train).map(|d| d.p);
+        Ok(self
+            .forward_impl(query, key, value, masks, ReturnWeights::No, train, p)?
+            .output)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_impl(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        masks: &Masks,
+        weights: ReturnWeights,
+        train: bool,
+        out_dropout: Option<f64>,
+    ) -> Result<MhaOutput> {
+        let (b, l) = self.check_input("query", query)?;
+        let (bk, s) = self.check_input("key", key)?;
+        let (bv, sv) = self.check_input("value", value)?;
+        if bk != b || bv != b || sv != s {
+            bail!(
+                "MultiheadAttention: query {:?}, key {:?}, value {:?} do not fit together",
+                query.dims(),
+                key.dims(),
+                value.dims()
+            );
+        }
+        let (h, d) = (self.num_heads, self.head_dim);
+        let pm = masks.prepare((b, h, l, s))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let drop = self.dropout_arg(train);
+        // `qk`: the q and k the kernel read, for the differentiable weights.
+        let (o, run, qk): (Tensor, FusedRun, Option<(Tensor, Tensor)>) =
+            if query.id() == key.id() && key.id() == value.id() {
+                let qkv = self.project(query, 0, 3)?.reshape((b, l, 3, h, d))?;
+                let (o, run) = run_fused(QkvInput::Packed(&qkv), pm, scale, drop)?;
+                let qk = match weights {
+                    ReturnWeights::No => None,
+                    _ => Some((qkv.narrow(2, 0, 1)?.squeeze(2)?, qkv.narrow(2, 1, 1)?.squeeze(2)?)),
+                };
+                (o, run, qk)
+            } else {
+                let q = self.project_q(query)?;
+                let (k, v) = self.project_kv(key, value)?;
+                let (o, run) = run_fused(QkvInput::Separate(&q, &k, &v), pm, scale, drop)?;
+                (o, run, Some((q, k)))
+            };
+        let output = self.out_projection(&o, out_dropout)?;
+        let weights = match (weights, qk) {
+            (ReturnWeights::No, _) | (_, None) => None,
+            (ReturnWeights::Averaged, Some((q, k))) => Some(run.weights(&q, &k)?.mean(1)?),
+            (ReturnWeights::PerHead, Some((q, k))) => Some(run.weights(&q, &k)?),
+        };
+        Ok(MhaOutput { output, weights })
+    }
+
+    /// One incremental self-attention step: `x` (B, 1, E) is the newest position; its key and
+    /// value are appended to `cache`, and it attends to every cached position → (B, 1, E).
+    /// Equals row t of a full causal self-attention over positions 0..=t.
+    pub fn self_attn_step(&self, x: &Tensor, cache: &mut KvCache, train: bool) -> Result<Tensor> {
+        let (b, l) = self.check_input("x", x)?;
+        if l != 1 {
+            bail!(
+                "MultiheadAttention::self_attn_step: x must hold one position, got {:?}",
+                x.dims()
+            );
+        }
+        let (h, d) = (self.num_heads, self.head_dim);
+        let qkv = self.project(x, 0, 3)?.reshape((b, 1, 3, h, d))?;
+        let part = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2) };
+        let (q, k_new, v_new) = (part(0)?, part(1)?.contiguous()?, part(2)?.contiguous()?);
+        let k = match &cache.k {
+            Some(k) => Tensor::cat(&[k, &k_new], 1)?,
+            None => k_new,
+        };
+        let v = match &cache.v {
+            Some(v) => Tensor::cat(&[v, &v_new], 1)?,
+            None => v_new,
+        };
+        // Outside training the cache is stored detached: each `cat` would otherwise keep the
+        // previous cache alive through the autograd graph, so a T-step decode held all T
+        // prefixes (O(T²) memory: gigabytes for a beam over a long sentence).
+        let keep = |t: &Tensor| if train { t.clone() } else { t.detach() };
+        cache.k = Some(keep(&k));
+        cache.v = Some(keep(&v));
+        self.attend(&q, &k, &v, &Masks::default(), train)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_all_params_get_grad, max_abs_diff as max_diff, randn};
+    use candle_core::{DType, Device, Var};
+
+    /// The fused kernel and its backward against plain candle ops, with an additive mask.
+    #[test]
+    fn fused_matches_reference_forward_and_backward() {
+        let (b, h, l, s, d) = (2, 3, 5, 7, 4);
+        let q = Var::from_tensor(&randn(1, &[b, h, l, d])).unwrap();
+        let k = Var::from_tensor(&randn(2, &[b, h, s, d])).unwrap();
+        let v = Var::from_tensor(&randn(3, &[b, h, s, d])).unwrap();
+        let mask = randn(4, &[b, 1, l, s]);
+        let probe = randn(5, &[b, h, l, d]);
+        let opts = SdpaOptions {
+            attn_mask: Some(AttnMask::Additive(mask.clone())),
+            scale: Some(0.3),
+            ..Default::default()
+        };
+        let y1 = scaled_dot_product_attention(&q, &k, &v, &opts).unwrap();
+        let y2 = sdpa_reference(&q, &k, &v, Some(&mask), 0.3).unwrap();
+        assert!(max_diff(&y1, &y2) < 1e-5);
+        let g1 = (&y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&q, &k, &v] {
+            assert!(max_diff(g1.get(var).unwrap(), g2.get(var).unwrap()) < 1e-5);
+        }
+    }
+
+    /// `F.scaled_dot_product_attention` with a fully masked row returns zeros there (checked
+    /// with torch 2.15); so do we, with zero (not NaN) gradients.
+    #[test]
+    fn fully_masked_rows_give_zeros_not_nan() {
+        let q = Var::from_tensor(&randn(1, &[1, 2, 3, 4])).unwrap();
+        let mask = Tensor::new(&[[1u8, 1], [0, 0], [1, 0]], &Device::Cpu).unwrap();
+        let kv = randn(2, &[1, 2, 2, 4]);
+        let opts = SdpaOptions {
+            attn_mask: Some(AttnMask::Allowed(mask)),
+            ..Default::default()
+        };
+        let y = scaled_dot_product_attention(&q, &kv, &kv, &opts).unwrap();
+        let row = y
+            .narrow(2, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(row.iter().all(|&x| x == 0.0));
+        let other = y.narrow(2, 0, 1).unwrap().abs().unwrap().sum_all().unwrap();
+        assert!(other.to_scalar::<f32>().unwrap() > 0.0, "unmasked rows are not zero");
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gq = g.get(&q).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(gq.iter().all(|x| x.is_finite()));
+    }
+
+    /// The same pattern as a Blocked mask and as its complement Allowed mask (and as an
+    /// additive mask) gives the same attention, in SDPA and in MHA; the causal variant equals
+    /// its tensor form.
+    #[test]
+    fn blocked_and_allowed_masks_of_one_pattern_agree() {
+        let blocked = Tensor::new(&[[0u8, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 0]], &Device::Cpu).unwrap();
+        let allowed = (Tensor::ones((3, 4), DType::U8, &Device::Cpu).unwrap() - &blocked).unwrap();
+        let additive = ops::bool_mask_to_additive(&blocked).unwrap();
+        let (q, k, v) = (
+            randn(1, &[2, 2, 3, 4]),
+            randn(2, &[2, 2, 4, 4]),
+            randn(3, &[2, 2, 4, 4]),
+        );
+        let run = |m: AttnMask| {
+            let opts = SdpaOptions {
+                attn_mask: Some(m),
+                ..Default::default()
+            };
+            scaled_dot_product_attention(&q, &k, &v, &opts).unwrap()
+        };
+        let yb = run(AttnMask::Blocked(blocked.clone()));
+        let ya = run(AttnMask::Allowed(allowed.clone()));
+        let yf = run(AttnMask::Additive(additive));
+        assert_eq!(max_diff(&yb, &ya), 0.0);
+        assert_eq!(max_diff(&yb, &yf), 0.0);
+        // Reading the pattern in the other convention changes the result: the test can fail.
+        assert!(max_diff(&yb, &run(AttnMask::Allowed(blocked.clone()))) > 1e-3);
+
+        let vs = VarStore::new(0, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let (x, m) = (randn(4, &[2, 3, 8]), randn(5, &[2, 4, 8]));
+        let run = |mask: AttnMask| {
+            let out = mha
+                .forward(
+                    &MhaInput::new(&x, &m, &m)
+                        .attn_mask(mask)
+                        .weights(ReturnWeights::PerHead),
+                )
+                .unwrap();
+            (out.output, out.weights.unwrap())
+        };
+        let (yb, wb) = run(AttnMask::Blocked(blocked.clone()));
+        let (ya, wa) = run(AttnMask::Allowed(allowed));
+        assert_eq!(max_diff(&yb, &ya), 0.0);
+        assert_eq!(max_diff(&wb, &wa), 0.0);
+        let w = wb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pattern = blocked.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        for (i, wi) in w.iter().enumerate() {
+            assert_eq!(pattern[i % 12] == 1, *wi == 0.0, "weight {i} = {wi}");
+        }
+
+        let x = randn(6, &[2, 4, 8]);
+        let causal = mha
+            .forward(&MhaInput::self_attention(&x).attn_mask(AttnMask::Causal))
+            .unwrap();
+        let tensor = mha
+            .forward(&MhaInput::self_attention(&x).attn_mask(AttnMask::causal_blocked(4, &Device::Cpu).unwrap()))
+            .unwrap();
+        assert_eq!(max_diff(&causal.output, &tensor.output), 0.0);
+    }
+
+    /// A mask whose dtype does not fit its variant is an error, not a silent reinterpretation.
+    #[test]
+    fn mask_dtype_must_fit_its_variant() {
+        let (q, k) = (randn(1, &[1, 1, 2, 4]), randn(2, &[1, 1, 3, 4]));
+        let float = randn(3, &[2, 3]);
+        let int = Tensor::zeros((2, 3), DType::U8, &Device::Cpu).unwrap();
+        for (m, want) in [
+            (AttnMask::Blocked(float.clone()), "integer"),
+            (AttnMask::Allowed(float), "integer"),
+            (AttnMask::Additive(int), "float"),
+        ] {
+            let opts = SdpaOptions {
+                attn_mask: Some(m),
+                ..Default::default()
+            };
+            let err = scaled_dot_product_attention(&q, &k, &k, &opts).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn mha_rejects_bad_config_and_shapes() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        for (cfg, field) in [
+            (MultiheadAttentionConfig::new(10, 3), "divisible"),
+            (MultiheadAttentionConfig::new(0, 1), "embed_dim must be > 0"),
+            (MultiheadAttentionConfig::new(8, 0), "num_heads must be > 0"),
+        ] {
+            let err = MultiheadAttention::new(&cfg, &vs).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let x = randn(1, &[2, 3, 8]);
+        let bad = randn(1, &[2, 3, 6]);
+        assert!(mha.forward(&MhaInput::new(&x, &bad, &bad)).is_err());
+        let bad_kpm = Tensor::zeros((2, 4), DType::U8, &Device::Cpu).unwrap();
+        let input = MhaInput::self_attention(&x).key_padding_mask(KeyPaddingMask::Padded(bad_kpm));
+        assert!(mha.forward(&input).is_err());
+    }
+
+    #[test]
+    fn mha_gradients_reach_every_parameter_self_and_cross() {
+        for cross in [false, true] {
+            let vs = VarStore::new(0, &Device::Cpu);
+            let cfg = MultiheadAttentionConfig {
+                dropout: 0.1,
+                ..MultiheadAttentionConfig::new(8, 2)
+            };
+            let mha = MultiheadAttention::new(&cfg, &vs).unwrap();
+            let x = randn(1, &[2, 3, 8]);
+            let m = if cross { randn(2, &[2, 5, 8]) } else { x.clone() };
+            let y = mha.forward(&MhaInput::new(&x, &m, &m).train(true)).unwrap().output;
+            assert_all_params_get_grad(&vs, &y);
+        }
+    }
+
+    /// Packed self-attention, separate q/k/v and the candle reference agree (values and grads).
+    #[test]
+    fn mha_packed_path_equals_separate_path() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let x = Var::from_tensor(&randn(1, &[2, 4, 8])).unwrap();
+        let x2 = Var::from_tensor(x.as_tensor()).unwrap();
+        let x2c = x2.as_tensor().copy().unwrap();
+        let cm = AttnMask::causal_blocked(4, &Device::Cpu).unwrap();
+        let run = |q: &Tensor, kv: &Tensor| {
+            let input = MhaInput::new(q, kv, kv)
+                .attn_mask(cm.clone())
+                .weights(ReturnWeights::Averaged);
+            let out = mha.forward(&input).unwrap();
+            (out.output, out.weights.unwrap())
+        };
+        let (y1, w1) = run(&x, &x);
+        let (y2, w2) = run(&x2, &x2c);
+        assert!(max_diff(&y1, &y2) < 1e-6);
+        assert!(max_diff(&w1, &w2) < 1e-6);
+        // A loss on the output AND the weights: the weights' gradient flows on both paths.
+        let (py, pw) = (randn(9, &[2, 4, 8]), randn(10, &[2, 4, 4]));
+        let loss = |y: &Tensor, w: &Tensor| {
+            ((y * &py).unwrap().sum_all().unwrap() + (w * &pw).unwrap().sum_all().unwrap()).unwrap()
+        };
+        let g1 = loss(&y1, &w1).backward().unwrap();
+        let g2 = loss(&y2, &w2).backward().unwrap();
+        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x2).unwrap()) < 1e-5);
+        let (name, w) = &vs.trainable()[0];
+        assert_eq!(name, "in_proj_weight");
+        assert!(max_diff(g1.get(w).unwrap(), g2.get(w).unwrap()) < 1e-5);
+    }
+
+    /// The returned weights are differentiable (PyTorch returns them so): a loss on the weights
+    /// alone gives query and in_proj_weight the gradient of the same function built from candle
+    /// ops, per head and averaged, with padding.
+    #[test]
+    fn attention_weights_carry_the_reference_gradient() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let (b, s, d) = (2, 5, 4);
+        let q_in = Var::from_tensor(&randn(1, &[b, 3, 8])).unwrap();
+        let kv_in = randn(2, &[b, s, 8]);
+        let pad = Tensor::new(&[[0u8, 0, 0, 1, 1], [0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
+        for weights in [ReturnWeights::PerHead, ReturnWeights::Averaged] {
+            let input = MhaInput::new(&q_in, &kv_in, &kv_in)
+                .key_padding_mask(KeyPaddingMask::Padded(pad.clone()))
+                .weights(weights);
+            let w = mha.forward(&input).unwrap().weights.unwrap();
+            // Reference: softmax(q kᵀ/√d + padding) from plain ops on the same projections.
+            let q = mha
+                .project_q(&q_in)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let (k, _) = mha.project_kv(&kv_in, &kv_in).unwrap();
+            let k = k.transpose(1, 2).unwrap();
+            let scores =
+                (q.matmul(&k.transpose(2, 3).unwrap().contiguous().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let add = ops::bool_mask_to_additive(&pad).unwrap().reshape((b, 1, 1, s)).unwrap();
+            let p = ops::softmax(&scores.broadcast_add(&add).unwrap(), 3).unwrap();
+            let p = if weights == ReturnWeights::Averaged {
+                p.mean(1).unwrap()
+            } else {
+                p
+            };
+            assert_eq!(p.dims(), w.dims());
+            assert!(max_diff(&w, &p) < 1e-6);
+            let probe = randn(3, p.dims());
+            let g1 = (&w * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&p * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gq = g1.get(&q_in).expect("a loss on the weights reaches the query");
+            assert!(gq.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            assert!(max_diff(gq, g2.get(&q_in).unwrap()) < 1e-5);
+            let (_, wv) = &vs.trainable()[0];
+            assert!(max_diff(g1.get(wv).unwrap(), g2.get(wv).unwrap()) < 1e-5);
+        }
+    }
+
+    /// In training the returned weights are the probabilities after dropout (PyTorch's
+    /// `need_weights=True`): some entries are dropped, the kept ones are scaled by 1/(1-p), and
+    /// they are exactly what multiplied V.
+    #[test]
+    fn training_weights_are_after_dropout() {
+        let vs = VarStore::new(3, &Device::Cpu);
+        let cfg = MultiheadAttentionConfig {
+            dropout: 0.5,
+            ..MultiheadAttentionConfig::new(8, 1)
+        };
+        let mha = MultiheadAttention::new(&cfg, &vs).unwrap();
+        let (x, m) = (randn(1, &[2, 6, 8]), randn(2, &[2, 7, 8]));
+        let out = mha
+            .forward(&MhaInput::new(&x, &m, &m).weights(ReturnWeights::PerHead).train(true))
+            .unwrap();
+        let w = out.weights.unwrap();
+        let vals = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(vals.iter().any(|&v| v == 0.0), "no entry dropped at p = 0.5");
+        let row_sums = w.sum(3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            row_sums.iter().any(|s| (s - 1.0).abs() > 1e-3),
+            "rows still sum to 1: not after dropout"
+        );
+        // output = out_proj(weights @ V): recompute from the returned weights.
+        let (_, v) = mha.project_kv(&m, &m).unwrap();
+        let o = w.matmul(&v.transpose(1, 2).unwrap().contiguous().unwrap()).unwrap(); // (B, 1, L, D)
+        let o = o.transpose(1, 2).unwrap().reshape((2, 6, 8)).unwrap();
+        let y = mha.out_proj.forward(&o).unwrap();
+        assert!(max_diff(&y, &out.output) < 1e-5);
+    }
+
+    /// Incremental self-attention equals full causal attention row by row.
+    #[test]
+    fn self_attn_step_equals_causal_full_run() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let x = randn(1, &[2, 5, 8]);
+        let full = mha
+            .forward(&MhaInput::self_attention(&x).attn_mask(AttnMask::Causal))
+            .unwrap()
+            .output;
+        let mut cache = KvCache::default();
+        for t in 0..5 {
+            let y = mha
+                .self_attn_step(&x.narrow(1, t, 1).unwrap(), &mut cache, false)
+                .unwrap();
+            assert!(max_diff(&y, &full.narrow(1, t, 1).unwrap()) < 1e-5);
+            // Evaluation-mode caches hold no graph: a tracked cache chains every earlier
+            // cache through `cat` (quadratic memory over a decode).
+            assert!(!cache.k.as_ref().unwrap().track_op() && !cache.v.as_ref().unwrap().track_op());
+        }
+        assert_eq!(cache.len(), 5);
+    }
+}

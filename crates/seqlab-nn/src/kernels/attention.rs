@@ -1,0 +1,758 @@
+//! The fused CPU attention kernel behind [`crate::attention`]: per (batch, head),
+//! scores = scale·Q Kᵀ (one `gemm` call), additive masks, softmax, optional dropout,
+//! O = P V (a second `gemm`).
+//!
+//! It reads Q, K and V through their strides, so the heads of an in-projection output
+//! (B, L, 3, H, D) are used in place with no transpose or contiguous copy, and it writes O as
+//! (B, L, H, D), which is already the layout the output projection wants. The softmax
+//! probabilities are kept for the hand-written backward:
+//! dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = scale·dS K, dK = scale·dSᵀ Q.
+//! The same probabilities, after dropout, are what `FusedRun::weights` returns as a
+//! differentiable function of Q and K (PyTorch's `need_weights=True`).
+//!
+//! Fully masked rows (every key masked for some query): the probabilities of that row are all
+//! zero, so its output and its gradients are zero, as PyTorch's `scaled_dot_product_attention`
+//! gives. Nothing panics.
+
+use super::device_f32;
+use crate::SharedRng;
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Where the (b, h) slice of a (B, L, H, D)-shaped strided tensor starts, and its strides.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    off: usize,
+    sb: usize,
+    sl: usize,
+    sh: usize,
+    sd: usize,
+}
+
+impl View {
+    fn from_layout4(l: &Layout) -> Result<Self> {
+        let st = l.stride();
+        if st.len() != 4 {
+            bail!("fused attention: expected a rank-4 tensor, got shape {:?}", l.dims());
+        }
+        Ok(View {
+            off: l.start_offset(),
+            sb: st[0],
+            sl: st[1],
+            sh: st[2],
+            sd: st[3],
+        })
+    }
+
+    fn contiguous(l: usize, h: usize, d: usize) -> Self {
+        View {
+            off: 0,
+            sb: l * h * d,
+            sl: h * d,
+            sh: d,
+            sd: 1,
+        }
+    }
+
+    fn at(&self, b: usize, h: usize) -> usize {
+        self.off + b * self.sb + h * self.sh
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MutPtr(*mut f32);
+unsafe impl Send for MutPtr {}
+unsafe impl Sync for MutPtr {}
+impl MutPtr {
+    // A method (not field access) so that closures capture the whole Send wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// An additive mask of shape (bm, hm, L, S) with bm ∈ {1, B} and hm ∈ {1, H}.
+#[derive(Clone, Debug)]
+pub(crate) struct MaskData {
+    pub(crate) data: Arc<Vec<f32>>,
+    pub(crate) bm: usize,
+    pub(crate) hm: usize,
+}
+
+/// Everything the kernel needs besides Q, K, V.
+#[derive(Clone)]
+struct Plan {
+    b: usize,
+    l: usize,
+    s: usize,
+    h: usize,
+    d: usize,
+    dv: usize,
+    scale: f32,
+    causal: bool,
+    mask: Option<MaskData>,
+    /// Additive key-padding mask (B, S).
+    kpm: Option<Arc<Vec<f32>>>,
+    /// Inverted-dropout multipliers (B, H, L, S) applied to the probabilities.
+    dropout: Option<Arc<Vec<f32>>>,
+    /// Softmax probabilities (B, H, L, S) from the forward pass, before dropout.
+    probs: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+}
+
+impl Plan {
+    fn softmax_rows(&self, bi: usize, hi: usize, scores: &mut [f32]) {
+        let (l, s) = (self.l, self.s);
+        let mask = self.mask.as_ref().map(|m| {
+            let mb = if m.bm == 1 { 0 } else { bi };
+            let mh = if m.hm == 1 { 0 } else { hi };
+            let start = (mb * m.hm + mh) * l * s;
+            &m.data[start..start + l * s]
+        });
+        let kpm = self.kpm.as_ref().map(|k| &k[bi * s..(bi + 1) * s]);
+        for i in 0..l {
+            let row = &mut scores[i * s..(i + 1) * s];
+            if let Some(m) = mask {
+                row.iter_mut().zip(&m[i * s..(i + 1) * s]).for_each(|(x, a)| *x += a);
+            }
+            if let Some(k) = kpm {
+                row.iter_mut().zip(k).for_each(|(x, a)| *x += a);
+            }
+            if self.causal && i + 1 < s {
+                row[i + 1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            if max == f32::NEG_INFINITY {
+                row.iter_mut().for_each(|x| *x = 0.0);
+                continue;
+            }
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
+
+    fn out_shape(&self) -> Shape {
+        (self.b, self.l, self.h, self.dv).into()
+    }
+
+    /// Returns O (B, L, H, Dv) contiguous and P (B, H, L, S).
+    fn forward(&self, q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View) -> (Vec<f32>, Vec<f32>) {
+        let (b, l, s, h, d, dv) = (self.b, self.l, self.s, self.h, self.d, self.dv);
+        let ls = l * s;
+        let mut out = vec![0f32; b * l * h * dv];
+        let mut probs = vec![0f32; b * h * ls];
+        if ls == 0 || b * h == 0 {
+            return (out, probs);
+        }
+        let ov = View::contiguous(l, h, dv);
+        let outp = MutPtr(out.as_mut_ptr());
+        probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
+            let (bi, hi) = (bh / h, bh % h);
+            // SAFETY: every view was checked against its storage length by the caller, and each
+            // task writes only the (bi, hi) block of `out`.
+            unsafe {
+                gemm(
+                    l,
+                    s,
+                    d,
+                    pr.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    q.as_ptr().add(qv.at(bi, hi)),
+                    qv.sd as isize,
+                    qv.sl as isize,
+                    k.as_ptr().add(kv.at(bi, hi)),
+                    kv.sl as isize,
+                    kv.sd as isize,
+                    0.0,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            self.softmax_rows(bi, hi, pr);
+            let dropped;
+            let pd: &[f32] = match &self.dropout {
+                Some(m) => {
+                    dropped = pr
+                        .iter()
+                        .zip(&m[bh * ls..(bh + 1) * ls])
+                        .map(|(a, b)| a * b)
+                        .collect::<Vec<_>>();
+                    &dropped
+                }
+                None => pr,
+            };
+            unsafe {
+                gemm(
+                    l,
+                    dv,
+                    s,
+                    outp.get().add(ov.at(bi, hi)),
+                    1,
+                    ov.sl as isize,
+                    false,
+                    pd.as_ptr(),
+                    1,
+                    s as isize,
+                    v.as_ptr().add(vv.at(bi, hi)),
+                    vv.sd as isize,
+                    vv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+        (out, probs)
+    }
+
+    /// Writes dQ, dK, dV into the given buffers/views (regions of distinct (b, h) never overlap).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        probs: &[f32],
+        (q, qv): (&[f32], View),
+        (k, kv): (&[f32], View),
+        (v, vv): (&[f32], View),
+        (go, gv): (&[f32], View),
+        (dq, dqv): (MutPtr, View),
+        (dk, dkv): (MutPtr, View),
+        (dvp, dvv): (MutPtr, View),
+    ) {
+        let (b, l, s, h, dv) = (self.b, self.l, self.s, self.h, self.dv);
+        let ls = l * s;
+        if ls == 0 || b * h == 0 {
+            return;
+        }
+        (0..b * h).into_par_iter().for_each(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let p = &probs[bh * ls..(bh + 1) * ls];
+            let mask = self.dropout.as_ref().map(|m| &m[bh * ls..(bh + 1) * ls]);
+            let pd_buf;
+            let pd: &[f32] = match mask {
+                Some(m) => {
+                    pd_buf = p.iter().zip(m).map(|(a, b)| a * b).collect::<Vec<_>>();
+                    &pd_buf
+                }
+                None => p,
+            };
+            let mut dp = vec![0f32; ls];
+            // SAFETY: views were checked by the caller; each task writes only its (bi, hi) block.
+            unsafe {
+                // dV = Pdᵀ dO   (S×L)(L×Dv)
+                gemm(
+                    s,
+                    dv,
+                    l,
+                    dvp.get().add(dvv.at(bi, hi)),
+                    dvv.sd as isize,
+                    dvv.sl as isize,
+                    false,
+                    pd.as_ptr(),
+                    s as isize,
+                    1,
+                    go.as_ptr().add(gv.at(bi, hi)),
+                    gv.sd as isize,
+                    gv.sl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                // dP = dO Vᵀ   (L×Dv)(Dv×S)
+                gemm(
+                    l,
+                    s,
+                    dv,
+                    dp.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    go.as_ptr().add(gv.at(bi, hi)),
+                    gv.sd as isize,
+                    gv.sl as isize,
+                    v.as_ptr().add(vv.at(bi, hi)),
+                    vv.sl as isize,
+                    vv.sd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            self.scores_backward(bi, hi, p, mask, &mut dp, (q, qv), (k, kv), (dq, dqv), (dk, dkv));
+        });
+    }
+
+    /// The shared tail of both backward passes for one (b, h) block: from dPd, the gradient
+    /// of the (dropped-out) probabilities (overwritten), dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale
+    /// with dP = dPd ⊙ dropout, then dQ = dS K and dK = dSᵀ Q written into their views.
+    #[allow(clippy::too_many_arguments)]
+    fn scores_backward(
+        &self,
+        bi: usize,
+        hi: usize,
+        p: &[f32],
+        mask: Option<&[f32]>,
+        dp: &mut [f32],
+        (q, qv): (&[f32], View),
+        (k, kv): (&[f32], View),
+        (dq, dqv): (MutPtr, View),
+        (dk, dkv): (MutPtr, View),
+    ) {
+        let (l, s, d) = (self.l, self.s, self.d);
+        if let Some(m) = mask {
+            dp.iter_mut().zip(m).for_each(|(x, a)| *x *= a);
+        }
+        for i in 0..l {
+            let pr = &p[i * s..(i + 1) * s];
+            let row = &mut dp[i * s..(i + 1) * s];
+            let dot: f32 = row.iter().zip(pr).map(|(a, b)| a * b).sum();
+            row.iter_mut()
+                .zip(pr)
+                .for_each(|(x, pi)| *x = pi * (*x - dot) * self.scale);
+        }
+        // SAFETY: views were checked by the caller; each task writes only its (bi, hi) block.
+        unsafe {
+            // dQ = dS K   (L×S)(S×D)
+            gemm(
+                l,
+                d,
+                s,
+                dq.get().add(dqv.at(bi, hi)),
+                dqv.sd as isize,
+                dqv.sl as isize,
+                false,
+                dp.as_ptr(),
+                1,
+                s as isize,
+                k.as_ptr().add(kv.at(bi, hi)),
+                kv.sd as isize,
+                kv.sl as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+            // dK = dSᵀ Q   (S×L)(L×D)
+            gemm(
+                s,
+                d,
+                l,
+                dk.get().add(dkv.at(bi, hi)),
+                dkv.sd as isize,
+                dkv.sl as isize,
+                false,
+                dp.as_ptr(),
+                s as isize,
+                1,
+                q.as_ptr().add(qv.at(bi, hi)),
+                qv.sd as isize,
+                qv.sl as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+
+    fn saved_probs(&self) -> Result<Arc<Vec<f32>>> {
+        match self.probs.lock().unwrap().clone() {
+            Some(p) => Ok(p),
+            None => bail!("fused attention: backward called before forward"),
+        }
+    }
+}
+
+/// Largest element index a view reaches for (b, rows, h, cols), to bounds-check unsafe reads.
+fn check_view(name: &str, len: usize, v: View, dims: (usize, usize, usize, usize)) -> Result<()> {
+    let (b, r, h, c) = dims;
+    if b * r * h * c == 0 {
+        return Ok(());
+    }
+    let last = v.off + (b - 1) * v.sb + (r - 1) * v.sl + (h - 1) * v.sh + (c - 1) * v.sd;
+    if last >= len {
+        bail!("fused attention: {name} view reaches element {last} of a storage of {len}");
+    }
+    Ok(())
+}
+
+/// The op on three separate tensors q (B, L, H, D), k (B, S, H, D), v (B, S, H, Dv).
+struct Attn3 {
+    plan: Plan,
+}
+
+impl Attn3 {
+    fn views(&self, lq: &Layout, lk: &Layout, lv: &Layout, lens: (usize, usize, usize)) -> Result<(View, View, View)> {
+        let p = &self.plan;
+        let (qv, kv, vv) = (
+            View::from_layout4(lq)?,
+            View::from_layout4(lk)?,
+            View::from_layout4(lv)?,
+        );
+        check_view("q", lens.0, qv, (p.b, p.l, p.h, p.d))?;
+        check_view("k", lens.1, kv, (p.b, p.s, p.h, p.d))?;
+        check_view("v", lens.2, vv, (p.b, p.s, p.h, p.dv))?;
+        Ok((qv, kv, vv))
+    }
+}
+
+impl CustomOp3 for Attn3 {
+    fn name(&self) -> &'static str {
+        "seqlab-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            super::storage_f32("fused attention", "q", s1)?,
+            super::storage_f32("fused attention", "k", s2)?,
+            super::storage_f32("fused attention", "v", s3)?,
+        );
+        let (qv, kv, vv) = self.views(l1, l2, l3, (q.len(), k.len(), v.len()))?;
+        let (out, probs) = self.plan.forward(q, qv, k, kv, v, vv);
+        *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(out), self.plan.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        q_t: &Tensor,
+        k_t: &Tensor,
+        v_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let p = &self.plan;
+        let probs = p.saved_probs()?;
+        let (sq, lq) = q_t.storage_and_layout();
+        let (sk, lk) = k_t.storage_and_layout();
+        let (sv, lv) = v_t.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (q, k, v, g) = (
+            device_f32("fused attention", "q", &sq)?,
+            device_f32("fused attention", "k", &sk)?,
+            device_f32("fused attention", "v", &sv)?,
+            device_f32("fused attention", "grad", &sg)?,
+        );
+        let (qv, kv, vv) = self.views(lq, lk, lv, (q.len(), k.len(), v.len()))?;
+        let gv = View::from_layout4(lg)?;
+        check_view("grad", g.len(), gv, (p.b, p.l, p.h, p.dv))?;
+        let mut dq = vec![0f32; p.b * p.l * p.h * p.d];
+        let mut dk = vec![0f32; p.b * p.s * p.h * p.d];
+        let mut dv = vec![0f32; p.b * p.s * p.h * p.dv];
+        p.backward(
+            &probs,
+            (q, qv),
+            (k, kv),
+            (v, vv),
+            (g, gv),
+            (MutPtr(dq.as_mut_ptr()), View::contiguous(p.l, p.h, p.d)),
+            (MutPtr(dk.as_mut_ptr()), View::contiguous(p.s, p.h, p.d)),
+            (MutPtr(dv.as_mut_ptr()), View::contiguous(p.s, p.h, p.dv)),
+        );
+        let dev = q_t.device();
+        Ok((
+            Some(Tensor::from_vec(dq, (p.b, p.l, p.h, p.d), dev)?),
+            Some(Tensor::from_vec(dk, (p.b, p.s, p.h, p.d), dev)?),
+            Some(Tensor::from_vec(dv, (p.b, p.s, p.h, p.dv), dev)?),
+        ))
+    }
+}
+
+/// The op on a packed self-attention projection qkv (B, L, 3, H, D): its gradient is one
+/// packed tensor, so no narrow/cat round trip is needed in the backward pass.
+struct AttnPacked {
+    plan: Plan,
+}
+
+impl AttnPacked {
+    fn views(&self, l: &Layout, len: usize) -> Result<(View, View, View)> {
+        let st = l.stride();
+        if st.len() != 5 {
+            bail!("fused attention: packed qkv must be rank 5, got {:?}", l.dims());
+        }
+        let base = View {
+            off: l.start_offset(),
+            sb: st[0],
+            sl: st[1],
+            sh: st[3],
+            sd: st[4],
+        };
+        let at = |i: usize| View {
+            off: base.off + i * st[2],
+            ..base
+        };
+        let p = &self.plan;
+        for i in 0..3 {
+            check_view("qkv", len, at(i), (p.b, p.l, p.h, p.d))?;
+        }
+        Ok((at(0), at(1), at(2)))
+    }
+}
+
+impl CustomOp1 for AttnPacked {
+    fn name(&self) -> &'static str {
+        "seqlab-fused-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::storage_f32("fused attention", "qkv", s)?;
+        let (qv, kv, vv) = self.views(l, x.len())?;
+        let (out, probs) = self.plan.forward(x, qv, x, kv, x, vv);
+        *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(out), self.plan.out_shape()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let p = &self.plan;
+        let probs = p.saved_probs()?;
+        let (sx, lx) = arg.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (x, g) = (
+            device_f32("fused attention", "qkv", &sx)?,
+            device_f32("fused attention", "grad", &sg)?,
+        );
+        let (qv, kv, vv) = self.views(lx, x.len())?;
+        let gv = View::from_layout4(lg)?;
+        check_view("grad", g.len(), gv, (p.b, p.l, p.h, p.dv))?;
+        let hd = p.h * p.d;
+        let mut dx = vec![0f32; p.b * p.l * 3 * hd];
+        let base = View {
+            off: 0,
+            sb: p.l * 3 * hd,
+            sl: 3 * hd,
+            sh: p.d,
+            sd: 1,
+        };
+        let ptr = MutPtr(dx.as_mut_ptr());
+        p.backward(
+            &probs,
+            (x, qv),
+            (x, kv),
+            (x, vv),
+            (g, gv),
+            (ptr, base),
+            (ptr, View { off: hd, ..base }),
+            (ptr, View { off: 2 * hd, ..base }),
+        );
+        Ok(Some(Tensor::from_vec(dx, (p.b, p.l, 3, p.h, p.d), arg.device())?))
+    }
+}
+
+/// Masks in the kernel's terms: an additive (bm, hm, L, S) mask, an additive (B, S)
+/// key-padding mask, and the causal flag. Built from the public mask types by
+/// [`crate::attention::mask`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PreparedMasks {
+    pub(crate) mask: Option<MaskData>,
+    pub(crate) kpm: Option<Arc<Vec<f32>>>,
+    pub(crate) causal: bool,
+}
+
+/// Runs the fused kernel; returns O (B, L, H, Dv) and a handle on this run (its probabilities).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_fused(
+    qkv: QkvInput,
+    masks: PreparedMasks,
+    scale: f64,
+    dropout: Option<(f64, &SharedRng)>,
+) -> Result<(Tensor, FusedRun)> {
+    let (b, l, s, h, d, dv) = qkv.dims()?;
+    if d == 0 {
+        bail!("attention: head dimension must be positive");
+    }
+    let dropout = match dropout {
+        Some((p, rng)) if p > 0.0 => {
+            if !(0.0..1.0).contains(&p) {
+                bail!("attention dropout must be in [0, 1), got {p}");
+            }
+            let m = rng
+                .lock()
+                .unwrap()
+                .dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
+            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
+        }
+        _ => None,
+    };
+    let probs = Arc::new(Mutex::new(None));
+    let plan = Plan {
+        b,
+        l,
+        s,
+        h,
+        d,
+        dv,
+        scale: scale as f32,
+        causal: masks.causal,
+        mask: masks.mask,
+        kpm: masks.kpm,
+        dropout,
+        probs,
+    };
+    let run = FusedRun { plan: plan.clone() };
+    let out = match qkv {
+        QkvInput::Packed(x) => x.apply_op1(AttnPacked { plan })?,
+        QkvInput::Separate(q, k, v) => {
+            for (n, t) in [("q", q), ("k", k), ("v", v)] {
+                if t.dtype() != DType::F32 {
+                    bail!("attention: {n} must be f32, got {:?}", t.dtype());
+                }
+            }
+            q.apply_op3(k, v, Attn3 { plan })?
+        }
+    };
+    Ok((out, run))
+}
+
+pub(crate) enum QkvInput<'a> {
+    /// (B, L, 3, H, D)
+    Packed(&'a Tensor),
+    /// (B, L, H, D), (B, S, H, D), (B, S, H, Dv)
+    Separate(&'a Tensor, &'a Tensor, &'a Tensor),
+}
+
+impl QkvInput<'_> {
+    fn dims(&self) -> Result<(usize, usize, usize, usize, usize, usize)> {
+        match self {
+            QkvInput::Packed(x) => match *x.dims() {
+                [b, l, 3, h, d] => Ok((b, l, l, h, d, d)),
+                _ => bail!("attention: packed qkv must be (B, L, 3, H, D), got {:?}", x.dims()),
+            },
+            QkvInput::Separate(q, k, v) => {
+                let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+                if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
+                    bail!("attention: q, k, v must be rank 4, got {qd:?}, {kd:?}, {vd:?}");
+                }
+                if kd[0] != qd[0]
+                    || vd[0] != qd[0]
+                    || kd[2] != qd[2]
+                    || vd[2] != qd[2]
+                    || kd[3] != qd[3]
+                    || vd[1] != kd[1]
+                {
+                    bail!("attention: q {qd:?}, k {kd:?}, v {vd:?} do not fit together");
+                }
+                Ok((qd[0], qd[1], kd[1], qd[2], qd[3], vd[3]))
+            }
+        }
+    }
+}
+
+/// A handle on one run of the fused kernel (its plan and, once it ran, its probabilities).
+pub(crate) struct FusedRun {
+    plan: Plan,
+}
+
+impl FusedRun {
+    /// The attention probabilities of this run after dropout, (B, H, L, S), as a
+    /// differentiable function of the `q` (B, L, H, D) and `k` (B, S, H, D) the run was given
+    /// (views of a packed (B, L, 3, H, D) projection are fine): the values are the run's own,
+    /// the backward pass is the kernel's dS → dQ, dK tail. PyTorch's `need_weights=True`.
+    pub(crate) fn weights(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        q.apply_op2(
+            k,
+            AttnWeights {
+                plan: self.plan.clone(),
+            },
+        )
+    }
+}
+
+/// The op behind [`FusedRun::weights`]: forward = the saved probabilities ⊙ dropout
+/// multipliers; backward = [`Plan::scores_backward`] with the weights' gradient as dPd.
+struct AttnWeights {
+    plan: Plan,
+}
+
+impl AttnWeights {
+    fn views(&self, lq: &Layout, lk: &Layout, lens: (usize, usize)) -> Result<(View, View)> {
+        let p = &self.plan;
+        let (qv, kv) = (View::from_layout4(lq)?, View::from_layout4(lk)?);
+        check_view("q", lens.0, qv, (p.b, p.l, p.h, p.d))?;
+        check_view("k", lens.1, kv, (p.b, p.s, p.h, p.d))?;
+        Ok((qv, kv))
+    }
+}
+
+impl CustomOp2 for AttnWeights {
+    fn name(&self) -> &'static str {
+        "seqlab-attention-weights"
+    }
+
+    fn cpu_fwd(&self, _s1: &CpuStorage, _l1: &Layout, _s2: &CpuStorage, _l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = &self.plan;
+        let probs = p.saved_probs()?;
+        let w = match &p.dropout {
+            Some(m) => probs.iter().zip(m.iter()).map(|(a, b)| a * b).collect(),
+            None => probs.as_ref().clone(),
+        };
+        Ok((CpuStorage::F32(w), (p.b, p.h, p.l, p.s).into()))
+    }
+
+    fn bwd(
+        &self,
+        q_t: &Tensor,
+        k_t: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let p = &self.plan;
+        let probs = p.saved_probs()?;
+        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (sq, lq) = q_t.storage_and_layout();
+        let (sk, lk) = k_t.storage_and_layout();
+        let (q, k) = (
+            device_f32("fused attention", "q", &sq)?,
+            device_f32("fused attention", "k", &sk)?,
+        );
+        let (qv, kv) = self.views(lq, lk, (q.len(), k.len()))?;
+        let mut dq = vec![0f32; p.b * p.l * p.h * p.d];
+        let mut dk = vec![0f32; p.b * p.s * p.h * p.d];
+        let (dqp, dkp) = (MutPtr(dq.as_mut_ptr()), MutPtr(dk.as_mut_ptr()));
+        let (dqv, dkv) = (View::contiguous(p.l, p.h, p.d), View::contiguous(p.s, p.h, p.d));
+        let ls = p.l * p.s;
+        if ls > 0 {
+            (0..p.b * p.h).into_par_iter().for_each(|bh| {
+                let (bi, hi) = (bh / p.h, bh % p.h);
+                let pr = &probs[bh * ls..(bh + 1) * ls];
+                let mask = p.dropout.as_ref().map(|m| &m[bh * ls..(bh + 1) * ls]);
+                let mut dp = grad[bh * ls..(bh + 1) * ls].to_vec();
+                p.scores_backward(bi, hi, pr, mask, &mut dp, (q, qv), (k, kv), (dqp, dqv), (dkp, dkv));
+            });
+        }
+        let dev = q_t.device();
+        Ok((
+            Some(Tensor::from_vec(dq, (p.b, p.l, p.h, p.d), dev)?),
+            Some(Tensor::from_vec(dk, (p.b, p.s, p.h, p.d), dev)?),
+        ))
+    }
+}

@@ -1,0 +1,206 @@
+//! LayerNorm over the last dimension as one op with an analytic backward (behind
+//! [`crate::LayerNorm`] on the CPU).
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Fused layer normalisation over the last dimension (biased variance, as PyTorch), with an
+/// analytic backward. `weight` and `bias` are both given or both absent. CPU, f32 only.
+pub fn layer_norm_fused(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let op = LayerNormOp { eps: eps as f32 };
+    // The kernel reads storage directly, so it wants dense inputs.
+    let x = &x.contiguous()?;
+    let weight = weight.map(|w| w.contiguous()).transpose()?;
+    let bias = bias.map(|b| b.contiguous()).transpose()?;
+    match (weight.as_ref(), bias.as_ref()) {
+        (Some(w), Some(b)) => x.apply_op3(w, b, op),
+        (None, None) => x.apply_op1(op),
+        (Some(w), None) => {
+            let b = w.zeros_like()?;
+            x.apply_op3(w, &b, op)
+        }
+        (None, Some(b)) => {
+            let w = b.ones_like()?;
+            x.apply_op3(&w, b, op)
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Rows processed per rayon task; small inputs stay on one thread.
+const ROWS_PER_TASK: usize = 64;
+
+/// Mean and 1/sqrt(var + eps) of one row, two-pass for accuracy.
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn ln_forward(x: &[f32], c: usize, w: Option<&[f32]>, b: Option<&[f32]>, eps: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let work = |(xr, yr): (&[f32], &mut [f32])| {
+        for (xr, yr) in xr.chunks(c).zip(yr.chunks_mut(c)) {
+            let (mean, rstd) = row_stats(xr, eps);
+            match (w, b) {
+                (Some(w), Some(b)) => {
+                    for j in 0..c {
+                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+                    }
+                }
+                _ => {
+                    for j in 0..c {
+                        yr[j] = (xr[j] - mean) * rstd;
+                    }
+                }
+            }
+        }
+    };
+    let chunk = ROWS_PER_TASK * c;
+    if x.len() > chunk {
+        x.par_chunks(chunk).zip(y.par_chunks_mut(chunk)).for_each(work);
+    } else {
+        work((x, &mut y));
+    }
+    y
+}
+
+/// dx, and per-task partial sums of dweight and dbias (summed by the caller).
+fn ln_backward(x: &[f32], gy: &[f32], c: usize, w: Option<&[f32]>, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; x.len()];
+    let work = |((xr, gr), dxr): ((&[f32], &[f32]), &mut [f32])| {
+        let mut dw = vec![0f32; c];
+        let mut db = vec![0f32; c];
+        let mut g = vec![0f32; c];
+        for ((xr, gr), dxr) in xr.chunks(c).zip(gr.chunks(c)).zip(dxr.chunks_mut(c)) {
+            let (mean, rstd) = row_stats(xr, eps);
+            // g = dL/dxhat; dx = rstd·(g − mean(g) − xhat·mean(g·xhat)).
+            let (mut sg, mut sgx) = (0f32, 0f32);
+            for j in 0..c {
+                let xh = (xr[j] - mean) * rstd;
+                dw[j] += gr[j] * xh;
+                db[j] += gr[j];
+                g[j] = match w {
+                    Some(w) => gr[j] * w[j],
+                    None => gr[j],
+                };
+                sg += g[j];
+                sgx += g[j] * xh;
+            }
+            let (mg, mgx) = (sg / c as f32, sgx / c as f32);
+            for j in 0..c {
+                let xh = (xr[j] - mean) * rstd;
+                dxr[j] = rstd * (g[j] - mg - xh * mgx);
+            }
+        }
+        (dw, db)
+    };
+    let chunk = ROWS_PER_TASK * c;
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = if x.len() > chunk {
+        x.par_chunks(chunk)
+            .zip(gy.par_chunks(chunk))
+            .zip(dx.par_chunks_mut(chunk))
+            .map(work)
+            .collect()
+    } else {
+        vec![work(((x, gy), &mut dx))]
+    };
+    let mut dw = vec![0f32; c];
+    let mut db = vec![0f32; c];
+    for (pw, pb) in parts {
+        for j in 0..c {
+            dw[j] += pw[j];
+            db[j] += pb[j];
+        }
+    }
+    (dx, dw, db)
+}
+
+impl LayerNormOp {
+    /// Host copies of (x, grad, weight) for the backward pass, which is CPU-only like the op.
+    fn bwd_common(&self, x: &Tensor, w: Option<&Tensor>, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = *x.dims().last().unwrap_or(&1);
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let gv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let wv = match w {
+            Some(w) => Some(w.to_vec1::<f32>()?),
+            None => None,
+        };
+        let (dx, dw, db) = ln_backward(&xv, &gv, c, wv.as_deref(), self.eps);
+        Ok((
+            Tensor::from_vec(dx, x.shape(), x.device())?,
+            Tensor::from_vec(dw, c, x.device())?,
+            Tensor::from_vec(db, c, x.device())?,
+        ))
+    }
+}
+
+impl CustomOp1 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "seqlab-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = super::contiguous_f32("layer_norm", "input", s, l)?;
+        let c = *l.dims().last().unwrap_or(&0);
+        if c == 0 {
+            bail!("layer_norm: empty last dimension");
+        }
+        Ok((
+            CpuStorage::F32(ln_forward(x, c, None, None, self.eps)),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.bwd_common(x, None, grad)?.0))
+    }
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "seqlab-layer-norm-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = super::contiguous_f32("layer_norm", "input", s1, l1)?;
+        let (w, b) = (
+            super::contiguous_f32("layer_norm", "weight", s2, l2)?,
+            super::contiguous_f32("layer_norm", "bias", s3, l3)?,
+        );
+        let c = *l1.dims().last().unwrap_or(&0);
+        if c == 0 || w.len() != c || b.len() != c {
+            bail!("layer_norm: last dimension {c}, weight {}, bias {}", w.len(), b.len());
+        }
+        Ok((
+            CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.bwd_common(x, Some(w), grad)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
