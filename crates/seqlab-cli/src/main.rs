@@ -112,7 +112,20 @@ fn tune_allocator() {
 #[cfg(not(unix))]
 fn tune_allocator() {}
 
+/// User errors carry no backtrace even with `RUST_BACKTRACE=1` in the environment: candle
+/// and anyhow capture one per error when it is set and print it with the message. Only
+/// library backtraces are turned off (`RUST_LIB_BACKTRACE=0`, which takes precedence for
+/// them); a panic, a bug, still prints its backtrace. An explicit `RUST_LIB_BACKTRACE` wins.
+fn quiet_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY (edition 2024 marks set_var unsafe): called first thing in main, before any
+        // other thread exists.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 fn main() {
+    quiet_error_backtraces();
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {

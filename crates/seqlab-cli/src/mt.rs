@@ -4,12 +4,12 @@
 use crate::train::SamplingArgs;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use seqlab_mt::average::{average_checkpoints, last_checkpoints};
+use seqlab_mt::average::{average_checkpoints, last_checkpoints, IfExists};
 use seqlab_mt::decode::DecodeStrategy;
 use seqlab_mt::plots::{plot_attention, AttentionPlot};
 use seqlab_mt::task::MtTask;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The search `--decoder` picks.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -69,6 +69,18 @@ pub struct TranslateArgs {
     pub attention_heads: bool,
 }
 
+/// Refuses `--output` naming the input file (it would be replaced by its translation).
+fn check_output(a: &TranslateArgs) -> Result<()> {
+    let (Some(i), Some(o)) = (&a.input, &a.output) else {
+        return Ok(());
+    };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canon(i) == canon(o) {
+        bail!("--output {} is the input file: choose another output file", o.display());
+    }
+    Ok(())
+}
+
 fn read_input(a: &TranslateArgs) -> Result<(Vec<String>, Option<Vec<String>>)> {
     let (name, lines): (String, Vec<String>) = match &a.input {
         Some(p) => {
@@ -121,11 +133,14 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
 
 /// `seqlab translate`: translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
+    check_output(&a)?;
     let task = seqlab_train::load::<MtTask>(&a.checkpoint)?.task;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();
     let texts: Vec<&str> = todo.iter().map(|&i| srcs[i].as_str()).collect();
+    let name = a.input.as_ref().map_or("<stdin>".into(), |p| p.display().to_string());
+    task.warn_overlong(&texts, &name, |k| todo[k] + 1)?;
     let t0 = std::time::Instant::now();
     let outs = task.translate(&texts, &strat, a.batch_size, !a.no_cache)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -136,7 +151,7 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
     let mut body = hyps.join("\n");
     body.push('\n');
     match &a.output {
-        Some(p) => std::fs::write(p, &body).with_context(|| format!("writing {}", p.display()))?,
+        Some(p) => seqlab_nn::io::write_atomic(p, body.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => std::io::stdout().write_all(body.as_bytes())?,
     }
     eprintln!(
@@ -178,16 +193,20 @@ pub struct AverageArgs {
     /// How many of the newest checkpoints to average (the paper: 5 for base, 20 for big).
     #[arg(short = 'n', long = "num", default_value_t = 5)]
     pub n: usize,
-    /// Output checkpoint folder.
+    /// Output checkpoint folder; must not exist unless `--force`.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
+    /// Replace an existing output folder (all of it: no file of the old checkpoint stays).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `seqlab average-checkpoints`: averages the parameters of the last `n` checkpoints into a
 /// new checkpoint folder.
 pub fn average(a: AverageArgs) -> Result<()> {
     let dirs = last_checkpoints(&a.run_dir, a.n)?;
-    let count = average_checkpoints(&dirs, &a.output)?;
+    let if_exists = if a.force { IfExists::Replace } else { IfExists::Refuse };
+    let count = average_checkpoints(&dirs, &a.output, if_exists)?;
     let names: Vec<String> = dirs
         .iter()
         .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -163,6 +163,44 @@ fn lm_pipeline_train_eval_generate_plot() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// `model.kind = "mamba"` trains, evaluates and samples (through its step function) like the
+/// other language models.
+#[test]
+fn mamba_lm_trains_and_generates() {
+    let d = scratch("mamba-lm");
+    let cfg = lm_config(&d, 6);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "kind = \"lstm\"\nembed_dim = 16\nhidden_size = 32\nnum_layers = 2\ndropout = 0.1\n",
+        "kind = \"mamba\"\nd_model = 16\nnum_layers = 2\nd_state = 4\n",
+    );
+    assert!(text.contains("mamba"));
+    std::fs::write(&cfg, text).unwrap();
+    let out = ok(seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap());
+    assert!(out.contains("trained 6 steps") && out.contains("perplexity"), "{out}");
+    let run = d.join("run");
+    let gen = || {
+        ok(seqlab()
+            .args([
+                "generate",
+                "--prompt",
+                "KING",
+                "--max-tokens",
+                "20",
+                "--seed",
+                "5",
+                "--checkpoint",
+            ])
+            .arg(&run)
+            .output()
+            .unwrap())
+    };
+    let g = gen();
+    assert!(g.starts_with("KING") && g.chars().count() > 4, "{g}");
+    assert_eq!(g, gen());
+    let _ = std::fs::remove_dir_all(d);
+}
+
 #[test]
 fn killed_and_resumed_run_equals_uninterrupted_run() {
     let d = scratch("kill");
@@ -547,7 +585,7 @@ fn every_preset_config_loads_through_the_registry() {
         assert!(out.contains("a valid `"), "{}: {out}", p.display());
         n += 1;
     }
-    assert!(n >= 13, "only {n} presets found");
+    assert!(n >= 15, "only {n} presets found");
     // An unknown task is named, with the known ones.
     let d = scratch("unknown-task");
     std::fs::write(d.join("x.toml"), "task = \"lmm\"\n").unwrap();

@@ -40,12 +40,45 @@ pub fn last_checkpoints(run_dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
     Ok(steps.split_off(steps.len() - n))
 }
 
+/// What [`average_checkpoints`] does when its output folder exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfExists {
+    /// Fail, naming the folder (the default of `seqlab average-checkpoints`).
+    Refuse,
+    /// Replace the whole folder atomically (`--force`): no file of the old one stays.
+    Replace,
+}
+
 /// Averages `model.safetensors` of `dirs` (same names and shapes) into `out/model.safetensors`
 /// (f32 arithmetic, stored in each tensor's dtype); the newest folder's other files except the
-/// optimizer state are copied so that `out` loads like any checkpoint. Returns the tensor count.
-pub fn average_checkpoints(dirs: &[PathBuf], out: &Path) -> Result<usize> {
+/// optimizer state are copied so that `out` loads like any checkpoint. `out` is written as a
+/// fresh folder and renamed into place ([`seqlab_train::checkpoint::save_dir`]), so it never
+/// mixes files of an old checkpoint (such as its optimizer state) with the average. Rejects
+/// an existing `out` under [`IfExists::Refuse`], and an `out` that is one of `dirs`. Returns
+/// the tensor count.
+pub fn average_checkpoints(dirs: &[PathBuf], out: &Path, if_exists: IfExists) -> Result<usize> {
     let Some(newest) = dirs.last() else {
         bail!("average: no checkpoints given")
+    };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if out.exists() {
+        if dirs.iter().any(|d| canon(d) == canon(out)) {
+            bail!("{}: the output is one of the checkpoints being averaged", out.display());
+        }
+        if if_exists == IfExists::Refuse {
+            bail!(
+                "{} already exists: choose a new output folder, or pass --force to replace it (the whole folder, optimizer state included)",
+                out.display()
+            );
+        }
+    }
+    let (Some(root), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str())) else {
+        bail!("{}: not a usable output folder name", out.display());
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
     };
     let mut sum: HashMap<String, Tensor> = HashMap::new();
     let mut dtypes: HashMap<String, DType> = HashMap::new();
@@ -87,16 +120,17 @@ pub fn average_checkpoints(dirs: &[PathBuf], out: &Path) -> Result<usize> {
     for (k, s) in sum {
         avg.insert(k.clone(), c(c(s / n)?.to_dtype(dtypes[&k]))?);
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for e in std::fs::read_dir(newest)? {
-        let p = e?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if p.is_file() && name != "model.safetensors" && name != "optimizer.safetensors" {
-            std::fs::copy(&p, out.join(name)).with_context(|| format!("copying {}", p.display()))?;
-        }
-    }
     let count = avg.len();
-    c(candle_core::safetensors::save(&avg, out.join("model.safetensors")))?;
+    seqlab_train::checkpoint::save_dir(root, name, |tmp| {
+        for e in std::fs::read_dir(newest)? {
+            let p = e?.path();
+            let file = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if p.is_file() && file != "model.safetensors" && file != "optimizer.safetensors" {
+                std::fs::copy(&p, tmp.join(file)).with_context(|| format!("copying {}", p.display()))?;
+            }
+        }
+        c(candle_core::safetensors::save(&avg, tmp.join("model.safetensors")))
+    })?;
     Ok(count)
 }
 
@@ -134,7 +168,7 @@ mod tests {
             ["step-00000200", "step-00000300", "step-00000400"]
         );
         let out = tmp.join("avg");
-        assert_eq!(average_checkpoints(&dirs, &out).unwrap(), 2);
+        assert_eq!(average_checkpoints(&dirs, &out, IfExists::Refuse).unwrap(), 2);
         let m = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(m["a.weight"].to_vec2::<f32>().unwrap(), vec![vec![3.0f32; 3]; 2]);
         assert_eq!(m["b"].to_vec1::<f32>().unwrap(), vec![3.0, 6.0]);
@@ -147,8 +181,24 @@ mod tests {
         assert!(last_checkpoints(&tmp.join("run"), 9).is_err());
         assert!(last_checkpoints(&tmp.join("run"), 0).is_err());
         assert!(last_checkpoints(&tmp.join("nope"), 1).is_err());
+        // An existing folder (`best` of the run) is refused unless replaced, and a replaced
+        // one keeps none of its old files (its optimizer state would pair with other weights).
+        let best = root.join("best");
+        std::fs::write(best.join("optimizer.safetensors"), b"old").unwrap();
+        let e = average_checkpoints(&dirs, &best, IfExists::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("best") && e.contains("--force"), "{e}");
+        assert_eq!(std::fs::read(best.join("optimizer.safetensors")).unwrap(), b"old");
+        average_checkpoints(&dirs, &best, IfExists::Replace).unwrap();
+        assert!(!best.join("optimizer.safetensors").exists() && best.join("model.safetensors").exists());
+        let e = average_checkpoints(&dirs, &dirs[2], IfExists::Replace)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of the checkpoints"), "{e}");
         std::fs::write(root.join("step-00000400/model.safetensors"), b"junk").unwrap();
-        assert!(average_checkpoints(&dirs, &tmp.join("avg2")).is_err());
+        assert!(average_checkpoints(&dirs, &tmp.join("avg2"), IfExists::Refuse).is_err());
+        assert!(!tmp.join("avg2").exists());
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Every decoder runs the cached incremental decoder (`begin_decode`/`decode_step`) unless
 //! `use_cache` is off, in which case each step re-runs the decoder over the whole prefix (for
-//! tests and timing). A sentence may grow to its source length + 50 tokens (the paper, §6.1)
-//! and stops at EOS.
+//! tests and timing). A sentence may grow to its source length + 50 tokens (the paper, §6.1),
+//! never past the model's positional table, and stops at EOS.
 
 use crate::c;
 use anyhow::{bail, Result};
@@ -54,6 +54,11 @@ pub trait Seq2SeqModel {
     /// `use_cache` each step re-runs the decoder over the whole prefix, where the model has a
     /// cache to skip (for tests and timing).
     fn start<'a>(&'a self, src: &Tensor, expand: usize, use_cache: bool) -> Result<Box<dyn DecodeSession + 'a>>;
+    /// Most target positions the model can take (its positional table), `<bos>` included;
+    /// outputs are capped so that decoding never asks for more.
+    fn max_target_len(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Incremental decoding over N rows.
@@ -67,6 +72,10 @@ pub trait DecodeSession {
 impl Seq2SeqModel for Seq2SeqTransformer {
     fn start<'a>(&'a self, src: &Tensor, expand: usize, use_cache: bool) -> Result<Box<dyn DecodeSession + 'a>> {
         Ok(Box::new(Stepper::new(self, src, expand, use_cache)?))
+    }
+
+    fn max_target_len(&self) -> usize {
+        self.pe.table.dims()[0]
     }
 }
 
@@ -105,15 +114,16 @@ pub fn decoder(strategy: &DecodeStrategy, use_cache: bool) -> Result<Box<dyn Dec
     })
 }
 
-/// Per-sentence length limits: non-pad source tokens + 50.
-fn max_lens(src: &Tensor, pad: u32) -> Result<Vec<usize>> {
+/// Per-sentence length limits: non-pad source tokens + 50, capped by the model's target
+/// positions (step t feeds position t, so `cap` steps use positions 0 .. cap - 1).
+fn max_lens(src: &Tensor, pad: u32, cap: usize) -> Result<Vec<usize>> {
     if src.rank() != 2 {
         bail!("decode: source must be (B, S) token ids, got shape {:?}", src.dims());
     }
     let rows = c(c(src.to_dtype(candle_core::DType::U32))?.to_vec2::<u32>())?;
     Ok(rows
         .iter()
-        .map(|r| r.iter().filter(|&&t| t != pad).count() + MAX_LEN_OVER_SOURCE)
+        .map(|r| (r.iter().filter(|&&t| t != pad).count() + MAX_LEN_OVER_SOURCE).min(cap))
         .collect())
 }
 
@@ -211,7 +221,7 @@ fn left_to_right(
     use_cache: bool,
     mut pick: impl FnMut(&[f32]) -> u32,
 ) -> Result<Vec<Vec<u32>>> {
-    let limits = max_lens(src, ids.pad)?;
+    let limits = max_lens(src, ids.pad, model.max_target_len())?;
     let b = limits.len();
     let mut st = model.start(src, 1, use_cache)?;
     let mut out = vec![Vec::new(); b];
@@ -279,7 +289,7 @@ impl Beam {
 
 impl Decoder for Beam {
     fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
-        let limits = max_lens(src, ids.pad)?;
+        let limits = max_lens(src, ids.pad, model.max_target_len())?;
         let (b, k) = (limits.len(), self.size);
         let mut st = model.start(src, k, self.use_cache)?;
         // Row b*k + j is beam j of sentence b. Only beam 0 is alive at the start, so the first
@@ -444,6 +454,54 @@ mod tests {
                 .decode(&m, &s, SpecialIds::default())
                 .unwrap();
             assert_eq!(a, b, "{strat:?}");
+        }
+    }
+
+    /// Issue 13: a source near the position table's length made the +50 output limit ask
+    /// for positions past the table and failed the whole batch. Outputs are now capped by the
+    /// table, for every strategy, and the other sentences of the batch decode as usual.
+    #[test]
+    fn output_length_is_capped_by_the_position_table() {
+        let vs = VarStore::new(4, &Device::Cpu);
+        let tc = TransformerConfig {
+            d_model: 16,
+            nhead: 2,
+            num_encoder_layers: 1,
+            num_decoder_layers: 1,
+            dim_feedforward: 32,
+            dropout: 0.0,
+            ..Default::default()
+        };
+        let cfg = Seq2SeqConfig {
+            max_len: 16,
+            ..Seq2SeqConfig::new(12, tc)
+        };
+        let m = Seq2SeqTransformer::new(&cfg, &vs).unwrap();
+        assert_eq!(m.max_target_len(), 16);
+        let long: Vec<u32> = (0..15).map(|i| 3 + i % 8).chain([2]).collect();
+        let short: Vec<u32> = [5u32, 6, 2].into_iter().chain([0; 13]).collect();
+        let s = Tensor::new(vec![long, short], &Device::Cpu).unwrap();
+        for strat in [
+            DecodeStrategy::Greedy,
+            DecodeStrategy::Beam {
+                size: 2,
+                length_penalty: 0.0,
+            },
+            DecodeStrategy::Sampling {
+                sampling: SamplingConfig {
+                    temperature: 1.0,
+                    top_k: None,
+                    top_p: 1.0,
+                },
+                seed: 1,
+            },
+        ] {
+            let out = decoder(&strat, true)
+                .unwrap()
+                .decode(&m, &s, SpecialIds::default())
+                .unwrap_or_else(|e| panic!("{strat:?}: {e}"));
+            assert_eq!(out.len(), 2);
+            assert!(out.iter().all(|o| o.len() <= 16), "{strat:?}: {out:?}");
         }
     }
 

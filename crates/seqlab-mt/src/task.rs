@@ -425,11 +425,43 @@ impl MtTask {
             .collect())
     }
 
-    /// Appends `<eos>`, cutting what the model cannot take.
+    /// Appends `<eos>`, cutting what the model cannot take (see [`Self::overlong_sources`]).
     fn source_ids(&self, mut ids: Vec<u32>) -> Vec<u32> {
-        ids.truncate(self.net.max_source_len().saturating_sub(1));
+        ids.truncate(self.max_source_tokens());
         ids.push(EOS);
         ids
+    }
+
+    /// Most source tokens a sentence may have (the position table, less one for `<eos>`);
+    /// longer ones are cut to their first this-many tokens when translated.
+    pub fn max_source_tokens(&self) -> usize {
+        self.net.max_source_len().saturating_sub(1)
+    }
+
+    /// The sentences of `sources` that are longer than [`Self::max_source_tokens`]: (index in
+    /// `sources`, token count). Callers warn about them; translation cuts them and carries on
+    /// with the others.
+    pub fn overlong_sources(&self, sources: &[&str]) -> Result<Vec<(usize, usize)>> {
+        let max = self.max_source_tokens();
+        Ok(encode_side(&self.src_tok, sources, "source")?
+            .iter()
+            .enumerate()
+            .filter(|(_, ids)| ids.len() > max)
+            .map(|(i, ids)| (i, ids.len()))
+            .collect())
+    }
+
+    /// Warns on stderr about each of [`Self::overlong_sources`], naming `file` and the line
+    /// `line_of(index)`.
+    pub fn warn_overlong(&self, sources: &[&str], file: &str, line_of: impl Fn(usize) -> usize) -> Result<()> {
+        let max = self.max_source_tokens();
+        for (k, n) in self.overlong_sources(sources)? {
+            eprintln!(
+                "warning: {file}:{}: the source has {n} tokens, the model takes {max}; translating its first {max}",
+                line_of(k)
+            );
+        }
+        Ok(())
     }
 
     fn budget(&self) -> BudgetConfig {
@@ -556,6 +588,7 @@ impl MtTask {
     ) -> Result<(String, serde_json::Value, Vec<String>)> {
         let pairs = read_pairs(path)?;
         let srcs: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
+        self.warn_overlong(&srcs, &path.display().to_string(), |k| pairs[k].line)?;
         let t0 = std::time::Instant::now();
         let hyps = self.translate(&srcs, strategy, batch_size, true)?;
         let secs = t0.elapsed().as_secs_f64();

@@ -7,9 +7,10 @@
 //!
 //! Where things live:
 //! - layers and their public API: [`linear`], [`embedding`], [`dropout`], [`norm`]
-//!   (LayerNorm, BatchNorm1d), [`recurrent`] (RNN/LSTM/GRU, the sequence classifier),
-//!   [`attention`] (SDPA, MultiheadAttention, typed masks in [`attention::mask`]),
-//!   [`positional`], [`transformer`];
+//!   (LayerNorm, RMSNorm, BatchNorm1d), [`recurrent`] (RNN/LSTM/GRU, the sequence
+//!   classifier), [`attention`] (SDPA, MultiheadAttention, typed masks in
+//!   [`attention::mask`]), [`positional`], [`transformer`], [`mamba`] (the selective
+//!   state-space mixer, its block, stacked model and LM, padded batches, step decoding);
 //! - [`kernels`]: the unsafe fused CPU kernels behind those layers (forward + backward);
 //! - training pieces: [`loss`], [`optim`], [`clip`], [`rng`] (seeded, checkpointable),
 //!   [`varstore`] (named parameters), [`io`] (atomic writes), [`ops`] (differentiable helpers);

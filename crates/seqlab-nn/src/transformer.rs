@@ -84,7 +84,7 @@ impl TransformerLayerConfig {
                 ("dim_feedforward", self.dim_feedforward),
             ],
         )?;
-        if self.d_model % self.nhead != 0 {
+        if !self.d_model.is_multiple_of(self.nhead) {
             bail!(
                 "{what}: d_model {} must be divisible by nhead {}",
                 self.d_model,

@@ -210,10 +210,12 @@ impl VarStore {
     }
 
     /// Copies values into the store. With `strict`, every entry of the store must be given
-    /// and nothing unknown may be, as in PyTorch's `load_state_dict(strict=True)`.
+    /// and nothing unknown may be, as in PyTorch's `load_state_dict(strict=True)`. Nothing is
+    /// copied unless everything fits: a failed load leaves the model as it was.
     pub fn load_state_dict(&self, tensors: &HashMap<String, Tensor>, strict: bool) -> Result<()> {
         let t = self.table.lock().unwrap();
         let mut problems = Vec::new();
+        let mut fitting = Vec::new();
         for name in &t.order {
             match tensors.get(name) {
                 None if strict => problems.push(format!("missing key {name}")),
@@ -227,7 +229,7 @@ impl VarStore {
                             e.var.dims()
                         ));
                     } else {
-                        e.var.set(&v.to_dtype(e.var.dtype())?.to_device(&self.device)?)?;
+                        fitting.push((&e.var, v.to_dtype(e.var.dtype())?.to_device(&self.device)?));
                     }
                 }
             }
@@ -242,6 +244,9 @@ impl VarStore {
         if !problems.is_empty() {
             problems.sort();
             bail!("state_dict does not fit the model: {}", problems.join("; "));
+        }
+        for (var, v) in fitting {
+            var.set(&v)?;
         }
         Ok(())
     }

@@ -105,12 +105,16 @@ pub enum ModelKind {
     Gru,
     /// Transformer: a causal decoder-only LM, or an encoder for classification.
     Transformer,
+    /// Mamba (selective state space, `seqlab_nn::mamba`): a stack of `num_layers` RMSNorm →
+    /// Mamba residual blocks of width `d_model`; LM with tied embeddings, or a classifier
+    /// over the mean of the real tokens. No dropout (`model.dropout` is ignored).
+    Mamba,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// rnn | rnn_relu | lstm | gru | transformer. Default lstm.
+    /// rnn | rnn_relu | lstm | gru | transformer | mamba. Default lstm.
     pub kind: ModelKind,
     /// Token embedding size (recurrent models). Default 128.
     pub embed_dim: usize,
@@ -123,9 +127,10 @@ pub struct ModelConfig {
     /// Bidirectional recurrent classifier. Default false.
     pub bidirectional: bool,
     /// LM: share the input embedding with the output projection (needs embed_dim ==
-    /// hidden_size for recurrent models; always on for the Transformer LM). Default false.
+    /// hidden_size for recurrent models; always on for the Transformer and Mamba LMs).
+    /// Default false.
     pub tie_weights: bool,
-    /// Transformer width. Default 128.
+    /// Transformer and Mamba width. Default 128.
     pub d_model: usize,
     /// Attention heads. Default 4.
     pub nhead: usize,
@@ -137,6 +142,23 @@ pub struct ModelConfig {
     pub norm_first: bool,
     /// relu | gelu. Default gelu.
     pub activation: String,
+    /// Mamba: SSM state size per channel. Default 16.
+    pub d_state: usize,
+    /// Mamba: width of the causal depthwise convolution. Default 4.
+    pub d_conv: usize,
+    /// Mamba: d_inner = expand · d_model. Default 2.
+    pub expand: usize,
+}
+
+impl ModelConfig {
+    /// The Mamba block stack these keys describe (reference defaults for everything else).
+    pub fn mamba(&self, vocab_size: usize) -> seqlab_nn::MambaModelConfig {
+        let mut m = seqlab_nn::MambaModelConfig::new(vocab_size, self.num_layers, self.d_model);
+        m.block.mixer.d_state = self.d_state;
+        m.block.mixer.d_conv = self.d_conv;
+        m.block.mixer.expand = self.expand;
+        m
+    }
 }
 
 impl Default for ModelConfig {
@@ -155,6 +177,9 @@ impl Default for ModelConfig {
             max_positions: 512,
             norm_first: true,
             activation: "gelu".into(),
+            d_state: 16,
+            d_conv: 4,
+            expand: 2,
         }
     }
 }
@@ -169,6 +194,11 @@ pub fn validate_common(cfg: &Config) -> Result<()> {
         t.data.batch_size > 0 && t.data.bptt > 0,
         "data.batch_size and data.bptt must be > 0"
     );
+    if t.model.kind == ModelKind::Mamba {
+        anyhow::ensure!(t.model.num_layers > 0, "model.num_layers must be > 0");
+        // The checks name the key (`d_state`, ...): all of them are `model.*` here.
+        t.model.mamba(1).validate().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+    }
     if t.model.kind == ModelKind::Transformer {
         anyhow::ensure!(
             t.model.nhead > 0 && t.model.d_model % t.model.nhead == 0,
@@ -216,5 +246,18 @@ mod tests {
         let e = parse(BASE, &["loss.label_smoothing=1.0"]).unwrap_err();
         assert!(format!("{e:#}").contains("loss.label_smoothing"), "{e:#}");
         assert!(parse(BASE, &["nokey"]).is_err());
+    }
+
+    #[test]
+    fn mamba_keys_parse_and_are_checked() {
+        let c = parse(BASE, &["model.kind=mamba", "model.d_state=8"]).unwrap();
+        assert_eq!(
+            (c.task.model.kind, c.task.model.d_state, c.task.model.expand),
+            (ModelKind::Mamba, 8, 2)
+        );
+        let e = parse(BASE, &["model.kind=mamba", "model.d_conv=0"]).unwrap_err();
+        assert!(format!("{e:#}").contains("d_conv"), "{e:#}");
+        let e = parse(BASE, &["model.kind=mamba", "model.num_layers=0"]).unwrap_err();
+        assert!(format!("{e:#}").contains("model.num_layers"), "{e:#}");
     }
 }

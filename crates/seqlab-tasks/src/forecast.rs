@@ -173,7 +173,7 @@ impl Task for ForecastTask {
             "forecasting needs data.column (the CSV column to model)"
         );
         anyhow::ensure!(
-            t.model.kind != ModelKind::Transformer,
+            !matches!(t.model.kind, ModelKind::Transformer | ModelKind::Mamba),
             "forecasting supports rnn, rnn_relu, lstm and gru models"
         );
         anyhow::ensure!(

@@ -9,7 +9,10 @@ use seqlab_nn::recurrent::{
     CellKind, Gru, Lstm, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig, RecurrentConfig, Rnn,
 };
 use seqlab_nn::transformer::{Activation, TransformerEncoder, TransformerLayerConfig};
-use seqlab_nn::{Dropout, Embedding, EmbeddingConfig, Init, Linear, LinearConfig, VarStore};
+use seqlab_nn::{
+    Dropout, Embedding, EmbeddingConfig, Init, Linear, LinearConfig, MambaCache, MambaLmHead, MambaLmHeadConfig,
+    MambaModel, Padding, VarStore,
+};
 
 fn c<T>(r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))
@@ -21,7 +24,7 @@ pub fn cell_kind(kind: ModelKind) -> Result<CellKind> {
         ModelKind::RnnRelu => CellKind::Rnn(Nonlinearity::Relu),
         ModelKind::Lstm => CellKind::Lstm,
         ModelKind::Gru => CellKind::Gru,
-        ModelKind::Transformer => bail!("not a recurrent model"),
+        ModelKind::Transformer | ModelKind::Mamba => bail!("not an RNN/LSTM/GRU model"),
     })
 }
 
@@ -30,6 +33,8 @@ pub fn cell_kind(kind: ModelKind) -> Result<CellKind> {
 pub enum RnnState {
     H(Tensor),
     Hc(Tensor, Tensor),
+    /// Mamba's per-layer conv and SSM states.
+    Mamba(MambaCache),
 }
 
 impl RnnState {
@@ -39,6 +44,16 @@ impl RnnState {
         match self {
             Self::H(h) => Self::H(h.detach()),
             Self::Hc(h, c) => Self::Hc(h.detach(), c.detach()),
+            Self::Mamba(m) => Self::Mamba(MambaCache {
+                layers: m
+                    .layers
+                    .iter()
+                    .map(|l| seqlab_nn::MambaState {
+                        conv: l.conv.detach(),
+                        ssm: l.ssm.detach(),
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -158,10 +173,18 @@ pub enum LmNet {
         enc: TransformerEncoder,
         max_positions: usize,
     },
+    /// `backbone.*` and tied `lm_head`, as `mamba_ssm`'s `MambaLMHeadModel`.
+    Mamba(MambaLmHead),
 }
 
 impl LmNet {
     pub fn new(m: &ModelConfig, vocab: usize, vs: &VarStore) -> Result<Self> {
+        if m.kind == ModelKind::Mamba {
+            return Ok(LmNet::Mamba(c(MambaLmHead::new(
+                &MambaLmHeadConfig::new(m.mamba(vocab)),
+                vs,
+            ))?));
+        }
         if m.kind == ModelKind::Transformer {
             let input = TransformerInput::new(m, vocab, None, vs)?;
             let enc = c(TransformerEncoder::new(
@@ -221,7 +244,9 @@ impl LmNet {
         }
     }
 
-    /// ids (B, T) u32 → logits (B, T, V), and the recurrent state after the last step.
+    /// ids (B, T) u32 → logits (B, T, V), and the recurrent state after the last step. Mamba
+    /// runs the whole sequence when `state` is `None` (a prompt) and steps through `ids` with
+    /// its step function otherwise (generation).
     pub fn forward(&self, ids: &Tensor, state: Option<&RnnState>, train: bool) -> Result<(Tensor, Option<RnnState>)> {
         match self {
             LmNet::Recurrent { emb, rnn, drop, out } => {
@@ -247,6 +272,22 @@ impl LmNet {
                 let h = c(enc.forward(&x, None, None, true, train))?;
                 Ok((c(ops::linear(&h, &input.emb.weight, None))?, None))
             }
+            LmNet::Mamba(lm) => match state {
+                // Training never continues a state: skip gathering it.
+                None if train => Ok((c(lm.forward(ids, None))?, None)),
+                None => {
+                    let (logits, cache) = c(lm.forward_with_cache(ids, None))?;
+                    Ok((logits, Some(RnnState::Mamba(cache))))
+                }
+                Some(RnnState::Mamba(cache)) => {
+                    let mut cache = cache.clone();
+                    let steps = (0..c(ids.dim(1))?)
+                        .map(|t| lm.step(&ids.narrow(1, t, 1)?.squeeze(1)?, &mut cache))
+                        .collect::<candle_core::Result<Vec<_>>>();
+                    Ok((c(Tensor::stack(&c(steps)?, 1))?, Some(RnnState::Mamba(cache))))
+                }
+                Some(_) => bail!("Mamba language model given another model's state"),
+            },
         }
     }
 }
@@ -261,10 +302,18 @@ pub enum ClsNet {
         enc: TransformerEncoder,
         fc: Linear,
     },
+    /// Mamba blocks over the padded batch (padding touches no real token) → mean over real
+    /// tokens → Linear.
+    Mamba { backbone: MambaModel, fc: Linear },
 }
 
 impl ClsNet {
     pub fn new(m: &ModelConfig, vocab: usize, classes: usize, pad_id: u32, vs: &VarStore) -> Result<Self> {
+        if m.kind == ModelKind::Mamba {
+            let backbone = c(MambaModel::new(&m.mamba(vocab), &vs.pp("backbone")))?;
+            let fc = c(Linear::new(&LinearConfig::new(m.d_model, classes), &vs.pp("fc")))?;
+            return Ok(ClsNet::Mamba { backbone, fc });
+        }
         if m.kind == ModelKind::Transformer {
             let input = TransformerInput::new(m, vocab, Some(pad_id as usize), vs)?;
             let enc = c(TransformerEncoder::new(
@@ -306,14 +355,25 @@ impl ClsNet {
             ClsNet::Transformer { input, enc, fc } => {
                 let x = input.forward(ids, train)?;
                 let h = c(enc.forward(&x, None, Some(pad), false, train))?;
-                let keep = c((1.0 - pad.to_dtype(DType::F32)?)?.unsqueeze(2))?;
-                let summed = c(h.broadcast_mul(&keep)?.sum(1))?;
-                let n = c(keep.sum(1)?.clamp(1.0, f64::MAX))?;
-                let pooled = c(summed.broadcast_div(&n))?;
-                c(fc.forward(&pooled))
+                c(fc.forward(&mean_over_real(&h, pad)?))
+            }
+            ClsNet::Mamba { backbone, fc } => {
+                // An empty text still gets one (pad) position, so that every row has a state.
+                let lengths: Vec<usize> = lengths.iter().map(|&n| n.max(1)).collect();
+                let padding = c(Padding::right(&lengths, c(ids.dim(1))?))?;
+                let h = c(backbone.forward(ids, Some(&padding)))?;
+                c(fc.forward(&mean_over_real(&h, pad)?))
             }
         }
     }
+}
+
+/// Mean of h (B, T, D) over the positions where `pad` (B, T) is 0 → (B, D).
+fn mean_over_real(h: &Tensor, pad: &Tensor) -> Result<Tensor> {
+    let keep = c((1.0 - pad.to_dtype(DType::F32)?)?.unsqueeze(2))?;
+    let summed = c(h.broadcast_mul(&keep)?.sum(1))?;
+    let n = c(keep.sum(1)?.clamp(1.0, f64::MAX))?;
+    c(summed.broadcast_div(&n))
 }
 
 /// Forecaster: windows (B, input_len) → next `horizon` values (B, horizon): recurrent layer
@@ -331,4 +391,54 @@ pub fn forecaster(m: &ModelConfig, horizon: usize, vs: &VarStore) -> Result<Recu
 /// Softmax over the last dimension of logits (B, C) → probabilities as rows.
 pub fn probs_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     c(ops::softmax(logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use seqlab_nn::testing::max_abs_diff as diff;
+
+    fn mamba_cfg() -> ModelConfig {
+        ModelConfig {
+            kind: ModelKind::Mamba,
+            d_model: 16,
+            num_layers: 2,
+            d_state: 4,
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn mamba_lm_continues_a_prompt_with_its_step_function() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let net = LmNet::new(&mamba_cfg(), 11, &vs).unwrap();
+        assert!(vs.get("backbone.layers.1.mixer.A_log").is_some() && vs.get("lm_head.weight").is_none());
+        let ids = Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2]], &Device::Cpu).unwrap();
+        let (full, _) = net.forward(&ids, None, false).unwrap();
+        let (_, st) = net.forward(&ids.narrow(1, 0, 4).unwrap(), None, false).unwrap();
+        let (rest, _) = net.forward(&ids.narrow(1, 4, 3).unwrap(), st.as_ref(), false).unwrap();
+        assert!(diff(&rest, &full.narrow(1, 4, 3).unwrap()) < 1e-5);
+        let other = RnnState::H(Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+        assert!(net.forward(&ids, Some(&other), false).is_err());
+    }
+
+    #[test]
+    fn mamba_classifier_ignores_padding() {
+        let vs = VarStore::new(0, &Device::Cpu);
+        let net = ClsNet::new(&mamba_cfg(), 11, 3, 0, &vs).unwrap();
+        let ids = Tensor::new(&[[3u32, 1, 4, 1], [5, 9, 0, 0]], &Device::Cpu).unwrap();
+        let pad = Tensor::new(&[[0u8, 0, 0, 0], [0, 0, 1, 1]], &Device::Cpu).unwrap();
+        let both = net.forward(&ids, &[4, 2], &pad, false).unwrap();
+        let alone = net
+            .forward(
+                &Tensor::new(&[[5u32, 9]], &Device::Cpu).unwrap(),
+                &[2],
+                &Tensor::zeros((1, 2), DType::U8, &Device::Cpu).unwrap(),
+                false,
+            )
+            .unwrap();
+        assert!(diff(&both.narrow(0, 1, 1).unwrap(), &alone) < 1e-5);
+        seqlab_nn::testing::assert_all_params_get_grad(&vs, &both);
+    }
 }

@@ -112,10 +112,13 @@ impl OptimConfig {
             weight_decay,
         };
         Ok(match self.name {
-            OptimName::Adamw => Box::new(AdamW::new(vs.trainable(), adam(self.weight_decay)).map_err(e)?),
+            // `for_store`: parameters the model marks no-decay (Mamba's A_log, D) keep out of
+            // weight decay, as their reference trains them.
+            OptimName::Adamw => Box::new(AdamW::for_store(vs, adam(self.weight_decay)).map_err(e)?),
             OptimName::Adam => Box::new(Adam {
                 inner: AdamW::new(vs.trainable(), adam(0.0)).map_err(e)?,
                 weight_decay: self.weight_decay,
+                no_decay: vs.no_weight_decay().into_iter().collect(),
             }),
             OptimName::Sgd => {
                 let sc = SgdConfig {
@@ -123,7 +126,7 @@ impl OptimConfig {
                     weight_decay: self.weight_decay,
                     ..SgdConfig::new(lr)
                 };
-                Box::new(Sgd::new(vs.trainable(), sc).map_err(e)?)
+                Box::new(Sgd::for_store(vs, sc).map_err(e)?)
             }
         })
     }
@@ -135,6 +138,8 @@ impl OptimConfig {
 struct Adam {
     inner: AdamW,
     weight_decay: f64,
+    /// Names of the parameters without the L2 term ([`VarStore::no_weight_decay`]).
+    no_decay: std::collections::HashSet<String>,
 }
 
 impl Adam {
@@ -142,9 +147,19 @@ impl Adam {
         if self.weight_decay == 0.0 {
             return Ok(pairs);
         }
+        let exempt: std::collections::HashSet<candle_core::TensorId> = self
+            .inner
+            .params()
+            .into_iter()
+            .filter(|(n, _)| self.no_decay.contains(n))
+            .map(|(_, v)| v.id())
+            .collect();
         pairs
             .into_iter()
             .map(|(v, g)| {
+                if exempt.contains(&v.id()) {
+                    return Ok((v, g));
+                }
                 let g = (g + (v.as_tensor().detach() * self.weight_decay)?)?;
                 Ok((v, g))
             })
@@ -324,6 +339,18 @@ pub fn table_with_overrides(text: &str, overrides: &[String]) -> Result<Map<Stri
             bail!("--set expects key=value, got `{o}`");
         };
         set_path(&mut table, k.trim(), v.trim())?;
+        // With a [schedule], the rate comes from schedule.lr and optim.lr is not read: an
+        // override of it would be silently ignored (issue 13).
+        let has_schedule_lr = table
+            .get("schedule")
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| s.contains_key("lr"));
+        if k.trim() == "optim.lr" && has_schedule_lr {
+            bail!(
+                "--set optim.lr={}: this config's learning rate comes from its [schedule] table (schedule.lr); set schedule.lr instead",
+                v.trim()
+            );
+        }
     }
     as_object(serde_json::to_value(table)?, "a TOML document")
 }
@@ -544,7 +571,10 @@ mod tests {
         for name in [OptimName::Adamw, OptimName::Adam, OptimName::Sgd] {
             let vs = VarStore::new(0, &Device::Cpu);
             vs.param("w", 2, seqlab_nn::Init::Const(1.0)).unwrap();
+            // A parameter the model marks no-decay (like Mamba's A_log) stays put.
+            vs.param_no_weight_decay("a", 2, seqlab_nn::Init::Const(1.0)).unwrap();
             let w = vs.get("w").unwrap();
+            let a = vs.get("a").unwrap();
             let cfg = OptimConfig {
                 name,
                 weight_decay: 0.5,
@@ -553,7 +583,8 @@ mod tests {
             let mut opt = cfg.build(&vs, 0.1).unwrap();
             // A zero gradient: only weight decay moves the weight, and it must move it down.
             let zero = w.as_tensor().zeros_like().unwrap();
-            opt.step_with(&[(w.clone(), zero)]).unwrap();
+            opt.step_with(&[(w.clone(), zero.clone()), (a.clone(), zero)]).unwrap();
+            assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 1.0], "{name:?}");
             let after = w.as_tensor().to_vec1::<f32>().unwrap();
             assert!(after.iter().all(|&x| x < 1.0 && x > 0.0), "{name:?}: {after:?}");
             if name == OptimName::Adam {

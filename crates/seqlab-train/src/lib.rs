@@ -28,6 +28,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod interrupt;
+pub mod lock;
 pub mod metrics;
 pub mod plot;
 pub mod run;
@@ -36,6 +38,7 @@ pub mod task;
 pub mod trainer;
 
 pub use config::{LossConfig, OptimConfig, OptimName, RunConfig, RunSettings};
+pub use lock::RunLock;
 pub use run::{load, Loaded, RunOutcome};
 pub use schedule::Schedule;
 pub use task::{AnyTask, BuildFrom, Purpose, Registry, Report, Split, Task, TrainRequest};

@@ -30,18 +30,26 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
     for p in paths {
         let recs = read_jsonl(p)?;
         let mut by_split: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+        let mut left_out = 0usize;
         for r in &recs {
-            let (Some(step), Some(v)) = (
-                r.get("step").and_then(|v| v.as_f64()),
-                r.get(key).and_then(|v| v.as_f64()),
-            ) else {
+            let Some(value) = r.get(key) else { continue };
+            let (Some(step), Some(v)) = (r.get("step").and_then(|v| v.as_f64()), value.as_f64()) else {
+                // NaN and infinities are logged as `null`.
+                left_out += 1;
                 continue;
             };
-            if !v.is_finite() {
+            if !drawable(step) || !drawable(v) {
+                left_out += 1;
                 continue;
             }
             let split = r.get("split").and_then(|s| s.as_str()).unwrap_or("").to_string();
             by_split.entry(split).or_default().push((step, v));
+        }
+        if left_out > 0 {
+            eprintln!(
+                "warning: {}: left out {left_out} `{key}` value(s) that are not finite numbers (NaN/inf are logged as null) or lie beyond ±{DRAWABLE_MAX:e}",
+                p.display()
+            );
         }
         let stem = p
             .parent()
@@ -104,11 +112,54 @@ fn with_backend(
     Ok(())
 }
 
-/// Line chart of several series; `log_y` for losses spanning decades.
+/// Largest magnitude drawn: beyond it the axis arithmetic (widths, padding, tick steps)
+/// would overflow to infinity.
+pub const DRAWABLE_MAX: f64 = 1e300;
+
+/// Whether a coordinate can be drawn: finite and within ±[`DRAWABLE_MAX`].
+fn drawable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= DRAWABLE_MAX
+}
+
+/// A linear axis range around data in `[lo, hi]`: 5 % padding, and never narrower than a
+/// millionth of the values' magnitude (a zero-width or sub-ulp range would divide by zero
+/// in the tick computation).
+fn linear_range(lo: f64, hi: f64) -> (f64, f64) {
+    let mag = lo.abs().max(hi.abs());
+    let width = (hi - lo).max(mag * 1e-6).max(1e-200);
+    let mid = lo / 2.0 + hi / 2.0;
+    (mid - width * 0.55, mid + width * 0.55)
+}
+
+/// Whether a logarithmic y axis suits values in `[lo, hi]`: all positive and normal (a
+/// subnormal such as 5e-324 spans hundreds of decades), at least one decade apart (else it
+/// gets no tick labels) and at most 30 (beyond that a curve is a flat line and the ticks
+/// crowd out). `None` if it suits, else the reason.
+fn log_axis_refusal(lo: f64, hi: f64) -> Option<&'static str> {
+    if lo <= 0.0 {
+        Some("the values include zero or negative numbers")
+    } else if lo < 1e-200 {
+        Some("the values include numbers too close to zero")
+    } else if hi / lo < 10.0 {
+        Some("")
+    } else if hi / lo > 1e30 {
+        Some("the values span more than 30 decades")
+    } else {
+        None
+    }
+}
+
+/// Line chart of several series; `log_y` for losses spanning decades (a linear axis is drawn
+/// instead, with a note on stderr, when the values do not suit one). Points must be finite
+/// and within ±[`DRAWABLE_MAX`] (an error otherwise; [`series_from_logs`] leaves such values
+/// out).
 pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> Result<()> {
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
+        if !drawable(x) || !drawable(y) {
+            bail!("cannot draw the point ({x}, {y}): coordinates must be finite and within ±{DRAWABLE_MAX:e}");
+        }
         x0 = x0.min(x);
         x1 = x1.max(x);
         y0 = y0.min(y);
@@ -117,15 +168,21 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
     if x0 > x1 {
         bail!("nothing to plot");
     }
-    if x1 == x0 {
-        x1 = x0 + 1.0;
-    }
-    // A log axis only pays (and only gets tick labels) when the values span a decade.
-    let log_y = log_y && y0 > 0.0 && y1 / y0 >= 10.0;
-    if y1 == y0 {
-        y1 = y0 + 1.0;
-    }
-    let pad = (y1 - y0) * 0.05;
+    let (x0, x1) = if x1 - x0 >= x0.abs().max(x1.abs()) * 1e-6 && x1 > x0 {
+        (x0, x1)
+    } else {
+        linear_range(x0, x1)
+    };
+    let log_y = log_y
+        && match log_axis_refusal(y0, y1) {
+            None => true,
+            Some("") => false,
+            Some(why) => {
+                eprintln!("note: {}: linear y axis, since {why}", out.display());
+                false
+            }
+        };
+    let (lin_lo, lin_hi) = linear_range(y0, y1);
     macro_rules! body {
         ($root:expr) => {{
             let root = $root;
@@ -166,7 +223,7 @@ pub fn line_chart(out: &Path, title: &str, x_label: &str, y_label: &str, series:
                     .map_err(|e| anyhow::anyhow!("{e}"))?);
             } else {
                 finish!(b
-                    .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+                    .build_cartesian_2d(x0..x1, lin_lo..lin_hi)
                     .map_err(|e| anyhow::anyhow!("{e}"))?);
             }
             Ok(())

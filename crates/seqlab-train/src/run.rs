@@ -1,13 +1,15 @@
 //! The one run path every task goes through, as named steps:
 //!
-//! 1. [`prepare_run_folder`]: refuse a folder with checkpoints unless resuming; write
-//!    `config.toml`;
-//! 2. [`build_task`]: data and model (tokenizer etc. from the checkpoint when resuming);
-//! 3. [`build_optimizer`]: from `[optim]` and the schedule (`[schedule]` or the task's);
-//! 4. [`resume`]: model, optimizer, RNG and loop position from the newest checkpoint;
-//! 5. [`Trainer::run`]: the loop (checkpoints, `metrics.jsonl`);
-//! 6. [`draw_curves`]: `loss.png`;
-//! 7. [`write_test_report`]: the best checkpoint evaluated on the test data (else the
+//! 1. checks that write nothing: the run folder's state ([`checkpoint::check_run_dir`]), the
+//!    input files ([`check_input_files`]), a resumed config's changes ([`resume_changes`]);
+//! 2. [`build_task`] — data and model (tokenizer etc. from the checkpoint when resuming);
+//! 3. [`build_optimizer`] — from `[optim]` and the schedule (`[schedule]` or the task's);
+//! 4. when resuming, model, optimizer, RNG and loop position from the newest checkpoint;
+//!    then [`prepare_run_folder`]: lock the folder, write `config.toml`, and cut
+//!    `metrics.jsonl` back to the checkpoint;
+//! 5. [`Trainer::run`] — the loop (checkpoints, `metrics.jsonl`);
+//! 6. [`draw_curves`] — `loss.png`;
+//! 7. [`write_test_report`] — the best checkpoint evaluated on the test data (else the
 //!    validation data) into `test_report.json` (plus any files the task's report adds).
 //!
 //! [`load`] is the one checkpoint loader: config from `trainer.json`, the task built for
@@ -78,16 +80,6 @@ pub fn build_optimizer<C>(cfg: &RunConfig<C>, vs: &VarStore, schedule: &Schedule
     cfg.run.optim.build(vs, schedule.lr(1))
 }
 
-/// Step 4: with `resume`, restores the newest checkpoint of the run folder (if any) and
-/// returns its step.
-pub fn resume(trainer: &mut Trainer, resume: bool) -> Result<Option<u64>> {
-    if resume {
-        trainer.resume()
-    } else {
-        Ok(None)
-    }
-}
-
 /// Step 6: draws the training and validation loss of `metrics.jsonl` into `loss.png`;
 /// `None` when the log has no loss yet.
 pub fn draw_curves(run_dir: &Path, metrics: &Path) -> Result<Option<PathBuf>> {
@@ -139,27 +131,156 @@ pub fn write_test_report<T: Task>(task: &T, vs: &VarStore, cfg: &RunConfig<T::Co
     }))
 }
 
+/// Keys a resumed run may change (`--resume` with an edited config or `--set`): they end or
+/// report the run, and change nothing of what it computes up to where it stopped. Any other
+/// difference from the checkpoint's config (task, model shape, data files, tokenizer, seed,
+/// optimizer, schedule ...) is refused, listing the keys.
+pub const RESUME_MAY_CHANGE: &[&str] = &[
+    "run_dir",
+    "train.max_steps",
+    "train.max_minutes",
+    "train.max_cpu_minutes",
+    "train.patience",
+    "train.progress",
+    "train.keep_checkpoints",
+];
+
+/// Flattens a JSON config into dotted keys (`train.max_steps`) → values.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// The changes of `new` over the config stored in checkpoint `dir`: Ok(the allowed ones, as
+/// `key: old → new` lines), or an error listing the ones a resumed run cannot take.
+pub fn resume_changes(dir: &Path, new: &serde_json::Value) -> Result<Vec<String>> {
+    let old = serde_json::Value::Object(checkpoint::stored_config(dir)?);
+    let (mut a, mut b) = (Default::default(), Default::default());
+    flatten("", &old, &mut a);
+    flatten("", new, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+    let null = serde_json::Value::Null;
+    for k in keys {
+        let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+        if x == y {
+            continue;
+        }
+        let line = format!("{k}: {x} → {y}");
+        if RESUME_MAY_CHANGE.contains(&k.as_str()) {
+            allowed.push(line);
+        } else {
+            refused.push(line);
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "--resume: the config differs from the one of checkpoint {} in keys a resumed run cannot change:\n  {}\nresume with the run's own config (its config.toml), or start a new run; a resumed run may change only {}",
+            dir.display(),
+            refused.join("\n  "),
+            RESUME_MAY_CHANGE.join(", ")
+        );
+    }
+    Ok(allowed)
+}
+
+/// Every data file the config names (`data.train`, `data.valid`, `data.test`, `data.corpus`,
+/// `pretrained` ...: string values of keys under `data` or named like a file) must be
+/// readable before a run starts: a missing validation file would otherwise surface only at
+/// the first evaluation. Errors name the config key.
+pub fn check_input_files(cfg: &serde_json::Value) -> Result<()> {
+    let mut keys = Default::default();
+    flatten("", cfg, &mut keys);
+    for (k, v) in keys {
+        let is_file_key = k.starts_with("data.")
+            && ["train", "valid", "test", "corpus"]
+                .iter()
+                .any(|n| k.ends_with(&format!(".{n}")));
+        let Some(p) = v.as_str().filter(|_| is_file_key) else {
+            continue;
+        };
+        if p.is_empty() {
+            anyhow::bail!("{k} is empty: give a file path, or leave the key out");
+        }
+        if let Err(e) = std::fs::File::open(p).and_then(|f| f.metadata()) {
+            anyhow::bail!("{k} = {p:?}: cannot read the file: {e}");
+        }
+        if Path::new(p).is_dir() {
+            anyhow::bail!("{k} = {p:?} is a folder, not a file");
+        }
+    }
+    Ok(())
+}
+
 /// Trains a run of task `T`: the steps of the module docs, in order. With `resume`, continues
 /// from the run folder's newest checkpoint.
+///
+/// Everything that can fail without writing runs before the run folder is touched: the
+/// folder's state (checkpoints present unless resuming, absent when resuming), the input
+/// files, the resumed config's changes, building the task and loading the checkpoint. Only
+/// then is the folder locked and `config.toml` written. Ctrl-C / SIGTERM stop the run after
+/// the current step with a checkpoint ([`crate::interrupt`]).
 pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<RunOutcome> {
     let run_dir = cfg.run_dir();
-    let latest = prepare_run_folder(cfg, resume_run)?;
+    let config_json = cfg.to_json()?;
+    let latest = checkpoint::check_run_dir(&run_dir, resume_run)?;
+    check_input_files(&config_json)?;
+    let applied = match &latest {
+        Some(dir) => resume_changes(dir, &config_json)?,
+        None => Vec::new(),
+    };
     let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
     let mut task = build_task::<T>(cfg, &vs, latest.as_deref())?;
     let schedule = schedule::<T>(cfg);
     let opt = build_optimizer(cfg, &vs, &schedule)?;
-    let mut trainer = Trainer::new(
-        cfg.run.train.clone(),
-        vs.clone(),
-        opt,
-        schedule,
-        &run_dir,
-        cfg.to_json()?,
-    )?;
-    let resumed_from = resume(&mut trainer, resume_run)?;
+    let mut trainer = Trainer::new(cfg.run.train.clone(), vs.clone(), opt, schedule, &run_dir, config_json)?;
+    if let Some(dir) = &latest {
+        trainer.load_checkpoint(dir)?;
+    }
+    // Nothing was written so far; from here on the folder is this process's.
+    let locked_latest = prepare_run_folder(cfg, resume_run)?;
+    anyhow::ensure!(
+        locked_latest == latest,
+        "{}: another process wrote a checkpoint meanwhile; run again",
+        run_dir.display()
+    );
+    for line in &applied {
+        eprintln!("resume: applied {line}");
+    }
+    let resumed_from = match latest {
+        Some(_) => {
+            crate::metrics::MetricsLog::truncate_after(&trainer.metrics_path(), trainer.state.step)?;
+            Some(trainer.state.step)
+        }
+        None => None,
+    };
+    crate::interrupt::install()?;
     let summary = trainer.run(&mut task)?;
     let curves = draw_curves(&run_dir, &trainer.metrics_path())?;
-    let test_report = write_test_report(&task, &vs, cfg)?;
+    let test_report = if summary.reason == crate::trainer::StopReason::Interrupted {
+        let ck = checkpoint::latest(&trainer.checkpoint_root())?
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string());
+        eprintln!(
+            "interrupted at step {}; checkpoint {ck}; continue with the same command and --resume",
+            summary.steps
+        );
+        None
+    } else {
+        write_test_report(&task, &vs, cfg)?
+    };
     Ok(RunOutcome {
         task: T::NAME,
         summary,
@@ -219,6 +340,7 @@ pub(crate) fn load_from<T: Task>(dir: &Path, cfg: RunConfig<T::Config>) -> Resul
     vs.load_safetensors(dir.join("model.safetensors"), true)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
         .context("loading the model weights")?;
+    checkpoint::ensure_finite(&vs, dir)?;
     Ok(Loaded {
         dir: dir.to_path_buf(),
         cfg,

@@ -84,6 +84,17 @@ impl LoopConfig {
             self.log_every,
             self.eval_every
         );
+        for (key, v) in [
+            ("max_minutes", self.max_minutes),
+            ("max_cpu_minutes", self.max_cpu_minutes),
+        ] {
+            if let Some(m) = v {
+                anyhow::ensure!(
+                    m > 0.0 && m.is_finite(),
+                    "train.{key} must be a positive number of minutes, got {m}"
+                );
+            }
+        }
         if let Some(c) = self.clip_norm {
             anyhow::ensure!(c > 0.0, "train.clip_norm must be > 0, got {c}");
         }
@@ -130,6 +141,11 @@ pub struct LoopState {
     /// CPU seconds spent by the run so far (all segments).
     #[serde(default)]
     pub cpu_seconds: f64,
+    /// The training-loss log window in progress (sum of step losses, steps, tokens), so that
+    /// a run resumed from a checkpoint between two log lines (Ctrl-C) logs the same means as
+    /// an uninterrupted one.
+    #[serde(default)]
+    pub window: (f64, u64, u64),
 }
 
 /// CPU time of this process (user + system, all threads), where the OS tells it.
@@ -161,6 +177,9 @@ pub enum StopReason {
     TimeLimit,
     /// `train.patience` evaluations without improvement.
     EarlyStopping,
+    /// A first Ctrl-C or SIGTERM ([`crate::interrupt`]): the current step was finished and
+    /// checkpointed.
+    Interrupted,
 }
 
 /// What [`Trainer::run`] did.
@@ -234,6 +253,7 @@ impl Trainer {
             rng,
             tokens: 0,
             cpu_seconds: 0.0,
+            window: (0.0, 0, 0),
         };
         Ok(Self {
             cfg,
@@ -357,7 +377,7 @@ impl Trainer {
         let mut log = MetricsLog::open(&self.metrics_path())?;
         let bar = self.progress_bar();
         let clock = Clock::start(self.state.cpu_seconds);
-        let mut window = LogWindow::new();
+        let mut window = LogWindow::resumed(self.state.window);
         let mut train_losses = Vec::new();
         let mut last_eval = BTreeMap::new();
         let reason = loop {
@@ -373,10 +393,12 @@ impl Trainer {
             }
             let step = self.train_step(task, &vars, per_epoch, &bar)?;
             window.add(&step);
+            self.state.window = window.saved();
             train_losses.push((self.state.step, step.loss));
             bar.set_position(self.state.step);
             if self.state.step % self.cfg.log_every == 0 {
                 self.log_window(&mut window, &step, &clock, &mut log, &bar)?;
+                self.state.window = window.saved();
             }
             if self.state.step % self.cfg.eval_every == 0 || self.state.step == self.cfg.max_steps {
                 self.state.cpu_seconds = clock.cpu_seconds();
@@ -384,6 +406,14 @@ impl Trainer {
                 if self.cfg.patience.is_some_and(|p| self.state.evals_since_best >= p) {
                     break StopReason::EarlyStopping;
                 }
+            } else if crate::interrupt::stop_requested() {
+                // Polled once per finished step: the step is whole, so the checkpoint is
+                // exact (an evaluation step above has just written one).
+                bar.suspend(|| eprintln!("interrupt: step {} finished, writing a checkpoint", self.state.step));
+                self.save_latest(task)?;
+            }
+            if crate::interrupt::stop_requested() {
+                break StopReason::Interrupted;
             }
         };
         bar.finish_and_clear();
@@ -435,10 +465,16 @@ impl Trainer {
         if self.state.step > 0 && !evaluated {
             return Ok(Some(self.evaluate_and_save(task, log, bar)?));
         }
-        let name = checkpoint::step_name(self.state.step);
-        self.save_checkpoint(task, &name)?;
-        checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+        self.save_latest(task)?;
         Ok(None)
+    }
+
+    /// Writes the checkpoint of the current step, without evaluating, as the run's latest.
+    fn save_latest(&mut self, task: &dyn TrainTask) -> Result<PathBuf> {
+        let name = checkpoint::step_name(self.state.step);
+        let dir = self.save_checkpoint(task, &name)?;
+        checkpoint::set_latest(&self.checkpoint_root(), &name)?;
+        Ok(dir)
     }
 
     /// One optimizer update: `accum_steps` micro-batches' gradients summed, clipped, applied
@@ -556,12 +592,22 @@ struct LogWindow {
 
 impl LogWindow {
     fn new() -> Self {
+        Self::resumed((0.0, 0, 0))
+    }
+
+    /// A window continuing a checkpointed one ([`LoopState::window`]).
+    fn resumed((loss, steps, tokens): (f64, u64, u64)) -> Self {
         Self {
-            loss: 0.0,
-            steps: 0,
-            tokens: 0,
+            loss,
+            steps,
+            tokens: tokens as usize,
             start: Instant::now(),
         }
+    }
+
+    /// What [`LoopState::window`] stores.
+    fn saved(&self) -> (f64, u64, u64) {
+        (self.loss, self.steps, self.tokens as u64)
     }
 
     fn add(&mut self, s: &StepStats) {

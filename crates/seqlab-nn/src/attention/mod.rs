@@ -285,7 +285,7 @@ impl MultiheadAttention {
         if cfg.num_heads == 0 {
             bail!("MultiheadAttention: num_heads must be > 0");
         }
-        if e % cfg.num_heads != 0 {
+        if !e.is_multiple_of(cfg.num_heads) {
             bail!(
                 "MultiheadAttention: embed_dim {e} must be divisible by num_heads {}",
                 cfg.num_heads
@@ -785,7 +785,7 @@ mod tests {
             .unwrap();
         let w = out.weights.unwrap();
         let vals = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(vals.iter().any(|&v| v == 0.0), "no entry dropped at p = 0.5");
+        assert!(vals.contains(&0.0), "no entry dropped at p = 0.5");
         let row_sums = w.sum(3).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(
             row_sums.iter().any(|s| (s - 1.0).abs() > 1e-3),

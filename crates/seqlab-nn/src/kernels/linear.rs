@@ -50,7 +50,7 @@ impl CustomOp3 for LinearOp {
         // x may have any rank (..., in): its leading dimensions are the rows, so no reshape
         // nodes (each costing a gradient accumulation pass) are needed around the op.
         let in_f = *l1.dims().last().unwrap_or(&0);
-        let rows = if in_f == 0 { 0 } else { l1.shape().elem_count() / in_f };
+        let rows = l1.shape().elem_count().checked_div(in_f).unwrap_or(0);
         let (out_f, in_w) = l2.shape().dims2()?;
         if in_w != in_f || b.len() != out_f || out_f == 0 {
             bail!(
@@ -116,7 +116,7 @@ impl CustomOp3 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let in_f = *x_t.dims().last().unwrap_or(&0);
-        let rows = if in_f == 0 { 0 } else { x_t.elem_count() / in_f };
+        let rows = x_t.elem_count().checked_div(in_f).unwrap_or(0);
         let out_f = w_t.dim(0)?;
         let g: Vec<f32> = {
             let (sg, lg) = grad.storage_and_layout();

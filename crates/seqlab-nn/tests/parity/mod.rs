@@ -235,6 +235,8 @@ pub struct Report {
 }
 
 /// Checks every `output.*`, `grad.*` and `state.*` tensor of the case against `computed`.
+// `!(e <= tol)` rather than `e > tol`: a NaN error must fail.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn compare(case: &Case, computed: &Computed) -> Result<Report> {
     let mut keys: Vec<&String> = case.tensors.keys().collect();
     keys.sort();

@@ -39,8 +39,8 @@ pub fn batch_norm1d(case: &Case) -> Result<Computed> {
     // freshly built PyTorch module.
     let mut params = case.params();
     for (name, t) in vs.state_dict() {
-        if !params.contains_key(&name) {
-            params.insert(name, t.copy()?);
+        if let std::collections::hash_map::Entry::Vacant(e) = params.entry(name) {
+            e.insert(t.copy()?);
         }
     }
     run_with_params(case, &params, &vs, |inp| {
