@@ -10,6 +10,7 @@ mod bench;
 mod bert;
 mod mt;
 mod score;
+mod serve_cmd;
 mod train;
 mod w2v;
 
@@ -66,6 +67,8 @@ enum Command {
     Bleu(score::BleuArgs),
     /// Corpus chrF of a hypothesis file against references (sacrebleu's defaults).
     Chrf(score::ChrfArgs),
+    /// Serve checkpoints over HTTP/JSON with dynamic batching, metrics and a web page.
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -79,7 +82,7 @@ enum Command {
 fn allocator_options(command: &str) -> &'static [(&'static str, &'static str)] {
     match command {
         "w2v" => &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")],
-        "train" | "eval" | "generate" | "pretrain" | "finetune" | "bench" | "translate" => {
+        "train" | "eval" | "generate" | "pretrain" | "finetune" | "bench" | "translate" | "serve" => {
             &[("MIMALLOC_PURGE_DELAY", "-1")]
         }
         _ => &[],
@@ -141,6 +144,7 @@ fn main() {
         Command::PlotPe(a) => mt::plot_pe(a),
         Command::Bleu(a) => score::run_bleu(a),
         Command::Chrf(a) => score::run_chrf(a),
+        Command::Serve(a) => serve_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// A token as text for an axis label, leading space shown as `▁`. Byte-level BPE stores
 /// bytes as stand-in characters: decode them, unless the token is a partial UTF-8 sequence.
-fn piece(tok: &seqlab_data::Tokenizer, id: u32) -> String {
+pub fn piece(tok: &seqlab_data::Tokenizer, id: u32) -> String {
     match tok.decode(&[id], false) {
         Ok(t) if !t.is_empty() && !t.contains('\u{FFFD}') => match t.strip_prefix(' ') {
             Some(rest) => format!("▁{rest}"),

@@ -50,6 +50,19 @@ fn errors(pred: &[f64], truth: &[f64]) -> Errors {
     }
 }
 
+/// The seasonal-naive baseline for step `k` (0-based) after `history`: the value one season
+/// (`season` ≥ 1 steps) before it, going back whole seasons past the end of the history;
+/// the last value when the history is shorter than that. `history` must not be empty.
+pub fn seasonal_naive(history: &[f64], k: usize, season: usize) -> f64 {
+    let t0 = history.len();
+    let back = season * (1 + k / season);
+    if t0 + k >= back {
+        history[t0 + k - back]
+    } else {
+        history[t0 - 1]
+    }
+}
+
 impl ForecastTask {
     /// Reads the series (the scaler is fitted on its training part, so evaluation reads it
     /// too) and builds the forecaster.
@@ -106,12 +119,7 @@ impl ForecastTask {
                 for k in 0..w.horizon {
                     truth.push(self.ts.raw[t0 + k]);
                     last.push(self.ts.raw[t0 - 1]);
-                    let back = s * (1 + k / s);
-                    seasonal.push(if t0 + k >= back {
-                        self.ts.raw[t0 + k - back]
-                    } else {
-                        self.ts.raw[t0 - 1]
-                    });
+                    seasonal.push(seasonal_naive(&self.ts.raw[..t0], k, s));
                 }
             }
         }

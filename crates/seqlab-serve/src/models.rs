@@ -1,0 +1,478 @@
+//! Adapters: each kind of trained model as a [`BatchPredictor`], calling only the models'
+//! public APIs (`seqlab_mt::task`, `seqlab_tasks`, `seqlab_w2v`). Everything model-specific
+//! in the server lives in this file, so a change in those APIs is handled here alone.
+//!
+//! Input errors (empty text, unknown word, too short a series, out-of-range options) come
+//! back as [`BadInput`] (HTTP 400); anything else is a server error (500).
+
+use crate::api::*;
+use crate::batcher::BatchPredictor;
+use crate::BadInput;
+use anyhow::Result;
+use candle_core::Tensor;
+use seqlab_mt::decode::DecodeStrategy;
+use seqlab_mt::task::{MtModelKind, MtTask};
+use seqlab_nn::sampling::SamplingConfig;
+use seqlab_tasks::classify::ClsTask;
+use seqlab_tasks::forecast::ForecastTask;
+use seqlab_tasks::lm::{GenerateConfig, LmTask};
+use seqlab_train::run::load;
+use seqlab_train::Task;
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn c<T>(r: candle_core::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn bad<T>(msg: String) -> Result<T> {
+    Err(BadInput(msg).into())
+}
+
+/// A checkpoint loaded for serving, by what it answers.
+// Made once per checkpoint at start and moved into its batcher: the size gap is harmless.
+#[allow(clippy::large_enum_variant)]
+pub enum Loaded {
+    Translate(Translator),
+    Generate(Generator),
+    Classify(Classifier),
+    Forecast(Forecaster),
+}
+
+/// Loads a checkpoint folder or run folder (→ its best checkpoint), whatever its task.
+pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    let dir = seqlab_train::checkpoint::resolve(path)?;
+    let cfg = seqlab_train::checkpoint::stored_config(&dir)?;
+    let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default();
+    Ok(match task {
+        MtTask::NAME => Loaded::Translate(Translator::new(load::<MtTask>(&dir)?.task)),
+        LmTask::NAME => Loaded::Generate(Generator {
+            task: load::<LmTask>(&dir)?.task,
+        }),
+        ClsTask::NAME => Loaded::Classify(Classifier {
+            task: load::<ClsTask>(&dir)?.task,
+        }),
+        ForecastTask::NAME => Loaded::Forecast(Forecaster {
+            task: load::<ForecastTask>(&dir)?.task,
+        }),
+        other => anyhow::bail!(
+            "{}: task {other:?} cannot be served (serve answers for {}, {}, {} and {} checkpoints)",
+            dir.display(),
+            MtTask::NAME,
+            LmTask::NAME,
+            ClsTask::NAME,
+            ForecastTask::NAME
+        ),
+    })
+}
+
+/// Runs `model` once over the requests that `prepare` accepts, and returns every request's
+/// answer in request order: its `prepare` error, the batch's model error, or `finish` of its
+/// model output.
+fn batch_valid<I, P, R, O>(
+    reqs: &[I],
+    prepare: impl Fn(&I) -> Result<P>,
+    model: impl FnOnce(&[P]) -> Result<Vec<R>>,
+    finish: impl Fn(&I, &P, R) -> Result<O>,
+) -> Vec<Result<O>> {
+    let prepared: Vec<Result<P>> = reqs.iter().map(prepare).collect();
+    let (mut idx, mut ok) = (Vec::new(), Vec::new());
+    let mut answers: Vec<Option<Result<O>>> = Vec::with_capacity(reqs.len());
+    for (i, p) in prepared.into_iter().enumerate() {
+        match p {
+            Ok(p) => {
+                idx.push(i);
+                ok.push(p);
+                answers.push(None);
+            }
+            Err(e) => answers.push(Some(Err(e))),
+        }
+    }
+    if !ok.is_empty() {
+        match model(&ok) {
+            Ok(outs) if outs.len() == ok.len() => {
+                for ((&i, p), out) in idx.iter().zip(&ok).zip(outs) {
+                    answers[i] = Some(finish(&reqs[i], p, out));
+                }
+            }
+            Ok(outs) => {
+                for &i in &idx {
+                    answers[i] = Some(Err(anyhow::anyhow!(
+                        "the model gave {} outputs for {} inputs",
+                        outs.len(),
+                        ok.len()
+                    )));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for &i in &idx {
+                    answers[i] = Some(Err(anyhow::anyhow!("{msg}")));
+                }
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.expect("every request answered"))
+        .collect()
+}
+
+/// Translation with the checkpoint's own decoder settings (`decode.*` of its config).
+pub struct Translator {
+    task: MtTask,
+    strategy: DecodeStrategy,
+}
+
+impl Translator {
+    pub fn new(task: MtTask) -> Self {
+        let strategy = task.cfg.task.decode.strategy();
+        Self { task, strategy }
+    }
+
+    pub fn info(&self) -> Value {
+        let m = &self.task.cfg.task.model;
+        let (arch, layers, heads) = match m.kind {
+            MtModelKind::Transformer => ("transformer", m.num_decoder_layers, m.nhead),
+            MtModelKind::Rnn => ("rnn", 1, 1),
+        };
+        json!({"architecture": arch, "d_model": m.d_model, "attention_layers": layers, "attention_heads": heads,
+            "decoder": format!("{:?}", self.strategy)})
+    }
+
+    /// Cross-attention of one translation: the decoder is fed `<bos>` + the output ids.
+    fn attention(&self, src: &[u32], out: &[u32]) -> Result<AttentionMaps> {
+        let t = &self.task;
+        let mut tgt = vec![seqlab_data::tokenizer::BOS_ID];
+        tgt.extend_from_slice(out);
+        let dev = t.vs.device();
+        let s = c(Tensor::from_slice(src, (1, src.len()), dev))?;
+        let tt = c(Tensor::from_slice(&tgt, (1, tgt.len()), dev))?;
+        let mut weights = Vec::new();
+        for layer in t.net.cross_attention(&s, &tt)? {
+            // Four decimals are plenty for a picture and keep the JSON small.
+            weights.push(c(layer
+                .squeeze(0)
+                .and_then(|w| w.round_to(4))
+                .and_then(|w| w.to_vec3::<f32>()))?);
+        }
+        let source = src.iter().map(|&i| seqlab_mt::plots::piece(&t.src_tok, i)).collect();
+        let mut target: Vec<String> = out.iter().map(|&i| seqlab_mt::plots::piece(&t.tgt_tok, i)).collect();
+        target.push("<eos>".into());
+        Ok(AttentionMaps {
+            source,
+            target,
+            weights,
+        })
+    }
+}
+
+impl BatchPredictor for Translator {
+    type In = TranslateRequest;
+    type Out = TranslateResponse;
+
+    /// All valid sentences of the batch go through the decoder in one call.
+    fn predict_batch(&self, reqs: Vec<TranslateRequest>) -> Vec<Result<TranslateResponse>> {
+        batch_valid(
+            &reqs,
+            |r| match r.text.trim() {
+                "" => bad("`text` is empty".into()),
+                t => self.task.encode_source(t),
+            },
+            |srcs| self.task.translate_ids(srcs, &self.strategy, srcs.len(), true),
+            |r, src, out| {
+                Ok(TranslateResponse {
+                    translation: self.task.detokenize(&out)?,
+                    attention: match r.attention {
+                        true => Some(self.attention(src, &out)?),
+                        false => None,
+                    },
+                })
+            },
+        )
+    }
+}
+
+/// Language-model sampling. Each prompt is its own sampling loop (prompts differ in length
+/// and options), so a batch runs its requests one after the other on the model thread.
+pub struct Generator {
+    task: LmTask,
+}
+
+/// The longest continuation a request may ask for.
+pub const MAX_GENERATE_TOKENS: usize = 2000;
+
+impl Generator {
+    pub fn info(&self) -> Value {
+        let t = &self.task.cfg.task;
+        json!({"architecture": format!("{:?}", t.model.kind).to_lowercase(),
+            "tokenizer": format!("{:?}", t.data.tokenizer).to_lowercase()})
+    }
+
+    fn one(&self, r: &GenerateRequest) -> Result<GenerateResponse> {
+        if r.max_tokens == 0 || r.max_tokens > MAX_GENERATE_TOKENS {
+            return bad(format!(
+                "`max_tokens` must be 1..={MAX_GENERATE_TOKENS}, got {}",
+                r.max_tokens
+            ));
+        }
+        // The CLI's meaning (`--temperature/--top-k/--top-p`): an absent top_p is 1 (off).
+        let sampling = SamplingConfig {
+            temperature: r.temperature,
+            top_k: r.top_k,
+            top_p: r.top_p.unwrap_or(1.0),
+        };
+        if let Err(e) = sampling.validate() {
+            return bad(e.to_string());
+        }
+        let g = GenerateConfig {
+            max_tokens: r.max_tokens,
+            sampling,
+            seed: r.seed,
+        };
+        Ok(GenerateResponse {
+            text: self.task.generate(&r.prompt, &g)?,
+        })
+    }
+}
+
+impl BatchPredictor for Generator {
+    type In = GenerateRequest;
+    type Out = GenerateResponse;
+    fn predict_batch(&self, reqs: Vec<GenerateRequest>) -> Vec<Result<GenerateResponse>> {
+        reqs.iter().map(|r| self.one(r)).collect()
+    }
+}
+
+/// Text classification; a batch is one padded forward pass.
+pub struct Classifier {
+    task: ClsTask,
+}
+
+impl Classifier {
+    pub fn info(&self) -> Value {
+        json!({"architecture": format!("{:?}", self.task.cfg.task.model.kind).to_lowercase(),
+            "labels": self.task.labels.names()})
+    }
+
+    /// Class probabilities of each text, in the order of `texts`.
+    fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let t = &self.task;
+        // The same encoding as evaluation (`<bos> text <eos>`, cut to data.max_len).
+        let data = seqlab_data::ClsData {
+            path: "<request>".into(),
+            labels: t.labels.clone(),
+            examples: texts
+                .iter()
+                .enumerate()
+                .map(|(i, x)| seqlab_data::ClsExample {
+                    line: i + 1,
+                    text: x.to_string(),
+                    label: 0,
+                })
+                .collect(),
+        };
+        let mut warnings = Vec::new();
+        let (seqs, _) = data.encode(
+            &t.tok,
+            t.cfg.task.data.max_len,
+            seqlab_data::LengthPolicy::Truncate,
+            &mut warnings,
+        )?;
+        let all: Vec<usize> = (0..seqs.len()).collect();
+        let pb = seqlab_data::pad_batch(&seqs, &all, t.tok.pad_id());
+        let dev = t.vs.device();
+        let ids = c(Tensor::from_vec(pb.ids, (pb.batch, pb.max_len), dev))?;
+        // PyTorch's key_padding_mask convention: 1 = padding.
+        let pad: Vec<u8> = pb.mask.iter().map(|&m| 1 - m).collect();
+        let pad = c(Tensor::from_vec(pad, (pb.batch, pb.max_len), dev))?;
+        let logits = t.net.forward(&ids, &pb.lengths, &pad, false)?;
+        seqlab_tasks::models::probs_rows(&logits)
+    }
+}
+
+impl BatchPredictor for Classifier {
+    type In = ClassifyRequest;
+    type Out = ClassifyResponse;
+    fn predict_batch(&self, reqs: Vec<ClassifyRequest>) -> Vec<Result<ClassifyResponse>> {
+        let names = self.task.labels.names();
+        batch_valid(
+            &reqs,
+            |r| match (r.text.trim(), r.top_k) {
+                ("", _) => bad("`text` is empty".into()),
+                (_, Some(0)) => bad("`top_k` must be at least 1".into()),
+                (t, _) => Ok(t.to_string()),
+            },
+            |texts| self.probabilities(&texts.iter().map(String::as_str).collect::<Vec<_>>()),
+            |r, _, p| {
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                order.truncate(r.top_k.unwrap_or(usize::MAX));
+                Ok(ClassifyResponse {
+                    label: names[order[0]].clone(),
+                    probabilities: order
+                        .iter()
+                        .map(|&k| LabelProbability {
+                            label: names[k].clone(),
+                            probability: p[k],
+                        })
+                        .collect(),
+                })
+            },
+        )
+    }
+}
+
+/// Forecasting from the last `data.input_len` values, standardised as in training.
+pub struct Forecaster {
+    task: ForecastTask,
+}
+
+impl Forecaster {
+    pub fn info(&self) -> Value {
+        let d = &self.task.cfg.task.data;
+        json!({"architecture": format!("{:?}", self.task.cfg.task.model.kind).to_lowercase(),
+            "column": d.column, "input_len": d.input_len, "horizon": d.horizon, "season": d.season})
+    }
+
+    /// The model input of a request: its last `input_len` values, standardised.
+    fn window(&self, r: &ForecastRequest) -> Result<Vec<f32>> {
+        let l = self.task.cfg.task.data.input_len;
+        if r.series.len() < l {
+            return bad(format!(
+                "`series` has {} values; this model needs at least {l} (data.input_len)",
+                r.series.len()
+            ));
+        }
+        if let Some(i) = r.series.iter().position(|v| !v.is_finite()) {
+            return bad(format!("`series[{i}]` is not a finite number"));
+        }
+        let s = &r.series[r.series.len() - l..];
+        Ok(s.iter().map(|&v| self.task.ts.scaler.apply(v) as f32).collect())
+    }
+}
+
+impl BatchPredictor for Forecaster {
+    type In = ForecastRequest;
+    type Out = ForecastResponse;
+    /// One forward pass over all windows of the batch.
+    fn predict_batch(&self, reqs: Vec<ForecastRequest>) -> Vec<Result<ForecastResponse>> {
+        let t = &self.task;
+        let (h, season) = (t.cfg.task.data.horizon, t.cfg.task.data.season.max(1));
+        batch_valid(
+            &reqs,
+            |r| self.window(r),
+            |windows| {
+                let x = c(Tensor::from_vec(
+                    windows.concat(),
+                    (windows.len(), t.cfg.task.data.input_len, 1),
+                    t.vs.device(),
+                ))?;
+                c(t.net.forward(&x, None, false).and_then(|p| p.to_vec2::<f32>()))
+            },
+            |r, _, row| {
+                let s = &r.series;
+                Ok(ForecastResponse {
+                    forecast: row.iter().map(|&z| t.ts.scaler.invert(z as f64)).collect(),
+                    last_value: vec![s[s.len() - 1]; h],
+                    seasonal_naive: (0..h)
+                        .map(|k| seqlab_tasks::forecast::seasonal_naive(s, k, season))
+                        .collect(),
+                })
+            },
+        )
+    }
+}
+
+/// Nearest words in a word-vector file (word2vec text/binary or safetensors).
+pub struct Similar {
+    index: seqlab_w2v::eval::Index,
+}
+
+/// The most neighbours a request may ask for.
+pub const MAX_NEIGHBOURS: usize = 1000;
+
+impl Similar {
+    pub fn load(path: &Path) -> Result<Self> {
+        let wv = seqlab_w2v::format::load(path)?;
+        anyhow::ensure!(!wv.is_empty(), "{}: no word vectors", path.display());
+        Ok(Self {
+            index: seqlab_w2v::eval::Index::new(&wv),
+        })
+    }
+
+    pub fn info(&self) -> Value {
+        json!({"words": self.index.words.len(), "dim": self.index.dim})
+    }
+
+    fn one(&self, r: &SimilarRequest) -> Result<SimilarResponse> {
+        if r.n == 0 || r.n > MAX_NEIGHBOURS {
+            return bad(format!("`n` must be 1..={MAX_NEIGHBOURS}, got {}", r.n));
+        }
+        if !self.index.lookup.contains_key(&r.word) {
+            return bad(format!("word {:?} is not in the vocabulary", r.word));
+        }
+        Ok(SimilarResponse {
+            similar: self
+                .index
+                .similar(&r.word, r.n)?
+                .into_iter()
+                .map(|(word, similarity)| Neighbour { word, similarity })
+                .collect(),
+        })
+    }
+}
+
+impl BatchPredictor for Similar {
+    type In = SimilarRequest;
+    type Out = SimilarResponse;
+    fn predict_batch(&self, reqs: Vec<SimilarRequest>) -> Vec<Result<SimilarResponse>> {
+        reqs.iter().map(|r| self.one(r)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_valid_keeps_request_order_and_errors_apart() {
+        let reqs = [3, -1, 5, 0, 7];
+        let prepare = |&x: &i32| {
+            if x < 0 {
+                bad(format!("negative {x}"))
+            } else {
+                Ok(x * 10)
+            }
+        };
+        let out = batch_valid(
+            &reqs,
+            prepare,
+            |xs| Ok(xs.iter().map(|x| x + 1).collect()),
+            |&r, &p, o| if r == 0 { anyhow::bail!("zero") } else { Ok((r, p, o)) },
+        );
+        assert_eq!(out[0].as_ref().unwrap(), &(3, 30, 31));
+        assert!(out[1].as_ref().unwrap_err().downcast_ref::<BadInput>().is_some());
+        assert_eq!(out[2].as_ref().unwrap(), &(5, 50, 51));
+        assert_eq!(out[3].as_ref().unwrap_err().to_string(), "zero");
+        assert_eq!(out[4].as_ref().unwrap(), &(7, 70, 71));
+        // A model failure fails every valid request, not the invalid ones' own errors.
+        let out = batch_valid(
+            &reqs,
+            prepare,
+            |_| -> Result<Vec<i32>> { anyhow::bail!("boom") },
+            |_, _, o| Ok(o),
+        );
+        assert!(out[1].as_ref().unwrap_err().to_string().contains("negative -1"));
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, r)| i == 1 || r.as_ref().unwrap_err().to_string() == "boom"));
+        let out = batch_valid(&reqs, prepare, |_| Ok(vec![1]), |_, _, o| Ok(o));
+        assert!(out[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("1 outputs for 4 inputs"));
+    }
+}
