@@ -81,7 +81,9 @@ impl LmTask {
         StreamBatcher::new(&ids, rows).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))
     }
 
-    fn chunk_loss(&self, ch: &StreamChunk, train: bool, reduction: Reduction) -> Result<Tensor> {
+    /// Cross-entropy of one chunk. `ignore` is a target id left out of the loss (the
+    /// evaluation path passes `<unk>`; training passes `None`).
+    fn chunk_loss(&self, ch: &StreamChunk, train: bool, ignore: Option<u32>, reduction: Reduction) -> Result<Tensor> {
         let dev = self.vs.device();
         let x = ids_tensor(&ch.input, ch.batch, ch.len, dev)?;
         let y = c(Tensor::from_slice(&ch.target, ch.batch * ch.len, dev))?;
@@ -91,24 +93,51 @@ impl LmTask {
         c(cross_entropy(
             &c(logits.reshape((ch.batch * ch.len, v)))?,
             &y,
-            None,
+            ignore.map(i64::from),
             ls,
             reduction,
         ))
     }
 
-    /// Mean next-token loss (nats) over a stream, and the number of tokens.
-    pub fn stream_loss(&self, sb: &StreamBatcher, max_batches: Option<usize>) -> Result<(f64, usize)> {
-        let (mut total, mut n) = (0.0, 0usize);
+    /// Next-token loss over a stream: the mean (nats) over the targets inside the vocabulary,
+    /// how many those are, and how many targets are `<unk>` (out of vocabulary). `<unk>`
+    /// targets are left out of the loss: a model trained on text lacking those characters
+    /// would otherwise be rewarded for predicting `<unk>` (an LM trained on `aaaa…` scored
+    /// 2.4 bits/char on Shakespeare). The validation `loss` used to pick the best checkpoint
+    /// is this same in-vocabulary loss; the vocabulary is fixed within a run, so checkpoints
+    /// stay comparable.
+    pub fn stream_loss(&self, sb: &StreamBatcher, max_batches: Option<usize>) -> Result<(f64, usize, usize)> {
+        let unk = self.tok.unk_id();
+        let (mut total, mut n, mut oov) = (0.0, 0usize, 0usize);
         for (i, ch) in sb.chunks(self.cfg.task.data.bptt).enumerate() {
             if max_batches.is_some_and(|m| i >= m) {
                 break;
             }
-            total += c(self.chunk_loss(&ch, false, Reduction::Sum)?.to_scalar::<f32>())? as f64;
-            n += ch.batch * ch.len;
+            let k = ch.target.iter().filter(|&&t| t == unk).count();
+            oov += k;
+            if k == ch.target.len() {
+                continue;
+            }
+            total += c(self
+                .chunk_loss(&ch, false, Some(unk), Reduction::Sum)?
+                .to_scalar::<f32>())? as f64;
+            n += ch.batch * ch.len - k;
         }
-        anyhow::ensure!(n > 0, "no tokens to evaluate");
-        Ok((total / n as f64, n))
+        anyhow::ensure!(
+            n > 0,
+            "no tokens to evaluate{}",
+            if oov > 0 {
+                format!(" ({oov} targets are all outside the vocabulary)")
+            } else {
+                String::new()
+            }
+        );
+        Ok((total / n as f64, n, oov))
+    }
+
+    fn oov_metrics(m: &mut BTreeMap<String, f64>, n: usize, oov: usize) {
+        m.insert("oov_tokens".into(), oov as f64);
+        m.insert("oov_rate".into(), oov as f64 / (n + oov) as f64);
     }
 
     fn metrics(&self, loss: f64) -> BTreeMap<String, f64> {
@@ -123,8 +152,9 @@ impl LmTask {
     fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = crate::common::eval_file(&self.cfg, split, path)?;
         let sb = Self::stream(&p, &self.tok, self.cfg.task.data.batch_size)?;
-        let (loss, n) = self.stream_loss(&sb, None)?;
-        let m = self.metrics(loss);
+        let (loss, n, oov) = self.stream_loss(&sb, None)?;
+        let mut m = self.metrics(loss);
+        Self::oov_metrics(&mut m, n, oov);
         let mut text = format!(
             "{}: {n} tokens  loss {loss:.4} nats/token  perplexity {:.2}",
             p.display(),
@@ -133,6 +163,12 @@ impl LmTask {
         if let Some(b) = m.get("bpc") {
             text.push_str(&format!("  {b:.3} bits/char"));
         }
+        text.push_str(&format!(
+            "\n{oov} of {} target tokens ({:.1} %) are outside the vocabulary and are left out of perplexity",
+            n + oov,
+            100.0 * m["oov_rate"]
+        ));
+        // `tokens`: the targets scored (in the vocabulary); `oov_tokens` are the others.
         let mut j = json!({"file": p.display().to_string(), "tokens": n});
         for (k, v) in &m {
             j[k] = json!(v);
@@ -232,18 +268,117 @@ impl TrainTask for LmTask {
             .chunk(order[index], self.cfg.task.data.bptt)
             .expect("index within the epoch");
         let n = ch.batch * ch.len;
-        Ok((self.chunk_loss(&ch, true, Reduction::Mean)?, n))
+        Ok((self.chunk_loss(&ch, true, None, Reduction::Mean)?, n))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
         let Some(v) = self.valid.as_ref() else {
             bail!("language modelling needs data.valid for evaluation during training");
         };
-        let (loss, _) = self.stream_loss(v, self.cfg.task.data.max_eval_batches)?;
-        Ok(self.metrics(loss))
+        let (loss, n, oov) = self.stream_loss(v, self.cfg.task.data.max_eval_batches)?;
+        let mut m = self.metrics(loss);
+        Self::oov_metrics(&mut m, n, oov);
+        Ok(m)
     }
 
     fn write_extra(&self, dir: &Path) -> Result<()> {
         Ok(self.tok.save(dir.join("tokenizer.json"))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seqlab_train::task::parse_config;
+
+    /// A tiny untrained char LM whose vocabulary is {a, b} (plus specials), built from
+    /// `dir/train.txt`; evaluation files are read with batch 1 so every target is scored.
+    fn tiny(dir: &Path) -> LmTask {
+        std::fs::write(dir.join("train.txt"), "abababababab\nbabababa\n").unwrap();
+        let text = format!(
+            "task = \"lm\"\n[data]\ntrain = \"{d}/train.txt\"\nbatch_size = 1\nbptt = 8\n[model]\nkind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 1\n",
+            d = dir.display()
+        );
+        let cfg = parse_config::<LmTask>(
+            seqlab_train::config::table_with_overrides(&text, &[]).unwrap(),
+            "t.toml",
+        )
+        .unwrap();
+        let vs = VarStore::new(0, &candle_core::Device::Cpu);
+        let from = BuildFrom {
+            checkpoint: None,
+            purpose: Purpose::Evaluate,
+        };
+        LmTask::build(&cfg, &vs, from).unwrap()
+    }
+
+    #[test]
+    fn oov_targets_are_counted_and_left_out_of_perplexity() {
+        let dir = std::env::temp_dir().join(format!("seqlab-lm-oov-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = tiny(&dir);
+        let unk = t.tok.unk_id();
+        assert!(t.tok.token_to_id("x").is_none() && t.tok.token_to_id("a").is_some());
+
+        // "abxab": targets b, <unk>, a, b; one of four is outside the vocabulary.
+        std::fs::write(dir.join("oov.txt"), "abxab").unwrap();
+        let sb = LmTask::stream(&dir.join("oov.txt"), &t.tok, 1).unwrap();
+        let (loss, n, oov) = t.stream_loss(&sb, None).unwrap();
+        assert_eq!((n, oov), (3, 1));
+        // The loss is the mean over the three in-vocabulary targets only.
+        let ch = sb.chunks(8).next().unwrap();
+        assert_eq!(ch.target.iter().filter(|&&x| x == unk).count(), 1);
+        let each: Vec<f32> = t
+            .chunk_loss(&ch, false, None, Reduction::None)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: f64 = ch
+            .target
+            .iter()
+            .zip(&each)
+            .filter(|(&x, _)| x != unk)
+            .map(|(_, &l)| l as f64)
+            .sum::<f64>()
+            / 3.0;
+        assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+        let r = t.split_report(Split::Test, Some(&dir.join("oov.txt"))).unwrap();
+        assert_eq!(r.json["oov_tokens"], json!(1.0));
+        assert!(
+            (r.json["oov_rate"].as_f64().unwrap() - 0.25).abs() < 1e-12,
+            "{}",
+            r.json
+        );
+        assert_eq!(r.json["tokens"], json!(3));
+        assert!((r.json["ppl"].as_f64().unwrap() - want.exp()).abs() < 1e-4);
+        assert!(
+            r.text
+                .contains("1 of 4 target tokens (25.0 %) are outside the vocabulary and are left out of perplexity"),
+            "{}",
+            r.text
+        );
+
+        // No OOV: rate 0, and the loss is the plain mean over every target, as before.
+        std::fs::write(dir.join("iv.txt"), "abbab").unwrap();
+        let sb = LmTask::stream(&dir.join("iv.txt"), &t.tok, 1).unwrap();
+        let (loss, n, oov) = t.stream_loss(&sb, None).unwrap();
+        assert_eq!((n, oov), (4, 0));
+        let ch = sb.chunks(8).next().unwrap();
+        let plain = t
+            .chunk_loss(&ch, false, None, Reduction::Mean)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((loss - plain).abs() < 1e-6, "{loss} vs {plain}");
+        let r = t.split_report(Split::Test, Some(&dir.join("iv.txt"))).unwrap();
+        assert_eq!(r.json["oov_rate"], json!(0.0));
+        assert!(r.text.contains("0 of 4 target tokens (0.0 %)"), "{}", r.text);
+
+        // Only OOV targets: an error that says so, not NaN.
+        std::fs::write(dir.join("all.txt"), "xyz").unwrap();
+        let sb = LmTask::stream(&dir.join("all.txt"), &t.tok, 1).unwrap();
+        let e = t.stream_loss(&sb, None).unwrap_err();
+        assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
