@@ -397,7 +397,7 @@ impl Similar {
         let wv = seqlab_w2v::format::load(path)?;
         anyhow::ensure!(!wv.is_empty(), "{}: no word vectors", path.display());
         Ok(Self {
-            index: seqlab_w2v::eval::Index::new(&wv),
+            index: seqlab_w2v::eval::Index::new(&wv)?,
         })
     }
 
