@@ -252,7 +252,7 @@ impl Task for LmTask {
     }
 
     fn guide(&self) -> String {
-        "perplexity is e^loss: the model is as unsure as a uniform choice among that many tokens (uniform over the vocabulary is the untrained value); bits/char below ~2.5 means it has learned spelling and common words.".into()
+        "perplexity is e^loss: the model is as unsure as a uniform choice among that many tokens (uniform over the vocabulary is the untrained value); bits/char starts at log2(vocabulary size) for an untrained model; near 3 it has learned letter patterns and short common words (the 600-step bundled sample job ends near 2.8), and well-trained character models of Shakespeare reach about 2.".into()
     }
 }
 
