@@ -3,37 +3,10 @@
 //! config, and clear errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn seqlab() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_seqlab"));
-    // One thread: the same seed must give the same numbers.
-    c.env("RAYON_NUM_THREADS", "1");
-    c
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("seqlab-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ok(o: Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "failed: {}\n{out}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
+mod common;
+use common::*;
 
 /// A tiny char-LM config over the first 20 KB of the bundled sample.
 fn lm_config(dir: &Path, steps: u64) -> PathBuf {
