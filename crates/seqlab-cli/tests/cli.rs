@@ -238,13 +238,7 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn mt_train_translate_attention() {
     let d = scratch("mt");
-    let words = ["red", "green", "blue", "cat", "dog", "sun"];
-    let mut tsv = String::new();
-    for i in 0..300usize {
-        let w: Vec<&str> = (0..2 + i % 3).map(|k| words[(i * 7 + k * 5) % 6]).collect();
-        let r: Vec<String> = w.iter().rev().map(|s| s.to_uppercase()).collect();
-        tsv.push_str(&format!("{}\t{}\n", w.join(" "), r.join(" ")));
-    }
+    let tsv = reversal_pairs(300);
     std::fs::write(d.join("train.tsv"), &tsv).unwrap();
     let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
     std::fs::write(d.join("valid.tsv"), &valid).unwrap();

@@ -323,13 +323,7 @@ fn lm_killed_at_random_moments_resumes_exactly() {
 #[test]
 fn mt_killed_at_random_moments_resumes_exactly() {
     let d = scratch("kill-mt");
-    let words = ["red", "green", "blue", "cat", "dog", "sun"];
-    let mut tsv = String::new();
-    for i in 0..200usize {
-        let w: Vec<&str> = (0..2 + i % 3).map(|k| words[(i * 7 + k * 5) % 6]).collect();
-        let r: Vec<String> = w.iter().rev().map(|s| s.to_uppercase()).collect();
-        tsv.push_str(&format!("{}\t{}\n", w.join(" "), r.join(" ")));
-    }
+    let tsv = reversal_pairs(200);
     std::fs::write(d.join("train.tsv"), &tsv).unwrap();
     std::fs::write(
         d.join("valid.tsv"),

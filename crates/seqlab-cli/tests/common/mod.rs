@@ -41,3 +41,16 @@ pub fn failed(o: Output) -> String {
     );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// `n` lines `words<TAB>WORDS REVERSED`: a tiny translation task (reverse and upper-case 2-4
+/// words from a 6-word vocabulary) that a small model learns in seconds.
+pub fn reversal_pairs(n: usize) -> String {
+    let words = ["red", "green", "blue", "cat", "dog", "sun"];
+    let mut tsv = String::new();
+    for i in 0..n {
+        let w: Vec<&str> = (0..2 + i % 3).map(|k| words[(i * 7 + k * 5) % 6]).collect();
+        let r: Vec<String> = w.iter().rev().map(|s| s.to_uppercase()).collect();
+        tsv.push_str(&format!("{}\t{}\n", w.join(" "), r.join(" ")));
+    }
+    tsv
+}
