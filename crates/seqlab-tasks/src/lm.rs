@@ -11,7 +11,7 @@ use seqlab_data::{shuffled_indices, LmText, StreamBatcher, StreamChunk, Tokenize
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::sampling::{Sampler, SamplingConfig};
 use seqlab_nn::VarStore;
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, Purpose, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -262,13 +262,33 @@ impl TrainTask for LmTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's rows of the chunk; the summed token loss over its tokens.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let t = self.train.as_ref().expect("built with training data");
         let order = shuffled_indices(t.num_chunks(self.cfg.task.data.bptt), self.cfg.run.train.seed, epoch);
         let ch = t
             .chunk(order[index], self.cfg.task.data.bptt)
             .expect("index within the epoch");
-        let n = ch.batch * ch.len;
-        Ok((self.chunk_loss(&ch, true, None, Reduction::Mean)?, n))
+        let rows = shard.range(ch.batch);
+        let span = rows.start * ch.len..rows.end * ch.len;
+        let part = StreamChunk {
+            input: ch.input[span.clone()].to_vec(),
+            target: ch.target[span].to_vec(),
+            batch: rows.len(),
+            len: ch.len,
+        };
+        let n = part.batch * part.len;
+        if n == 0 {
+            return ShardLoss::empty(self.vs.device());
+        }
+        Ok(ShardLoss::sum_over(
+            self.chunk_loss(&part, true, None, Reduction::Sum)?,
+            n,
+            n,
+        ))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
