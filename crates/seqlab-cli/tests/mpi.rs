@@ -381,7 +381,11 @@ extern "C" {
 fn cooccurrence_pairs(corpus: &str) -> String {
     let lines: Vec<Vec<&str>> = corpus
         .lines()
-        .map(|l| l.split_whitespace().filter(|w| w.chars().all(char::is_alphabetic)).collect())
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| w.chars().all(char::is_alphabetic))
+                .collect()
+        })
         .collect();
     let mut out = String::new();
     for i in (0..lines.len()).step_by(7).take(1500) {
@@ -403,7 +407,9 @@ fn w2v_spearman(vectors: &Path, pairs: &Path) -> f64 {
         .arg(pairs)
         .output()
         .unwrap());
-    serde_json::from_str::<serde_json::Value>(&o).unwrap()["spearman"].as_f64().unwrap()
+    serde_json::from_str::<serde_json::Value>(&o).unwrap()["spearman"]
+        .as_f64()
+        .unwrap()
 }
 
 /// Distributed word2vec on the sample corpus: 2 ranks (1 thread each, model deltas summed
@@ -414,10 +420,24 @@ fn distributed_word2vec_matches_one_process_quality() {
     let d = scratch("mpi-w2v");
     let corpus_path = repo().join("data/sample/kjv.en.txt");
     let pairs = d.join("pairs.txt");
-    std::fs::write(&pairs, cooccurrence_pairs(&std::fs::read_to_string(&corpus_path).unwrap())).unwrap();
+    std::fs::write(
+        &pairs,
+        cooccurrence_pairs(&std::fs::read_to_string(&corpus_path).unwrap()),
+    )
+    .unwrap();
     let train = |mut c: Command, out: &str, threads: &str, seed: &str| -> (f64, String) {
         let o = c
-            .args(["w2v", "train", "--quiet", "--dim", "50", "--epochs", "3", "--sync-words", "20000"])
+            .args([
+                "w2v",
+                "train",
+                "--quiet",
+                "--dim",
+                "50",
+                "--epochs",
+                "3",
+                "--sync-words",
+                "20000",
+            ])
             .args(["--threads", threads, "--seed", seed, "--input"])
             .arg(&corpus_path)
             .arg("--output")
@@ -438,7 +458,10 @@ fn distributed_word2vec_matches_one_process_quality() {
         "2 ranks: spearman {two}; 1 process {one} (another seed {other_seed})"
     );
     for r in 0..2 {
-        assert!(err.contains(&format!("rank {r} of 2: trained")) && err.contains("words/s"), "{err}");
+        assert!(
+            err.contains(&format!("rank {r} of 2: trained")) && err.contains("words/s"),
+            "{err}"
+        );
     }
     eprintln!("w2v spearman: 1 process {one:.4} (seed 2: {other_seed:.4}), 2 ranks {two:.4}");
     let _ = std::fs::remove_dir_all(d);

@@ -757,7 +757,7 @@ fn run_workers<O: OutputLayer>(
 }
 
 /// Everything [`train_passes`] needs besides the output layer.
-struct Setup<'a> {
+struct Setup<'a, 's> {
     path: &'a Path,
     cfg: &'a Config,
     vocab: &'a Vocab,
@@ -766,7 +766,7 @@ struct Setup<'a> {
     syn0: Rows,
     lr: LearningRate,
     comm: &'a dyn Collective,
-    sync: Option<&'a mut ModelSync<'a>>,
+    sync: Option<&'s mut ModelSync<'a>>,
 }
 
 /// Values per block of a synchronisation round: the all-reduce buffers stay at 16 MiB
