@@ -12,6 +12,7 @@ use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
 use seqlab_train::checkpoint::resolve as resolve_checkpoint;
+use seqlab_train::keys::{ConfigKeys, KeyDoc, KeyRow, TableDoc};
 use seqlab_train::trainer::TrainTask;
 use seqlab_train::{BuildFrom, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,40 @@ impl Default for PretrainData {
             mask_prob: 0.15,
         }
     }
+}
+
+/// The `[data]` keys of pretraining at run time (`seqlab config keys bert-pretrain`).
+impl ConfigKeys for PretrainData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "corpus",
+            "text file, one paragraph per line (consecutive lines are next-sentence pairs)",
+        ),
+        KeyDoc::new("tokenizer", "char | word | bpe"),
+        KeyDoc::new(
+            "vocab_size",
+            "vocabulary size, seqlab's four specials counted, not [CLS]/[SEP]/[MASK]",
+        ),
+        KeyDoc::new(
+            "min_frequency",
+            "least count of a token or merge to enter the vocabulary",
+        ),
+        KeyDoc::new(
+            "max_paragraphs",
+            "read only the first this many paragraphs (lines); unset = all",
+        ),
+        KeyDoc::new(
+            "valid_paragraphs",
+            "the last this many paragraphs are held out for evaluation",
+        ),
+        KeyDoc::new("max_len", "longest pair in tokens, specials included"),
+        KeyDoc::new("batch_size", "pairs per micro-batch"),
+        KeyDoc::new("max_eval_batches", "evaluate on at most this many batches; unset = all"),
+        KeyDoc::new(
+            "mask_prob",
+            "fraction of tokens selected for the masked LM (80 % [MASK], 10 % random, 10 % kept)",
+        ),
+    ];
 }
 
 /// The task keys of a pretraining run (`configs/bert-*.toml`); the engine's keys are
@@ -286,6 +321,21 @@ impl Task for PretrainTask {
         bert_optim(1e-4)
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        Ok(vec![
+            TableDoc::of(
+                "model",
+                "encoder size (defaults: BERT-tiny, 2 layers x 128)",
+                &BertConfig::default(),
+            )?,
+            TableDoc::of(
+                "data",
+                "corpus, tokenizer, masking and batching",
+                &PretrainData::default(),
+            )?,
+        ])
+    }
+
     /// Warm-up over 1000 steps, then cosine decay to 0 at `train.max_steps`.
     fn default_schedule(cfg: &PretrainConfig) -> Schedule {
         bert_schedule(cfg.run.optim.lr, 1000, cfg.run.train.max_steps)
@@ -405,6 +455,21 @@ impl Default for FinetuneData {
             max_eval_batches: None,
         }
     }
+}
+
+/// The `[data]` keys of fine-tuning at run time (`seqlab config keys bert-finetune`).
+impl ConfigKeys for FinetuneData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::required("train", "training file, text<TAB>label per line"),
+        KeyDoc::new("valid", "validation file, evaluated during training"),
+        KeyDoc::new("test", "test file, scored with the best checkpoint when training ends"),
+        KeyDoc::new("max_len", "longest input, [CLS]/[SEP] included; longer texts are cut"),
+        KeyDoc::new("batch_size", "texts per batch"),
+        KeyDoc::new(
+            "max_eval_batches",
+            "evaluate at most this many validation batches; unset = all",
+        ),
+    ];
 }
 
 /// The task keys of a fine-tuning run: a pretrained checkpoint plus classification data.
@@ -640,6 +705,33 @@ impl Task for FinetuneTask {
         bert_optim(3e-5)
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        let top = TableDoc {
+            table: String::new(),
+            about: "the pretrained model (task keys)",
+            rows: vec![
+                KeyRow {
+                    doc: KeyDoc::required(
+                        "pretrained",
+                        "a pretraining checkpoint folder, or its run folder (then best, else the latest)",
+                    ),
+                    default: None,
+                },
+                KeyRow {
+                    doc: KeyDoc::new(
+                        "from_scratch",
+                        "keep the random initial weights (tokenizer and shape still from `pretrained`): the no-pretraining baseline",
+                    ),
+                    default: Some(Value::Bool(false)),
+                },
+            ],
+        };
+        Ok(vec![
+            top,
+            TableDoc::of("data", "text<TAB>label files and batching", &FinetuneData::default())?,
+        ])
+    }
+
     /// Warm-up over 100 steps, then cosine decay to 0 at `train.max_steps`.
     fn default_schedule(cfg: &FinetuneConfig) -> Schedule {
         bert_schedule(cfg.run.optim.lr, 100, cfg.run.train.max_steps)
@@ -729,6 +821,14 @@ mod tests {
     use crate::data::tests::corpus_lines;
     use seqlab_train::task::parse_config;
     use seqlab_train::{LoopConfig, OptimName, RunSettings};
+
+    #[test]
+    fn every_key_is_documented() {
+        use seqlab_train::keys::check_documented;
+        check_documented::<PretrainTask>("task = \"bert-pretrain\"\n").unwrap();
+        check_documented::<FinetuneTask>("task = \"bert-finetune\"\npretrained = \"p\"\n[data]\ntrain = \"a.tsv\"\n")
+            .unwrap();
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         seqlab_nn::testing::scratch_dir(&format!("bert-{tag}"))

@@ -16,6 +16,7 @@ use seqlab_metrics::{bleu, chrf};
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::transformer::{Activation, EmbeddingTying, Seq2SeqConfig, TransformerConfig};
 use seqlab_nn::{Seq2SeqTransformer, VarStore};
+use seqlab_train::keys::{ConfigKeys, KeyDoc, TableDoc};
 use seqlab_train::trainer::TrainTask;
 use seqlab_train::{BuildFrom, LossConfig, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
@@ -190,6 +191,89 @@ pub struct MtTaskConfig {
     /// Decoding (greedy or beam) for evaluation and translation.
     #[serde(default)]
     pub decode: MtDecode,
+}
+
+/// The `[data]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::required("train", "training file, one src<TAB>tgt pair per line"),
+        KeyDoc::new(
+            "valid",
+            "validation file, evaluated during training (loss, perplexity, greedy BLEU)",
+        ),
+        KeyDoc::new(
+            "test",
+            "test file, scored (BLEU, chrF) with the best checkpoint when training ends",
+        ),
+        KeyDoc::new(
+            "vocab",
+            "joint (one BPE for both languages; needed by share_embeddings) | separate",
+        ),
+        KeyDoc::new("vocab_size", "BPE vocabulary size per tokenizer, specials included"),
+        KeyDoc::new(
+            "min_frequency",
+            "least count of a token or merge to enter the vocabulary",
+        ),
+        KeyDoc::new(
+            "max_len",
+            "training pairs with more tokens than this on either side are dropped",
+        ),
+        KeyDoc::new(
+            "max_ratio",
+            "training pairs whose token-count ratio exceeds this are dropped",
+        ),
+        KeyDoc::new(
+            "batch_tokens",
+            "tokens per batch, padding included, counted on the longer side",
+        ),
+        KeyDoc::new(
+            "valid_bleu_sentences",
+            "validation BLEU on the first this many validation pairs (greedy); 0 = all",
+        ),
+    ];
+}
+
+/// The `[model]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtModel {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "kind",
+            "transformer (Vaswani et al. 2017) | rnn (biLSTM encoder + attention LSTM decoder)",
+        ),
+        KeyDoc::new("d_model", "transformer: width"),
+        KeyDoc::new("nhead", "transformer: attention heads (must divide d_model)"),
+        KeyDoc::new("num_encoder_layers", "transformer: encoder layers"),
+        KeyDoc::new("num_decoder_layers", "transformer: decoder layers"),
+        KeyDoc::new("dim_feedforward", "transformer: feed-forward inner width"),
+        KeyDoc::new("dropout", "dropout, in [0, 1)"),
+        KeyDoc::new(
+            "norm_first",
+            "transformer: pre-norm (true) or the paper's post-norm (false)",
+        ),
+        KeyDoc::new("activation", "transformer feed-forward activation: relu | gelu"),
+        KeyDoc::new(
+            "share_embeddings",
+            "source, target and output embeddings are one matrix (needs data.vocab = joint)",
+        ),
+        KeyDoc::new("embed_dim", "rnn: embedding size"),
+        KeyDoc::new(
+            "hidden_size",
+            "rnn: decoder state size (each encoder direction gets half)",
+        ),
+        KeyDoc::new("num_layers", "rnn: layers of encoder and decoder"),
+    ];
+}
+
+/// The `[decode]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtDecode {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new("beam_size", "beam width; 1 = greedy"),
+        KeyDoc::new(
+            "length_penalty",
+            "beam search length penalty α (GNMT's ((5 + len) / 6)^α)",
+        ),
+        KeyDoc::new("batch_size", "sentences decoded together"),
+    ];
 }
 
 fn paper_loss() -> LossConfig {
@@ -645,6 +729,27 @@ impl Task for MtTask {
         }
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        Ok(vec![
+            TableDoc::of("data", "parallel files, vocabulary and batching", &MtData::default())?,
+            TableDoc::of(
+                "model",
+                "model kind and sizes (defaults: the paper's base model)",
+                &MtModel::default(),
+            )?,
+            TableDoc::of(
+                "loss",
+                "training cross-entropy (default: the paper's label smoothing 0.1)",
+                &paper_loss(),
+            )?,
+            TableDoc::of(
+                "decode",
+                "decoding of the test set and of seqlab translate",
+                &MtDecode::default(),
+            )?,
+        ])
+    }
+
     /// The paper's `noam` with the model width and warm-up 4000.
     fn default_schedule(cfg: &MtConfig) -> Schedule {
         let m = &cfg.task.model;
@@ -841,6 +946,22 @@ mod tests {
 
     /// Both model families train through the engine's run path, write a test report,
     /// translations and curves, and reload from the run folder to translate the same way.
+    #[test]
+    fn every_key_is_documented() {
+        seqlab_train::keys::check_documented::<MtTask>("task = \"mt\"\n[data]\ntrain = \"a.tsv\"\n").unwrap();
+        let text = seqlab_train::keys::render("mt", "", &seqlab_train::keys::task_tables::<MtTask>().unwrap());
+        // The task's own defaults are shown: the paper's label smoothing and Adam betas.
+        for k in [
+            "label_smoothing = 0.1",
+            "betas",
+            "[0.9,0.98]",
+            "[decode]",
+            "beam_size = 4",
+        ] {
+            assert!(text.contains(k), "{k} missing:\n{text}");
+        }
+    }
+
     #[test]
     fn tiny_runs_learn_and_reload_for_both_models() {
         let dir = tmp("tiny");

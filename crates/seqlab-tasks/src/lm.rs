@@ -239,6 +239,10 @@ impl Task for LmTask {
         crate::config::validate_common(cfg)
     }
 
+    fn config_keys() -> Result<Vec<seqlab_train::keys::TableDoc>> {
+        crate::config::config_keys()
+    }
+
     fn build(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
         Self::new(cfg, vs, from)
     }

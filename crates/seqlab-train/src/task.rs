@@ -135,6 +135,12 @@ pub trait Task: TrainTask + Sized + 'static {
     /// Evaluates the current weights on `split`, or on the file `path` when given.
     fn report(&self, split: Split, path: Option<&Path>) -> Result<Report>;
 
+    /// The task's own config keys, table by table, with meaning and default
+    /// (`seqlab config keys TASK`; build them with [`crate::keys::TableDoc::of`]). The engine's
+    /// keys are added by [`crate::keys::task_tables`]; a test of the task crate should call
+    /// [`crate::keys::check_documented`] so that the list cannot go stale.
+    fn config_keys() -> Result<Vec<crate::keys::TableDoc>>;
+
     /// One paragraph on how to read this task's numbers, for people new to it.
     fn guide(&self) -> String {
         String::new()
@@ -188,15 +194,22 @@ pub struct TaskEntry {
     check: fn(Map<String, Value>, &str) -> Result<()>,
     train: fn(Map<String, Value>, &str, bool) -> Result<RunOutcome>,
     load: fn(&Path, Map<String, Value>) -> Result<LoadedAny>,
+    keys: fn() -> Result<Vec<crate::keys::TableDoc>>,
 }
 
 impl TaskEntry {
+    /// Every config key of this task, engine keys first ([`crate::keys::task_tables`]).
+    pub fn config_keys(&self) -> Result<Vec<crate::keys::TableDoc>> {
+        (self.keys)()
+    }
+
     /// The entry of task `T`.
     pub fn of<T: Task>() -> Self {
         Self {
             name: T::NAME,
             about: T::ABOUT,
             claims_untagged: T::claims_untagged,
+            keys: crate::keys::task_tables::<T>,
             check: |m, source| parse_config::<T>(m, source).map(|_| ()),
             train: |m, source, resume| run::train::<T>(&parse_config::<T>(m, source)?, resume),
             load: |dir, m| {
