@@ -37,17 +37,24 @@ pub fn run(a: ConfigArgs) -> Result<()> {
 fn keys(a: KeysArgs) -> Result<()> {
     let registry = crate::registry();
     let Some(task) = a.task else {
-        println!("tasks (seqlab config keys TASK prints a task's keys):");
+        let mut text = String::from("tasks (seqlab config keys TASK prints a task's keys):\n");
         for e in registry.entries() {
-            println!("  {:14} {}", e.name, e.about);
+            text.push_str(&format!("  {:14} {}\n", e.name, e.about));
         }
-        return Ok(());
+        return print_all(&text);
     };
     let entry = registry.get(&task)?;
-    print!(
-        "{}",
-        seqlab_train::keys::render(entry.name, entry.about, &entry.config_keys()?)
-    );
-    println!("\n# Any key can be overridden: seqlab train --config F --set table.key=value");
-    Ok(())
+    let text = seqlab_train::keys::render(entry.name, entry.about, &entry.config_keys()?);
+    print_all(&format!(
+        "{text}\n# Any key can be overridden: seqlab train --config F --set table.key=value\n"
+    ))
+}
+
+/// Prints to stdout; a closed pipe (`seqlab config keys mt | head`) ends quietly.
+fn print_all(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }

@@ -337,3 +337,22 @@ fn config_keys_prints_every_table_of_every_task() {
     let e = failed(seqlab().args(["config", "keys", "lmm"]).output().unwrap());
     assert!(e.contains("lmm") && e.contains("bert-finetune"), "{e}");
 }
+
+/// Every key each task accepts (as stored in checkpoints, engine keys included) is in the
+/// key tables `seqlab config keys` prints, and every documented key exists: the tables cannot
+/// go stale. (The task crates' unit tests check the same; this runs on the binary's build.)
+#[test]
+fn key_tables_equal_the_keys_each_task_accepts() {
+    use seqlab_train::keys::check_documented;
+    let lm = "task = \"lm\"\n[data]\ntrain = \"a.txt\"\n";
+    check_documented::<seqlab_tasks::lm::LmTask>(lm).unwrap();
+    check_documented::<seqlab_tasks::classify::ClsTask>(&lm.replace("\"lm\"", "\"classify\"")).unwrap();
+    let forecast = lm.replace("\"lm\"", "\"forecast\"") + "column = \"x\"\n";
+    check_documented::<seqlab_tasks::forecast::ForecastTask>(&forecast).unwrap();
+    check_documented::<seqlab_mt::task::MtTask>("task = \"mt\"\n[data]\ntrain = \"a.tsv\"\n").unwrap();
+    check_documented::<seqlab_bert::task::PretrainTask>("task = \"bert-pretrain\"\n").unwrap();
+    check_documented::<seqlab_bert::task::FinetuneTask>(
+        "task = \"bert-finetune\"\npretrained = \"p\"\n[data]\ntrain = \"a.tsv\"\n",
+    )
+    .unwrap();
+}

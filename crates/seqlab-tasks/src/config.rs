@@ -350,18 +350,20 @@ mod tests {
             .replace("[data]\n", "[data]\ncolumn = \"x\"\n");
         check_documented::<crate::forecast::ForecastTask>(&forecast).unwrap();
         let text = seqlab_train::keys::render("lm", "", &seqlab_train::keys::task_tables::<LmTask>().unwrap());
-        for k in [
-            "[data]",
-            "[model]",
-            "[loss]",
-            "[optim]",
-            "[train]",
-            "bptt = 128",
-            "kind = \"lstm\"",
-            "train ",
-        ] {
+        for k in ["[data]", "[model]", "[loss]", "[optim]", "[train]", "train "] {
             assert!(text.contains(k), "{k} missing:\n{text}");
         }
+        // Keys are padded to one column per table: `bptt             = 128 ...`; the task's
+        // tables come after the engine's (whose [schedule] also has a `kind`).
+        let task_part = &text[text.find("[data]").unwrap()..];
+        let line = |key: &str| {
+            task_part
+                .lines()
+                .find(|l| l.split(' ').next() == Some(key))
+                .unwrap_or_default()
+        };
+        assert!(line("bptt").contains("= 128 "), "{text}");
+        assert!(line("kind").contains("= \"lstm\" "), "{text}");
     }
 
     #[test]
