@@ -198,7 +198,9 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     r = bench_train(a.warmup, a.steps) if a.row == "train" else bench_decode(a.warmup, a.steps)
-    r.update(row=f"mamba-{a.row}", threads=a.threads, scan=SCAN, torch=torch.__version__)
+    what = SCAN if a.row == "train" else "the reference's Mamba.step (no scan: one state update per token)"
+    r.update(row=f"mamba-{a.row}", side="pytorch", unit="tokens", threads=a.threads, implementation=what,
+             torch=torch.__version__)
     print(json.dumps(r))
 
 
