@@ -10,8 +10,8 @@
 //!   [`crate::loss::cross_entropy`]);
 //! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
 //!   (behind [`crate::recurrent`]);
-//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward (behind
-//!   [`crate::mamba`]).
+//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward, and
+//!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]).
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
@@ -19,6 +19,7 @@
 //! its layer, against PyTorch (`tests/torch_parity.rs`).
 
 pub mod attention;
+pub mod causal_conv1d;
 pub mod cross_entropy;
 pub mod layer_norm;
 pub mod linear;
@@ -26,6 +27,25 @@ pub mod recurrence;
 pub mod selective_scan;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (else as compiled for the target, on
+/// x86-64 plain SSE2): `f`'s loops, inlined here, are vectorised 8 lanes wide with fused
+/// multiply-adds. Results differ from the plain build only in rounding.
+#[inline(always)]
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
 
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
 pub(crate) fn storage_f32<'a>(op: &str, what: &str, s: &'a CpuStorage) -> Result<&'a [f32]> {
