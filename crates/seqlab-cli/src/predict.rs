@@ -181,6 +181,15 @@ fn check_flags(a: &PredictArgs, kind: &str) -> Result<()> {
     Ok(())
 }
 
+/// The input of one `seqlab predict` call and how to print the answers.
+struct Job<'a> {
+    args: &'a PredictArgs,
+    /// The input's name in messages (a file, `<stdin>`).
+    name: &'a str,
+    text: &'a str,
+    jsonl: bool,
+}
+
 /// `seqlab predict`.
 pub fn predict(a: PredictArgs) -> Result<()> {
     let path = a
@@ -206,153 +215,177 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     } else {
         read_input(a.input.as_deref())?
     };
-    let jsonl = a.format == OutputFormat::Jsonl;
-    let mut out: Vec<String> = Vec::new();
-    match loaded {
-        Loaded::Translate(m) => {
-            let lines = input_lines(&name, &text)?;
-            let reqs = lines
-                .iter()
-                .map(|&(i, l)| {
-                    let r = TranslateRequest {
-                        model: None,
-                        text: l.to_string(),
-                        attention: false,
-                    };
-                    (i, r)
-                })
-                .collect();
-            let answers = run_batched(&m, reqs, a.batch_size, &name)?;
-            if jsonl {
-                for ((line, l), (_, t)) in lines.iter().zip(&answers) {
-                    out.push(json_line(json!({"line": line, "text": l}), t)?);
-                }
-            } else {
-                // As `seqlab translate`: one output line per input line, blank ones blank.
-                let mut by_line = vec![String::new(); text.lines().count()];
-                for (line, t) in answers {
-                    by_line[line - 1] = t.translation;
-                }
-                out = by_line;
-            }
-        }
-        Loaded::Lm(m) => {
-            let texts: Vec<(Option<usize>, String)> = if a.per_line {
-                input_lines(&name, &text)?
-                    .into_iter()
-                    .map(|(i, l)| (Some(i), l.to_string()))
-                    .collect()
-            } else {
-                vec![(None, text.clone())]
-            };
-            for (line, t) in texts {
-                let at = line.map_or(name.clone(), |l| format!("{name}:{l}"));
-                let s = m.score(&t).map_err(|e| anyhow!("{at}: {e:#}"))?;
-                out.push(match jsonl {
-                    true => json_line(json!({"input": at}), &s)?,
-                    false => score_text(&at, &s),
-                });
-            }
-        }
-        Loaded::Classify(m) => {
-            let lines = input_lines(&name, &text)?;
-            let reqs = lines
-                .iter()
-                .map(|&(i, l)| {
-                    let r = ClassifyRequest {
-                        model: None,
-                        text: l.to_string(),
-                        top_k: a.top_k,
-                    };
-                    (i, r)
-                })
-                .collect();
-            for ((line, l), (_, c)) in lines.iter().zip(run_batched(&m, reqs, a.batch_size, &name)?) {
-                out.push(match jsonl {
-                    true => json_line(json!({"line": line, "text": l}), &c)?,
-                    false => {
-                        let p: Vec<String> = c
-                            .probabilities
-                            .iter()
-                            .map(|p| format!("{} {:.4}", p.label, p.probability))
-                            .collect();
-                        format!("{}\t{}", c.label, p.join("  "))
-                    }
-                });
-            }
-        }
-        Loaded::Forecast(m) => {
-            let mut reqs = Vec::new();
-            for (i, l) in input_lines(&name, &text)? {
-                let r = ForecastRequest {
-                    model: None,
-                    series: parse_series(&name, i, l)?,
-                    horizon: a.horizon,
-                };
-                reqs.push((i, r));
-            }
-            let season = m.info()["season"].as_u64().unwrap_or(1);
-            for (line, f) in run_batched(&m, reqs, a.batch_size, &name)? {
-                out.push(match jsonl {
-                    true => json_line(json!({"line": line}), &f)?,
-                    false => {
-                        let row = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(" ");
-                        format!(
-                            "{name}:{line}\n  forecast        {}\n  last value      {}\n  seasonal naive  {}  (season {season})",
-                            row(&f.forecast),
-                            row(&f.last_value),
-                            row(&f.seasonal_naive)
-                        )
-                    }
-                });
-            }
-        }
-        Loaded::Similar(m) => {
-            let queries: Vec<(usize, (Vec<String>, Vec<String>))> = if flag_query {
-                vec![(1, (a.positive.clone(), a.negative.clone()))]
-            } else {
-                input_lines(&name, &text)?
-                    .into_iter()
-                    .map(|(i, l)| (i, parse_query(l)))
-                    .collect()
-            };
-            let reqs = queries
-                .iter()
-                .map(|(i, (pos, neg))| {
-                    let r = SimilarRequest {
-                        model: None,
-                        word: None,
-                        positive: pos.clone(),
-                        negative: neg.clone(),
-                        n: a.topn,
-                    };
-                    (*i, r)
-                })
-                .collect();
-            let answers = run_batched(&m, reqs, a.batch_size, &name)?;
-            for ((line, (pos, neg)), (_, s)) in queries.iter().zip(answers) {
-                out.push(match jsonl {
-                    true => json_line(json!({"line": line, "positive": pos, "negative": neg}), &s)?,
-                    false => {
-                        let rows: Vec<String> = s
-                            .similar
-                            .iter()
-                            .map(|n| format!("{}\t{:.4}", n.word, n.similarity))
-                            .collect();
-                        rows.join("\n")
-                    }
-                });
-            }
-            if !jsonl && out.len() > 1 {
-                // Queries apart: a blank line between their lists.
-                out = vec![out.join("\n\n")];
-            }
-        }
-    }
+    let job = Job {
+        args: &a,
+        name: &name,
+        text: &text,
+        jsonl: a.format == OutputFormat::Jsonl,
+    };
+    let out = match loaded {
+        Loaded::Translate(m) => translate(&m, &job)?,
+        Loaded::Lm(m) => score(&m, &job)?,
+        Loaded::Classify(m) => classify(&m, &job)?,
+        Loaded::Forecast(m) => forecast(&m, &job)?,
+        Loaded::Similar(m) => similar(&m, &job, flag_query)?,
+    };
     let mut body = out.join("\n");
     body.push('\n');
     std::io::stdout().lock().write_all(body.as_bytes())?;
     Ok(())
+}
+
+/// Translation: with text output, one line per input line as `seqlab translate` prints it
+/// (blank lines stay blank).
+fn translate(m: &models::Translator, job: &Job) -> Result<Vec<String>> {
+    let lines = input_lines(job.name, job.text)?;
+    let reqs = lines
+        .iter()
+        .map(|&(i, l)| {
+            let r = TranslateRequest {
+                model: None,
+                text: l.to_string(),
+                attention: false,
+            };
+            (i, r)
+        })
+        .collect();
+    let answers = run_batched(m, reqs, job.args.batch_size, job.name)?;
+    if job.jsonl {
+        let rows = lines.iter().zip(&answers);
+        return rows
+            .map(|((line, l), (_, t))| json_line(json!({"line": line, "text": l}), t))
+            .collect();
+    }
+    let mut by_line = vec![String::new(); job.text.lines().count()];
+    for (line, t) in answers {
+        by_line[line - 1] = t.translation;
+    }
+    Ok(by_line)
+}
+
+/// Language model: the whole input as one text, or each line (`--per-line`).
+fn score(m: &models::LanguageModel, job: &Job) -> Result<Vec<String>> {
+    let texts: Vec<(String, &str)> = match job.args.per_line {
+        true => input_lines(job.name, job.text)?
+            .into_iter()
+            .map(|(i, l)| (format!("{}:{i}", job.name), l))
+            .collect(),
+        false => vec![(job.name.to_string(), job.text)],
+    };
+    let mut out = Vec::new();
+    for (at, t) in texts {
+        let s = m.score(t).map_err(|e| anyhow!("{at}: {e:#}"))?;
+        out.push(match job.jsonl {
+            true => json_line(json!({"input": at}), &s)?,
+            false => score_text(&at, &s),
+        });
+    }
+    Ok(out)
+}
+
+/// Classifiers: `label<TAB>label p  label p ...` per line.
+fn classify(m: &models::Classifier, job: &Job) -> Result<Vec<String>> {
+    let lines = input_lines(job.name, job.text)?;
+    let reqs = lines
+        .iter()
+        .map(|&(i, l)| {
+            let r = ClassifyRequest {
+                model: None,
+                text: l.to_string(),
+                top_k: job.args.top_k,
+            };
+            (i, r)
+        })
+        .collect();
+    let answers = run_batched(m, reqs, job.args.batch_size, job.name)?;
+    let mut out = Vec::new();
+    for ((line, l), (_, c)) in lines.iter().zip(answers) {
+        out.push(match job.jsonl {
+            true => json_line(json!({"line": line, "text": l}), &c)?,
+            false => {
+                let p: Vec<String> = c
+                    .probabilities
+                    .iter()
+                    .map(|p| format!("{} {:.4}", p.label, p.probability))
+                    .collect();
+                format!("{}\t{}", c.label, p.join("  "))
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// Forecasters: one series per line; the forecast and both baselines.
+fn forecast(m: &models::Forecaster, job: &Job) -> Result<Vec<String>> {
+    let mut reqs = Vec::new();
+    for (i, l) in input_lines(job.name, job.text)? {
+        let r = ForecastRequest {
+            model: None,
+            series: parse_series(job.name, i, l)?,
+            horizon: job.args.horizon,
+        };
+        reqs.push((i, r));
+    }
+    let season = m.info()["season"].as_u64().unwrap_or(1);
+    let row = |v: &[f64]| v.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(" ");
+    let mut out = Vec::new();
+    for (line, f) in run_batched(m, reqs, job.args.batch_size, job.name)? {
+        out.push(match job.jsonl {
+            true => json_line(json!({"line": line}), &f)?,
+            false => format!(
+                "{}:{line}\n  forecast        {}\n  last value      {}\n  seasonal naive  {}  (season {season})",
+                job.name,
+                row(&f.forecast),
+                row(&f.last_value),
+                row(&f.seasonal_naive)
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Word vectors: `word<TAB>similarity` lines per query, a blank line between queries.
+fn similar(m: &models::Similar, job: &Job, flag_query: bool) -> Result<Vec<String>> {
+    let a = job.args;
+    let queries: Vec<(usize, (Vec<String>, Vec<String>))> = match flag_query {
+        true => vec![(1, (a.positive.clone(), a.negative.clone()))],
+        false => input_lines(job.name, job.text)?
+            .into_iter()
+            .map(|(i, l)| (i, parse_query(l)))
+            .collect(),
+    };
+    let reqs = queries
+        .iter()
+        .map(|(i, (pos, neg))| {
+            let r = SimilarRequest {
+                model: None,
+                word: None,
+                positive: pos.clone(),
+                negative: neg.clone(),
+                n: a.topn,
+            };
+            (*i, r)
+        })
+        .collect();
+    let answers = run_batched(m, reqs, a.batch_size, job.name)?;
+    let mut out = Vec::new();
+    for ((line, (pos, neg)), (_, s)) in queries.iter().zip(answers) {
+        out.push(match job.jsonl {
+            true => json_line(json!({"line": line, "positive": pos, "negative": neg}), &s)?,
+            false => {
+                let rows: Vec<String> = s
+                    .similar
+                    .iter()
+                    .map(|n| format!("{}\t{:.4}", n.word, n.similarity))
+                    .collect();
+                rows.join("\n")
+            }
+        });
+    }
+    Ok(match job.jsonl {
+        true => out,
+        false => vec![out.join("\n\n")],
+    })
 }
 
 /// An LM score as one line, in `seqlab eval`'s words.

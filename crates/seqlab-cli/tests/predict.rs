@@ -231,10 +231,7 @@ fn forecast_predict_gives_horizon_values_and_baselines() {
 #[test]
 fn mt_predict_equals_translate_and_eval_works() {
     let d = scratch("predict-mt");
-    let tsv = reversal_pairs(300);
-    std::fs::write(d.join("train.tsv"), &tsv).unwrap();
-    let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
-    std::fs::write(d.join("valid.tsv"), &valid).unwrap();
+    write_reversal_corpus(&d);
     let run = train(
         &d,
         "mt",
@@ -267,22 +264,7 @@ fn mt_predict_equals_translate_and_eval_works() {
 #[test]
 fn bert_finetuned_predicts_and_serves_labels() {
     let d = scratch("predict-bert");
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
-    ];
-    let (mut corpus, mut tsv) = (String::new(), String::new());
-    for p in 0..60usize {
-        let sents: Vec<String> = (0..4)
-            .map(|s| {
-                let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
-                format!("{} .", w.join(" "))
-            })
-            .collect();
-        corpus.push_str(&sents.join(" "));
-        corpus.push('\n');
-        let label = if sents[0].contains("cat") { "a" } else { "b" };
-        tsv.push_str(&format!("{}\t{label}\n", sents[0]));
-    }
+    let (corpus, tsv) = bert_corpus();
     std::fs::write(d.join("corpus.txt"), corpus).unwrap();
     std::fs::write(d.join("cls.tsv"), tsv).unwrap();
     let pt = train(

@@ -119,3 +119,35 @@ pub fn post(port: u16, path: &str, body: &str) -> (String, String) {
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     (head.lines().next().unwrap_or_default().to_string(), body.to_string())
 }
+
+/// Tiny BERT data: (a corpus of 60 paragraphs, each 4 five-word sentences over a 12-word
+/// vocabulary; a `text<TAB>label` file of each paragraph's first sentence, labelled `a` when
+/// it mentions "cat", else `b`).
+pub fn bert_corpus() -> (String, String) {
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
+    ];
+    let (mut corpus, mut tsv) = (String::new(), String::new());
+    for p in 0..60usize {
+        let sents: Vec<String> = (0..4)
+            .map(|s| {
+                let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
+                format!("{} .", w.join(" "))
+            })
+            .collect();
+        corpus.push_str(&sents.join(" "));
+        corpus.push('\n');
+        let label = if sents[0].contains("cat") { "a" } else { "b" };
+        tsv.push_str(&format!("{}\t{label}\n", sents[0]));
+    }
+    (corpus, tsv)
+}
+
+/// Writes the tiny translation corpus into `dir`: `train.tsv` (300 [`reversal_pairs`]) and
+/// `valid.tsv` (its first 12 lines).
+pub fn write_reversal_corpus(dir: &std::path::Path) {
+    let tsv = reversal_pairs(300);
+    std::fs::write(dir.join("train.tsv"), &tsv).unwrap();
+    let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("valid.tsv"), &valid).unwrap();
+}
