@@ -674,6 +674,17 @@ impl FinetuneTask {
         Ok((truth, pred, loss))
     }
 
+    /// Class probabilities (softmax of the logits, in [`FinetuneTask::labels`] order) of
+    /// each text, in the order of `texts`, from one padded forward pass; texts are encoded
+    /// as in evaluation (`[CLS] text [SEP]`, cut to `data.max_len` tokens).
+    pub fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let data = ClsData::unlabelled(texts, &self.labels);
+        let set = encode_cls(&self.tok, &data, self.cfg.task.data.max_len)?;
+        let all: Vec<usize> = (0..set.seqs.len()).collect();
+        let (logits, _) = self.logits(&set, &all, false)?;
+        c(seqlab_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()))
+    }
+
     /// Accuracy, per-class P/R/F1 and confusion matrix of the current weights on a
     /// `text<TAB>label` file (labels must be ones seen in training).
     fn file_report(&self, path: &Path) -> Result<Report> {

@@ -277,7 +277,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let loaded = seqlab_train::load::<LmTask>(&a.checkpoint)?;
     let g = GenerateConfig {
         max_tokens: a.max_tokens,
-        sampling: a.sampling.config(0.8),
+        sampling: a.sampling.config(seqlab_tasks::lm::DEFAULT_TEMPERATURE),
         seed: a.sampling.seed,
     };
     println!("{}", loaded.task.generate(&a.prompt, &g)?);

@@ -238,10 +238,7 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn mt_train_translate_attention() {
     let d = scratch("mt");
-    let tsv = reversal_pairs(300);
-    std::fs::write(d.join("train.tsv"), &tsv).unwrap();
-    let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
-    std::fs::write(d.join("valid.tsv"), &valid).unwrap();
+    write_reversal_corpus(&d);
     let cfg = d.join("mt.toml");
     std::fs::write(
         &cfg,
@@ -454,26 +451,7 @@ fn classify_and_forecast_through_the_registry() {
 #[test]
 fn bert_pretrain_and_finetune_through_the_registry() {
     let d = scratch("bert");
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
-    ];
-    let mut corpus = String::new();
-    let mut tsv = String::new();
-    for p in 0..60usize {
-        let sents: Vec<String> = (0..4)
-            .map(|s| {
-                let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
-                format!("{} .", w.join(" "))
-            })
-            .collect();
-        corpus.push_str(&sents.join(" "));
-        corpus.push('\n');
-        tsv.push_str(&format!(
-            "{}\t{}\n",
-            sents[0],
-            if sents[0].contains("cat") { "a" } else { "b" }
-        ));
-    }
+    let (corpus, tsv) = bert_corpus();
     std::fs::write(d.join("corpus.txt"), corpus).unwrap();
     std::fs::write(d.join("cls.tsv"), tsv).unwrap();
     // Old style: no `task` key, the alias supplies it.
