@@ -19,8 +19,12 @@ import json
 import os
 import resource
 import time
+import warnings
 
 import torch
+
+# PyTorch's notes on nested tensors and oneDNN fallbacks are not results.
+warnings.filterwarnings("ignore", category=UserWarning)
 
 LAYER_ROWS = ("rnn", "lstm", "gru", "lstm-proj", "lstm-bidir", "encoder", "decoder")
 

@@ -301,7 +301,9 @@ def run_row(row, threads, a, seqlab, peak):
         med = lambda k: statistics.median(r[k] for r in rs)
         per_s = med("units_per_s")
         res[f"{side}_units_per_s"] = per_s
-        res[f"{side}_cpu_per_1k"] = statistics.median(1000 * r["cpu_seconds"] / max(r["units"], 1) for r in rs)
+        # The timed section's CPU when the child reports it, else (word2vec) the whole process's.
+        cpu = lambda r: r["cpu_seconds"] if r.get("cpu_seconds") is not None else r["process_cpu_seconds"]
+        res[f"{side}_cpu_per_1k"] = statistics.median(1000 * cpu(r) / max(r["units"], 1) for r in rs)
         res[f"{side}_rss_mib"] = med("rss_mib")
         if row.unit == "sent/s":
             res[f"{side}_sent_per_s"] = statistics.median(r["sentences"] / r["seconds"] for r in rs)
