@@ -154,7 +154,7 @@ def model(name, config, sets, steps, flops, note=""):
 
 
 def decode(name, decoder):
-    flags = ["--decoder", decoder, "--beam-size", "4", "--batch-size", "32", "--sentences", "64"]
+    flags = ["--decoder", decoder, "--beam-size", "4", "--batch-size", "32", "--sentences", "{sentences}"]
     return Row(name, ["bench", "translate", "--json", "--config", "configs/mt-bible-small.toml", *SAMPLE_MT,
                       *flags, "--steps", "{steps}", "--warmup", "{warmup}"],
                ["translate", "--export", "{export}", *flags, "--steps", "{steps}", "--warmup", "{warmup}",
@@ -272,13 +272,14 @@ def export_info(export):
 def run_row(row, threads, a, seqlab, peak):
     """All rounds of one row at one thread count → a result dict."""
     steps = row.quick_steps if a.quick else row.steps
-    warmup = 0 if a.quick and row.warmup == 0 else (min(row.warmup, 1) if a.quick else row.warmup)
+    warmup = 0 if a.quick else row.warmup
     export = WORK / row.name
     export.mkdir(parents=True, exist_ok=True)
     corpus = row.needs
     if row.name.startswith("w2v") and a.quick and corpus is not None:
         corpus = quick_corpus(corpus)
-    subst = dict(steps=steps, warmup=warmup, threads=threads, export=export, corpus=corpus, seqlab=seqlab)
+    subst = dict(steps=steps, warmup=warmup, threads=threads, export=export, corpus=corpus, seqlab=seqlab,
+                 sentences=8 if a.quick else 64)
     s_env, t_env = envs(threads)
     runs = 1 if a.quick else a.runs
     res = {"row": row.name, "threads": threads, "unit": row.unit, "loads": [], "seqlab": [], "pytorch": []}
@@ -371,6 +372,12 @@ def machine():
     return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
 
 
+def shown_path(p):
+    """p relative to the repository when inside it, else absolute."""
+    p = Path(p).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def default_seqlab():
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     for p in (target / "release" / "seqlab", target / "debug" / "seqlab"):
@@ -383,14 +390,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", help=f"comma-separated rows (default: all): {', '.join(r.name for r in ROWS)}")
     ap.add_argument("--runs", type=int, default=3, help="runs per side per row and thread count (>= 3 for a claim)")
-    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
-    ap.add_argument("--quick", action="store_true", help="smoke check: 1 run per side, 1 step, tiny w2v corpus")
+    ap.add_argument("--threads", help="thread counts, comma-separated (default 1,2; --quick: 2)")
+    ap.add_argument("--quick", action="store_true", help="smoke check, not a measurement: 1 run per side, "
+                                                         "1 step without warm-up, 8 sentences to decode, a 4 MB "
+                                                         "word2vec corpus, 2 threads")
     ap.add_argument("--force", action="store_true", help="print ratios of LOADED rows too (still labelled)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line per row and thread count")
     ap.add_argument("--seqlab", default=default_seqlab(), help="the seqlab binary (default: target/release, "
                                                                   "else target/debug)")
     a = ap.parse_args()
-    threads = [int(t) for t in a.threads.split(",")]
+    threads = [int(t) for t in (a.threads or ("2" if a.quick else "1,2")).split(",")]
     by_name = {r.name: r for r in ROWS}
     names = a.rows.split(",") if a.rows else [r.name for r in ROWS]
     unknown = [n for n in names if n not in by_name]
@@ -404,7 +413,7 @@ def main():
     started = time.time()
     command = "python bench/run.py " + shlex.join(sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"Command: `{command}` ({date}; seqlab `{os.path.relpath(a.seqlab, ROOT)}`, PyTorch "
+    header = (f"Command: `{command}` ({date}; seqlab `{shown_path(a.seqlab)}`, PyTorch "
               f"{torch.__version__}; {machine()}; {'QUICK smoke check, not a measurement; ' if a.quick else ''}"
               f"{1 if a.quick else a.runs} alternating runs per side, medians)")
     print(header, flush=True)
