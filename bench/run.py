@@ -132,6 +132,7 @@ class Row:
     needs: Optional[Path] = None  # skipped with a message when absent
     peer_cmd: bool = False
     note: str = ""
+    prepare: Optional[list] = None  # seqlab arguments run once, untimed, before the rounds
 
 
 def layer(name, steps, fwd):
@@ -160,6 +161,10 @@ def decode(name, decoder):
                ["translate", "--export", "{export}", *flags, "--steps", "{steps}", "--warmup", "{warmup}",
                 "--threads", "{threads}"],
                steps=1, warmup=1 if decoder == "greedy" else 0, unit="sent/s",
+               # The peer builds the same model from the tokenizer and config that one
+               # (untimed) `seqlab bench model` step exports.
+               prepare=["bench", "model", "--json", "--config", "configs/mt-bible-small.toml", *SAMPLE_MT,
+                        "--export", "{export}", "--steps", "1", "--warmup", "0"],
                note="untrained mt-bible-small (random weights, seed 42): outputs run to the length "
                     "limit (source + 50), so both sides do the same work per sentence")
 
@@ -281,6 +286,8 @@ def run_row(row, threads, a, seqlab, peak):
     subst = dict(steps=steps, warmup=warmup, threads=threads, export=export, corpus=corpus, seqlab=seqlab,
                  sentences=8 if a.quick else 64)
     s_env, t_env = envs(threads)
+    if row.prepare:
+        run_child([seqlab] + [str(x).format(**subst) for x in row.prepare], s_env)
     runs = 1 if a.quick else a.runs
     res = {"row": row.name, "threads": threads, "unit": row.unit, "loads": [], "seqlab": [], "pytorch": []}
     for _ in range(runs):
