@@ -132,6 +132,7 @@ class Row:
     needs: Optional[Path] = None  # skipped with a message when absent
     peer_cmd: bool = False
     note: str = ""
+    peer_name: str = "pytorch"  # what {side} becomes for the peer in a peer_cmd
     prepare: Optional[list] = None  # seqlab arguments run once, untimed, before the rounds
 
 
@@ -174,7 +175,7 @@ def w2v(model_name):
                                           "--models", model_name, "--epochs", "{steps}", "--threads", "{threads}",
                                           "--corpus", "{corpus}", "--seqlab", "{seqlab}", "--work", "{export}"],
                steps=1, warmup=0, unit="words/s", threads=(2,), needs=SHARED / "w2v" / "corpus.en.txt",
-               peer_cmd=True, note="dim 100, window 5, negative 5, sample 1e-3; steps = epochs; gensim 4 "
+               peer_cmd=True, peer_name="gensim", note="dim 100, window 5, negative 5, sample 1e-3; steps = epochs; gensim 4 "
                                    "corpus_file; quality: bench/w2v_vs_gensim.py")
 
 
@@ -294,7 +295,9 @@ def run_row(row, threads, a, seqlab, peak):
         res["loads"].append(os.getloadavg()[0])
         for side in ("seqlab", "pytorch"):
             if row.peer_cmd:
-                cmd = [str(x).format(side=side, **subst) for x in row.peer]
+                # The wrapped script names its sides itself (word2vec: seqlab, gensim).
+                name = side if side == "seqlab" else row.peer_name
+                cmd = [str(x).format(side=name, **subst) for x in row.peer]
                 env = s_env if side == "seqlab" else t_env
             elif side == "seqlab":
                 cmd, env = [seqlab] + [str(x).format(**subst) for x in row.seqlab], s_env
