@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -337,8 +338,9 @@ def quick_corpus(corpus):
 
 
 def table(results, a, peaks):
-    lines = ["| row | threads | seqlab | PyTorch | seqlab / PyTorch | CPU-s per 1k units (seqlab / PyTorch) "
-             "| peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak (seqlab / PyTorch) | load before rounds |",
+    lines = ["| row | threads | seqlab | PyTorch (gensim for w2v) | seqlab / PyTorch | CPU-s per 1k units "
+             "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak (seqlab / PyTorch) "
+             "| load before rounds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "skipped" in r:
@@ -419,12 +421,17 @@ def main():
         sys.exit(f"{a.seqlab}: no seqlab binary; build it: cargo build --release -p seqlab-cli")
     if a.runs < 1:
         sys.exit("--runs must be >= 1")
-    import torch  # noqa: only for the version line; peers import it themselves
+    # No torch import here: a child's ru_maxrss includes the runner's resident memory at fork
+    # (exec records the old address space's high-water mark), so the runner stays small.
     started = time.time()
     command = "python bench/run.py " + shlex.join(sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    torch_version = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                                   capture_output=True, text=True).stdout.strip() or "missing"
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     header = (f"Command: `{command}` ({date}; seqlab `{shown_path(a.seqlab)}`, PyTorch "
-              f"{torch.__version__}; {machine()}; {'QUICK smoke check, not a measurement; ' if a.quick else ''}"
+              f"{torch_version}; {machine()}; {'QUICK smoke check, not a measurement; ' if a.quick else ''}"
+              f"peak RSS includes the runner's {floor:.0f} MiB copied at fork; "
               f"{1 if a.quick else a.runs} alternating runs per side, medians)")
     print(header, flush=True)
     peaks = {}
@@ -443,7 +450,7 @@ def main():
             else:
                 t0 = time.time()
                 r = run_row(row, t, a, a.seqlab, peaks[t]["peak"])
-                print(f"  {n} @ {t} threads: seqlab {r['seqlab_units_per_s']:.1f} vs PyTorch "
+                print(f"  {n} @ {t} threads: seqlab {r['seqlab_units_per_s']:.1f} vs {row.peer_name} "
                       f"{r['pytorch_units_per_s']:.1f} {row.unit}{' LOADED' if r['loaded'] else ''} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
             results.append(r)
