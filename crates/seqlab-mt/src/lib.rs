@@ -6,6 +6,7 @@
 //! `average-checkpoints` and `plot-pe` and calls these functions.
 
 pub mod average;
+pub mod bench;
 pub mod decode;
 pub mod parallel;
 pub mod plots;

@@ -27,6 +27,7 @@
 //! `seqlab train --config F`, `seqlab eval --checkpoint RUN`, `loss.png`, `test_report.json`
 //! and resume then work for the new task with no other change.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod interrupt;

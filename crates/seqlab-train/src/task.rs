@@ -6,6 +6,7 @@
 //! the `seqlab` binary builds the registry from those calls. See the crate docs for the
 //! recipe to add a task.
 
+use crate::bench::{BenchSpec, ModelBench};
 use crate::config::{split_config, upgrade_legacy_keys, OptimConfig, RunConfig};
 use crate::run::{self, RunOutcome};
 use crate::schedule::Schedule;
@@ -195,6 +196,7 @@ pub struct TaskEntry {
     train: fn(Map<String, Value>, &str, bool) -> Result<RunOutcome>,
     load: fn(&Path, Map<String, Value>) -> Result<LoadedAny>,
     keys: fn() -> Result<Vec<crate::keys::TableDoc>>,
+    bench: fn(Map<String, Value>, &str, &BenchSpec) -> Result<ModelBench>,
 }
 
 impl TaskEntry {
@@ -221,6 +223,7 @@ impl TaskEntry {
                     task: Box::new(loaded.task),
                 })
             },
+            bench: |m, source, spec| crate::bench::bench_task::<T>(&parse_config::<T>(m, source)?, spec),
         }
     }
 }
@@ -336,6 +339,15 @@ impl Registry {
         (e.train)(m, &source, req.resume)
     }
 
+    /// Times training steps of the run a config file describes (after `overrides`), built as
+    /// [`Registry::train`] builds it but writing nothing to the run folder
+    /// ([`crate::bench::bench_task`]).
+    pub fn bench(&self, config: &Path, overrides: &[String], spec: &BenchSpec) -> Result<ModelBench> {
+        let (mut m, source) = read_file_config(config, overrides)?;
+        let e = self.entry_for(&mut m, None, &source)?;
+        (e.bench)(m, &source, spec)
+    }
+
     /// Loads a trained model from a checkpoint folder or a run folder (→ its best
     /// checkpoint), whatever its task.
     pub fn load(&self, path: &Path) -> Result<LoadedAny> {
@@ -345,6 +357,20 @@ impl Registry {
         let e = self.entry_for(&mut m, None, &source)?;
         (e.load)(&dir, m)
     }
+}
+
+/// Reads a config file (after `overrides`) as task `T`'s run config; a config of another
+/// task is an error.
+pub fn read_config<T: Task>(path: &Path, overrides: &[String]) -> Result<RunConfig<T::Config>> {
+    let (m, source) = read_file_config(path, overrides)?;
+    if let Some(t) = m.get("task").and_then(|t| t.as_str()).filter(|t| *t != T::NAME) {
+        bail!(
+            "{source}: task = {t:?}, but this needs task {:?} ({})",
+            T::NAME,
+            T::ABOUT
+        );
+    }
+    parse_config::<T>(m, &source)
 }
 
 fn read_file_config(path: &Path, overrides: &[String]) -> Result<(Map<String, Value>, String)> {

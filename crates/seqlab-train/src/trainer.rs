@@ -502,6 +502,16 @@ impl Trainer {
         Ok(dir)
     }
 
+    /// One optimizer update outside [`Trainer::run`] (for benchmarks, [`crate::bench`]): the
+    /// loop's own step — `accum_steps` micro-batches, clipping, the optimizer at the
+    /// schedule's rate — without logging, evaluation or checkpoints. `vars` are the trainable
+    /// variables and `per_epoch` the task's batches per epoch, computed once by the caller as
+    /// the loop does. Returns the tokens (or examples) the update covered.
+    pub fn step(&mut self, task: &mut dyn TrainTask, vars: &[candle_core::Var], per_epoch: usize) -> Result<usize> {
+        anyhow::ensure!(per_epoch > 0, "the training data gives no batches");
+        Ok(self.train_step(task, vars, per_epoch, &ProgressBar::hidden())?.tokens)
+    }
+
     /// One optimizer update: `accum_steps` micro-batches' gradients summed, clipped, applied
     /// at the schedule's rate. Advances the data position and the step counter.
     fn train_step(
