@@ -1,9 +1,9 @@
 //! `nn.RNN`, `nn.LSTM`, `nn.GRU` with PyTorch's semantics and parameter names, and the
 //! [`RecurrentClassifier`] (recurrent layer → last step → `nn.Linear`).
 //!
-//! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (candle
-//! ops), then the whole recurrence as one fused op ([`crate::kernels::recurrence`]) with a
-//! hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
+//! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (the
+//! fused linear op, [`crate::kernels::linear`]), then the whole recurrence as one fused op
+//! ([`crate::kernels::recurrence`]) with a hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
 //! through exactly this one.
 //!
 //! Variable-length batches: `lengths[b]` is sequence b's valid length. Outputs past it are

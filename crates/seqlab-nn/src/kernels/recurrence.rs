@@ -1,15 +1,17 @@
 //! The whole recurrence of one layer and direction as ONE candle op, forward and backward.
 //!
 //! A time loop of small candle ops costs far more in per-op overhead (allocation, graph
-//! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices:
-//! per step one `gemm` for `h @ W_hh^T` plus fused gate nonlinearities and state update. The
-//! forward keeps the gate activations; the backward (BPTT) runs in one op too, with one
-//! per-step `gemm` for the hidden-state gradient and a single large `gemm` at the end for
-//! `dW_hh` (and `dW_hr`).
+//! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices.
+//! It runs on a team of threads (one per rayon thread, for problems big enough), each owning a
+//! contiguous block of the cell's units: per step, one `gemm` of h with its rows of W_hh
+//! (packed contiguous once per call), then its units' fused gate nonlinearities and state
+//! update, then a barrier. The forward keeps the gate activations; the backward (BPTT) runs
+//! the same way, each thread producing its part of dh_prev, plus a single large `gemm` at the
+//! end for `dW_hh` (and `dW_hr`). The gate loops are compiled for AVX-512 or AVX2 and chosen
+//! at run time, since the crate itself targets baseline x86-64.
 //!
-//! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one ordinary matmul over
-//! all time steps, done by the caller with differentiable candle ops, and its result `gx`
-//! enters here.
+//! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one fused linear op over
+//! all time steps ([`super::linear`]), done by the caller, and its result `gx` enters here.
 
 use super::sgemm;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
