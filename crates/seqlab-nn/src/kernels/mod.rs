@@ -98,12 +98,79 @@ pub(crate) fn sgemm(
     sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
 }
 
+/// [`sgemm`] on the calling thread only: for the small per-step products of a team of threads
+/// that already splits the work itself (nesting `gemm`'s rayon split inside would oversubscribe).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    sgemm_with(
+        gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        1,
+        accumulate,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        b_cs,
+    )
+}
+
 /// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
 /// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
 /// that makes the big operand column-major.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    let threads = rayon::current_num_threads();
+    // Thread dispatch costs more than it saves on tiny products.
+    let par = if threads > 1 && m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    sgemm_with(
+        par, m, n, k, dst, dst_rs, dst_cs, accumulate, a, a_rs, a_cs, b, b_rs, b_cs,
+    )
+}
+
+/// The checked call into `gemm` behind [`sgemm_strided`] and [`sgemm_serial`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn sgemm_with(
+    par: gemm::Parallelism,
     m: usize,
     n: usize,
     k: usize,
@@ -134,13 +201,6 @@ pub(crate) fn sgemm_strided(
     assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    let threads = rayon::current_num_threads();
-    // Thread dispatch costs more than it saves on tiny products.
-    let par = if threads > 1 && m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(
