@@ -19,6 +19,7 @@ fn register_font() {
 }
 
 /// One named series of (x, y) points.
+#[derive(Debug, Clone)]
 pub struct Series {
     /// Legend label.
     pub name: String,
