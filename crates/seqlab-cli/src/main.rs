@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bert;
+mod export;
 mod mt;
 mod score;
 mod serve_cmd;
@@ -69,6 +70,8 @@ enum Command {
     Chrf(score::ChrfArgs),
     /// Serve checkpoints over HTTP/JSON with dynamic batching, metrics and a web page.
     Serve(serve_cmd::ServeArgs),
+    /// Write a trained translation model as a Hugging Face M2M100 folder (Transformers, CTranslate2).
+    Export(export::ExportArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -145,6 +148,7 @@ fn main() {
         Command::Bleu(a) => score::run_bleu(a),
         Command::Chrf(a) => score::run_chrf(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
