@@ -476,14 +476,24 @@ impl ConfigKeys for FinetuneData {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneTaskConfig {
-    /// A pretraining checkpoint folder, or a pretraining run folder (→ `best`, else latest).
+    /// A seqlab pretraining checkpoint folder, or a pretraining run folder (→ `best`, else
+    /// latest). Give this or `init_from`.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub pretrained: PathBuf,
+    /// A Hugging Face BERT folder (`config.json`, `model.safetensors`, `tokenizer.json` or
+    /// `vocab.txt`; see [`crate::hf`]) to start from instead of `pretrained`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     /// Keep the random initial weights instead of loading the pretrained encoder (the
     /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
     #[serde(default)]
     pub from_scratch: bool,
     /// Classification files and batching.
     pub data: FinetuneData,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// A whole fine-tuning run config.
@@ -495,6 +505,11 @@ pub type FinetuneConfig = RunConfig<FinetuneTaskConfig>;
 pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
     let tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(file, vs.device()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    load_encoder_tensors(vs, &tensors).with_context(|| file.display().to_string())
+}
+
+/// [`load_encoder`] from tensors already read (seqlab names).
+pub fn load_encoder_tensors(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<usize> {
     let mut problems = Vec::new();
     let mut n = 0;
     for (name, var) in vs.trainable() {
@@ -515,13 +530,17 @@ pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
         }
     }
     if !problems.is_empty() {
-        bail!(
-            "{}: pretrained encoder does not fit: {}",
-            file.display(),
-            problems.join("; ")
-        );
+        bail!("pretrained encoder does not fit: {}", problems.join("; "));
     }
     Ok(n)
+}
+
+/// Where a fine-tuning run's tokenizer, model shape and encoder weights come from.
+enum Source {
+    /// A seqlab checkpoint folder (`tokenizer.json`, `bert_config.json`, `model.safetensors`).
+    Seqlab(PathBuf),
+    /// A Hugging Face BERT folder.
+    Hf(PathBuf),
 }
 
 struct ClsSet {
@@ -570,15 +589,36 @@ impl FinetuneTask {
     /// training data is read.
     fn new(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
         let evaluate_only = from.purpose == Purpose::Evaluate;
-        let ck = match (from.checkpoint, evaluate_only) {
-            (Some(dir), true) => dir.to_path_buf(),
-            _ => resolve_checkpoint(&cfg.task.pretrained)?,
+        let t = &cfg.task;
+        let source = match (from.checkpoint, evaluate_only, &t.init_from) {
+            (Some(dir), true, _) => Source::Seqlab(dir.to_path_buf()),
+            (_, _, Some(_)) if !is_empty_path(&t.pretrained) => {
+                bail!(
+                    "give one of `pretrained` (a seqlab checkpoint) and `init_from` (a Hugging Face folder), not both"
+                )
+            }
+            (_, _, Some(hf)) => Source::Hf(hf.clone()),
+            _ if is_empty_path(&t.pretrained) => {
+                bail!(
+                    "fine-tuning needs `pretrained` (a seqlab checkpoint) or `init_from` (a Hugging Face BERT folder)"
+                )
+            }
+            _ => Source::Seqlab(resolve_checkpoint(&t.pretrained)?),
         };
-        let tok = BertTokenizer::load(&ck.join("tokenizer.json"))?;
-        let bc = ck.join("bert_config.json");
-        let bert_cfg: BertConfig =
-            serde_json::from_str(&std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?)
+        let (tok, bert_cfg, mut hf_weights) = match &source {
+            Source::Seqlab(ck) => {
+                let bc = ck.join("bert_config.json");
+                let bert_cfg: BertConfig = serde_json::from_str(
+                    &std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?,
+                )
                 .with_context(|| format!("{}: bad model config", bc.display()))?;
+                (BertTokenizer::load(&ck.join("tokenizer.json"))?, bert_cfg, None)
+            }
+            Source::Hf(dir) => {
+                let h = crate::hf::HfBert::load(dir, vs.device())?;
+                (h.tok, h.cfg, Some(h.weights))
+            }
+        };
         let d = &cfg.task.data;
         if d.max_len < 3 || d.max_len > bert_cfg.max_position_embeddings || d.batch_size == 0 {
             bail!(
@@ -588,6 +628,7 @@ impl FinetuneTask {
         }
         let encode = |data: &ClsData| encode_cls(&tok, data, d.max_len);
         let (labels, train, valid) = if evaluate_only {
+            let (Source::Seqlab(ck) | Source::Hf(ck)) = &source;
             let f = ck.join("labels.json");
             let names: Vec<String> =
                 serde_json::from_str(&std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)
@@ -608,7 +649,22 @@ impl FinetuneTask {
         };
         let net = BertClassifier::new(&bert_cfg, labels.len(), vs)?;
         if !evaluate_only && !cfg.task.from_scratch {
-            load_encoder(vs, &ck.join("model.safetensors"))?;
+            match (&source, hf_weights.as_mut()) {
+                (Source::Hf(dir), Some(w)) => {
+                    // A checkpoint without pooler: the classifier starts from a fresh one,
+                    // as HF's BertForSequenceClassification does.
+                    for (name, var) in vs.trainable() {
+                        if name.starts_with("bert.pooler.") && !w.parts.pooler {
+                            // A copy: a variable cannot be set from its own storage.
+                            w.tensors.insert(name, c(var.as_tensor().copy())?);
+                        }
+                    }
+                    load_encoder_tensors(vs, &w.tensors).with_context(|| dir.display().to_string())?;
+                }
+                (Source::Seqlab(ck), _) | (Source::Hf(ck), None) => {
+                    load_encoder(vs, &ck.join("model.safetensors"))?;
+                }
+            }
         }
         Ok(Self {
             cfg: cfg.clone(),
@@ -750,7 +806,7 @@ impl Task for FinetuneTask {
 
     /// Configs of older seqlab versions had no `task` key: one with `pretrained` is this.
     fn claims_untagged(cfg: &Map<String, Value>) -> bool {
-        cfg.contains_key("pretrained")
+        cfg.contains_key("pretrained") || cfg.contains_key("init_from")
     }
 
     fn build(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
@@ -981,6 +1037,7 @@ mod tests {
             },
             task: FinetuneTaskConfig {
                 pretrained: cfg.run_dir(),
+                init_from: None,
                 from_scratch: false,
                 data: FinetuneData {
                     train,
@@ -1033,7 +1090,7 @@ mod tests {
         partial.remove("bert.embeddings.token_type_embeddings.weight");
         let f = dir.join("partial.safetensors");
         candle_core::safetensors::save(&partial, &f).unwrap();
-        let e = load_encoder(&fvs, &f).unwrap_err().to_string();
+        let e = format!("{:#}", load_encoder(&fvs, &f).unwrap_err());
         assert!(
             e.contains("missing bert.embeddings.token_type_embeddings.weight"),
             "{e}"

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bert;
 mod config_cmd;
+mod export;
 mod mt;
 mod predict;
 mod score;
@@ -77,6 +78,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Inspect run configs: `seqlab config keys TASK` prints every key, its default and meaning.
     Config(config_cmd::ConfigArgs),
+    /// Write a trained translation model as a Hugging Face M2M100 folder (Transformers, CTranslate2).
+    Export(export::ExportArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -155,6 +158,7 @@ fn main() {
         Command::Chrf(a) => score::run_chrf(a),
         Command::Serve(a) => serve_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
+        Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

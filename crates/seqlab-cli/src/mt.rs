@@ -22,7 +22,8 @@ pub enum DecoderArg {
 /// `seqlab translate --checkpoint RUN [--input F] [--output F] ...`
 #[derive(Args, Debug, Clone)]
 pub struct TranslateArgs {
-    /// A translation checkpoint folder, or its run folder (→ best checkpoint).
+    /// A translation checkpoint folder, or its run folder (→ best checkpoint), or a Hugging
+    /// Face M2M100 folder written by `seqlab export --format hf`.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Source sentences, one per line (default: standard input). With `--tsv`, `src<TAB>ref`
@@ -115,7 +116,7 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
 /// `seqlab translate`: translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
     check_output(&a)?;
-    let task = seqlab_train::load::<MtTask>(&a.checkpoint)?.task;
+    let task = crate::export::load_translation_model(&a.checkpoint)?;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();

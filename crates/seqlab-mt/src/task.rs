@@ -86,6 +86,28 @@ pub enum MtModelKind {
     Rnn,
 }
 
+/// The sinusoidal position table of a Transformer (config spelling: `paper`, `fairseq`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionTable {
+    /// The paper's interleaved sin/cos table, positions from 0. The default.
+    #[default]
+    Paper,
+    /// fairseq's table as Hugging Face M2M100 and CTranslate2 use it (half sines, half
+    /// cosines, other frequencies, positions from 2): needed for `seqlab export --format hf`
+    /// (see [`crate::hf`]).
+    Fairseq,
+}
+
+impl From<PositionTable> for seqlab_nn::SinusoidalLayout {
+    fn from(p: PositionTable) -> Self {
+        match p {
+            PositionTable::Paper => seqlab_nn::SinusoidalLayout::Paper,
+            PositionTable::Fairseq => seqlab_nn::SinusoidalLayout::Fairseq,
+        }
+    }
+}
+
 /// `[model]`. Defaults are the paper's base model (d_model 512, 8 heads, 6+6 layers, FFN
 /// 2048, dropout 0.1, post-norm, ReLU, shared embeddings); the RNN keys only apply to `rnn`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,6 +133,10 @@ pub struct MtModel {
     pub activation: String,
     /// Source, target and output embeddings are one matrix (needs `data.vocab = "joint"`).
     pub share_embeddings: bool,
+    /// Transformer: the sinusoidal table, `paper` or `fairseq` (the latter makes a pre-norm
+    /// model exportable to Hugging Face and CTranslate2). Default paper.
+    #[serde(default)]
+    pub positions: PositionTable,
     /// RNN: embedding size. Default 256.
     pub embed_dim: usize,
     /// RNN: decoder state size (the encoder's two directions get half each). Default 512.
@@ -132,6 +158,7 @@ impl Default for MtModel {
             norm_first: false,
             activation: "relu".into(),
             share_embeddings: true,
+            positions: PositionTable::Paper,
             embed_dim: 256,
             hidden_size: 512,
             num_layers: 2,
@@ -339,6 +366,7 @@ impl MtNet {
                     } else {
                         EmbeddingTying::Separate
                     },
+                    positions: m.positions.into(),
                     ..Seq2SeqConfig::new(src_vocab, tc)
                 };
                 MtNet::Transformer(c(Seq2SeqTransformer::new(&sc, vs))?)
@@ -506,6 +534,29 @@ impl MtTask {
             task.valid = task.encode_pairs(read_pairs(p)?)?;
         }
         Ok(task)
+    }
+
+    /// A task for translation only (no data read) from its parts: the config, the (joint)
+    /// tokenizer and a store holding the model's weights under seqlab's names. Used by the
+    /// Hugging Face import ([`crate::hf::load`]).
+    pub fn from_parts(
+        cfg: &MtConfig,
+        tok: Tokenizer,
+        weights: &std::collections::HashMap<String, Tensor>,
+        vs: &VarStore,
+    ) -> Result<Self> {
+        let net = MtNet::new(cfg, tok.vocab_size(), tok.vocab_size(), vs)?;
+        c(vs.load_state_dict(weights, true))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            src_tok: tok.clone(),
+            tgt_tok: tok,
+            net,
+            vs: vs.clone(),
+            train: Vec::new(),
+            valid: Vec::new(),
+            epoch_batches: None,
+        })
     }
 
     fn encode_pairs(&self, pairs: Vec<Pair>) -> Result<Vec<(Pair, Encoded)>> {
