@@ -482,7 +482,9 @@ pub struct FinetuneTaskConfig {
     pub pretrained: PathBuf,
     /// A Hugging Face BERT folder (`config.json`, `model.safetensors`, `tokenizer.json` or
     /// `vocab.txt`; see [`crate::hf`]) to start from instead of `pretrained`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Serialized even when unset (as null in JSON; TOML leaves it out) so that the key table
+    // check sees it.
+    #[serde(default)]
     pub init_from: Option<PathBuf>,
     /// Keep the random initial weights instead of loading the pretrained encoder (the
     /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
@@ -778,9 +780,16 @@ impl Task for FinetuneTask {
             about: "the pretrained model (task keys)",
             rows: vec![
                 KeyRow {
-                    doc: KeyDoc::required(
+                    doc: KeyDoc::new(
                         "pretrained",
-                        "a pretraining checkpoint folder, or its run folder (then best, else the latest)",
+                        "a pretraining checkpoint folder, or its run folder (then best, else the latest); give this or `init_from`",
+                    ),
+                    default: None,
+                },
+                KeyRow {
+                    doc: KeyDoc::new(
+                        "init_from",
+                        "a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt or tokenizer.json); give this or `pretrained`",
                     ),
                     default: None,
                 },

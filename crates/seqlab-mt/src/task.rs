@@ -282,6 +282,10 @@ impl ConfigKeys for MtModel {
             "share_embeddings",
             "source, target and output embeddings are one matrix (needs data.vocab = joint)",
         ),
+        KeyDoc::new(
+            "positions",
+            "transformer: sinusoidal table layout: paper (interleaved, from 0) | fairseq (half sin/half cos, from 2; needed by `seqlab export --format hf`)",
+        ),
         KeyDoc::new("embed_dim", "rnn: embedding size"),
         KeyDoc::new(
             "hidden_size",
