@@ -26,8 +26,6 @@ import argparse
 import json
 import math
 import os
-import resource
-import time
 
 import torch
 import torch.nn.functional as F
@@ -35,23 +33,8 @@ import torch.nn.functional as F
 SCAN = "selective_scan_ref (state-spaces/mamba's sequential reference scan, PyTorch autograd)"
 
 
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def time_units(warmup, steps, f):
-    """bench/peers.py's time_units: untimed warm-up calls, then `steps` timed ones."""
-    assert steps > 0, "the number of timed steps must be > 0"
-    for _ in range(warmup):
-        f()
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    units = 0
-    for _ in range(steps):
-        units += f()
-    secs = time.perf_counter() - t0
-    return {"steps": steps, "units": units, "seconds": secs, "cpu_seconds": cpu_seconds() - c0,
-            "units_per_s": units / max(secs, 1e-12)}
+# One timing function for every peer (run as `python bench/torch_mamba.py`: bench/ is on sys.path).
+from peers import time_units  # noqa: E402
 
 
 def selective_scan_ref(u, delta, A, B, C, D, z, delta_bias):
