@@ -4,6 +4,10 @@ WordSim353 / SimLex-999 Spearman, peak RSS. Prints a markdown table.
     /work/venv/bin/python bench/w2v_vs_gensim.py [--epochs 5] [--threads 2] [--models sg,cbow]
         [--seqlab $CARGO_TARGET_DIR/debug/seqlab] [--corpus ../shared/data/w2v/corpus.en.txt]
 
+With `--single seqlab|gensim` it trains one model with one trainer, evaluates nothing and
+prints one JSON line (words/s): the word2vec rows of bench/run.py, which alternate the two
+trainers and take medians (docs/BENCHMARKS.md).
+
 The raw corpus is prepared once by `seqlab w2v prepare --lowercase --strip-punct`; both
 trainers read that file (gensim through `corpus_file`, its fastest path). words/s is
 corpus tokens x epochs / training time (vocabulary scan excluded for both). Quality is
@@ -34,7 +38,8 @@ m.build_vocab(corpus_file=a["corpus"])
 t1 = time.time()
 m.train(corpus_file=a["corpus"], total_words=m.corpus_total_words, epochs=a["epochs"])
 t2 = time.time()
-m.wv.save_word2vec_format(a["out"], binary=True)
+if a.get("out"):
+    m.wv.save_word2vec_format(a["out"], binary=True)
 print(json.dumps({"vocab_seconds": t1 - t0, "train_seconds": t2 - t1, "vocab_size": len(m.wv),
                   "tokens": m.corpus_total_words}))
 """
@@ -73,6 +78,46 @@ def run_rss(cmd, log):
     return out, err, secs, int(m[-1]) / 1024 if m else float("nan")
 
 
+def seqlab_train_cmd(a, model, prepared, out):
+    sg = model == "sg"
+    return [a.seqlab, "w2v", "train", "--input", prepared, "--output", out, "--quiet",
+            "--model", "skipgram" if sg else "cbow", "--dim", "100", "--window", "5",
+            "--negative", "5", "--sample", "1e-3", "--min-count", "5", "--epochs", str(a.epochs),
+            "--alpha", str(alpha_of(model)), "--threads", str(a.threads), "--format", "binary"]
+
+
+def alpha_of(model):
+    return 0.025 if model == "sg" else 0.05
+
+
+def parse_seqlab_stats(err):
+    """(vocabulary, corpus tokens, training seconds) from `seqlab w2v train`'s last line."""
+    m = re.search(r"vocabulary (\d+) words .*?, (\d+) tokens.*?train ([\d.]+)s", err)
+    return int(m.group(1)), int(m.group(2)), float(m.group(3))
+
+
+def gensim_args(a, model, prepared, out):
+    return dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=a.epochs, threads=a.threads,
+                sg=int(model == "sg"), alpha=alpha_of(model), corpus=str(prepared), out=out)
+
+
+def single(a, prepared, log):
+    """One trainer, one model, no evaluation: one JSON line in bench/peers.py's format
+    (units = corpus tokens x epochs; cpu_seconds None: the runner takes the process's)."""
+    model = a.models.split(",")[0]
+    if a.single == "seqlab":
+        _, err, _ = run(seqlab_train_cmd(a, model, prepared, Path(a.work) / f"single-{model}.bin"), log)
+        vocab, tokens, secs = parse_seqlab_stats(err)
+    else:
+        o, _, _ = run([sys.executable, "-c", GENSIM_TRAIN, json.dumps(gensim_args(a, model, prepared, None))], log)
+        g = json.loads(o.strip().splitlines()[-1])
+        vocab, tokens, secs = g["vocab_size"], g["tokens"], g["train_seconds"]
+    units = tokens * a.epochs
+    print(json.dumps({"row": f"w2v-{model}", "side": a.single, "unit": "words", "threads": a.threads,
+                      "steps": a.epochs, "units": units, "seconds": secs, "cpu_seconds": None,
+                      "units_per_s": units / secs, "vocab": vocab}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", default=str(DATA / "w2v" / "corpus.en.txt"))
@@ -83,29 +128,28 @@ def main():
     ap.add_argument("--seqlab", default=str(Path(target) / "debug" / "seqlab"))
     ap.add_argument("--work", default=str(ROOT / "runs" / "w2v-bench"))
     ap.add_argument("--skip-gensim", action="store_true")
+    ap.add_argument("--single", choices=("seqlab", "gensim"),
+                    help="train the one model of --models with this trainer only; print one JSON line")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     log = open(work / "log.txt", "a")
     qw, ws, sl = DATA / "eval" / "questions-words.txt", DATA / "eval" / "wordsim353.tsv", DATA / "eval" / "simlex999.txt"
 
-    prepared = work / "prepared.txt"
+    prepared = work / f"prepared-{Path(a.corpus).stem}.txt"
     if not prepared.exists():
-        run([a.seqlab, "w2v", "prepare", "--input", a.corpus, "--output", prepared, "--lowercase", "--strip-punct"], log)
+        tmp = prepared.with_suffix(f".{os.getpid()}.tmp")
+        run([a.seqlab, "w2v", "prepare", "--input", a.corpus, "--output", tmp, "--lowercase", "--strip-punct"], log)
+        os.replace(tmp, prepared)
+    if a.single:
+        return single(a, prepared, log)
 
     rows = []
     for model in a.models.split(","):
-        sg = model == "sg"
-        alpha = 0.025 if sg else 0.05
-        common = dict(dim=100, window=5, negative=5, sample=1e-3, min_count=5, epochs=a.epochs, threads=a.threads)
         # seqlab
         out_s = work / f"seqlab-{model}.bin"
-        _, err, _, rss = run_rss([a.seqlab, "w2v", "train", "--input", prepared, "--output", out_s, "--quiet",
-                                  "--model", "skipgram" if sg else "cbow", "--dim", "100", "--window", "5",
-                                  "--negative", "5", "--sample", "1e-3", "--min-count", "5", "--epochs", str(a.epochs),
-                                  "--alpha", str(alpha), "--threads", str(a.threads), "--format", "binary"], log)
-        m = re.search(r"vocabulary (\d+) words .*?, (\d+) tokens.*?train ([\d.]+)s", err)
-        vocab, tokens, secs = int(m.group(1)), int(m.group(2)), float(m.group(3))
+        _, err, _, rss = run_rss(seqlab_train_cmd(a, model, prepared, out_s), log)
+        vocab, tokens, secs = parse_seqlab_stats(err)
         res = {"trainer": "seqlab", "model": model, "vocab": vocab, "train_s": secs,
                "wps": tokens * a.epochs / secs, "rss_mib": rss,
                "vectors_mib": vocab * 100 * 4 / 2**20}
@@ -114,7 +158,7 @@ def main():
         # gensim
         if not a.skip_gensim:
             out_g = work / f"gensim-{model}.bin"
-            args = dict(common, sg=int(sg), alpha=alpha, corpus=str(prepared), out=str(out_g))
+            args = gensim_args(a, model, prepared, str(out_g))
             o, _, _, rss = run_rss([sys.executable, "-c", GENSIM_TRAIN, json.dumps(args)], log)
             g = json.loads(o.strip().splitlines()[-1])
             res = {"trainer": "gensim", "model": model, "vocab": g["vocab_size"], "train_s": g["train_seconds"],

@@ -18,21 +18,27 @@ pub const MASK: &str = "[MASK]";
 /// seqlab-data's `<pad> <bos> <eos> <unk>` take ids 0..4.
 const BASE_SPECIALS: u32 = 4;
 
-/// seqlab's tokenizer plus the three BERT special tokens, added after its vocabulary.
+/// A BERT tokenizer: seqlab's tokenizer plus the three BERT special tokens (added after its
+/// vocabulary), or a Hugging Face WordPiece tokenizer (`[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`,
+/// `[MASK]` in its vocabulary; see [`crate::hf`]). Either way the file it saves is an HF
+/// `tokenizer.json`.
 #[derive(Clone, Debug)]
 pub struct BertTokenizer {
-    /// The underlying seqlab tokenizer (BPE, word or char) with the BERT tokens added.
-    pub tok: Tokenizer,
+    /// The underlying HF tokenizer (BPE, word or char from seqlab, or WordPiece), the BERT
+    /// tokens included. [`BertTokenizer::encode`] adds no special tokens.
+    pub hf: tokenizers::Tokenizer,
     /// Id of `[CLS]`.
     pub cls: u32,
     /// Id of `[SEP]`.
     pub sep: u32,
     /// Id of `[MASK]`.
     pub mask: u32,
-    /// Id of `<pad>` (seqlab's `PAD_ID`).
+    /// Id of the padding token (seqlab's `<pad>` = `PAD_ID`, or WordPiece's `[PAD]`).
     pub pad: u32,
-    /// Ordinary tokens are `4..first_added`; random replacements are drawn from them.
-    pub first_added: u32,
+    /// The ordinary tokens: masking never selects anything outside, and random replacements
+    /// are drawn from them. seqlab: `4..` the first BERT token; WordPiece: after the last
+    /// special or `[unusedN]` token up to the vocabulary's end.
+    pub ordinary: std::ops::Range<u32>,
 }
 
 impl BertTokenizer {
@@ -47,59 +53,91 @@ impl BertTokenizer {
             AddedToken::from(MASK, true),
         ])
         .map_err(|e| anyhow::anyhow!("adding BERT special tokens: {e}"))?;
-        let json = hf.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?;
-        Self::from_tokenizer(Tokenizer::from_json(&json).map_err(|e| anyhow::anyhow!("{}", e.0))?)
+        Self::from_hf(hf)
     }
 
-    /// Wraps a tokenizer that already holds the BERT special tokens.
-    pub fn from_tokenizer(tok: Tokenizer) -> Result<Self> {
+    /// Wraps an HF tokenizer that holds the BERT special tokens: a seqlab tokenizer (with
+    /// `<pad>` at 0) or a WordPiece one (with `[PAD]` and `[UNK]`). Rejects anything else,
+    /// naming the missing token.
+    pub fn from_hf(hf: tokenizers::Tokenizer) -> Result<Self> {
         let id = |s: &str| {
-            tok.token_to_id(s)
+            hf.token_to_id(s)
                 .ok_or_else(|| anyhow::anyhow!("tokenizer has no {s} token: not a BERT tokenizer"))
         };
         let (cls, sep, mask) = (id(CLS)?, id(SEP)?, id(MASK)?);
-        let first_added = cls.min(sep).min(mask);
-        if first_added <= BASE_SPECIALS {
+        let wordpiece = matches!(hf.get_model(), tokenizers::ModelWrapper::WordPiece(_));
+        let (pad, ordinary) = if wordpiece {
+            let pad = id(crate::hf::PAD)?;
+            id(crate::hf::UNK)?;
+            // bert-base-uncased keeps [unused0..98] before [UNK] and [unused99..993] after
+            // [MASK]: ordinary pieces start after the last of them.
+            let vocab = hf.get_vocab(true);
+            let last_special = vocab
+                .iter()
+                .filter(|(t, _)| t.starts_with('[') && t.ends_with(']') && t.len() > 2)
+                .map(|(_, &i)| i)
+                .max()
+                .unwrap_or(0);
+            (pad, last_special + 1..hf.get_vocab_size(true) as u32)
+        } else {
+            // A seqlab tokenizer: check its own specials (ids 0..4).
+            let base = Tokenizer::from_json(&hf.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)
+                .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+            (base.pad_id(), BASE_SPECIALS..cls.min(sep).min(mask))
+        };
+        if ordinary.is_empty() {
             bail!("tokenizer has no ordinary tokens");
         }
         Ok(Self {
-            pad: tok.pad_id(),
-            tok,
+            hf,
             cls,
             sep,
             mask,
-            first_added,
+            pad,
+            ordinary,
         })
     }
 
-    /// Loads a seqlab tokenizer file and adds the BERT special tokens; errors name the file.
+    /// Loads an HF `tokenizer.json` (one [`BertTokenizer::save`] wrote, or a WordPiece one
+    /// from the hub) with the BERT special tokens; errors name the file.
     pub fn load(path: &Path) -> Result<Self> {
-        Self::from_tokenizer(Tokenizer::load(path)?).with_context(|| path.display().to_string())
+        let json = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let hf =
+            seqlab_data::tokenizer::parse_hf_json(&json).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))?;
+        Self::from_hf(hf).with_context(|| path.display().to_string())
     }
 
     /// Writes the underlying tokenizer (special tokens included) as HF `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        Ok(self.tok.save(path)?)
+        let json = self
+            .hf
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        seqlab_nn::io::write_atomic(path, json.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Number of ids, the BERT special tokens included (embedding table size).
     pub fn vocab_size(&self) -> usize {
-        self.tok
-            .vocab_size()
+        self.hf
+            .get_vocab_size(true)
             .max(self.cls.max(self.sep).max(self.mask) as usize + 1)
     }
 
     /// Ids of `text` without any special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.tok.encode(text).map_err(|e| anyhow::anyhow!("{}", e.0))
+        let enc = self
+            .hf
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     fn is_special(&self, id: u32) -> bool {
-        id < BASE_SPECIALS || id >= self.first_added
+        !self.ordinary.contains(&id)
     }
 
     fn random_token(&self, rng: &mut SeqRng) -> u32 {
-        BASE_SPECIALS + rng.below((self.first_added - BASE_SPECIALS) as usize) as u32
+        self.ordinary.start + rng.below(self.ordinary.len()) as u32
     }
 }
 
@@ -412,7 +450,7 @@ pub(crate) mod tests {
     fn special_tokens_added_and_saved() {
         let lines = corpus_lines();
         let tok = tokenizer(&lines);
-        assert!(tok.first_added > 4);
+        assert!(tok.ordinary.end > 4 && tok.ordinary.start == 4);
         assert!(tok.cls.max(tok.sep).max(tok.mask) < tok.vocab_size() as u32);
         let ids = tok.encode("[CLS] the cat [SEP]").unwrap();
         assert_eq!(ids.first(), Some(&tok.cls));
@@ -430,7 +468,7 @@ pub(crate) mod tests {
         let lines = corpus_lines();
         let tok = tokenizer(&lines);
         let m = MaskConfig::default();
-        let base: Vec<u32> = (0..200).map(|i| 4 + (i % (tok.first_added - 4))).collect();
+        let base: Vec<u32> = (0..200).map(|i| 4 + (i % (tok.ordinary.end - 4))).collect();
         let (mut n, mut sel, mut masked, mut random, mut same) = (0usize, 0usize, 0usize, 0usize, 0usize);
         for idx in 0..500 {
             let mut ids = base.clone();
@@ -455,7 +493,7 @@ pub(crate) mod tests {
         let f = |a: usize, b: usize| a as f64 / b as f64;
         assert!((f(sel, n) - 0.15).abs() < 0.005, "selected {}", f(sel, n));
         assert!((f(masked, sel) - 0.8).abs() < 0.02, "[MASK] {}", f(masked, sel));
-        // Random draws can hit the original token (1 in ~first_added); allow for it.
+        // Random draws can hit the original token (1 in ~ordinary.len()); allow for it.
         assert!((f(random, sel) - 0.1).abs() < 0.02, "random {}", f(random, sel));
         assert!((f(same, sel) - 0.1).abs() < 0.02, "unchanged {}", f(same, sel));
     }

@@ -5,10 +5,13 @@
 //!   (tied to the token embedding) and the NSP head; HF BERT parameter names.
 //! - [`data`]: tokenizer with `[CLS]`/`[SEP]`/`[MASK]`, sentence-pair sampling and masking,
 //!   all pure functions of (seed, epoch, index).
+//! - [`hf`]: Hugging Face BERT checkpoints (config, safetensors under either naming scheme,
+//!   WordPiece tokenizer) read into seqlab's model and tokenizer.
 //! - [`task`]: pretraining (`task = "bert-pretrain"`) and fine-tuning (`"bert-finetune"`)
 //!   as [`seqlab_train::Task`]s; [`register`] adds both to the `seqlab` binary's registry.
 
 pub mod data;
+pub mod hf;
 pub mod model;
 pub mod task;
 

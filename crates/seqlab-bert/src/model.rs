@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use seqlab_nn::transformer::{Activation, TransformerEncoder, TransformerLayerConfig};
 use seqlab_nn::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
+use seqlab_train::keys::{ConfigKeys, KeyDoc};
 use serde::{Deserialize, Serialize};
 
 /// Model size. Defaults (`tiny`) follow the small BERTs of Turc et al. 2019 (2 layers × 128);
@@ -40,6 +41,38 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     /// Standard deviation of the N(0, σ²) weight initialisation. Default 0.02.
     pub initializer_range: f64,
+}
+
+/// The BERT `[model]` keys at run time (`seqlab config keys bert-pretrain`); defaults come
+/// from `Default` (the `tiny` preset).
+impl ConfigKeys for BertConfig {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "vocab_size",
+            "set from the tokenizer when the model is built (0 = from data)",
+        ),
+        KeyDoc::new("hidden_size", "width of embeddings and Transformer layers"),
+        KeyDoc::new("num_hidden_layers", "Transformer encoder layers"),
+        KeyDoc::new(
+            "num_attention_heads",
+            "attention heads per layer; must divide hidden_size",
+        ),
+        KeyDoc::new("intermediate_size", "feed-forward inner width"),
+        KeyDoc::new(
+            "max_position_embeddings",
+            "longest input, [CLS] and [SEP]s included; >= 3",
+        ),
+        KeyDoc::new("type_vocab_size", "segment (token type) kinds"),
+        KeyDoc::new(
+            "hidden_dropout_prob",
+            "dropout on embeddings, attention and feed-forward outputs, in [0, 1)",
+        ),
+        KeyDoc::new("layer_norm_eps", "LayerNorm ε"),
+        KeyDoc::new(
+            "initializer_range",
+            "standard deviation of the N(0, σ²) weight initialisation",
+        ),
+    ];
 }
 
 impl Default for BertConfig {

@@ -12,6 +12,7 @@ use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
 use seqlab_train::checkpoint::resolve as resolve_checkpoint;
+use seqlab_train::keys::{ConfigKeys, KeyDoc, KeyRow, TableDoc};
 use seqlab_train::trainer::{LossTerm, Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,40 @@ impl Default for PretrainData {
             mask_prob: 0.15,
         }
     }
+}
+
+/// The `[data]` keys of pretraining at run time (`seqlab config keys bert-pretrain`).
+impl ConfigKeys for PretrainData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "corpus",
+            "text file, one paragraph per line (consecutive lines are next-sentence pairs)",
+        ),
+        KeyDoc::new("tokenizer", "char | word | bpe"),
+        KeyDoc::new(
+            "vocab_size",
+            "vocabulary size, seqlab's four specials counted, not [CLS]/[SEP]/[MASK]",
+        ),
+        KeyDoc::new(
+            "min_frequency",
+            "least count of a token or merge to enter the vocabulary",
+        ),
+        KeyDoc::new(
+            "max_paragraphs",
+            "read only the first this many paragraphs (lines); unset = all",
+        ),
+        KeyDoc::new(
+            "valid_paragraphs",
+            "the last this many paragraphs are held out for evaluation",
+        ),
+        KeyDoc::new("max_len", "longest pair in tokens, specials included"),
+        KeyDoc::new("batch_size", "pairs per micro-batch"),
+        KeyDoc::new("max_eval_batches", "evaluate on at most this many batches; unset = all"),
+        KeyDoc::new(
+            "mask_prob",
+            "fraction of tokens selected for the masked LM (80 % [MASK], 10 % random, 10 % kept)",
+        ),
+    ];
 }
 
 /// The task keys of a pretraining run (`configs/bert-*.toml`); the engine's keys are
@@ -292,6 +327,21 @@ impl Task for PretrainTask {
         bert_optim(1e-4)
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        Ok(vec![
+            TableDoc::of(
+                "model",
+                "encoder size (defaults: BERT-tiny, 2 layers x 128)",
+                &BertConfig::default(),
+            )?,
+            TableDoc::of(
+                "data",
+                "corpus, tokenizer, masking and batching",
+                &PretrainData::default(),
+            )?,
+        ])
+    }
+
     /// Warm-up over 1000 steps, then cosine decay to 0 at `train.max_steps`.
     fn default_schedule(cfg: &PretrainConfig) -> Schedule {
         bert_schedule(cfg.run.optim.lr, 1000, cfg.run.train.max_steps)
@@ -436,18 +486,45 @@ impl Default for FinetuneData {
     }
 }
 
+/// The `[data]` keys of fine-tuning at run time (`seqlab config keys bert-finetune`).
+impl ConfigKeys for FinetuneData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::required("train", "training file, text<TAB>label per line"),
+        KeyDoc::new("valid", "validation file, evaluated during training"),
+        KeyDoc::new("test", "test file, scored with the best checkpoint when training ends"),
+        KeyDoc::new("max_len", "longest input, [CLS]/[SEP] included; longer texts are cut"),
+        KeyDoc::new("batch_size", "texts per batch"),
+        KeyDoc::new(
+            "max_eval_batches",
+            "evaluate at most this many validation batches; unset = all",
+        ),
+    ];
+}
+
 /// The task keys of a fine-tuning run: a pretrained checkpoint plus classification data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneTaskConfig {
-    /// A pretraining checkpoint folder, or a pretraining run folder (→ `best`, else latest).
+    /// A seqlab pretraining checkpoint folder, or a pretraining run folder (→ `best`, else
+    /// latest). Give this or `init_from`.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub pretrained: PathBuf,
+    /// A Hugging Face BERT folder (`config.json`, `model.safetensors`, `tokenizer.json` or
+    /// `vocab.txt`; see [`crate::hf`]) to start from instead of `pretrained`.
+    // Serialized even when unset (as null in JSON; TOML leaves it out) so that the key table
+    // check sees it.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     /// Keep the random initial weights instead of loading the pretrained encoder (the
     /// checkpoint still gives the tokenizer and model shape): the no-pretraining baseline.
     #[serde(default)]
     pub from_scratch: bool,
     /// Classification files and batching.
     pub data: FinetuneData,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 /// A whole fine-tuning run config.
@@ -459,6 +536,11 @@ pub type FinetuneConfig = RunConfig<FinetuneTaskConfig>;
 pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
     let tensors: HashMap<String, Tensor> =
         candle_core::safetensors::load(file, vs.device()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    load_encoder_tensors(vs, &tensors).with_context(|| file.display().to_string())
+}
+
+/// [`load_encoder`] from tensors already read (seqlab names).
+pub fn load_encoder_tensors(vs: &VarStore, tensors: &HashMap<String, Tensor>) -> Result<usize> {
     let mut problems = Vec::new();
     let mut n = 0;
     for (name, var) in vs.trainable() {
@@ -479,13 +561,17 @@ pub fn load_encoder(vs: &VarStore, file: &Path) -> Result<usize> {
         }
     }
     if !problems.is_empty() {
-        bail!(
-            "{}: pretrained encoder does not fit: {}",
-            file.display(),
-            problems.join("; ")
-        );
+        bail!("pretrained encoder does not fit: {}", problems.join("; "));
     }
     Ok(n)
+}
+
+/// Where a fine-tuning run's tokenizer, model shape and encoder weights come from.
+enum Source {
+    /// A seqlab checkpoint folder (`tokenizer.json`, `bert_config.json`, `model.safetensors`).
+    Seqlab(PathBuf),
+    /// A Hugging Face BERT folder.
+    Hf(PathBuf),
 }
 
 struct ClsSet {
@@ -534,15 +620,36 @@ impl FinetuneTask {
     /// training data is read.
     fn new(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
         let evaluate_only = from.purpose == Purpose::Evaluate;
-        let ck = match (from.checkpoint, evaluate_only) {
-            (Some(dir), true) => dir.to_path_buf(),
-            _ => resolve_checkpoint(&cfg.task.pretrained)?,
+        let t = &cfg.task;
+        let source = match (from.checkpoint, evaluate_only, &t.init_from) {
+            (Some(dir), true, _) => Source::Seqlab(dir.to_path_buf()),
+            (_, _, Some(_)) if !is_empty_path(&t.pretrained) => {
+                bail!(
+                    "give one of `pretrained` (a seqlab checkpoint) and `init_from` (a Hugging Face folder), not both"
+                )
+            }
+            (_, _, Some(hf)) => Source::Hf(hf.clone()),
+            _ if is_empty_path(&t.pretrained) => {
+                bail!(
+                    "fine-tuning needs `pretrained` (a seqlab checkpoint) or `init_from` (a Hugging Face BERT folder)"
+                )
+            }
+            _ => Source::Seqlab(resolve_checkpoint(&t.pretrained)?),
         };
-        let tok = BertTokenizer::load(&ck.join("tokenizer.json"))?;
-        let bc = ck.join("bert_config.json");
-        let bert_cfg: BertConfig =
-            serde_json::from_str(&std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?)
+        let (tok, bert_cfg, mut hf_weights) = match &source {
+            Source::Seqlab(ck) => {
+                let bc = ck.join("bert_config.json");
+                let bert_cfg: BertConfig = serde_json::from_str(
+                    &std::fs::read_to_string(&bc).with_context(|| format!("reading {}", bc.display()))?,
+                )
                 .with_context(|| format!("{}: bad model config", bc.display()))?;
+                (BertTokenizer::load(&ck.join("tokenizer.json"))?, bert_cfg, None)
+            }
+            Source::Hf(dir) => {
+                let h = crate::hf::HfBert::load(dir, vs.device())?;
+                (h.tok, h.cfg, Some(h.weights))
+            }
+        };
         let d = &cfg.task.data;
         if d.max_len < 3 || d.max_len > bert_cfg.max_position_embeddings || d.batch_size == 0 {
             bail!(
@@ -552,6 +659,7 @@ impl FinetuneTask {
         }
         let encode = |data: &ClsData| encode_cls(&tok, data, d.max_len);
         let (labels, train, valid) = if evaluate_only {
+            let (Source::Seqlab(ck) | Source::Hf(ck)) = &source;
             let f = ck.join("labels.json");
             let names: Vec<String> =
                 serde_json::from_str(&std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?)
@@ -572,7 +680,22 @@ impl FinetuneTask {
         };
         let net = BertClassifier::new(&bert_cfg, labels.len(), vs)?;
         if !evaluate_only && !cfg.task.from_scratch {
-            load_encoder(vs, &ck.join("model.safetensors"))?;
+            match (&source, hf_weights.as_mut()) {
+                (Source::Hf(dir), Some(w)) => {
+                    // A checkpoint without pooler: the classifier starts from a fresh one,
+                    // as HF's BertForSequenceClassification does.
+                    for (name, var) in vs.trainable() {
+                        if name.starts_with("bert.pooler.") && !w.parts.pooler {
+                            // A copy: a variable cannot be set from its own storage.
+                            w.tensors.insert(name, c(var.as_tensor().copy())?);
+                        }
+                    }
+                    load_encoder_tensors(vs, &w.tensors).with_context(|| dir.display().to_string())?;
+                }
+                (Source::Seqlab(ck), _) | (Source::Hf(ck), None) => {
+                    load_encoder(vs, &ck.join("model.safetensors"))?;
+                }
+            }
         }
         Ok(Self {
             cfg: cfg.clone(),
@@ -638,6 +761,17 @@ impl FinetuneTask {
         Ok((truth, pred, loss))
     }
 
+    /// Class probabilities (softmax of the logits, in [`FinetuneTask::labels`] order) of
+    /// each text, in the order of `texts`, from one padded forward pass; texts are encoded
+    /// as in evaluation (`[CLS] text [SEP]`, cut to `data.max_len` tokens).
+    pub fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let data = ClsData::unlabelled(texts, &self.labels);
+        let set = encode_cls(&self.tok, &data, self.cfg.task.data.max_len)?;
+        let all: Vec<usize> = (0..set.seqs.len()).collect();
+        let (logits, _) = self.logits(&set, &all, false)?;
+        c(seqlab_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()))
+    }
+
     /// Accuracy, per-class P/R/F1 and confusion matrix of the current weights on a
     /// `text<TAB>label` file (labels must be ones seen in training).
     fn file_report(&self, path: &Path) -> Result<Report> {
@@ -669,6 +803,40 @@ impl Task for FinetuneTask {
         bert_optim(3e-5)
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        let top = TableDoc {
+            table: String::new(),
+            about: "the pretrained model (task keys)",
+            rows: vec![
+                KeyRow {
+                    doc: KeyDoc::new(
+                        "pretrained",
+                        "a pretraining checkpoint folder, or its run folder (then best, else the latest); give this or `init_from`",
+                    ),
+                    default: None,
+                },
+                KeyRow {
+                    doc: KeyDoc::new(
+                        "init_from",
+                        "a Hugging Face BERT folder (config.json, model.safetensors, vocab.txt or tokenizer.json); give this or `pretrained`",
+                    ),
+                    default: None,
+                },
+                KeyRow {
+                    doc: KeyDoc::new(
+                        "from_scratch",
+                        "keep the random initial weights (tokenizer and shape still from `pretrained`): the no-pretraining baseline",
+                    ),
+                    default: Some(Value::Bool(false)),
+                },
+            ],
+        };
+        Ok(vec![
+            top,
+            TableDoc::of("data", "text<TAB>label files and batching", &FinetuneData::default())?,
+        ])
+    }
+
     /// Warm-up over 100 steps, then cosine decay to 0 at `train.max_steps`.
     fn default_schedule(cfg: &FinetuneConfig) -> Schedule {
         bert_schedule(cfg.run.optim.lr, 100, cfg.run.train.max_steps)
@@ -676,7 +844,7 @@ impl Task for FinetuneTask {
 
     /// Configs of older seqlab versions had no `task` key: one with `pretrained` is this.
     fn claims_untagged(cfg: &Map<String, Value>) -> bool {
-        cfg.contains_key("pretrained")
+        cfg.contains_key("pretrained") || cfg.contains_key("init_from")
     }
 
     fn build(cfg: &FinetuneConfig, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
@@ -771,6 +939,14 @@ mod tests {
     use crate::data::tests::corpus_lines;
     use seqlab_train::task::parse_config;
     use seqlab_train::{LoopConfig, OptimName, RunSettings};
+
+    #[test]
+    fn every_key_is_documented() {
+        use seqlab_train::keys::check_documented;
+        check_documented::<PretrainTask>("task = \"bert-pretrain\"\n").unwrap();
+        check_documented::<FinetuneTask>("task = \"bert-finetune\"\npretrained = \"p\"\n[data]\ntrain = \"a.tsv\"\n")
+            .unwrap();
+    }
 
     fn tmp(tag: &str) -> PathBuf {
         seqlab_nn::testing::scratch_dir(&format!("bert-{tag}"))
@@ -912,6 +1088,7 @@ mod tests {
             },
             task: FinetuneTaskConfig {
                 pretrained: cfg.run_dir(),
+                init_from: None,
                 from_scratch: false,
                 data: FinetuneData {
                     train,
@@ -964,7 +1141,7 @@ mod tests {
         partial.remove("bert.embeddings.token_type_embeddings.weight");
         let f = dir.join("partial.safetensors");
         candle_core::safetensors::save(&partial, &f).unwrap();
-        let e = load_encoder(&fvs, &f).unwrap_err().to_string();
+        let e = format!("{:#}", load_encoder(&fvs, &f).unwrap_err());
         assert!(
             e.contains("missing bert.embeddings.token_type_embeddings.weight"),
             "{e}"

@@ -49,6 +49,10 @@ pub struct FinetuneArgs {
     /// config's).
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
+    /// Start from a Hugging Face BERT folder instead (`config.json`, `model.safetensors`,
+    /// `tokenizer.json` or `vocab.txt`); sets the config key `init_from` (default: the config's).
+    #[arg(long, value_name = "DIR", conflicts_with = "pretrained")]
+    pub init_from: Option<PathBuf>,
     /// Train the same model from random weights (the pretrained checkpoint still supplies the
     /// tokenizer and model shape): the baseline that shows what pretraining buys.
     #[arg(long)]
@@ -67,6 +71,9 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let mut sets = Vec::new();
     if let Some(p) = &a.pretrained {
         sets.push(format!("pretrained={:?}", p.display().to_string()));
+    }
+    if let Some(p) = &a.init_from {
+        sets.push(format!("init_from={:?}", p.display().to_string()));
     }
     if a.from_scratch {
         sets.push("from_scratch=true".into());

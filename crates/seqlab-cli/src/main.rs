@@ -1,6 +1,6 @@
 //! The `seqlab` command: a thin layer over the seqlab crates, and the only place that parses
 //! arguments. Each module holds the clap structs of a group of commands and calls library
-//! functions: [`train`] (train, eval, generate, plot), [`mt`] (translate,
+//! functions: [`train`] (train, eval, generate, plot), [`predict`], [`mt`] (translate,
 //! average-checkpoints, plot-pe), [`bert`] (pretrain, finetune aliases), `bench`, and the
 //! w2v/bleu/chrF commands.
 
@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bert;
+mod config_cmd;
+mod export;
 mod mt;
+mod predict;
 mod score;
 mod serve_cmd;
 mod train;
@@ -44,6 +47,10 @@ enum Command {
     Eval(train::EvalArgs),
     /// Sample text from a language-model checkpoint.
     Generate(train::GenerateArgs),
+    /// Predict with any trained model: classify texts (label and probabilities), forecast
+    /// series (with baselines), score texts under a language model, translate, or find the
+    /// nearest words to sums of word vectors; input from stdin or a file, text or JSON lines.
+    Predict(predict::PredictArgs),
     /// Draw loss/metric curves from metrics.jsonl files to PNG or SVG.
     Plot(train::PlotArgs),
     /// BERT-style pretraining (masked LM + next-sentence prediction) on a text corpus:
@@ -69,6 +76,10 @@ enum Command {
     Chrf(score::ChrfArgs),
     /// Serve checkpoints over HTTP/JSON with dynamic batching, metrics and a web page.
     Serve(serve_cmd::ServeArgs),
+    /// Inspect run configs: `seqlab config keys TASK` prints every key, its default and meaning.
+    Config(config_cmd::ConfigArgs),
+    /// Write a trained translation model as a Hugging Face M2M100 folder (Transformers, CTranslate2).
+    Export(export::ExportArgs),
 }
 
 /// mimalloc options per kind of work. mimalloc reads them only when the process starts, so
@@ -82,7 +93,7 @@ enum Command {
 fn allocator_options(command: &str) -> &'static [(&'static str, &'static str)] {
     match command {
         "w2v" => &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")],
-        "train" | "eval" | "generate" | "pretrain" | "finetune" | "bench" | "translate" | "serve" => {
+        "train" | "eval" | "generate" | "predict" | "pretrain" | "finetune" | "bench" | "translate" | "serve" => {
             &[("MIMALLOC_PURGE_DELAY", "-1")]
         }
         _ => &[],
@@ -143,6 +154,7 @@ fn main() {
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
         Command::Generate(a) => train::generate(a),
+        Command::Predict(a) => predict::predict(a),
         Command::Plot(a) => train::plot(a),
         Command::Pretrain(a) => bert::pretrain(a),
         Command::Finetune(a) => bert::finetune(a),
@@ -154,6 +166,8 @@ fn main() {
         Command::Bleu(a) => score::run_bleu(a),
         Command::Chrf(a) => score::run_chrf(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Config(a) => config_cmd::run(a),
+        Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
         let world = seqlab_train::dist::world();

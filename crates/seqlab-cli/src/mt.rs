@@ -2,13 +2,13 @@
 //! reading input and printing; the work is seqlab-mt's.
 
 use crate::train::SamplingArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use seqlab_mt::average::{average_checkpoints, last_checkpoints, IfExists};
 use seqlab_mt::decode::DecodeStrategy;
 use seqlab_mt::plots::{plot_attention, AttentionPlot};
 use seqlab_mt::task::MtTask;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The search `--decoder` picks.
@@ -22,7 +22,8 @@ pub enum DecoderArg {
 /// `seqlab translate --checkpoint RUN [--input F] [--output F] ...`
 #[derive(Args, Debug, Clone)]
 pub struct TranslateArgs {
-    /// A translation checkpoint folder, or its run folder (→ best checkpoint).
+    /// A translation checkpoint folder, or its run folder (→ best checkpoint), or a Hugging
+    /// Face M2M100 folder written by `seqlab export --format hf`.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Source sentences, one per line (default: standard input). With `--tsv`, `src<TAB>ref`
@@ -82,27 +83,8 @@ fn check_output(a: &TranslateArgs) -> Result<()> {
 }
 
 fn read_input(a: &TranslateArgs) -> Result<(Vec<String>, Option<Vec<String>>)> {
-    let (name, lines): (String, Vec<String>) = match &a.input {
-        Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("{}: cannot read file", p.display()))?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1;
-                anyhow::anyhow!("{}:{line}: invalid UTF-8", p.display())
-            })?;
-            (p.display().to_string(), text.lines().map(str::to_string).collect())
-        }
-        None => {
-            let mut v = Vec::new();
-            for (i, l) in std::io::stdin().lock().lines().enumerate() {
-                v.push(l.with_context(|| format!("<stdin>:{}: cannot read (invalid UTF-8?)", i + 1))?);
-            }
-            ("<stdin>".into(), v)
-        }
-    };
+    let (name, text) = crate::predict::read_input(a.input.as_deref())?;
+    let lines: Vec<&str> = text.lines().collect();
     if !a.tsv {
         return Ok((lines.iter().map(|l| l.trim().to_string()).collect(), None));
     }
@@ -134,7 +116,7 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
 /// `seqlab translate`: translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
     check_output(&a)?;
-    let task = seqlab_train::load::<MtTask>(&a.checkpoint)?.task;
+    let task = crate::export::load_translation_model(&a.checkpoint)?;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();

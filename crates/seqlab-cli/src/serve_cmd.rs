@@ -8,8 +8,8 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// A model to serve, as NAME=RUN_DIR (a run folder → its best checkpoint, or a checkpoint
-    /// folder): translation (mt), language model (lm), classifier or forecaster. Repeatable;
-    /// requests choose one with "model": NAME.
+    /// folder): translation (mt), language model (lm), classifier (classify, bert-finetune) or
+    /// forecaster. Repeatable; requests choose one with "model": NAME.
     #[arg(long = "checkpoint", value_name = "NAME=RUN_DIR", value_parser = named_path)]
     pub checkpoints: Vec<(String, PathBuf)>,
     /// Word vectors for /v1/similar, as NAME=FILE (word2vec text or binary, or safetensors).

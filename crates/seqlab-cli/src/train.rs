@@ -166,9 +166,13 @@ pub struct PlotArgs {
     /// Output picture (.png or .svg).
     #[arg(long, short, default_value = "loss.png")]
     pub output: PathBuf,
-    /// Metric to draw against the step.
+    /// Metric to draw (the y axis), e.g. `loss`, `bpc`, `ppl`.
     #[arg(long, default_value = "loss")]
     pub key: String,
+    /// Record field for the x axis, e.g. `step` or `cpu_minutes` (to compare runs of
+    /// different speed by CPU time spent). Default `step`.
+    #[arg(long = "x", default_value = "step")]
+    pub x_key: String,
     /// Linear instead of logarithmic y axis (default: logarithmic).
     #[arg(long)]
     pub linear: bool,
@@ -276,11 +280,19 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let loaded = seqlab_train::load::<LmTask>(&a.checkpoint)?;
     let g = GenerateConfig {
         max_tokens: a.max_tokens,
-        sampling: a.sampling.config(0.8),
+        sampling: a.sampling.config(seqlab_tasks::lm::DEFAULT_TEMPERATURE),
         seed: a.sampling.seed,
     };
     println!("{}", loaded.task.generate(&a.prompt, &g)?);
     Ok(())
+}
+
+/// Axis description of a record field, spelled out for the trainer's CPU time.
+fn axis_label(key: &str) -> String {
+    match key {
+        "cpu_minutes" => "CPU minutes (cpu_minutes)".into(),
+        k => k.into(),
+    }
 }
 
 /// `seqlab plot`.
@@ -296,8 +308,12 @@ pub fn plot(a: PlotArgs) -> Result<()> {
         .map(|p| if p.is_dir() { p.join("metrics.jsonl") } else { p.clone() })
         .collect();
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let series = seqlab_train::plot::series_from_logs(&refs, &a.key)?;
-    seqlab_train::plot::line_chart(&a.output, &a.key, "step", &a.key, &series, !a.linear)
+    let series = seqlab_train::plot::series_from_logs_against(&refs, &a.x_key, &a.key)?;
+    let title = match a.x_key.as_str() {
+        "step" => a.key.clone(),
+        x => format!("{} vs {x}", a.key),
+    };
+    seqlab_train::plot::line_chart(&a.output, &title, &axis_label(&a.x_key), &a.key, &series, !a.linear)
         .with_context(|| format!("drawing {}", a.output.display()))?;
     println!("wrote {}", a.output.display());
     Ok(())

@@ -43,7 +43,7 @@ impl From<TextArgs> for TextOptions {
 }
 
 /// A count of at least 1.
-fn positive(s: &str) -> Result<usize, String> {
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),

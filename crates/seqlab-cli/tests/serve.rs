@@ -1,14 +1,12 @@
 //! `seqlab serve` as a process: flags and their defaults in --help, a clear error for nothing
 //! to serve, and SIGTERM while requests are in flight → every one answered, exit status 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn seqlab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_seqlab"))
-}
+mod common;
+use common::*;
 
 #[test]
 fn help_lists_every_flag_with_its_default() {
@@ -43,22 +41,6 @@ fn help_lists_every_flag_with_its_default() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("expected NAME=PATH"));
 }
 
-/// One POST on its own connection → (status line, body).
-fn post(port: u16, path: &str, body: &str) -> (String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
-}
-
 #[cfg(unix)]
 #[test]
 fn sigterm_finishes_accepted_requests_and_exits_zero() {
@@ -73,32 +55,12 @@ fn sigterm_finishes_accepted_requests_and_exits_zero() {
          apple 0.0000 0.0000 1.0000 0.0000 0.0000 0.0000 0.0000 0.0000\n",
     )
     .unwrap();
-    let mut child = seqlab()
-        .args(["serve", "--port", "0", "--max-wait-ms", "200", "--vectors"])
-        .arg(format!("v={}", vectors.display()))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let t0 = Instant::now();
-    let port: u16 = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "seqlab serve exited before listening"
-        );
-        if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
-            break rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60));
-    };
+    let (mut child, mut err, port) = start_serve(&[
+        "--max-wait-ms".into(),
+        "200".into(),
+        "--vectors".into(),
+        format!("v={}", vectors.display()),
+    ]);
     let (status, body) = post(port, "/v1/similar", r#"{"word": "king", "n": 1}"#);
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains("\"queen\""), "{body}");

@@ -330,6 +330,24 @@ impl ClsData {
         })
     }
 
+    /// Texts to classify (no labels yet), numbered from line 1 under the name `<input>`;
+    /// each example's `label` is 0, a placeholder. `labels` is the model's label set.
+    pub fn unlabelled(texts: &[&str], labels: &LabelSet) -> Self {
+        Self {
+            path: PathBuf::from("<input>"),
+            labels: labels.clone(),
+            examples: texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ClsExample {
+                    line: i + 1,
+                    text: t.to_string(),
+                    label: 0,
+                })
+                .collect(),
+        }
+    }
+
     /// Token ids per example as `<bos> text <eos>` (at most `max_len`, bos/eos included;
     /// longer texts follow `policy`), and the label ids.
     pub fn encode(

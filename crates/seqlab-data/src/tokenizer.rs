@@ -308,14 +308,7 @@ impl Tokenizer {
 
     /// Reads a tokenizer from HF JSON text.
     pub fn from_json(json: &str) -> Result<Self, TokenizerError> {
-        // The HF parser panics (an unwrap in its decoder deserializer) on some malformed
-        // files, such as a cut-off one: check the JSON syntax first, and turn any remaining
-        // panic into an error.
-        serde_json::from_str::<serde_json::Value>(json).map_err(|e| TokenizerError(format!("invalid JSON: {e}")))?;
-        let parsed = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>())
-            .map_err(|_| TokenizerError("malformed tokenizer file (the HF parser gave up)".into()))?;
-        let inner: tokenizers::Tokenizer = parsed.map_err(tok_err)?;
-        Self::from_hf(inner, None)
+        Self::from_hf(parse_hf_json(json)?, None)
     }
 
     /// Writes `tokenizer.json` in HF format (loadable by `tokenizers.Tokenizer.from_file`).
@@ -338,6 +331,18 @@ impl Tokenizer {
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// Parses any HF `tokenizer.json` text (WordPiece, BPE, ... of any vocabulary), without
+/// seqlab's special-token checks. Errors, never panics, on malformed text.
+pub fn parse_hf_json(json: &str) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    // The HF parser panics (an unwrap in its decoder deserializer) on some malformed
+    // files, such as a cut-off one: check the JSON syntax first, and turn any remaining
+    // panic into an error.
+    serde_json::from_str::<serde_json::Value>(json).map_err(|e| TokenizerError(format!("invalid JSON: {e}")))?;
+    let parsed = std::panic::catch_unwind(|| json.parse::<tokenizers::Tokenizer>())
+        .map_err(|_| TokenizerError("malformed tokenizer file (the HF parser gave up)".into()))?;
+    parsed.map_err(tok_err)
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! attention-LSTM baseline ([`rnn`]), trained as a [`seqlab_train::Task`] ([`task::MtTask`],
 //! `task = "mt"`) with BPE and token-budget batches; decoders (greedy, beam, sampling) over
 //! cached incremental decoding, checkpoint averaging, parallel-text reading and pictures
-//! (attention, positional encoding). The `seqlab` binary parses the arguments of `translate`,
+//! (attention, positional encoding), and the Hugging Face M2M100 export and import ([`hf`]). The `seqlab` binary parses the arguments of `translate`,
 //! `average-checkpoints` and `plot-pe` and calls these functions.
 
 pub mod average;
+pub mod bench;
 pub mod decode;
+pub mod hf;
 pub mod parallel;
 pub mod plots;
 pub mod rnn;

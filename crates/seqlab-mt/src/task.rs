@@ -16,6 +16,7 @@ use seqlab_metrics::{bleu, chrf};
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::transformer::{Activation, EmbeddingTying, Seq2SeqConfig, TransformerConfig};
 use seqlab_nn::{Seq2SeqTransformer, VarStore};
+use seqlab_train::keys::{ConfigKeys, KeyDoc, TableDoc};
 use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, LossConfig, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,28 @@ pub enum MtModelKind {
     Rnn,
 }
 
+/// The sinusoidal position table of a Transformer (config spelling: `paper`, `fairseq`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionTable {
+    /// The paper's interleaved sin/cos table, positions from 0. The default.
+    #[default]
+    Paper,
+    /// fairseq's table as Hugging Face M2M100 and CTranslate2 use it (half sines, half
+    /// cosines, other frequencies, positions from 2): needed for `seqlab export --format hf`
+    /// (see [`crate::hf`]).
+    Fairseq,
+}
+
+impl From<PositionTable> for seqlab_nn::SinusoidalLayout {
+    fn from(p: PositionTable) -> Self {
+        match p {
+            PositionTable::Paper => seqlab_nn::SinusoidalLayout::Paper,
+            PositionTable::Fairseq => seqlab_nn::SinusoidalLayout::Fairseq,
+        }
+    }
+}
+
 /// `[model]`. Defaults are the paper's base model (d_model 512, 8 heads, 6+6 layers, FFN
 /// 2048, dropout 0.1, post-norm, ReLU, shared embeddings); the RNN keys only apply to `rnn`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +133,10 @@ pub struct MtModel {
     pub activation: String,
     /// Source, target and output embeddings are one matrix (needs `data.vocab = "joint"`).
     pub share_embeddings: bool,
+    /// Transformer: the sinusoidal table, `paper` or `fairseq` (the latter makes a pre-norm
+    /// model exportable to Hugging Face and CTranslate2). Default paper.
+    #[serde(default)]
+    pub positions: PositionTable,
     /// RNN: embedding size. Default 256.
     pub embed_dim: usize,
     /// RNN: decoder state size (the encoder's two directions get half each). Default 512.
@@ -131,6 +158,7 @@ impl Default for MtModel {
             norm_first: false,
             activation: "relu".into(),
             share_embeddings: true,
+            positions: PositionTable::Paper,
             embed_dim: 256,
             hidden_size: 512,
             num_layers: 2,
@@ -190,6 +218,93 @@ pub struct MtTaskConfig {
     /// Decoding (greedy or beam) for evaluation and translation.
     #[serde(default)]
     pub decode: MtDecode,
+}
+
+/// The `[data]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtData {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::required("train", "training file, one src<TAB>tgt pair per line"),
+        KeyDoc::new(
+            "valid",
+            "validation file, evaluated during training (loss, perplexity, greedy BLEU)",
+        ),
+        KeyDoc::new(
+            "test",
+            "test file, scored (BLEU, chrF) with the best checkpoint when training ends",
+        ),
+        KeyDoc::new(
+            "vocab",
+            "joint (one BPE for both languages; needed by share_embeddings) | separate",
+        ),
+        KeyDoc::new("vocab_size", "BPE vocabulary size per tokenizer, specials included"),
+        KeyDoc::new(
+            "min_frequency",
+            "least count of a token or merge to enter the vocabulary",
+        ),
+        KeyDoc::new(
+            "max_len",
+            "training pairs with more tokens than this on either side are dropped",
+        ),
+        KeyDoc::new(
+            "max_ratio",
+            "training pairs whose token-count ratio exceeds this are dropped",
+        ),
+        KeyDoc::new(
+            "batch_tokens",
+            "tokens per batch, padding included, counted on the longer side",
+        ),
+        KeyDoc::new(
+            "valid_bleu_sentences",
+            "validation BLEU on the first this many validation pairs (greedy); 0 = all",
+        ),
+    ];
+}
+
+/// The `[model]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtModel {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "kind",
+            "transformer (Vaswani et al. 2017) | rnn (biLSTM encoder + attention LSTM decoder)",
+        ),
+        KeyDoc::new("d_model", "transformer: width"),
+        KeyDoc::new("nhead", "transformer: attention heads (must divide d_model)"),
+        KeyDoc::new("num_encoder_layers", "transformer: encoder layers"),
+        KeyDoc::new("num_decoder_layers", "transformer: decoder layers"),
+        KeyDoc::new("dim_feedforward", "transformer: feed-forward inner width"),
+        KeyDoc::new("dropout", "dropout, in [0, 1)"),
+        KeyDoc::new(
+            "norm_first",
+            "transformer: pre-norm (true) or the paper's post-norm (false)",
+        ),
+        KeyDoc::new("activation", "transformer feed-forward activation: relu | gelu"),
+        KeyDoc::new(
+            "share_embeddings",
+            "source, target and output embeddings are one matrix (needs data.vocab = joint)",
+        ),
+        KeyDoc::new(
+            "positions",
+            "transformer: sinusoidal table layout: paper (interleaved, from 0) | fairseq (half sin/half cos, from 2; needed by `seqlab export --format hf`)",
+        ),
+        KeyDoc::new("embed_dim", "rnn: embedding size"),
+        KeyDoc::new(
+            "hidden_size",
+            "rnn: decoder state size (each encoder direction gets half)",
+        ),
+        KeyDoc::new("num_layers", "rnn: layers of encoder and decoder"),
+    ];
+}
+
+/// The `[decode]` keys at run time (`seqlab config keys mt`); defaults come from `Default`.
+impl ConfigKeys for MtDecode {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new("beam_size", "beam width; 1 = greedy"),
+        KeyDoc::new(
+            "length_penalty",
+            "beam search length penalty α (GNMT's ((5 + len) / 6)^α)",
+        ),
+        KeyDoc::new("batch_size", "sentences decoded together"),
+    ];
 }
 
 fn paper_loss() -> LossConfig {
@@ -255,6 +370,7 @@ impl MtNet {
                     } else {
                         EmbeddingTying::Separate
                     },
+                    positions: m.positions.into(),
                     ..Seq2SeqConfig::new(src_vocab, tc)
                 };
                 MtNet::Transformer(c(Seq2SeqTransformer::new(&sc, vs))?)
@@ -422,6 +538,29 @@ impl MtTask {
             task.valid = task.encode_pairs(read_pairs(p)?)?;
         }
         Ok(task)
+    }
+
+    /// A task for translation only (no data read) from its parts: the config, the (joint)
+    /// tokenizer and a store holding the model's weights under seqlab's names. Used by the
+    /// Hugging Face import ([`crate::hf::load`]).
+    pub fn from_parts(
+        cfg: &MtConfig,
+        tok: Tokenizer,
+        weights: &std::collections::HashMap<String, Tensor>,
+        vs: &VarStore,
+    ) -> Result<Self> {
+        let net = MtNet::new(cfg, tok.vocab_size(), tok.vocab_size(), vs)?;
+        c(vs.load_state_dict(weights, true))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            src_tok: tok.clone(),
+            tgt_tok: tok,
+            net,
+            vs: vs.clone(),
+            train: Vec::new(),
+            valid: Vec::new(),
+            epoch_batches: None,
+        })
     }
 
     fn encode_pairs(&self, pairs: Vec<Pair>) -> Result<Vec<(Pair, Encoded)>> {
@@ -646,6 +785,27 @@ impl Task for MtTask {
         }
     }
 
+    fn config_keys() -> Result<Vec<TableDoc>> {
+        Ok(vec![
+            TableDoc::of("data", "parallel files, vocabulary and batching", &MtData::default())?,
+            TableDoc::of(
+                "model",
+                "model kind and sizes (defaults: the paper's base model)",
+                &MtModel::default(),
+            )?,
+            TableDoc::of(
+                "loss",
+                "training cross-entropy (default: the paper's label smoothing 0.1)",
+                &paper_loss(),
+            )?,
+            TableDoc::of(
+                "decode",
+                "decoding of the test set and of seqlab translate",
+                &MtDecode::default(),
+            )?,
+        ])
+    }
+
     /// The paper's `noam` with the model width and warm-up 4000.
     fn default_schedule(cfg: &MtConfig) -> Schedule {
         let m = &cfg.task.model;
@@ -848,6 +1008,20 @@ mod tests {
             purpose: Purpose::Train,
         };
         MtTask::build(cfg, vs, from).unwrap()
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        seqlab_train::keys::check_documented::<MtTask>("task = \"mt\"\n[data]\ntrain = \"a.tsv\"\n").unwrap();
+        let text = seqlab_train::keys::render("mt", "", &seqlab_train::keys::task_tables::<MtTask>().unwrap());
+        // The task's own defaults are shown: the paper's label smoothing and Adam betas.
+        for k in ["label_smoothing = 0.1", "betas", "[0.9,0.98]", "[decode]"] {
+            assert!(text.contains(k), "{k} missing:\n{text}");
+        }
+        assert!(
+            text.lines().any(|l| l.starts_with("beam_size ") && l.contains("= 4 ")),
+            "{text}"
+        );
     }
 
     /// Both model families train through the engine's run path, write a test report,

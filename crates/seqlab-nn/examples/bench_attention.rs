@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p seqlab-nn --example bench_attention -- [steps] [dropout] [batch] [seq]`
 //! Defaults: 5 timed steps after 1 warm-up, dropout 0.1, batch 32, seq 128; d_model 512,
-//! 8 heads, FFN 2048, post-norm ReLU (PyTorch's defaults). Compare with
-//! `bench/torch_encoder.py` (same shapes, `torch.set_num_threads(2)`).
+//! 8 heads, FFN 2048, post-norm ReLU (PyTorch's defaults). The comparison with
+//! PyTorch is `bench/run.py --rows encoder` (docs/BENCHMARKS.md).
 
 use seqlab_nn::attention::sdpa_reference;
 use seqlab_nn::{

@@ -1,6 +1,6 @@
 //! Training-step throughput of a 2-layer LSTM/GRU (input 256, hidden 512, batch 32, seq 64):
 //! forward + backward of `sum(out * probe)` + a plain SGD update `w - lr * g`.
-//! Compare with `bench/torch_recurrent.py` (same sizes, torch.set_num_threads(2)).
+//! The comparison with PyTorch is `bench/run.py --rows lstm,gru` (docs/BENCHMARKS.md).
 //!
 //!     cargo run -p seqlab-nn --example bench_recurrent -- [lstm|gru|both] [steps]
 

@@ -55,7 +55,10 @@ pub use mamba::{
 };
 pub use norm::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use optim::{AdamW, AdamWConfig, Optimizer, OptimizerState, Sgd, SgdConfig};
-pub use positional::{sinusoidal_table, LearnedPositionalEmbedding, SinusoidalPositionalEncoding};
+pub use positional::{
+    fairseq_sinusoidal_table, sinusoidal_table, LearnedPositionalEmbedding, SinusoidalLayout,
+    SinusoidalPositionalEncoding,
+};
 pub use recurrent::{
     CellKind, Gru, GruConfig, Lstm, LstmConfig, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig,
     RecurrentConfig, Rnn, RnnConfig,

@@ -1,9 +1,9 @@
 //! `nn.RNN`, `nn.LSTM`, `nn.GRU` with PyTorch's semantics and parameter names, and the
 //! [`RecurrentClassifier`] (recurrent layer → last step → `nn.Linear`).
 //!
-//! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (candle
-//! ops), then the whole recurrence as one fused op ([`crate::kernels::recurrence`]) with a
-//! hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
+//! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (the
+//! fused linear op, [`crate::kernels::linear`]), then the whole recurrence as one fused op
+//! ([`crate::kernels::recurrence`]) with a hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
 //! through exactly this one.
 //!
 //! Variable-length batches: `lengths[b]` is sequence b's valid length. Outputs past it are
@@ -356,7 +356,10 @@ impl Stack {
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (t_len, bsz, _) = layer_in.dims3()?;
         let (bias_x, b_hn) = self.split_biases(prm, layer_in.device())?;
-        let gx = crate::ops::linear(layer_in, &prm.w_ih, bias_x.as_ref())?;
+        // The fused linear op: one gemm plus a bias pass, and a backward that is two gemms
+        // and a column sum (candle's matmul + broadcast_add took several more full passes
+        // over the (T·B, G·H) gradient, and always computed the input's gradient).
+        let gx = crate::kernels::linear::linear_act(layer_in, &prm.w_ih, bias_x.as_ref(), false)?;
         let state0 = state0.flat(idx, bsz, &self.cfg, self.cell == CellKind::Lstm)?;
         let w = Self::recurrent_weights(prm, b_hn.as_ref())?;
         let spec = FusedSpec {

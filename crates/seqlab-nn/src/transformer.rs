@@ -10,7 +10,7 @@
 use crate::attention::mask::Masks;
 use crate::attention::{KvCache, MultiheadAttention, MultiheadAttentionConfig, ReturnWeights};
 use crate::kernels::linear::{linear_act, linear_act_dropout};
-use crate::positional::SinusoidalPositionalEncoding;
+use crate::positional::{SinusoidalLayout, SinusoidalPositionalEncoding};
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
 
@@ -738,6 +738,8 @@ pub struct Seq2SeqConfig {
     pub max_len: usize,
     /// Default [`EmbeddingTying::Shared`].
     pub tying: EmbeddingTying,
+    /// The position table. Default [`SinusoidalLayout::Paper`].
+    pub positions: SinusoidalLayout,
 }
 
 impl Seq2SeqConfig {
@@ -750,6 +752,7 @@ impl Seq2SeqConfig {
             pad_id: 0,
             max_len: 1024,
             tying: EmbeddingTying::Shared,
+            positions: SinusoidalLayout::Paper,
         }
     }
 }
@@ -845,7 +848,7 @@ impl Seq2SeqTransformer {
             tgt_embed,
             out_weight,
             out_bias,
-            pe: SinusoidalPositionalEncoding::new(cfg.max_len, d, vs.device())?,
+            pe: SinusoidalPositionalEncoding::with_layout(cfg.max_len, d, cfg.positions, vs.device())?,
             transformer,
             dropout: Dropout::new(cfg.transformer.dropout, vs.rng())?,
             d_model: d,

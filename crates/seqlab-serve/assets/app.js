@@ -255,8 +255,12 @@ panel("similar-form", async () => {
   const out = $("similar-list");
   out.classList.remove("error");
   try {
+    // "king woman -man": words to add, and words after a "-" to subtract (as `seqlab predict`).
+    const words = $("similar-word").value.trim().split(/\s+/).filter((w) => w);
+    const negative = words.filter((w) => w.length > 1 && w.startsWith("-")).map((w) => w.slice(1));
+    const positive = words.filter((w) => !(w.length > 1 && w.startsWith("-")));
     const r = await api("/v1/similar", {
-      model: $("similar-model").value, word: $("similar-word").value.trim(), n: Number($("similar-n").value),
+      model: $("similar-model").value, positive, negative, n: Number($("similar-n").value),
     });
     out.replaceChildren(...r.similar.map((s) => {
       const li = document.createElement("li");

@@ -16,14 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// A model that answers several requests at once.
-pub trait BatchPredictor: Send + 'static {
-    type In: Send + 'static;
-    type Out: Send + 'static;
-    /// One output per input, in input order. An error in one output fails only that request;
-    /// a wrong number of outputs or a panic fails the whole batch.
-    fn predict_batch(&self, inputs: Vec<Self::In>) -> Vec<anyhow::Result<Self::Out>>;
-}
+pub use seqlab_predict::BatchPredictor;
 
 /// How requests are grouped and how many may wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

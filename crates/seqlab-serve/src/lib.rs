@@ -4,19 +4,21 @@
 //!
 //! - [`batcher`]: the generic dynamic batcher over a [`batcher::BatchPredictor`], running
 //!   model work on its own thread, never on the async runtime.
-//! - [`models`]: the adapters from each kind of checkpoint to a `BatchPredictor` (the only
-//!   model-specific code here).
+//! - [`models`] (re-exported from seqlab-predict, shared with `seqlab predict`): the
+//!   adapters from each kind of checkpoint to a `BatchPredictor`; the server has no
+//!   model-specific code of its own.
 //! - [`server`]: routes, JSON errors, body limit, metrics middleware, graceful shutdown.
 //! - [`metrics`]: Prometheus text format.
-//! - [`api`]: request and response bodies.
+//! - [`api`] (from seqlab-predict): request and response bodies.
 //! - [`assets`]: the web page, embedded in the binary.
 
-pub mod api;
 pub mod assets;
 pub mod batcher;
 pub mod metrics;
-pub mod models;
 pub mod server;
+
+/// The predictors and their requests live in seqlab-predict (shared with `seqlab predict`).
+pub use seqlab_predict::{api, models, BadInput};
 
 use anyhow::{Context, Result};
 use batcher::BatchConfig;
@@ -26,16 +28,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// A request the model cannot answer because of what it asks: HTTP 400.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadInput(pub String);
-
 /// What `seqlab serve` loads and how it listens.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// (name, checkpoint or run folder) of translation, LM, classification and forecasting
-    /// checkpoints.
+    /// (name, checkpoint or run folder) of translation, LM, classification (including
+    /// fine-tuned BERT) and forecasting checkpoints.
     pub checkpoints: Vec<(String, PathBuf)>,
     /// (name, word-vector file).
     pub vectors: Vec<(String, PathBuf)>,
@@ -56,19 +53,24 @@ pub fn load_app(cfg: &ServeConfig) -> Result<App> {
     for (name, path) in &cfg.checkpoints {
         let loaded =
             models::load_checkpoint(path).with_context(|| format!("--checkpoint {name}={}", path.display()))?;
-        let b = cfg.batch;
-        match loaded {
-            Loaded::Translate(m) => app.add_batched(name, Kind::Translate, m.info(), m, b)?,
-            Loaded::Generate(m) => app.add_batched(name, Kind::Generate, m.info(), m, b)?,
-            Loaded::Classify(m) => app.add_batched(name, Kind::Classify, m.info(), m, b)?,
-            Loaded::Forecast(m) => app.add_batched(name, Kind::Forecast, m.info(), m, b)?,
-        }
+        add_model(&mut app, name, loaded, cfg.batch)?;
     }
     for (name, path) in &cfg.vectors {
         let m = models::Similar::load(path).with_context(|| format!("--vectors {name}={}", path.display()))?;
-        app.add_batched(name, Kind::Similar, m.info(), m, cfg.batch)?;
+        add_model(&mut app, name, Loaded::Similar(m), cfg.batch)?;
     }
     Ok(app)
+}
+
+/// Adds a loaded model behind its own batcher, at the endpoint of what it answers.
+fn add_model(app: &mut App, name: &str, loaded: Loaded, b: BatchConfig) -> Result<()> {
+    match loaded {
+        Loaded::Translate(m) => app.add_batched(name, Kind::Translate, m.info(), m, b),
+        Loaded::Lm(m) => app.add_batched(name, Kind::Generate, m.info(), m, b),
+        Loaded::Classify(m) => app.add_batched(name, Kind::Classify, m.info(), m, b),
+        Loaded::Forecast(m) => app.add_batched(name, Kind::Forecast, m.info(), m, b),
+        Loaded::Similar(m) => app.add_batched(name, Kind::Similar, m.info(), m, b),
+    }
 }
 
 /// Loads the models, listens, and serves until SIGINT/SIGTERM; returns after every accepted

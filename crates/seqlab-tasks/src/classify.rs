@@ -147,6 +147,24 @@ impl ClsTask {
         Ok((truth, pred, loss / n.max(1) as f64))
     }
 
+    /// Class probabilities (softmax of the logits, in [`ClsTask::labels`] order) of each
+    /// text, in the order of `texts`, from one padded forward pass. Texts are encoded as in
+    /// evaluation (`<bos> text <eos>`), cut to `data.max_len` tokens whatever
+    /// `data.on_too_long` says (a text to classify is never dropped).
+    pub fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let data = ClsData::unlabelled(texts, &self.labels);
+        let mut warnings = Vec::new();
+        let (seqs, labels) = data.encode(
+            &self.tok,
+            self.cfg.task.data.max_len,
+            seqlab_data::LengthPolicy::Truncate,
+            &mut warnings,
+        )?;
+        let all: Vec<usize> = (0..seqs.len()).collect();
+        let (logits, _) = self.batch_logits(&Encoded { seqs, labels }, &all, false)?;
+        crate::models::probs_rows(&logits)
+    }
+
     /// Accuracy, per-class P/R/F1 and the confusion matrix on the test or validation file,
     /// or `path`.
     fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
@@ -174,6 +192,10 @@ impl Task for ClsTask {
 
     fn validate(cfg: &Config) -> Result<()> {
         crate::config::validate_common(cfg)
+    }
+
+    fn config_keys() -> Result<Vec<seqlab_train::keys::TableDoc>> {
+        crate::config::config_keys()
     }
 
     fn build(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {

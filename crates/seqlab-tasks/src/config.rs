@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 use seqlab_data::{LengthPolicy, TokenizerKind};
+use seqlab_train::keys::{ConfigKeys, KeyDoc, TableDoc};
 use seqlab_train::LossConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -188,6 +189,93 @@ impl Default for ModelConfig {
     }
 }
 
+/// The `[data]` keys at run time (`seqlab config keys`); defaults come from `Default`.
+impl ConfigKeys for DataConfig {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::required(
+            "train",
+            "training file: plain text (lm), text<TAB>label (classify), CSV (forecast)",
+        ),
+        KeyDoc::new(
+            "valid",
+            "validation file, evaluated during training (lm, classify; forecast splits its one CSV instead)",
+        ),
+        KeyDoc::new(
+            "test",
+            "test file, evaluated with the best checkpoint when training ends and by seqlab eval",
+        ),
+        KeyDoc::new("tokenizer", "char | word | bpe"),
+        KeyDoc::new(
+            "vocab_size",
+            "vocabulary size of word/BPE tokenizers, specials included",
+        ),
+        KeyDoc::new("min_frequency", "least count of a token to enter the vocabulary"),
+        KeyDoc::new("max_len", "classify: longest sequence in tokens (see on_too_long)"),
+        KeyDoc::new(
+            "on_too_long",
+            "classify: truncate (with a warning) | error, for sequences longer than max_len",
+        ),
+        KeyDoc::new("batch_size", "lm: rows per batch; forecast: windows per batch"),
+        KeyDoc::new("bptt", "lm: tokens per row (truncated back-propagation length)"),
+        KeyDoc::new("batch_tokens", "classify: most tokens per batch, padding included"),
+        KeyDoc::new("column", "forecast: the CSV column to model (required for forecast)"),
+        KeyDoc::new("input_len", "forecast: input window length, in time steps"),
+        KeyDoc::new("horizon", "forecast: steps predicted at once"),
+        KeyDoc::new(
+            "valid_frac",
+            "forecast: fraction of the series (at its end, before test) for validation",
+        ),
+        KeyDoc::new("test_frac", "forecast: fraction of the series at its end for test"),
+        KeyDoc::new(
+            "season",
+            "forecast: season length of the seasonal-naive baseline (12 for monthly data)",
+        ),
+        KeyDoc::new(
+            "max_eval_batches",
+            "evaluate on at most this many batches during training; unset = all",
+        ),
+    ];
+}
+
+/// The `[model]` keys at run time (`seqlab config keys`); defaults come from `Default`.
+impl ConfigKeys for ModelConfig {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new("kind", "rnn | rnn_relu | lstm | gru | transformer | mamba (forecast: the recurrent ones)"),
+        KeyDoc::new("embed_dim", "token embedding size (recurrent models)"),
+        KeyDoc::new("hidden_size", "recurrent hidden size"),
+        KeyDoc::new("num_layers", "stacked layers (recurrent, Transformer, Mamba blocks)"),
+        KeyDoc::new("dropout", "dropout between layers / in the Transformer, in [0, 1) (Mamba: ignored)"),
+        KeyDoc::new("bidirectional", "classify: bidirectional recurrent encoder"),
+        KeyDoc::new(
+            "tie_weights",
+            "lm: input embedding shared with the output projection (recurrent: needs embed_dim == hidden_size; always on for transformer and mamba)",
+        ),
+        KeyDoc::new("d_model", "Transformer and Mamba width"),
+        KeyDoc::new("nhead", "attention heads (must divide d_model)"),
+        KeyDoc::new("dim_feedforward", "Transformer feed-forward inner width"),
+        KeyDoc::new("max_positions", "longest sequence the Transformer's position table covers"),
+        KeyDoc::new("norm_first", "Transformer: pre-norm (true) or the paper's post-norm (false)"),
+        KeyDoc::new("activation", "Transformer feed-forward activation: relu | gelu"),
+        KeyDoc::new("d_state", "Mamba: SSM state size per channel"),
+        KeyDoc::new("d_conv", "Mamba: width of the causal depthwise convolution"),
+        KeyDoc::new("expand", "Mamba: d_inner = expand · d_model"),
+    ];
+}
+
+/// The task keys of `lm`, `classify` and `forecast` with their defaults, table by table
+/// (their `Task::config_keys`).
+pub fn config_keys() -> Result<Vec<TableDoc>> {
+    Ok(vec![
+        TableDoc::of("data", "data files and tokenization", &DataConfig::default())?,
+        TableDoc::of("model", "network kind and sizes", &ModelConfig::default())?,
+        TableDoc::of(
+            "loss",
+            "cross-entropy settings (lm, classify; forecast trains with MSE and rejects label smoothing)",
+            &LossConfig::default(),
+        )?,
+    ])
+}
+
 /// Checks the keys every one of these tasks uses, naming the bad one.
 pub fn validate_common(cfg: &Config) -> Result<()> {
     let t = &cfg.task;
@@ -250,6 +338,32 @@ mod tests {
         let e = parse(BASE, &["loss.label_smoothing=1.0"]).unwrap_err();
         assert!(format!("{e:#}").contains("loss.label_smoothing"), "{e:#}");
         assert!(parse(BASE, &["nokey"]).is_err());
+    }
+
+    #[test]
+    fn every_key_is_documented_for_each_task() {
+        use seqlab_train::keys::check_documented;
+        check_documented::<LmTask>(BASE).unwrap();
+        check_documented::<crate::classify::ClsTask>(&BASE.replace("\"lm\"", "\"classify\"")).unwrap();
+        let forecast = BASE
+            .replace("\"lm\"", "\"forecast\"")
+            .replace("[data]\n", "[data]\ncolumn = \"x\"\n");
+        check_documented::<crate::forecast::ForecastTask>(&forecast).unwrap();
+        let text = seqlab_train::keys::render("lm", "", &seqlab_train::keys::task_tables::<LmTask>().unwrap());
+        for k in ["[data]", "[model]", "[loss]", "[optim]", "[train]", "train "] {
+            assert!(text.contains(k), "{k} missing:\n{text}");
+        }
+        // Keys are padded to one column per table: `bptt             = 128 ...`; the task's
+        // tables come after the engine's (whose [schedule] also has a `kind`).
+        let task_part = &text[text.find("[data]").unwrap()..];
+        let line = |key: &str| {
+            task_part
+                .lines()
+                .find(|l| l.split(' ').next() == Some(key))
+                .unwrap_or_default()
+        };
+        assert!(line("bptt").contains("= 128 "), "{text}");
+        assert!(line("kind").contains("= \"lstm\" "), "{text}");
     }
 
     #[test]

@@ -189,6 +189,10 @@ impl Task for ForecastTask {
         Ok(())
     }
 
+    fn config_keys() -> Result<Vec<seqlab_train::keys::TableDoc>> {
+        crate::config::config_keys()
+    }
+
     fn build(cfg: &Config, vs: &VarStore, _from: BuildFrom<'_>) -> Result<Self> {
         Self::new(cfg, vs)
     }

@@ -61,7 +61,7 @@ impl LmTask {
             _ => None,
         };
         let valid = match (&d.valid, with_train_data) {
-            (Some(p), true) => Some(Self::stream(p, &tok, d.batch_size)?),
+            (Some(p), true) => Some(Self::stream(&LmText::read(p)?, &tok, d.batch_size)?),
             _ => None,
         };
         Ok(Self {
@@ -74,11 +74,26 @@ impl LmTask {
         })
     }
 
-    fn stream(path: &Path, tok: &Tokenizer, batch: usize) -> Result<StreamBatcher> {
-        let ids = LmText::read(path)?.encode_stream(tok)?;
+    fn stream(text: &LmText, tok: &Tokenizer, batch: usize) -> Result<StreamBatcher> {
+        let ids = text.encode_stream(tok)?;
         // Evaluation text may be short: fewer rows rather than an error.
         let rows = batch.min((ids.len() / 2).max(1));
-        StreamBatcher::new(&ids, rows).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))
+        StreamBatcher::new(&ids, rows).map_err(|e| anyhow::anyhow!("{}: {}", text.path.display(), e.0))
+    }
+
+    /// How well the model predicts `text` (read as an evaluation file is: its lines, each with
+    /// its newline, as one stream in `data.batch_size` rows of `data.bptt` chunks): what
+    /// `seqlab eval --data FILE` reports and `seqlab predict` prints. Errors when the text
+    /// has fewer than 2 tokens or only out-of-vocabulary targets.
+    pub fn score(&self, text: &LmText) -> Result<LmScore> {
+        let sb = Self::stream(text, &self.tok, self.cfg.task.data.batch_size)?;
+        let (loss, tokens, oov_tokens) = self.stream_loss(&sb, None)?;
+        Ok(LmScore {
+            loss,
+            tokens,
+            oov_tokens,
+            char_tokens: self.tok.kind() == TokenizerKind::Char,
+        })
     }
 
     /// Cross-entropy of one chunk. `ignore` is a target id left out of the loss (the
@@ -151,8 +166,12 @@ impl LmTask {
     /// Loss, perplexity (and bits per character) on the test or validation file, or `path`.
     fn split_report(&self, split: Split, path: Option<&Path>) -> Result<Report> {
         let p = crate::common::eval_file(&self.cfg, split, path)?;
-        let sb = Self::stream(&p, &self.tok, self.cfg.task.data.batch_size)?;
-        let (loss, n, oov) = self.stream_loss(&sb, None)?;
+        let LmScore {
+            loss,
+            tokens: n,
+            oov_tokens: oov,
+            ..
+        } = self.score(&LmText::read(&p)?)?;
         let mut m = self.metrics(loss);
         Self::oov_metrics(&mut m, n, oov);
         let mut text = format!(
@@ -219,6 +238,45 @@ impl LmTask {
     }
 }
 
+/// How well a language model predicts a text ([`LmTask::score`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LmScore {
+    /// Mean next-token cross-entropy in nats over the targets inside the vocabulary.
+    pub loss: f64,
+    /// Targets scored (inside the vocabulary).
+    pub tokens: usize,
+    /// Targets outside the vocabulary (`<unk>`), left out of `loss`.
+    pub oov_tokens: usize,
+    /// The tokenizer is the character one: a token is a character, bits/token = bits/char.
+    pub char_tokens: bool,
+}
+
+impl LmScore {
+    /// e^loss.
+    pub fn perplexity(&self) -> f64 {
+        self.loss.exp()
+    }
+
+    /// loss / ln 2.
+    pub fn bits_per_token(&self) -> f64 {
+        self.loss / std::f64::consts::LN_2
+    }
+
+    /// Bits per character, for character tokenizers only (`None` otherwise).
+    pub fn bits_per_char(&self) -> Option<f64> {
+        self.char_tokens.then(|| self.bits_per_token())
+    }
+
+    /// Share of the targets outside the vocabulary, in [0, 1].
+    pub fn oov_rate(&self) -> f64 {
+        self.oov_tokens as f64 / (self.tokens + self.oov_tokens).max(1) as f64
+    }
+}
+
+/// `seqlab generate`'s and `POST /v1/generate`'s temperature when none is given: a little
+/// below 1 (sampling as trained), which keeps small models' samples readable.
+pub const DEFAULT_TEMPERATURE: f64 = 0.8;
+
 /// Settings of [`LmTask::generate`] (`seqlab generate`).
 #[derive(Clone, Debug)]
 pub struct GenerateConfig {
@@ -237,6 +295,10 @@ impl Task for LmTask {
 
     fn validate(cfg: &Config) -> Result<()> {
         crate::config::validate_common(cfg)
+    }
+
+    fn config_keys() -> Result<Vec<seqlab_train::keys::TableDoc>> {
+        crate::config::config_keys()
     }
 
     fn build(cfg: &Config, vs: &VarStore, from: BuildFrom<'_>) -> Result<Self> {
@@ -342,7 +404,7 @@ mod tests {
 
         // "abxab": targets b, <unk>, a, b; one of four is outside the vocabulary.
         std::fs::write(dir.join("oov.txt"), "abxab").unwrap();
-        let sb = LmTask::stream(&dir.join("oov.txt"), &t.tok, 1).unwrap();
+        let sb = LmTask::stream(&LmText::read(dir.join("oov.txt")).unwrap(), &t.tok, 1).unwrap();
         let (loss, n, oov) = t.stream_loss(&sb, None).unwrap();
         assert_eq!((n, oov), (3, 1));
         // The loss is the mean over the three in-vocabulary targets only.
@@ -380,7 +442,7 @@ mod tests {
 
         // No OOV: rate 0, and the loss is the plain mean over every target, as before.
         std::fs::write(dir.join("iv.txt"), "abbab").unwrap();
-        let sb = LmTask::stream(&dir.join("iv.txt"), &t.tok, 1).unwrap();
+        let sb = LmTask::stream(&LmText::read(dir.join("iv.txt")).unwrap(), &t.tok, 1).unwrap();
         let (loss, n, oov) = t.stream_loss(&sb, None).unwrap();
         assert_eq!((n, oov), (4, 0));
         let ch = sb.chunks(8).next().unwrap();
@@ -396,7 +458,7 @@ mod tests {
 
         // Only OOV targets: an error that says so, not NaN.
         std::fs::write(dir.join("all.txt"), "xyz").unwrap();
-        let sb = LmTask::stream(&dir.join("all.txt"), &t.tok, 1).unwrap();
+        let sb = LmTask::stream(&LmText::read(dir.join("all.txt")).unwrap(), &t.tok, 1).unwrap();
         let e = t.stream_loss(&sb, None).unwrap_err();
         assert!(e.to_string().contains("outside the vocabulary"), "{e}");
         std::fs::remove_dir_all(&dir).ok();

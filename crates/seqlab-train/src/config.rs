@@ -17,6 +17,7 @@
 //! first) and the rest parsed as the task's own config. Unknown keys are errors on both
 //! sides.
 
+use crate::keys::{ConfigKeys, KeyDoc};
 use crate::schedule::Schedule;
 use crate::trainer::LoopConfig;
 use anyhow::{bail, Context, Result};
@@ -132,6 +133,27 @@ impl OptimConfig {
     }
 }
 
+/// The `[optim]` keys at run time (`seqlab config keys`); defaults come from the task.
+impl ConfigKeys for OptimConfig {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new(
+            "name",
+            "optimizer: adamw (torch.optim.AdamW) | adam (torch.optim.Adam) | sgd (torch.optim.SGD with momentum)",
+        ),
+        KeyDoc::new(
+            "lr",
+            "learning rate of the default constant schedule (with a [schedule], schedule.lr is used); > 0",
+        ),
+        KeyDoc::new("betas", "Adam(W) [β1, β2], each in [0, 1)"),
+        KeyDoc::new("eps", "Adam(W) ε, >= 0"),
+        KeyDoc::new(
+            "weight_decay",
+            "weight decay, >= 0: decoupled for adamw, an L2 gradient term for adam and sgd",
+        ),
+        KeyDoc::new("momentum", "SGD momentum, >= 0 (ignored by adam/adamw)"),
+    ];
+}
+
 /// `torch.optim.Adam`: AdamW without its decoupled decay, plus `weight_decay · param` added to
 /// each gradient first (PyTorch's `grad = grad.add(param, alpha=weight_decay)`). With
 /// weight_decay 0 it is exactly AdamW with weight_decay 0. Its state is AdamW's.
@@ -226,6 +248,14 @@ impl LossConfig {
         );
         Ok(())
     }
+}
+
+/// The `[loss]` keys at run time (`seqlab config keys`).
+impl ConfigKeys for LossConfig {
+    const KEYS: &'static [KeyDoc] = &[KeyDoc::new(
+        "label_smoothing",
+        "label smoothing ε of the training cross-entropy (Szegedy et al. 2016), in [0, 1); evaluation never smooths",
+    )];
 }
 
 /// The keys of a run config that the engine owns (see the module docs).

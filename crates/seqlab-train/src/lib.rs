@@ -16,7 +16,8 @@
 //! 2. Implement [`TrainTask`] for it (batches per epoch, the loss of batch `index` of `epoch`
 //!    as a pure function of (seed, epoch, index), validation metrics, extra checkpoint files
 //!    such as the tokenizer) and [`Task`] (`type Config`, `NAME` — the `task` key —, `ABOUT`,
-//!    `build`, `final_split`, `report`; optionally `default_optim`, `default_schedule`,
+//!    `build`, `final_split`, `report`, `config_keys` (a key table beside each config struct,
+//!    see [`keys`]); optionally `default_optim`, `default_schedule`,
 //!    `validate`, `guide`).
 //! 3. Add one line to your crate's `register(r: &mut Registry)`: `r.add::<MyTask>();` (the
 //!    `seqlab` binary already calls `register` of seqlab-tasks, seqlab-mt and seqlab-bert;
@@ -26,9 +27,11 @@
 //! `seqlab train --config F`, `seqlab eval --checkpoint RUN`, `loss.png`, `test_report.json`
 //! and resume then work for the new task with no other change.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod interrupt;
+pub mod keys;
 pub mod lock;
 pub mod metrics;
 pub mod parallel;

@@ -19,6 +19,7 @@ fn register_font() {
 }
 
 /// One named series of (x, y) points.
+#[derive(Debug, Clone)]
 pub struct Series {
     /// Legend label.
     pub name: String,
@@ -28,28 +29,38 @@ pub struct Series {
 
 /// Series for each (file, split, key): `key` against `step`, one line per split found.
 pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
-    let mut out: Vec<Series> = Vec::new();
+    series_from_logs_against(paths, "step", key)
+}
+
+/// Series for each (file, split): `key` against `x_key` (e.g. `step` or `cpu_minutes`), from
+/// the records that hold both as numbers. Legend names: with several files, the folder
+/// holding each file (the run's name), followed by the split when the key occurs in more
+/// than one split; with one file, the split (or the key). Errors when no record has both.
+pub fn series_from_logs_against(paths: &[&Path], x_key: &str, key: &str) -> Result<Vec<Series>> {
+    let mut found: Vec<(String, String, Vec<(f64, f64)>)> = Vec::new();
     for p in paths {
         let recs = read_jsonl(p)?;
         let mut by_split: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
         let mut left_out = 0usize;
         for r in &recs {
-            let Some(value) = r.get(key) else { continue };
-            let (Some(step), Some(v)) = (r.get("step").and_then(|v| v.as_f64()), value.as_f64()) else {
+            let (Some(value), Some(xv)) = (r.get(key), r.get(x_key)) else {
+                continue;
+            };
+            let (Some(x), Some(v)) = (xv.as_f64(), value.as_f64()) else {
                 // NaN and infinities are logged as `null`.
                 left_out += 1;
                 continue;
             };
-            if !drawable(step) || !drawable(v) {
+            if !drawable(x) || !drawable(v) {
                 left_out += 1;
                 continue;
             }
             let split = r.get("split").and_then(|s| s.as_str()).unwrap_or("").to_string();
-            by_split.entry(split).or_default().push((step, v));
+            by_split.entry(split).or_default().push((x, v));
         }
         if left_out > 0 {
             eprintln!(
-                "warning: {}: left out {left_out} `{key}` value(s) that are not finite numbers (NaN/inf are logged as null) or lie beyond ±{DRAWABLE_MAX:e}",
+                "warning: {}: left out {left_out} `{key}`/`{x_key}` value(s) that are not finite numbers (NaN/inf are logged as null) or lie beyond ±{DRAWABLE_MAX:e}",
                 p.display()
             );
         }
@@ -58,19 +69,15 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
             .and_then(|d| d.file_name())
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (split, points) in by_split {
-            let name = match (paths.len() > 1, split.is_empty()) {
-                (true, true) => stem.clone(),
-                (true, false) => format!("{stem} {split}"),
-                (false, true) => key.to_string(),
-                (false, false) => split,
-            };
-            out.push(Series { name, points });
-        }
+        found.extend(
+            by_split
+                .into_iter()
+                .map(|(split, points)| (stem.clone(), split, points)),
+        );
     }
-    if out.is_empty() {
+    if found.is_empty() {
         bail!(
-            "no `{key}` values with a `step` in {}",
+            "no record with both `{key}` and `{x_key}` in {}",
             paths
                 .iter()
                 .map(|p| p.display().to_string())
@@ -78,7 +85,20 @@ pub fn series_from_logs(paths: &[&Path], key: &str) -> Result<Vec<Series>> {
                 .join(", ")
         );
     }
-    Ok(out)
+    let one_split = found.iter().all(|f| f.1 == found[0].1);
+    Ok(found
+        .into_iter()
+        .map(|(stem, split, points)| {
+            let name = match (paths.len() > 1, split.is_empty()) {
+                (true, true) => stem,
+                (true, false) if one_split => stem,
+                (true, false) => format!("{stem} {split}"),
+                (false, true) => key.to_string(),
+                (false, false) => split,
+            };
+            Series { name, points }
+        })
+        .collect())
 }
 
 fn with_backend(
@@ -350,6 +370,51 @@ mod tests {
         heatmaps(&dir.join("g.svg"), &panels, &[], &[], 2).unwrap();
         assert!(heatmaps(&dir.join("e.png"), &[], &[], &[], 2).is_err());
         assert!(line_chart(&dir.join("x.bmpx"), "", "", "", &s, false).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn series_against_another_key_are_named_by_run() {
+        let dir = std::env::temp_dir().join(format!("seqlab-plot-x-{}", std::process::id()));
+        let mut files = Vec::new();
+        for (run, rate) in [("lstm", 1.0), ("mamba", 2.0)] {
+            let d = dir.join(run);
+            std::fs::create_dir_all(&d).unwrap();
+            let lines: Vec<String> = (1..=4)
+                .flat_map(|i| {
+                    let m = i as f64 * rate;
+                    [
+                        format!(r#"{{"step":{},"split":"train","loss":1.0,"cpu_minutes":{m}}}"#, i * 10),
+                        format!(
+                            r#"{{"step":{},"split":"valid","bpc":{},"cpu_minutes":{m}}}"#,
+                            i * 10,
+                            3.0 / i as f64
+                        ),
+                    ]
+                })
+                .collect();
+            std::fs::write(d.join("metrics.jsonl"), lines.join("\n")).unwrap();
+            files.push(d.join("metrics.jsonl"));
+        }
+        let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+        let s = series_from_logs_against(&refs, "cpu_minutes", "bpc").unwrap();
+        // bpc only occurs in the valid split: each run's legend is its folder name alone.
+        assert_eq!(s.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["lstm", "mamba"]);
+        assert_eq!(s[1].points, [(2.0, 3.0), (4.0, 1.5), (6.0, 1.0), (8.0, 0.75)]);
+        // loss against the step: only train records have it.
+        let by_step = series_from_logs(&refs, "loss").unwrap();
+        assert_eq!(by_step[0].points[0], (10.0, 1.0));
+        // Two splits with the key: the split is named too.
+        let cpu = series_from_logs_against(&refs, "step", "cpu_minutes").unwrap();
+        assert_eq!(cpu.len(), 4);
+        assert_eq!(cpu[0].name, "lstm train");
+        assert!(series_from_logs_against(&refs, "wall_minutes", "bpc")
+            .unwrap_err()
+            .to_string()
+            .contains("`wall_minutes`"));
+        let out = dir.join("bpc.png");
+        line_chart(&out, "bpc", "cpu_minutes", "bpc", &s, false).unwrap();
+        assert!(std::fs::metadata(&out).unwrap().len() > 1000);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -6,6 +6,7 @@
 //! the `seqlab` binary builds the registry from those calls. See the crate docs for the
 //! recipe to add a task.
 
+use crate::bench::{BenchSpec, ModelBench};
 use crate::config::{split_config, upgrade_legacy_keys, OptimConfig, RunConfig};
 use crate::run::{self, RunOutcome};
 use crate::schedule::Schedule;
@@ -135,6 +136,12 @@ pub trait Task: TrainTask + Sized + 'static {
     /// Evaluates the current weights on `split`, or on the file `path` when given.
     fn report(&self, split: Split, path: Option<&Path>) -> Result<Report>;
 
+    /// The task's own config keys, table by table, with meaning and default
+    /// (`seqlab config keys TASK`; build them with [`crate::keys::TableDoc::of`]). The engine's
+    /// keys are added by [`crate::keys::task_tables`]; a test of the task crate should call
+    /// [`crate::keys::check_documented`] so that the list cannot go stale.
+    fn config_keys() -> Result<Vec<crate::keys::TableDoc>>;
+
     /// One paragraph on how to read this task's numbers, for people new to it.
     fn guide(&self) -> String {
         String::new()
@@ -188,15 +195,23 @@ pub struct TaskEntry {
     check: fn(Map<String, Value>, &str) -> Result<()>,
     train: fn(Map<String, Value>, &str, bool) -> Result<RunOutcome>,
     load: fn(&Path, Map<String, Value>) -> Result<LoadedAny>,
+    keys: fn() -> Result<Vec<crate::keys::TableDoc>>,
+    bench: fn(Map<String, Value>, &str, &BenchSpec) -> Result<ModelBench>,
 }
 
 impl TaskEntry {
+    /// Every config key of this task, engine keys first ([`crate::keys::task_tables`]).
+    pub fn config_keys(&self) -> Result<Vec<crate::keys::TableDoc>> {
+        (self.keys)()
+    }
+
     /// The entry of task `T`.
     pub fn of<T: Task>() -> Self {
         Self {
             name: T::NAME,
             about: T::ABOUT,
             claims_untagged: T::claims_untagged,
+            keys: crate::keys::task_tables::<T>,
             check: |m, source| parse_config::<T>(m, source).map(|_| ()),
             train: |m, source, resume| run::train::<T>(&parse_config::<T>(m, source)?, resume),
             load: |dir, m| {
@@ -208,6 +223,7 @@ impl TaskEntry {
                     task: Box::new(loaded.task),
                 })
             },
+            bench: |m, source, spec| crate::bench::bench_task::<T>(&parse_config::<T>(m, source)?, spec),
         }
     }
 }
@@ -323,6 +339,15 @@ impl Registry {
         (e.train)(m, &source, req.resume)
     }
 
+    /// Times training steps of the run a config file describes (after `overrides`), built as
+    /// [`Registry::train`] builds it but writing nothing to the run folder
+    /// ([`crate::bench::bench_task`]).
+    pub fn bench(&self, config: &Path, overrides: &[String], spec: &BenchSpec) -> Result<ModelBench> {
+        let (mut m, source) = read_file_config(config, overrides)?;
+        let e = self.entry_for(&mut m, None, &source)?;
+        (e.bench)(m, &source, spec)
+    }
+
     /// Loads a trained model from a checkpoint folder or a run folder (→ its best
     /// checkpoint), whatever its task.
     pub fn load(&self, path: &Path) -> Result<LoadedAny> {
@@ -332,6 +357,20 @@ impl Registry {
         let e = self.entry_for(&mut m, None, &source)?;
         (e.load)(&dir, m)
     }
+}
+
+/// Reads a config file (after `overrides`) as task `T`'s run config; a config of another
+/// task is an error.
+pub fn read_config<T: Task>(path: &Path, overrides: &[String]) -> Result<RunConfig<T::Config>> {
+    let (m, source) = read_file_config(path, overrides)?;
+    if let Some(t) = m.get("task").and_then(|t| t.as_str()).filter(|t| *t != T::NAME) {
+        bail!(
+            "{source}: task = {t:?}, but this needs task {:?} ({})",
+            T::NAME,
+            T::ABOUT
+        );
+    }
+    parse_config::<T>(m, &source)
 }
 
 fn read_file_config(path: &Path, overrides: &[String]) -> Result<(Map<String, Value>, String)> {

@@ -7,6 +7,7 @@
 //! would have seen.
 
 use crate::checkpoint;
+use crate::keys::{ConfigKeys, KeyDoc};
 use crate::metrics::MetricsLog;
 use crate::schedule::Schedule;
 use anyhow::{bail, Context, Result};
@@ -51,6 +52,26 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Show a progress bar (off in tests and when stderr is not a terminal).
     pub progress: bool,
+}
+
+/// The `[train]` keys at run time (`seqlab config keys`).
+impl ConfigKeys for LoopConfig {
+    const KEYS: &'static [KeyDoc] = &[
+        KeyDoc::new("max_steps", "optimizer updates to run in total; > 0"),
+        KeyDoc::new("max_minutes", "stop (with a checkpoint) after this much wall time, minutes; unset = no limit"),
+        KeyDoc::new(
+            "max_cpu_minutes",
+            "stop (with a checkpoint) after this much CPU time of the process (all threads, summed over resumed segments), minutes; unset = no limit",
+        ),
+        KeyDoc::new("accum_steps", "micro-batches whose gradients are summed into one update; > 0"),
+        KeyDoc::new("clip_norm", "global gradient-norm clipping (clip_grad_norm_), > 0; unset = off"),
+        KeyDoc::new("eval_every", "evaluate and checkpoint every this many updates; > 0"),
+        KeyDoc::new("log_every", "log the mean training loss over this many updates; must divide eval_every"),
+        KeyDoc::new("patience", "stop after this many evaluations without improvement; unset = never"),
+        KeyDoc::new("keep_checkpoints", "step-* checkpoints kept besides best"),
+        KeyDoc::new("seed", "seed of initial weights, dropout and data order"),
+        KeyDoc::new("progress", "show a progress bar (only when stderr is a terminal)"),
+    ];
 }
 
 impl Default for LoopConfig {
@@ -615,6 +636,16 @@ impl Trainer {
         let dir = self.save_checkpoint(task, &name)?;
         checkpoint::set_latest(&self.checkpoint_root(), &name)?;
         Ok(dir)
+    }
+
+    /// One optimizer update outside [`Trainer::run`] (for benchmarks, [`crate::bench`]): the
+    /// loop's own step — `accum_steps` micro-batches, clipping, the optimizer at the
+    /// schedule's rate — without logging, evaluation or checkpoints. `vars` are the trainable
+    /// variables and `per_epoch` the task's batches per epoch, computed once by the caller as
+    /// the loop does. Returns the tokens (or examples) the update covered.
+    pub fn step(&mut self, task: &mut dyn TrainTask, vars: &[candle_core::Var], per_epoch: usize) -> Result<usize> {
+        anyhow::ensure!(per_epoch > 0, "the training data gives no batches");
+        Ok(self.train_step(task, vars, per_epoch, &ProgressBar::hidden())?.tokens)
     }
 
     /// One optimizer update: `accum_steps` micro-batches' gradients summed (over ranks too),

@@ -112,5 +112,5 @@ fn edge_values_draw() {
     }
     // Nothing drawable is an error that says so.
     let e = plot_in_time("{\"step\":1,\"loss\":null}\n".into(), true, true).unwrap_err();
-    assert!(e.contains("no `loss` values"), "{e}");
+    assert!(e.contains("no record with both `loss` and `step`"), "{e}");
 }

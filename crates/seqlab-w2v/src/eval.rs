@@ -102,27 +102,57 @@ impl Index {
         best
     }
 
-    /// The `n` words closest (cosine) to `word`, best first. Rejects `n` = 0 and a word
-    /// that is not in the vocabulary.
+    /// The `n` words closest (cosine) to `word`, best first: [`Index::most_similar`] with
+    /// one positive word. Rejects `n` = 0 and a word that is not in the vocabulary.
     pub fn similar(&self, word: &str, n: usize) -> Result<Ranked> {
-        check_n(n)?;
-        let q = self.id(word)?;
-        let qv = self.row(q);
-        Ok(self.named(self.top(usize::MAX, n, &[q], |i| dot(self.row(i), qv))))
+        self.most_similar(&[word], &[], n)
     }
 
     fn named(&self, v: Vec<(usize, f32)>) -> Ranked {
         v.into_iter().map(|(i, s)| (self.words[i].clone(), s)).collect()
     }
 
-    /// 3CosAdd over ids: the unit mean of `+b +c -a` (gensim's `most_similar`).
-    fn cos_add(&self, a: usize, b: usize, c: usize, limit: usize, n: usize) -> Vec<(usize, f32)> {
+    /// 3CosAdd over ids (gensim's `most_similar`): the unit mean of the `positive` unit
+    /// vectors and the negated `negative` ones; the `n` rows among the first `limit` closest
+    /// to it by cosine, the query words left out.
+    fn cos_add(&self, positive: &[usize], negative: &[usize], limit: usize, n: usize) -> Vec<(usize, f32)> {
         let mut q = vec![0f32; self.dim];
-        for ((x, (ya, yb)), yc) in q.iter_mut().zip(self.row(a).iter().zip(self.row(b))).zip(self.row(c)) {
-            *x = (yb + yc - ya) / 3.0;
+        for &p in positive {
+            q.iter_mut().zip(self.row(p)).for_each(|(x, y)| *x += y);
         }
+        for &m in negative {
+            q.iter_mut().zip(self.row(m)).for_each(|(x, y)| *x -= y);
+        }
+        let k = (positive.len() + negative.len()) as f32;
+        q.iter_mut().for_each(|x| *x /= k);
         normalise(&mut q);
-        self.top(limit, n, &[a, b, c], |i| dot(self.row(i), &q))
+        let exclude: Vec<usize> = positive.iter().chain(negative).copied().collect();
+        self.top(limit, n, &exclude, |i| dot(self.row(i), &q))
+    }
+
+    /// The `n` words closest (cosine) to the unit mean of the `positive` words' unit vectors
+    /// and the negated `negative` ones, best first, the query words left out: gensim's
+    /// `KeyedVectors.most_similar(positive, negative, topn=n)` (3CosAdd). `king woman -man`
+    /// is `most_similar(&["king", "woman"], &["man"], n)`. Rejects `n` = 0, no words at all,
+    /// and words that are not in the vocabulary (naming them).
+    pub fn most_similar(&self, positive: &[&str], negative: &[&str], n: usize) -> Result<Ranked> {
+        check_n(n)?;
+        if positive.is_empty() && negative.is_empty() {
+            bail!("most_similar needs at least one positive or negative word");
+        }
+        let missing: Vec<&str> = positive
+            .iter()
+            .chain(negative)
+            .copied()
+            .filter(|w| !self.lookup.contains_key(*w))
+            .collect();
+        match missing.as_slice() {
+            [] => {}
+            [w] => bail!("word {w:?} is not in the vocabulary"),
+            ws => bail!("words not in the vocabulary: {ws:?}"),
+        }
+        let ids = |ws: &[&str]| ws.iter().map(|w| self.lookup[*w]).collect::<Vec<_>>();
+        Ok(self.named(self.cos_add(&ids(positive), &ids(negative), usize::MAX, n)))
     }
 
     /// "a is to b as c is to ?" by 3CosAdd and by 3CosMul (Levy & Goldberg 2014, as
@@ -131,7 +161,7 @@ impl Index {
     pub fn analogy(&self, a: &str, b: &str, c: &str, n: usize) -> Result<(Ranked, Ranked)> {
         check_n(n)?;
         let (ia, ib, ic) = (self.id(a)?, self.id(b)?, self.id(c)?);
-        let add = self.cos_add(ia, ib, ic, usize::MAX, n);
+        let add = self.cos_add(&[ib, ic], &[ia], usize::MAX, n);
         let (ra, rb, rc) = (self.row(ia), self.row(ib), self.row(ic));
         let mul = self.top(usize::MAX, n, &[ia, ib, ic], |i| {
             let r = self.row(i);
@@ -273,7 +303,7 @@ pub fn eval_analogy(ix: &Index, questions: &Path, restrict: usize) -> Result<Ana
             .map(|&[a, b, c, d]| {
                 let ignore: HashSet<&str> = [a, b, c].iter().map(|&i| upper[i].as_str()).collect();
                 let mut predicted = None;
-                for (i, _) in ix.cos_add(a, b, c, restrict, 5) {
+                for (i, _) in ix.cos_add(&[b, c], &[a], restrict, 5) {
                     predicted = Some(i);
                     if !ignore.contains(upper[i].as_str()) {
                         break;
@@ -430,6 +460,35 @@ mod tests {
         assert_eq!(mul[0].0, "queen");
         assert_eq!(ix.similar("king", 1).unwrap()[0].0, "King");
         assert!(ix.similar("nope", 1).is_err());
+    }
+
+    /// gensim's `most_similar(positive=["king", "woman"], negative=["man"])`: the same
+    /// words and scores as the analogy, the cosine with the unit mean computed by hand, and
+    /// every query word left out.
+    #[test]
+    fn most_similar_is_3cosadd_over_positive_and_negative_words() {
+        let ix = toy();
+        let got = ix.most_similar(&["king", "woman"], &["man"], 3).unwrap();
+        assert_eq!(got, ix.analogy("man", "woman", "king", 3).unwrap().0);
+        assert_eq!(got[0].0, "queen");
+        let unit = |w: &str| ix.row(ix.lookup[w]).to_vec();
+        let (k, w, m, q) = (unit("king"), unit("woman"), unit("man"), unit("queen"));
+        let mean: Vec<f32> = (0..3).map(|i| (k[i] + w[i] - m[i]) / 3.0).collect();
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let want: f32 = (0..3).map(|i| mean[i] / norm * q[i]).sum();
+        assert!((got[0].1 - want).abs() < 1e-6, "{} vs {want}", got[0].1);
+        assert!(got.iter().all(|(x, _)| !["king", "woman", "man"].contains(&x.as_str())));
+        // Only negative words: the words farthest from "apple" come first, apple excluded.
+        let far = ix.most_similar(&[], &["apple"], 6).unwrap();
+        assert_eq!(far.len(), 5);
+        assert!(far.windows(2).all(|p| p[0].1 >= p[1].1));
+        let e = ix
+            .most_similar(&["king", "nope"], &["zilch"], 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("zilch"), "{e}");
+        assert!(ix.most_similar(&[], &[], 1).is_err());
+        assert!(ix.most_similar(&["king"], &[], 0).is_err());
     }
 
     /// Issue 13: `w2v similar vec.txt the -n 0` panicked (index out of bounds).

@@ -1,5 +1,7 @@
-//! LayerNorm over the last dimension as one op with an analytic backward (behind
-//! [`crate::LayerNorm`] on the CPU).
+//! LayerNorm and RMSNorm over the last dimension as one op with an analytic backward (behind
+//! [`crate::LayerNorm`] and [`crate::RmsNorm`] on the CPU). RMSNorm is the same computation
+//! without the mean: composed from candle ops it took ~15 passes over the activations per
+//! norm (forward and backward), 9 norms per step of the Mamba Shakespeare preset.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -7,7 +9,32 @@ use rayon::prelude::*;
 /// Fused layer normalisation over the last dimension (biased variance, as PyTorch), with an
 /// analytic backward. `weight` and `bias` are both given or both absent. CPU, f32 only.
 pub fn layer_norm_fused(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let op = LayerNormOp { eps: eps as f32 };
+    norm_fused(
+        x,
+        weight,
+        bias,
+        LayerNormOp {
+            eps: eps as f32,
+            rms: false,
+        },
+    )
+}
+
+/// Fused RMS normalisation over the last dimension, `x / sqrt(mean(x²) + eps) · weight`
+/// (`torch.nn.RMSNorm`), with an analytic backward. CPU, f32 only.
+pub fn rms_norm_fused(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    norm_fused(
+        x,
+        weight,
+        None,
+        LayerNormOp {
+            eps: eps as f32,
+            rms: true,
+        },
+    )
+}
+
+fn norm_fused(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, op: LayerNormOp) -> Result<Tensor> {
     // The kernel reads storage directly, so it wants dense inputs.
     let x = &x.contiguous()?;
     let weight = weight.map(|w| w.contiguous()).transpose()?;
@@ -29,25 +56,28 @@ pub fn layer_norm_fused(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tenso
 #[derive(Clone, Copy)]
 struct LayerNormOp {
     eps: f32,
+    /// RMSNorm: no centring (mean taken as 0).
+    rms: bool,
 }
 
 /// Rows processed per rayon task; small inputs stay on one thread.
 const ROWS_PER_TASK: usize = 64;
 
-/// Mean and 1/sqrt(var + eps) of one row, two-pass for accuracy.
+/// Mean and 1/sqrt(var + eps) of one row, two-pass for accuracy; with `rms` the mean is 0
+/// (the mean square instead of the variance).
 #[inline]
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+fn row_stats(x: &[f32], eps: f32, rms: bool) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
+    let mean = if rms { 0.0 } else { x.iter().sum::<f32>() / n };
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn ln_forward(x: &[f32], c: usize, w: Option<&[f32]>, b: Option<&[f32]>, eps: f32) -> Vec<f32> {
+fn ln_forward(x: &[f32], c: usize, w: Option<&[f32]>, b: Option<&[f32]>, eps: f32, rms: bool) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     let work = |(xr, yr): (&[f32], &mut [f32])| {
         for (xr, yr) in xr.chunks(c).zip(yr.chunks_mut(c)) {
-            let (mean, rstd) = row_stats(xr, eps);
+            let (mean, rstd) = row_stats(xr, eps, rms);
             match (w, b) {
                 (Some(w), Some(b)) => {
                     for j in 0..c {
@@ -72,15 +102,23 @@ fn ln_forward(x: &[f32], c: usize, w: Option<&[f32]>, b: Option<&[f32]>, eps: f3
 }
 
 /// dx, and per-task partial sums of dweight and dbias (summed by the caller).
-fn ln_backward(x: &[f32], gy: &[f32], c: usize, w: Option<&[f32]>, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn ln_backward(
+    x: &[f32],
+    gy: &[f32],
+    c: usize,
+    w: Option<&[f32]>,
+    eps: f32,
+    rms: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0f32; x.len()];
     let work = |((xr, gr), dxr): ((&[f32], &[f32]), &mut [f32])| {
         let mut dw = vec![0f32; c];
         let mut db = vec![0f32; c];
         let mut g = vec![0f32; c];
         for ((xr, gr), dxr) in xr.chunks(c).zip(gr.chunks(c)).zip(dxr.chunks_mut(c)) {
-            let (mean, rstd) = row_stats(xr, eps);
-            // g = dL/dxhat; dx = rstd·(g − mean(g) − xhat·mean(g·xhat)).
+            let (mean, rstd) = row_stats(xr, eps, rms);
+            // g = dL/dxhat; dx = rstd·(g − mean(g) − xhat·mean(g·xhat)), without the
+            // mean(g) term for RMSNorm (no centring to differentiate).
             let (mut sg, mut sgx) = (0f32, 0f32);
             for j in 0..c {
                 let xh = (xr[j] - mean) * rstd;
@@ -93,7 +131,7 @@ fn ln_backward(x: &[f32], gy: &[f32], c: usize, w: Option<&[f32]>, eps: f32) -> 
                 sg += g[j];
                 sgx += g[j] * xh;
             }
-            let (mg, mgx) = (sg / c as f32, sgx / c as f32);
+            let (mg, mgx) = (if rms { 0.0 } else { sg / c as f32 }, sgx / c as f32);
             for j in 0..c {
                 let xh = (xr[j] - mean) * rstd;
                 dxr[j] = rstd * (g[j] - mg - xh * mgx);
@@ -132,7 +170,7 @@ impl LayerNormOp {
             Some(w) => Some(w.to_vec1::<f32>()?),
             None => None,
         };
-        let (dx, dw, db) = ln_backward(&xv, &gv, c, wv.as_deref(), self.eps);
+        let (dx, dw, db) = ln_backward(&xv, &gv, c, wv.as_deref(), self.eps, self.rms);
         Ok((
             Tensor::from_vec(dx, x.shape(), x.device())?,
             Tensor::from_vec(dw, c, x.device())?,
@@ -153,7 +191,7 @@ impl CustomOp1 for LayerNormOp {
             bail!("layer_norm: empty last dimension");
         }
         Ok((
-            CpuStorage::F32(ln_forward(x, c, None, None, self.eps)),
+            CpuStorage::F32(ln_forward(x, c, None, None, self.eps, self.rms)),
             l.shape().clone(),
         ))
     }
@@ -187,7 +225,7 @@ impl CustomOp3 for LayerNormOp {
             bail!("layer_norm: last dimension {c}, weight {}, bias {}", w.len(), b.len());
         }
         Ok((
-            CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps)),
+            CpuStorage::F32(ln_forward(x, c, Some(w), Some(b), self.eps, self.rms)),
             l1.shape().clone(),
         ))
     }

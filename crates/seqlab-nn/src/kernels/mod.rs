@@ -10,8 +10,8 @@
 //!   [`crate::loss::cross_entropy`]);
 //! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
 //!   (behind [`crate::recurrent`]);
-//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward (behind
-//!   [`crate::mamba`]).
+//! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward, and
+//!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]).
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
@@ -19,6 +19,7 @@
 //! its layer, against PyTorch (`tests/torch_parity.rs`).
 
 pub mod attention;
+pub mod causal_conv1d;
 pub mod cross_entropy;
 pub mod layer_norm;
 pub mod linear;
@@ -26,6 +27,25 @@ pub mod recurrence;
 pub mod selective_scan;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (else as compiled for the target, on
+/// x86-64 plain SSE2): `f`'s loops, inlined here, are vectorised 8 lanes wide with fused
+/// multiply-adds. Results differ from the plain build only in rounding.
+#[inline(always)]
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
 
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
 pub(crate) fn storage_f32<'a>(op: &str, what: &str, s: &'a CpuStorage) -> Result<&'a [f32]> {
@@ -78,12 +98,79 @@ pub(crate) fn sgemm(
     sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
 }
 
+/// [`sgemm`] on the calling thread only: for the small per-step products of a team of threads
+/// that already splits the work itself (nesting `gemm`'s rayon split inside would oversubscribe).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    sgemm_with(
+        gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        1,
+        accumulate,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        b_cs,
+    )
+}
+
 /// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
 /// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
 /// that makes the big operand column-major.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    let threads = rayon::current_num_threads();
+    // Thread dispatch costs more than it saves on tiny products.
+    let par = if threads > 1 && m * n * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    sgemm_with(
+        par, m, n, k, dst, dst_rs, dst_cs, accumulate, a, a_rs, a_cs, b, b_rs, b_cs,
+    )
+}
+
+/// The checked call into `gemm` behind [`sgemm_strided`] and [`sgemm_serial`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn sgemm_with(
+    par: gemm::Parallelism,
     m: usize,
     n: usize,
     k: usize,
@@ -114,13 +201,6 @@ pub(crate) fn sgemm_strided(
     assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    let threads = rayon::current_num_threads();
-    // Thread dispatch costs more than it saves on tiny products.
-    let par = if threads > 1 && m * n * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(

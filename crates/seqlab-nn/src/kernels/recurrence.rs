@@ -1,18 +1,21 @@
 //! The whole recurrence of one layer and direction as ONE candle op, forward and backward.
 //!
 //! A time loop of small candle ops costs far more in per-op overhead (allocation, graph
-//! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices:
-//! per step one `gemm` for `h @ W_hh^T` plus fused gate nonlinearities and state update. The
-//! forward keeps the gate activations; the backward (BPTT) runs in one op too, with one
-//! per-step `gemm` for the hidden-state gradient and a single large `gemm` at the end for
-//! `dW_hh` (and `dW_hr`).
+//! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices.
+//! It runs on a team of threads (one per rayon thread, for problems big enough), each owning a
+//! contiguous block of the cell's units: per step, one `gemm` of h with its rows of W_hh
+//! (packed contiguous once per call), then its units' fused gate nonlinearities and state
+//! update, then a barrier. The forward keeps the gate activations; the backward (BPTT) runs
+//! the same way, each thread producing its part of dh_prev, plus a single large `gemm` at the
+//! end for `dW_hh` (and `dW_hr`). The gate loops are compiled for AVX-512 or AVX2 and chosen
+//! at run time, since the crate itself targets baseline x86-64.
 //!
-//! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one ordinary matmul over
-//! all time steps, done by the caller with differentiable candle ops, and its result `gx`
-//! enters here.
+//! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one fused linear op over
+//! all time steps ([`super::linear`]), done by the caller, and its result `gx` enters here.
 
 use super::sgemm;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Which recurrent cell the op runs.
@@ -101,7 +104,14 @@ impl FusedSpec {
 /// steps past a sequence's end stay zero.
 #[derive(Default)]
 struct Saved {
-    w: Vec<f32>,
+    /// W_hh with its rows regrouped per thread of the team (see [`pack_whh`]).
+    wp: Vec<f32>,
+    /// W_hr (P, H) of a projected LSTM.
+    whr: Vec<f32>,
+    /// The split of the cell's units over the team that `wp` was packed for.
+    units: Split,
+    /// The split of h's P columns over the team (projected LSTM).
+    pcols: Split,
     /// h before the step (T, B, P).
     hprev: Vec<f32>,
     /// Gate activations (T, B, G*H); for RNN the new h.
@@ -123,6 +133,8 @@ pub struct FusedRecurrence {
     saved: Mutex<Option<Saved>>,
     /// Whether any argument is part of an autograd graph; if not, nothing is kept.
     keep: bool,
+    /// Threads that run the time loop together (see [`team_size`]).
+    threads: usize,
 }
 
 /// exp for f32 with ~1 ulp error, branch-free so that loops over it vectorise (libm's
@@ -134,13 +146,16 @@ pub(crate) fn fexp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer n that sits in the low mantissa bits of `shifted` (MAGIC's bits
+    // are 0x4B40_0000): integer ops only, which vectorise, unlike a float → int cast.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23);
     p * scale
 }
 
@@ -162,12 +177,650 @@ fn ftanh(x: f32) -> f32 {
     }
 }
 
-#[inline(always)]
-fn add_into(dst: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((d, a), b) in dst.iter_mut().zip(a).zip(b) {
-        *d = a + b;
+/// Contiguous parts of `len` items (cell units or columns of h), one per thread of a team;
+/// every part but the last is a multiple of 16 long, so SIMD loops have no ragged middles.
+#[derive(Clone, Copy, Debug, Default)]
+struct Split {
+    len: usize,
+    chunk: usize,
+    /// Number of non-empty parts.
+    n: usize,
+}
+
+impl Split {
+    /// At most `want` parts of at least 16 items (one part when `len` <= 16).
+    fn new(len: usize, want: usize) -> Self {
+        let want = want.clamp(1, len.div_ceil(16).max(1));
+        let chunk = (len.div_ceil(want).div_ceil(16) * 16).max(1);
+        Self {
+            len,
+            chunk,
+            n: len.div_ceil(chunk).max(1),
+        }
+    }
+
+    /// (start, length) of part `k`; empty for `k >= n`.
+    fn range(&self, k: usize) -> (usize, usize) {
+        let a = (k * self.chunk).min(self.len);
+        let b = ((k + 1) * self.chunk).min(self.len);
+        (a, b - a)
     }
 }
+
+/// How many threads run one op's time loop. The per-step work is a (B × P) @ (P × G·H)
+/// product plus the gate arithmetic; a team of OS threads that each own a block of units and
+/// meet at a barrier once per step keeps both the product and the gate arithmetic parallel,
+/// where handing each step's small product to rayon left the gate arithmetic serial and paid
+/// a dispatch per step. Small problems (and calls already inside a rayon worker, where the
+/// caller parallelises) run on the calling thread alone.
+fn team_size(sp: &FusedSpec) -> usize {
+    if rayon::current_thread_index().is_some() {
+        return 1;
+    }
+    let per_step = sp.batch * sp.gh() * sp.out;
+    if per_step < 1 << 17 || per_step.saturating_mul(sp.seq_len) < 1 << 22 {
+        return 1;
+    }
+    rayon::current_num_threads().max(1)
+}
+
+/// A barrier for a team that meets once or twice per time step: it spins briefly (a step
+/// takes tens to hundreds of µs, a futex wake-up costs about as much as a short step) and
+/// then yields, so an oversubscribed machine does not burn a core on it.
+struct SpinBarrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+    /// Set when a member panicked: the others stop waiting and panic too, instead of hanging.
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(n: usize) -> Self {
+        Self {
+            n,
+            count: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    fn wait(&self) {
+        if self.n <= 1 {
+            return;
+        }
+        let g = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.store(g.wrapping_add(1), Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == g {
+            if self.poisoned.load(Ordering::Relaxed) {
+                panic!("fused recurrence: another thread of the team panicked");
+            }
+            if spins < 4096 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Poisons the barrier when its thread unwinds.
+struct PoisonOnPanic<'a>(&'a SpinBarrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs `f(0..n)` on `n` threads at once (the caller is thread 0). They must all run at the
+/// same time since they meet at `bar`, so these are scoped OS threads, not rayon tasks
+/// (which a busy pool may run one after another).
+fn team(n: usize, bar: &SpinBarrier, f: impl Fn(usize) + Sync) {
+    let run = |k: usize| {
+        let _guard = PoisonOnPanic(bar);
+        f(k)
+    };
+    if n <= 1 {
+        return run(0);
+    }
+    std::thread::scope(|s| {
+        for k in 1..n {
+            let run = &run;
+            s.spawn(move || run(k));
+        }
+        run(0);
+    });
+}
+
+/// A buffer that the team's threads share; each reads and writes only what the step
+/// protocol gives it (own units or columns; whole buffers only between barriers that keep
+/// writers out).
+#[derive(Clone, Copy)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: see the type's doc: accesses are disjoint or separated by the team's barriers, and
+// every buffer outlives the team (the threads are scoped).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(v: &mut [f32]) -> Self {
+        Self {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread accesses `[a, a + n)` while the slice lives.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn mut_at<'a>(self, a: usize, n: usize) -> &'a mut [f32] {
+        assert!(a + n <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(a), n)
+    }
+
+    /// # Safety
+    /// No other thread writes `[a, a + n)` while the slice lives.
+    #[inline(always)]
+    unsafe fn at<'a>(self, a: usize, n: usize) -> &'a [f32] {
+        assert!(a + n <= self.len);
+        std::slice::from_raw_parts(self.ptr.add(a), n)
+    }
+}
+
+/// W_hh (G·H × P) with its rows regrouped so that thread k's rows — every gate of its units
+/// — are one contiguous block (gate-major inside it): its per-step product is then a single
+/// `gemm` over a block that stays in its core's cache.
+fn pack_whh(whh: &[f32], gates: usize, h: usize, p: usize, units: Split) -> Vec<f32> {
+    let mut out = Vec::with_capacity(whh.len());
+    for k in 0..units.n {
+        let (j0, nj) = units.range(k);
+        for g in 0..gates {
+            out.extend_from_slice(&whh[(g * h + j0) * p..(g * h + j0 + nj) * p]);
+        }
+    }
+    out
+}
+
+/// Copies `src` into `n` consecutive elements of a shared buffer at `a`.
+///
+/// # Safety
+/// As [`Shared::mut_at`].
+#[inline(always)]
+unsafe fn put(dst: Shared, a: usize, src: &[f32]) {
+    dst.mut_at(a, src.len()).copy_from_slice(src);
+}
+
+/// What the forward's threads share.
+struct Fwd<'a> {
+    sp: &'a FusedSpec,
+    units: Split,
+    pcols: Split,
+    gx: &'a [f32],
+    wp: &'a [f32],
+    whr: &'a [f32],
+    /// b_hn, or zeros.
+    bhn: &'a [f32],
+    keep: bool,
+    bar: &'a SpinBarrier,
+    /// h before/after the step, alternating (B × P each): step s reads `h[s % 2]`.
+    h: [Shared; 2],
+    /// LSTM cell state (B × H); each thread owns its units' columns.
+    c: Shared,
+    /// Projected LSTM: o * tanh(c) of the step (B × H).
+    m: Shared,
+    res: Shared,
+    hprev: Shared,
+    gates: Shared,
+    cprev: Shared,
+    tc: Shared,
+    msave: Shared,
+    hnp: Shared,
+}
+
+/// The forward of thread `k`: per step, its units' gate pre-activations in one `gemm`, then
+/// their nonlinearities and state update; a projected LSTM then computes its columns of
+/// h = m @ W_hr^T after a first barrier.
+#[inline(always)]
+fn fwd_body(cx: &Fwd, k: usize) {
+    let sp = cx.sp;
+    let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
+    let ng = sp.cell.gates();
+    let (j0, nj) = cx.units.range(k);
+    let gj = ng * nj;
+    let wk = &cx.wp[ng * j0 * p..ng * (j0 + nj) * p];
+    let (p0, np) = cx.pcols.range(k);
+    let mut hh = vec![0f32; bsz * gj];
+    let mut hp_loc = vec![0f32; if sp.proj { bsz * np } else { 0 }];
+    // Where tanh(c) / W_hn h + b_hn go when the forward keeps nothing.
+    let mut scratch = vec![0f32; nj];
+    for s in 0..t_len {
+        let (hc, hn) = (cx.h[s % 2], cx.h[(s + 1) % 2]);
+        // SAFETY (all blocks below): during step s only `h[(s+1) % 2]` is written, each thread
+        // its own columns; c, the saved rows and `res` are written per own unit/column.
+        let hcur = unsafe { hc.at(0, bsz * p) };
+        super::sgemm_serial(bsz, gj, p, &mut hh, gj, false, hcur, p, 1, wk, 1, p);
+        for b in 0..bsz {
+            let Some(t) = sp.t_of(s, b) else {
+                // Ended: h carries over (a projected LSTM's columns are copied below).
+                if !sp.proj {
+                    unsafe { put(hn, b * p + j0, &hcur[b * p + j0..b * p + j0 + nj]) };
+                }
+                continue;
+            };
+            let row = t * bsz + b;
+            let a = &mut hh[b * gj..(b + 1) * gj];
+            let x = &cx.gx[row * gh..(row + 1) * gh];
+            // h before the step of this thread's units (a projected LSTM's h has other columns).
+            let hp = if sp.proj {
+                &[][..]
+            } else {
+                &hcur[b * p + j0..b * p + j0 + nj]
+            };
+            match sp.cell {
+                FusedCell::RnnTanh | FusedCell::RnnRelu => {
+                    let out = unsafe { hn.mut_at(b * p + j0, nj) };
+                    rnn_fwd(sp.cell == FusedCell::RnnTanh, a, &x[j0..j0 + nj], out);
+                    if cx.keep {
+                        unsafe { put(cx.hprev, row * p + j0, hp) };
+                    }
+                    unsafe { put(cx.res, row * p + j0, out) };
+                }
+                FusedCell::Lstm => {
+                    let c = unsafe { cx.c.mut_at(b * h + j0, nj) };
+                    if cx.keep {
+                        unsafe { put(cx.cprev, row * h + j0, c) };
+                    }
+                    let tc = if cx.keep {
+                        unsafe { cx.tc.mut_at(row * h + j0, nj) }
+                    } else {
+                        &mut scratch[..]
+                    };
+                    let out = if sp.proj {
+                        unsafe { cx.m.mut_at(b * h + j0, nj) }
+                    } else {
+                        unsafe { hn.mut_at(b * p + j0, nj) }
+                    };
+                    lstm_fwd(a, x, j0, h, c, tc, out);
+                    if sp.proj {
+                        if cx.keep {
+                            unsafe { put(cx.msave, row * h + j0, out) };
+                        }
+                    } else {
+                        if cx.keep {
+                            unsafe { put(cx.hprev, row * p + j0, hp) };
+                        }
+                        unsafe { put(cx.res, row * p + j0, out) };
+                    }
+                }
+                FusedCell::Gru => {
+                    let hnp = if cx.keep {
+                        unsafe { cx.hnp.mut_at(row * h + j0, nj) }
+                    } else {
+                        &mut scratch[..]
+                    };
+                    let out = unsafe { hn.mut_at(b * p + j0, nj) };
+                    gru_fwd(a, x, j0, h, &cx.bhn[j0..j0 + nj], hp, hnp, out);
+                    if cx.keep {
+                        unsafe { put(cx.hprev, row * p + j0, hp) };
+                    }
+                    unsafe { put(cx.res, row * p + j0, out) };
+                }
+            }
+            if cx.keep {
+                for g in 0..ng {
+                    unsafe { put(cx.gates, row * gh + g * h + j0, &a[g * nj..(g + 1) * nj]) };
+                }
+            }
+        }
+        if sp.proj {
+            // Every thread's units of m are needed for h = m @ W_hr^T.
+            cx.bar.wait();
+            if np > 0 {
+                let m_all = unsafe { cx.m.at(0, bsz * h) };
+                super::sgemm_serial(bsz, np, h, &mut hp_loc, np, false, m_all, h, 1, &cx.whr[p0 * h..], 1, h);
+                for b in 0..bsz {
+                    let src = match sp.t_of(s, b) {
+                        None => &hcur[b * p + p0..b * p + p0 + np],
+                        Some(t) => {
+                            let row = t * bsz + b;
+                            let v = &hp_loc[b * np..(b + 1) * np];
+                            if cx.keep {
+                                unsafe { put(cx.hprev, row * p + p0, &hcur[b * p + p0..b * p + p0 + np]) };
+                            }
+                            unsafe { put(cx.res, row * p + p0, v) };
+                            v
+                        }
+                    };
+                    unsafe { put(hn, b * p + p0, src) };
+                }
+            }
+        }
+        // The next step's product reads all of the new h.
+        cx.bar.wait();
+    }
+}
+
+/// RNN: `a` holds W_hh h of the thread's units; becomes act(a + x), also written to `out`.
+#[inline(always)]
+fn rnn_fwd(tanh: bool, a: &mut [f32], x: &[f32], out: &mut [f32]) {
+    let n = a.len();
+    let (x, out) = (&x[..n], &mut out[..n]);
+    for q in 0..n {
+        let v = a[q] + x[q];
+        let v = if tanh { ftanh(v) } else { v.max(0.0) };
+        a[q] = v;
+        out[q] = v;
+    }
+}
+
+/// LSTM: `a` = [i f g o] pre-activations (W_hh h) of the thread's `nj` units, `x` the whole
+/// gx row (gate blocks of `h`); `a` becomes the gate activations, `c` is updated, `tc` =
+/// tanh(c), `out` = o * tanh(c).
+#[inline(always)]
+fn lstm_fwd(a: &mut [f32], x: &[f32], j0: usize, h: usize, c: &mut [f32], tc: &mut [f32], out: &mut [f32]) {
+    let nj = c.len();
+    let (ai, rest) = a.split_at_mut(nj);
+    let (af, rest) = rest.split_at_mut(nj);
+    let (ag, ao) = rest.split_at_mut(nj);
+    let (ao, tc, out) = (&mut ao[..nj], &mut tc[..nj], &mut out[..nj]);
+    let xi = &x[j0..j0 + nj];
+    let xf = &x[h + j0..h + j0 + nj];
+    let xg = &x[2 * h + j0..2 * h + j0 + nj];
+    let xo = &x[3 * h + j0..3 * h + j0 + nj];
+    for q in 0..nj {
+        let i = sigmoid(ai[q] + xi[q]);
+        let f = sigmoid(af[q] + xf[q]);
+        let g = ftanh(ag[q] + xg[q]);
+        let o = sigmoid(ao[q] + xo[q]);
+        ai[q] = i;
+        af[q] = f;
+        ag[q] = g;
+        ao[q] = o;
+        let cn = f * c[q] + i * g;
+        c[q] = cn;
+        let t = ftanh(cn);
+        tc[q] = t;
+        out[q] = o * t;
+    }
+}
+
+/// GRU: `a` = [r z n] blocks of W_hh h; becomes the gate activations; `hnp` = W_hn h + b_hn;
+/// `out` = the new h of the thread's units.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gru_fwd(a: &mut [f32], x: &[f32], j0: usize, h: usize, bhn: &[f32], hp: &[f32], hnp: &mut [f32], out: &mut [f32]) {
+    let nj = out.len();
+    let (ar, rest) = a.split_at_mut(nj);
+    let (az, an) = rest.split_at_mut(nj);
+    let (an, bhn, hp, hnp) = (&mut an[..nj], &bhn[..nj], &hp[..nj], &mut hnp[..nj]);
+    let xr = &x[j0..j0 + nj];
+    let xz = &x[h + j0..h + j0 + nj];
+    let xn = &x[2 * h + j0..2 * h + j0 + nj];
+    for q in 0..nj {
+        let r = sigmoid(ar[q] + xr[q]);
+        let z = sigmoid(az[q] + xz[q]);
+        let hq = an[q] + bhn[q];
+        let n = ftanh(xn[q] + r * hq);
+        ar[q] = r;
+        az[q] = z;
+        an[q] = n;
+        hnp[q] = hq;
+        out[q] = n + z * (hp[q] - n);
+    }
+}
+
+/// What the backward's threads share.
+struct Bwd<'a> {
+    sp: &'a FusedSpec,
+    sv: &'a Saved,
+    dout: &'a [f32],
+    bar: &'a SpinBarrier,
+    /// Gradient of the h carried into the step being processed (B × P).
+    dh: Shared,
+    /// LSTM: gradient of c (B × H).
+    dc: Shared,
+    dgx: Shared,
+    dhh: Shared,
+    dhs: Shared,
+    /// Per thread and step parity, its part of dh_prev = dG @ W_hh (2 × team × B × P).
+    partial: Shared,
+}
+
+/// The BPTT of thread `k`: per step, its units' gate gradients (elementwise), its partial
+/// dh_prev = dG_k @ W_hh[rows of its units] in one `gemm`, a barrier, then the sum of all
+/// partials over its own columns of dh. Partials alternate between two buffers by step
+/// parity, so one barrier per step suffices (two for a projected LSTM, whose dm = dh @ W_hr
+/// needs every column of dh).
+#[inline(always)]
+fn bwd_body(cx: &Bwd, k: usize) {
+    let sp = cx.sp;
+    let sv = cx.sv;
+    let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
+    let ng = sp.cell.gates();
+    let team = sv.units.n;
+    let (j0, nj) = sv.units.range(k);
+    let gj = ng * nj;
+    let wk = &sv.wp[ng * j0 * p..ng * (j0 + nj) * p];
+    // The columns of dh this thread owns.
+    let (p0, np) = if sp.proj { sv.pcols.range(k) } else { (j0, nj) };
+    let mut dgk = vec![0f32; bsz * gj];
+    let mut dmk = vec![0f32; if sp.proj { bsz * nj } else { 0 }];
+    let gru = sp.cell == FusedCell::Gru;
+    for s in (0..t_len).rev() {
+        // SAFETY (all blocks below): dh's columns, dc's units and the gradient rows' gate
+        // blocks are each written by their owner only; dh is read whole only between the
+        // projected LSTM's two barriers, when nobody writes it.
+        for b in 0..bsz {
+            let Some(t) = sp.t_of(s, b) else { continue };
+            let row = t * bsz + b;
+            let d = unsafe { cx.dh.mut_at(b * p + p0, np) };
+            for (d, o) in d.iter_mut().zip(&cx.dout[row * p + p0..row * p + p0 + np]) {
+                *d += o;
+            }
+            if sp.proj {
+                unsafe { put(cx.dhs, row * p + p0, d) };
+            }
+        }
+        if sp.proj {
+            cx.bar.wait();
+            let dh_all = unsafe { cx.dh.at(0, bsz * p) };
+            // dm = dh @ W_hr for this thread's units (B × P @ P × nj).
+            super::sgemm_serial(bsz, nj, p, &mut dmk, nj, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
+        }
+        for b in 0..bsz {
+            let dg = &mut dgk[b * gj..(b + 1) * gj];
+            let Some(t) = sp.t_of(s, b) else {
+                dg.fill(0.0);
+                continue;
+            };
+            let row = t * bsz + b;
+            let g = &sv.gates[row * gh..(row + 1) * gh];
+            match sp.cell {
+                FusedCell::RnnTanh | FusedCell::RnnRelu => {
+                    let d = unsafe { cx.dh.at(b * p + j0, nj) };
+                    rnn_bwd(sp.cell == FusedCell::RnnTanh, &g[j0..j0 + nj], d, dg);
+                }
+                FusedCell::Lstm => {
+                    let dm: &[f32] = if sp.proj {
+                        &dmk[b * nj..(b + 1) * nj]
+                    } else {
+                        unsafe { cx.dh.at(b * p + j0, nj) }
+                    };
+                    let dc = unsafe { cx.dc.mut_at(b * h + j0, nj) };
+                    let tc = &sv.tc[row * h + j0..row * h + j0 + nj];
+                    let cp = &sv.cprev[row * h + j0..row * h + j0 + nj];
+                    lstm_bwd(g, j0, h, tc, cp, dm, dc, dg);
+                }
+                FusedCell::Gru => {
+                    let hp = &sv.hprev[row * p + j0..row * p + j0 + nj];
+                    let hnp = &sv.hnp[row * h + j0..row * h + j0 + nj];
+                    let d = unsafe { cx.dh.mut_at(b * p + j0, nj) };
+                    let dx = [0, 1, 2].map(|gi| unsafe { cx.dgx.mut_at(row * gh + gi * h + j0, nj) });
+                    gru_bwd(g, j0, h, hp, hnp, d, dg, dx);
+                }
+            }
+            // dG of this row's gate blocks: the gx gradient (RNN, LSTM) or the W_hh h
+            // product's (GRU; its gx gradient was written above).
+            let dst = if gru { cx.dhh } else { cx.dgx };
+            for gi in 0..ng {
+                unsafe { put(dst, row * gh + gi * h + j0, &dg[gi * nj..(gi + 1) * nj]) };
+            }
+        }
+        let slot = (s % 2) * team;
+        let part = unsafe { cx.partial.mut_at((slot + k) * bsz * p, bsz * p) };
+        super::sgemm_serial(bsz, p, gj, part, p, false, &dgk, gj, 1, wk, p, 1);
+        cx.bar.wait();
+        for b in 0..bsz {
+            if sp.t_of(s, b).is_none() {
+                // Ended rows carry dh unchanged.
+                continue;
+            }
+            let d = unsafe { cx.dh.mut_at(b * p + p0, np) };
+            if !gru {
+                d.fill(0.0);
+            }
+            for m in 0..team {
+                let src = unsafe { cx.partial.at((slot + m) * bsz * p + b * p + p0, np) };
+                for (d, v) in d.iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}
+
+/// RNN: dG = dh * act'(pre-activation), from the saved outputs `g`.
+#[inline(always)]
+fn rnn_bwd(tanh: bool, g: &[f32], dh: &[f32], dg: &mut [f32]) {
+    let n = dg.len();
+    let (g, dh) = (&g[..n], &dh[..n]);
+    for q in 0..n {
+        dg[q] = if tanh {
+            dh[q] * (1.0 - g[q] * g[q])
+        } else if g[q] > 0.0 {
+            dh[q]
+        } else {
+            0.0
+        };
+    }
+}
+
+/// LSTM gate gradients of the thread's units into `dg` = [di df dg do]; `dc` becomes the
+/// gradient of the previous c. `g` is the whole saved gate row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lstm_bwd(g: &[f32], j0: usize, h: usize, tc: &[f32], cp: &[f32], dm: &[f32], dc: &mut [f32], dg: &mut [f32]) {
+    let nj = dc.len();
+    let (gi, gf) = (&g[j0..j0 + nj], &g[h + j0..h + j0 + nj]);
+    let (gg, go) = (&g[2 * h + j0..2 * h + j0 + nj], &g[3 * h + j0..3 * h + j0 + nj]);
+    let (tc, cp, dm) = (&tc[..nj], &cp[..nj], &dm[..nj]);
+    let (di, rest) = dg.split_at_mut(nj);
+    let (df, rest) = rest.split_at_mut(nj);
+    let (dgg, dout) = rest.split_at_mut(nj);
+    let dout = &mut dout[..nj];
+    for q in 0..nj {
+        let (i, f, gq, o) = (gi[q], gf[q], gg[q], go[q]);
+        let d_o = dm[q] * tc[q];
+        let dct = dc[q] + dm[q] * o * (1.0 - tc[q] * tc[q]);
+        di[q] = dct * gq * i * (1.0 - i);
+        df[q] = dct * cp[q] * f * (1.0 - f);
+        dgg[q] = dct * i * (1.0 - gq * gq);
+        dout[q] = d_o * o * (1.0 - o);
+        dc[q] = dct * f;
+    }
+}
+
+/// GRU gate gradients: the gx row's blocks get dr, dz, dn; `dg` (the W_hh h product's) gets
+/// [dr dz dn*r]; `dh` becomes its direct path dh * z (the product adds the rest).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gru_bwd(
+    g: &[f32],
+    j0: usize,
+    h: usize,
+    hp: &[f32],
+    hnp: &[f32],
+    dh: &mut [f32],
+    dg: &mut [f32],
+    dx: [&mut [f32]; 3],
+) {
+    let nj = dh.len();
+    let (gr, gz, gn) = (
+        &g[j0..j0 + nj],
+        &g[h + j0..h + j0 + nj],
+        &g[2 * h + j0..2 * h + j0 + nj],
+    );
+    let (hp, hnp) = (&hp[..nj], &hnp[..nj]);
+    let (dgr, rest) = dg.split_at_mut(nj);
+    let (dgz, dgn) = rest.split_at_mut(nj);
+    let dgn = &mut dgn[..nj];
+    let [dxr, dxz, dxn] = dx;
+    let (dxr, dxz, dxn) = (&mut dxr[..nj], &mut dxz[..nj], &mut dxn[..nj]);
+    for q in 0..nj {
+        let (r, z, n) = (gr[q], gz[q], gn[q]);
+        let d = dh[q];
+        let dan = d * (1.0 - z) * (1.0 - n * n);
+        let dar = dan * hnp[q] * r * (1.0 - r);
+        let daz = d * (hp[q] - n) * z * (1.0 - z);
+        dxr[q] = dar;
+        dxz[q] = daz;
+        dxn[q] = dan;
+        dgr[q] = dar;
+        dgz[q] = daz;
+        dgn[q] = dan * r;
+        dh[q] = d * z;
+    }
+}
+
+/// Runs a team member's body compiled for the widest vector unit present: the crate is built
+/// for baseline x86-64 (SSE2), where the gate arithmetic would use 4-wide vectors only.
+macro_rules! simd_dispatch {
+    ($run:ident, $body:ident, $ctx:ty) => {
+        fn $run(cx: &$ctx, k: usize) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn wide(cx: &$ctx, k: usize) {
+                    $body(cx, k)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(cx: &$ctx, k: usize) {
+                    $body(cx, k)
+                }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the features were just detected.
+                    return unsafe { wide(cx, k) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2(cx, k) };
+                }
+            }
+            $body(cx, k)
+        }
+    };
+}
+
+simd_dispatch!(fwd_run, fwd_body, Fwd);
+simd_dispatch!(bwd_run, bwd_body, Bwd);
 
 impl FusedRecurrence {
     /// The op for one layer and direction; rejects a spec whose sizes do not fit together.
@@ -190,10 +843,15 @@ impl FusedRecurrence {
                 spec.hidden
             );
         }
+        if spec.hidden == 0 || spec.out == 0 {
+            bail!("fused recurrence: hidden and out sizes must be > 0");
+        }
+        let threads = team_size(&spec);
         Ok(Self {
             spec,
             saved: Mutex::new(None),
             keep: true,
+            threads,
         })
     }
 
@@ -230,119 +888,73 @@ impl FusedRecurrence {
                 sp.w_len()
             );
         }
-        let whh = &w[..gh * p];
-        let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
-        let bhn = if sp.gru_bhn { &w[w.len() - h..] } else { &[][..] };
         let lstm = sp.cell == FusedCell::Lstm;
-        let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
-        let mut hcur = state0[..bsz * p].to_vec();
-        let mut ccur = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
+        let units = Split::new(h, self.threads);
+        let pcols = Split::new(p, units.n);
+        let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
+        let bhn = if sp.gru_bhn {
+            w[w.len() - h..].to_vec()
+        } else {
+            vec![0f32; h]
+        };
         let mut sv = Saved {
-            hprev: vec![0.0; t_len * bsz * p],
-            gates: vec![0.0; t_len * bsz * gh],
+            wp: pack_whh(&w[..gh * p], sp.cell.gates(), h, p, units),
+            whr: whr.to_vec(),
+            units,
+            pcols,
             ..Default::default()
         };
-        if lstm {
-            sv.cprev = vec![0.0; t_len * bsz * h];
-            sv.tc = vec![0.0; t_len * bsz * h];
-            if sp.proj {
-                sv.m = vec![0.0; t_len * bsz * h];
-            }
-        }
-        if sp.cell == FusedCell::Gru {
-            sv.hnp = vec![0.0; t_len * bsz * h];
-        }
-        let mut hh = vec![0f32; bsz * gh];
-        let mut mbuf = vec![0f32; if sp.proj { bsz * h } else { 0 }];
-        let mut hproj = vec![0f32; if sp.proj { bsz * p } else { 0 }];
-        for s in 0..t_len {
-            // hh = h @ W_hh^T; W_hh^T read in place is column-major, which `gemm` streams
-            // without packing (measured faster than a pre-transposed copy).
-            sgemm(bsz, gh, p, &mut hh, gh, false, &hcur, p, 1, whh, 1, p);
-            for b in 0..bsz {
-                let Some(t) = sp.t_of(s, b) else { continue };
-                let row = t * bsz + b;
-                sv.hprev[row * p..(row + 1) * p].copy_from_slice(&hcur[b * p..(b + 1) * p]);
-                let a = &hh[b * gh..(b + 1) * gh];
-                let x = &gx[row * gh..(row + 1) * gh];
-                let g = &mut sv.gates[row * gh..(row + 1) * gh];
-                match sp.cell {
-                    FusedCell::RnnTanh | FusedCell::RnnRelu => {
-                        let hn = &mut hcur[b * p..(b + 1) * p];
-                        add_into(g, a, x);
-                        if sp.cell == FusedCell::RnnTanh {
-                            g.iter_mut().for_each(|v| *v = ftanh(*v));
-                        } else {
-                            g.iter_mut().for_each(|v| *v = v.max(0.0));
-                        }
-                        hn.copy_from_slice(g);
-                        res[row * p..(row + 1) * p].copy_from_slice(g);
-                    }
-                    FusedCell::Lstm => {
-                        add_into(g, a, x);
-                        g[..2 * h].iter_mut().for_each(|v| *v = sigmoid(*v));
-                        g[2 * h..3 * h].iter_mut().for_each(|v| *v = ftanh(*v));
-                        g[3 * h..].iter_mut().for_each(|v| *v = sigmoid(*v));
-                        let c = &mut ccur[b * h..(b + 1) * h];
-                        sv.cprev[row * h..(row + 1) * h].copy_from_slice(c);
-                        let tc = &mut sv.tc[row * h..(row + 1) * h];
-                        let (gi, rest) = g.split_at(h);
-                        let (gf, rest) = rest.split_at(h);
-                        let (gg, go) = rest.split_at(h);
-                        for ((((c, tc), f), i), gg) in c.iter_mut().zip(tc.iter_mut()).zip(gf).zip(gi).zip(gg) {
-                            *c = f * *c + i * gg;
-                            *tc = ftanh(*c);
-                        }
-                        if sp.proj {
-                            let m = &mut mbuf[b * h..(b + 1) * h];
-                            for j in 0..h {
-                                m[j] = go[j] * tc[j];
-                            }
-                            sv.m[row * h..(row + 1) * h].copy_from_slice(m);
-                        } else {
-                            let hn = &mut hcur[b * p..(b + 1) * p];
-                            for j in 0..h {
-                                hn[j] = go[j] * tc[j];
-                            }
-                            res[row * p..(row + 1) * p].copy_from_slice(hn);
-                        }
-                    }
-                    FusedCell::Gru => {
-                        let hnp = &mut sv.hnp[row * h..(row + 1) * h];
-                        add_into(&mut g[..2 * h], &a[..2 * h], &x[..2 * h]);
-                        g[..2 * h].iter_mut().for_each(|v| *v = sigmoid(*v));
-                        for j in 0..h {
-                            hnp[j] = a[2 * h + j] + if sp.gru_bhn { bhn[j] } else { 0.0 };
-                        }
-                        let (gr, rest) = g.split_at_mut(h);
-                        let (gz, gn) = rest.split_at_mut(h);
-                        let hn = &mut hcur[b * p..(b + 1) * p];
-                        for j in 0..h {
-                            gn[j] = ftanh(x[2 * h + j] + gr[j] * hnp[j]);
-                            hn[j] = gn[j] + gz[j] * (hn[j] - gn[j]);
-                        }
-                        res[row * p..(row + 1) * p].copy_from_slice(hn);
-                    }
+        if self.keep {
+            sv.hprev = vec![0.0; t_len * bsz * p];
+            sv.gates = vec![0.0; t_len * bsz * gh];
+            if lstm {
+                sv.cprev = vec![0.0; t_len * bsz * h];
+                sv.tc = vec![0.0; t_len * bsz * h];
+                if sp.proj {
+                    sv.m = vec![0.0; t_len * bsz * h];
                 }
             }
-            if sp.proj {
-                // h = m @ W_hr^T for the whole batch; only rows still running take it.
-                sgemm(bsz, p, h, &mut hproj, p, false, &mbuf, h, 1, whr, 1, h);
-                for b in 0..bsz {
-                    let Some(t) = sp.t_of(s, b) else { continue };
-                    let row = t * bsz + b;
-                    hcur[b * p..(b + 1) * p].copy_from_slice(&hproj[b * p..(b + 1) * p]);
-                    res[row * p..(row + 1) * p].copy_from_slice(&hproj[b * p..(b + 1) * p]);
-                }
+            if sp.cell == FusedCell::Gru {
+                sv.hnp = vec![0.0; t_len * bsz * h];
             }
         }
+        let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
+        let mut h_a = state0[..bsz * p].to_vec();
+        let mut h_b = vec![0f32; bsz * p];
+        let mut c = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
+        let mut m = vec![0f32; if sp.proj { bsz * h } else { 0 }];
+        let bar = SpinBarrier::new(units.n);
+        {
+            let cx = Fwd {
+                sp,
+                units,
+                pcols,
+                gx,
+                wp: &sv.wp,
+                whr,
+                bhn: &bhn,
+                keep: self.keep,
+                bar: &bar,
+                h: [Shared::new(&mut h_a), Shared::new(&mut h_b)],
+                c: Shared::new(&mut c),
+                m: Shared::new(&mut m),
+                res: Shared::new(&mut res),
+                hprev: Shared::new(&mut sv.hprev),
+                gates: Shared::new(&mut sv.gates),
+                cprev: Shared::new(&mut sv.cprev),
+                tc: Shared::new(&mut sv.tc),
+                msave: Shared::new(&mut sv.m),
+                hnp: Shared::new(&mut sv.hnp),
+            };
+            team(units.n, &bar, |k| fwd_run(&cx, k));
+        }
+        let hfinal = if t_len % 2 == 0 { &h_a } else { &h_b };
         let base = t_len * bsz * p;
-        res[base..base + bsz * p].copy_from_slice(&hcur);
+        res[base..base + bsz * p].copy_from_slice(hfinal);
         if lstm {
-            res[base + bsz * p..].copy_from_slice(&ccur);
+            res[base + bsz * p..].copy_from_slice(&c);
         }
         if self.keep {
-            sv.w = w.to_vec();
             *self.saved.lock().unwrap() = Some(sv);
         }
         Ok(res)
@@ -358,10 +970,6 @@ impl FusedRecurrence {
         };
         let lstm = sp.cell == FusedCell::Lstm;
         let gru = sp.cell == FusedCell::Gru;
-        let w = &sv.w;
-        let whh = &w[..gh * p];
-        let whr = if sp.proj { &w[gh * p..gh * p + p * h] } else { &[][..] };
-        let dout = &gres[..t_len * bsz * p];
         let mut dh = gres[t_len * bsz * p..t_len * bsz * p + bsz * p].to_vec();
         let mut dc = if lstm {
             gres[t_len * bsz * p + bsz * p..].to_vec()
@@ -373,104 +981,23 @@ impl FusedRecurrence {
         // GRU: the gradient of h @ W_hh^T (+ b_hn) differs from dgx in the n block.
         let mut dhh = if gru { vec![0f32; t_len * bsz * gh] } else { vec![] };
         let mut dhs = if sp.proj { vec![0f32; t_len * bsz * p] } else { vec![] };
-        let mut dm = vec![0f32; bsz * h];
-        let mut dg_step = vec![0f32; bsz * gh];
-        let mut tmp = vec![0f32; bsz * p];
-        for s in (0..t_len).rev() {
-            // Gradient arriving at this step's new h: carried + this step's output.
-            for b in 0..bsz {
-                let Some(t) = sp.t_of(s, b) else { continue };
-                let row = t * bsz + b;
-                for j in 0..p {
-                    dh[b * p + j] += dout[row * p + j];
-                }
-                if sp.proj {
-                    dhs[row * p..(row + 1) * p].copy_from_slice(&dh[b * p..(b + 1) * p]);
-                }
-            }
-            if sp.proj {
-                // dm = dh @ W_hr (B×P @ P×H).
-                sgemm(bsz, h, p, &mut dm, h, false, &dh, p, 1, whr, h, 1);
-            }
-            dg_step.fill(0.0);
-            for b in 0..bsz {
-                let Some(t) = sp.t_of(s, b) else { continue };
-                let row = t * bsz + b;
-                let g = &sv.gates[row * gh..(row + 1) * gh];
-                let dgs = &mut dg_step[b * gh..(b + 1) * gh];
-                match sp.cell {
-                    FusedCell::RnnTanh => {
-                        for j in 0..h {
-                            dgs[j] = dh[b * p + j] * (1.0 - g[j] * g[j]);
-                        }
-                    }
-                    FusedCell::RnnRelu => {
-                        for j in 0..h {
-                            dgs[j] = if g[j] > 0.0 { dh[b * p + j] } else { 0.0 };
-                        }
-                    }
-                    FusedCell::Lstm => {
-                        let dmb: &[f32] = if sp.proj {
-                            &dm[b * h..(b + 1) * h]
-                        } else {
-                            &dh[b * p..(b + 1) * p]
-                        };
-                        let tc = &sv.tc[row * h..(row + 1) * h];
-                        let cp = &sv.cprev[row * h..(row + 1) * h];
-                        let dcb = &mut dc[b * h..(b + 1) * h];
-                        for j in 0..h {
-                            let (i, f, gg, o) = (g[j], g[h + j], g[2 * h + j], g[3 * h + j]);
-                            let d_o = dmb[j] * tc[j];
-                            let dct = dcb[j] + dmb[j] * o * (1.0 - tc[j] * tc[j]);
-                            dgs[j] = dct * gg * i * (1.0 - i);
-                            dgs[h + j] = dct * cp[j] * f * (1.0 - f);
-                            dgs[2 * h + j] = dct * i * (1.0 - gg * gg);
-                            dgs[3 * h + j] = d_o * o * (1.0 - o);
-                            dcb[j] = dct * f;
-                        }
-                    }
-                    FusedCell::Gru => {
-                        let hp = &sv.hprev[row * p..(row + 1) * p];
-                        let hnp = &sv.hnp[row * h..(row + 1) * h];
-                        let dx = &mut dgx[row * gh..(row + 1) * gh];
-                        let dhb = &mut dh[b * p..(b + 1) * p];
-                        for j in 0..h {
-                            let (r, z, n) = (g[j], g[h + j], g[2 * h + j]);
-                            let d = dhb[j];
-                            let dan = d * (1.0 - z) * (1.0 - n * n);
-                            let dar = dan * hnp[j] * r * (1.0 - r);
-                            let daz = d * (hp[j] - n) * z * (1.0 - z);
-                            dx[j] = dar;
-                            dx[h + j] = daz;
-                            dx[2 * h + j] = dan;
-                            dgs[j] = dar;
-                            dgs[h + j] = daz;
-                            dgs[2 * h + j] = dan * r;
-                            // The direct path z * dh; the gemm below adds the rest.
-                            dhb[j] = d * z;
-                        }
-                    }
-                }
-                if gru {
-                    dhh[row * gh..(row + 1) * gh].copy_from_slice(dgs);
-                } else {
-                    dgx[row * gh..(row + 1) * gh].copy_from_slice(dgs);
-                }
-            }
-            // dh_prev = dG @ W_hh (B×GH @ GH×P) for rows still running; ended rows carry dh.
-            sgemm(bsz, p, gh, &mut tmp, p, false, &dg_step, gh, 1, whh, p, 1);
-            for b in 0..bsz {
-                if sp.t_of(s, b).is_none() {
-                    continue;
-                }
-                for j in 0..p {
-                    if gru {
-                        dh[b * p + j] += tmp[b * p + j];
-                    } else {
-                        dh[b * p + j] = tmp[b * p + j];
-                    }
-                }
-            }
+        let team_n = sv.units.n;
+        let mut partial = vec![0f32; 2 * team_n * bsz * p];
+        let bar = SpinBarrier::new(team_n);
+        {
+            let cx = Bwd {
+                sp,
+                sv,
+                dout: &gres[..t_len * bsz * p],
+                bar: &bar,
+                dh: Shared::new(&mut dh),
+                dc: Shared::new(&mut dc),
+                dgx: Shared::new(&mut dgx),
+                dhh: Shared::new(&mut dhh),
+                dhs: Shared::new(&mut dhs),
+                partial: Shared::new(&mut partial),
+            };
+            team(team_n, &bar, |k| bwd_run(&cx, k));
         }
         let mut dstate = dh;
         if lstm {
@@ -589,5 +1116,93 @@ mod tests {
         assert!(worst_t < 5e-6, "tanh err {worst_t}");
         assert!(sigmoid(-200.0) < 1e-30 && sigmoid(200.0) == 1.0);
         assert!(ftanh(-100.0) == -1.0 && ftanh(0.0) == 0.0);
+    }
+
+    /// Deterministic values in [-scale, scale).
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// A team of threads (units split 32+8 and 16+16+8, a projected LSTM's columns 16+8 with
+    /// an idle third thread) computes what one thread computes, forward and backward, for
+    /// every cell, both directions and ragged lengths; only dh's summation order differs.
+    #[test]
+    fn team_matches_one_thread() {
+        let cells = [
+            (FusedCell::RnnTanh, false, false),
+            (FusedCell::RnnRelu, false, false),
+            (FusedCell::Lstm, false, false),
+            (FusedCell::Lstm, true, false),
+            (FusedCell::Gru, false, true),
+            (FusedCell::Gru, false, false),
+        ];
+        for (ci, (cell, proj, gru_bhn)) in cells.into_iter().enumerate() {
+            for reverse in [false, true] {
+                let (t, b, h) = (5, 3, 40);
+                let p = if proj { 24 } else { h };
+                let spec = FusedSpec {
+                    cell,
+                    seq_len: t,
+                    batch: b,
+                    hidden: h,
+                    out: p,
+                    proj,
+                    gru_bhn,
+                    reverse,
+                    lengths: Some(vec![5, 2, 4]),
+                };
+                let seed = ci as u64 * 10;
+                let gx = values(t * b * spec.gh(), seed + 1, 1.0);
+                let st = values(spec.state_len(), seed + 2, 0.5);
+                let w = values(spec.w_len(), seed + 3, 0.3);
+                let gres = values(t * b * p + spec.state_len(), seed + 4, 1.0);
+                let run = |threads: usize| {
+                    let mut op = FusedRecurrence::new(spec.clone()).unwrap();
+                    op.threads = threads;
+                    let res = op.forward(&gx, &st, &w).unwrap();
+                    let (dgx, dst, dw) = op.backward(&gres).unwrap();
+                    [res, dgx, dst, dw]
+                };
+                let one = run(1);
+                for n in [2, 3] {
+                    assert_eq!(Split::new(h, n).n, n);
+                    let many = run(n);
+                    for (what, (a, b)) in ["res", "dgx", "dstate", "dw"].iter().zip(one.iter().zip(&many)) {
+                        assert_eq!(a.len(), b.len());
+                        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                        assert!(
+                            d < 1e-5,
+                            "{cell:?} proj {proj} reverse {reverse} team {n}: {what} differs by {d}"
+                        );
+                        assert!(a.iter().any(|v| *v != 0.0), "{what} is all zeros");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn splits_cover_everything_once() {
+        for len in [1, 15, 16, 17, 40, 512, 1000] {
+            for want in 1..5 {
+                let s = Split::new(len, want);
+                assert!(s.n >= 1 && s.n <= want.max(1));
+                let mut next = 0;
+                for k in 0..s.n {
+                    let (a, n) = s.range(k);
+                    assert_eq!(a, next);
+                    assert!(n > 0);
+                    next = a + n;
+                }
+                assert_eq!(next, len);
+                assert_eq!(s.range(s.n).1, 0);
+            }
+        }
     }
 }

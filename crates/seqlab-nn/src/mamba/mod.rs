@@ -400,17 +400,7 @@ impl Mamba {
             // Zeroed padding cannot reach real positions through the convolution.
             xs = xs.broadcast_mul(m)?;
         }
-        // Causal depthwise conv: out[t] = bias + Σ_j w[j] · x[t − (k−1) + j], x[<0] = 0.
-        let xp = Tensor::cat(&[&Tensor::zeros((bsz, k - 1, di), DType::F32, x.device())?, &xs], 1)?;
-        let w = self.conv_weight.squeeze(1)?.t()?; // (k, d_inner)
-        let mut xc = xp.narrow(1, 0, l)?.broadcast_mul(&w.get(0)?)?;
-        for j in 1..k {
-            xc = (xc + xp.narrow(1, j, l)?.broadcast_mul(&w.get(j)?)?)?;
-        }
-        if let Some(b) = &self.conv_bias {
-            xc = xc.broadcast_add(b)?;
-        }
-        let u = xc.silu()?;
+        let u = self.conv_silu(&xs)?;
         let x_dbl = self.x_proj.forward(&u)?;
         let dt = x_dbl.narrow(2, 0, r)?;
         let bm = x_dbl.narrow(2, r, n)?.contiguous()?;
@@ -438,6 +428,7 @@ impl Mamba {
         let state = if want_state {
             // The last d_conv conv inputs before each sequence's end: xp is x shifted by k−1,
             // so x[end−k .. end] is xp[end−1 .. end−1+k].
+            let xp = Tensor::cat(&[&Tensor::zeros((bsz, k - 1, di), DType::F32, x.device())?, &xs], 1)?;
             let ends: Vec<usize> = match padding {
                 Some(p) => p.spans().iter().map(|s| s.1).collect(),
                 None => vec![l; bsz],
@@ -455,6 +446,19 @@ impl Mamba {
             None
         };
         Ok((y, state))
+    }
+
+    /// silu(causal depthwise conv1d(x)) of x (B, L, d_inner): the fused kernel on the CPU.
+    fn conv_silu(&self, xs: &Tensor) -> Result<Tensor> {
+        if !xs.device().is_cpu() {
+            return conv_silu_composed(xs, &self.conv_weight, self.conv_bias.as_ref());
+        }
+        let w = self.conv_weight.squeeze(1)?;
+        let bias = match &self.conv_bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(w.dim(0)?, DType::F32, xs.device())?,
+        };
+        crate::kernels::causal_conv1d::causal_conv1d_silu(xs, &w, &bias)
     }
 
     /// Zero states for a batch of `batch` sequences (nothing seen yet).
@@ -511,6 +515,24 @@ impl Mamba {
         state.ssm = ssm;
         self.out_proj.forward(&y)
     }
+}
+
+/// silu(causal depthwise conv1d(x)) from candle ops: x (B, L, D), weight (D, 1, K), bias (D);
+/// out[t] = silu(bias + Σ_j w[j] · x[t − (K−1) + j]) with x[<0] = 0 (`nn.Conv1d(groups=D,
+/// padding=K−1)` cut to the first L outputs). Other devices, and the kernel's reference.
+pub(crate) fn conv_silu_composed(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (bsz, l, di) = xs.dims3()?;
+    let k = weight.dim(2)?;
+    let xp = Tensor::cat(&[&Tensor::zeros((bsz, k - 1, di), DType::F32, xs.device())?, xs], 1)?;
+    let w = weight.squeeze(1)?.t()?; // (k, d_inner)
+    let mut xc = xp.narrow(1, 0, l)?.broadcast_mul(&w.get(0)?)?;
+    for j in 1..k {
+        xc = (xc + xp.narrow(1, j, l)?.broadcast_mul(&w.get(j)?)?)?;
+    }
+    if let Some(b) = bias {
+        xc = xc.broadcast_add(b)?;
+    }
+    xc.silu()
 }
 
 /// Overwrites parameter `name` (under `vs`'s prefix) with `value`.

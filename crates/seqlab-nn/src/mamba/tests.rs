@@ -86,6 +86,30 @@ fn fused_scan_matches_composed_outputs_and_all_gradients() {
 }
 
 #[test]
+fn fused_conv_matches_composed_outputs_and_all_gradients() {
+    // L shorter and longer than the kernel; D not a multiple of the SIMD width.
+    for (b, l, d, k) in [(2, 2, 5, 4), (3, 37, 21, 4), (1, 9, 8, 1)] {
+        let v = |s: u64, shape: &[usize]| Var::from_tensor(&randn(s, shape)).unwrap();
+        let (x, w, bias) = (v(1, &[b, l, d]), v(2, &[d, 1, k]), v(3, &[d]));
+        let fused = crate::kernels::causal_conv1d::causal_conv1d_silu(
+            x.as_tensor(),
+            &w.as_tensor().squeeze(1).unwrap(),
+            bias.as_tensor(),
+        )
+        .unwrap();
+        let composed = conv_silu_composed(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor())).unwrap();
+        assert!(rel(&fused, &composed) < 1e-6, "out {}", rel(&fused, &composed));
+        let p = randn(4, &[b, l, d]);
+        let gf = (&fused * &p).unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = (&composed * &p).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in [("x", &x), ("weight", &w), ("bias", &bias)] {
+            let err = rel(gf.get(var).unwrap(), gc.get(var).unwrap());
+            assert!(err < 1e-5, "grad {name} ({b}, {l}, {d}, {k}): rel err {err:.2e}");
+        }
+    }
+}
+
+#[test]
 fn softplus_matches_pytorch_threshold() {
     let x = Tensor::new(&[-30f32, -1., 0., 1., 19.9, 20.5, 80.], &cpu()).unwrap();
     let y = scan::softplus(&x).unwrap().to_vec1::<f32>().unwrap();

@@ -1,6 +1,8 @@
-//! The JSON bodies of the `/v1/*` endpoints (documented in docs/SERVING.md). Requests reject
-//! unknown fields, so a misspelt option is a 400 rather than silently ignored. Every request
-//! may name its `model`; it may be left out when one model of that kind is loaded.
+//! Requests and answers of the predictors: the JSON bodies of `seqlab serve`'s `/v1/*`
+//! endpoints (documented in docs/SERVING.md) and the lines of `seqlab predict --format
+//! jsonl`. Requests reject unknown fields, so a misspelt option is a 400 rather than silently
+//! ignored. Every request may name its `model` (the server's choice among its models;
+//! `seqlab predict` leaves it out).
 
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +10,7 @@ fn default_max_tokens() -> usize {
     200
 }
 fn default_temperature() -> f64 {
-    1.0
+    seqlab_tasks::lm::DEFAULT_TEMPERATURE
 }
 fn default_neighbours() -> usize {
     10
@@ -56,7 +58,8 @@ pub struct GenerateRequest {
     /// Most new tokens, 1..=2000. Default 200.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
-    /// Softmax temperature; 0 = greedy. Default 1.0.
+    /// Softmax temperature; 0 = greedy. Default 0.8, as `seqlab generate`
+    /// ([`seqlab_tasks::lm::DEFAULT_TEMPERATURE`]).
     #[serde(default = "default_temperature")]
     pub temperature: f64,
     /// Keep only the k most likely tokens; absent or 0 = no top-k filter (as `--top-k`).
@@ -72,6 +75,27 @@ pub struct GenerateRequest {
 pub struct GenerateResponse {
     /// The prompt followed by the sampled continuation.
     pub text: String,
+}
+
+/// How well a language model predicts a text (`seqlab predict` on an `lm` checkpoint; the
+/// numbers `seqlab eval --data FILE` reports for the same text).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScoreResponse {
+    /// Targets scored (inside the vocabulary).
+    pub tokens: usize,
+    /// Targets outside the vocabulary, left out of the loss.
+    pub oov_tokens: usize,
+    /// `oov_tokens / (tokens + oov_tokens)`.
+    pub oov_rate: f64,
+    /// Mean next-token cross-entropy, nats per token.
+    pub loss: f64,
+    /// e^loss.
+    pub perplexity: f64,
+    /// loss / ln 2.
+    pub bits_per_token: f64,
+    /// Bits per character: the same number, for character tokenizers only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bits_per_char: Option<f64>,
 }
 
 /// `POST /v1/classify`
@@ -106,6 +130,9 @@ pub struct ForecastRequest {
     /// The series so far, oldest first, in its own units; at least the model's `input_len`
     /// values (only the last `input_len` feed the model).
     pub series: Vec<f64>,
+    /// How many values to forecast, 1..=10000. Default: the model's `data.horizon`. Past it,
+    /// the model runs again on its own forecasts (recursive multi-step forecasting).
+    pub horizon: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -118,12 +145,21 @@ pub struct ForecastResponse {
     pub seasonal_naive: Vec<f64>,
 }
 
-/// `POST /v1/similar`: nearest words by cosine similarity.
-#[derive(Clone, Debug, Deserialize)]
+/// `POST /v1/similar`: nearest words by cosine similarity to one word, or to the unit mean of
+/// the `positive` words and the negated `negative` ones (gensim's `most_similar`, 3CosAdd;
+/// the query words are left out): `{"positive": ["king", "woman"], "negative": ["man"]}`.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarRequest {
     pub model: Option<String>,
-    pub word: String,
+    /// One word: the same as `positive: [word]`. Give `word` or `positive`/`negative`.
+    pub word: Option<String>,
+    /// Words whose vectors are added.
+    #[serde(default)]
+    pub positive: Vec<String>,
+    /// Words whose vectors are subtracted.
+    #[serde(default)]
+    pub negative: Vec<String>,
     /// How many neighbours, 1..=1000. Default 10.
     #[serde(default = "default_neighbours")]
     pub n: usize,

@@ -1,25 +1,27 @@
 //! Adapters: each kind of trained model as a [`BatchPredictor`], calling only the models'
-//! public APIs (`seqlab_mt::task`, `seqlab_tasks`, `seqlab_w2v`). Everything model-specific
-//! in the server lives in this file, so a change in those APIs is handled here alone.
+//! public APIs (`seqlab_mt::task`, `seqlab_tasks`, `seqlab_bert`, `seqlab_w2v`). Everything
+//! model-specific in `seqlab predict` and `seqlab serve` lives in this file, so a change in
+//! those APIs is handled here alone.
 //!
 //! Input errors (empty text, unknown word, too short a series, out-of-range options) come
-//! back as [`BadInput`] (HTTP 400); anything else is a server error (500).
+//! back as [`BadInput`] (HTTP 400); anything else is a model error (500).
 
 use crate::api::*;
-use crate::batcher::BatchPredictor;
 use crate::BadInput;
+use crate::BatchPredictor;
 use anyhow::Result;
 use candle_core::Tensor;
+use seqlab_bert::task::FinetuneTask;
 use seqlab_mt::decode::DecodeStrategy;
 use seqlab_mt::task::{MtModelKind, MtTask};
 use seqlab_nn::sampling::SamplingConfig;
 use seqlab_tasks::classify::ClsTask;
 use seqlab_tasks::forecast::ForecastTask;
 use seqlab_tasks::lm::{GenerateConfig, LmTask};
-use seqlab_train::run::load;
+use seqlab_train::run::load as load_run;
 use seqlab_train::Task;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn c<T>(r: candle_core::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!("{e}"))
@@ -29,39 +31,89 @@ fn bad<T>(msg: String) -> Result<T> {
     Err(BadInput(msg).into())
 }
 
-/// A checkpoint loaded for serving, by what it answers.
-// Made once per checkpoint at start and moved into its batcher: the size gap is harmless.
+/// A model loaded for predictions, by what it answers.
+// Made once per model at start and moved into its batcher: the size gap is harmless.
 #[allow(clippy::large_enum_variant)]
 pub enum Loaded {
+    /// An `mt` checkpoint.
     Translate(Translator),
-    Generate(Generator),
+    /// An `lm` checkpoint: generation and scoring.
+    Lm(LanguageModel),
+    /// A `classify` or `bert-finetune` checkpoint.
     Classify(Classifier),
+    /// A `forecast` checkpoint.
     Forecast(Forecaster),
+    /// Word vectors.
+    Similar(Similar),
 }
 
-/// Loads a checkpoint folder or run folder (→ its best checkpoint), whatever its task.
+/// The tasks whose checkpoints [`load_checkpoint`] turns into predictors.
+pub const PREDICTABLE_TASKS: [&str; 5] = [
+    LmTask::NAME,
+    ClsTask::NAME,
+    FinetuneTask::NAME,
+    ForecastTask::NAME,
+    MtTask::NAME,
+];
+
+/// File names a word-vector folder may hold (see [`load`]).
+pub const VECTOR_FILES: [&str; 3] = ["vectors.txt", "vectors.bin", "vectors.safetensors"];
+
+/// Loads what `path` holds: a word-vector file; a folder holding one of [`VECTOR_FILES`]
+/// (a word2vec output folder) and no checkpoint; else a checkpoint folder or run folder
+/// (→ its best checkpoint), whatever its task ([`load_checkpoint`]).
+pub fn load(path: &Path) -> Result<Loaded> {
+    if path.is_file() {
+        return Ok(Loaded::Similar(Similar::load(path)?));
+    }
+    let is_run = path.join("trainer.json").exists() || path.join("checkpoints").exists();
+    if path.is_dir() && !is_run {
+        let found: Vec<PathBuf> = VECTOR_FILES
+            .iter()
+            .map(|f| path.join(f))
+            .filter(|p| p.is_file())
+            .collect();
+        match found.as_slice() {
+            [one] => return Ok(Loaded::Similar(Similar::load(one)?)),
+            [] => {}
+            many => anyhow::bail!(
+                "{}: holds several word-vector files ({}); give one with --vectors FILE",
+                path.display(),
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    Ok(load_checkpoint(path)?)
+}
+
+/// Loads a checkpoint folder or run folder (→ its best checkpoint) through the run engine's
+/// loader, picking the predictor from the run's `task`; a task without one (bert-pretrain)
+/// is an error naming the ones that have.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
     let dir = seqlab_train::checkpoint::resolve(path)?;
     let cfg = seqlab_train::checkpoint::stored_config(&dir)?;
     let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default();
     Ok(match task {
-        MtTask::NAME => Loaded::Translate(Translator::new(load::<MtTask>(&dir)?.task)),
-        LmTask::NAME => Loaded::Generate(Generator {
-            task: load::<LmTask>(&dir)?.task,
+        MtTask::NAME => Loaded::Translate(Translator::new(load_run::<MtTask>(&dir)?.task)),
+        LmTask::NAME => Loaded::Lm(LanguageModel {
+            task: load_run::<LmTask>(&dir)?.task,
         }),
         ClsTask::NAME => Loaded::Classify(Classifier {
-            task: load::<ClsTask>(&dir)?.task,
+            model: ClsModel::Rnn(load_run::<ClsTask>(&dir)?.task),
+        }),
+        FinetuneTask::NAME => Loaded::Classify(Classifier {
+            model: ClsModel::Bert(load_run::<FinetuneTask>(&dir)?.task),
         }),
         ForecastTask::NAME => Loaded::Forecast(Forecaster {
-            task: load::<ForecastTask>(&dir)?.task,
+            task: load_run::<ForecastTask>(&dir)?.task,
         }),
         other => anyhow::bail!(
-            "{}: task {other:?} cannot be served (serve answers for {}, {}, {} and {} checkpoints)",
+            "{}: a checkpoint of task {other:?}, which has no predictions (predictions exist for {} checkpoints and word vectors; `seqlab eval` evaluates any checkpoint)",
             dir.display(),
-            MtTask::NAME,
-            LmTask::NAME,
-            ClsTask::NAME,
-            ForecastTask::NAME
+            PREDICTABLE_TASKS.join(", ")
         ),
     })
 }
@@ -193,16 +245,17 @@ impl BatchPredictor for Translator {
     }
 }
 
-/// Language-model sampling. Each prompt is its own sampling loop (prompts differ in length
-/// and options), so a batch runs its requests one after the other on the model thread.
-pub struct Generator {
+/// A language model: sampling (`/v1/generate`) and scoring (`seqlab predict`). Each prompt
+/// is its own sampling loop (prompts differ in length and options), so a batch runs its
+/// requests one after the other on the model thread.
+pub struct LanguageModel {
     task: LmTask,
 }
 
 /// The longest continuation a request may ask for.
 pub const MAX_GENERATE_TOKENS: usize = 2000;
 
-impl Generator {
+impl LanguageModel {
     pub fn info(&self) -> Value {
         let t = &self.task.cfg.task;
         json!({"architecture": format!("{:?}", t.model.kind).to_lowercase(),
@@ -234,9 +287,35 @@ impl Generator {
             text: self.task.generate(&r.prompt, &g)?,
         })
     }
+
+    /// How well the model predicts `text`, computed as `seqlab eval --data FILE` computes it
+    /// for a file holding `text` ([`LmTask::score`]). A blank text, or one too short or too
+    /// far outside the vocabulary to score, is [`BadInput`].
+    pub fn score(&self, text: &str) -> Result<ScoreResponse> {
+        if text.trim().is_empty() {
+            return bad("the text to score is empty".into());
+        }
+        let t = seqlab_data::LmText {
+            path: "<input>".into(),
+            text: text.to_string(),
+        };
+        let s = self
+            .task
+            .score(&t)
+            .map_err(|e| BadInput(format!("the text cannot be scored: {e:#}")))?;
+        Ok(ScoreResponse {
+            tokens: s.tokens,
+            oov_tokens: s.oov_tokens,
+            oov_rate: s.oov_rate(),
+            loss: s.loss,
+            perplexity: s.perplexity(),
+            bits_per_token: s.bits_per_token(),
+            bits_per_char: s.bits_per_char(),
+        })
+    }
 }
 
-impl BatchPredictor for Generator {
+impl BatchPredictor for LanguageModel {
     type In = GenerateRequest;
     type Out = GenerateResponse;
     fn predict_batch(&self, reqs: Vec<GenerateRequest>) -> Vec<Result<GenerateResponse>> {
@@ -244,50 +323,40 @@ impl BatchPredictor for Generator {
     }
 }
 
-/// Text classification; a batch is one padded forward pass.
+/// Text classification (an RNN/Transformer/Mamba `classify` run or a fine-tuned BERT); a
+/// batch is one padded forward pass.
 pub struct Classifier {
-    task: ClsTask,
+    model: ClsModel,
+}
+
+enum ClsModel {
+    Rnn(ClsTask),
+    Bert(FinetuneTask),
 }
 
 impl Classifier {
     pub fn info(&self) -> Value {
-        json!({"architecture": format!("{:?}", self.task.cfg.task.model.kind).to_lowercase(),
-            "labels": self.task.labels.names()})
+        let arch = match &self.model {
+            ClsModel::Rnn(t) => format!("{:?}", t.cfg.task.model.kind).to_lowercase(),
+            ClsModel::Bert(_) => "bert".into(),
+        };
+        json!({"architecture": arch, "labels": self.labels()})
+    }
+
+    /// The label names, in the order of the probabilities.
+    pub fn labels(&self) -> &[String] {
+        match &self.model {
+            ClsModel::Rnn(t) => t.labels.names(),
+            ClsModel::Bert(t) => t.labels.names(),
+        }
     }
 
     /// Class probabilities of each text, in the order of `texts`.
     fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let t = &self.task;
-        // The same encoding as evaluation (`<bos> text <eos>`, cut to data.max_len).
-        let data = seqlab_data::ClsData {
-            path: "<request>".into(),
-            labels: t.labels.clone(),
-            examples: texts
-                .iter()
-                .enumerate()
-                .map(|(i, x)| seqlab_data::ClsExample {
-                    line: i + 1,
-                    text: x.to_string(),
-                    label: 0,
-                })
-                .collect(),
-        };
-        let mut warnings = Vec::new();
-        let (seqs, _) = data.encode(
-            &t.tok,
-            t.cfg.task.data.max_len,
-            seqlab_data::LengthPolicy::Truncate,
-            &mut warnings,
-        )?;
-        let all: Vec<usize> = (0..seqs.len()).collect();
-        let pb = seqlab_data::pad_batch(&seqs, &all, t.tok.pad_id());
-        let dev = t.vs.device();
-        let ids = c(Tensor::from_vec(pb.ids, (pb.batch, pb.max_len), dev))?;
-        // PyTorch's key_padding_mask convention: 1 = padding.
-        let pad: Vec<u8> = pb.mask.iter().map(|&m| 1 - m).collect();
-        let pad = c(Tensor::from_vec(pad, (pb.batch, pb.max_len), dev))?;
-        let logits = t.net.forward(&ids, &pb.lengths, &pad, false)?;
-        seqlab_tasks::models::probs_rows(&logits)
+        match &self.model {
+            ClsModel::Rnn(t) => t.probabilities(texts),
+            ClsModel::Bert(t) => t.probabilities(texts),
+        }
     }
 }
 
@@ -295,7 +364,7 @@ impl BatchPredictor for Classifier {
     type In = ClassifyRequest;
     type Out = ClassifyResponse;
     fn predict_batch(&self, reqs: Vec<ClassifyRequest>) -> Vec<Result<ClassifyResponse>> {
-        let names = self.task.labels.names();
+        let names = self.labels();
         batch_valid(
             &reqs,
             |r| match (r.text.trim(), r.top_k) {
@@ -328,6 +397,9 @@ pub struct Forecaster {
     task: ForecastTask,
 }
 
+/// The longest forecast a request may ask for.
+pub const MAX_HORIZON: usize = 10_000;
+
 impl Forecaster {
     pub fn info(&self) -> Value {
         let d = &self.task.cfg.task.data;
@@ -335,9 +407,19 @@ impl Forecaster {
             "column": d.column, "input_len": d.input_len, "horizon": d.horizon, "season": d.season})
     }
 
-    /// The model input of a request: its last `input_len` values, standardised.
-    fn window(&self, r: &ForecastRequest) -> Result<Vec<f32>> {
+    /// The model's own horizon (`data.horizon`): a request's default.
+    pub fn horizon(&self) -> usize {
+        self.task.cfg.task.data.horizon
+    }
+
+    /// The model input of a request (its last `input_len` values, standardised) and how many
+    /// values it asks for.
+    fn prepare(&self, r: &ForecastRequest) -> Result<(Vec<f32>, usize)> {
         let l = self.task.cfg.task.data.input_len;
+        let h = r.horizon.unwrap_or(self.horizon());
+        if h == 0 || h > MAX_HORIZON {
+            return bad(format!("`horizon` must be 1..={MAX_HORIZON}, got {h}"));
+        }
         if r.series.len() < l {
             return bad(format!(
                 "`series` has {} values; this model needs at least {l} (data.input_len)",
@@ -348,34 +430,59 @@ impl Forecaster {
             return bad(format!("`series[{i}]` is not a finite number"));
         }
         let s = &r.series[r.series.len() - l..];
-        Ok(s.iter().map(|&v| self.task.ts.scaler.apply(v) as f32).collect())
+        Ok((s.iter().map(|&v| self.task.ts.scaler.apply(v) as f32).collect(), h))
+    }
+
+    /// Standardised forecasts of `want[i]` values after each window: one forward pass over
+    /// every window per model horizon; a window that needs more slides on over the model's
+    /// own (standardised) forecasts.
+    fn forecast(&self, windows: &[Vec<f32>], want: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let t = &self.task;
+        let l = t.cfg.task.data.input_len;
+        let mut wins = windows.to_vec();
+        let mut outs: Vec<Vec<f32>> = vec![Vec::new(); wins.len()];
+        loop {
+            let todo: Vec<usize> = (0..wins.len()).filter(|&i| outs[i].len() < want[i]).collect();
+            if todo.is_empty() {
+                break;
+            }
+            let x: Vec<f32> = todo.iter().flat_map(|&i| wins[i].iter().copied()).collect();
+            let x = c(Tensor::from_vec(x, (todo.len(), l, 1), t.vs.device()))?;
+            let rows = c(t.net.forward(&x, None, false).and_then(|p| p.to_vec2::<f32>()))?;
+            for (&i, row) in todo.iter().zip(rows) {
+                wins[i].extend_from_slice(&row);
+                let extra = wins[i].len() - l;
+                wins[i].drain(..extra);
+                outs[i].extend(row);
+            }
+        }
+        for (o, &h) in outs.iter_mut().zip(want) {
+            o.truncate(h);
+        }
+        Ok(outs)
     }
 }
 
 impl BatchPredictor for Forecaster {
     type In = ForecastRequest;
     type Out = ForecastResponse;
-    /// One forward pass over all windows of the batch.
+    /// One forward pass over all windows of the batch (per model horizon asked for).
     fn predict_batch(&self, reqs: Vec<ForecastRequest>) -> Vec<Result<ForecastResponse>> {
         let t = &self.task;
-        let (h, season) = (t.cfg.task.data.horizon, t.cfg.task.data.season.max(1));
+        let season = t.cfg.task.data.season.max(1);
         batch_valid(
             &reqs,
-            |r| self.window(r),
-            |windows| {
-                let x = c(Tensor::from_vec(
-                    windows.concat(),
-                    (windows.len(), t.cfg.task.data.input_len, 1),
-                    t.vs.device(),
-                ))?;
-                c(t.net.forward(&x, None, false).and_then(|p| p.to_vec2::<f32>()))
+            |r| self.prepare(r),
+            |prepared| {
+                let (windows, want): (Vec<Vec<f32>>, Vec<usize>) = prepared.iter().cloned().unzip();
+                self.forecast(&windows, &want)
             },
-            |r, _, row| {
+            |r, (_, h), row| {
                 let s = &r.series;
                 Ok(ForecastResponse {
                     forecast: row.iter().map(|&z| t.ts.scaler.invert(z as f64)).collect(),
-                    last_value: vec![s[s.len() - 1]; h],
-                    seasonal_naive: (0..h)
+                    last_value: vec![s[s.len() - 1]; *h],
+                    seasonal_naive: (0..*h)
                         .map(|k| seqlab_tasks::forecast::seasonal_naive(s, k, season))
                         .collect(),
                 })
@@ -409,13 +516,19 @@ impl Similar {
         if r.n == 0 || r.n > MAX_NEIGHBOURS {
             return bad(format!("`n` must be 1..={MAX_NEIGHBOURS}, got {}", r.n));
         }
-        if !self.index.lookup.contains_key(&r.word) {
-            return bad(format!("word {:?} is not in the vocabulary", r.word));
+        let mut positive: Vec<&str> = r.positive.iter().map(String::as_str).collect();
+        match (&r.word, positive.is_empty() && r.negative.is_empty()) {
+            (Some(w), true) => positive.push(w),
+            (Some(_), false) => return bad("give `word` or `positive`/`negative`, not both".into()),
+            (None, true) => return bad("give a `word`, or `positive` and/or `negative` words".into()),
+            (None, false) => {}
         }
+        let negative: Vec<&str> = r.negative.iter().map(String::as_str).collect();
         Ok(SimilarResponse {
             similar: self
                 .index
-                .similar(&r.word, r.n)?
+                .most_similar(&positive, &negative, r.n)
+                .map_err(|e| BadInput(e.to_string()))?
                 .into_iter()
                 .map(|(word, similarity)| Neighbour { word, similarity })
                 .collect(),
