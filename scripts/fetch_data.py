@@ -945,10 +945,13 @@ PREPARE = {
 }
 
 
-def prepare(corpora, cache, out, force):
+def prepare(corpora, cache, out, force, authors_per_split=None):
     w = Writer(out, force)
     for c in corpora:
-        PREPARE[c](cache, w)
+        if c == "authors":
+            prepare_authors(cache, w, authors_per_split)
+        else:
+            PREPARE[c](cache, w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -967,6 +970,7 @@ def main(argv=None):
         if name == "prepare":
             s.add_argument("--out", type=Path, default=root.parent / "shared" / "data", help="output root, the presets' ../shared/data [default: ../shared/data beside the clone]")
             s.add_argument("--force", action="store_true", help="replace existing output files")
+            s.add_argument("--authors-passages", metavar="TRAIN,VALID,TEST", help="passages per author and split [default: 3000,300,300]")
     a = p.parse_args(argv)
     if a.command == "list":
         print(f"# {a.out}: file, corpus (`prepare CORPUS` makes it), size and licence, present or missing")
@@ -981,7 +985,16 @@ def main(argv=None):
     if a.command == "download":
         download(corpora, a.cache)
     else:
-        prepare(corpora, a.cache, a.out, a.force)
+        per_split = None
+        if a.authors_passages:
+            try:
+                n = [int(x) for x in a.authors_passages.split(",")]
+                if len(n) != 3 or min(n) < 1:
+                    raise ValueError
+            except ValueError:
+                die(f"--authors-passages {a.authors_passages!r}: expected three positive counts TRAIN,VALID,TEST")
+            per_split = dict(zip(("train", "valid", "test"), n))
+        prepare(corpora, a.cache, a.out, a.force, per_split)
 
 
 if __name__ == "__main__":
