@@ -174,28 +174,42 @@ fn pad_rows(x: &[f32], n: usize, np: usize) -> Vec<f32> {
     out
 }
 
+/// One step of one channel: its state `h` and the step's inputs, all rows of Np lanes.
+struct ChannelStep<'a> {
+    /// The state h_{t−1}, overwritten with h_t.
+    h: &'a mut [f32],
+    /// The channel's row of A, and B_t, C_t.
+    a: &'a [f32],
+    b: &'a [f32],
+    c: &'a [f32],
+    /// δ_t and δ_t·u_t.
+    dt: f32,
+    du: f32,
+    /// Where exp(δ_t·A) goes, for the backward.
+    da_out: Option<&'a mut [f32]>,
+}
+
 /// One channel's step over its state `h` (Np): h ← exp(δ·A) ⊙ h + δu·B; returns C·h. With
 /// `da_out`, exp(δ·A) is stored there for the backward. With `simd` (AVX2 + FMA), the
 /// hand-vectorised [`channel_step_avx2`]; else this portable loop, which the compiler
 /// vectorises except for the exponential.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn channel_step(
-    simd: Option<Avx2Fma>,
-    h: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    dt: f32,
-    du: f32,
-    da_out: Option<&mut [f32]>,
-) -> f32 {
+fn channel_step(simd: Option<Avx2Fma>, step: ChannelStep) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = simd {
         // SAFETY: the token proves the CPU has AVX2 and FMA.
-        return unsafe { channel_step_avx2(simd, h, a, b, c, dt, du, da_out) };
+        return unsafe { channel_step_avx2(simd, step) };
     }
     let _ = simd;
+    let ChannelStep {
+        h,
+        a,
+        b,
+        c,
+        dt,
+        du,
+        da_out,
+    } = step;
     let mut acc: Lanes = [0.0; LANES];
     let (h, a, b, c) = (blocks_mut(h), blocks(a), blocks(b), blocks(c));
     let mut store = da_out.map(blocks_mut);
@@ -224,18 +238,17 @@ fn channel_step(
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn channel_step_avx2(
-    _simd: Avx2Fma,
-    h: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    dt: f32,
-    du: f32,
-    da_out: Option<&mut [f32]>,
-) -> f32 {
+unsafe fn channel_step_avx2(_simd: Avx2Fma, step: ChannelStep) -> f32 {
     use std::arch::x86_64::*;
+    let ChannelStep {
+        h,
+        a,
+        b,
+        c,
+        dt,
+        du,
+        da_out,
+    } = step;
     // Lane blocks move in and out of registers by value (a transmute, one unaligned move):
     // `_mm256_loadu_ps` copies through memory with a debug-build overlap check that callgrind
     // showed costing more than the arithmetic in the optimised dev profile.
@@ -386,7 +399,16 @@ impl SelectiveScanOp {
                         let dt = softplus(x.delta[idx] + x.bias[d]);
                         let uu = x.u[idx];
                         let hj = &mut h[j * np..(j + 1) * np];
-                        let acc = channel_step(simd, hj, &x.a[d * np..(d + 1) * np], brow, crow, dt, dt * uu, None);
+                        let step = ChannelStep {
+                            h: hj,
+                            a: &x.a[d * np..(d + 1) * np],
+                            b: brow,
+                            c: crow,
+                            dt,
+                            du: dt * uu,
+                            da_out: None,
+                        };
+                        let acc = channel_step(simd, step);
                         let (ypre, zz) = (acc + x.dskip[d] * uu, x.z[idx]);
                         // SAFETY: idx = (b, t, d) with d in this task's block: in bounds, disjoint.
                         unsafe {
@@ -472,16 +494,16 @@ impl SelectiveScanOp {
                                 let idx = row * dn + d;
                                 let dt = dts[idx];
                                 let uu = x.u[idx];
-                                let acc = channel_step(
-                                    simd,
-                                    &mut hcur[j * np..(j + 1) * np],
-                                    &x.a[d * np..(d + 1) * np],
-                                    brow,
-                                    crow,
+                                let step = ChannelStep {
+                                    h: &mut hcur[j * np..(j + 1) * np],
+                                    a: &x.a[d * np..(d + 1) * np],
+                                    b: brow,
+                                    c: crow,
                                     dt,
-                                    dt * uu,
-                                    Some(&mut das[(i * blk + j) * np..(i * blk + j + 1) * np]),
-                                );
+                                    du: dt * uu,
+                                    da_out: Some(&mut das[(i * blk + j) * np..(i * blk + j + 1) * np]),
+                                };
+                                let acc = channel_step(simd, step);
                                 ypre[i * blk + j] = acc + x.dskip[d] * uu;
                             }
                         }
@@ -659,8 +681,20 @@ mod tests {
         for dt in [1e-4f32, 0.01, 0.3, 1.0, 5.0, 20.0] {
             let (mut h1, mut h2) = (h0.clone(), h0.clone());
             let (mut da1, mut da2) = (vec![0f32; np], vec![0f32; np]);
-            let y1 = channel_step(None, &mut h1, &a, &b, &c, dt, 0.7 * dt, Some(&mut da1));
-            let y2 = channel_step(Some(simd), &mut h2, &a, &b, &c, dt, 0.7 * dt, Some(&mut da2));
+            let run = |simd, h: &mut [f32], da_out: &mut [f32]| {
+                let step = ChannelStep {
+                    h,
+                    a: &a,
+                    b: &b,
+                    c: &c,
+                    dt,
+                    du: 0.7 * dt,
+                    da_out: Some(da_out),
+                };
+                channel_step(simd, step)
+            };
+            let y1 = run(None, &mut h1, &mut da1);
+            let y2 = run(Some(simd), &mut h2, &mut da2);
             for k in 0..np {
                 assert!(
                     (da1[k] - da2[k]).abs() <= 5e-7 * da1[k].abs().max(1e-30),
