@@ -116,12 +116,12 @@ def sgemm(n, warmup, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("row", help="layer row, sgemm, model or translate")
+    ap.add_argument("row", help="layer row (mamba included), sgemm, model, translate or generate")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, default=2048, help="sgemm: n")
-    ap.add_argument("--export", help="model, translate: the folder `seqlab bench model --export` wrote")
+    ap.add_argument("--export", help="model, translate, generate: the folder `seqlab bench model --export` wrote")
     ap.add_argument("--data", help="model: the training file, as seqlab's config names it (default: config.json's)")
     ap.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     ap.add_argument("--beam-size", type=int, default=4)
