@@ -12,8 +12,9 @@ Checks:
    mismatched keys; `AutoTokenizer` loads the tokenizer (and appends `<eos>`).
 2. Greedy output of HF equals `seqlab translate --decoder greedy` on the test sentences, both
    from the seqlab checkpoint and from the HF folder (`seqlab translate --checkpoint DIR`).
-3. With --ct2: CTranslate2's converter converts DIR; its greedy and beam-4 outputs are
-   compared with seqlab's (differences listed).
+3. With --ct2: CTranslate2's converter converts DIR (fp32 and int8); its greedy and beam-4
+   outputs, one sentence per call with seqlab's length limit (source ids + 50), are compared
+   with seqlab's, and int8's with fp32's (the first difference shown).
 With --make-fixtures it also writes, next to the exported model (kept small: d_model 16,
 300 pieces, about 60 KB of weights): `expected.safetensors` (HF's logits on teacher-forced
 test pairs, in HF's ids), `hf_greedy.txt` (HF's greedy translations of the first --n test
@@ -176,8 +177,10 @@ def ct2_check(folder, srcs, seqlab_greedy, seqlab_beam):
             tr = ctranslate2.Translator(out, device="cpu", inter_threads=1, intra_threads=1)
             toks = [tok.convert_ids_to_tokens(tok(s)["input_ids"]) for s in srcs]
             for beam in [1, 4]:
-                r = tr.translate_batch(toks, beam_size=beam, length_penalty=0.6, max_batch_size=32,
-                                       max_decoding_length=256, return_scores=False)
+                # One sentence per call, so that each gets seqlab's (and HF's) length limit:
+                # source ids (with <eos>) + 50; CTranslate2's limit is per call.
+                r = [tr.translate_batch([t], beam_size=beam, length_penalty=0.6, max_decoding_length=len(t) + 50,
+                                        return_scores=False)[0] for t in toks]
                 hyps = [tok.decode(tok.convert_tokens_to_ids(x.hypotheses[0]), skip_special_tokens=True).strip() for x in r]
                 res[(quant, beam)] = hyps
     compare("seqlab greedy", seqlab_greedy, "ct2 fp32 greedy", res[("float32", 1)])

@@ -507,7 +507,17 @@ pub fn load_predictor(dir: &Path, device: &Device) -> Result<HfPredictor> {
     let h = HfBert::load(dir, device)?;
     let vs = seqlab_nn::VarStore::new(0, device);
     let p = h.weights.parts;
-    // Absent optional parts (pooler, NSP head) keep their fresh values and are not used.
+    // Called once the model is built in `vs`. Absent optional parts (pooler, NSP head) keep
+    // their fresh values and are not used.
+    let inputs = |vs: seqlab_nn::VarStore| -> Result<HfInputs> {
+        vs.load_state_dict(&h.weights.tensors, false)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        Ok(HfInputs {
+            tok: h.tok.clone(),
+            max_len: h.cfg.max_position_embeddings,
+            vs,
+        })
+    };
     if p.classifier {
         if !p.pooler {
             bail!(
@@ -518,25 +528,17 @@ pub fn load_predictor(dir: &Path, device: &Device) -> Result<HfPredictor> {
         let rows = c(h.weights.tensors["classifier.bias"].dim(0))?;
         let labels = read_labels(dir, rows)?;
         let net = crate::model::BertClassifier::new(&h.cfg, rows, &vs)?;
-        vs.load_state_dict(&h.weights.tensors, false)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         return Ok(HfPredictor::Classifier(HfClassifier {
-            tok: h.tok,
-            max_len: h.cfg.max_position_embeddings,
             net,
             labels,
-            vs,
+            inputs: inputs(vs)?,
         }));
     }
     if p.mlm {
         let net = crate::model::BertForPreTraining::new(&h.cfg, &vs)?;
-        vs.load_state_dict(&h.weights.tensors, false)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         return Ok(HfPredictor::FillMask(HfFillMask {
-            tok: h.tok,
-            max_len: h.cfg.max_position_embeddings,
             net,
-            vs,
+            inputs: inputs(vs)?,
         }));
     }
     bail!(
@@ -547,27 +549,40 @@ pub fn load_predictor(dir: &Path, device: &Device) -> Result<HfPredictor> {
     )
 }
 
+/// What both HF predictors hold besides their network: tokenizer, length limit, weights.
+struct HfInputs {
+    tok: BertTokenizer,
+    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`).
+    max_len: usize,
+    vs: seqlab_nn::VarStore,
+}
+
+impl HfInputs {
+    /// `seqs` padded into one batch: (ids, segments, padding), see [`crate::model::BertInput`].
+    fn batch(&self, seqs: &[Vec<u32>]) -> Result<(Tensor, Tensor, Tensor)> {
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        crate::task::padded_batch(&refs, self.tok.pad, self.vs.device())
+    }
+}
+
 /// An HF `BertForSequenceClassification`.
 pub struct HfClassifier {
-    tok: BertTokenizer,
     net: crate::model::BertClassifier,
     /// Label names, in the order of the probabilities (`id2label`).
     pub labels: Vec<String>,
-    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`); longer texts are cut.
-    pub max_len: usize,
-    vs: seqlab_nn::VarStore,
+    inputs: HfInputs,
 }
 
 impl HfClassifier {
     /// Class probabilities (softmax of the logits, in [`HfClassifier::labels`] order) of each
     /// `[CLS] text [SEP]` (cut to `max_len`), from one padded forward pass.
     pub fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let i = &self.inputs;
         let seqs: Vec<Vec<u32>> = texts
             .iter()
-            .map(|t| crate::task::cls_ids(&self.tok, t, self.max_len))
+            .map(|t| crate::task::cls_ids(&i.tok, t, i.max_len))
             .collect::<Result<_>>()?;
-        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let (ids, segments, padding) = crate::task::padded_batch(&refs, self.tok.pad, self.vs.device())?;
+        let (ids, segments, padding) = i.batch(&seqs)?;
         let x = crate::model::BertInput {
             ids: &ids,
             segments: &segments,
@@ -580,11 +595,8 @@ impl HfClassifier {
 
 /// Masked-word fill with an HF BERT's MLM head.
 pub struct HfFillMask {
-    tok: BertTokenizer,
     net: crate::model::BertForPreTraining,
-    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`).
-    pub max_len: usize,
-    vs: seqlab_nn::VarStore,
+    inputs: HfInputs,
 }
 
 /// One candidate for a `[MASK]`: a vocabulary piece (`##` marks a word continuation) and
@@ -592,20 +604,26 @@ pub struct HfFillMask {
 pub type Candidate = (String, f32);
 
 impl HfFillMask {
+    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`).
+    pub fn max_len(&self) -> usize {
+        self.inputs.max_len
+    }
+
     /// `[CLS] text [SEP]` ids; an error when the text has no `[MASK]` or is longer than
-    /// `max_len` (cutting it could drop a mask).
+    /// [`HfFillMask::max_len`] (cutting it could drop a mask).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = vec![self.tok.cls];
-        ids.extend(self.tok.encode(text)?);
-        ids.push(self.tok.sep);
-        if !ids.contains(&self.tok.mask) {
+        let tok = &self.inputs.tok;
+        let mut ids = vec![tok.cls];
+        ids.extend(tok.encode(text)?);
+        ids.push(tok.sep);
+        if !ids.contains(&tok.mask) {
             bail!("no {MASK} in the text: nothing to fill");
         }
-        if ids.len() > self.max_len {
+        if ids.len() > self.max_len() {
             bail!(
                 "{} tokens with [CLS] and [SEP]; this model takes at most {} (max_position_embeddings)",
                 ids.len(),
-                self.max_len
+                self.max_len()
             );
         }
         Ok(ids)
@@ -615,8 +633,8 @@ impl HfFillMask {
     /// most probable pieces (softmax over the whole vocabulary, as HF's fill-mask pipeline),
     /// most probable first. One padded forward pass.
     pub fn fill(&self, seqs: &[Vec<u32>], top_k: usize) -> Result<Vec<Vec<Vec<Candidate>>>> {
-        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let (ids, segments, padding) = crate::task::padded_batch(&refs, self.tok.pad, self.vs.device())?;
+        let (tok, dev) = (&self.inputs.tok, self.inputs.vs.device());
+        let (ids, segments, padding) = self.inputs.batch(seqs)?;
         let x = crate::model::BertInput {
             ids: &ids,
             segments: &segments,
@@ -628,11 +646,11 @@ impl HfFillMask {
             .flat_map(|r| {
                 let s = &seqs[r];
                 (0..s.len())
-                    .filter(move |&i| s[i] == self.tok.mask)
+                    .filter(move |&i| s[i] == tok.mask)
                     .map(move |i| (r * l + i) as u32)
             })
             .collect();
-        let sel = c(Tensor::new(at.as_slice(), self.vs.device())
+        let sel = c(Tensor::new(at.as_slice(), dev)
             .and_then(|a| hidden.reshape((b * l, h)).and_then(|f| f.index_select(&a, 0))))?;
         let probs = c(
             seqlab_nn::ops::softmax(&self.net.mlm_head(&sel)?, candle_core::D::Minus1).and_then(|p| p.to_vec2::<f32>()),
@@ -640,7 +658,7 @@ impl HfFillMask {
         let mut rows = probs.into_iter();
         let mut out = Vec::with_capacity(b);
         for s in seqs {
-            let masks = s.iter().filter(|&&i| i == self.tok.mask).count();
+            let masks = s.iter().filter(|&&i| i == tok.mask).count();
             let mut per = Vec::with_capacity(masks);
             for p in rows.by_ref().take(masks) {
                 let mut order: Vec<usize> = (0..p.len()).collect();
@@ -650,7 +668,7 @@ impl HfFillMask {
                         .into_iter()
                         .take(top_k)
                         .map(|k| {
-                            let piece = self.tok.hf.id_to_token(k as u32).unwrap_or_else(|| format!("<id {k}>"));
+                            let piece = tok.hf.id_to_token(k as u32).unwrap_or_else(|| format!("<id {k}>"));
                             (piece, p[k])
                         })
                         .collect(),

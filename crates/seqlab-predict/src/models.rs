@@ -439,7 +439,7 @@ pub const MAX_FILL_CANDIDATES: usize = 100;
 
 impl MaskFiller {
     pub fn info(&self) -> Value {
-        json!({"architecture": "bert", "head": "masked-lm", "max_len": self.model.max_len})
+        json!({"architecture": "bert", "head": "masked-lm", "max_len": self.model.max_len()})
     }
 }
 
