@@ -218,6 +218,25 @@ def w2v(model_name):
                                    "corpus_file; quality: bench/w2v_vs_gensim.py")
 
 
+CT2_CHECKPOINT = Path(os.environ.get("SEQLAB_CT2_CHECKPOINT", ROOT / "runs" / "mt-bible-small-fairseq"))
+
+
+def ct2(quant, decoder):
+    """seqlab translate against CTranslate2 (bench/ct2.py --single) on one trained exportable
+    model, exported to HF and converted (fp32 or int8); {steps} is unused (one pass over the
+    test set per run)."""
+    beam = 1 if decoder == "greedy" else 4
+    side = f"ct2-{quant}"
+    return Row(f"{side}-{decoder}", [], [sys.executable, str(BENCH / "ct2.py"), "--single", "{side}", "--beam", str(beam),
+                                         "--threads", "{threads}", "--checkpoint", str(CT2_CHECKPOINT),
+                                         "--work", "{export}", "--seqlab", "{seqlab}",
+                                         "--sentences", "{test_sentences}"],
+               steps=1, warmup=0, unit="sent/s", needs=CT2_CHECKPOINT, peer_cmd=True, peer_name=side,
+               note=f"{CT2_CHECKPOINT.name} (set SEQLAB_CT2_CHECKPOINT): data/sample test set (200 sentences), "
+                    f"beam {beam}, batch 32; BLEU and identical outputs beside; the CPU-s column counts the "
+                    f"whole bench/ct2.py process (export, conversion, BLEU), not the timed section")
+
+
 ROWS = [
     layer("rnn", 5, recurrent_flops(1, 256, 512)),
     layer("lstm", 4, recurrent_flops(4, 256, 512)),
@@ -251,6 +270,10 @@ ROWS = [
     generate("char-lstm-decode", "configs/shakespeare-char-lstm.toml"),
     w2v("sg"),
     w2v("cbow"),
+    ct2("fp32", "beam4"),
+    ct2("int8", "beam4"),
+    ct2("fp32", "greedy"),
+    ct2("int8", "greedy"),
 ]
 
 
@@ -363,7 +386,8 @@ def run_row(row, threads, a, seqlab, peak):
     if row.name.startswith("w2v") and a.quick and corpus is not None:
         corpus = quick_corpus(corpus)
     subst = dict(steps=steps, warmup=warmup, threads=threads, export=export, corpus=corpus, seqlab=seqlab,
-                 sentences=8 if a.quick else 64, tokens=16 if a.quick else 128)
+                 sentences=8 if a.quick else 64, tokens=16 if a.quick else 128,
+                 test_sentences=8 if a.quick else 0)
     s_env, t_env = envs(threads)
     if row.prepare:
         run_child([seqlab] + [str(x).format(**subst) for x in row.prepare], s_env)
@@ -403,6 +427,10 @@ def run_row(row, threads, a, seqlab, peak):
             res[f"{side}_gflops"] = g
             res[f"{side}_peak_frac"] = g / peak
     res["ratio"] = res["seqlab_units_per_s"] / res["pytorch_units_per_s"]
+    # Translation rows against CTranslate2 also report quality: BLEU, outputs equal to seqlab's.
+    if "bleu" in res["pytorch"][-1]:
+        res["seqlab_bleu"], res["pytorch_bleu"] = res["seqlab"][-1]["bleu"], res["pytorch"][-1]["bleu"]
+        res["same_as_seqlab"] = res["pytorch"][-1].get("same_as_seqlab")
     return res
 
 
@@ -417,7 +445,7 @@ def quick_corpus(corpus):
 
 
 def table(results, a, peaks):
-    lines = ["| row | threads | seqlab | PyTorch (gensim for w2v) | seqlab / PyTorch | CPU-s per 1k units "
+    lines = ["| row | threads | seqlab | PyTorch (gensim for w2v, CTranslate2 for ct2-*) | seqlab / PyTorch | CPU-s per 1k units "
              "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak (seqlab / PyTorch) "
              "| other processes' load during runs, cores (max) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -429,6 +457,9 @@ def table(results, a, peaks):
         if u == "sent/s":
             s = f"{fmt(r['seqlab_sent_per_s'], 1)} sent/s ({fmt(r['seqlab_units_per_s'])} tok/s)"
             p = f"{fmt(r['pytorch_sent_per_s'], 1)} sent/s ({fmt(r['pytorch_units_per_s'])} tok/s)"
+            if "pytorch_bleu" in r:
+                s += f", BLEU {r['seqlab_bleu']:.2f}"
+                p += f", BLEU {r['pytorch_bleu']:.2f}, {fmt(r['same_as_seqlab'])} outputs = seqlab's"
         else:
             s, p = f"{fmt(r['seqlab_units_per_s'])} {u}", f"{fmt(r['pytorch_units_per_s'])} {u}"
         if r["loaded"] and not a.force:

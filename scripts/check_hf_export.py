@@ -12,10 +12,15 @@ Checks:
    mismatched keys; `AutoTokenizer` loads the tokenizer (and appends `<eos>`).
 2. Greedy output of HF equals `seqlab translate --decoder greedy` on the test sentences, both
    from the seqlab checkpoint and from the HF folder (`seqlab translate --checkpoint DIR`).
-3. With --ct2: CTranslate2's converter converts DIR; its greedy and beam-4 outputs are
-   compared with seqlab's (differences listed).
-With --make-fixtures it also writes `expected.safetensors` (HF's logits on teacher-forced
-test pairs, in HF's ids) and `hf_greedy.txt` next to the exported model.
+3. With --ct2: CTranslate2's converter converts DIR (fp32 and int8); its greedy and beam-4
+   outputs, one sentence per call with seqlab's length limit (source ids + 50), are compared
+   with seqlab's, and int8's with fp32's (the first difference shown).
+With --make-fixtures it also writes, next to the exported model (kept small: d_model 16,
+300 pieces, about 60 KB of weights): `expected.safetensors` (HF's logits on teacher-forced
+test pairs, in HF's ids), `hf_greedy.txt` (HF's greedy translations of the first --n test
+sentences) and `hf_state_dict.json` (the names and shapes of every tensor in the
+`state_dict()` of the M2M100ForConditionalGeneration HF builds from the exported config.json,
+and which of them HF ties to `model.shared.weight`).
 """
 import argparse
 import json
@@ -38,17 +43,17 @@ run_dir = "{run}"
 train = "{root}/data/sample/bible.en-es.train.tsv"
 valid = "{root}/data/sample/bible.en-es.valid.tsv"
 vocab = "joint"
-vocab_size = 400
+vocab_size = 300
 max_len = 64
 batch_tokens = 2000
 valid_bleu_sentences = 20
 [model]
 kind = "transformer"
-d_model = 32
+d_model = 16
 nhead = 2
 num_encoder_layers = 2
 num_decoder_layers = 2
-dim_feedforward = 64
+dim_feedforward = 32
 dropout = 0.1
 norm_first = true
 positions = "fairseq"
@@ -59,7 +64,7 @@ betas = [0.9, 0.98]
 eps = 1e-9
 [schedule]
 kind = "noam"
-d_model = 32
+d_model = 16
 warmup = 100
 factor = 1.0
 [decode]
@@ -133,7 +138,7 @@ def compare(name_a, a, name_b, b):
     return same == len(a)
 
 
-def teacher_forced(model, tok, srcs, refs, n=3, t_max=12):
+def teacher_forced(model, tok, srcs, refs, n=2, t_max=10):
     src = tok(srcs[:n], return_tensors="pt", padding=True)
     tgt = [tok(r, add_special_tokens=False)["input_ids"][: t_max - 1] for r in refs[:n]]
     t = max(map(len, tgt)) + 1
@@ -144,6 +149,20 @@ def teacher_forced(model, tok, srcs, refs, n=3, t_max=12):
         logits = model(input_ids=src["input_ids"], attention_mask=src["attention_mask"],
                        decoder_input_ids=dec, decoder_attention_mask=(dec != tok.pad_token_id).long()).logits
     return {"src": src["input_ids"], "tgt_in": dec, "logits": logits.contiguous()}
+
+
+def hf_state_dict(model):
+    """Names and shapes HF's model has, and the ones tied to (sharing storage with) the shared
+    embedding: what an export must provide, from HF itself rather than from seqlab's table."""
+    import transformers
+    fresh = M2M100ForConditionalGeneration(model.config)
+    sd = fresh.state_dict()
+    shared = fresh.model.shared.weight.data_ptr()
+    return {
+        "transformers": transformers.__version__,
+        "tensors": {k: list(v.shape) for k, v in sorted(sd.items())},
+        "tied_to_shared": sorted(k for k, v in sd.items() if v.data_ptr() == shared and k != "model.shared.weight"),
+    }
 
 
 def ct2_check(folder, srcs, seqlab_greedy, seqlab_beam):
@@ -158,8 +177,10 @@ def ct2_check(folder, srcs, seqlab_greedy, seqlab_beam):
             tr = ctranslate2.Translator(out, device="cpu", inter_threads=1, intra_threads=1)
             toks = [tok.convert_ids_to_tokens(tok(s)["input_ids"]) for s in srcs]
             for beam in [1, 4]:
-                r = tr.translate_batch(toks, beam_size=beam, length_penalty=0.6, max_batch_size=32,
-                                       max_decoding_length=256, return_scores=False)
+                # One sentence per call, so that each gets seqlab's (and HF's) length limit:
+                # source ids (with <eos>) + 50; CTranslate2's limit is per call.
+                r = [tr.translate_batch([t], beam_size=beam, length_penalty=0.6, max_decoding_length=len(t) + 50,
+                                        return_scores=False)[0] for t in toks]
                 hyps = [tok.decode(tok.convert_tokens_to_ids(x.hypotheses[0]), skip_special_tokens=True).strip() for x in r]
                 res[(quant, beam)] = hyps
     compare("seqlab greedy", seqlab_greedy, "ct2 fp32 greedy", res[("float32", 1)])
@@ -173,7 +194,7 @@ def main():
     ap.add_argument("--make-fixtures", action="store_true")
     ap.add_argument("--hf")
     ap.add_argument("--checkpoint")
-    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--ct2", action="store_true")
     a = ap.parse_args()
@@ -199,6 +220,9 @@ def main():
         save_file(teacher_forced(model, tok, srcs, refs), os.path.join(FIXTURE, "expected.safetensors"))
         with open(os.path.join(FIXTURE, "hf_greedy.txt"), "w", encoding="utf-8") as f:
             f.write("".join(h + "\n" for h in hf))
+        with open(os.path.join(FIXTURE, "hf_state_dict.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_state_dict(model), f, indent=1)
+            f.write("\n")
         print(f"fixtures written to {FIXTURE}")
     sys.exit(0 if ok else 1)
 

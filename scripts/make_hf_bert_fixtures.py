@@ -19,7 +19,17 @@ Cases cover several layer counts, both LayerNorm naming schemes on the hub
 (`LayerNorm.weight/bias` and the older `LayerNorm.gamma/beta`), with and without the `bert.`
 prefix (`BertForPreTraining` vs bare `BertModel`), and a model without pooler.
 
-Run: /work/venv/bin/python scripts/make_hf_bert_fixtures.py  (torch, transformers, tokenizers)
+Prediction cases (`seqlab predict` on an HF folder, crates/seqlab-bert/tests/hf_bert.rs):
+
+- `predict_cls`: a `BertForSequenceClassification` (3 labels named in `id2label`) and
+  `expected.json`: HF's class probabilities (softmax of the logits of `[CLS] text [SEP]`)
+  for a few texts;
+- `predict_mlm`: a `BertForMaskedLM` (MLM head, no pooler, no NSP head) and
+  `expected.json`: for texts holding `[MASK]`, HF's 5 most probable tokens and their
+  probabilities (softmax over the vocabulary) at each mask, in text order.
+
+Run: /work/venv/bin/python scripts/make_hf_bert_fixtures.py [--predict-only]
+(torch, transformers, tokenizers; --predict-only writes only the prediction cases)
 """
 import json
 import os
@@ -29,7 +39,8 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import BertConfig, BertForPreTraining, BertModel, BertTokenizer
+from transformers import (BertConfig, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
+                          BertModel, BertTokenizer)
 
 try:  # transformers >= 5: BertTokenizer is the fast one, the Python one is "legacy"
     from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy as SlowBertTokenizer
@@ -199,14 +210,76 @@ def model_case(name, layers, heads_pretraining, old_names, pooler, seed, small_t
     print(f"{name}: {len(keys)} tensors, e.g. {keys[:3]}; input {tuple(enc['input_ids'].shape)}")
 
 
+def tiny_config(vocab, layers, **extra):
+    return BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=48, type_vocab_size=2, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12, attn_implementation="eager", **extra)
+
+
+def predict_cases(small_texts):
+    """Folders `seqlab predict` answers from, with HF's answers (see the module docs)."""
+    texts = ["in the beginning god created the heaven", "and the earth was without form", "light",
+             "he said unto them , follow me"]
+    # Sequence classification: HF's probabilities of each text on its own.
+    folder = os.path.join(OUT, "predict_cls")
+    os.makedirs(folder, exist_ok=True)
+    fast = train_wordpiece(small_texts, 100, folder)
+    labels = {0: "law", 1: "prophets", 2: "gospel"}
+    cfg = tiny_config(fast.vocab_size, 2, id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(5)
+    model = BertForSequenceClassification(cfg)
+    randomise(model, torch.Generator().manual_seed(5))
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    rows = []
+    with torch.no_grad():
+        for t in texts:
+            p = torch.softmax(model(**fast(t, return_tensors="pt")).logits[0], -1)
+            rows.append({"text": t, "probabilities": [float(x) for x in p]})
+    with open(os.path.join(folder, "expected.json"), "w", encoding="utf-8") as f:
+        json.dump({"labels": [labels[i] for i in range(3)], "cases": rows}, f, indent=1)
+    print(f"predict_cls: {len(rows)} texts, labels {labels}")
+    # Masked-word fill: HF's top 5 at every [MASK].
+    folder = os.path.join(OUT, "predict_mlm")
+    os.makedirs(folder, exist_ok=True)
+    fast = train_wordpiece(small_texts, 100, folder)
+    torch.manual_seed(6)
+    model = BertForMaskedLM(tiny_config(fast.vocab_size, 2))
+    randomise(model, torch.Generator().manual_seed(6))
+    model.tie_weights()
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    masked = ["in the [MASK] god created", "[MASK] the earth was [MASK] form", "and god said , let there be [MASK] ."]
+    rows = []
+    with torch.no_grad():
+        for t in masked:
+            enc = fast(t, return_tensors="pt")
+            logits = model(**enc).logits[0]
+            at = (enc["input_ids"][0] == fast.mask_token_id).nonzero().flatten().tolist()
+            masks = []
+            for i in at:
+                p = torch.softmax(logits[i], -1)
+                top = torch.topk(p, 5)
+                masks.append([{"token": fast.convert_ids_to_tokens(int(k)), "probability": float(v)}
+                              for v, k in zip(top.values, top.indices)])
+            rows.append({"text": t, "masks": masks})
+    with open(os.path.join(folder, "expected.json"), "w", encoding="utf-8") as f:
+        json.dump({"cases": rows}, f, indent=1)
+    print(f"predict_mlm: {len(rows)} texts, {sum(len(r['masks']) for r in rows)} masks")
+
+
 def main():
     texts = read_texts()
-    tokenizer_fixture(texts)
     small = texts[:400]
+    if "--predict-only" in sys.argv[1:]:
+        predict_cases(small)
+        return
+    tokenizer_fixture(texts)
     model_case("l1_pretraining", 1, True, False, True, 1, small)
     model_case("l2_pretraining_gamma_beta", 2, True, True, True, 2, small)
     model_case("l3_bare", 3, False, False, True, 3, small)
     model_case("l2_bare_gamma_beta_no_pooler", 2, False, True, False, 4, small)
+    predict_cases(small)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 //!   (TF-ported) `LayerNorm.gamma/beta`;
 //! - pooler, MLM head (`cls.predictions.*`, decoder tied to the word embeddings) and NSP head
 //!   (`cls.seq_relationship.*`) each optional;
+//! - a `BertForSequenceClassification` head (`classifier.*`, labels from `id2label`), used by
+//!   `seqlab predict` ([`load_predictor`]; fine-tuning starts a fresh head, for the
+//!   training file's labels);
 //! - `hidden_act` `gelu` (erf GELU, as seqlab's), absolute positions, encoder only.
 //!
 //! Rejected with an error naming the file and key: pickle checkpoints (`pytorch_model.bin`
@@ -118,6 +121,8 @@ pub struct Parts {
     pub mlm: bool,
     /// The NSP head `cls.seq_relationship.*`.
     pub nsp: bool,
+    /// A sequence-classification head `classifier.*` (HF `BertForSequenceClassification`).
+    pub classifier: bool,
 }
 
 /// An HF BERT checkpoint's tensors under seqlab's names (f32, on the requested device).
@@ -178,7 +183,8 @@ fn rename(raw: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<HfWeights> {
             || k.starts_with("encoder.layer.")
             || k.starts_with("pooler.")
             || k.starts_with("cls.predictions.")
-            || k.starts_with("cls.seq_relationship.");
+            || k.starts_with("cls.seq_relationship.")
+            || k.starts_with("classifier.");
         if !known {
             unknown.push(name.clone());
             continue;
@@ -262,6 +268,7 @@ fn rename(raw: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<HfWeights> {
         pooler: out.contains_key("bert.pooler.dense.weight"),
         mlm: out.keys().any(|k| k.starts_with("cls.predictions.")),
         nsp: out.keys().any(|k| k.starts_with("cls.seq_relationship.")),
+        classifier: out.keys().any(|k| k.starts_with("classifier.")),
     };
     // Shapes, against a model built from the config.
     let vs = seqlab_nn::VarStore::new(0, &Device::Cpu);
@@ -272,6 +279,9 @@ fn rename(raw: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<HfWeights> {
         .map(|(n, t)| (n, t.dims().to_vec()))
         .collect();
     for (k, v) in &out {
+        if k.starts_with("classifier.") {
+            continue; // its rows are the labels': checked below
+        }
         match expected.get(k) {
             None => problems.push(format!("unexpected {k}")),
             Some(d) if d.as_slice() != v.dims() => {
@@ -299,6 +309,16 @@ fn rename(raw: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<HfWeights> {
     ] {
         if present && !heads_complete(prefix) {
             problems.push(format!("{prefix}* is incomplete"));
+        }
+    }
+    if parts.classifier {
+        let (w, b) = (out.get("classifier.weight"), out.get("classifier.bias"));
+        match (w.map(|t| t.dims()), b.map(|t| t.dims())) {
+            (Some(&[n, h]), Some(&[m])) if h == cfg.hidden_size && n == m => {}
+            (w, b) => problems.push(format!(
+                "classifier.weight {w:?} and classifier.bias {b:?}: expected (num_labels, {}) and (num_labels)",
+                cfg.hidden_size
+            )),
         }
     }
     if !problems.is_empty() {
@@ -420,5 +440,242 @@ impl HfBert {
         }
         let weights = load_weights(dir, &cfg, device)?;
         Ok(Self { cfg, tok, weights })
+    }
+}
+
+/// The label names of a sequence classifier with `rows` outputs, from `DIR/config.json`:
+/// `id2label` in id order (HF's default names `LABEL_0`... when absent). Rejected, naming
+/// the key: ids other than 0..rows, `problem_type` `regression` or a single output (seqlab
+/// predicts classes), `multi_label_classification` (a sigmoid per label, where seqlab gives
+/// one softmax over the labels).
+pub fn read_labels(dir: &Path, rows: usize) -> Result<Vec<String>> {
+    let path = dir.join("config.json");
+    let m = json_file(&path)?;
+    match m.get("problem_type").and_then(Value::as_str) {
+        None | Some("single_label_classification") => {}
+        Some(p) => bail!(
+            "{}: key `problem_type` is {p:?}; seqlab predicts single-label classes (one softmax over the labels)",
+            path.display()
+        ),
+    }
+    if rows < 2 {
+        bail!(
+            "{}: the classifier has {rows} output (regression); seqlab predicts classes (2 or more labels)",
+            path.display()
+        );
+    }
+    let Some(map) = m.get("id2label") else {
+        return Ok((0..rows).map(|i| format!("LABEL_{i}")).collect());
+    };
+    let map = map
+        .as_object()
+        .with_context(|| format!("{}: key `id2label` must be an object", path.display()))?;
+    let mut names = vec![None; rows];
+    for (k, v) in map {
+        let i = k.parse::<usize>().ok().filter(|&i| i < rows).with_context(|| {
+            format!(
+                "{}: key `id2label`: id {k:?} is not one of the classifier's rows 0..{rows}",
+                path.display()
+            )
+        })?;
+        let name = v
+            .as_str()
+            .with_context(|| format!("{}: key `id2label.{k}` must be a string", path.display()))?;
+        names[i] = Some(name.to_string());
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| n.with_context(|| format!("{}: key `id2label` has no id {i}", path.display())))
+        .collect()
+}
+
+/// What `seqlab predict` answers with an HF BERT folder, chosen by its head.
+pub enum HfPredictor {
+    /// `classifier.*` (HF `BertForSequenceClassification`): class probabilities.
+    Classifier(HfClassifier),
+    /// `cls.predictions.*` (HF `BertForMaskedLM` / `BertForPreTraining`): the most probable
+    /// tokens at each `[MASK]`.
+    FillMask(HfFillMask),
+}
+
+/// Loads an HF BERT folder ([`HfBert::load`]) for predictions: a classifier when it has a
+/// `classifier.*` head (it then needs the pooler, as HF's), else masked-word fill when it has
+/// the MLM head. A bare encoder (`BertModel`, or NSP head only) is an error that says how to
+/// get a classifier from it (`seqlab finetune --init-from DIR`).
+pub fn load_predictor(dir: &Path, device: &Device) -> Result<HfPredictor> {
+    let h = HfBert::load(dir, device)?;
+    let vs = seqlab_nn::VarStore::new(0, device);
+    let p = h.weights.parts;
+    // Called once the model is built in `vs`. Absent optional parts (pooler, NSP head) keep
+    // their fresh values and are not used.
+    let inputs = |vs: seqlab_nn::VarStore| -> Result<HfInputs> {
+        vs.load_state_dict(&h.weights.tensors, false)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        Ok(HfInputs {
+            tok: h.tok.clone(),
+            max_len: h.cfg.max_position_embeddings,
+            vs,
+        })
+    };
+    if p.classifier {
+        if !p.pooler {
+            bail!(
+                "{}: a classifier head without the pooler (bert.pooler.*), which BertForSequenceClassification applies first",
+                dir.display()
+            );
+        }
+        let rows = c(h.weights.tensors["classifier.bias"].dim(0))?;
+        let labels = read_labels(dir, rows)?;
+        let net = crate::model::BertClassifier::new(&h.cfg, rows, &vs)?;
+        return Ok(HfPredictor::Classifier(HfClassifier {
+            net,
+            labels,
+            inputs: inputs(vs)?,
+        }));
+    }
+    if p.mlm {
+        let net = crate::model::BertForPreTraining::new(&h.cfg, &vs)?;
+        return Ok(HfPredictor::FillMask(HfFillMask {
+            net,
+            inputs: inputs(vs)?,
+        }));
+    }
+    bail!(
+        "{}: no head to predict with (neither classifier.* of BertForSequenceClassification nor the MLM head cls.predictions.*); \
+         train a classifier from it with `seqlab finetune --init-from {}`",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// What both HF predictors hold besides their network: tokenizer, length limit, weights.
+struct HfInputs {
+    tok: BertTokenizer,
+    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`).
+    max_len: usize,
+    vs: seqlab_nn::VarStore,
+}
+
+impl HfInputs {
+    /// `seqs` padded into one batch: (ids, segments, padding), see [`crate::model::BertInput`].
+    fn batch(&self, seqs: &[Vec<u32>]) -> Result<(Tensor, Tensor, Tensor)> {
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        crate::task::padded_batch(&refs, self.tok.pad, self.vs.device())
+    }
+}
+
+/// An HF `BertForSequenceClassification`.
+pub struct HfClassifier {
+    net: crate::model::BertClassifier,
+    /// Label names, in the order of the probabilities (`id2label`).
+    pub labels: Vec<String>,
+    inputs: HfInputs,
+}
+
+impl HfClassifier {
+    /// Class probabilities (softmax of the logits, in [`HfClassifier::labels`] order) of each
+    /// `[CLS] text [SEP]` (cut to `max_len`), from one padded forward pass.
+    pub fn probabilities(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let i = &self.inputs;
+        let seqs: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| crate::task::cls_ids(&i.tok, t, i.max_len))
+            .collect::<Result<_>>()?;
+        let (ids, segments, padding) = i.batch(&seqs)?;
+        let x = crate::model::BertInput {
+            ids: &ids,
+            segments: &segments,
+            padding: &padding,
+        };
+        let logits = self.net.forward(&x, false)?;
+        c(seqlab_nn::ops::softmax(&logits, candle_core::D::Minus1).and_then(|p| p.to_vec2::<f32>()))
+    }
+}
+
+/// Masked-word fill with an HF BERT's MLM head.
+pub struct HfFillMask {
+    net: crate::model::BertForPreTraining,
+    inputs: HfInputs,
+}
+
+/// One candidate for a `[MASK]`: a vocabulary piece (`##` marks a word continuation) and
+/// its probability.
+pub type Candidate = (String, f32);
+
+impl HfFillMask {
+    /// Longest input, `[CLS]`/`[SEP]` included (`max_position_embeddings`).
+    pub fn max_len(&self) -> usize {
+        self.inputs.max_len
+    }
+
+    /// `[CLS] text [SEP]` ids; an error when the text has no `[MASK]` or is longer than
+    /// [`HfFillMask::max_len`] (cutting it could drop a mask).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let tok = &self.inputs.tok;
+        let mut ids = vec![tok.cls];
+        ids.extend(tok.encode(text)?);
+        ids.push(tok.sep);
+        if !ids.contains(&tok.mask) {
+            bail!("no {MASK} in the text: nothing to fill");
+        }
+        if ids.len() > self.max_len() {
+            bail!(
+                "{} tokens with [CLS] and [SEP]; this model takes at most {} (max_position_embeddings)",
+                ids.len(),
+                self.max_len()
+            );
+        }
+        Ok(ids)
+    }
+
+    /// For each sequence ([`HfFillMask::encode`]), for each `[MASK]` in order, the `top_k`
+    /// most probable pieces (softmax over the whole vocabulary, as HF's fill-mask pipeline),
+    /// most probable first. One padded forward pass.
+    pub fn fill(&self, seqs: &[Vec<u32>], top_k: usize) -> Result<Vec<Vec<Vec<Candidate>>>> {
+        let (tok, dev) = (&self.inputs.tok, self.inputs.vs.device());
+        let (ids, segments, padding) = self.inputs.batch(seqs)?;
+        let x = crate::model::BertInput {
+            ids: &ids,
+            segments: &segments,
+            padding: &padding,
+        };
+        let hidden = self.net.bert.forward(&x, false)?;
+        let (b, l, h) = c(hidden.dims3())?;
+        let at: Vec<u32> = (0..b)
+            .flat_map(|r| {
+                let s = &seqs[r];
+                (0..s.len())
+                    .filter(move |&i| s[i] == tok.mask)
+                    .map(move |i| (r * l + i) as u32)
+            })
+            .collect();
+        let sel = c(Tensor::new(at.as_slice(), dev)
+            .and_then(|a| hidden.reshape((b * l, h)).and_then(|f| f.index_select(&a, 0))))?;
+        let probs = c(
+            seqlab_nn::ops::softmax(&self.net.mlm_head(&sel)?, candle_core::D::Minus1).and_then(|p| p.to_vec2::<f32>()),
+        )?;
+        let mut rows = probs.into_iter();
+        let mut out = Vec::with_capacity(b);
+        for s in seqs {
+            let masks = s.iter().filter(|&&i| i == tok.mask).count();
+            let mut per = Vec::with_capacity(masks);
+            for p in rows.by_ref().take(masks) {
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                per.push(
+                    order
+                        .into_iter()
+                        .take(top_k)
+                        .map(|k| {
+                            let piece = tok.hf.id_to_token(k as u32).unwrap_or_else(|| format!("<id {k}>"));
+                            (piece, p[k])
+                        })
+                        .collect(),
+                );
+            }
+            out.push(per);
+        }
+        Ok(out)
     }
 }

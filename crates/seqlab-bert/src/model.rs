@@ -297,11 +297,19 @@ impl BertForPreTraining {
         let hidden = self.bert.forward(x, train)?;
         let (b, l, h) = c(hidden.dims3())?;
         let sel = c(hidden.reshape((b * l, h)).and_then(|f| f.index_select(masked, 0)))?;
-        let t = c(self.transform.forward(&sel).and_then(|t| ops::gelu(&t)))?;
-        let t = c(self.transform_norm.forward(&t))?;
-        let mlm = c(ops::linear(&t, &self.bert.word_embeddings, Some(&self.mlm_bias)))?;
+        let mlm = self.mlm_head(&sel)?;
         let nsp = c(self.seq_relationship.forward(&self.bert.pool(&hidden)?))?;
         Ok((mlm, nsp))
+    }
+}
+
+impl BertForPreTraining {
+    /// The MLM head on hidden states (N, H) → logits (N, V): dense, GELU, LayerNorm, then the
+    /// (tied) word embeddings plus `cls.predictions.bias` (HF `BertLMPredictionHead`).
+    pub fn mlm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = c(self.transform.forward(hidden).and_then(|t| ops::gelu(&t)))?;
+        let t = c(self.transform_norm.forward(&t))?;
+        c(ops::linear(&t, &self.bert.word_embeddings, Some(&self.mlm_bias)))
     }
 }
 

@@ -579,15 +579,36 @@ struct ClsSet {
     labels: Vec<u32>,
 }
 
-/// `[CLS] text [SEP]`, the text cut to fit `max_len`.
+/// `[CLS] text [SEP]`, the text cut to fit `max_len` (>= 3).
+pub(crate) fn cls_ids(tok: &BertTokenizer, text: &str, max_len: usize) -> Result<Vec<u32>> {
+    let mut ids = vec![tok.cls];
+    let body = tok.encode(text)?;
+    ids.extend_from_slice(&body[..body.len().min(max_len - 2)]);
+    ids.push(tok.sep);
+    Ok(ids)
+}
+
+/// One batch of single-segment sequences padded with `pad` to the longest: (ids, segments
+/// (all 0), padding mask), each (B, L), as [`BertInput`] takes them.
+pub(crate) fn padded_batch(seqs: &[&[u32]], pad: u32, dev: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let len = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+    let b = seqs.len();
+    let (mut ids, mut mask) = (vec![pad; b * len], vec![1u8; b * len]);
+    for (r, s) in seqs.iter().enumerate() {
+        ids[r * len..r * len + s.len()].copy_from_slice(s);
+        mask[r * len..r * len + s.len()].iter_mut().for_each(|p| *p = 0);
+    }
+    let ids = c(Tensor::from_vec(ids, (b, len), dev))?;
+    let segs = c(ids.zeros_like())?;
+    let mask = c(Tensor::from_vec(mask, (b, len), dev))?;
+    Ok((ids, segs, mask))
+}
+
+/// `[CLS] text [SEP]` of every example, the text cut to fit `max_len`.
 fn encode_cls(tok: &BertTokenizer, data: &ClsData, max_len: usize) -> Result<ClsSet> {
     let mut seqs = Vec::with_capacity(data.examples.len());
     for e in &data.examples {
-        let mut ids = vec![tok.cls];
-        let body = tok.encode(&e.text)?;
-        ids.extend_from_slice(&body[..body.len().min(max_len - 2)]);
-        ids.push(tok.sep);
-        seqs.push(ids);
+        seqs.push(cls_ids(tok, &e.text, max_len)?);
     }
     Ok(ClsSet {
         seqs,
@@ -710,18 +731,8 @@ impl FinetuneTask {
     }
 
     fn logits(&self, set: &ClsSet, idx: &[usize], train: bool) -> Result<(Tensor, Vec<u32>)> {
-        let dev = self.vs.device();
-        let len = idx.iter().map(|&i| set.seqs[i].len()).max().unwrap_or(1);
-        let b = idx.len();
-        let (mut ids, mut pad) = (vec![self.tok.pad; b * len], vec![1u8; b * len]);
-        for (r, &i) in idx.iter().enumerate() {
-            let s = &set.seqs[i];
-            ids[r * len..r * len + s.len()].copy_from_slice(s);
-            pad[r * len..r * len + s.len()].iter_mut().for_each(|p| *p = 0);
-        }
-        let ids = c(Tensor::from_vec(ids, (b, len), dev))?;
-        let segs = c(ids.zeros_like())?;
-        let pad = c(Tensor::from_vec(pad, (b, len), dev))?;
+        let seqs: Vec<&[u32]> = idx.iter().map(|&i| set.seqs[i].as_slice()).collect();
+        let (ids, segs, pad) = padded_batch(&seqs, self.tok.pad, self.vs.device())?;
         let y = idx.iter().map(|&i| set.labels[i]).collect();
         Ok((
             self.net.forward(

@@ -287,12 +287,22 @@ fn unsupported_checkpoints_are_clear_errors() {
     );
     // A tensor the model does not have, and a missing one, are named.
     let mut t = candle_core::safetensors::load(src.join("model.safetensors"), &dev).unwrap();
+    // (`qa_outputs` is BertForQuestionAnswering's head; a classifier head without its bias
+    // is incomplete.)
+    t.insert(
+        "qa_outputs.weight".into(),
+        Tensor::zeros((2, 16), DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&t, tmp.join("model.safetensors")).unwrap();
+    assert!(err(HfBert::load(&tmp, &dev)).contains("qa_outputs.weight"));
+    t.remove("qa_outputs.weight");
     t.insert(
         "classifier.weight".into(),
         Tensor::zeros((2, 16), DType::F32, &dev).unwrap(),
     );
     candle_core::safetensors::save(&t, tmp.join("model.safetensors")).unwrap();
-    assert!(err(HfBert::load(&tmp, &dev)).contains("classifier.weight"));
+    let e = err(HfBert::load(&tmp, &dev));
+    assert!(e.contains("classifier.bias None"), "{e}");
     t.remove("classifier.weight");
     t.remove("bert.encoder.layer.0.output.dense.bias");
     candle_core::safetensors::save(&t, tmp.join("model.safetensors")).unwrap();
@@ -384,4 +394,110 @@ fn finetune_starts_from_a_hugging_face_folder() {
     let e = err(FinetuneTask::build(&both, &VarStore::new(0, &Device::Cpu), fresh));
     assert!(e.contains("init_from") && e.contains("pretrained"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn expected_json(case: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(case).join("expected.json")).unwrap()).unwrap()
+}
+
+/// A `BertForSequenceClassification` folder: labels from `id2label` in id order, and HF's
+/// probabilities, texts batched together (padding must not change them).
+#[test]
+fn sequence_classifier_probabilities_equal_transformers() {
+    let dir = fixtures().join("predict_cls");
+    let hf::HfPredictor::Classifier(m) = hf::load_predictor(&dir, &Device::Cpu).unwrap() else {
+        panic!("a classifier head must give a classifier");
+    };
+    let want = expected_json("predict_cls");
+    let labels: Vec<&str> = want["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(m.labels, labels);
+    let cases = want["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let got = m.probabilities(&texts).unwrap();
+    let mut spread = 0.0f32;
+    for (c, p) in cases.iter().zip(&got) {
+        let w: Vec<f32> = c["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(p.len(), w.len());
+        for (a, b) in p.iter().zip(&w) {
+            assert!((a - b).abs() <= TOL, "{}: {p:?} vs HF {w:?}", c["text"]);
+        }
+        spread = spread.max(w.iter().cloned().fold(0.0, f32::max) - w.iter().cloned().fold(1.0, f32::min));
+    }
+    assert!(spread > 0.05, "the fixture's probabilities must differ between labels");
+}
+
+/// A `BertForMaskedLM` folder (no pooler, no NSP head): the top 5 pieces at every `[MASK]`
+/// and their probabilities equal HF's, for texts with one and with two masks, batched.
+#[test]
+fn fill_mask_equals_transformers() {
+    let dir = fixtures().join("predict_mlm");
+    let hf::HfPredictor::FillMask(m) = hf::load_predictor(&dir, &Device::Cpu).unwrap() else {
+        panic!("an MLM head must give fill-mask");
+    };
+    let want = expected_json("predict_mlm");
+    let cases = want["cases"].as_array().unwrap();
+    let seqs: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| m.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let got = m.fill(&seqs, 5).unwrap();
+    let mut masks = 0;
+    for (c, per_text) in cases.iter().zip(&got) {
+        let w = c["masks"].as_array().unwrap();
+        assert_eq!(per_text.len(), w.len(), "{}", c["text"]);
+        for (cands, wm) in per_text.iter().zip(w) {
+            masks += 1;
+            for ((tok, p), wc) in cands.iter().zip(wm.as_array().unwrap()) {
+                assert_eq!(tok, wc["token"].as_str().unwrap(), "{}", c["text"]);
+                let wp = wc["probability"].as_f64().unwrap() as f32;
+                assert!((p - wp).abs() <= TOL, "{}: {tok} {p} vs HF {wp}", c["text"]);
+            }
+        }
+    }
+    assert_eq!(masks, 4);
+    assert!(format!("{:#}", m.encode("no mask here").unwrap_err()).contains("no [MASK]"));
+    let long = vec!["god"; 60].join(" ") + " [MASK]";
+    assert!(format!("{:#}", m.encode(&long).unwrap_err()).contains("max_position_embeddings"));
+}
+
+/// Folders without a head to predict with, and classifier configs seqlab does not answer,
+/// are errors that say what to do or which key is wrong.
+#[test]
+fn prediction_needs_a_supported_head() {
+    let e = err(hf::load_predictor(&fixtures().join("l3_bare"), &Device::Cpu));
+    assert!(
+        e.contains("no head") && e.contains("seqlab finetune --init-from"),
+        "{e}"
+    );
+    let src = fixtures().join("predict_cls");
+    let tmp = seqlab_nn::testing::scratch_dir("hf-cls-bad");
+    for f in ["model.safetensors", "vocab.txt"] {
+        std::fs::copy(src.join(f), tmp.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    for (from, to, key) in [
+        (
+            "\"hidden_act\"",
+            "\"problem_type\": \"multi_label_classification\",\n  \"hidden_act\"",
+            "problem_type",
+        ),
+        ("\"2\": \"gospel\"", "\"7\": \"gospel\"", "id2label"),
+    ] {
+        let bad = cfg.replace(from, to);
+        assert_ne!(bad, cfg);
+        std::fs::write(tmp.join("config.json"), bad).unwrap();
+        let e = err(hf::load_predictor(&tmp, &Device::Cpu));
+        assert!(e.contains(key) && e.contains("config.json"), "{e}");
+    }
+    std::fs::remove_dir_all(&tmp).ok();
 }

@@ -25,15 +25,16 @@ pub enum OutputFormat {
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     /// A run folder (→ its best checkpoint) or checkpoint folder of a task with predictions
-    /// (lm, classify, bert-finetune, forecast, mt), or word vectors: a vector file or a
-    /// folder holding vectors.txt, vectors.bin or vectors.safetensors.
+    /// (lm, classify, bert-finetune, forecast, mt), a Hugging Face model folder (BERT with a
+    /// sequence-classification or MLM head, or an M2M100 translation model), or word vectors:
+    /// a vector file or a folder holding vectors.txt, vectors.bin or vectors.safetensors.
     #[arg(long, required_unless_present = "vectors", conflicts_with = "vectors")]
     pub checkpoint: Option<PathBuf>,
     /// Word vectors (word2vec text or binary, or safetensors) for nearest-word queries.
     #[arg(long)]
     pub vectors: Option<PathBuf>,
     /// Input file, UTF-8 (default: standard input). One input per line, blank lines skipped:
-    /// a text (classifiers, translation), a series of numbers separated by commas and/or
+    /// a text (classifiers, translation; with `[MASK]`s for fill-mask models), a series of numbers separated by commas and/or
     /// spaces, oldest first (forecasters), words with `-` before the subtracted ones, like
     /// `king woman -man` (word vectors). Language models score the whole input as one text
     /// (see --per-line).
@@ -42,7 +43,8 @@ pub struct PredictArgs {
     /// Output: text, or jsonl (one JSON object per answer).
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
-    /// Classifiers: show the k most probable labels (default: all).
+    /// Classifiers: show the k most probable labels (default: all). Fill-mask models: the
+    /// k most probable pieces per `[MASK]` (default 5).
     #[arg(long, value_parser = crate::w2v::positive)]
     pub top_k: Option<usize>,
     /// Forecasters: values to forecast (default: the model's data.horizon; past it the model
@@ -166,16 +168,19 @@ fn json_line(extra: Value, answer: &impl Serialize) -> Result<String> {
 
 /// Flags that only some kinds of model take: an error when given to another kind.
 fn check_flags(a: &PredictArgs, kind: &str) -> Result<()> {
-    let given = [
-        ("--top-k", a.top_k.is_some(), "classify"),
-        ("--horizon", a.horizon.is_some(), "forecast"),
-        ("--positive", !a.positive.is_empty(), "vectors"),
-        ("--negative", !a.negative.is_empty(), "vectors"),
-        ("--per-line", a.per_line, "lm"),
+    let given: [(&str, bool, &[&str]); 5] = [
+        ("--top-k", a.top_k.is_some(), &["classify", "fill-mask"]),
+        ("--horizon", a.horizon.is_some(), &["forecast"]),
+        ("--positive", !a.positive.is_empty(), &["vectors"]),
+        ("--negative", !a.negative.is_empty(), &["vectors"]),
+        ("--per-line", a.per_line, &["lm"]),
     ];
     for (flag, set, applies) in given {
-        if set && applies != kind {
-            bail!("{flag} applies to {applies} models; this is a {kind} model");
+        if set && !applies.contains(&kind) {
+            bail!(
+                "{flag} applies to {} models; this is a {kind} model",
+                applies.join(" and ")
+            );
         }
     }
     Ok(())
@@ -205,6 +210,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         Loaded::Translate(_) => "translation",
         Loaded::Lm(_) => "lm",
         Loaded::Classify(_) => "classify",
+        Loaded::FillMask(_) => "fill-mask",
         Loaded::Forecast(_) => "forecast",
         Loaded::Similar(_) => "vectors",
     };
@@ -225,6 +231,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         Loaded::Translate(m) => translate(&m, &job)?,
         Loaded::Lm(m) => score(&m, &job)?,
         Loaded::Classify(m) => classify(&m, &job)?,
+        Loaded::FillMask(m) => fill_mask(&m, &job)?,
         Loaded::Forecast(m) => forecast(&m, &job)?,
         Loaded::Similar(m) => similar(&m, &job, flag_query)?,
     };
@@ -310,6 +317,43 @@ fn classify(m: &models::Classifier, job: &Job) -> Result<Vec<String>> {
                     .collect();
                 format!("{}\t{}", c.label, p.join("  "))
             }
+        });
+    }
+    Ok(out)
+}
+
+/// Fill-mask models: per line, the candidates of each `[MASK]` (`piece p  piece p ...`),
+/// masks separated by a tab.
+fn fill_mask(m: &models::MaskFiller, job: &Job) -> Result<Vec<String>> {
+    let lines = input_lines(job.name, job.text)?;
+    let top_k = job.args.top_k.unwrap_or(5);
+    let reqs = lines
+        .iter()
+        .map(|&(i, l)| {
+            let r = FillMaskRequest {
+                model: None,
+                text: l.to_string(),
+                top_k,
+            };
+            (i, r)
+        })
+        .collect();
+    let answers = run_batched(m, reqs, job.args.batch_size, job.name)?;
+    let mut out = Vec::new();
+    for ((line, l), (_, f)) in lines.iter().zip(answers) {
+        out.push(match job.jsonl {
+            true => json_line(json!({"line": line, "text": l}), &f)?,
+            false => f
+                .masks
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .map(|t| format!("{} {:.4}", t.token, t.probability))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                })
+                .collect::<Vec<_>>()
+                .join("\t"),
         });
     }
     Ok(out)

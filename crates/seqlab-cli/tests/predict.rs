@@ -439,3 +439,76 @@ fn word_vectors_answer_positive_and_negative_queries_in_predict_and_serve() {
     assert!(s4.contains("400") && unknown.contains("nope"), "{s4} {unknown}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+fn hf_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../seqlab-bert/tests/fixtures/hf_bert")
+        .join(name)
+}
+
+/// Hugging Face folders: a `BertForSequenceClassification` gives `id2label`'s labels with
+/// HF's probabilities, a `BertForMaskedLM` fills `[MASK]`s with HF's candidates (the numbers
+/// come from `scripts/make_hf_bert_fixtures.py`), the M2M100 export translates as
+/// `seqlab translate`; a bare encoder and misplaced flags are clear errors.
+#[test]
+fn hugging_face_folders_predict() {
+    let cls = hf_fixture("predict_cls");
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(cls.join("expected.json")).unwrap()).unwrap();
+    let case = &want["cases"][0];
+    let out = jsonl(&predict(
+        &cls,
+        &["--format", "jsonl"],
+        &format!("\n{}\n", case["text"].as_str().unwrap()),
+    ));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["line"], 2);
+    check_probabilities(&out[0], 3);
+    for p in out[0]["probabilities"].as_array().unwrap() {
+        let k = want["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|l| l == &p["label"])
+            .unwrap();
+        let hf = case["probabilities"][k].as_f64().unwrap();
+        assert!((p["probability"].as_f64().unwrap() - hf).abs() < 1e-5, "{p} vs HF {hf}");
+    }
+    let text = predict(&cls, &["--top-k", "1"], "light\n");
+    assert_eq!(text.trim().split('\t').count(), 2, "{text}");
+
+    let mlm = hf_fixture("predict_mlm");
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(mlm.join("expected.json")).unwrap()).unwrap();
+    let case = &want["cases"][1]; // two masks
+    let out = jsonl(&predict(
+        &mlm,
+        &["--format", "jsonl", "--top-k", "3"],
+        case["text"].as_str().unwrap(),
+    ));
+    let masks = out[0]["masks"].as_array().unwrap();
+    assert_eq!(masks.len(), 2);
+    for (m, w) in masks.iter().zip(case["masks"].as_array().unwrap()) {
+        let m = m.as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        for (c, wc) in m.iter().zip(w.as_array().unwrap()) {
+            assert_eq!(c["token"], wc["token"]);
+        }
+    }
+    let text = predict(&mlm, &[], case["text"].as_str().unwrap());
+    assert_eq!(text.trim_end().split('\t').count(), 2, "{text}");
+    let e = predict_fails(&mlm, &[], "a line\nno mask here\n");
+    assert!(e.contains("<stdin>:1") && e.contains("[MASK]"), "{e}");
+    let e = predict_fails(&mlm, &["--horizon", "3"], "[MASK]\n");
+    assert!(e.contains("--horizon") && e.contains("fill-mask"), "{e}");
+    let e = predict_fails(&hf_fixture("l3_bare"), &[], "text\n");
+    assert!(
+        e.contains("no head") && e.contains("seqlab finetune --init-from"),
+        "{e}"
+    );
+
+    let mt = Path::new(env!("CARGO_MANIFEST_DIR")).join("../seqlab-mt/tests/fixtures/hf_m2m100/model");
+    let src = "In the beginning God created the heaven and the earth.\n";
+    let translated = predict(&mt, &[], src);
+    let mut c = seqlab();
+    c.args(["translate", "--checkpoint"]).arg(&mt);
+    assert_eq!(translated, ok(with_stdin(c, src)));
+}

@@ -15,6 +15,9 @@ fn default_temperature() -> f64 {
 fn default_neighbours() -> usize {
     10
 }
+fn default_fill_candidates() -> usize {
+    5
+}
 
 /// `POST /v1/translate`
 #[derive(Clone, Debug, Deserialize)]
@@ -122,6 +125,32 @@ pub struct ClassifyResponse {
     pub probabilities: Vec<LabelProbability>,
 }
 
+/// `POST /v1/fill-mask`: the most probable vocabulary pieces at each `[MASK]` of a text (a
+/// Hugging Face BERT folder with its MLM head), as HF's fill-mask pipeline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FillMaskRequest {
+    pub model: Option<String>,
+    /// A text holding at least one `[MASK]`.
+    pub text: String,
+    /// Candidates per mask, 1..=100. Default 5.
+    #[serde(default = "default_fill_candidates")]
+    pub top_k: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenProbability {
+    /// A vocabulary piece (`##` marks the continuation of a word).
+    pub token: String,
+    pub probability: f32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FillMaskResponse {
+    /// Per `[MASK]`, in text order: the candidates, most probable first.
+    pub masks: Vec<Vec<TokenProbability>>,
+}
+
 /// `POST /v1/forecast`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +229,7 @@ named!(
     TranslateRequest,
     GenerateRequest,
     ClassifyRequest,
+    FillMaskRequest,
     ForecastRequest,
     SimilarRequest
 );

@@ -39,8 +39,11 @@ pub enum Loaded {
     Translate(Translator),
     /// An `lm` checkpoint: generation and scoring.
     Lm(LanguageModel),
-    /// A `classify` or `bert-finetune` checkpoint.
+    /// A `classify` or `bert-finetune` checkpoint, or a Hugging Face
+    /// `BertForSequenceClassification` folder.
     Classify(Classifier),
+    /// A Hugging Face BERT folder with its MLM head: masked-word fill.
+    FillMask(MaskFiller),
     /// A `forecast` checkpoint.
     Forecast(Forecaster),
     /// Word vectors.
@@ -91,8 +94,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
 
 /// Loads a checkpoint folder or run folder (→ its best checkpoint) through the run engine's
 /// loader, picking the predictor from the run's `task`; a task without one (bert-pretrain)
-/// is an error naming the ones that have.
+/// is an error naming the ones that have. A Hugging Face model folder ([`load_hf`]) is
+/// loaded too.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    if seqlab_mt::hf::is_hf_dir(path) && !path.join("checkpoints").exists() {
+        return load_hf(path);
+    }
     let dir = seqlab_train::checkpoint::resolve(path)?;
     let cfg = seqlab_train::checkpoint::stored_config(&dir)?;
     let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default();
@@ -114,6 +121,32 @@ pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
             "{}: a checkpoint of task {other:?}, which has no predictions (predictions exist for {} checkpoints and word vectors; `seqlab eval` evaluates any checkpoint)",
             dir.display(),
             PREDICTABLE_TASKS.join(", ")
+        ),
+    })
+}
+
+/// Loads a Hugging Face model folder (`config.json`, `model.safetensors`, tokenizer files)
+/// by its `model_type`: `m2m_100` (an export of seqlab's, see `seqlab_mt::hf`) translates;
+/// `bert` classifies with a `BertForSequenceClassification` head or fills `[MASK]`s with an
+/// MLM head (`seqlab_bert::hf::load_predictor`, which rejects a bare encoder). Other types
+/// are an error naming `config.json`'s key.
+pub fn load_hf(dir: &Path) -> Result<Loaded> {
+    let cfg = dir.join("config.json");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?)
+            .map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", cfg.display()))?;
+    let dev = candle_core::Device::Cpu;
+    Ok(match j.get("model_type").and_then(Value::as_str) {
+        Some("m2m_100") => Loaded::Translate(Translator::new(seqlab_mt::hf::load(dir, &dev)?)),
+        Some("bert") => match seqlab_bert::hf::load_predictor(dir, &dev)? {
+            seqlab_bert::hf::HfPredictor::Classifier(m) => Loaded::Classify(Classifier {
+                model: ClsModel::HfBert(m),
+            }),
+            seqlab_bert::hf::HfPredictor::FillMask(m) => Loaded::FillMask(MaskFiller { model: m }),
+        },
+        other => anyhow::bail!(
+            "{}: key `model_type` is {other:?}; seqlab predicts with Hugging Face folders of model_type \"bert\" (sequence classification, fill-mask) and \"m2m_100\" (translation)",
+            cfg.display()
         ),
     })
 }
@@ -332,13 +365,14 @@ pub struct Classifier {
 enum ClsModel {
     Rnn(ClsTask),
     Bert(FinetuneTask),
+    HfBert(seqlab_bert::hf::HfClassifier),
 }
 
 impl Classifier {
     pub fn info(&self) -> Value {
         let arch = match &self.model {
             ClsModel::Rnn(t) => format!("{:?}", t.cfg.task.model.kind).to_lowercase(),
-            ClsModel::Bert(_) => "bert".into(),
+            ClsModel::Bert(_) | ClsModel::HfBert(_) => "bert".into(),
         };
         json!({"architecture": arch, "labels": self.labels()})
     }
@@ -348,6 +382,7 @@ impl Classifier {
         match &self.model {
             ClsModel::Rnn(t) => t.labels.names(),
             ClsModel::Bert(t) => t.labels.names(),
+            ClsModel::HfBert(t) => &t.labels,
         }
     }
 
@@ -356,6 +391,7 @@ impl Classifier {
         match &self.model {
             ClsModel::Rnn(t) => t.probabilities(texts),
             ClsModel::Bert(t) => t.probabilities(texts),
+            ClsModel::HfBert(t) => t.probabilities(texts),
         }
     }
 }
@@ -384,6 +420,54 @@ impl BatchPredictor for Classifier {
                         .map(|&k| LabelProbability {
                             label: names[k].clone(),
                             probability: p[k],
+                        })
+                        .collect(),
+                })
+            },
+        )
+    }
+}
+
+/// Masked-word fill (a Hugging Face BERT with its MLM head); a batch is one padded forward
+/// pass.
+pub struct MaskFiller {
+    model: seqlab_bert::hf::HfFillMask,
+}
+
+/// The most candidates per mask a request may ask for.
+pub const MAX_FILL_CANDIDATES: usize = 100;
+
+impl MaskFiller {
+    pub fn info(&self) -> Value {
+        json!({"architecture": "bert", "head": "masked-lm", "max_len": self.model.max_len()})
+    }
+}
+
+impl BatchPredictor for MaskFiller {
+    type In = FillMaskRequest;
+    type Out = FillMaskResponse;
+    fn predict_batch(&self, reqs: Vec<FillMaskRequest>) -> Vec<Result<FillMaskResponse>> {
+        let most = reqs.iter().map(|r| r.top_k).max().unwrap_or(1);
+        batch_valid(
+            &reqs,
+            |r| {
+                if r.top_k == 0 || r.top_k > MAX_FILL_CANDIDATES {
+                    return bad(format!("`top_k` must be 1..={MAX_FILL_CANDIDATES}, got {}", r.top_k));
+                }
+                self.model
+                    .encode(&r.text)
+                    .map_err(|e| BadInput(format!("{e:#}")).into())
+            },
+            |seqs| self.model.fill(seqs, most),
+            |r, _, masks| {
+                Ok(FillMaskResponse {
+                    masks: masks
+                        .into_iter()
+                        .map(|m| {
+                            m.into_iter()
+                                .take(r.top_k)
+                                .map(|(token, probability)| TokenProbability { token, probability })
+                                .collect()
                         })
                         .collect(),
                 })

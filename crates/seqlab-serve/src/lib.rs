@@ -68,6 +68,7 @@ fn add_model(app: &mut App, name: &str, loaded: Loaded, b: BatchConfig) -> Resul
         Loaded::Translate(m) => app.add_batched(name, Kind::Translate, m.info(), m, b),
         Loaded::Lm(m) => app.add_batched(name, Kind::Generate, m.info(), m, b),
         Loaded::Classify(m) => app.add_batched(name, Kind::Classify, m.info(), m, b),
+        Loaded::FillMask(m) => app.add_batched(name, Kind::FillMask, m.info(), m, b),
         Loaded::Forecast(m) => app.add_batched(name, Kind::Forecast, m.info(), m, b),
         Loaded::Similar(m) => app.add_batched(name, Kind::Similar, m.info(), m, b),
     }

@@ -26,15 +26,17 @@ pub enum Kind {
     Translate,
     Generate,
     Classify,
+    FillMask,
     Forecast,
     Similar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Translate,
         Kind::Generate,
         Kind::Classify,
+        Kind::FillMask,
         Kind::Forecast,
         Kind::Similar,
     ];
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Translate => "translate",
             Kind::Generate => "generate",
             Kind::Classify => "classify",
+            Kind::FillMask => "fill-mask",
             Kind::Forecast => "forecast",
             Kind::Similar => "similar",
         }

@@ -581,3 +581,44 @@ async fn real_models_answer_every_endpoint_and_batching_changes_nothing() {
     assert_eq!(a.json()["text"], b.json()["text"]);
     s.stop().await;
 }
+
+/// Hugging Face folders: a BERT with its MLM head answers /v1/fill-mask with HF's pieces
+/// (fixtures of scripts/make_hf_bert_fixtures.py), a BertForSequenceClassification
+/// /v1/classify with its `id2label` names; a text without `[MASK]` is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hugging_face_bert_folders_answer_fill_mask_and_classify() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../seqlab-bert/tests/fixtures/hf_bert");
+    let (mlm, cls) = (fixtures.join("predict_mlm"), fixtures.join("predict_cls"));
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(mlm.join("expected.json")).unwrap()).unwrap();
+    let app = tokio::task::spawn_blocking(move || {
+        let cfg = seqlab_serve::ServeConfig {
+            checkpoints: vec![("mlm".into(), mlm), ("cls".into(), cls)],
+            vectors: vec![],
+            addr: "127.0.0.1:0".parse().unwrap(),
+            batch: BatchConfig::new(4, Duration::from_millis(5), 64).unwrap(),
+            max_body_bytes: 65536,
+        };
+        seqlab_serve::load_app(&cfg).unwrap()
+    })
+    .await
+    .unwrap();
+    let s = Running::start(app).await;
+    let case = &want["cases"][1];
+    let a = post(s.addr, "/v1/fill-mask", json!({"text": case["text"], "top_k": 2})).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let masks = a.json()["masks"].clone();
+    assert_eq!(masks.as_array().unwrap().len(), 2, "{masks}");
+    for (m, w) in masks.as_array().unwrap().iter().zip(case["masks"].as_array().unwrap()) {
+        assert_eq!(m.as_array().unwrap().len(), 2);
+        assert_eq!(m[0]["token"], w[0]["token"], "{m}");
+        assert_eq!(m[1]["token"], w[1]["token"], "{m}");
+    }
+    let a = post(s.addr, "/v1/fill-mask", json!({"text": "no mask"})).await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.json()["error"].as_str().unwrap().contains("[MASK]"), "{}", a.text());
+    let c = post(s.addr, "/v1/classify", json!({"text": "light"})).await.json();
+    assert!(
+        ["law", "prophets", "gospel"].contains(&c["label"].as_str().unwrap()),
+        "{c}"
+    );
+}
