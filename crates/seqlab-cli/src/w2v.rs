@@ -338,8 +338,10 @@ fn train(a: TrainArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if s.ranks > 1 {
-        eprintln!(
-            "rank {} of {}: trained {} words, {:.0} words/s; {} model synchronisations took {:.2}s",
+        // One write per line: stderr is unbuffered, and `eprintln!` writes each piece apart,
+        // so the ranks' lines came out interleaved mid-line under mpirun.
+        let line = format!(
+            "rank {} of {}: trained {} words, {:.0} words/s; {} model synchronisations took {:.2}s\n",
             world.rank(),
             s.ranks,
             s.words_trained,
@@ -347,6 +349,7 @@ fn train(a: TrainArgs) -> Result<()> {
             s.sync_rounds,
             s.sync_seconds
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
         if world.rank() != 0 {
             return Ok(());
         }

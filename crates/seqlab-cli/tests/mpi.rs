@@ -18,6 +18,11 @@ fn mpirun(n: usize) -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--oversubscribe",
+        // Ranks that wait in a collective yield the core instead of spinning: with other
+        // jobs on the machine, spinning ranks starved the ones with work to do.
+        "--mca",
+        "mpi_yield_when_idle",
+        "1",
         "--bind-to",
         "none",
         "--mca",
@@ -30,6 +35,13 @@ fn mpirun(n: usize) -> Command {
     .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     .env("RAYON_NUM_THREADS", "1");
     c
+}
+
+/// One MPI job at a time: jobs of parallel tests on 2 cores made each other's collectives
+/// crawl (a 2-rank run once took over 120 s to reach step 10; alone it needs 2 s).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// (step, training loss) of every `train` line of a run's metrics.
@@ -151,6 +163,7 @@ fn lm_config(d: &Path, dropout: f64, steps: u64) -> String {
 
 #[test]
 fn lstm_lm_two_ranks_equal_one_rank() {
+    let _serial = serial();
     let d = scratch("mpi-lm");
     lm_text(&d);
     two_ranks_equal_one("LSTM LM", &lm_config(&d, 0.0, 20), &d);
@@ -159,6 +172,7 @@ fn lstm_lm_two_ranks_equal_one_rank() {
 
 #[test]
 fn transformer_mt_two_ranks_equal_one_rank() {
+    let _serial = serial();
     let d = scratch("mpi-mt");
     let tsv = reversal_pairs(200);
     std::fs::write(d.join("train.tsv"), &tsv).unwrap();
@@ -177,6 +191,7 @@ fn transformer_mt_two_ranks_equal_one_rank() {
 
 #[test]
 fn bert_pretraining_two_ranks_equal_one_rank() {
+    let _serial = serial();
     let d = scratch("mpi-bert");
     let words = [
         "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "to", "park", "bird", "sang",
@@ -208,6 +223,7 @@ fn bert_pretraining_two_ranks_equal_one_rank() {
 /// (seed, r, step)), and they differ from the 1-rank run (rank 1 draws other masks).
 #[test]
 fn dropout_runs_are_reproducible_for_a_fixed_number_of_ranks() {
+    let _serial = serial();
     let d = scratch("mpi-dropout");
     lm_text(&d);
     std::fs::write(d.join("c.toml"), lm_config(&d, 0.3, 6)).unwrap();
@@ -285,6 +301,7 @@ fn latest_step(run: &Path) -> u64 {
 /// then resumes from its last checkpoint on 1 rank, and again on 2 ranks.
 #[test]
 fn a_killed_rank_ends_the_job_and_the_run_resumes_with_1_or_2_ranks() {
+    let _serial = serial();
     let d = scratch("mpi-kill");
     lm_text(&d);
     std::fs::write(d.join("c.toml"), lm_config(&d, 0.0, 100_000)).unwrap();
@@ -366,6 +383,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_with_1_or_2_ranks() {
 /// and the rank, not a hang.
 #[test]
 fn a_failing_job_ends_with_an_error_not_a_hang() {
+    let _serial = serial();
     let d = scratch("mpi-fail");
     std::fs::write(
         d.join("c.toml"),
@@ -430,16 +448,17 @@ fn w2v_spearman(vectors: &Path, pairs: &Path) -> f64 {
 }
 
 /// Distributed word2vec on the sample corpus: 2 ranks (1 thread each, model deltas summed
-/// every 5,000 words) reach the quality of 1 process with 2 threads, within the spread of
-/// two 1-process runs with different seeds or 0.03, whichever is larger; ranks report their
-/// words/s.
+/// every 5,000 words, workers waiting at each round's mark) reach the quality of 1 process
+/// with 2 threads, within the spread of two 1-process runs with different seeds or 0.01
+/// (issue 15), whichever is larger; ranks report their words/s.
 ///
-/// The margin is measured: the ranks train on stale copies between rounds, and the rounds
-/// start when a rank's word count passes the next mark (polled every 10 ms), so under load
-/// they come later. On the 2-core machine at load 13: 1 process 0.183–0.188 (seed 2:
-/// 0.185–0.191), 2 ranks 0.162–0.180 with 5,000 words per round, 0.129–0.185 with 20,000.
+/// Measured (tests of this file one at a time, 2 cores): 1 process 0.164–0.187 (seed 2:
+/// 0.181–0.190; two Hogwild threads are not deterministic), 2 ranks 0.189 every run. Before
+/// the workers waited for the rounds, 2 ranks fell to 0.13–0.16 whenever the machine was
+/// busy.
 #[test]
 fn distributed_word2vec_matches_one_process_quality() {
+    let _serial = serial();
     let d = scratch("mpi-w2v");
     let corpus_path = repo().join("data/sample/kjv.en.txt");
     let pairs = d.join("pairs.txt");
@@ -479,7 +498,7 @@ fn distributed_word2vec_matches_one_process_quality() {
     // learned nothing score about 0.
     assert!(one > 0.1, "1 process learned little: spearman {one}");
     assert!(
-        two >= one - (3.0 * noise).max(0.03),
+        two >= one - (3.0 * noise).max(0.01),
         "2 ranks: spearman {two}; 1 process {one} (another seed {other_seed})"
     );
     for r in 0..2 {
