@@ -42,7 +42,7 @@ pub mod trainer;
 
 pub use config::{LossConfig, OptimConfig, OptimName, RunConfig, RunSettings};
 pub use lock::RunLock;
-pub use run::{load, Loaded, RunOutcome};
+pub use run::{load, load_on, open_device, Loaded, RunOutcome};
 pub use schedule::Schedule;
 pub use task::{AnyTask, BuildFrom, Purpose, Registry, Report, Split, Task, TrainRequest};
 pub use trainer::{LoopConfig, RunSummary, StopReason, TrainTask, Trainer};

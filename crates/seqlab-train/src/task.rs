@@ -216,7 +216,7 @@ impl TaskEntry {
             train: |m, source, resume| run::train::<T>(&parse_config::<T>(m, source)?, resume),
             load: |dir, m| {
                 let cfg = parse_config::<T>(m, &dir.join("trainer.json").display().to_string())?;
-                let loaded = run::load_from::<T>(dir, cfg)?;
+                let loaded = run::load_from::<T>(dir, cfg, &candle_core::Device::Cpu)?;
                 Ok(LoadedAny {
                     dir: loaded.dir,
                     default_split: T::final_split(&loaded.cfg),
