@@ -23,8 +23,11 @@ if [ ! -x "$VENV/bin/pip" ]; then
     python3 -m venv "$VENV"
 fi
 # cudarc 0.19 (candle-core 0.11.1) knows CUDA 11.4 – 13.4; nvcc's version picks its bindings.
+# nvcc's own dependencies (nvvm = cicc, crt headers) are pinned too: a newer cicc writes PTX
+# that the 13.0 ptxas rejects ("Unsupported .version 9.5").
 "$VENV/bin/pip" install -q "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-runtime==13.0.*" "nvidia-cublas==13.0.*" \
-    "nvidia-curand==10.4.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*"
+    "nvidia-curand==10.4.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+    "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*"
 ROOT=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 [ -x "$ROOT/bin/nvcc" ] || { echo "no nvcc under $ROOT" >&2; exit 1; }
 

@@ -57,8 +57,9 @@ timeout 300 "$BIN" bench model --config configs/mt-bible-small.toml "${DATA_SET[
 step "3. PyTorch peer on the same GPU, fp32 and TF32"
 for mode in fp32 tf32; do
     flag=(); [ $mode = tf32 ] && flag=(--tf32)
-    (cd bench && timeout 300 $PY peers.py model --export "../$OUT/export" --device cuda "${flag[@]}" \
-        --steps "$STEPS" --warmup 5) | tee "$OUT/torch-$mode.json" || fail=1
+    # From the repository root: config.json's data paths are relative to it.
+    timeout 300 $PY bench/peers.py model --export "$OUT/export" --device cuda "${flag[@]}" \
+        --steps "$STEPS" --warmup 5 | tee "$OUT/torch-$mode.json" || fail=1
 done
 
 step "4. a short real run on CUDA ($TRAIN_STEPS updates), then the test set decoded"

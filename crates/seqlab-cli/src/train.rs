@@ -114,6 +114,8 @@ pub struct EvalArgs {
     /// A checkpoint folder, or a run folder (its best checkpoint, else its latest).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Which configured split to evaluate (default: test when the run's config has test
     /// data, else valid).
     #[arg(long, value_enum)]
@@ -282,7 +284,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 /// `seqlab eval`: any task's checkpoint, through the registry.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let loaded = registry().load(&a.checkpoint)?;
+    let loaded = registry().load_on(&a.checkpoint, &a.device.open()?)?;
     let split = match a.split {
         Some(SplitArg::Valid) => Split::Valid,
         Some(SplitArg::Test) => Split::Test,
