@@ -5,11 +5,13 @@ run one by hand with
 
     /work/venv/bin/python bench/peers.py lstm --steps 5 --warmup 1 --threads 2
 
-Rows: the layer rows (rnn, lstm, gru, lstm-proj, lstm-bidir, encoder, decoder: one training
-step = forward, loss sum(out * probe), backward, AdamW lr 1e-3), `sgemm` (torch.mm of two
-n x n f32 matrices), `model --export DIR` (a whole preset, from the tokenizer and resolved
-config that `seqlab bench model --export DIR` wrote; bench/torch_models.py) and `translate`
-(greedy / beam decoding of the same architecture; bench/torch_models.py).
+Rows: the layer rows (rnn, lstm, gru, lstm-proj, lstm-bidir, encoder, decoder, and mamba from
+bench/torch_mamba.py: one training step = forward, loss sum(out * probe), backward, AdamW lr
+1e-3), `sgemm` (torch.mm of two n x n f32 matrices), `model --export DIR` (a whole preset,
+from the tokenizer and resolved config that `seqlab bench model --export DIR` wrote;
+bench/torch_models.py), `translate` (greedy / beam decoding of the same architecture;
+bench/torch_models.py) and `generate` (greedy LM generation one token at a time with the
+recurrent state, LSTM or Mamba; bench/torch_models.py).
 
 Only set-up-free steps are timed (after --warmup untimed ones); `cpu_seconds` is this
 process's CPU time (all threads, getrusage(RUSAGE_SELF)) over the timed section, as seqlab's.
@@ -122,16 +124,17 @@ def sgemm(n, warmup, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("row", help="layer row, sgemm, model or translate")
+    ap.add_argument("row", help="layer row (mamba included), sgemm, model, translate or generate")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--size", type=int, default=2048, help="sgemm: n")
-    ap.add_argument("--export", help="model, translate: the folder `seqlab bench model --export` wrote")
+    ap.add_argument("--export", help="model, translate, generate: the folder `seqlab bench model --export` wrote")
     ap.add_argument("--data", help="model: the training file, as seqlab's config names it (default: config.json's)")
     ap.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     ap.add_argument("--beam-size", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=32, help="translate, generate: sequences decoded together")
+    ap.add_argument("--tokens", type=int, default=128, help="generate: tokens per sequence in one timed step")
     ap.add_argument("--sentences", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: every tensor and module is created there")
     ap.add_argument("--tf32", action="store_true",
@@ -149,16 +152,22 @@ def main():
         unit = "tokens"
     elif a.row == "sgemm":
         r, unit = sgemm(a.size, a.warmup, a.steps), "flop"
-    elif a.row in ("model", "translate"):
+    elif a.row == "mamba":
+        import torch_mamba
+        r, unit = torch_mamba.bench_block(a.warmup, a.steps), "tokens"
+    elif a.row in ("model", "translate", "generate"):
         import torch_models
         if a.row == "model":
             r, extra = torch_models.bench_model(a.export, a.warmup, a.steps)
+        elif a.row == "generate":
+            r, extra = torch_models.bench_generate(a.export, a.batch_size, a.tokens, a.warmup, a.steps)
         else:
             r, extra = torch_models.bench_translate(a.export, a.decoder, a.beam_size, a.batch_size,
                                                     a.sentences, a.warmup, a.steps)
         unit = "tokens"
     else:
-        raise SystemExit(f"unknown row {a.row!r} (known: {', '.join(LAYER_ROWS)}, sgemm, model, translate)")
+        raise SystemExit(f"unknown row {a.row!r} (known: {', '.join(LAYER_ROWS)}, mamba, sgemm, model, translate, "
+                         "generate)")
     out = {"row": a.row, "side": "pytorch", "unit": unit, "threads": torch.get_num_threads(),
            "torch": torch.__version__, **r, **extra}
     print(json.dumps(out))

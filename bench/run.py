@@ -13,9 +13,13 @@ the seqlab/PyTorch ratio, and the achieved GFLOP/s of each side as a fraction of
 machine's sgemm peak (the best of `seqlab bench sgemm` and torch.mm 2048^3 at that thread
 count, measured first).
 
-Rules (docs/BENCHMARKS.md): before every round (one seqlab run + one PyTorch run) the
-1-minute load average is read; when it exceeds the threads in use, the row is LOADED and no
-ratio is printed for it (--force prints it, still labelled LOADED).
+Rules (docs/BENCHMARKS.md): during every child run the runner measures the CPU time that
+*other* processes used: machine-wide busy time from /proc/stat over the run, minus the
+child's own CPU time (os.wait4's rusage, its threads and children included) and the
+runner's. When other processes kept more than --max-other-load cores busy (default 0.25)
+during any run of a row, the row is LOADED and no ratio is printed for it (--force prints it,
+still labelled LOADED). The 1-minute load average is not used: the runner's own previous
+round leaves it at 1.0-1.3 after a 1-thread run, which flagged quiet machines.
 
 Threads: RAYON_NUM_THREADS for seqlab; torch.set_num_threads + OMP_NUM_THREADS/MKL_NUM_THREADS
 for PyTorch. Timed sections exclude set-up and warm-up on both sides (each child reports its
@@ -72,6 +76,16 @@ def decoder_layer_flops(d, ff, t, s):
 
 def train(fwd):
     return 3 * fwd
+
+
+def mamba_flops(d, n_layer, vocab=0, n=16, k=4, expand=2):
+    """Forward FLOPs per token of n_layer Mamba blocks: in_proj d x 2 d_inner, x_proj d_inner x
+    (dt_rank + 2n), dt_proj dt_rank x d_inner, out_proj d_inner x d; the depthwise conv
+    (2 d_inner k) and the scan (~6 d_inner n: exp(dt A) h + dt B u, C h), plus an output layer
+    d x vocab. Norms and gates are left out."""
+    di, r = expand * d, -(-d // 16)
+    per_layer = 2 * (d * 2 * di + di * (r + 2 * n) + r * di + di * d) + 2 * di * k + 6 * di * n
+    return n_layer * per_layer + 2 * d * vocab
 
 
 def mt_transformer_flops(info):
@@ -171,6 +185,30 @@ def decode(name, decoder):
                     "limit (source + 50), so both sides do the same work per sentence")
 
 
+SAMPLE_LM = ["--set", "data.train=data/sample/shakespeare.train.txt",
+             "--set", "data.valid=data/sample/shakespeare.valid.txt",
+             "--set", "data.test=data/sample/shakespeare.valid.txt"]
+
+MAMBA_SCAN = ("PyTorch side: bench/torch_mamba.py, the reference's slow path with selective_scan_ref "
+              "(sequential Python loop over time, autograd) - mamba_ssm's CUDA kernels do not run on a CPU")
+
+
+def generate(name, config, steps=3):
+    """Greedy LM generation, batch 32 x {tokens} tokens after a 1-token prompt, untrained model
+    of `config` on the bundled Shakespeare sample; the peer builds it from the exported config."""
+    flags = ["--batch-size", "32", "--tokens", "{tokens}"]
+    return Row(name, ["bench", "generate", "--json", "--config", config, *SAMPLE_LM, *flags,
+                      "--steps", "{steps}", "--warmup", "{warmup}"],
+               ["generate", "--export", "{export}", *flags, "--steps", "{steps}", "--warmup", "{warmup}",
+                "--threads", "{threads}"],
+               steps=steps,
+               prepare=["bench", "model", "--json", "--config", config, *SAMPLE_LM, "--export", "{export}",
+                        "--steps", "1", "--warmup", "0"],
+               note=f"{config} untrained (seed 42), greedy, batch 32, one token per call with the recurrent "
+                    "state (seqlab: LmTask::greedy_batch; Mamba through its step function), <eos> does not stop; "
+                    "mamba-decode vs char-lstm-decode compares the two at the same budget (~3.5 M parameters each)")
+
+
 def w2v(model_name):
     return Row(f"w2v-{model_name}", [], [sys.executable, str(BENCH / "w2v_vs_gensim.py"), "--single", "{side}",
                                           "--models", model_name, "--epochs", "{steps}", "--threads", "{threads}",
@@ -188,6 +226,11 @@ ROWS = [
     layer("lstm-bidir", 3, recurrent_flops(4, 256, 512, dirs=2)),
     layer("encoder", 4, encoder_layer_flops(512, 2048, 128)),
     layer("decoder", 3, decoder_layer_flops(512, 2048, 128, 128)),
+    Row("mamba", ["bench", "mamba", "--json", "--steps", "{steps}", "--warmup", "{warmup}"],
+        ["mamba", "--steps", "{steps}", "--warmup", "{warmup}", "--threads", "{threads}"],
+        steps=2, flops=lambda info: train(mamba_flops(256, 2)),
+        note="2 x [RMSNorm -> Mamba] blocks, d_model 256, batch 32 x 128, AdamW (A_log, D without weight "
+             "decay); " + MAMBA_SCAN),
     model("mt-bible-small", "configs/mt-bible-small.toml", SAMPLE_MT, 6, mt_transformer_flops,
           "bundled sample (4,000 pairs): BPE vocabulary smaller than on the full data"),
     model("mt-bible-rnn", "configs/mt-bible-rnn.toml", SAMPLE_MT, 4, mt_rnn_flops,
@@ -199,8 +242,13 @@ ROWS = [
           ["--set", "data.train=data/sample/authors.train.tsv", "--set", "data.valid=data/sample/authors.valid.tsv",
            "--set", "data.test=data/sample/authors.test.tsv"], 10, authors_transformer_flops,
           "bundled sample (300 passages)"),
+    model("mamba-lm", "configs/shakespeare-char-mamba.toml", SAMPLE_LM, 1,
+          lambda info: train(mamba_flops(256, 8, info.get("vocab", 65))),
+          "the Shakespeare preset (8 blocks, d_model 256) on the bundled sample; " + MAMBA_SCAN),
     decode("translate-greedy", "greedy"),
     decode("translate-beam4", "beam"),
+    generate("mamba-decode", "configs/shakespeare-char-mamba.toml"),
+    generate("char-lstm-decode", "configs/shakespeare-char-lstm.toml"),
     w2v("sg"),
     w2v("cbow"),
 ]
@@ -237,10 +285,39 @@ def envs(threads):
     return seqlab, torch
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy since boot (/proc/stat: user, nice, system,
+    irq, softirq and steal time, all CPUs)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]] + [0] * 8
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def self_cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def others_cores(busy, own, child, wall):
+    """Average cores other processes kept busy during a child run: machine-wide busy CPU
+    seconds minus the child's (all its threads and children) and the runner's own, over the
+    wall time. /proc/stat counts in clock ticks (1/CLK_TCK s per CPU), so a quiet machine
+    reads within ~0.01 of 0 on runs of seconds; clamped at 0."""
+    return max(0.0, busy - own - child) / max(wall, 1e-9)
+
+
 def measure(cmd, env):
+    busy0, own0, t0 = busy_cpu_seconds(), self_cpu_seconds(), time.monotonic()
     r, ru = run_child(cmd, env)
+    wall = time.monotonic() - t0
+    child = ru.ru_utime + ru.ru_stime
     r["rss_mib"] = ru.ru_maxrss / 1024
-    r["process_cpu_seconds"] = ru.ru_utime + ru.ru_stime
+    r["process_cpu_seconds"] = child
+    r["others_cores"] = others_cores(busy_cpu_seconds() - busy0, self_cpu_seconds() - own0, child, wall)
     return r
 
 
@@ -286,14 +363,15 @@ def run_row(row, threads, a, seqlab, peak):
     if row.name.startswith("w2v") and a.quick and corpus is not None:
         corpus = quick_corpus(corpus)
     subst = dict(steps=steps, warmup=warmup, threads=threads, export=export, corpus=corpus, seqlab=seqlab,
-                 sentences=8 if a.quick else 64)
+                 sentences=8 if a.quick else 64, tokens=16 if a.quick else 128)
     s_env, t_env = envs(threads)
     if row.prepare:
         run_child([seqlab] + [str(x).format(**subst) for x in row.prepare], s_env)
     runs = 1 if a.quick else a.runs
-    res = {"row": row.name, "threads": threads, "unit": row.unit, "loads": [], "seqlab": [], "pytorch": []}
+    res = {"row": row.name, "threads": threads, "unit": row.unit, "loadavg": [], "seqlab": [], "pytorch": []}
     for _ in range(runs):
-        res["loads"].append(os.getloadavg()[0])
+        # Recorded for reference only (it includes the runner's own previous round).
+        res["loadavg"].append(os.getloadavg()[0])
         for side in ("seqlab", "pytorch"):
             if row.peer_cmd:
                 # The wrapped script names its sides itself (word2vec: seqlab, gensim).
@@ -306,7 +384,8 @@ def run_row(row, threads, a, seqlab, peak):
                 cmd = [sys.executable, str(BENCH / "peers.py")] + [str(x).format(**subst) for x in row.peer]
                 env = t_env
             res[side].append(measure(cmd, env))
-    res["loaded"] = max(res["loads"]) > threads
+    res["others_cores"] = [r["others_cores"] for side in ("seqlab", "pytorch") for r in res[side]]
+    res["loaded"] = max(res["others_cores"]) > a.max_other_load
     info = dict(res["seqlab"][0], **export_info(export))
     for side in ("seqlab", "pytorch"):
         rs = res[side]
@@ -340,7 +419,7 @@ def quick_corpus(corpus):
 def table(results, a, peaks):
     lines = ["| row | threads | seqlab | PyTorch (gensim for w2v) | seqlab / PyTorch | CPU-s per 1k units "
              "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak (seqlab / PyTorch) "
-             "| load before rounds |",
+             "| other processes' load during runs, cores (max) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "skipped" in r:
@@ -365,7 +444,7 @@ def table(results, a, peaks):
                   f"{r['pytorch_gflops']:.1f} ({100 * r['pytorch_peak_frac']:.0f} %)")
         else:
             gf = "—"
-        loads = " ".join(f"{x:.2f}" for x in r["loads"])
+        loads = f"{max(r['others_cores']):.2f}"
         lines.append(f"| {r['row']} | {r['threads']} | {s} | {p} | {ratio} | {cpu} | {rss} | {gf} | {loads} |")
     peak_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['peak']:.1f} GFLOP/s "
                           f"(seqlab {v['seqlab']:.1f}, torch.mm {v['pytorch']:.1f})" for t, v in peaks.items())
@@ -407,6 +486,9 @@ def main():
                                                          "1 step without warm-up, 8 sentences to decode, a 4 MB "
                                                          "word2vec corpus, 2 threads")
     ap.add_argument("--force", action="store_true", help="print ratios of LOADED rows too (still labelled)")
+    ap.add_argument("--max-other-load", type=float, default=0.25,
+                    help="a row is LOADED when other processes kept more than this many cores busy during any "
+                         "of its runs (default 0.25)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line per row and thread count")
     ap.add_argument("--seqlab", default=default_seqlab(), help="the seqlab binary (default: target/release, "
                                                                   "else target/debug)")

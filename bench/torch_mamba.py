@@ -1,25 +1,26 @@
 #!/usr/bin/env python3
-"""PyTorch peer of seqlab's Mamba (issue #17): the same block, the same model as
-configs/shakespeare-char-mamba.toml, timed the way bench/peers.py times every row.
+"""PyTorch peer of seqlab's Mamba (issue #17): the same block and language model, for the rows
+of bench/run.py (through bench/peers.py and bench/torch_models.py).
 
 The block is `mamba_simple.Mamba` of state-spaces/mamba on its slow path, written out with
 torch ops: in_proj (no bias) -> causal depthwise conv1d (kernel d_conv, bias) -> SiLU ->
 x_proj -> dt_proj -> softplus -> **selective_scan_ref** (the reference's sequential Python
 loop over time, state (B, d_inner, d_state), autograd through every step) -> y * SiLU(z) ->
 out_proj. The CUDA kernels of mamba_ssm do not run on a CPU, so this is what "PyTorch Mamba
-on a CPU" is; the output names the scan so that nobody mistakes it for a fused kernel.
+on a CPU" is; every row's output names the scan (`implementation`) so that nobody mistakes
+it for a fused kernel.
 
-    /work/venv/bin/python bench/torch_mamba.py train --threads 1 --steps 3 --warmup 1
-    /work/venv/bin/python bench/torch_mamba.py decode --threads 1 --steps 64
+Rows:
+- `mamba` (bench/peers.py mamba, the layer row; `block` here): 2 x [RMSNorm -> Mamba]
+  residual blocks, d_model 256 (d_inner 512, d_state 16, d_conv 4, dt_rank 16), batch 32 x
+  seq 128, loss sum(out * probe), AdamW lr 1e-3 (A_log and D without weight decay);
+- `mamba-lm` (bench/peers.py model): `MambaLm` built from the config that `seqlab bench model
+  --export` wrote (configs/shakespeare-char-mamba.toml), trained by torch_models.bench_lm;
+- `mamba-decode` (bench/peers.py generate): `MambaLm.step`, the reference's `Mamba.step`
+  per layer, greedy, by torch_models.bench_generate.
 
-`train`: the preset's LM (embedding 65 chars, 8 x [RMSNorm -> Mamba] residual blocks of
-d_model 256, d_inner 512, d_state 16, d_conv 4, dt_rank 16, final RMSNorm, tied output)
-on random tokens, batch 32 x 128, cross-entropy, AdamW (lr 2e-3, weight decay 0.1 except
-A_log and D), gradient clipping at 1: units = tokens per optimizer update.
-`decode`: the reference's `Mamba.step` through the same model, batch 32, one token per
-sequence per step: units = generated tokens.
+    /work/venv/bin/python bench/torch_mamba.py block --threads 1 --steps 3 --warmup 1
 
-Prints one JSON object (the fields of peers.py's time_units plus the row's description).
 Not needed by the tests.
 """
 import argparse
@@ -114,76 +115,83 @@ class MambaLm(torch.nn.Module):
             h = h + mixer(norm(h))
         return self.norm_f(h) @ self.embedding.weight.t()
 
+    @classmethod
+    def from_config(cls, m, vocab):
+        """From the `[model]` table of a seqlab run config (`kind = "mamba"`)."""
+        return cls(vocab, m["d_model"], m["num_layers"], d_state=m["d_state"], d_conv=m["d_conv"],
+                   expand=m["expand"])
+
+    def param_groups(self):
+        return param_groups(self)
+
+    def init_state(self, batch):
+        """Zero (conv, ssm) states per layer: (B, d_inner, d_conv), (B, d_inner, d_state)."""
+        return [(torch.zeros(batch, m.d_inner, m.d_conv), torch.zeros(batch, m.d_inner, m.d_state))
+                for m in self.mixers]
+
     def step(self, ids, states):
+        """ids (B,) -> logits (B, V); `states` (from init_state) updated in place."""
         h = self.embedding(ids)
         for norm, mixer, (cs, ss) in zip(self.norms, self.mixers, states):
             h = h + mixer.step(norm(h), cs, ss)
-        return self.norm_f(h) @ self.embedding.weight.t()
+        return self.norm_f(h) @ self.embedding.weight.t(), states
 
 
-PRESET = dict(vocab=65, d_model=256, n_layer=8, d_state=16, d_conv=4, expand=2)
-BATCH, BPTT = 32, 128
+def no_decay(name):
+    """A_log and D are kept out of weight decay, as in the reference (and seqlab)."""
+    return name.endswith("A_log") or name.endswith(".D") or name == "D"
 
 
-def describe():
-    return (f"LM: {PRESET['n_layer']} x [RMSNorm -> Mamba], d_model {PRESET['d_model']}, d_inner "
-            f"{PRESET['expand'] * PRESET['d_model']}, d_state {PRESET['d_state']}, vocab {PRESET['vocab']}, "
-            f"batch {BATCH}")
+def param_groups(model):
+    """AdamW parameter groups: the rest, then A_log and D with weight_decay 0."""
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if not no_decay(n)]},
+            {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0}]
 
 
-def bench_train(warmup, steps):
-    model = MambaLm(**PRESET)
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("A_log") or n.endswith(".D")]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("A_log") or n.endswith(".D"))]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=2e-3)
-    ids = torch.randint(0, PRESET["vocab"], (BATCH, BPTT + 1))
+class Blocks(torch.nn.Module):
+    """Pre-norm residual blocks x + mixer(RMSNorm(x)) (the `mamba` layer row)."""
+
+    def __init__(self, d_model, n_layer):
+        super().__init__()
+        self.norms = torch.nn.ModuleList(torch.nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layer))
+        self.mixers = torch.nn.ModuleList(Mamba(d_model) for _ in range(n_layer))
+
+    def forward(self, h):
+        for norm, mixer in zip(self.norms, self.mixers):
+            h = h + mixer(norm(h))
+        return h
+
+
+def bench_block(warmup, steps):
+    """The `mamba` layer row (same shapes, loss and optimizer as `seqlab bench mamba`)."""
+    b, t, d = 32, 128, 256
+    net = Blocks(d, 2)
+    opt = torch.optim.AdamW(param_groups(net), lr=1e-3)
+    x, probe = torch.randn(b, t, d), torch.randn(b, t, d)
 
     def step():
-        logits = model(ids[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (net(x) * probe).sum().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return BATCH * BPTT
+        return b * t
 
     r = time_units(warmup, steps, step)
-    r["shape"] = describe() + f" x seq {BPTT}; AdamW, clip 1"
-    return r
-
-
-@torch.no_grad()
-def bench_decode(warmup, steps):
-    model = MambaLm(**PRESET).eval()
-    di = PRESET["expand"] * PRESET["d_model"]
-    states = [(torch.zeros(BATCH, di, PRESET["d_conv"]), torch.zeros(BATCH, di, PRESET["d_state"]))
-              for _ in range(PRESET["n_layer"])]
-    ids = torch.zeros(BATCH, dtype=torch.long)
-
-    def step():
-        nonlocal ids
-        ids = model.step(ids, states).argmax(-1)
-        return BATCH
-
-    r = time_units(warmup, steps, step)
-    r["shape"] = describe() + "; greedy, one token per sequence per step (Mamba.step)"
+    r["implementation"] = SCAN
     return r
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("row", choices=("train", "decode"))
+    ap.add_argument("row", choices=("block",))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    r = bench_train(a.warmup, a.steps) if a.row == "train" else bench_decode(a.warmup, a.steps)
-    what = SCAN if a.row == "train" else "the reference's Mamba.step (no scan: one state update per token)"
-    r.update(row=f"mamba-{a.row}", side="pytorch", unit="tokens", threads=a.threads, implementation=what,
-             torch=torch.__version__)
+    r = bench_block(a.warmup, a.steps)
+    r.update(row="mamba", side="pytorch", unit="tokens", threads=a.threads, torch=torch.__version__)
     print(json.dumps(r))
 
 

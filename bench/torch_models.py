@@ -68,7 +68,8 @@ def train_steps(model, cfg, batches, loss_fn, warmup, steps):
     """The run engine's step: lr of the schedule, forward, backward, clip, optimizer update."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = optimizer(params, cfg)
+    # Models with parameters outside weight decay (Mamba's A_log and D) name their groups.
+    opt = optimizer(model.param_groups() if hasattr(model, "param_groups") else params, cfg)
     clip = cfg["train"].get("clip_norm")
     state = {"step": 0}
 
@@ -304,7 +305,7 @@ def bench_mt(cfg, tok, warmup, steps):
     return train_steps(model, cfg, batches, loss_fn, warmup, steps), {"vocab": tok.get_vocab_size()}
 
 
-# --- language model (char LSTM) ---
+# --- language model (char LSTM, Mamba) ---
 
 
 class LstmLm(torch.nn.Module):
@@ -322,11 +323,27 @@ class LstmLm(torch.nn.Module):
         h, _ = self.rnn(self.drop(self.embed(ids)))
         return self.out(self.drop(h))
 
+    def init_state(self, batch):
+        return None
+
+    def step(self, ids, state):
+        """ids (B,) -> logits (B, V) and the new (h, c) (eval mode: no dropout)."""
+        h, state = self.rnn(self.embed(ids)[:, None], state)
+        return self.out(h[:, 0]), state
+
+
+def lm_model(m, vocab):
+    """The LM of a `[model]` table: LstmLm, or bench/torch_mamba.py's MambaLm."""
+    if m["kind"] in ("lstm", "gru"):
+        return LstmLm(m, vocab)
+    if m["kind"] == "mamba":
+        import torch_mamba
+        return torch_mamba.MambaLm.from_config(m, vocab)
+    raise SystemExit(f"LM model.kind {m['kind']!r} has no peer in bench/torch_models.py")
+
 
 def bench_lm(cfg, tok, warmup, steps):
     d = cfg["data"]
-    if cfg["model"]["kind"] not in ("lstm", "gru"):
-        raise SystemExit(f"LM model.kind {cfg['model']['kind']!r} has no peer in bench/torch_models.py")
     ids = tok.encode(open(d["train"], encoding="utf-8").read()).ids
     b, bptt = d["batch_size"], d["bptt"]
     n = (len(ids) - 1) // b
@@ -334,7 +351,7 @@ def bench_lm(cfg, tok, warmup, steps):
     y = torch.tensor(ids[1:n * b + 1]).view(b, n)
     chunks = list(range(0, n - bptt + 1, bptt))
     rng = random.Random(cfg["train"]["seed"])
-    model = LstmLm(cfg["model"], tok.get_vocab_size())
+    model = lm_model(cfg["model"], tok.get_vocab_size())
     smoothing = cfg.get("loss", {}).get("label_smoothing", 0.0)
 
     def epoch():
@@ -349,6 +366,35 @@ def bench_lm(cfg, tok, warmup, steps):
                                label_smoothing=smoothing), xi.numel()
 
     return train_steps(model, cfg, forever(epoch), loss_fn, warmup, steps), {"vocab": tok.get_vocab_size()}
+
+
+def bench_generate(export, batch, tokens, warmup, steps):
+    """`seqlab bench generate`'s peer (LmTask::greedy_batch): an untrained LM of the exported
+    config continues `batch` copies of the prompt "\n" greedily by `tokens` tokens each, one
+    token per call with the recurrent state (nn.LSTM's (h, c); Mamba.step's conv and SSM
+    states), never stopping at <eos>. One timed step = one whole generation from fresh
+    states; units = batch x tokens."""
+    cfg, tok = load_export(export)
+    if cfg["task"] != "lm":
+        raise SystemExit(f"generate needs an lm config, the export has task {cfg['task']!r}")
+    torch.manual_seed(cfg["train"]["seed"])
+    model = lm_model(cfg["model"], tok.get_vocab_size()).eval()
+    prompt = torch.tensor(tok.encode("\n").ids or [EOS]).repeat(batch, 1)
+
+    @torch.no_grad()
+    def step():
+        state = model.init_state(batch)
+        for i in range(prompt.shape[1]):
+            logits, state = model.step(prompt[:, i], state)
+        for _ in range(tokens - 1):
+            logits, state = model.step(logits.argmax(-1), state)
+        return batch * tokens
+
+    r = time_units(warmup, steps, step)
+    what = ("the reference's Mamba.step per layer" if cfg["model"]["kind"] == "mamba"
+            else f"torch.nn.{cfg['model']['kind'].upper()} one step at a time with its (h, c)")
+    return r, {"vocab": tok.get_vocab_size(), "implementation": what,
+               "shape": f"batch {batch}, {tokens} tokens per sequence after a 1-token prompt"}
 
 
 # --- classification (Transformer encoder, mean-pooled) ---

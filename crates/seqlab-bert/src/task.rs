@@ -13,7 +13,7 @@ use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
 use seqlab_train::checkpoint::resolve as resolve_checkpoint;
 use seqlab_train::keys::{ConfigKeys, KeyDoc, KeyRow, TableDoc};
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{LossTerm, Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -231,7 +231,7 @@ impl PretrainTask {
             if max_batches.is_some_and(|m| batches >= m) {
                 break;
             }
-            let (m, n, a, k, b) = self.batch(corpus, idx, EVAL_EPOCH, false)?;
+            let (m, n, a, k, b) = self.batch(corpus, idx, EVAL_EPOCH, false, Reduction::Mean)?;
             ml += c(m.to_scalar::<f32>())? as f64 * k as f64;
             nl += c(n.to_scalar::<f32>())? as f64 * idx.len() as f64;
             (mc, mn, nc, nn) = (mc + a, mn + k, nc + b, nn + idx.len());
@@ -261,6 +261,7 @@ impl PretrainTask {
         anchors: &[usize],
         epoch: u64,
         train: bool,
+        reduction: Reduction,
     ) -> Result<(Tensor, Tensor, usize, usize, usize)> {
         let dev = self.vs.device();
         let b = pretrain_batch(
@@ -284,19 +285,24 @@ impl PretrainTask {
             &u32_tensor(&b.masked, dev)?,
             train,
         )?;
-        let mlm_loss = c(cross_entropy(
-            &mlm,
-            &u32_tensor(&b.mlm_labels, dev)?,
-            None,
-            0.0,
-            Reduction::Mean,
-        ))?;
+        let mlm_loss = if b.masked.is_empty() && reduction == Reduction::Sum {
+            // A shard whose rows drew no mask: nothing to add (a mean would be 0/0).
+            c(Tensor::zeros((), DType::F32, dev))?
+        } else {
+            c(cross_entropy(
+                &mlm,
+                &u32_tensor(&b.mlm_labels, dev)?,
+                None,
+                0.0,
+                reduction,
+            ))?
+        };
         let nsp_loss = c(cross_entropy(
             &nsp,
             &u32_tensor(&b.nsp_labels, dev)?,
             None,
             0.0,
-            Reduction::Mean,
+            reduction,
         ))?;
         Ok((
             mlm_loss,
@@ -403,13 +409,36 @@ impl TrainTask for PretrainTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's examples of the batch (each example's pair and masks come from its own
+    /// seeded stream, so a shard sees what the whole batch would). The paper's objective,
+    /// the mean MLM loss plus the mean NSP loss, as two terms: MLM summed over the masked
+    /// tokens, NSP over the examples.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let order = shuffled_indices(self.train.len(), self.cfg.run.train.seed, epoch);
         let bs = self.cfg.task.data.batch_size;
         let lo = (index * bs).min(order.len().saturating_sub(1));
         let idx = &order[lo..(lo + bs).min(order.len())];
-        let (mlm, nsp, _, n, _) = self.batch(&self.train, idx, epoch, true)?;
-        // The paper's objective: the sum of the mean MLM and mean NSP losses.
-        Ok((c(mlm + nsp)?, n))
+        let idx = &idx[shard.range(idx.len())];
+        if idx.is_empty() {
+            return ShardLoss::empty(self.vs.device());
+        }
+        let (mlm, nsp, _, n, _) = self.batch(&self.train, idx, epoch, true, Reduction::Sum)?;
+        Ok(ShardLoss {
+            terms: vec![
+                LossTerm {
+                    sum: mlm,
+                    count: n as f64,
+                },
+                LossTerm {
+                    sum: nsp,
+                    count: idx.len() as f64,
+                },
+            ],
+            items: n,
+        })
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
@@ -845,19 +874,32 @@ impl TrainTask for FinetuneTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's texts of the batch; the summed loss over its texts.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let order = shuffled_indices(self.train.seqs.len(), self.cfg.run.train.seed, epoch);
         let bs = self.cfg.task.data.batch_size;
         let lo = (index * bs).min(order.len().saturating_sub(1));
         let idx = &order[lo..(lo + bs).min(order.len())];
+        let idx = &idx[shard.range(idx.len())];
+        if idx.is_empty() {
+            return ShardLoss::empty(self.vs.device());
+        }
         let (logits, y) = self.logits(&self.train, idx, true)?;
         let loss = c(cross_entropy(
             &logits,
             &u32_tensor(&y, self.vs.device())?,
             None,
             0.0,
-            Reduction::Mean,
+            Reduction::Sum,
         ))?;
-        Ok((loss, idx.iter().map(|&i| self.train.seqs[i].len()).sum()))
+        Ok(ShardLoss::sum_over(
+            loss,
+            idx.len(),
+            idx.iter().map(|&i| self.train.seqs[i].len()).sum(),
+        ))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {

@@ -2,13 +2,16 @@
 //! these commands alternately with their PyTorch peers in `bench/peers.py` and prints the
 //! table of docs/BENCHMARKS.md.
 //!
-//! - layer rows (`rnn`, `lstm`, `gru`, `lstm-proj`, `lstm-bidir`, `encoder`, `decoder`, or
-//!   `layers` for all): one training step = forward, loss Σ out·probe (a fixed random
-//!   probe), backward, AdamW (lr 1e-3);
+//! - layer rows (`rnn`, `lstm`, `gru`, `lstm-proj`, `lstm-bidir`, `encoder`, `decoder`,
+//!   `mamba`, or `layers` for all): one training step = forward, loss Σ out·probe (a fixed
+//!   random probe), backward, AdamW (lr 1e-3; Mamba's `A_log` and `D` without weight decay);
 //! - `model --config F`: optimizer updates of a whole run config through the run engine's
 //!   step ([`seqlab_train::bench`]);
 //! - `translate --config F`: decoding with an untrained model of an `mt` config
 //!   ([`seqlab_mt::bench`]);
+//! - `generate --config F`: greedy generation with an untrained model of an `lm` config,
+//!   a batch of sequences one token at a time with the recurrent state
+//!   ([`seqlab_tasks::lm::LmTask::greedy_batch`]; Mamba's step function);
 //! - `sgemm`: candle's f32 matmul of two n×n matrices (the machine's practical peak).
 //!
 //! Every timed section excludes set-up and warm-up; `--json` prints one object per row with
@@ -23,13 +26,23 @@ use seqlab_mt::task::MtTask;
 use seqlab_nn::optim::{AdamW, AdamWConfig, Optimizer};
 use seqlab_nn::recurrent::{Gru, Lstm, RecurrentConfig, Rnn};
 use seqlab_nn::transformer::{DecoderMasks, TransformerDecoderLayer, TransformerEncoderLayer, TransformerLayerConfig};
-use seqlab_nn::{SeqRng, VarStore};
+use seqlab_nn::{MambaBlock, MambaBlockConfig, MambaConfig, SeqRng, VarStore};
+use seqlab_tasks::lm::LmTask;
 use seqlab_train::bench::{time_units, BenchSpec, Timing};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
 /// The layer rows, in table order.
-const LAYER_ROWS: &[&str] = &["rnn", "lstm", "gru", "lstm-proj", "lstm-bidir", "encoder", "decoder"];
+const LAYER_ROWS: &[&str] = &[
+    "rnn",
+    "lstm",
+    "gru",
+    "lstm-proj",
+    "lstm-bidir",
+    "encoder",
+    "decoder",
+    "mamba",
+];
 
 /// Decoding search of `seqlab bench translate`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -44,9 +57,10 @@ pub enum BenchDecoder {
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to time: `layers` (every layer row), one layer row (rnn, lstm, gru, lstm-proj,
-    /// lstm-bidir, encoder, decoder), `model` (a run config's training steps, needs
+    /// lstm-bidir, encoder, decoder, mamba), `model` (a run config's training steps, needs
     /// --config), `translate` (decoding with an untrained model of an `mt` config, needs
-    /// --config) or `sgemm`.
+    /// --config), `generate` (greedy generation with an untrained model of an `lm` config,
+    /// needs --config) or `sgemm`.
     #[arg(default_value = "layers")]
     pub what: String,
     /// Timed steps (training updates; decoding passes over the sentences; sgemm products).
@@ -78,9 +92,12 @@ pub struct BenchArgs {
     /// `translate`: beam size for `--decoder beam`.
     #[arg(long, default_value_t = 4)]
     pub beam_size: usize,
-    /// `translate`: sentences decoded together.
+    /// `translate`, `generate`: sentences (sequences) decoded together.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// `generate`: tokens generated per sequence in one timed step (after a one-token prompt).
+    #[arg(long, default_value_t = 128)]
+    pub tokens: usize,
     /// `translate`: the first this many sources of the config's `data.test` file.
     #[arg(long, default_value_t = 64)]
     pub sentences: usize,
@@ -113,6 +130,10 @@ fn layer_shape(name: &str) -> (&'static str, usize) {
         ),
         "encoder" => (
             "d_model 512, 8 heads, FFN 2048, dropout 0.1, batch 32, seq 128",
+            32 * 128,
+        ),
+        "mamba" => (
+            "2 x [RMSNorm -> Mamba] residual blocks, d_model 256 (d_inner 512, d_state 16, d_conv 4, dt_rank 16), batch 32, seq 128",
             32 * 128,
         ),
         _ => (
@@ -194,6 +215,28 @@ fn transformer_layer(name: &str, warmup: usize, steps: usize) -> Result<Timing> 
             train_step(&mut opt, out, &probe).map(|_| b * t)
         })
     }
+}
+
+/// The `mamba` row: two pre-norm Mamba blocks at the Shakespeare preset's width, the
+/// reference's defaults otherwise (`configs/shakespeare-char-mamba.toml` stacks 8).
+fn mamba_layers(warmup: usize, steps: usize) -> Result<Timing> {
+    let (b, t, d) = (32, 128, 256);
+    let vs = VarStore::new(0, &Device::Cpu);
+    let cfg = MambaBlockConfig::new(MambaConfig::new(d));
+    let blocks = (0..2)
+        .map(|i| c(MambaBlock::new(&cfg, &vs.pp("layers").pp(i))))
+        .collect::<Result<Vec<_>>>()?;
+    let mut r = SeqRng::new(1);
+    let x = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
+    let probe = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
+    let mut opt = c(AdamW::for_store(&vs, AdamWConfig::new(1e-3)))?;
+    time_units(warmup, steps, || {
+        let mut h = x.clone();
+        for blk in &blocks {
+            h = c(blk.forward(&h, None))?;
+        }
+        train_step(&mut opt, h, &probe).map(|_| b * t)
+    })
 }
 
 /// candle's f32 matmul of two n×n matrices; units are floating-point operations (2n³ each).
@@ -295,6 +338,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ));
             print_row(a.json, &v);
         }
+        "generate" => {
+            let config = need_config(&a)?;
+            let cfg = seqlab_train::task::read_config::<LmTask>(config, &a.set)?;
+            let (task, _vs) = seqlab_train::bench::build_untrained::<LmTask>(&cfg)?;
+            anyhow::ensure!(
+                a.batch_size > 0 && a.tokens > 0,
+                "--batch-size and --tokens must be > 0"
+            );
+            let t = time_units(a.warmup, a.steps, || {
+                Ok(task.greedy_batch(a.batch_size, a.tokens)?.iter().map(Vec::len).sum())
+            })?;
+            let mut v = row_json("generate", "tokens", &t);
+            v["model"] = json!(format!("{:?}", cfg.task.model.kind).to_lowercase());
+            v["params"] = json!(task
+                .vs
+                .trainable()
+                .iter()
+                .map(|(_, p)| p.as_tensor().elem_count())
+                .sum::<usize>());
+            v["shape"] = json!(format!(
+                "{} untrained, greedy, batch {}, {} tokens per sequence after a 1-token prompt",
+                config.display(),
+                a.batch_size,
+                a.tokens
+            ));
+            print_row(a.json, &v);
+        }
         "sgemm" => {
             let t = sgemm(a.size, a.warmup, a.steps)?;
             let mut v = row_json("sgemm", "flop", &t);
@@ -311,7 +381,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for r in &rows {
                 anyhow::ensure!(
                     LAYER_ROWS.contains(r),
-                    "unknown benchmark `{r}` (known: layers, {}, model, translate, sgemm)",
+                    "unknown benchmark `{r}` (known: layers, {}, model, translate, generate, sgemm)",
                     LAYER_ROWS.join(", ")
                 );
             }
@@ -325,6 +395,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for r in rows {
                 let t = match r {
                     "encoder" | "decoder" => transformer_layer(r, a.warmup, a.steps)?,
+                    "mamba" => mamba_layers(a.warmup, a.steps)?,
                     _ => recurrent(r, a.warmup, a.steps)?,
                 };
                 let mut v = row_json(r, "tokens", &t);

@@ -147,6 +147,15 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
+    // Under mpirun/srun (feature `mpi`) this joins the job's ranks; MPI is finalized when
+    // the guard drops at the end of main.
+    let dist = match seqlab_train::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let result = match cli.command {
         Command::Train(a) => train::train(a),
         Command::Eval(a) => train::eval(a),
@@ -167,7 +176,15 @@ fn main() {
         Command::Export(a) => export::run(a),
     };
     if let Err(e) = result {
+        let world = seqlab_train::dist::world();
+        if world.size() > 1 {
+            // The other ranks may wait in a collective for this one: end the whole job
+            // (MPI_Abort) rather than let them hang, naming the rank that failed.
+            eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+            world.abort(1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    drop(dist);
 }

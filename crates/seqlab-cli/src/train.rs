@@ -230,7 +230,10 @@ pub fn run_training(config: &Path, run: &RunFlags, expect_task: Option<&str>, ex
     };
     let t0 = std::time::Instant::now();
     let out = reg.train(&req)?;
-    print_outcome(&out, t0.elapsed().as_secs_f64());
+    // In a data-parallel job (mpirun), rank 0 speaks for the run.
+    if seqlab_train::dist::world().rank() == 0 {
+        print_outcome(&out, t0.elapsed().as_secs_f64());
+    }
     if out.summary.reason == seqlab_train::StopReason::Interrupted {
         // As a shell reports a Ctrl-C death, though the run ended cleanly with a checkpoint.
         std::process::exit(130);

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use seqlab_w2v::eval::{eval_analogy, eval_similarity, Index};
 use seqlab_w2v::format::{check_save_target, load_as, save, Format, WordVectors};
 use seqlab_w2v::text::{prepare_file, TextOptions};
-use seqlab_w2v::train::{train_file, Config, Model};
+use seqlab_w2v::train::{train_file_distributed, Config, Model};
 
 /// word2vec: train embeddings and query/evaluate them.
 #[derive(Args, Debug)]
@@ -109,6 +109,10 @@ pub struct TrainArgs {
     /// Seed of the initial vectors and of the sampling streams.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Under `mpirun -np N` (feature `mpi`): words each rank reads between two model
+    /// synchronisations (all-reduce of the model deltas); ignored on one process.
+    #[arg(long, default_value_t = 200_000, value_parser = positive)]
+    pub sync_words: usize,
     #[command(flatten)]
     pub text: TextArgs,
     /// No progress bar [default: show one].
@@ -314,7 +318,9 @@ fn train(a: TrainArgs) -> Result<()> {
     // Everything that can be known before training is checked before training.
     cfg.validate()?;
     check_save_target(&a.output, a.format, &[&a.input])?;
-    let bar = if a.quiet {
+    // Under mpirun: rank 0 shows progress and writes the vectors; all ranks report words/s.
+    let world = seqlab_train::dist::world();
+    let bar = if a.quiet || world.rank() != 0 {
         indicatif::ProgressBar::hidden()
     } else {
         indicatif::ProgressBar::new(0)
@@ -325,12 +331,26 @@ fn train(a: TrainArgs) -> Result<()> {
         )
         .expect("the template is valid"),
     );
-    let (emb, s) = train_file(&a.input, &cfg, |p| {
+    let (emb, s) = train_file_distributed(&a.input, &cfg, &*world, a.sync_words as u64, |p| {
         bar.set_length(p.total);
         bar.set_position(p.words.load(Ordering::Relaxed));
         bar.set_message(format!("{:.6}", f32::from_bits(p.alpha_bits.load(Ordering::Relaxed))));
     })?;
     bar.finish_and_clear();
+    if s.ranks > 1 {
+        eprintln!(
+            "rank {} of {}: trained {} words, {:.0} words/s; {} model synchronisations took {:.2}s",
+            world.rank(),
+            s.ranks,
+            s.words_trained,
+            s.words_per_second,
+            s.sync_rounds,
+            s.sync_seconds
+        );
+        if world.rank() != 0 {
+            return Ok(());
+        }
+    }
     if s.corpus.invalid_bytes > 0 {
         eprintln!(
             "warning: {}: skipped {} bytes of invalid UTF-8",

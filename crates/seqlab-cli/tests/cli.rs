@@ -650,4 +650,29 @@ fn bench_model_times_engine_steps_and_writes_no_run() {
             .unwrap(),
     );
     assert!(err.contains("needs task \"mt\""), "{err}");
+
+    // `bench generate`: batch x tokens per timed step, for the LSTM and (overridden) Mamba.
+    for sets in [
+        &[][..],
+        &["model.kind=mamba", "model.d_model=16", "model.d_state=4"][..],
+    ] {
+        let mut cmd = seqlab();
+        cmd.args(["bench", "generate", "--json", "--steps", "2", "--warmup", "0"])
+            .args(["--batch-size", "3", "--tokens", "5", "--config"])
+            .arg(&cfg)
+            .env("RAYON_NUM_THREADS", "1");
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let v: serde_json::Value = serde_json::from_str(ok(cmd.output().unwrap()).trim()).unwrap();
+        assert_eq!(
+            (v["row"].as_str(), v["units"].as_u64()),
+            (Some("generate"), Some(2 * 3 * 5)),
+            "{v}"
+        );
+        let kind = if sets.is_empty() { "lstm" } else { "mamba" };
+        assert_eq!(v["model"], kind, "{v}");
+    }
+    let err = failed(seqlab().args(["bench", "generate"]).output().unwrap());
+    assert!(err.contains("needs --config"), "{err}");
 }

@@ -17,7 +17,7 @@ use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::transformer::{Activation, EmbeddingTying, Seq2SeqConfig, TransformerConfig};
 use seqlab_nn::{Seq2SeqTransformer, VarStore};
 use seqlab_train::keys::{ConfigKeys, KeyDoc, TableDoc};
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, LossConfig, OptimConfig, Purpose, Report, RunConfig, Schedule, Split, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -656,8 +656,9 @@ impl MtTask {
         ))
     }
 
-    /// Mean cross-entropy over the target tokens of a batch (padding ignored).
-    fn loss(&self, pairs: &[&Encoded], smoothing: f64, train: bool) -> Result<(Tensor, usize)> {
+    /// Cross-entropy over the target tokens of a batch (padding ignored), reduced by
+    /// `reduction` (mean or sum over the tokens), and the number of target tokens.
+    fn loss(&self, pairs: &[&Encoded], smoothing: f64, train: bool, reduction: Reduction) -> Result<(Tensor, usize)> {
         let (src, tin, tout, n) = self.tensors(pairs)?;
         let logits = self.net.forward(&src, &tin, train)?;
         let (b, t, v) = c(logits.dims3())?;
@@ -666,7 +667,7 @@ impl MtTask {
             &c(tout.reshape(b * t))?,
             Some(PAD as i64),
             smoothing,
-            Reduction::Mean,
+            reduction,
         ))?;
         Ok((loss, n))
     }
@@ -862,11 +863,21 @@ impl TrainTask for MtTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's sentence pairs of the batch; the summed loss over their target tokens.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let batches = self.batches(epoch)?;
         // The number of batches varies a little between epochs; the loop counts epoch 0's.
         let idx = batches[index % batches.len()].clone();
+        let idx = &idx[shard.range(idx.len())];
+        if idx.is_empty() {
+            return ShardLoss::empty(self.vs.device());
+        }
         let pairs: Vec<&Encoded> = idx.iter().map(|&i| &self.train[i]).collect();
-        self.loss(&pairs, self.cfg.task.loss.label_smoothing, true)
+        let (sum, n) = self.loss(&pairs, self.cfg.task.loss.label_smoothing, true, Reduction::Sum)?;
+        Ok(ShardLoss::sum_over(sum, n, n))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
@@ -881,7 +892,7 @@ impl TrainTask for MtTask {
         let (mut sum, mut n) = (0.0, 0usize);
         for b in token_budget_batches(&lengths, &self.budget(), None)? {
             let pairs: Vec<&Encoded> = b.iter().map(|&i| &self.valid[i].1).collect();
-            let (l, k) = self.loss(&pairs, 0.0, false)?;
+            let (l, k) = self.loss(&pairs, 0.0, false, Reduction::Mean)?;
             sum += c(l.to_scalar::<f32>())? as f64 * k as f64;
             n += k;
         }

@@ -11,7 +11,7 @@ use seqlab_data::{pad_batch, token_budget_batches, BudgetConfig, ClsData, LabelS
 use seqlab_metrics::classification::class_report;
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::VarStore;
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, Purpose, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -228,6 +228,11 @@ impl TrainTask for ClsTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's texts of the batch; the summed loss over its texts.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let t = self.train.as_ref().expect("built with training data");
         if self.epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let lengths: Vec<usize> = t.seqs.iter().map(Vec::len).collect();
@@ -242,15 +247,23 @@ impl TrainTask for ClsTask {
         let batches = &self.epoch_batches.as_ref().expect("set above").1;
         // Batch counts can differ by one between epochs (pools cut differently); wrap.
         let idx = &batches[index % batches.len()];
+        let idx = &idx[shard.range(idx.len())];
+        if idx.is_empty() {
+            return ShardLoss::empty(self.vs.device());
+        }
         let (logits, y) = self.batch_logits(t, idx, true)?;
         let loss = c(cross_entropy(
             &logits,
             &y,
             None,
             self.cfg.task.loss.label_smoothing,
-            Reduction::Mean,
+            Reduction::Sum,
         ))?;
-        Ok((loss, idx.iter().map(|&i| t.seqs[i].len()).sum()))
+        Ok(ShardLoss::sum_over(
+            loss,
+            idx.len(),
+            idx.iter().map(|&i| t.seqs[i].len()).sum(),
+        ))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {

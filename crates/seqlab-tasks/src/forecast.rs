@@ -11,7 +11,7 @@ use seqlab_data::{fixed_batches, Part, TimeSeries, Windows};
 use seqlab_nn::loss::{mse_loss, Reduction};
 use seqlab_nn::recurrent::RecurrentClassifier;
 use seqlab_nn::VarStore;
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -217,15 +217,27 @@ impl TrainTask for ForecastTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's windows of the batch; the summed squared error over its values.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let b = c(fixed_batches(
             self.train.n,
             self.cfg.task.data.batch_size,
             Some((self.cfg.run.train.seed, epoch)),
         )
         .map_err(|e| candle_core::Error::Msg(e.0)))?;
-        let idx = &b[index];
+        let idx = &b[index][shard.range(b[index].len())];
+        if idx.is_empty() {
+            return ShardLoss::empty(self.vs.device());
+        }
         let (p, y) = self.batch(&self.train, idx, true)?;
-        Ok((c(mse_loss(&p, &y, Reduction::Mean))?, idx.len()))
+        Ok(ShardLoss::sum_over(
+            c(mse_loss(&p, &y, Reduction::Sum))?,
+            p.elem_count(),
+            idx.len(),
+        ))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {

@@ -11,7 +11,7 @@ use seqlab_data::{shuffled_indices, LmText, StreamBatcher, StreamChunk, Tokenize
 use seqlab_nn::loss::{cross_entropy, Reduction};
 use seqlab_nn::sampling::{Sampler, SamplingConfig};
 use seqlab_nn::VarStore;
-use seqlab_train::trainer::TrainTask;
+use seqlab_train::trainer::{Shard, ShardLoss, TrainTask};
 use seqlab_train::{BuildFrom, Purpose, Report, Split, Task};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -238,6 +238,47 @@ impl LmTask {
     }
 }
 
+impl LmTask {
+    /// Greedy continuation of `batch` sequences at once by `tokens` tokens each, from the
+    /// prompt "\n": one forward over the prompt, then one call per token that feeds the
+    /// previous arg-max with the recurrent state (LSTM/GRU hidden state, Mamba's conv and SSM
+    /// states through its step function; a Transformer re-reads its window, as in
+    /// [`LmTask::generate`]). `<eos>` does not stop it, so every call does the same work
+    /// (`seqlab bench generate` times this). Returns each sequence's `tokens` new ids.
+    /// Rejects `batch = 0` and `tokens = 0`.
+    pub fn greedy_batch(&self, batch: usize, tokens: usize) -> Result<Vec<Vec<u32>>> {
+        anyhow::ensure!(batch > 0 && tokens > 0, "greedy_batch: batch and tokens must be > 0");
+        let dev = self.vs.device();
+        let prompt = self.tok.encode("\n")?;
+        let n_prompt = prompt.len();
+        let mut rows: Vec<Vec<u32>> = vec![prompt; batch];
+        let mut state: Option<RnnState> = None;
+        let mut feed = rows.clone();
+        for _ in 0..tokens {
+            let len = rows[0].len();
+            let window: Vec<&[u32]> = match self.net.max_len() {
+                Some(m) => rows.iter().map(|r| &r[len.saturating_sub(m)..]).collect(),
+                None => feed.iter().map(|r| &r[..]).collect(),
+            };
+            let t = window[0].len();
+            let flat: Vec<u32> = window.concat();
+            let x = ids_tensor(&flat, batch, t, dev)?;
+            let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
+            state = st.map(|s| s.detach());
+            let next = c(logits
+                .narrow(1, t - 1, 1)
+                .and_then(|l| l.squeeze(1))
+                .and_then(|l| l.argmax(D::Minus1))
+                .and_then(|l| l.to_vec1::<u32>()))?;
+            for (r, &n) in rows.iter_mut().zip(&next) {
+                r.push(n);
+            }
+            feed = next.iter().map(|&n| vec![n]).collect();
+        }
+        Ok(rows.into_iter().map(|r| r[n_prompt..].to_vec()).collect())
+    }
+}
+
 /// How well a language model predicts a text ([`LmTask::score`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LmScore {
@@ -324,13 +365,33 @@ impl TrainTask for LmTask {
     }
 
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)> {
+        self.train_loss_shard(epoch, index, Shard::WHOLE)?.into_mean()
+    }
+
+    /// The shard's rows of the chunk; the summed token loss over its tokens.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
         let t = self.train.as_ref().expect("built with training data");
         let order = shuffled_indices(t.num_chunks(self.cfg.task.data.bptt), self.cfg.run.train.seed, epoch);
         let ch = t
             .chunk(order[index], self.cfg.task.data.bptt)
             .expect("index within the epoch");
-        let n = ch.batch * ch.len;
-        Ok((self.chunk_loss(&ch, true, None, Reduction::Mean)?, n))
+        let rows = shard.range(ch.batch);
+        let span = rows.start * ch.len..rows.end * ch.len;
+        let part = StreamChunk {
+            input: ch.input[span.clone()].to_vec(),
+            target: ch.target[span].to_vec(),
+            batch: rows.len(),
+            len: ch.len,
+        };
+        let n = part.batch * part.len;
+        if n == 0 {
+            return ShardLoss::empty(self.vs.device());
+        }
+        Ok(ShardLoss::sum_over(
+            self.chunk_loss(&part, true, None, Reduction::Sum)?,
+            n,
+            n,
+        ))
     }
 
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>> {
@@ -356,9 +417,14 @@ mod tests {
     /// A tiny untrained char LM whose vocabulary is {a, b} (plus specials), built from
     /// `dir/train.txt`; evaluation files are read with batch 1 so every target is scored.
     fn tiny(dir: &Path) -> LmTask {
+        tiny_with(dir, "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 1")
+    }
+
+    /// [`tiny`] with the given `[model]` table body.
+    fn tiny_with(dir: &Path, model: &str) -> LmTask {
         std::fs::write(dir.join("train.txt"), "abababababab\nbabababa\n").unwrap();
         let text = format!(
-            "task = \"lm\"\n[data]\ntrain = \"{d}/train.txt\"\nbatch_size = 1\nbptt = 8\n[model]\nkind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 1\n",
+            "task = \"lm\"\n[data]\ntrain = \"{d}/train.txt\"\nbatch_size = 1\nbptt = 8\n[model]\n{model}\n",
             d = dir.display()
         );
         let cfg = parse_config::<LmTask>(
@@ -441,6 +507,36 @@ mod tests {
         let sb = LmTask::stream(&LmText::read(dir.join("all.txt")).unwrap(), &t.tok, 1).unwrap();
         let e = t.stream_loss(&sb, None).unwrap_err();
         assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Generation with the recurrent state (LSTM hidden state; Mamba's step function) picks
+    /// the same tokens as re-running the model over the whole sequence at every step.
+    #[test]
+    fn greedy_batch_with_the_state_equals_re_running_the_whole_sequence() {
+        let dir = std::env::temp_dir().join(format!("seqlab-lm-greedy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for model in [
+            "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 2",
+            "kind = \"mamba\"\nd_model = 8\nnum_layers = 2\nd_state = 4",
+        ] {
+            let t = tiny_with(&dir, model);
+            let got = t.greedy_batch(2, 7).unwrap();
+            assert_eq!(got.len(), 2);
+            assert!(got.iter().all(|r| r.len() == 7), "{got:?}");
+            assert_eq!(got[0], got[1], "{model}: the sequences of a batch differ");
+            let mut ids = t.tok.encode("\n").unwrap();
+            let dev = t.vs.device();
+            for (k, &want) in got[0].iter().enumerate() {
+                let x = ids_tensor(&ids, 1, ids.len(), dev).unwrap();
+                let (logits, _) = t.net.forward(&x, None, false).unwrap();
+                let last = logits.get(0).unwrap().get(ids.len() - 1).unwrap();
+                let next = last.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
+                assert_eq!(next, want, "{model}: token {k} differs from the full re-run");
+                ids.push(next);
+            }
+            assert!(t.greedy_batch(0, 3).is_err() && t.greedy_batch(1, 0).is_err());
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 /// Appends JSON objects to a `.jsonl` file.
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// `None` for a [`MetricsLog::sink`].
+    file: Option<File>,
 }
 
 impl MetricsLog {
@@ -26,8 +27,17 @@ impl MetricsLog {
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
         })
+    }
+
+    /// A log that writes nothing: what the ranks other than rank 0 of a data-parallel run
+    /// log into (rank 0 alone writes the run's files).
+    pub fn sink() -> Self {
+        Self {
+            path: PathBuf::new(),
+            file: None,
+        }
     }
 
     /// Drops every record with `step > last_step`: on resume, events logged after the
@@ -72,13 +82,15 @@ impl MetricsLog {
 
     /// Appends `record` as one JSON line, written in one call so a kill tears at most the last line.
     pub fn log(&mut self, record: &Value) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let mut line = serde_json::to_string(record)?;
         // One write per record: a kill leaves at most one torn last line.
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
+        file.write_all(line.as_bytes())
             .with_context(|| format!("writing {}", self.path.display()))?;
-        self.file.flush()?;
+        file.flush()?;
         Ok(())
     }
 

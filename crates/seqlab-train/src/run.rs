@@ -238,10 +238,23 @@ pub fn check_input_files(cfg: &serde_json::Value) -> Result<()> {
 /// files, the resumed config's changes, building the task and loading the checkpoint. Only
 /// then is the folder locked and `config.toml` written. Ctrl-C / SIGTERM stop the run after
 /// the current step with a checkpoint ([`crate::interrupt`]).
+///
+/// Data-parallel (the process is one of several ranks of [`seqlab_dist::world`], started by
+/// `mpirun`/`srun`): rank 0 checks the run folder and tells the others which checkpoint to
+/// resume from; every rank builds the task and loads that checkpoint; rank 0 alone locks the
+/// folder and writes `config.toml`, checkpoints, metrics, `loss.png` and `test_report.json`
+/// (the other ranks return an outcome without curves or report).
 pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<RunOutcome> {
+    let comm = seqlab_dist::world();
+    let writer = comm.rank() == 0;
     let run_dir = cfg.run_dir();
     let config_json = cfg.to_json()?;
-    let latest = checkpoint::check_run_dir(&run_dir, resume_run)?;
+    let latest = if writer {
+        checkpoint::check_run_dir(&run_dir, resume_run)?
+    } else {
+        None
+    };
+    let latest = agree_on_latest(&*comm, latest)?;
     check_input_files(&config_json)?;
     let applied = match &latest {
         Some(dir) => resume_changes(dir, &config_json)?,
@@ -251,9 +264,23 @@ pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<Ru
     let mut task = build_task::<T>(cfg, &vs, latest.as_deref())?;
     let schedule = schedule::<T>(cfg);
     let opt = build_optimizer(cfg, &vs, &schedule)?;
-    let mut trainer = Trainer::new(cfg.run.train.clone(), vs.clone(), opt, schedule, &run_dir, config_json)?;
+    let mut trainer = Trainer::new(cfg.run.train.clone(), vs.clone(), opt, schedule, &run_dir, config_json)?
+        .with_collective(comm.clone());
     if let Some(dir) = &latest {
         trainer.load_checkpoint(dir)?;
+    }
+    if !writer {
+        crate::interrupt::install()?;
+        let summary = trainer.run(&mut task)?;
+        return Ok(RunOutcome {
+            task: T::NAME,
+            summary,
+            run_dir,
+            resumed_from: latest.as_ref().map(|_| trainer.state.step),
+            curves: None,
+            test_report: None,
+            guide: task.guide(),
+        });
     }
     // Nothing was written so far; from here on the folder is this process's.
     let locked_latest = prepare_run_folder(cfg, resume_run)?;
@@ -295,6 +322,17 @@ pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<Ru
         test_report,
         guide: task.guide(),
     })
+}
+
+/// Rank 0's answer to "which checkpoint do we resume from" on every rank (the others do not
+/// look at the run folder, which rank 0 is about to lock and write).
+fn agree_on_latest(comm: &dyn seqlab_dist::Collective, latest: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    if comm.size() == 1 {
+        return Ok(latest);
+    }
+    let mine = latest.map(|p| p.display().to_string()).unwrap_or_default();
+    let root = seqlab_dist::broadcast_string(comm, &mine, 0)?;
+    Ok((!root.is_empty()).then(|| PathBuf::from(root)))
 }
 
 /// A trained model of task `T` loaded from a checkpoint.

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+pub use seqlab_dist::Collective;
 
 /// Loop settings (the `[train]` table of a config file).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,6 +142,24 @@ pub trait TrainTask {
     /// Mean loss of micro-batch `index` of `epoch` in training mode, and how many tokens (or
     /// examples) it covers, for throughput.
     fn train_loss(&mut self, epoch: u64, index: usize) -> Result<(Tensor, usize)>;
+    /// This rank's part of micro-batch `index` of `epoch` (data-parallel training, see
+    /// [`Shard`]), as sums with the counts they are divided by: the engine sums each term's
+    /// `sum` and `count` over ranks, and the loss of the whole micro-batch is Σ_terms
+    /// Σ_ranks sum / Σ_ranks count — exactly the mean the task takes on one process.
+    ///
+    /// The default serves one process only (it wraps [`TrainTask::train_loss`]) and refuses
+    /// a shard of a job of several ranks.
+    fn train_loss_shard(&mut self, epoch: u64, index: usize, shard: Shard) -> Result<ShardLoss> {
+        anyhow::ensure!(
+            shard.size == 1,
+            "this task cannot train data-parallel: it does not implement TrainTask::train_loss_shard"
+        );
+        let (loss, items) = self.train_loss(epoch, index)?;
+        Ok(ShardLoss {
+            terms: vec![LossTerm { sum: loss, count: 1.0 }],
+            items,
+        })
+    }
     /// Validation metrics in evaluation mode; must contain the selection metric.
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>>;
     /// The validation metric that picks the best checkpoint, and whether lower is better.
@@ -148,6 +169,85 @@ pub trait TrainTask {
     /// Extra files stored in every checkpoint (tokenizer, task description).
     fn write_extra(&self, _dir: &Path) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Which part of every micro-batch this process trains on in a data-parallel job: rank
+/// `rank` of `size` takes the contiguous rows [`Shard::range`] of the batch the task would
+/// build on one process, so the sequence of global batches is the same for any `size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This process's rank, 0-based.
+    pub rank: usize,
+    /// Number of ranks.
+    pub size: usize,
+}
+
+impl Shard {
+    /// The whole batch (one process).
+    pub const WHOLE: Shard = Shard { rank: 0, size: 1 };
+
+    /// The rows of a batch of `n` rows this shard takes: `[rank·n/size, (rank+1)·n/size)`
+    /// (empty for some ranks when `n < size`).
+    pub fn range(&self, n: usize) -> std::ops::Range<usize> {
+        (self.rank * n / self.size)..((self.rank + 1) * n / self.size)
+    }
+}
+
+/// One summed part of a loss (see [`TrainTask::train_loss_shard`]): e.g. the summed token
+/// cross-entropy of a shard and its number of tokens.
+pub struct LossTerm {
+    /// Sum of the per-item losses of this shard (a scalar tensor on the autograd graph).
+    pub sum: Tensor,
+    /// How many items `sum` covers (tokens, examples, masked positions): the global mean
+    /// divides by this count summed over ranks.
+    pub count: f64,
+}
+
+/// A shard's loss: terms whose global means are added (one term for most tasks; BERT
+/// pretraining has the masked-LM and next-sentence terms), and the items covered for
+/// throughput.
+pub struct ShardLoss {
+    /// The summed terms.
+    pub terms: Vec<LossTerm>,
+    /// Tokens (or examples) this shard covers, for throughput.
+    pub items: usize,
+}
+
+impl ShardLoss {
+    /// A one-term loss: `sum` over `count` items (`items` for throughput).
+    pub fn sum_over(sum: Tensor, count: usize, items: usize) -> Self {
+        Self {
+            terms: vec![LossTerm {
+                sum,
+                count: count as f64,
+            }],
+            items,
+        }
+    }
+
+    /// The loss of a shard that got no rows (a batch smaller than the number of ranks):
+    /// zero, counting nothing.
+    pub fn empty(device: &candle_core::Device) -> Result<Self> {
+        Ok(Self::sum_over(
+            ctx(Tensor::zeros((), candle_core::DType::F32, device))?,
+            0,
+            0,
+        ))
+    }
+
+    /// The mean loss on one process (Σ_terms sum / count) and the items: what
+    /// [`TrainTask::train_loss`] returns for tasks that implement the shard form.
+    pub fn into_mean(self) -> Result<(Tensor, usize)> {
+        let mut total: Option<Tensor> = None;
+        for t in self.terms {
+            let m = ctx(t.sum / t.count.max(1.0))?;
+            total = Some(match total {
+                None => m,
+                Some(a) => ctx(a + m)?,
+            });
+        }
+        Ok((total.context("a loss with no terms")?, self.items))
     }
 }
 
@@ -245,6 +345,10 @@ pub struct Trainer {
     pub run_config: Value,
     /// Position of the run, checkpointed.
     pub state: LoopState,
+    /// The ranks training together ([`seqlab_dist::SingleProcess`] unless
+    /// [`Trainer::with_collective`]): each takes its [`Shard`] of every micro-batch; rank 0
+    /// alone writes checkpoints and metrics.
+    pub comm: Arc<dyn Collective>,
 }
 
 fn ctx<T>(r: candle_core::Result<T>) -> Result<T> {
@@ -297,7 +401,19 @@ impl Trainer {
             run_dir: run_dir.to_path_buf(),
             run_config,
             state,
+            comm: Arc::new(seqlab_dist::SingleProcess),
         })
+    }
+
+    /// Trains data-parallel with the ranks of `comm` (see [`crate::parallel`]).
+    pub fn with_collective(mut self, comm: Arc<dyn Collective>) -> Self {
+        self.comm = comm;
+        self
+    }
+
+    /// Whether this process writes the run's files (checkpoints, metrics): rank 0.
+    pub fn is_writer(&self) -> bool {
+        self.comm.rank() == 0
     }
 
     /// `run_dir/checkpoints`.
@@ -408,7 +524,14 @@ impl Trainer {
         let per_epoch = task.batches_per_epoch();
         anyhow::ensure!(per_epoch > 0, "the training data gives no batches");
         let vars: Vec<candle_core::Var> = self.vs.trainable().into_iter().map(|(_, v)| v).collect();
-        let mut log = MetricsLog::open(&self.metrics_path())?;
+        let comm = self.comm.clone();
+        // Rank 0 alone writes; the other ranks log into a sink.
+        let mut log = if self.is_writer() {
+            MetricsLog::open(&self.metrics_path())?
+        } else {
+            MetricsLog::sink()
+        };
+        crate::parallel::check_replicas(&*comm, &vars, self.state.step)?;
         let bar = self.progress_bar();
         let clock = Clock::start(self.state.cpu_seconds);
         let mut window = LogWindow::resumed(self.state.window);
@@ -419,7 +542,9 @@ impl Trainer {
                 break StopReason::MaxSteps;
             }
             self.state.cpu_seconds = clock.cpu_seconds();
-            if self.out_of_time(&clock) {
+            // Every decision to stop is agreed by all ranks (each would otherwise wait for
+            // the others in the next step's all-reduce).
+            if seqlab_dist::any(&*comm, self.out_of_time(&clock))? {
                 if let Some(m) = self.stop_for_time(task, &mut log, &bar)? {
                     last_eval = m;
                 }
@@ -433,20 +558,28 @@ impl Trainer {
             if self.state.step % self.cfg.log_every == 0 {
                 self.log_window(&mut window, &step, &clock, &mut log, &bar)?;
                 self.state.window = window.saved();
+                crate::parallel::check_replicas(&*comm, &vars, self.state.step)?;
             }
+            let interrupted = seqlab_dist::any(&*comm, crate::interrupt::stop_requested())?;
             if self.state.step % self.cfg.eval_every == 0 || self.state.step == self.cfg.max_steps {
                 self.state.cpu_seconds = clock.cpu_seconds();
-                last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
-                if self.cfg.patience.is_some_and(|p| self.state.evals_since_best >= p) {
+                let mut patience_out = false;
+                if self.is_writer() {
+                    last_eval = self.evaluate_and_save(task, &mut log, &bar)?;
+                    patience_out = self.cfg.patience.is_some_and(|p| self.state.evals_since_best >= p);
+                }
+                if seqlab_dist::any(&*comm, patience_out)? {
                     break StopReason::EarlyStopping;
                 }
-            } else if crate::interrupt::stop_requested() {
+            } else if interrupted {
                 // Polled once per finished step: the step is whole, so the checkpoint is
                 // exact (an evaluation step above has just written one).
-                bar.suspend(|| eprintln!("interrupt: step {} finished, writing a checkpoint", self.state.step));
-                self.save_latest(task)?;
+                if self.is_writer() {
+                    bar.suspend(|| eprintln!("interrupt: step {} finished, writing a checkpoint", self.state.step));
+                    self.save_latest(task)?;
+                }
             }
-            if crate::interrupt::stop_requested() {
+            if interrupted {
                 break StopReason::Interrupted;
             }
         };
@@ -462,7 +595,7 @@ impl Trainer {
 
     /// The progress bar (hidden when `progress` is off), positioned at the current step.
     fn progress_bar(&self) -> ProgressBar {
-        if !self.cfg.progress {
+        if !self.cfg.progress || !self.is_writer() {
             return ProgressBar::hidden();
         }
         let b = ProgressBar::new(self.cfg.max_steps);
@@ -495,6 +628,9 @@ impl Trainer {
         log: &mut MetricsLog,
         bar: &ProgressBar,
     ) -> Result<Option<BTreeMap<String, f64>>> {
+        if !self.is_writer() {
+            return Ok(None);
+        }
         let evaluated = self.state.step % self.cfg.eval_every == 0;
         if self.state.step > 0 && !evaluated {
             return Ok(Some(self.evaluate_and_save(task, log, bar)?));
@@ -521,8 +657,16 @@ impl Trainer {
         Ok(self.train_step(task, vars, per_epoch, &ProgressBar::hidden())?.tokens)
     }
 
-    /// One optimizer update: `accum_steps` micro-batches' gradients summed, clipped, applied
-    /// at the schedule's rate. Advances the data position and the step counter.
+    /// One optimizer update: `accum_steps` micro-batches' gradients summed (over ranks too),
+    /// clipped, applied at the schedule's rate. Advances the data position and the step
+    /// counter.
+    ///
+    /// Data-parallel, each rank computes its [`Shard`] of every micro-batch; the loss terms'
+    /// sums and counts are all-reduced first (a few numbers), each rank backpropagates its
+    /// sums divided by the *global* counts, and the gradients are summed over ranks
+    /// ([`crate::parallel::all_reduce_grads`]): the update is the one process's update on the
+    /// whole micro-batches, token weighting included. Clipping and the optimizer step then
+    /// run identically on every rank.
     fn train_step(
         &mut self,
         task: &mut dyn TrainTask,
@@ -530,29 +674,71 @@ impl Trainer {
         per_epoch: usize,
         bar: &ProgressBar,
     ) -> Result<StepStats> {
+        let started = Instant::now();
+        let mut comm_seconds = 0.0;
         let lr = self.schedule.lr(self.state.step + 1);
         self.opt.set_lr(lr);
+        let shard = Shard {
+            rank: self.comm.rank(),
+            size: self.comm.size(),
+        };
+        if shard.rank > 0 {
+            // Rank 0 keeps the checkpointed stream (a 1-rank run is unchanged); the others
+            // draw dropout from (seed, rank, step), which a resumed run finds again.
+            *self.vs.rng().lock().unwrap() =
+                SeqRng::new(crate::parallel::rank_seed(self.cfg.seed, shard.rank, self.state.step));
+        }
+        let accum = self.cfg.accum_steps as f64;
         let mut grads: Option<GradStore> = None;
         let (mut loss, mut tokens) = (0.0, 0usize);
         for _ in 0..self.cfg.accum_steps {
-            let (micro_loss, n) = task.train_loss(self.state.epoch, self.state.index)?;
+            let part = task.train_loss_shard(self.state.epoch, self.state.index, shard)?;
             self.advance_data_position(per_epoch);
-            let lv = ctx(micro_loss
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|l| l.to_scalar::<f64>()))?;
+            let k = part.terms.len();
+            // [sums..., counts..., items] of every rank, in one small all-reduce.
+            let mut totals = Vec::with_capacity(2 * k + 1);
+            for t in &part.terms {
+                totals.push(ctx(t
+                    .sum
+                    .to_dtype(candle_core::DType::F64)
+                    .and_then(|l| l.to_scalar::<f64>()))?);
+            }
+            totals.extend(part.terms.iter().map(|t| t.count));
+            totals.push(part.items as f64);
+            let t0 = Instant::now();
+            self.comm.all_reduce_sum_f64(&mut totals)?;
+            comm_seconds += t0.elapsed().as_secs_f64();
+            let (sums, counts) = totals.split_at(k);
+            let lv: f64 = (0..k).filter(|&i| counts[i] > 0.0).map(|i| sums[i] / counts[i]).sum();
             if !lv.is_finite() {
                 bar.abandon();
                 return Err(self.non_finite_loss_error(lv, lr));
             }
-            loss += lv / self.cfg.accum_steps as f64;
-            tokens += n;
-            let g = ctx((micro_loss / self.cfg.accum_steps as f64).and_then(|l| l.backward()))?;
+            loss += lv / accum;
+            tokens += counts[k] as usize;
+            let mut objective: Option<Tensor> = None;
+            for (i, t) in part.terms.into_iter().enumerate() {
+                let w = if counts[i] > 0.0 {
+                    1.0 / (counts[i] * accum)
+                } else {
+                    0.0
+                };
+                let term = ctx(t.sum * w)?;
+                objective = Some(match objective {
+                    None => term,
+                    Some(o) => ctx(o + term)?,
+                });
+            }
+            let g = ctx(objective.context("the task returned a loss with no terms")?.backward())?;
             match grads.as_mut() {
                 None => grads = Some(g),
                 Some(acc) => accumulate(acc, g, vars)?,
             }
         }
         let mut grads = grads.expect("accum_steps > 0");
+        if shard.size > 1 {
+            comm_seconds += crate::parallel::all_reduce_grads(&*self.comm, &mut grads, vars)?;
+        }
         let grad_norm = match self.cfg.clip_norm {
             Some(c) => Some(ctx(seqlab_nn::clip::clip_grad_norm(&mut grads, vars.iter(), c))?),
             None => None,
@@ -565,6 +751,8 @@ impl Trainer {
             tokens,
             lr,
             grad_norm,
+            seconds: started.elapsed().as_secs_f64(),
+            comm_seconds,
         })
     }
 
@@ -608,6 +796,12 @@ impl Trainer {
         if let Some(n) = last.grad_norm {
             rec["grad_norm"] = json!(n);
         }
+        if self.comm.size() > 1 {
+            // Wall time of the window's steps spent in collectives (all-reduce of loss
+            // totals and gradients, waiting for slower ranks included).
+            rec["ranks"] = json!(self.comm.size());
+            rec["comm_share"] = json!(window.comm_seconds / window.step_seconds.max(1e-12));
+        }
         log.log(&rec)?;
         *window = LogWindow::new();
         Ok(())
@@ -623,6 +817,10 @@ struct StepStats {
     lr: f64,
     /// Gradient norm before clipping, when clipping is on.
     grad_norm: Option<f64>,
+    /// Wall seconds of the whole update.
+    seconds: f64,
+    /// Wall seconds of it spent in collectives.
+    comm_seconds: f64,
 }
 
 /// The updates since the last training-loss log line. A resumed run may start inside a
@@ -632,6 +830,8 @@ struct LogWindow {
     steps: u64,
     tokens: usize,
     start: Instant,
+    step_seconds: f64,
+    comm_seconds: f64,
 }
 
 impl LogWindow {
@@ -646,6 +846,8 @@ impl LogWindow {
             steps,
             tokens: tokens as usize,
             start: Instant::now(),
+            step_seconds: 0.0,
+            comm_seconds: 0.0,
         }
     }
 
@@ -658,6 +860,8 @@ impl LogWindow {
         self.loss += s.loss;
         self.steps += 1;
         self.tokens += s.tokens;
+        self.step_seconds += s.seconds;
+        self.comm_seconds += s.comm_seconds;
     }
 }
 

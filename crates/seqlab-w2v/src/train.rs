@@ -26,6 +26,7 @@ use crate::simd::Avx2;
 use crate::simd::{Scalar, Simd};
 use crate::text::{ranges, ChunkReader, TextOptions, MAX_SENTENCE};
 use crate::vocab::{AliasTable, CorpusStats, Huffman, Vocab};
+use seqlab_dist::{Collective, SingleProcess};
 
 /// The word2vec architecture (Mikolov et al., 2013, "Efficient Estimation of Word
 /// Representations in Vector Space").
@@ -210,6 +211,13 @@ pub struct Summary {
     pub words_per_second: f64,
     /// Invalid UTF-8 bytes skipped in the last epoch (summed over threads).
     pub invalid_bytes: u64,
+    /// Processes that trained together ([`train_file_distributed`]); `words_trained`,
+    /// `words_per_second` and `invalid_bytes` are this rank's.
+    pub ranks: usize,
+    /// Model synchronisations between ranks (0 on one rank).
+    pub sync_rounds: u64,
+    /// Wall seconds spent in them (waiting for slower ranks included).
+    pub sync_seconds: f64,
 }
 
 const EXP_TABLE_SIZE: usize = 1000;
@@ -594,6 +602,9 @@ struct Shared<'a, O> {
     lr: LearningRate,
     words_done: AtomicU64,
     alpha_bits: AtomicU32,
+    /// Global index of this process's first thread (rank × threads): thread random streams
+    /// differ across ranks.
+    tid0: usize,
 }
 
 /// One training thread: its byte range of the corpus, random stream and scratch buffers.
@@ -615,7 +626,7 @@ impl<'a, O: OutputLayer> Worker<'a, O> {
         Self {
             sh,
             range,
-            rng: Fast::for_thread(sh.cfg.seed, tid),
+            rng: Fast::for_thread(sh.cfg.seed, sh.tid0 + tid),
             neu1: vec![0f32; dim],
             neu1e: vec![0f32; dim],
             sent: Vec::with_capacity(MAX_SENTENCE),
@@ -701,10 +712,15 @@ impl<'a, O: OutputLayer> Worker<'a, O> {
 
 /// Runs one worker per byte range on scoped threads, calling `on_progress` about every
 /// 100 ms from the calling thread; returns the invalid UTF-8 bytes of the last epoch.
+///
+/// With `sync` (several ranks), the calling thread also runs the model synchronisation
+/// rounds while the workers train, and keeps taking part in rounds after its own workers
+/// finished until every rank's have.
 fn run_workers<O: OutputLayer>(
     sh: &Shared<O>,
     parts: &[(u64, u64)],
     on_progress: &mut dyn FnMut(&Progress),
+    mut sync: Option<&mut ModelSync>,
 ) -> Result<u64> {
     std::thread::scope(|s| -> Result<u64> {
         let handles: Vec<_> = parts
@@ -717,11 +733,21 @@ fn run_workers<O: OutputLayer>(
             alpha_bits: &sh.alpha_bits,
             total: sh.lr.total,
         };
-        while !handles.iter().all(|h| h.is_finished()) {
+        loop {
+            let local_done = handles.iter().all(|h| h.is_finished());
             on_progress(&prog);
-            std::thread::sleep(Duration::from_millis(100));
+            let all_done = match sync.as_deref_mut() {
+                Some(m) => m.poll(sh.words_done.load(Ordering::Relaxed), local_done)?,
+                None => local_done,
+            };
+            if all_done {
+                break;
+            }
+            // A rank whose workers are done waits in the next round's collective, not here.
+            if !local_done {
+                std::thread::sleep(Duration::from_millis(if sync.is_some() { 10 } else { 100 }));
+            }
         }
-        on_progress(&prog);
         let mut invalid = 0;
         for h in handles {
             invalid += h.join().map_err(|_| anyhow!("a training thread panicked"))??;
@@ -731,7 +757,7 @@ fn run_workers<O: OutputLayer>(
 }
 
 /// Everything [`train_passes`] needs besides the output layer.
-struct Setup<'a> {
+struct Setup<'a, 's> {
     path: &'a Path,
     cfg: &'a Config,
     vocab: &'a Vocab,
@@ -739,10 +765,91 @@ struct Setup<'a> {
     sig: &'a [f32],
     syn0: Rows,
     lr: LearningRate,
+    comm: &'a dyn Collective,
+    sync: Option<&'s mut ModelSync<'a>>,
+}
+
+/// Values per block of a synchronisation round: the all-reduce buffers stay at 16 MiB
+/// whatever the model's size.
+const SYNC_BLOCK: usize = 4 << 20;
+
+/// The periodic model synchronisation of distributed word2vec (the model-averaging
+/// schedule of Ji et al., "Parallelizing Word2Vec in Shared and Distributed Memory", 2016,
+/// with deltas summed rather than averaged, so every rank's updates count once as in
+/// single-process Hogwild). Each rank keeps the model as of the last round (`snapshot`);
+/// a round sums the deltas `current − snapshot` over ranks and adds the other ranks' part
+/// to the live matrices, which this rank's threads keep updating meanwhile (Hogwild across
+/// the round too: an update made during the round is kept and goes out in the next one).
+/// The last round (every rank done, no thread writing) sets every rank's model to the same
+/// values.
+struct ModelSync<'a> {
+    comm: &'a dyn Collective,
+    /// Words this rank reads between rounds.
+    every: u64,
+    next_at: u64,
+    /// The matrices (pointer, length) and their values as of the last round.
+    mats: Vec<(*mut f32, usize, Vec<f32>)>,
+    rounds: u64,
+    seconds: f64,
+}
+
+impl<'a> ModelSync<'a> {
+    fn new(comm: &'a dyn Collective, every: u64, mats: Vec<&mut [f32]>) -> Self {
+        Self {
+            comm,
+            every,
+            next_at: every,
+            mats: mats
+                .into_iter()
+                .map(|m| (m.as_mut_ptr(), m.len(), m.to_vec()))
+                .collect(),
+            rounds: 0,
+            seconds: 0.0,
+        }
+    }
+
+    /// Runs a round when this rank read `every` more words or its workers are done
+    /// (`local_done`); returns whether every rank's workers are done (then training ends).
+    fn poll(&mut self, words: u64, local_done: bool) -> Result<bool> {
+        if !local_done && words < self.next_at {
+            return Ok(false);
+        }
+        self.next_at = words + self.every;
+        let t0 = Instant::now();
+        let all_done = {
+            let mut f = [f64::from(u8::from(local_done))];
+            self.comm.all_reduce_sum_f64(&mut f)?;
+            f[0] as usize == self.comm.size()
+        };
+        let (mut mine, mut sum) = (Vec::new(), Vec::new());
+        for (ptr, len, snap) in &mut self.mats {
+            for start in (0..*len).step_by(SYNC_BLOCK) {
+                let end = (start + SYNC_BLOCK).min(*len);
+                // SAFETY: in bounds (the matrix has `len` values and outlives the training
+                // passes); the workers write the same memory concurrently, the Hogwild
+                // races the module accepts for all its threads (see `Rows`).
+                let cur = unsafe { std::slice::from_raw_parts_mut(ptr.add(start), end - start) };
+                let snap = &mut snap[start..end];
+                mine.clear();
+                mine.extend(cur.iter().zip(snap.iter()).map(|(c, s)| c - s));
+                sum.clear();
+                sum.extend_from_slice(&mine);
+                self.comm.all_reduce_sum_f32(&mut sum)?;
+                for i in 0..cur.len() {
+                    snap[i] += sum[i];
+                    cur[i] = if all_done { snap[i] } else { cur[i] + (sum[i] - mine[i]) };
+                }
+            }
+        }
+        self.rounds += 1;
+        self.seconds += t0.elapsed().as_secs_f64();
+        Ok(all_done)
+    }
 }
 
 /// Trains with output layer `out`: sets up the shared state and runs the workers.
 fn train_passes<O: OutputLayer>(st: Setup, out: O, on_progress: &mut dyn FnMut(&Progress)) -> Result<(u64, u64)> {
+    let (rank, size) = (st.comm.rank(), st.comm.size());
     let sh = Shared {
         path: st.path,
         cfg: st.cfg,
@@ -760,11 +867,15 @@ fn train_passes<O: OutputLayer>(st: Setup, out: O, on_progress: &mut dyn FnMut(&
         lr: st.lr,
         words_done: AtomicU64::new(0),
         alpha_bits: AtomicU32::new(st.lr.alpha0.to_bits()),
+        tid0: rank * st.cfg.threads,
     };
     let file_len = std::fs::metadata(st.path)
         .with_context(|| format!("cannot read corpus {}", st.path.display()))?
         .len();
-    let invalid = run_workers(&sh, &ranges(file_len, st.cfg.threads), on_progress)?;
+    // Rank r's threads take the r-th group of `threads` byte ranges of the whole corpus.
+    let t = st.cfg.threads;
+    let parts = ranges(file_len, t * size)[rank * t..(rank + 1) * t].to_vec();
+    let invalid = run_workers(&sh, &parts, on_progress, st.sync)?;
     Ok((invalid, sh.words_done.load(Ordering::Relaxed)))
 }
 
@@ -772,10 +883,38 @@ fn train_passes<O: OutputLayer>(st: Setup, out: O, on_progress: &mut dyn FnMut(&
 /// from the calling thread while worker threads train. Fails on an invalid config (see
 /// [`Config::validate`]), an unreadable or empty corpus, or a corpus with no word of
 /// `min_count` occurrences.
-pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progress)) -> Result<(Embeddings, Summary)> {
+pub fn train_file(path: &Path, cfg: &Config, on_progress: impl FnMut(&Progress)) -> Result<(Embeddings, Summary)> {
+    train_file_distributed(path, cfg, &SingleProcess, 0, on_progress)
+}
+
+/// [`train_file`] with the ranks of `comm` (`mpirun -np N seqlab w2v train`): rank 0 counts
+/// the vocabulary and broadcasts it; rank r's `cfg.threads` Hogwild threads train on the
+/// r-th of N equal byte ranges of the corpus; every `sync_words` words a rank reads, the
+/// ranks sum their model deltas ([`ModelSync`]); the learning rate decays on each rank's
+/// own progress through its share of the words. Every rank returns the same final vectors.
+/// `sync_words` must be > 0 when there are several ranks.
+pub fn train_file_distributed(
+    path: &Path,
+    cfg: &Config,
+    comm: &dyn Collective,
+    sync_words: u64,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<(Embeddings, Summary)> {
     cfg.validate()?;
+    let size = comm.size();
+    anyhow::ensure!(size == 1 || sync_words > 0, "sync_words must be > 0");
     let t0 = Instant::now();
-    let (vocab, stats) = Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?;
+    let (vocab, stats) = if size == 1 {
+        Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?
+    } else {
+        let mut bytes = Vec::new();
+        if comm.rank() == 0 {
+            let (v, st) = Vocab::build(path, cfg.text, cfg.min_count, cfg.max_vocab)?;
+            bytes = v.to_bytes(&st);
+        }
+        comm.broadcast_bytes(&mut bytes, 0)?;
+        Vocab::from_bytes(&bytes)?
+    };
     let vocab_seconds = t0.elapsed().as_secs_f64();
     let dim = cfg.dim;
     let mut w = Weights::init(vocab.len(), cfg);
@@ -793,10 +932,15 @@ pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progre
         lr: LearningRate {
             alpha0: cfg.alpha0(),
             min_alpha: cfg.min_alpha(),
-            total: vocab.total() * cfg.epochs as u64,
+            total: vocab.total() * cfg.epochs as u64 / size as u64,
         },
+        comm,
+        sync: None,
     };
     let (syn1neg, syn1) = (Rows::of(&mut w.syn1neg, dim), Rows::of(&mut w.syn1, dim));
+    let mut sync = (size > 1).then(|| ModelSync::new(comm, sync_words, vec![&mut w.syn0, &mut w.syn1neg, &mut w.syn1]));
+    let mut st = st;
+    st.sync = sync.as_mut();
     let neg = || NegativeSampling {
         syn1neg,
         negative: cfg.negative,
@@ -819,6 +963,9 @@ pub fn train_file(path: &Path, cfg: &Config, mut on_progress: impl FnMut(&Progre
         vocab_seconds,
         words_per_second: words_trained as f64 / train_seconds.max(1e-9),
         invalid_bytes: invalid,
+        ranks: size,
+        sync_rounds: sync.as_ref().map_or(0, |s| s.rounds),
+        sync_seconds: sync.as_ref().map_or(0.0, |s| s.seconds),
     };
     Ok((
         Embeddings {

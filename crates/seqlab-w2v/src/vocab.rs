@@ -223,6 +223,52 @@ impl Vocab {
         Ok((Self::from_words(kept.iter().map(|&i| seen.word(i)), cnts), stats))
     }
 
+    /// The vocabulary and the counting pass's statistics as bytes, for ranks that did not
+    /// count (distributed training: the corpus is counted once, on rank 0). Per word: count
+    /// (u64 LE), byte length (u32 LE), UTF-8 bytes; after the statistics (4 × u64 LE).
+    pub fn to_bytes(&self, stats: &CorpusStats) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [stats.lines, stats.tokens, stats.distinct, stats.invalid_bytes] {
+            b.extend(v.to_le_bytes());
+        }
+        for (w, &c) in self.words().zip(&self.counts) {
+            b.extend(c.to_le_bytes());
+            b.extend((w.len() as u32).to_le_bytes());
+            b.extend(w.as_bytes());
+        }
+        b
+    }
+
+    /// Reads what [`Vocab::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8]) -> Result<(Self, CorpusStats)> {
+        struct Cursor<'a>(&'a [u8]);
+        impl<'a> Cursor<'a> {
+            fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+                anyhow::ensure!(self.0.len() >= n, "truncated vocabulary bytes");
+                let (h, t) = self.0.split_at(n);
+                self.0 = t;
+                Ok(h)
+            }
+            fn u64(&mut self) -> Result<u64> {
+                Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
+            }
+        }
+        let mut c = Cursor(b);
+        let stats = CorpusStats {
+            lines: c.u64()?,
+            tokens: c.u64()?,
+            distinct: c.u64()?,
+            invalid_bytes: c.u64()?,
+        };
+        let (mut words, mut counts) = (Vec::new(), Vec::new());
+        while !c.0.is_empty() {
+            counts.push(c.u64()?);
+            let n = u32::from_le_bytes(c.take(4)?.try_into()?) as usize;
+            words.push(std::str::from_utf8(c.take(n)?)?);
+        }
+        Ok((Self::from_words(words, counts), stats))
+    }
+
     /// Number of words kept.
     pub fn len(&self) -> usize {
         self.index.len()

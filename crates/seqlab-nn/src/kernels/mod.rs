@@ -11,7 +11,8 @@
 //! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
 //!   (behind [`crate::recurrent`]);
 //! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward, and
-//!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]).
+//!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]);
+//! - `simd`: hand-vectorised AVX2 + FMA pieces (an 8-wide exp) behind a CPU-feature token.
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
@@ -25,6 +26,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
 pub mod selective_scan;
+pub(crate) mod simd;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
