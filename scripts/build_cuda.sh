@@ -10,8 +10,8 @@
 #   SEQLAB_CUDA_VENV=/opt/cu13 scripts/build_cuda.sh --tests   # also the test binaries
 #
 # Runtime libraries the binary needs (ldd target-cuda/release/seqlab): libcuda.so.1 (the
-# NVIDIA driver, on the GPU machine), libcublas.so.13, libcublasLt.so.13, libcurand.so.10,
-# libnvrtc.so.13 (+ libnvrtc-builtins.so.13.0). They are the pip packages below; on the GPU
+# NVIDIA driver, on the GPU machine), libcublas.so.13, libcublasLt.so.13, libcudart.so.13
+# (candle's statically compiled MoE kernels), libcurand.so.10, libnvrtc.so.13 (+ libnvrtc-builtins.so.13.0). They are the pip packages below; on the GPU
 # machine point LD_LIBRARY_PATH at a folder holding them (PyTorch's cu13 wheels ship them
 # too: …/site-packages/nvidia/cu13/lib) — scripts/gpu_check.sh does.
 set -euo pipefail
@@ -32,7 +32,7 @@ ROOT=$("$VENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.
 [ -x "$ROOT/bin/nvcc" ] || { echo "no nvcc under $ROOT" >&2; exit 1; }
 
 # The linker wants unversioned names (-lcublas ...); the wheels ship only the sonames.
-for l in cublas cublasLt; do ln -sf "lib$l.so.13" "$ROOT/lib/lib$l.so"; done
+for l in cublas cublasLt cudart; do ln -sf "lib$l.so.13" "$ROOT/lib/lib$l.so"; done
 ln -sf libcurand.so.10 "$ROOT/lib/libcurand.so"
 ln -sf libnvrtc.so.13 "$ROOT/lib/libnvrtc.so"
 # libcuda stub: every driver entry point of cuda.h (after the preprocessor's _v2 renames).
