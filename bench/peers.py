@@ -36,16 +36,24 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 
+def sync():
+    """Waits for queued GPU work, so that a timed section ends when its kernels have run."""
+    if torch.cuda.is_available() and torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_units(warmup, steps, f):
     """Calls f() warmup times untimed, then steps times timed; f returns the units it processed.
     Returns the fields of seqlab's `Timing` (seqlab_train::bench::time_units)."""
     assert steps > 0, "the number of timed steps must be > 0"
     for _ in range(warmup):
         f()
+    sync()
     c0, t0 = cpu_seconds(), time.perf_counter()
     units = 0
     for _ in range(steps):
         units += f()
+    sync()
     secs = time.perf_counter() - t0
     return {"steps": steps, "units": units, "seconds": secs, "cpu_seconds": cpu_seconds() - c0,
             "units_per_s": units / max(secs, 1e-12)}
@@ -128,7 +136,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32, help="translate, generate: sequences decoded together")
     ap.add_argument("--tokens", type=int, default=128, help="generate: tokens per sequence in one timed step")
     ap.add_argument("--sentences", type=int, default=64)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: every tensor and module is created there")
+    ap.add_argument("--tf32", action="store_true",
+                    help="CUDA: TF32 tensor-core matmuls and convolutions (default: full fp32)")
     a = ap.parse_args()
+    torch.set_default_device(a.device)
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     extra = {}

@@ -35,11 +35,12 @@ pub struct ExportArgs {
 
 /// A translation model from a seqlab checkpoint (or run) folder, or from a Hugging Face
 /// M2M100 folder (`config.json` and no `trainer.json`).
-pub fn load_translation_model(path: &Path) -> Result<MtTask> {
+/// The model is built on `device`.
+pub fn load_translation_model(path: &Path, device: &candle_core::Device) -> Result<MtTask> {
     if seqlab_mt::hf::is_hf_dir(path) {
-        seqlab_mt::hf::load(path, &candle_core::Device::Cpu)
+        seqlab_mt::hf::load(path, device)
     } else {
-        Ok(seqlab_train::load::<MtTask>(path)?.task)
+        Ok(seqlab_train::load_on::<MtTask>(path, device)?.task)
     }
 }
 
@@ -51,7 +52,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             a.output.display()
         );
     }
-    let task = load_translation_model(&a.checkpoint)?;
+    let task = load_translation_model(&a.checkpoint, &candle_core::Device::Cpu)?;
     match a.format {
         ExportFormat::Hf => {
             let e = seqlab_mt::hf::export(&task, &a.output)?;

@@ -141,6 +141,12 @@ fn main() {
     quiet_error_backtraces();
     tune_allocator();
     let cli = Cli::parse();
+    // A misspelt SEQLAB_OPS (fused | composed, seqlab_nn::ops) stops here rather than
+    // silently running the other path.
+    if let Err(e) = seqlab_nn::ops::path_from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     // Under mpirun/srun (feature `mpi`) this joins the job's ranks; MPI is finalized when
     // the guard drops at the end of main.
     let dist = match seqlab_train::dist::init() {

@@ -26,6 +26,8 @@ pub struct TranslateArgs {
     /// Face M2M100 folder written by `seqlab export --format hf`.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub device: crate::train::DeviceArg,
     /// Source sentences, one per line (default: standard input). With `--tsv`, `src<TAB>ref`
     /// lines whose references are scored.
     #[arg(long, short)]
@@ -116,7 +118,7 @@ fn strategy(a: &TranslateArgs, task: &MtTask) -> DecodeStrategy {
 /// `seqlab translate`: translates text with a trained model; empty lines stay empty.
 pub fn translate(a: TranslateArgs) -> Result<()> {
     check_output(&a)?;
-    let task = crate::export::load_translation_model(&a.checkpoint)?;
+    let task = crate::export::load_translation_model(&a.checkpoint, &a.device.open()?)?;
     let (srcs, refs) = read_input(&a)?;
     let strat = strategy(&a, &task);
     let todo: Vec<usize> = (0..srcs.len()).filter(|&i| !srcs[i].is_empty()).collect();

@@ -33,6 +33,8 @@ pub struct PredictArgs {
     /// Word vectors (word2vec text or binary, or safetensors) for nearest-word queries.
     #[arg(long)]
     pub vectors: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: crate::train::DeviceArg,
     /// Input file, UTF-8 (default: standard input). One input per line, blank lines skipped:
     /// a text (classifiers, translation; with `[MASK]`s for fill-mask models), a series of numbers separated by commas and/or
     /// spaces, oldest first (forecasters), words with `-` before the subtracted ones, like
@@ -204,7 +206,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         .expect("clap requires one");
     let loaded = match &a.vectors {
         Some(v) => Loaded::Similar(models::Similar::load(v).with_context(|| format!("--vectors {}", v.display()))?),
-        None => models::load(path)?,
+        None => models::load_on(path, &a.device.open()?)?,
     };
     let kind = match &loaded {
         Loaded::Translate(_) => "translation",

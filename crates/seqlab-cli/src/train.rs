@@ -40,6 +40,10 @@ pub struct RunFlags {
     /// else 42).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Device to train on: cpu, cuda (= cuda:0) or cuda:N (overrides `train.device`;
+    /// default: the config's, else cpu). CUDA needs a build with `--features cuda`.
+    #[arg(long)]
+    pub device: Option<String>,
     /// Hide the progress bar (default: shown when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -47,6 +51,22 @@ pub struct RunFlags {
     /// and nothing is written.
     #[arg(long)]
     pub check: bool,
+}
+
+/// `--device` of the commands that run a trained model (the flag group they share).
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArg {
+    /// Device to run the model on: cpu, cuda (= cuda:0) or cuda:N; checkpoints load onto any
+    /// device, whatever they trained on. CUDA needs a build with `--features cuda`.
+    #[arg(long = "device", default_value = "cpu")]
+    pub name: String,
+}
+
+impl DeviceArg {
+    /// Opens the device; the error names `--device`.
+    pub fn open(&self) -> Result<candle_core::Device> {
+        seqlab_nn::parse_device(&self.name).map_err(|e| anyhow::anyhow!("--device: {e}"))
+    }
 }
 
 impl RunFlags {
@@ -67,6 +87,9 @@ impl RunFlags {
         }
         if let Some(s) = self.seed {
             sets.push(format!("train.seed={s}"));
+        }
+        if let Some(d) = &self.device {
+            sets.push(format!("train.device={d:?}"));
         }
         if self.no_progress || !std::io::stderr().is_terminal() {
             sets.push("train.progress=false".into());
@@ -91,6 +114,8 @@ pub struct EvalArgs {
     /// A checkpoint folder, or a run folder (its best checkpoint, else its latest).
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Which configured split to evaluate (default: test when the run's config has test
     /// data, else valid).
     #[arg(long, value_enum)]
@@ -146,6 +171,8 @@ pub struct GenerateArgs {
     /// A language-model checkpoint folder, or its run folder.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Text to continue (default: a newline).
     #[arg(long, default_value = "\n")]
     pub prompt: String,
@@ -260,7 +287,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 /// `seqlab eval`: any task's checkpoint, through the registry.
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let loaded = registry().load(&a.checkpoint)?;
+    let loaded = registry().load_on(&a.checkpoint, &a.device.open()?)?;
     let split = match a.split {
         Some(SplitArg::Valid) => Split::Valid,
         Some(SplitArg::Test) => Split::Test,
@@ -277,7 +304,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 /// `seqlab generate`.
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let loaded = seqlab_train::load::<LmTask>(&a.checkpoint)?;
+    let loaded = seqlab_train::load_on::<LmTask>(&a.checkpoint, &a.device.open()?)?;
     let g = GenerateConfig {
         max_tokens: a.max_tokens,
         sampling: a.sampling.config(seqlab_tasks::lm::DEFAULT_TEMPERATURE),

@@ -138,6 +138,69 @@ fn lm_pipeline_train_eval_generate_plot() {
 
 /// `model.kind = "mamba"` trains, evaluates and samples (through its step function) like the
 /// other language models.
+/// `SEQLAB_OPS=composed` trains through the composed ops (the GPU's path) with the losses of
+/// the fused CPU kernels; bad device names and a CUDA device on a CPU-only build are clear
+/// errors, never panics.
+#[test]
+fn composed_ops_train_alike_and_devices_are_checked() {
+    let losses = |ops: &str| {
+        let d = scratch(&format!("ops-{ops}"));
+        let cfg = lm_config(&d, 4);
+        ok(seqlab()
+            .args(["train", "--device", "cpu", "--config"])
+            .arg(&cfg)
+            .env("SEQLAB_OPS", ops)
+            .output()
+            .unwrap());
+        train_losses(&d.join("run"))
+    };
+    let (fused, composed) = (losses("fused"), losses("composed"));
+    assert_eq!(fused.len(), 4);
+    for ((s1, a), (s2, b)) in fused.iter().zip(&composed) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "step {s1}: fused {a}, composed {b}");
+    }
+    let d = scratch("devices");
+    let cfg = lm_config(&d, 2);
+    let bad = failed(
+        seqlab()
+            .args(["train", "--device", "gpu0", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap(),
+    );
+    assert!(bad.contains("unknown device `gpu0`"), "{bad}");
+    let ops = failed(
+        seqlab()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .env("SEQLAB_OPS", "fast")
+            .output()
+            .unwrap(),
+    );
+    assert!(ops.contains("SEQLAB_OPS") && ops.contains("fused or composed"), "{ops}");
+    if !cfg!(feature = "cuda") {
+        let e = failed(
+            seqlab()
+                .args(["train", "--device", "cuda", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap(),
+        );
+        assert!(e.contains("built without CUDA; rebuild with --features cuda"), "{e}");
+        let e = failed(
+            seqlab()
+                .args(["generate", "--checkpoint", "nowhere", "--device", "cuda:1"])
+                .output()
+                .unwrap(),
+        );
+        assert!(
+            e.contains("--device") && e.contains("rebuild with --features cuda"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn mamba_lm_trains_and_generates() {
     let d = scratch("mamba-lm");

@@ -8,7 +8,7 @@
 
 use crate::c;
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use seqlab_nn::sampling::{argmax, Sampler, SamplingConfig};
 use seqlab_nn::{DecodeState, EncodedSource, Seq2SeqTransformer};
 
@@ -188,7 +188,7 @@ impl DecodeSession for Stepper<'_> {
     fn reorder(&mut self, idx: &[u32]) -> Result<()> {
         match &mut self.state {
             Some(st) => {
-                let t = c(Tensor::new(idx, &Device::Cpu))?;
+                let t = c(Tensor::new(idx, self.enc.memory.device()))?;
                 for cache in st.caches.iter_mut() {
                     if let Some(k) = &cache.self_kv.k {
                         cache.self_kv.k = Some(c(k.index_select(&t, 0))?);
@@ -390,6 +390,7 @@ impl Decoder for Beam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
     use seqlab_nn::{Seq2SeqConfig, TransformerConfig, VarStore};
 
     pub(crate) fn tiny_model(seed: u64, vocab: usize) -> (VarStore, Seq2SeqTransformer) {

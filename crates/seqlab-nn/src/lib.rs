@@ -13,7 +13,8 @@
 //!   state-space mixer, its block, stacked model and LM, padded batches, step decoding);
 //! - [`kernels`]: the unsafe fused CPU kernels behind those layers (forward + backward);
 //! - training pieces: [`loss`], [`optim`], [`clip`], [`rng`] (seeded, checkpointable),
-//!   [`varstore`] (named parameters), [`io`] (atomic writes), [`ops`] (differentiable helpers);
+//!   [`varstore`] (named parameters), [`io`] (atomic writes), [`ops`] (differentiable helpers,
+//!   and the fused/composed switch [`ops::Path`]), [`device`] (device names: cpu, cuda:N);
 //! - [`testing`]: helpers for tests of this and other crates (gradient reachability, ...).
 //!
 //! PyTorch parity is checked by `tests/torch_parity.rs` against the reference cases in
@@ -22,6 +23,7 @@
 pub mod attention;
 mod check;
 pub mod clip;
+pub mod device;
 pub mod dropout;
 pub mod embedding;
 pub mod io;
@@ -45,6 +47,7 @@ pub use attention::{
     MultiheadAttention, MultiheadAttentionConfig, ReturnWeights, SdpaOptions,
 };
 pub use clip::{clip_grad_norm, clip_grad_norm_pairs};
+pub use device::parse_device;
 pub use dropout::Dropout;
 pub use embedding::{Embedding, EmbeddingConfig};
 pub use linear::{Linear, LinearConfig};

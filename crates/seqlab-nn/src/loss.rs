@@ -98,7 +98,7 @@ pub fn cross_entropy(
     let dev = logits.device();
     let m = ids.len();
     let count: f32 = keep.iter().sum();
-    let per = if dev.is_cpu() && flat.dtype() == DType::F32 {
+    let per = if crate::ops::use_fused(&flat) {
         let op = crate::kernels::cross_entropy::CrossEntropyRows {
             target: idx,
             keep: keep.clone(),

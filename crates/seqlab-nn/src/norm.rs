@@ -59,7 +59,8 @@ impl LayerNorm {
     }
 
     /// (..., C) → (..., C). On CPU this is one fused kernel with a hand-written backward
-    /// ([`layer_norm_fused`]); on other devices the composed candle ops.
+    /// ([`layer_norm_fused`]); on other devices, or with [`crate::ops::Path::Composed`], the
+    /// composed candle ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = *x.dims().last().unwrap_or(&0);
         if let Some(w) = &self.weight {
@@ -70,7 +71,7 @@ impl LayerNorm {
                 );
             }
         }
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if crate::ops::use_fused(x) {
             layer_norm_fused(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
         } else {
             self.forward_composed(x)
@@ -145,7 +146,8 @@ impl RmsNorm {
     }
 
     /// (..., C) → (..., C): on the CPU in f32 one fused op with an analytic backward
-    /// ([`rms_norm_fused`]); on other devices the composed candle ops.
+    /// ([`rms_norm_fused`]); on other devices, or with [`crate::ops::Path::Composed`], the
+    /// composed candle ops.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = *x.dims().last().unwrap_or(&0);
         if let Some(w) = &self.weight {
@@ -156,7 +158,7 @@ impl RmsNorm {
                 );
             }
         }
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if crate::ops::use_fused(x) {
             rms_norm_fused(x, self.weight.as_ref(), self.eps)
         } else {
             self.forward_composed(x)

@@ -195,10 +195,11 @@ impl Params {
 }
 
 /// Runs `kernel(param, grad)` over one parameter's storage: in place on CPU, through a host
-/// copy and `Var::set` elsewhere.
+/// copy and `Var::set` elsewhere (and on the CPU with [`crate::ops::Path::Composed`], so that
+/// the parity tests prove that path too). Both apply the same per-element arithmetic.
 fn update_param(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
     let grad = grad.contiguous()?;
-    if var.device().is_cpu() && grad.device().is_cpu() {
+    if crate::ops::use_fused(var.as_tensor()) && grad.device().is_cpu() {
         let op = Fused {
             kernel: RefCell::new(kernel),
         };

@@ -3,8 +3,9 @@
 //!
 //! Each layer and direction runs as: one matmul `x @ W_ih^T + b` over all time steps (the
 //! fused linear op, [`crate::kernels::linear`]), then the whole recurrence as one fused op
-//! ([`crate::kernels::recurrence`]) with a hand-written BPTT backward. There is no other code path: the PyTorch parity cases run
-//! through exactly this one.
+//! ([`crate::kernels::recurrence`]) with a hand-written BPTT backward. On other devices, and
+//! with [`crate::ops::Path::Composed`], the same recurrence runs step by step from candle ops
+//! ([`recurrence_composed`]) with autograd as BPTT; the PyTorch parity cases run both.
 //!
 //! Variable-length batches: `lengths[b]` is sequence b's valid length. Outputs past it are
 //! zero, the final states are those of its last valid step, and the reverse direction starts
@@ -373,7 +374,11 @@ impl Stack {
             reverse,
             lengths: lengths.map(|l| l.to_vec()),
         };
-        FusedRecurrence::run(spec, &gx, &state0, &w)
+        if crate::ops::use_fused(&gx) {
+            FusedRecurrence::run(spec, &gx, &state0, &w)
+        } else {
+            recurrence_composed(&spec, &gx, &state0, &w)
+        }
     }
 
     /// The bias that joins the input projection, and GRU's `b_hn`. Bias terms that merely
@@ -411,6 +416,130 @@ impl Stack {
             Tensor::cat(&wparts, 0)
         }
     }
+}
+
+/// The fused recurrence's function ([`FusedRecurrence::run`]: same arguments, same results)
+/// composed from candle ops, one step at a time, so that autograd does the BPTT: the path on
+/// non-CPU devices (one cuBLAS GEMM per step) and the fused kernel's reference. `gx`
+/// (T, B, G·H) holds the input projection with the additive biases; `state0` and `w` are
+/// flattened as the fused op takes them. Returns out (T, B, P) (zero past each length),
+/// hn (B, P) and, for LSTM, cn (B, H), the states of each sequence's last valid step.
+pub(crate) fn recurrence_composed(
+    spec: &FusedSpec,
+    gx: &Tensor,
+    state0: &Tensor,
+    w: &Tensor,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    // Check the spec as the fused op does (sizes, lengths, projection).
+    let _checked = FusedRecurrence::new(spec.clone())?;
+    let (t_len, bsz, h, p) = (spec.seq_len, spec.batch, spec.hidden, spec.out);
+    let gh = spec.cell.gates() * h;
+    let dev = gx.device();
+    if gx.dims() != [t_len, bsz, gh] {
+        bail!("recurrence: gx {:?}, expected ({t_len}, {bsz}, {gh})", gx.dims());
+    }
+    let whh = w.narrow(0, 0, gh * p)?.reshape((gh, p))?;
+    let mut off = gh * p;
+    let whr = if spec.proj {
+        let t = w.narrow(0, off, p * h)?.reshape((p, h))?;
+        off += p * h;
+        Some(t)
+    } else {
+        None
+    };
+    let bhn = if spec.gru_bhn { Some(w.narrow(0, off, h)?) } else { None };
+    let lstm = spec.cell == FusedCell::Lstm;
+    let mut hs = state0.narrow(0, 0, bsz * p)?.reshape((bsz, p))?;
+    let mut cs = if lstm {
+        Some(state0.narrow(0, bsz * p, bsz * h)?.reshape((bsz, h))?)
+    } else {
+        None
+    };
+    // Step s of sequence b reads time t = perm(s, b) (s, or len−1−s when reversed); steps past
+    // a sequence's end map to themselves (s ≥ len) and are masked. perm is an involution, so
+    // the same index turns the step-ordered outputs back into time order.
+    let len_of = |b: usize| spec.lengths.as_ref().map_or(t_len, |l| l[b]);
+    let perm: Vec<u32> = (0..t_len)
+        .flat_map(|s| {
+            (0..bsz).map(move |b| {
+                let len = len_of(b);
+                let t = if spec.reverse && s < len { len - 1 - s } else { s };
+                (t * bsz + b) as u32
+            })
+        })
+        .collect();
+    let identity = perm.iter().enumerate().all(|(i, &v)| i as u32 == v);
+    let perm = Tensor::from_vec(perm, t_len * bsz, dev)?;
+    let gx = if identity {
+        gx.clone()
+    } else {
+        gx.reshape((t_len * bsz, gh))?
+            .index_select(&perm, 0)?
+            .reshape((t_len, bsz, gh))?
+    };
+    let varlen = spec.lengths.as_ref().is_some_and(|l| l.iter().any(|&n| n < t_len));
+    // sigmoid from tanh: stable for any input, and its gradient is finite everywhere.
+    let sigmoid = |x: &Tensor| -> Result<Tensor> { ((x * 0.5)?.tanh()? + 1.0)? * 0.5 };
+    let mut outs = Vec::with_capacity(t_len);
+    for s in 0..t_len {
+        let (x, hh) = (gx.get(s)?, hs.matmul(&whh.t()?)?);
+        let (h_new, c_new) = match spec.cell {
+            FusedCell::RnnTanh => ((x + hh)?.tanh()?, None),
+            FusedCell::RnnRelu => ((x + hh)?.relu()?, None),
+            FusedCell::Lstm => {
+                let a = (x + hh)?;
+                let chunk = |i: usize| a.narrow(1, i * h, h);
+                let (i, f) = (sigmoid(&chunk(0)?)?, sigmoid(&chunk(1)?)?);
+                let (g, o) = (chunk(2)?.tanh()?, sigmoid(&chunk(3)?)?);
+                let c = ((f * cs.as_ref().expect("LSTM state"))? + (i * g)?)?;
+                let m = (o * c.tanh()?)?;
+                let h_new = match &whr {
+                    Some(whr) => m.matmul(&whr.t()?)?,
+                    None => m,
+                };
+                (h_new, Some(c))
+            }
+            FusedCell::Gru => {
+                // gx holds W_i x + b_i (+ b_hr, b_hz); W_h h has no bias, b_hn is added inside r·(…).
+                let r = sigmoid(&(x.narrow(1, 0, h)? + hh.narrow(1, 0, h)?)?)?;
+                let z = sigmoid(&(x.narrow(1, h, h)? + hh.narrow(1, h, h)?)?)?;
+                let hn = match &bhn {
+                    Some(b) => hh.narrow(1, 2 * h, h)?.broadcast_add(b)?,
+                    None => hh.narrow(1, 2 * h, h)?,
+                };
+                let n = (x.narrow(1, 2 * h, h)? + (r * hn)?)?.tanh()?;
+                let h_new = (&n + (z * (&hs - &n)?)?)?;
+                (h_new, None)
+            }
+        };
+        if varlen {
+            // Sequences that ended keep their state and output zeros.
+            let alive: Vec<f32> = (0..bsz).map(|b| f32::from(u8::from(s < len_of(b)))).collect();
+            let alive = Tensor::from_vec(alive, (bsz, 1), dev)?;
+            let keep =
+                |new: &Tensor, old: &Tensor| -> Result<Tensor> { old + new.broadcast_sub(old)?.broadcast_mul(&alive)? };
+            outs.push(h_new.broadcast_mul(&alive)?);
+            hs = keep(&h_new, &hs)?;
+            if let (Some(c_new), Some(c_old)) = (c_new, cs.as_ref()) {
+                cs = Some(keep(&c_new, c_old)?);
+            }
+        } else {
+            outs.push(h_new.clone());
+            hs = h_new;
+            if c_new.is_some() {
+                cs = c_new;
+            }
+        }
+    }
+    let out = Tensor::stack(&outs, 0)?;
+    let out = if identity {
+        out
+    } else {
+        out.reshape((t_len * bsz, p))?
+            .index_select(&perm, 0)?
+            .reshape((t_len, bsz, p))?
+    };
+    Ok((out, hs, cs))
 }
 
 /// The caller's initial states (zeros when absent), sliced per layer and direction.

@@ -1,9 +1,12 @@
 //! Runs EVERY PyTorch reference case in `$SEQLAB_TORCH_FIXTURES` (default: this crate's
-//! `tests/golden`) and checks outputs to 1e-5 and gradients to 1e-4 relative error. A case
-//! whose `module` is unknown, a missing tensor, or a case with nothing to check fails.
+//! `tests/golden`) and checks outputs to 1e-5 and gradients to 1e-4 relative error, on BOTH
+//! op paths ([`Path::Fused`] CPU kernels and [`Path::Composed`] candle ops, the GPU's path),
+//! on `$SEQLAB_TEST_DEVICE` (default cpu). A case whose `module` is unknown, a missing tensor,
+//! or a case with nothing to check fails.
 
 mod parity;
 
+use seqlab_nn::ops::{with_path, Path};
 use std::path::PathBuf;
 
 #[test]
@@ -17,9 +20,11 @@ fn torch_parity_all_cases() {
     files.sort();
     assert!(!files.is_empty(), "no *.safetensors cases in {}", dir.display());
     let mut failed = Vec::new();
-    for f in &files {
-        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        match parity::check_file(f) {
+    println!("device {:?}", parity::device().location());
+    for (f, path) in files.iter().flat_map(|f| [(f, Path::Fused), (f, Path::Composed)]) {
+        let file = f.file_name().unwrap().to_string_lossy().into_owned();
+        let name = format!("{file} [{path:?}]");
+        match with_path(path, || parity::check_file(f)) {
             Ok(r) if r.failures.is_empty() => {
                 println!(
                     "ok   {name:40} {} tensors, worst rel err {:.2e} ({})",
@@ -42,8 +47,9 @@ fn torch_parity_all_cases() {
     }
     assert!(
         failed.is_empty(),
-        "{} of {} cases failed: {}",
+        "{} of {} case runs ({} files, both paths) failed: {}",
         failed.len(),
+        2 * files.len(),
         files.len(),
         failed.join(", ")
     );

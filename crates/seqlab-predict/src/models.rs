@@ -10,7 +10,7 @@ use crate::api::*;
 use crate::BadInput;
 use crate::BatchPredictor;
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use seqlab_bert::task::FinetuneTask;
 use seqlab_mt::decode::DecodeStrategy;
 use seqlab_mt::task::{MtModelKind, MtTask};
@@ -18,7 +18,7 @@ use seqlab_nn::sampling::SamplingConfig;
 use seqlab_tasks::classify::ClsTask;
 use seqlab_tasks::forecast::ForecastTask;
 use seqlab_tasks::lm::{GenerateConfig, LmTask};
-use seqlab_train::run::load as load_run;
+use seqlab_train::run::load_on as load_run;
 use seqlab_train::Task;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -64,8 +64,13 @@ pub const VECTOR_FILES: [&str; 3] = ["vectors.txt", "vectors.bin", "vectors.safe
 
 /// Loads what `path` holds: a word-vector file; a folder holding one of [`VECTOR_FILES`]
 /// (a word2vec output folder) and no checkpoint; else a checkpoint folder or run folder
-/// (→ its best checkpoint), whatever its task ([`load_checkpoint`]).
+/// (→ its best checkpoint), whatever its task ([`load_checkpoint`]). Models load on the CPU.
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_on(path, &Device::Cpu)
+}
+
+/// [`load`] with a checkpoint's model on `device` (word vectors stay on the CPU).
+pub fn load_on(path: &Path, device: &Device) -> Result<Loaded> {
     if path.is_file() {
         return Ok(Loaded::Similar(Similar::load(path)?));
     }
@@ -89,33 +94,43 @@ pub fn load(path: &Path) -> Result<Loaded> {
             ),
         }
     }
-    Ok(load_checkpoint(path)?)
+    Ok(load_checkpoint_on(path, device)?)
 }
 
 /// Loads a checkpoint folder or run folder (→ its best checkpoint) through the run engine's
 /// loader, picking the predictor from the run's `task`; a task without one (bert-pretrain)
 /// is an error naming the ones that have. A Hugging Face model folder ([`load_hf`]) is
-/// loaded too.
+/// loaded too. The model loads on the CPU.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    load_checkpoint_on(path, &Device::Cpu)
+}
+
+/// [`load_checkpoint`] with the model on `device`; Hugging Face folders load on the CPU only.
+pub fn load_checkpoint_on(path: &Path, device: &Device) -> Result<Loaded> {
     if seqlab_mt::hf::is_hf_dir(path) && !path.join("checkpoints").exists() {
+        anyhow::ensure!(
+            device.is_cpu(),
+            "{}: Hugging Face model folders load on the CPU only (--device cpu)",
+            path.display()
+        );
         return load_hf(path);
     }
     let dir = seqlab_train::checkpoint::resolve(path)?;
     let cfg = seqlab_train::checkpoint::stored_config(&dir)?;
     let task = cfg.get("task").and_then(Value::as_str).unwrap_or_default();
     Ok(match task {
-        MtTask::NAME => Loaded::Translate(Translator::new(load_run::<MtTask>(&dir)?.task)),
+        MtTask::NAME => Loaded::Translate(Translator::new(load_run::<MtTask>(&dir, device)?.task)),
         LmTask::NAME => Loaded::Lm(LanguageModel {
-            task: load_run::<LmTask>(&dir)?.task,
+            task: load_run::<LmTask>(&dir, device)?.task,
         }),
         ClsTask::NAME => Loaded::Classify(Classifier {
-            model: ClsModel::Rnn(load_run::<ClsTask>(&dir)?.task),
+            model: ClsModel::Rnn(load_run::<ClsTask>(&dir, device)?.task),
         }),
         FinetuneTask::NAME => Loaded::Classify(Classifier {
-            model: ClsModel::Bert(load_run::<FinetuneTask>(&dir)?.task),
+            model: ClsModel::Bert(load_run::<FinetuneTask>(&dir, device)?.task),
         }),
         ForecastTask::NAME => Loaded::Forecast(Forecaster {
-            task: load_run::<ForecastTask>(&dir)?.task,
+            task: load_run::<ForecastTask>(&dir, device)?.task,
         }),
         other => anyhow::bail!(
             "{}: a checkpoint of task {other:?}, which has no predictions (predictions exist for {} checkpoints and word vectors; `seqlab eval` evaluates any checkpoint)",

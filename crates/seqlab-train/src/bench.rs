@@ -13,7 +13,6 @@ use crate::run::{build_optimizer, build_task, check_input_files, schedule};
 use crate::task::Task;
 use crate::trainer::{process_cpu_seconds, Trainer};
 use anyhow::Result;
-use candle_core::Device;
 use seqlab_nn::VarStore;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -101,7 +100,7 @@ pub struct ModelBench {
 pub fn bench_task<T: Task>(cfg: &RunConfig<T::Config>, spec: &BenchSpec) -> Result<ModelBench> {
     let config_json = cfg.to_json()?;
     check_input_files(&config_json)?;
-    let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
+    let vs = VarStore::new(cfg.run.train.seed, &crate::run::open_device(&cfg.run.train.device)?);
     let mut task = build_task::<T>(cfg, &vs, None)?;
     let schedule = schedule::<T>(cfg);
     let opt = build_optimizer(cfg, &vs, &schedule)?;
@@ -135,7 +134,7 @@ pub fn bench_task<T: Task>(cfg: &RunConfig<T::Config>, spec: &BenchSpec) -> Resu
 /// model (for decoding benchmarks) with its data and tokenizer, and its parameters.
 pub fn build_untrained<T: Task>(cfg: &RunConfig<T::Config>) -> Result<(T, VarStore)> {
     check_input_files(&cfg.to_json()?)?;
-    let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
+    let vs = VarStore::new(cfg.run.train.seed, &crate::run::open_device(&cfg.run.train.device)?);
     let task = build_task::<T>(cfg, &vs, None)?;
     Ok((task, vs))
 }

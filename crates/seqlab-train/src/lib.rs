@@ -43,7 +43,7 @@ pub mod trainer;
 
 pub use config::{LossConfig, OptimConfig, OptimName, RunConfig, RunSettings};
 pub use lock::RunLock;
-pub use run::{load, Loaded, RunOutcome};
+pub use run::{load, load_on, open_device, Loaded, RunOutcome};
 pub use schedule::Schedule;
 pub use seqlab_dist as dist;
 pub use task::{AnyTask, BuildFrom, Purpose, Registry, Report, Split, Task, TrainRequest};

@@ -260,7 +260,7 @@ pub fn train<T: Task>(cfg: &RunConfig<T::Config>, resume_run: bool) -> Result<Ru
         Some(dir) => resume_changes(dir, &config_json)?,
         None => Vec::new(),
     };
-    let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
+    let vs = VarStore::new(cfg.run.train.seed, &open_device(&cfg.run.train.device)?);
     let mut task = build_task::<T>(cfg, &vs, latest.as_deref())?;
     let schedule = schedule::<T>(cfg);
     let opt = build_optimizer(cfg, &vs, &schedule)?;
@@ -345,9 +345,22 @@ pub struct Loaded<T: Task> {
     pub task: T,
 }
 
+/// Opens a device named as `train.device` / `--device` (`cpu`, `cuda`, `cuda:N`); the error
+/// names the key.
+pub fn open_device(name: &str) -> Result<Device> {
+    seqlab_nn::parse_device(name).map_err(|e| anyhow::anyhow!("train.device: {e}"))
+}
+
 /// The one checkpoint loader: `path` is a checkpoint folder or a run folder (→ its best
-/// checkpoint, else its latest). Errors when the checkpoint belongs to another task.
+/// checkpoint, else its latest). Errors when the checkpoint belongs to another task. The
+/// model is built on the CPU whatever device it trained on (checkpoints hold CPU tensors);
+/// [`load_on`] picks the device.
 pub fn load<T: Task>(path: &Path) -> Result<Loaded<T>> {
+    load_on(path, &Device::Cpu)
+}
+
+/// [`load`] onto `device` (`--device` of the commands that run a model).
+pub fn load_on<T: Task>(path: &Path, device: &Device) -> Result<Loaded<T>> {
     let dir = checkpoint::resolve(path)?;
     let m = checkpoint::stored_config(&dir)?;
     let source = dir.join("trainer.json").display().to_string();
@@ -367,13 +380,15 @@ pub fn load<T: Task>(path: &Path) -> Result<Loaded<T>> {
         _ => {}
     }
     let cfg = parse_config::<T>(m, &source)?;
-    load_from(&dir, cfg)
+    load_from(&dir, cfg, device)
 }
 
-/// Builds task `T` for evaluation from checkpoint folder `dir` and its parsed config, and
-/// loads its weights.
-pub(crate) fn load_from<T: Task>(dir: &Path, cfg: RunConfig<T::Config>) -> Result<Loaded<T>> {
-    let vs = VarStore::new(cfg.run.train.seed, &Device::Cpu);
+/// Builds task `T` for evaluation on `device` from checkpoint folder `dir` and its parsed
+/// config, and loads its weights.
+pub(crate) fn load_from<T: Task>(dir: &Path, mut cfg: RunConfig<T::Config>, device: &Device) -> Result<Loaded<T>> {
+    // The stored config names the device it trained on; the loaded model lives on `device`.
+    cfg.run.train.device = seqlab_nn::device::device_name(device);
+    let vs = VarStore::new(cfg.run.train.seed, device);
     let task = T::build(
         &cfg,
         &vs,

@@ -194,7 +194,7 @@ pub struct TaskEntry {
     claims_untagged: fn(&Map<String, Value>) -> bool,
     check: fn(Map<String, Value>, &str) -> Result<()>,
     train: fn(Map<String, Value>, &str, bool) -> Result<RunOutcome>,
-    load: fn(&Path, Map<String, Value>) -> Result<LoadedAny>,
+    load: fn(&Path, Map<String, Value>, &candle_core::Device) -> Result<LoadedAny>,
     keys: fn() -> Result<Vec<crate::keys::TableDoc>>,
     bench: fn(Map<String, Value>, &str, &BenchSpec) -> Result<ModelBench>,
 }
@@ -214,9 +214,9 @@ impl TaskEntry {
             keys: crate::keys::task_tables::<T>,
             check: |m, source| parse_config::<T>(m, source).map(|_| ()),
             train: |m, source, resume| run::train::<T>(&parse_config::<T>(m, source)?, resume),
-            load: |dir, m| {
+            load: |dir, m, device| {
                 let cfg = parse_config::<T>(m, &dir.join("trainer.json").display().to_string())?;
-                let loaded = run::load_from::<T>(dir, cfg)?;
+                let loaded = run::load_from::<T>(dir, cfg, device)?;
                 Ok(LoadedAny {
                     dir: loaded.dir,
                     default_split: T::final_split(&loaded.cfg),
@@ -349,13 +349,18 @@ impl Registry {
     }
 
     /// Loads a trained model from a checkpoint folder or a run folder (→ its best
-    /// checkpoint), whatever its task.
+    /// checkpoint), whatever its task, on the CPU.
     pub fn load(&self, path: &Path) -> Result<LoadedAny> {
+        self.load_on(path, &candle_core::Device::Cpu)
+    }
+
+    /// [`Registry::load`] with the model on `device` (whatever device it trained on).
+    pub fn load_on(&self, path: &Path, device: &candle_core::Device) -> Result<LoadedAny> {
         let dir = crate::checkpoint::resolve(path)?;
         let mut m = crate::checkpoint::stored_config(&dir)?;
         let source = dir.join("trainer.json").display().to_string();
         let e = self.entry_for(&mut m, None, &source)?;
-        (e.load)(&dir, m)
+        (e.load)(&dir, m, device)
     }
 }
 

@@ -52,6 +52,9 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Show a progress bar (off in tests and when stderr is not a terminal).
     pub progress: bool,
+    /// Where the model trains: `"cpu"`, `"cuda"` (= `cuda:0`) or `"cuda:N"`
+    /// ([`seqlab_nn::device`]); checkpoints are written as CPU tensors either way.
+    pub device: String,
 }
 
 /// The `[train]` keys at run time (`seqlab config keys`).
@@ -71,6 +74,10 @@ impl ConfigKeys for LoopConfig {
         KeyDoc::new("keep_checkpoints", "step-* checkpoints kept besides best"),
         KeyDoc::new("seed", "seed of initial weights, dropout and data order"),
         KeyDoc::new("progress", "show a progress bar (only when stderr is a terminal)"),
+        KeyDoc::new(
+            "device",
+            "where the model trains: cpu, cuda (= cuda:0) or cuda:N (needs a build with --features cuda); checkpoints stay device-independent",
+        ),
     ];
 }
 
@@ -88,6 +95,7 @@ impl Default for LoopConfig {
             keep_checkpoints: 2,
             seed: 42,
             progress: true,
+            device: "cpu".into(),
         }
     }
 }
@@ -122,6 +130,7 @@ impl LoopConfig {
         if let Some(c) = self.clip_norm {
             anyhow::ensure!(c > 0.0, "train.clip_norm must be > 0, got {c}");
         }
+        seqlab_nn::device::check_device_name(&self.device).map_err(|e| anyhow::anyhow!("train.device: {e}"))?;
         Ok(())
     }
 }

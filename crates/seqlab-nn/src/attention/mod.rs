@@ -1,5 +1,7 @@
 //! Scaled dot-product attention (`F.scaled_dot_product_attention`) and
-//! `nn.MultiheadAttention`, both on one fused CPU kernel ([`crate::kernels::attention`]).
+//! `nn.MultiheadAttention`, both on one fused CPU kernel ([`crate::kernels::attention`]), or
+//! on other devices (and with [`crate::ops::Path::Composed`]) the same function composed from
+//! candle ops.
 //!
 //! Masks are typed ([`AttnMask`], [`KeyPaddingMask`]): the variant says whether a nonzero
 //! entry blocks or allows attention, so PyTorch's two opposite boolean conventions cannot be
@@ -27,11 +29,12 @@
 //! output and zero gradients there, as PyTorch's `scaled_dot_product_attention` does (its
 //! `nn.MultiheadAttention(need_weights=True)` path returns NaN instead). Nothing panics.
 
+mod composed;
 pub mod mask;
 
 pub use mask::{causal_mask, AttnMask, KeyPaddingMask};
 
-use crate::kernels::attention::{run_fused, FusedRun, QkvInput};
+use crate::kernels::attention::{run_fused, FusedRun, PreparedMasks, QkvInput};
 use crate::kernels::linear::{linear_act, linear_act_dropout};
 use crate::linear::Linear;
 use crate::{ops, Init, SharedRng, VarStore};
@@ -83,8 +86,48 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &S
         None
     };
     let (qt, kt, vt) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
-    let (o, _) = run_fused(QkvInput::Separate(&qt, &kt, &vt), masks, scale, dropout)?;
+    let (o, _) = run_attention(QkvInput::Separate(&qt, &kt, &vt), masks, scale, dropout)?;
     o.transpose(1, 2)
+}
+
+/// The attention probabilities of one run, for the weights PyTorch's `need_weights=True`
+/// returns.
+enum AttnRun {
+    /// The fused kernel's run: [`FusedRun::weights`] recomputes the differentiable view.
+    Fused(FusedRun),
+    /// The composed path's probabilities after dropout (B, H, L, S), already differentiable.
+    Composed(Tensor),
+}
+
+impl AttnRun {
+    /// The probabilities after dropout (B, H, L, S), differentiable in the `q` (B, L, H, D) and
+    /// `k` (B, S, H, D) the run was given.
+    fn weights(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        match self {
+            AttnRun::Fused(run) => run.weights(q, k),
+            AttnRun::Composed(p) => Ok(p.clone()),
+        }
+    }
+}
+
+/// Attention on projected heads, O (B, L, H, Dv): the fused kernel when
+/// [`ops::use_fused`] says so, else the composed candle ops.
+fn run_attention(
+    qkv: QkvInput,
+    masks: PreparedMasks,
+    scale: f64,
+    dropout: Option<(f64, &SharedRng)>,
+) -> Result<(Tensor, AttnRun)> {
+    let first = match &qkv {
+        QkvInput::Packed(x) | QkvInput::Separate(x, _, _) => *x,
+    };
+    if ops::use_fused(first) {
+        let (o, run) = run_fused(qkv, masks, scale, dropout)?;
+        Ok((o, AttnRun::Fused(run)))
+    } else {
+        let (o, p) = composed::run(qkv, &masks, scale, dropout)?;
+        Ok((o, AttnRun::Composed(p)))
+    }
 }
 
 /// Straightforward candle-ops attention (no dropout): q (B, H, L, D), k (B, H, S, D),
@@ -388,7 +431,7 @@ impl MultiheadAttention {
         let s = k.dim(1)?;
         let pm = masks.prepare((b, h, l, s))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let (o, _) = run_fused(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
+        let (o, _) = run_attention(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
         self.out_projection(&o, None)
     }
 
@@ -456,10 +499,10 @@ impl MultiheadAttention {
         let scale = 1.0 / (d as f64).sqrt();
         let drop = self.dropout_arg(train);
         // `qk`: the q and k the kernel read, for the differentiable weights.
-        let (o, run, qk): (Tensor, FusedRun, Option<(Tensor, Tensor)>) =
+        let (o, run, qk): (Tensor, AttnRun, Option<(Tensor, Tensor)>) =
             if query.id() == key.id() && key.id() == value.id() {
                 let qkv = self.project(query, 0, 3)?.reshape((b, l, 3, h, d))?;
-                let (o, run) = run_fused(QkvInput::Packed(&qkv), pm, scale, drop)?;
+                let (o, run) = run_attention(QkvInput::Packed(&qkv), pm, scale, drop)?;
                 let qk = match weights {
                     ReturnWeights::No => None,
                     _ => Some((qkv.narrow(2, 0, 1)?.squeeze(2)?, qkv.narrow(2, 1, 1)?.squeeze(2)?)),
@@ -468,7 +511,7 @@ impl MultiheadAttention {
             } else {
                 let q = self.project_q(query)?;
                 let (k, v) = self.project_kv(key, value)?;
-                let (o, run) = run_fused(QkvInput::Separate(&q, &k, &v), pm, scale, drop)?;
+                let (o, run) = run_attention(QkvInput::Separate(&q, &k, &v), pm, scale, drop)?;
                 (o, run, Some((q, k)))
             };
         let output = self.out_projection(&o, out_dropout)?;
@@ -723,6 +766,56 @@ mod tests {
     /// The returned weights are differentiable (PyTorch returns them so): a loss on the weights
     /// alone gives query and in_proj_weight the gradient of the same function built from candle
     /// ops, per head and averaged, with padding.
+    /// The composed path (the GPU's) equals the fused kernel in outputs, weights and every
+    /// gradient, with dropout (same draws), causal + padding masks and a fully masked row.
+    #[test]
+    fn composed_path_matches_fused_kernel() {
+        use crate::ops::{with_path, Path};
+        let run = |path: Path| {
+            with_path(path, || {
+                let vs = VarStore::new(0, &Device::Cpu);
+                let mut cfg = MultiheadAttentionConfig::new(8, 2);
+                cfg.dropout = 0.3;
+                let mha = MultiheadAttention::new(&cfg, &vs).unwrap();
+                let x = Var::from_tensor(&randn(1, &[2, 5, 8])).unwrap();
+                // Batch 1 pads every key but the last; with the causal mask its first rows
+                // have no allowed key at all.
+                let pad = Tensor::new(&[[0u8, 0, 0, 1, 1], [1, 1, 1, 1, 0]], &Device::Cpu).unwrap();
+                let out = mha
+                    .forward(
+                        &MhaInput::self_attention(&x)
+                            .attn_mask(AttnMask::Causal)
+                            .key_padding_mask(KeyPaddingMask::Padded(pad))
+                            .weights(ReturnWeights::PerHead)
+                            .train(true),
+                    )
+                    .unwrap();
+                let (y, w) = (out.output, out.weights.unwrap());
+                let loss = ((&y * randn(2, y.dims())).unwrap().sum_all().unwrap()
+                    + (&w * randn(3, w.dims())).unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = loss.backward().unwrap();
+                let mut grads = vec![g.get(&x).unwrap().clone()];
+                grads.extend(vs.trainable().iter().map(|(_, v)| g.get(v).unwrap().clone()));
+                (y, w, grads)
+            })
+        };
+        let (y1, w1, g1) = run(Path::Fused);
+        let (y2, w2, g2) = run(Path::Composed);
+        assert!(y1
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+        assert!(max_diff(&y1, &y2) < 1e-5, "{}", max_diff(&y1, &y2));
+        assert!(max_diff(&w1, &w2) < 1e-6);
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        }
+    }
+
     #[test]
     fn attention_weights_carry_the_reference_gradient() {
         let vs = VarStore::new(0, &Device::Cpu);

@@ -590,19 +590,7 @@ pub(crate) fn run_fused(
     if d == 0 {
         bail!("attention: head dimension must be positive");
     }
-    let dropout = match dropout {
-        Some((p, rng)) if p > 0.0 => {
-            if !(0.0..1.0).contains(&p) {
-                bail!("attention dropout must be in [0, 1), got {p}");
-            }
-            let m = rng
-                .lock()
-                .unwrap()
-                .dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
-            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
-        }
-        _ => None,
-    };
+    let dropout = draw_dropout(dropout, (b, h, l, s))?.map(Arc::new);
     let probs = Arc::new(Mutex::new(None));
     let plan = Plan {
         b,
@@ -633,6 +621,28 @@ pub(crate) fn run_fused(
     Ok((out, run))
 }
 
+/// The inverted-dropout multipliers (B, H, L, S) of one attention call, drawn on the CPU from
+/// the model's seeded RNG (so the fused and the composed path, on any device, draw the same
+/// numbers); `None` without dropout. Rejects p outside [0, 1).
+pub(crate) fn draw_dropout(
+    dropout: Option<(f64, &SharedRng)>,
+    (b, h, l, s): (usize, usize, usize, usize),
+) -> Result<Option<Vec<f32>>> {
+    match dropout {
+        Some((p, rng)) if p > 0.0 => {
+            if !(0.0..1.0).contains(&p) {
+                bail!("attention dropout must be in [0, 1), got {p}");
+            }
+            let m = rng
+                .lock()
+                .unwrap()
+                .dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
+            Ok(Some(m.flatten_all()?.to_vec1::<f32>()?))
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) enum QkvInput<'a> {
     /// (B, L, 3, H, D)
     Packed(&'a Tensor),
@@ -641,7 +651,8 @@ pub(crate) enum QkvInput<'a> {
 }
 
 impl QkvInput<'_> {
-    fn dims(&self) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    /// (B, L, S, H, D, Dv), checked.
+    pub(crate) fn dims(&self) -> Result<(usize, usize, usize, usize, usize, usize)> {
         match self {
             QkvInput::Packed(x) => match *x.dims() {
                 [b, l, 3, h, d] => Ok((b, l, l, h, d, d)),

@@ -3,7 +3,7 @@
 
 use super::device_f32;
 use crate::{ops, SharedRng};
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -254,7 +254,7 @@ pub fn linear_act_dropout(
     relu: bool,
     dropout: Option<(f64, &SharedRng)>,
 ) -> Result<Tensor> {
-    let on_cpu = x.device().is_cpu() && x.dtype() == DType::F32;
+    let on_cpu = ops::use_fused(x);
     let dropout = dropout.filter(|(p, _)| *p > 0.0);
     let (Some(b), true) = (b, on_cpu) else {
         let y = ops::linear(x, w, b)?;

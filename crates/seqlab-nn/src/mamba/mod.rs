@@ -448,9 +448,10 @@ impl Mamba {
         Ok((y, state))
     }
 
-    /// silu(causal depthwise conv1d(x)) of x (B, L, d_inner): the fused kernel on the CPU.
+    /// silu(causal depthwise conv1d(x)) of x (B, L, d_inner): the fused kernel on the CPU
+    /// ([`crate::ops::use_fused`]), composed candle ops otherwise.
     fn conv_silu(&self, xs: &Tensor) -> Result<Tensor> {
-        if !xs.device().is_cpu() {
+        if !crate::ops::use_fused(xs) {
             return conv_silu_composed(xs, &self.conv_weight, self.conv_bias.as_ref());
         }
         let w = self.conv_weight.squeeze(1)?;

@@ -80,7 +80,7 @@ fn spans_or_full(spans: Option<&[(usize, usize)]>, batch: usize, seq_len: usize)
 /// hand-written, chunk-recomputing backward on the CPU; composed candle ops elsewhere.
 pub fn selective_scan(x: ScanInputs, spans: Option<&[(usize, usize)]>) -> Result<ScanOutput> {
     let (batch, seq_len, d_inner, d_state) = x.dims()?;
-    if !x.u.device().is_cpu() {
+    if !crate::ops::use_fused(x.u) {
         return selective_scan_composed(x, spans);
     }
     let spec = ScanSpec {

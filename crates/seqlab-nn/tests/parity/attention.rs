@@ -1,7 +1,7 @@
 //! Kinds `sdpa` (`F.scaled_dot_product_attention`) and `mha` (`nn.MultiheadAttention`).
 
 use super::{run_standard, Case, Computed, Outputs};
-use candle_core::{bail, Device, Result};
+use candle_core::{bail, Result};
 use seqlab_nn::{
     scaled_dot_product_attention, AttnMask, KeyPaddingMask, MhaInput, MultiheadAttention, MultiheadAttentionConfig,
     ReturnWeights, SdpaOptions, VarStore,
@@ -9,7 +9,7 @@ use seqlab_nn::{
 
 /// `F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal, scale)` → `y`.
 pub fn sdpa(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let is_causal: bool = case.cfg_or("is_causal", false)?;
     let scale: Option<f64> = case.cfg("scale")?;
     let conv: String = case.cfg_or("mask_convention", "1 = may attend".to_string())?;
@@ -39,7 +39,7 @@ pub fn sdpa(case: &Case) -> Result<Computed> {
 /// `nn.MultiheadAttention(embed_dim, num_heads, bias=bias, batch_first=True)(query, key,
 /// value, key_padding_mask, attn_mask=attn_mask, average_attn_weights=...)` → `y`, `weights`.
 pub fn mha(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     if !case.cfg_or("batch_first", true)? {
         bail!("case {}: only batch_first=True is supported", case.name);
     }

@@ -1,7 +1,7 @@
 //! Kinds `embedding`, `positional_encoding`, `cross_entropy`, `adamw`.
 
 use super::{run_standard, Case, Computed};
-use candle_core::{bail, Device, Result};
+use candle_core::{bail, Result};
 use seqlab_nn::{
     clip_grad_norm_pairs, cross_entropy, sinusoidal_table, AdamW, AdamWConfig, Embedding, EmbeddingConfig, Init,
     Optimizer, Reduction, VarStore,
@@ -9,7 +9,7 @@ use seqlab_nn::{
 
 /// `nn.Embedding(num_embeddings, embedding_dim, padding_idx)(ids)` → `y`.
 pub fn embedding(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let cfg = EmbeddingConfig {
         num_embeddings: case.cfg_req("num_embeddings")?,
         embedding_dim: case.cfg_req("embedding_dim")?,
@@ -23,17 +23,17 @@ pub fn embedding(case: &Case) -> Result<Computed> {
 
 /// The sinusoidal table (max_len, d_model) as `pe`.
 pub fn positional_encoding(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let d: usize = case.cfg_req("d_model")?;
     let max_len: usize = case.cfg_req("max_len")?;
     run_standard(case, &vs, |_| {
-        Ok([("pe".to_string(), sinusoidal_table(max_len, d, &Device::Cpu)?)].into())
+        Ok([("pe".to_string(), sinusoidal_table(max_len, d, &super::device())?)].into())
     })
 }
 
 /// `F.cross_entropy(logits, target, ignore_index, label_smoothing, reduction)` → `loss`.
 pub fn cross_entropy_case(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     // F.cross_entropy's own default when the case does not name one.
     let ignore_index: i64 = case.cfg_or("ignore_index", -100)?;
     let ls: f64 = case.cfg_or("label_smoothing", 0.0)?;
@@ -53,7 +53,7 @@ pub fn cross_entropy_case(case: &Case) -> Result<Computed> {
 /// `config.steps` AdamW steps on params `w`, `b`, each after clipping the given gradients
 /// `input.grad_w.i`, `input.grad_b.i` to `max_grad_norm`; outputs `w.i`, `b.i` after step i.
 pub fn adamw(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let params = case.params();
     let mut names: Vec<&String> = params.keys().collect();
     names.sort();

@@ -7,7 +7,7 @@
 //! against [`Mamba::step`] run token by token from zero states.
 
 use super::{run_standard, Case, Computed};
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use seqlab_nn::mamba::DtRank;
 use seqlab_nn::{Mamba, MambaConfig, Padding, VarStore};
 
@@ -29,7 +29,7 @@ pub fn mamba(case: &Case) -> Result<Computed> {
         conv_bias: case.cfg_req("conv_bias")?,
         ..MambaConfig::new(d_model)
     };
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let m = Mamba::new(&cfg, &vs)?;
     let mut computed = run_standard(case, &vs, |inp| {
         let padding = inp
@@ -47,7 +47,7 @@ pub fn mamba(case: &Case) -> Result<Computed> {
         }
         let x = case.tensor("input.x")?;
         let (b, l, _) = x.dims3()?;
-        let mut st = m.new_state(b, &Device::Cpu)?;
+        let mut st = m.new_state(b, &super::device())?;
         let ys = (0..l)
             .map(|t| m.step(&x.narrow(1, t, 1)?.squeeze(1)?, &mut st))
             .collect::<Result<Vec<_>>>()?;

@@ -59,7 +59,7 @@ impl Case {
             Some(s) => serde_json::from_str(s).map_err(|e| err(format!("bad `loss_outputs` JSON: {e}")))?,
             None => vec![],
         };
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &device()).map_err(|e| err(e.to_string()))?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -310,6 +310,14 @@ pub fn check_file(path: &Path) -> Result<Report> {
     let case = Case::load(path)?;
     let computed = run_case(&case)?;
     compare(&case, &computed)
+}
+
+/// The device the cases run on: `$SEQLAB_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`; default
+/// `cpu`), so the same test binary, built with `--features cuda`, checks a GPU. A name that
+/// cannot be opened panics with the reason (this is a test).
+pub fn device() -> Device {
+    let name = std::env::var("SEQLAB_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    seqlab_nn::parse_device(&name).unwrap_or_else(|e| panic!("SEQLAB_TEST_DEVICE: {e}"))
 }
 
 /// The fixture folder: `$SEQLAB_TORCH_FIXTURES`, else this crate's `tests/golden`.

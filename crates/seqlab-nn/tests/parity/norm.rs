@@ -1,12 +1,12 @@
 //! Kinds `layer_norm`, `batch_norm1d`.
 
 use super::{run_standard, run_with_params, Case, Computed};
-use candle_core::{Device, Result};
+use candle_core::Result;
 use seqlab_nn::{BatchNorm1d, BatchNorm1dConfig, LayerNorm, LayerNormConfig, VarStore};
 
 /// `nn.LayerNorm(normalized_shape, eps, elementwise_affine)(x)` → `y`.
 pub fn layer_norm(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let cfg = LayerNormConfig {
         normalized_shape: case.cfg_req("normalized_shape")?,
         eps: case.cfg_or("eps", 1e-5)?,
@@ -21,7 +21,7 @@ pub fn layer_norm(case: &Case) -> Result<Computed> {
 /// Training-mode forward on `x` (→ `y`, running statistics as `state.*`), then
 /// evaluation-mode forward on `x_eval` (→ `y_eval`).
 pub fn batch_norm1d(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     // `momentum: null` is PyTorch's cumulative average; absent means the default 0.1.
     let momentum: Option<f64> = match case.config.get("momentum") {
         Some(serde_json::Value::Null) => None,

@@ -1,7 +1,7 @@
 //! Kinds `rnn`, `lstm`, `gru` (optionally packed through `input.lengths`) and `seed_model`.
 
 use super::{run_standard, Case, Computed, Inputs, Outputs};
-use candle_core::{bail, DType, Device, Result};
+use candle_core::{bail, DType, Result};
 use seqlab_nn::{
     CellKind, Gru, Lstm, Nonlinearity, RecurrentClassifier, RecurrentClassifierConfig, RecurrentConfig, Rnn, VarStore,
 };
@@ -42,7 +42,7 @@ fn config(case: &Case) -> Result<RecurrentConfig> {
 
 /// `nn.RNN/LSTM/GRU(**config)(x[, h0 / (h0, c0)])` → `out`, `hn` (and `cn` for LSTM).
 pub fn recurrent(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let cfg = config(case)?;
     match case.module.as_str() {
         "rnn" => {
@@ -83,7 +83,7 @@ pub fn recurrent(case: &Case) -> Result<Computed> {
 
 /// `cell` layer (batch_first) → last step → `nn.Linear` → `y`.
 pub fn seed_model(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let cell: String = case.cfg_req("cell")?;
     let cfg = RecurrentClassifierConfig {
         num_layers: case.cfg_or("num_layers", 1)?,

@@ -2,7 +2,7 @@
 //! `seq2seq_tied` (the paper's model with one shared embedding).
 
 use super::{run_standard, Case, Computed};
-use candle_core::{bail, Device, Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use seqlab_nn::{
     Activation, DecoderMasks, Seq2SeqConfig, Seq2SeqTransformer, Transformer, TransformerConfig,
     TransformerDecoderLayer, TransformerEncoderLayer, TransformerLayerConfig, TransformerMasks, VarStore,
@@ -54,7 +54,7 @@ fn transformer_config(case: &Case, layers_key: Option<&str>) -> Result<Transform
 
 /// `nn.TransformerEncoderLayer(**config).eval()(src, src_mask, src_key_padding_mask)` → `y`.
 pub fn encoder_layer(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let layer = TransformerEncoderLayer::new(&layer_config(case)?, &vs)?;
     let is_causal: bool = case.cfg_or("is_causal", false)?;
     run_standard(case, &vs, |inp| {
@@ -67,7 +67,7 @@ pub fn encoder_layer(case: &Case) -> Result<Computed> {
 /// `nn.TransformerDecoderLayer(**config).eval()(tgt, memory, tgt_mask, memory_mask,
 /// tgt_key_padding_mask, memory_key_padding_mask)` → `y`.
 pub fn decoder_layer(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let layer = TransformerDecoderLayer::new(&layer_config(case)?, &vs)?;
     run_standard(case, &vs, |inp| {
         let (tm, mm) = (inp.opt("tgt_mask"), inp.opt("memory_mask"));
@@ -87,7 +87,7 @@ pub fn decoder_layer(case: &Case) -> Result<Computed> {
 /// `nn.Transformer(**config).eval()(src, tgt, src_mask, tgt_mask, memory_mask,
 /// src_key_padding_mask, tgt_key_padding_mask, memory_key_padding_mask)` → `y`.
 pub fn transformer(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let model = Transformer::new(&transformer_config(case, None)?, &vs)?;
     run_standard(case, &vs, |inp| {
         let names = [
@@ -116,7 +116,7 @@ pub fn transformer(case: &Case) -> Result<Computed> {
 /// See the case's `note`: logits = transformer(embed(src)·√d + pe, embed(tgt)·√d + pe,
 /// padding masks from `pad_id`, causal target mask) @ embed.weightᵀ.
 pub fn seq2seq_tied(case: &Case) -> Result<Computed> {
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, &super::device());
     let vocab: usize = case.cfg_req("vocab_size")?;
     let tcfg = transformer_config(case, Some("num_layers"))?;
     let cfg = Seq2SeqConfig {
