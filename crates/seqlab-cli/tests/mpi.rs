@@ -18,8 +18,8 @@ fn mpirun(n: usize) -> Command {
     let mut c = Command::new("mpirun");
     c.args([
         "--oversubscribe",
-        // Ranks that wait in a collective yield the core instead of spinning: with other
-        // jobs on the machine, spinning ranks starved the ones with work to do.
+        // Ranks that wait in a collective yield the core instead of spinning (Open MPI
+        // spins by default), so the other rank and the test itself get the CPU.
         "--mca",
         "mpi_yield_when_idle",
         "1",
@@ -37,8 +37,8 @@ fn mpirun(n: usize) -> Command {
     c
 }
 
-/// One MPI job at a time: jobs of parallel tests on 2 cores made each other's collectives
-/// crawl (a 2-rank run once took over 120 s to reach step 10; alone it needs 2 s).
+/// One MPI job at a time: each job's 2 ranks fill both cores of a CI machine, so jobs of
+/// parallel tests would time one another (the kill test counts seconds).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
