@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{failed, ok, repo, reversal_pairs, scratch, seqlab};
+use common::{failed, ok, repo, reversal_pairs, scratch, seqlab, train_losses};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -42,17 +42,6 @@ fn mpirun(n: usize) -> Command {
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// (step, training loss) of every `train` line of a run's metrics.
-fn train_losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["split"] == "train")
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-        .collect()
 }
 
 fn weights(ck: &Path) -> BTreeMap<String, Vec<f32>> {

@@ -151,3 +151,14 @@ pub fn write_reversal_corpus(dir: &std::path::Path) {
     let valid: String = tsv.lines().take(12).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.join("valid.tsv"), &valid).unwrap();
 }
+
+/// (step, training loss) of every `train` line of a run's `metrics.jsonl`.
+pub fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
