@@ -208,22 +208,11 @@ impl LmTask {
             ids = self.tok.encode("\n")?;
         }
         let n_prompt = ids.len();
-        let dev = self.vs.device();
         let mut state: Option<RnnState> = None;
         let mut feed = ids.clone();
         for _ in 0..g.max_tokens {
-            let window = match self.net.max_len() {
-                Some(m) if ids.len() > m => &ids[ids.len() - m..],
-                Some(_) => &ids[..],
-                None => &feed[..],
-            };
-            let x = ids_tensor(window, 1, window.len(), dev)?;
-            let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
-            state = st.map(|s| s.detach());
-            let last = c(logits
-                .get(0)
-                .and_then(|l| l.get(window.len() - 1))
-                .and_then(|l| l.to_vec1::<f32>()))?;
+            let logits = self.next_logits(std::slice::from_ref(&ids), std::slice::from_ref(&feed), &mut state)?;
+            let last = c(logits.get(0).and_then(|l| l.to_vec1::<f32>()))?;
             let next = sampler.sample(&last);
             if next == self.tok.eos_id() {
                 break;
@@ -239,6 +228,22 @@ impl LmTask {
 }
 
 impl LmTask {
+    /// One decoding call for `rows` (sequences of one length): a Transformer re-reads the last
+    /// `max_len` ids of each row; a recurrent model reads only `feed` (the ids it has not
+    /// read yet) from `state`, which is updated. Returns the last position's logits, (B, V).
+    fn next_logits(&self, rows: &[Vec<u32>], feed: &[Vec<u32>], state: &mut Option<RnnState>) -> Result<Tensor> {
+        let len = rows[0].len();
+        let window: Vec<&[u32]> = match self.net.max_len() {
+            Some(m) => rows.iter().map(|r| &r[len.saturating_sub(m)..]).collect(),
+            None => feed.iter().map(|r| &r[..]).collect(),
+        };
+        let t = window[0].len();
+        let x = ids_tensor(&window.concat(), rows.len(), t, self.vs.device())?;
+        let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
+        *state = st.map(|s| s.detach());
+        c(logits.narrow(1, t - 1, 1).and_then(|l| l.squeeze(1)))
+    }
+
     /// Greedy continuation of `batch` sequences at once by `tokens` tokens each, from the
     /// prompt "\n": one forward over the prompt, then one call per token that feeds the
     /// previous arg-max with the recurrent state (LSTM/GRU hidden state, Mamba's conv and SSM
@@ -248,28 +253,14 @@ impl LmTask {
     /// Rejects `batch = 0` and `tokens = 0`.
     pub fn greedy_batch(&self, batch: usize, tokens: usize) -> Result<Vec<Vec<u32>>> {
         anyhow::ensure!(batch > 0 && tokens > 0, "greedy_batch: batch and tokens must be > 0");
-        let dev = self.vs.device();
         let prompt = self.tok.encode("\n")?;
         let n_prompt = prompt.len();
         let mut rows: Vec<Vec<u32>> = vec![prompt; batch];
         let mut state: Option<RnnState> = None;
         let mut feed = rows.clone();
         for _ in 0..tokens {
-            let len = rows[0].len();
-            let window: Vec<&[u32]> = match self.net.max_len() {
-                Some(m) => rows.iter().map(|r| &r[len.saturating_sub(m)..]).collect(),
-                None => feed.iter().map(|r| &r[..]).collect(),
-            };
-            let t = window[0].len();
-            let flat: Vec<u32> = window.concat();
-            let x = ids_tensor(&flat, batch, t, dev)?;
-            let (logits, st) = self.net.forward(&x, state.as_ref(), false)?;
-            state = st.map(|s| s.detach());
-            let next = c(logits
-                .narrow(1, t - 1, 1)
-                .and_then(|l| l.squeeze(1))
-                .and_then(|l| l.argmax(D::Minus1))
-                .and_then(|l| l.to_vec1::<u32>()))?;
+            let logits = self.next_logits(&rows, &feed, &mut state)?;
+            let next = c(logits.argmax(D::Minus1).and_then(|l| l.to_vec1::<u32>()))?;
             for (r, &n) in rows.iter_mut().zip(&next) {
                 r.push(n);
             }
