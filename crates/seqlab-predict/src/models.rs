@@ -94,7 +94,7 @@ pub fn load_on(path: &Path, device: &Device) -> Result<Loaded> {
             ),
         }
     }
-    Ok(load_checkpoint_on(path, device)?)
+    load_checkpoint_on(path, device)
 }
 
 /// Loads a checkpoint folder or run folder (→ its best checkpoint) through the run engine's

@@ -794,8 +794,9 @@ const SYNC_BLOCK: usize = 4 << 20;
 /// with deltas summed rather than averaged, so every rank's updates count once as in
 /// single-process Hogwild). Each rank keeps the model as of the last round (`snapshot`);
 /// a round sums the deltas `current − snapshot` over ranks and adds the other ranks' part
-/// to the live matrices, which this rank's threads keep updating meanwhile (Hogwild across
-/// the round too: an update made during the round is kept and goes out in the next one).
+/// to the live matrices. Workers that reach the round's mark wait for it
+/// ([`Shared::hold_at`]); one still short of its next progress report keeps updating
+/// meanwhile (Hogwild across the round: its update is kept and goes out in the next one).
 /// The last round (every rank done, no thread writing) sets every rank's model to the same
 /// values.
 struct ModelSync<'a> {
