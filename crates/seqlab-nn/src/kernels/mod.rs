@@ -12,6 +12,8 @@
 //!   (behind [`crate::recurrent`]);
 //! - [`selective_scan`]: Mamba's selective scan with a chunk-recomputing backward, and
 //!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]);
+//! - [`state_update`]: one decoding step of a Mamba mixer (conv window and SSM state), the
+//!   CPU counterpart of `mamba_ssm`'s `selective_state_update` (no backward: decoding only);
 //! - `simd`: hand-vectorised AVX2 + FMA pieces (an 8-wide exp) behind a CPU-feature token.
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
@@ -27,6 +29,7 @@ pub mod linear;
 pub mod recurrence;
 pub mod selective_scan;
 pub(crate) mod simd;
+pub mod state_update;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 

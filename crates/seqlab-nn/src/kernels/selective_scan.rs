@@ -46,12 +46,12 @@ const CHUNK: usize = 64;
 /// Channels one task scans; B_t and C_t are read once per step for all of them.
 const CHANNELS_PER_TASK: usize = 16;
 /// The state dimension is handled in blocks of this many lanes (one AVX2 register).
-const LANES: usize = 8;
+pub(crate) const LANES: usize = 8;
 type Lanes = [f32; LANES];
 
 /// PyTorch's `F.softplus(x)` (beta 1, threshold 20).
 #[inline(always)]
-fn softplus(x: f32) -> f32 {
+pub(crate) fn softplus(x: f32) -> f32 {
     if x > 20.0 {
         x
     } else {
@@ -175,18 +175,18 @@ fn pad_rows(x: &[f32], n: usize, np: usize) -> Vec<f32> {
 }
 
 /// One step of one channel: its state `h` and the step's inputs, all rows of Np lanes.
-struct ChannelStep<'a> {
+pub(crate) struct ChannelStep<'a> {
     /// The state h_{t−1}, overwritten with h_t.
-    h: &'a mut [f32],
+    pub h: &'a mut [f32],
     /// The channel's row of A, and B_t, C_t.
-    a: &'a [f32],
-    b: &'a [f32],
-    c: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub c: &'a [f32],
     /// δ_t and δ_t·u_t.
-    dt: f32,
-    du: f32,
+    pub dt: f32,
+    pub du: f32,
     /// Where exp(δ_t·A) goes, for the backward.
-    da_out: Option<&'a mut [f32]>,
+    pub da_out: Option<&'a mut [f32]>,
 }
 
 /// One channel's step over its state `h` (Np): h ← exp(δ·A) ⊙ h + δu·B; returns C·h. With
@@ -194,7 +194,7 @@ struct ChannelStep<'a> {
 /// hand-vectorised [`channel_step_avx2`]; else this portable loop, which the compiler
 /// vectorises except for the exponential.
 #[inline(always)]
-fn channel_step(simd: Option<Avx2Fma>, step: ChannelStep) -> f32 {
+pub(crate) fn channel_step(simd: Option<Avx2Fma>, step: ChannelStep) -> f32 {
     let ChannelStep {
         h,
         a,

@@ -18,6 +18,7 @@ pub use model::{
 };
 pub use scan::{selective_scan, selective_scan_composed, ScanInputs, ScanOutput};
 
+use crate::kernels::state_update;
 use crate::{ops, Init, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 
@@ -473,7 +474,11 @@ impl Mamba {
 
     /// One decoding step, the reference's `Mamba.step`: x (B, d_model) → (B, d_model), updating
     /// `state`. Stepping through a sequence from [`Mamba::new_state`] gives [`Mamba::forward`]'s
-    /// outputs.
+    /// outputs. On f32 CPU tensors with the fused path, the conv window and the SSM state are
+    /// updated by one kernel each ([`crate::kernels::state_update`], as the reference's
+    /// `selective_state_update`), which has no backward: a gradient through a step is an error
+    /// there (train through [`Mamba::forward`]); the composed path is differentiable. After a
+    /// fused step `state.ssm` is a view (last dimension contiguous) into the kernel's output.
     pub fn step(&self, x: &Tensor, state: &mut MambaState) -> Result<Tensor> {
         let (bsz, dm) = x.dims2()?;
         if dm != self.cfg.d_model {
@@ -496,22 +501,40 @@ impl Mamba {
         let xs = xz.narrow(1, 0, di)?;
         let z = xz.narrow(1, di, di)?;
         let conv = Tensor::cat(&[&state.conv.narrow(2, 1, k - 1)?, &xs.unsqueeze(2)?], 2)?;
-        let mut xc = conv.broadcast_mul(&self.conv_weight.squeeze(1)?)?.sum(D::Minus1)?;
-        if let Some(b) = &self.conv_bias {
-            xc = xc.broadcast_add(b)?;
-        }
-        let u = xc.silu()?;
+        let fused = ops::use_fused(&conv);
+        let u = if fused {
+            state_update::conv_step(&conv, &self.conv_weight.squeeze(1)?, self.conv_bias.as_ref())?
+        } else {
+            let mut xc = conv.broadcast_mul(&self.conv_weight.squeeze(1)?)?.sum(D::Minus1)?;
+            if let Some(b) = &self.conv_bias {
+                xc = xc.broadcast_add(b)?;
+            }
+            xc.silu()?
+        };
         let x_db = self.x_proj.forward(&u)?;
         let dt = ops::linear(&x_db.narrow(1, 0, r)?, &self.dt_proj.weight, self.dt_proj.bias.as_ref())?;
-        let dt = scan::softplus(&dt)?; // (B, d_inner)
-        let bm = x_db.narrow(1, r, n)?;
-        let cm = x_db.narrow(1, r + n, n)?;
-        let a = self.a_log.exp()?.neg()?;
-        let da = dt.unsqueeze(2)?.broadcast_mul(&a.unsqueeze(0)?)?.exp()?;
-        let dbu = (&dt * &u)?.unsqueeze(2)?.broadcast_mul(&bm.unsqueeze(1)?)?;
-        let ssm = ((&state.ssm * da)? + dbu)?;
-        let y = ssm.broadcast_mul(&cm.unsqueeze(1)?)?.sum(D::Minus1)?;
-        let y = ((y + u.broadcast_mul(&self.d)?)? * z.silu()?)?;
+        let (ssm, y) = if fused {
+            state_update::state_update(state_update::StateStep {
+                ssm: &state.ssm,
+                dt: &dt,
+                u: &u,
+                z: &z,
+                bc: &x_db.narrow(1, r, 2 * n)?,
+                a_log: &self.a_log,
+                d: &self.d,
+            })?
+        } else {
+            let dt = scan::softplus(&dt)?; // (B, d_inner)
+            let bm = x_db.narrow(1, r, n)?;
+            let cm = x_db.narrow(1, r + n, n)?;
+            let a = self.a_log.exp()?.neg()?;
+            let da = dt.unsqueeze(2)?.broadcast_mul(&a.unsqueeze(0)?)?.exp()?;
+            let dbu = (&dt * &u)?.unsqueeze(2)?.broadcast_mul(&bm.unsqueeze(1)?)?;
+            let ssm = ((&state.ssm * da)? + dbu)?;
+            let y = ssm.broadcast_mul(&cm.unsqueeze(1)?)?.sum(D::Minus1)?;
+            let y = ((y + u.broadcast_mul(&self.d)?)? * z.silu()?)?;
+            (ssm, y)
+        };
         state.conv = conv;
         state.ssm = ssm;
         self.out_proj.forward(&y)

@@ -339,6 +339,71 @@ fn stepping_equals_the_full_forward() {
     assert!(m.step(&x1, &mut wrong).is_err());
 }
 
+/// The fused decoding step (`kernels::state_update`) against the composed one, step by step,
+/// outputs and both states: d_state 4 (padded to the kernel's 8 lanes) and 16, with and without
+/// biases, from a zero state and from a prefilled one.
+#[test]
+fn fused_step_equals_the_composed_step() {
+    for (seed, cfg) in [
+        (
+            3,
+            MambaConfig {
+                bias: true,
+                ..small_cfg()
+            },
+        ),
+        (
+            4,
+            MambaConfig {
+                d_state: 16,
+                conv_bias: false,
+                ..MambaConfig::new(16)
+            },
+        ),
+    ] {
+        let vs = VarStore::new(seed, &cpu());
+        let m = Mamba::new(&cfg, &vs).unwrap();
+        let (b, l) = (3, 6);
+        let x = randn(seed + 40, &[b, l, cfg.d_model]);
+        let (_, prefilled) = m.forward_with_state(&x.narrow(1, 0, 2).unwrap(), None).unwrap();
+        for start in [m.new_state(b, &cpu()).unwrap(), prefilled] {
+            let (mut fused, mut composed) = (start.clone(), start);
+            for t in 0..l {
+                let xt = x.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+                let yf = crate::ops::with_path(crate::ops::Path::Fused, || m.step(&xt, &mut fused)).unwrap();
+                let yc = crate::ops::with_path(crate::ops::Path::Composed, || m.step(&xt, &mut composed)).unwrap();
+                assert!(
+                    max_abs_diff(&yf, &yc) < 1e-5,
+                    "seed {seed} t={t}: y {}",
+                    max_abs_diff(&yf, &yc)
+                );
+                assert!(max_abs_diff(&fused.ssm, &composed.ssm) < 1e-5, "seed {seed} t={t}: ssm");
+                assert!(
+                    max_abs_diff(&fused.conv, &composed.conv) < 1e-6,
+                    "seed {seed} t={t}: conv"
+                );
+                assert_eq!(fused.ssm.dims(), composed.ssm.dims());
+            }
+        }
+    }
+}
+
+/// The fused step has no backward (as the reference's `selective_state_update`): a gradient
+/// through it is an error, never a silently partial gradient; the composed step has one.
+#[test]
+fn backward_through_a_fused_step_is_an_error() {
+    let vs = VarStore::new(5, &cpu());
+    let m = Mamba::new(&small_cfg(), &vs).unwrap();
+    let x = randn(50, &[2, 8]);
+    let mut st = m.new_state(2, &cpu()).unwrap();
+    let y = crate::ops::with_path(crate::ops::Path::Fused, || m.step(&x, &mut st)).unwrap();
+    let err = y.sum_all().unwrap().backward().unwrap_err().to_string();
+    assert!(err.contains("mamba-"), "{err}");
+    let mut st = m.new_state(2, &cpu()).unwrap();
+    let y = crate::ops::with_path(crate::ops::Path::Composed, || m.step(&x, &mut st)).unwrap();
+    assert!(y.sum_all().unwrap().backward().is_ok());
+}
+
 #[test]
 fn lm_cache_steps_equal_the_full_forward() {
     let vs = VarStore::new(9, &cpu());
