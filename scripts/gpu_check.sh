@@ -13,7 +13,8 @@
 # (parity.txt), seqlab's training tokens/s for mt-bible-small on CUDA (seqlab-train.json)
 # against the PyTorch peer on the same GPU in fp32 and TF32 (torch-fp32.json, torch-tf32.json),
 # a short real training run on CUDA and the decoded test set with its BLEU, on CUDA and, from
-# the same checkpoint, on the CPU (translate-*.txt).
+# the same checkpoint, on the CPU (translate-*.txt); the layer rows on CUDA (seqlab-layers.json);
+# the CUDA run resumed on the CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-out}
@@ -54,6 +55,10 @@ timeout 300 "$BIN" bench model --config configs/mt-bible-small.toml "${DATA_SET[
     --set 'train.device="cuda"' --steps "$STEPS" --warmup 5 --json --export "$OUT/export" \
     | tee "$OUT/seqlab-train.json" || fail=1
 
+step "2b. seqlab: the layer rows (RNN/LSTM/GRU, encoder/decoder layer, Mamba) on CUDA"
+timeout 180 "$BIN" bench layers --device cuda --steps 5 --warmup 1 --json \
+    | tee "$OUT/seqlab-layers.json" || fail=1
+
 step "3. PyTorch peer on the same GPU, fp32 and TF32"
 for mode in fp32 tf32; do
     flag=(); [ $mode = tf32 ] && flag=(--tf32)
@@ -73,6 +78,11 @@ for dev in cuda cpu; do
 done
 cmp -s "$OUT/translate-cuda.txt" "$OUT/translate-cpu.txt" && echo "CUDA and CPU decodes are identical" \
     || echo "CUDA and CPU decodes differ (rounding can flip a few greedy choices): compare BLEU above"
+
+step "5. the CUDA run resumed on the CPU for 2 updates (checkpoint, optimizer state and RNG move)"
+timeout 180 "$BIN" train --config configs/mt-bible-small.toml "${DATA_SET[@]}" --device cpu --resume \
+    --max-steps $((TRAIN_STEPS + 2)) --set train.eval_every=200 --run-dir "$OUT/run" --no-progress 2>&1 \
+    | grep -E "resume|trained|error" || fail=1
 
 step "summary"
 grep -h '"units_per_s"' "$OUT"/seqlab-train.json "$OUT"/torch-*.json 2>/dev/null || true

@@ -271,6 +271,7 @@ fn rename(raw: HashMap<String, Tensor>, cfg: &BertConfig) -> Result<HfWeights> {
         classifier: out.keys().any(|k| k.starts_with("classifier.")),
     };
     // Shapes, against a model built from the config.
+    // CPU by design: only the parameters' shapes are read from this model.
     let vs = seqlab_nn::VarStore::new(0, &Device::Cpu);
     crate::model::BertForPreTraining::new(cfg, &vs)?;
     let expected: HashMap<String, Vec<usize>> = vs

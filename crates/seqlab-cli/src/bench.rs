@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// `sgemm`: matrix size n (n×n times n×n).
     #[arg(long, default_value_t = 2048)]
     pub size: usize,
+    // Layer rows and `sgemm` build their tensors on `--device` (default cpu); `model`,
+    // `translate` and `generate` take it as `train.device` of the config.
+    #[command(flatten)]
+    pub device: crate::train::DeviceArg,
 }
 
 fn c<T>(r: candle_core::Result<T>) -> Result<T> {
@@ -143,9 +147,9 @@ fn layer_shape(name: &str) -> (&'static str, usize) {
     }
 }
 
-fn recurrent(name: &str, warmup: usize, steps: usize) -> Result<Timing> {
+fn recurrent(name: &str, dev: &Device, warmup: usize, steps: usize) -> Result<Timing> {
     let (b, t, i, h) = (32, 64, 256, 512);
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, dev);
     let cfg = RecurrentConfig {
         num_layers: 2,
         batch_first: true,
@@ -155,8 +159,8 @@ fn recurrent(name: &str, warmup: usize, steps: usize) -> Result<Timing> {
     };
     let out_features = (if cfg.bidirectional { 2 } else { 1 }) * if cfg.proj_size > 0 { cfg.proj_size } else { h };
     let mut r = SeqRng::new(1);
-    let x = c(r.normal((b, t, i), 0.0, 1.0, &Device::Cpu))?;
-    let probe = c(r.normal((b, t, out_features), 0.0, 1.0, &Device::Cpu))?;
+    let x = c(r.normal((b, t, i), 0.0, 1.0, dev))?;
+    let probe = c(r.normal((b, t, out_features), 0.0, 1.0, dev))?;
     let adamw = || c(AdamW::new(vs.trainable(), AdamWConfig::new(1e-3)));
     match name {
         "rnn" => {
@@ -186,15 +190,15 @@ fn recurrent(name: &str, warmup: usize, steps: usize) -> Result<Timing> {
     }
 }
 
-fn transformer_layer(name: &str, warmup: usize, steps: usize) -> Result<Timing> {
+fn transformer_layer(name: &str, dev: &Device, warmup: usize, steps: usize) -> Result<Timing> {
     let (b, t, d) = (32, 128, 512);
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, dev);
     let mut cfg = TransformerLayerConfig::new(d, 8);
     cfg.dim_feedforward = 2048;
     cfg.dropout = 0.1;
     let mut r = SeqRng::new(1);
-    let x = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
-    let probe = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
+    let x = c(r.normal((b, t, d), 0.0, 1.0, dev))?;
+    let probe = c(r.normal((b, t, d), 0.0, 1.0, dev))?;
     if name == "encoder" {
         let layer = c(TransformerEncoderLayer::new(&cfg, &vs))?;
         let mut opt = c(AdamW::new(vs.trainable(), AdamWConfig::new(1e-3)))?;
@@ -204,7 +208,7 @@ fn transformer_layer(name: &str, warmup: usize, steps: usize) -> Result<Timing> 
         })
     } else {
         let layer = c(TransformerDecoderLayer::new(&cfg, &vs))?;
-        let memory = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
+        let memory = c(r.normal((b, t, d), 0.0, 1.0, dev))?;
         let masks = DecoderMasks {
             tgt_is_causal: true,
             ..Default::default()
@@ -219,16 +223,16 @@ fn transformer_layer(name: &str, warmup: usize, steps: usize) -> Result<Timing> 
 
 /// The `mamba` row: two pre-norm Mamba blocks at the Shakespeare preset's width, the
 /// reference's defaults otherwise (`configs/shakespeare-char-mamba.toml` stacks 8).
-fn mamba_layers(warmup: usize, steps: usize) -> Result<Timing> {
+fn mamba_layers(dev: &Device, warmup: usize, steps: usize) -> Result<Timing> {
     let (b, t, d) = (32, 128, 256);
-    let vs = VarStore::new(0, &Device::Cpu);
+    let vs = VarStore::new(0, dev);
     let cfg = MambaBlockConfig::new(MambaConfig::new(d));
     let blocks = (0..2)
         .map(|i| c(MambaBlock::new(&cfg, &vs.pp("layers").pp(i))))
         .collect::<Result<Vec<_>>>()?;
     let mut r = SeqRng::new(1);
-    let x = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
-    let probe = c(r.normal((b, t, d), 0.0, 1.0, &Device::Cpu))?;
+    let x = c(r.normal((b, t, d), 0.0, 1.0, dev))?;
+    let probe = c(r.normal((b, t, d), 0.0, 1.0, dev))?;
     let mut opt = c(AdamW::for_store(&vs, AdamWConfig::new(1e-3)))?;
     time_units(warmup, steps, || {
         let mut h = x.clone();
@@ -240,12 +244,14 @@ fn mamba_layers(warmup: usize, steps: usize) -> Result<Timing> {
 }
 
 /// candle's f32 matmul of two n×n matrices; units are floating-point operations (2n³ each).
-fn sgemm(n: usize, warmup: usize, steps: usize) -> Result<Timing> {
+fn sgemm(n: usize, dev: &Device, warmup: usize, steps: usize) -> Result<Timing> {
     let mut r = SeqRng::new(1);
-    let a = c(r.normal((n, n), 0.0, 1.0, &Device::Cpu))?;
-    let b = c(r.normal((n, n), 0.0, 1.0, &Device::Cpu))?;
+    let a = c(r.normal((n, n), 0.0, 1.0, dev))?;
+    let b = c(r.normal((n, n), 0.0, 1.0, dev))?;
     time_units(warmup, steps, || {
         let p = c(a.matmul(&b))?;
+        // A GPU runs the product asynchronously: wait for it (a no-op on the CPU).
+        c(dev.synchronize())?;
         // Keep the product alive until here so that it is really computed.
         anyhow::ensure!(p.dims() == [n, n], "sgemm: unexpected shape {:?}", p.dims());
         Ok(2 * n * n * n)
@@ -288,6 +294,9 @@ fn need_config(a: &BenchArgs) -> Result<&PathBuf> {
 /// `model`/`translate` without `--config`.
 pub fn run(a: BenchArgs) -> Result<()> {
     anyhow::ensure!(a.steps > 0, "--steps must be > 0");
+    a.device.check_available()?;
+    // The config rows take `--device` as the config's `train.device` (after the `--set`s).
+    let sets: Vec<String> = a.set.iter().cloned().chain(a.device.override_key()).collect();
     match a.what.as_str() {
         "model" => {
             let spec = BenchSpec {
@@ -296,7 +305,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 export: a.export.clone(),
             };
             let config = need_config(&a)?;
-            let m = crate::registry().bench(config, &a.set, &spec)?;
+            let m = crate::registry().bench(config, &sets, &spec)?;
             let mut v = row_json("model", "tokens", &m.timing);
             v["shape"] = json!(format!("{} ({} parameters)", config.display(), m.params));
             v["task"] = json!(m.task);
@@ -306,7 +315,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         "translate" => {
             let config = need_config(&a)?;
-            let cfg = seqlab_train::task::read_config::<MtTask>(config, &a.set)?;
+            let cfg = seqlab_train::task::read_config::<MtTask>(config, &sets)?;
             let test = cfg
                 .task
                 .data
@@ -340,7 +349,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         "generate" => {
             let config = need_config(&a)?;
-            let cfg = seqlab_train::task::read_config::<LmTask>(config, &a.set)?;
+            let cfg = seqlab_train::task::read_config::<LmTask>(config, &sets)?;
             let (task, _vs) = seqlab_train::bench::build_untrained::<LmTask>(&cfg)?;
             anyhow::ensure!(
                 a.batch_size > 0 && a.tokens > 0,
@@ -366,7 +375,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             print_row(a.json, &v);
         }
         "sgemm" => {
-            let t = sgemm(a.size, a.warmup, a.steps)?;
+            let t = sgemm(a.size, &a.device.open()?, a.warmup, a.steps)?;
             let mut v = row_json("sgemm", "flop", &t);
             v["gflops"] = json!(t.units_per_s() / 1e9);
             v["shape"] = json!(format!("{0}x{0} times {0}x{0}, f32", a.size));
@@ -392,11 +401,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     a.steps
                 );
             }
+            let dev = a.device.open()?;
             for r in rows {
                 let t = match r {
-                    "encoder" | "decoder" => transformer_layer(r, a.warmup, a.steps)?,
-                    "mamba" => mamba_layers(a.warmup, a.steps)?,
-                    _ => recurrent(r, a.warmup, a.steps)?,
+                    "encoder" | "decoder" => transformer_layer(r, &dev, a.warmup, a.steps)?,
+                    "mamba" => mamba_layers(&dev, a.warmup, a.steps)?,
+                    _ => recurrent(r, &dev, a.warmup, a.steps)?,
                 };
                 let mut v = row_json(r, "tokens", &t);
                 let (shape, tokens) = layer_shape(r);

@@ -52,6 +52,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             a.output.display()
         );
     }
+    // CPU by design: export only copies tensors to files (the command's help says so).
     let task = load_translation_model(&a.checkpoint, &candle_core::Device::Cpu)?;
     match a.format {
         ExportFormat::Hf => {

@@ -79,6 +79,8 @@ enum Command {
     /// Inspect run configs: `seqlab config keys TASK` prints every key, its default and meaning.
     Config(config_cmd::ConfigArgs),
     /// Write a trained translation model as a Hugging Face M2M100 folder (Transformers, CTranslate2).
+    /// The model loads on the CPU whatever device it trained on (export computes nothing, so
+    /// it takes no --device).
     Export(export::ExportArgs),
 }
 

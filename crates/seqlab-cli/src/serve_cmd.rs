@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Threads for model computation (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    // The checkpoints' models run on `--device` (word vectors and Hugging Face folders stay
+    // on the CPU; a Hugging Face folder with a GPU device is refused).
+    #[command(flatten)]
+    pub device: crate::train::DeviceArg,
 }
 
 fn named_path(s: &str) -> Result<(String, PathBuf), String> {
@@ -55,6 +59,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
+    let device = a.device.open()?;
     let cfg = seqlab_serve::ServeConfig {
         checkpoints: a.checkpoints,
         vectors: a.vectors,
@@ -65,6 +70,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             a.queue,
         )?,
         max_body_bytes: a.max_body_bytes,
+        device,
     };
     seqlab_serve::run(&cfg)
 }

@@ -40,10 +40,8 @@ pub struct RunFlags {
     /// else 42).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Device to train on: cpu, cuda (= cuda:0) or cuda:N (overrides `train.device`;
-    /// default: the config's, else cpu). CUDA needs a build with `--features cuda`.
-    #[arg(long)]
-    pub device: Option<String>,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Hide the progress bar (default: shown when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -53,19 +51,47 @@ pub struct RunFlags {
     pub check: bool,
 }
 
-/// `--device` of the commands that run a trained model (the flag group they share).
-#[derive(Args, Debug, Clone)]
+/// `--device`: the one device flag of every command that runs a model (training commands,
+/// `eval`, `generate`, `predict`, `translate`, `serve`, `bench`).
+#[derive(Args, Debug, Clone, Default)]
 pub struct DeviceArg {
-    /// Device to run the model on: cpu, cuda (= cuda:0) or cuda:N; checkpoints load onto any
-    /// device, whatever they trained on. CUDA needs a build with `--features cuda`.
-    #[arg(long = "device", default_value = "cpu")]
-    pub name: String,
+    /// Device to run the model on: cpu, cuda (= cuda:0) or cuda:N. Default: the run config's
+    /// `train.device` (which this overrides) for commands that read a config (train, pretrain,
+    /// finetune, bench model/translate/generate), else cpu. Checkpoints load onto any device,
+    /// whatever they trained on. CUDA needs a build with `--features cuda`; a build without it
+    /// refuses cuda before reading or writing anything.
+    #[arg(long = "device", value_name = "DEVICE", value_parser = device_name)]
+    pub name: Option<String>,
+}
+
+/// Checks `--device`'s value at parsing time (without opening the device).
+fn device_name(s: &str) -> Result<String, String> {
+    seqlab_nn::device::check_device_name(s)
+        .map(|_| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 impl DeviceArg {
-    /// Opens the device; the error names `--device`.
+    /// Opens the device (cpu when the flag is absent); the error names `--device`.
     pub fn open(&self) -> Result<candle_core::Device> {
-        seqlab_nn::parse_device(&self.name).map_err(|e| anyhow::anyhow!("--device: {e}"))
+        seqlab_nn::parse_device(self.name.as_deref().unwrap_or("cpu")).map_err(|e| anyhow::anyhow!("--device: {e}"))
+    }
+
+    /// Refuses a device this build cannot open (cuda without the `cuda` feature) without
+    /// opening one: the commands that read a run config call this before anything else, so
+    /// the error names `--device` and nothing was read or written.
+    pub fn check_available(&self) -> Result<()> {
+        match self.name.as_deref() {
+            Some(n) if n != "cpu" && !cfg!(feature = "cuda") => {
+                anyhow::bail!("--device: device `{n}`: {}", seqlab_nn::device::NO_CUDA)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The flag as a `train.device=...` override of a run config (none when absent).
+    pub fn override_key(&self) -> Option<String> {
+        self.name.as_ref().map(|d| format!("train.device={d:?}"))
     }
 }
 
@@ -88,9 +114,7 @@ impl RunFlags {
         if let Some(s) = self.seed {
             sets.push(format!("train.seed={s}"));
         }
-        if let Some(d) = &self.device {
-            sets.push(format!("train.device={d:?}"));
-        }
+        sets.extend(self.device.override_key());
         if self.no_progress || !std::io::stderr().is_terminal() {
             sets.push("train.progress=false".into());
         }
@@ -214,6 +238,7 @@ pub struct PlotArgs {
 /// Trains (or with `--check` only validates) the run of `config`; `expect_task` is set by the
 /// single-task aliases (`pretrain`, `finetune`), `extra_sets` are their own overrides.
 pub fn run_training(config: &Path, run: &RunFlags, expect_task: Option<&str>, extra_sets: Vec<String>) -> Result<()> {
+    run.device.check_available()?;
     let mut overrides = run.overrides();
     overrides.extend(extra_sets);
     let reg = registry();

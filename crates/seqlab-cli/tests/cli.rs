@@ -666,3 +666,199 @@ fn bench_model_times_engine_steps_and_writes_no_run() {
     let err = failed(seqlab().args(["bench", "generate"]).output().unwrap());
     assert!(err.contains("needs --config"), "{err}");
 }
+
+/// `--device` on every command that runs a model: `--device cpu` works on each (a tiny LM and
+/// a tiny translation model; the BERT training commands through `--check`), and on a build
+/// without the `cuda` feature `--device cuda` fails with an error naming the flag, before
+/// anything is read or written. `export` and `w2v` run on the CPU only and take no flag.
+#[test]
+fn every_model_command_takes_device() {
+    let d = scratch("device-flag");
+    let cfg = lm_config(&d, 2);
+    let run = d.join("run");
+    ok(seqlab()
+        .args(["train", "--device", "cpu", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    let cpu = ["--device", "cpu"];
+    let out = ok(seqlab()
+        .args(["eval", "--json", "--checkpoint"])
+        .arg(&run)
+        .args(cpu)
+        .output()
+        .unwrap());
+    assert!(out.contains("loss"), "{out}");
+    let out = ok(seqlab()
+        .args(["generate", "--max-tokens", "5", "--checkpoint"])
+        .arg(&run)
+        .args(cpu)
+        .output()
+        .unwrap());
+    assert!(!out.is_empty());
+    let mut c = seqlab();
+    c.args(["predict", "--checkpoint"]).arg(&run).args(cpu);
+    assert!(!ok(with_stdin(c, "To be or not\n")).is_empty());
+    let out = ok(seqlab()
+        .args(["bench", "model", "--json", "--steps", "1", "--warmup", "0", "--config"])
+        .arg(&cfg)
+        .args(cpu)
+        .output()
+        .unwrap());
+    assert!(out.contains("\"row\":\"model\""), "{out}");
+    let out = ok(seqlab()
+        .args(["bench", "sgemm", "--size", "16", "--steps", "1", "--device", "cpu"])
+        .output()
+        .unwrap());
+    assert!(out.contains("sgemm"), "{out}");
+    for (cmd, preset) in [
+        ("pretrain", "configs/bert-pretrain-sample.toml"),
+        ("finetune", "configs/bert-finetune-sample.toml"),
+    ] {
+        let out = ok(seqlab()
+            .current_dir(repo())
+            .args([cmd, "--check", "--device", "cpu", "--config", preset])
+            .output()
+            .unwrap());
+        assert!(out.contains("a valid"), "{cmd}: {out}");
+    }
+    let (mut server, _err, port) = start_serve(&[
+        format!("--checkpoint=words={}", run.display()),
+        "--device=cpu".to_string(),
+    ]);
+    let (status, _) = post(port, "/v1/generate", r#"{"prompt": "To", "max_tokens": 3}"#);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(status.contains("200"), "{status}");
+
+    let mt = d.join("mt");
+    std::fs::create_dir_all(&mt).unwrap();
+    write_reversal_corpus(&mt);
+    let mt_cfg = mt.join("mt.toml");
+    std::fs::write(
+        &mt_cfg,
+        format!(
+            "task = \"mt\"\nrun_dir = {:?}\n[data]\ntrain = {:?}\nvalid = {:?}\nvocab_size = 60\nbatch_tokens = 256\n\
+             [model]\nd_model = 16\nnhead = 2\nnum_encoder_layers = 1\nnum_decoder_layers = 1\ndim_feedforward = 32\n\
+             [train]\nmax_steps = 2\neval_every = 2\nlog_every = 1\n",
+            mt.join("run").display().to_string(),
+            mt.join("train.tsv").display().to_string(),
+            mt.join("valid.tsv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    ok(seqlab()
+        .args(["train", "--device", "cpu", "--config"])
+        .arg(&mt_cfg)
+        .output()
+        .unwrap());
+    let mut c = seqlab();
+    c.args(["translate", "--decoder", "greedy", "--checkpoint"])
+        .arg(mt.join("run"))
+        .args(cpu);
+    assert_eq!(ok(with_stdin(c, "red cat\nblue dog sun\n")).lines().count(), 2);
+
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let fresh = d.join("fresh");
+    let run_dir = format!("--run-dir={}", fresh.display());
+    let cfg_s = cfg.display().to_string();
+    let run_s = run.display().to_string();
+    let stdin_cmds: Vec<Vec<&str>> = vec![
+        vec!["train", "--config", &cfg_s, &run_dir],
+        vec!["pretrain", "--config", "configs/bert-pretrain-sample.toml", &run_dir],
+        vec!["finetune", "--config", "configs/bert-finetune-sample.toml", &run_dir],
+        vec!["eval", "--checkpoint", &run_s],
+        vec!["generate", "--checkpoint", &run_s],
+        vec!["predict", "--checkpoint", &run_s],
+        vec!["translate", "--checkpoint", &run_s],
+        vec!["serve", "--checkpoint", "words=nowhere"],
+        vec!["bench", "lstm"],
+        vec!["bench", "model", "--config", &cfg_s],
+    ];
+    let before = std::fs::read_dir(&d).unwrap().count();
+    for args in stdin_cmds {
+        let mut c = seqlab();
+        c.current_dir(repo()).args(&args).args(["--device", "cuda"]);
+        let e = failed(with_stdin(c, "To be\n"));
+        assert!(
+            e.contains("--device") && e.contains("rebuild with --features cuda") && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!fresh.exists(), "a refused --device cuda wrote a run folder");
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), before);
+    let help = ok(seqlab().args(["export", "--help"]).output().unwrap());
+    assert!(help.contains("on the CPU"), "{help}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// A run resumes on another device: a checkpoint whose config names `cuda:1` (as a GPU run's
+/// does) continues on the CPU with `--device cpu`, the change reported on stderr and the
+/// weights, optimizer state and RNG loaded; an explicit `--device cpu` where the config said
+/// cpu changes nothing; `--device cuda` on a CPU-only build (and `--set train.device`) fails
+/// naming the flag/key, with the run folder untouched.
+#[test]
+fn resume_moves_a_run_to_another_device() {
+    let d = scratch("device-resume");
+    let cfg = lm_config(&d, 2);
+    let run = d.join("run");
+    ok(seqlab().args(["train", "--config"]).arg(&cfg).output().unwrap());
+    let o = seqlab()
+        .args(["train", "--resume", "--device", "cpu", "--max-steps", "3", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = ok(o);
+    assert!(
+        out.contains("trained 3 steps") && !e.contains("train.device"),
+        "{e}\n{out}"
+    );
+    // What a run trained on GPU 1 stores.
+    for ck in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        let f = ck.unwrap().path().join("trainer.json");
+        if f.exists() {
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            v["config"]["train"]["device"] = "cuda:1".into();
+            std::fs::write(&f, v.to_string()).unwrap();
+        }
+    }
+    if !cfg!(feature = "cuda") {
+        let config_before = std::fs::read(run.join("config.toml")).unwrap();
+        let metrics_before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+        for flag in [["--device", "cuda"], ["--set", "train.device=\"cuda\""]] {
+            let e = failed(
+                seqlab()
+                    .args(["train", "--resume", "--max-steps", "4", "--config"])
+                    .arg(&cfg)
+                    .args(flag)
+                    .output()
+                    .unwrap(),
+            );
+            // `--set` reaches the run path: its resume check accepted the device change.
+            assert!(
+                e.contains("--device") && e.contains("rebuild with --features cuda") && !e.contains("cannot change"),
+                "{flag:?}: {e}"
+            );
+            assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config_before);
+            assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), metrics_before);
+        }
+    }
+    let o = seqlab()
+        .args(["train", "--resume", "--device", "cpu", "--max-steps", "4", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let out = ok(o);
+    assert!(
+        e.contains("applied train.device: \"cuda:1\" → \"cpu\"") && e.contains("continue on the new device"),
+        "{e}"
+    );
+    assert!(out.contains("trained 4 steps"), "{out}");
+    let steps: Vec<u64> = train_losses(&run).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, [1, 2, 3, 4]);
+    let _ = std::fs::remove_dir_all(d);
+}

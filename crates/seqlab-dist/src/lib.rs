@@ -120,6 +120,26 @@ pub fn launcher_size() -> Option<usize> {
         .or(Some(1))
 }
 
+/// The launcher's variables that hold a process's rank among the ranks on its machine, in
+/// the order [`local_rank`] reads them: Open MPI's `mpirun`, MPICH's and Intel MPI's Hydra,
+/// Slurm's `srun`.
+pub const LOCAL_RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"];
+
+/// This process's rank among the ranks on its machine (0 for a process not started by an
+/// MPI launcher): what picks each rank's GPU when `train.device = "cuda"` names none.
+pub fn local_rank() -> usize {
+    local_rank_from(|k| std::env::var(k).ok())
+}
+
+/// [`local_rank`] with the environment as `var` (testable): the first of [`LOCAL_RANK_VARS`]
+/// that is set and holds a number, else 0.
+pub fn local_rank_from(var: impl Fn(&str) -> Option<String>) -> usize {
+    LOCAL_RANK_VARS
+        .iter()
+        .find_map(|k| var(k)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Keeps MPI initialized; dropping it finalizes MPI (`MPI_Finalize`), which Open MPI expects
 /// of every process that initialized it. Hold it in `main` until the process ends.
 #[derive(Default)]
@@ -266,5 +286,25 @@ mod tests {
         assert_eq!(broadcast_string(&c, "x", 0).unwrap(), "x");
         assert!(ranks_differing_from_root(&c, 7).unwrap().is_empty());
         assert!(c.broadcast_bytes(&mut vec![], 1).is_err());
+    }
+
+    #[test]
+    fn local_rank_reads_the_launchers_variables_in_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(local_rank_from(env(&[])), 0);
+        assert_eq!(local_rank_from(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "3")])), 3);
+        assert_eq!(local_rank_from(env(&[("SLURM_LOCALID", "2")])), 2);
+        // Open MPI's own variable wins over Slurm's (mpirun inside an allocation).
+        assert_eq!(
+            local_rank_from(env(&[("SLURM_LOCALID", "0"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")])),
+            1
+        );
+        // A value that is not a number is skipped.
+        assert_eq!(
+            local_rank_from(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "x"), ("MPI_LOCALRANKID", "5")])),
+            5
+        );
     }
 }

@@ -84,6 +84,7 @@ pub fn average_checkpoints(dirs: &[PathBuf], out: &Path, if_exists: IfExists) ->
     let mut dtypes: HashMap<String, DType> = HashMap::new();
     for (i, d) in dirs.iter().enumerate() {
         let f = d.join("model.safetensors");
+        // CPU by design: averaging reads and writes files (checkpoints hold CPU tensors).
         let ts =
             c(candle_core::safetensors::load(&f, &Device::Cpu)).with_context(|| format!("reading {}", f.display()))?;
         if i > 0 && (ts.len() != sum.len() || ts.keys().any(|k| !sum.contains_key(k))) {

@@ -245,6 +245,7 @@ pub fn hf_tensors(task: &MtTask) -> Result<HashMap<String, Tensor>> {
         let t = sd
             .get(&sl)
             .with_context(|| format!("internal: no seqlab tensor {sl}"))?;
+        // CPU by design: export writes host tensors, whatever device the model is on.
         let t = c(t.to_device(&Device::Cpu))?;
         match target {
             Target::One(n) => {

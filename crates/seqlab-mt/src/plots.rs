@@ -76,6 +76,7 @@ pub fn plot_positional_encoding(output: &Path, d_model: usize, max_len: usize) -
     if d_model == 0 || max_len == 0 {
         bail!("positional encoding: d_model ({d_model}) and max_len ({max_len}) must be positive");
     }
+    // CPU by design: a picture of the table, no model involved.
     let t =
         seqlab_nn::sinusoidal_table(max_len, d_model, &candle_core::Device::Cpu).map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = t.reshape((max_len, d_model)).map_err(|e| anyhow::anyhow!("{e}"))?;

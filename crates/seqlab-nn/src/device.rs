@@ -28,6 +28,7 @@ fn ordinal(name: &str) -> Result<Option<usize>> {
 /// [`NO_CUDA`]; with it, a missing driver or GPU is candle's error, prefixed with the name.
 pub fn parse_device(name: &str) -> Result<Device> {
     match ordinal(name)? {
+        // CPU by design: the device named "cpu".
         None => Ok(Device::Cpu),
         Some(n) => {
             if !cfg!(feature = "cuda") {

@@ -26,6 +26,7 @@ pub fn save_tensors_atomic(
         .map(|n| {
             Ok((
                 (*n).clone(),
+                // CPU by design: checkpoints stay device-independent (saving copies to the CPU).
                 tensors[*n].to_device(&candle_core::Device::Cpu)?.contiguous()?,
             ))
         })

@@ -78,6 +78,7 @@ impl OptimizerState {
             .parse::<u64>()
             .map_err(|e| err(format!("bad `step`: {e}")))?;
         let lr = get("lr")?.parse::<f64>().map_err(|e| err(format!("bad `lr`: {e}")))?;
+        // CPU by design: optimizer state lives in host buffers (`Slot`), whatever the parameters' device.
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
         Ok(Self {
             kind,
@@ -252,9 +253,11 @@ fn export(slots: &[Slot], names: [&str; 2]) -> Result<HashMap<String, Tensor>> {
         if s.step == 0 && s.buf1.is_empty() {
             continue;
         }
+        // CPU by design: the state dict is written to files from host buffers.
         t.insert(format!("step.{}", s.name), Tensor::new(s.step as i64, &Device::Cpu)?);
         for (n, b) in names.iter().zip([&s.buf1, &s.buf2]) {
             if !n.is_empty() && !b.is_empty() {
+                // CPU by design: as the step above.
                 t.insert(
                     format!("{n}.{}", s.name),
                     Tensor::from_slice(b, s.var.shape(), &Device::Cpu)?,

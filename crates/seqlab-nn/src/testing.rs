@@ -52,6 +52,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 /// A tensor of N(0, 1) draws from the project's seeded RNG (for tests).
 pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
     SeqRng::new(seed)
+        // CPU by design: a test helper (tests run on the CPU).
         .normal(shape, 0.0, 1.0, &candle_core::Device::Cpu)
         .unwrap()
 }

@@ -66,6 +66,7 @@ pub const VECTOR_FILES: [&str; 3] = ["vectors.txt", "vectors.bin", "vectors.safe
 /// (a word2vec output folder) and no checkpoint; else a checkpoint folder or run folder
 /// (→ its best checkpoint), whatever its task ([`load_checkpoint`]). Models load on the CPU.
 pub fn load(path: &Path) -> Result<Loaded> {
+    // CPU by design: `load` is the CPU default; `load_on` takes the device.
     load_on(path, &Device::Cpu)
 }
 
@@ -102,6 +103,7 @@ pub fn load_on(path: &Path, device: &Device) -> Result<Loaded> {
 /// is an error naming the ones that have. A Hugging Face model folder ([`load_hf`]) is
 /// loaded too. The model loads on the CPU.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    // CPU by design: the CPU default; `load_checkpoint_on` takes the device.
     load_checkpoint_on(path, &Device::Cpu)
 }
 
@@ -150,6 +152,7 @@ pub fn load_hf(dir: &Path) -> Result<Loaded> {
     let j: Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.display()))?)
             .map_err(|e| anyhow::anyhow!("{}: invalid JSON: {e}", cfg.display()))?;
+    // CPU by design: Hugging Face folders load on the CPU only (`load_checkpoint_on` refuses another device).
     let dev = candle_core::Device::Cpu;
     Ok(match j.get("model_type").and_then(Value::as_str) {
         Some("m2m_100") => Loaded::Translate(Translator::new(seqlab_mt::hf::load(dir, &dev)?)),

@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub batch: BatchConfig,
     /// Largest request body in bytes (larger: 413).
     pub max_body_bytes: usize,
+    /// Device the checkpoints' models run on (`--device`); word vectors stay on the CPU, and
+    /// Hugging Face folders load on the CPU only.
+    pub device: candle_core::Device,
 }
 
 /// Loads every model into a new [`App`], each behind its own batcher.
@@ -51,8 +54,8 @@ pub fn load_app(cfg: &ServeConfig) -> Result<App> {
     anyhow::ensure!(cfg.max_body_bytes > 0, "--max-body-bytes must be positive");
     let mut app = App::new(Arc::new(metrics::Metrics::default()), cfg.max_body_bytes);
     for (name, path) in &cfg.checkpoints {
-        let loaded =
-            models::load_checkpoint(path).with_context(|| format!("--checkpoint {name}={}", path.display()))?;
+        let loaded = models::load_checkpoint_on(path, &cfg.device)
+            .with_context(|| format!("--checkpoint {name}={}", path.display()))?;
         add_model(&mut app, name, loaded, cfg.batch)?;
     }
     for (name, path) in &cfg.vectors {

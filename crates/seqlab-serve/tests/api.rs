@@ -401,6 +401,7 @@ async fn real_models_answer_every_endpoint_and_batching_changes_nothing() {
             addr: "127.0.0.1:0".parse().unwrap(),
             batch: BatchConfig::new(16, Duration::from_millis(20), 256).unwrap(),
             max_body_bytes: 65536,
+            device: candle_core::Device::Cpu,
         };
         seqlab_serve::load_app(&cfg).unwrap()
     })
@@ -597,6 +598,7 @@ async fn hugging_face_bert_folders_answer_fill_mask_and_classify() {
             addr: "127.0.0.1:0".parse().unwrap(),
             batch: BatchConfig::new(4, Duration::from_millis(5), 64).unwrap(),
             max_body_bytes: 65536,
+            device: candle_core::Device::Cpu,
         };
         seqlab_serve::load_app(&cfg).unwrap()
     })

@@ -200,6 +200,7 @@ fn the_page_translates_and_draws_the_attention_heat_map() {
         addr: "127.0.0.1:0".parse().unwrap(),
         batch: BatchConfig::default(),
         max_body_bytes: 65536,
+        device: candle_core::Device::Cpu,
     };
     let app = seqlab_serve::load_app(&cfg).unwrap();
     let server = rt.block_on(Running::start(app));

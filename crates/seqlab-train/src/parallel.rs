@@ -134,9 +134,32 @@ pub fn all_reduce_grads(comm: &dyn Collective, grads: &mut GradStore, vars: &[Va
     Ok(seconds)
 }
 
+/// The device rank `local_rank` (its index among the ranks on its machine,
+/// [`seqlab_dist::local_rank`]) uses for `train.device = name`: plain `cuda` becomes
+/// `cuda:<local_rank>`, one GPU per rank as `torchrun` does with `LOCAL_RANK`; `cpu` and an
+/// explicit `cuda:N` are kept (every rank on a machine then opens GPU N, which is what a
+/// launcher that sets `CUDA_VISIBLE_DEVICES` per rank wants with `cuda:0`). A process not
+/// started by a launcher has local rank 0, so `cuda` stays `cuda:0`.
+pub fn rank_device(name: &str, local_rank: usize) -> String {
+    match name.trim() {
+        "cuda" => format!("cuda:{local_rank}"),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_take_the_gpu_of_their_local_rank_unless_one_is_named() {
+        assert_eq!(rank_device("cuda", 0), "cuda:0");
+        assert_eq!(rank_device("cuda", 3), "cuda:3");
+        assert_eq!(rank_device(" cuda ", 1), "cuda:1");
+        assert_eq!(rank_device("cuda:2", 3), "cuda:2");
+        assert_eq!(rank_device("cuda:0", 1), "cuda:0");
+        assert_eq!(rank_device("cpu", 5), "cpu");
+    }
 
     #[test]
     fn rank_seeds_differ_by_rank_and_step() {

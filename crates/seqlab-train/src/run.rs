@@ -137,9 +137,12 @@ pub fn write_test_report<T: Task>(task: &T, vs: &VarStore, cfg: &RunConfig<T::Co
 }
 
 /// Keys a resumed run may change (`--resume` with an edited config or `--set`): they end or
-/// report the run, and change nothing of what it computes up to where it stopped. Any other
-/// difference from the checkpoint's config (task, model shape, data files, tokenizer, seed,
-/// optimizer, schedule ...) is refused, listing the keys.
+/// report the run, and change nothing of what it computes up to where it stopped, or (for
+/// `train.device`) only where it computes: checkpoints hold CPU tensors, the optimizer state
+/// and the RNG are host values, so a run trained on one device resumes on another (the new
+/// device's arithmetic may differ from the old one's in the last bits). Any other difference
+/// from the checkpoint's config (task, model shape, data files, tokenizer, seed, optimizer,
+/// schedule ...) is refused, listing the keys.
 pub const RESUME_MAY_CHANGE: &[&str] = &[
     "run_dir",
     "train.max_steps",
@@ -148,7 +151,13 @@ pub const RESUME_MAY_CHANGE: &[&str] = &[
     "train.patience",
     "train.progress",
     "train.keep_checkpoints",
+    "train.device",
 ];
+
+/// What `resume: applied ...` adds to a device change (a run that moves from one device to
+/// another may differ in the last bits from one that stayed).
+pub const DEVICE_CHANGE_NOTE: &str =
+    "model, optimizer state and RNG continue on the new device; results may differ in the last bits from a run that stayed on one device";
 
 /// Flattens a JSON config into dotted keys (`train.max_steps`) → values.
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut std::collections::BTreeMap<String, serde_json::Value>) {
@@ -184,7 +193,10 @@ pub fn resume_changes(dir: &Path, new: &serde_json::Value) -> Result<Vec<String>
         if x == y {
             continue;
         }
-        let line = format!("{k}: {x} → {y}");
+        let mut line = format!("{k}: {x} → {y}");
+        if k == "train.device" {
+            line = format!("{line} ({DEVICE_CHANGE_NOTE})");
+        }
         if RESUME_MAY_CHANGE.contains(&k.as_str()) {
             allowed.push(line);
         } else {
@@ -346,9 +358,11 @@ pub struct Loaded<T: Task> {
 }
 
 /// Opens a device named as `train.device` / `--device` (`cpu`, `cuda`, `cuda:N`); the error
-/// names the key.
+/// names the key and the flag. In a data-parallel job, `cuda` without an index is the GPU of
+/// the process's local rank ([`crate::parallel::rank_device`]).
 pub fn open_device(name: &str) -> Result<Device> {
-    seqlab_nn::parse_device(name).map_err(|e| anyhow::anyhow!("train.device: {e}"))
+    let name = crate::parallel::rank_device(name, seqlab_dist::local_rank());
+    seqlab_nn::parse_device(&name).map_err(|e| anyhow::anyhow!("train.device (--device): {e}"))
 }
 
 /// The one checkpoint loader: `path` is a checkpoint folder or a run folder (→ its best
@@ -356,6 +370,7 @@ pub fn open_device(name: &str) -> Result<Device> {
 /// model is built on the CPU whatever device it trained on (checkpoints hold CPU tensors);
 /// [`load_on`] picks the device.
 pub fn load<T: Task>(path: &Path) -> Result<Loaded<T>> {
+    // CPU by design: the CPU default; `load_on` takes the device.
     load_on(path, &Device::Cpu)
 }
 
@@ -406,4 +421,43 @@ pub(crate) fn load_from<T: Task>(dir: &Path, mut cfg: RunConfig<T::Config>, devi
         cfg,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint folder whose trainer.json stores `config`.
+    fn checkpoint_with(config: serde_json::Value) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("seqlab-resume-changes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("trainer.json"),
+            serde_json::json!({ "config": config }).to_string(),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn resume_accepts_a_device_change_with_a_note_and_refuses_a_seed_change() {
+        let old = serde_json::json!({"task": "lm", "train": {"device": "cuda:1", "seed": 42, "max_steps": 4}});
+        let dir = checkpoint_with(old.clone());
+        assert!(resume_changes(&dir, &old).unwrap().is_empty());
+        let mut moved = old.clone();
+        moved["train"]["device"] = "cpu".into();
+        moved["train"]["max_steps"] = 6.into();
+        let lines = resume_changes(&dir, &moved).unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("train.device: \"cuda:1\" → \"cpu\"") && l.contains(DEVICE_CHANGE_NOTE)),
+            "{lines:?}"
+        );
+        moved["train"]["seed"] = 7.into();
+        let e = resume_changes(&dir, &moved).unwrap_err().to_string();
+        assert!(e.contains("train.seed") && !e.contains("train.device: "), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -351,6 +351,7 @@ impl Registry {
     /// Loads a trained model from a checkpoint folder or a run folder (→ its best
     /// checkpoint), whatever its task, on the CPU.
     pub fn load(&self, path: &Path) -> Result<LoadedAny> {
+        // CPU by design: the CPU default; `load_on` takes the device.
         self.load_on(path, &candle_core::Device::Cpu)
     }
 

@@ -52,8 +52,10 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Show a progress bar (off in tests and when stderr is not a terminal).
     pub progress: bool,
-    /// Where the model trains: `"cpu"`, `"cuda"` (= `cuda:0`) or `"cuda:N"`
-    /// ([`seqlab_nn::device`]); checkpoints are written as CPU tensors either way.
+    /// Where the model trains: `"cpu"`, `"cuda"` (= `cuda:0`; in an MPI job, the GPU of the
+    /// process's local rank, [`crate::parallel::rank_device`]) or `"cuda:N"`
+    /// ([`seqlab_nn::device`]); checkpoints are written as CPU tensors either way, and a
+    /// resumed run may change it.
     pub device: String,
 }
 
@@ -76,7 +78,7 @@ impl ConfigKeys for LoopConfig {
         KeyDoc::new("progress", "show a progress bar (only when stderr is a terminal)"),
         KeyDoc::new(
             "device",
-            "where the model trains: cpu, cuda (= cuda:0) or cuda:N (needs a build with --features cuda); checkpoints stay device-independent",
+            "where the model trains: cpu, cuda (= cuda:0; in an MPI job each rank's GPU = its local rank) or cuda:N (needs a build with --features cuda); checkpoints stay device-independent and a resumed run may change it",
         ),
     ];
 }
