@@ -2,13 +2,16 @@
 //!
 //! Both are built from `vs.trainable()` (a list of `(name, Var)`), take gradients either from
 //! a [`GradStore`] ([`Optimizer::step`]) or as explicit `(Var, grad)` pairs
-//! ([`Optimizer::step_with`]), and update each parameter with one fused loop over its
-//! storage: on CPU in place through a candle [`InplaceOp2`], elsewhere by a host round trip
-//! and `Var::set`. The per-element arithmetic follows PyTorch's single-tensor (CPU default)
-//! code path operation by operation, with the Python-float scalars (bias corrections, step
-//! size) computed in f64 and rounded to f32 where PyTorch hands them to a float32 kernel.
+//! ([`Optimizer::step_with`]), and update each parameter: on the CPU (fused path) with one
+//! loop over its storage, in place through a candle [`InplaceOp2`]; on other devices (and on
+//! the CPU with [`crate::ops::Path::Composed`]) with candle tensor ops on the parameter's
+//! device, the state staying there too (no host round trip per step). Both follow PyTorch's
+//! single-tensor (CPU default) code path operation by operation, with the Python-float scalars
+//! (bias corrections, step size) computed in f64 and rounded to f32 where PyTorch hands them
+//! to a float32 kernel; the two paths differ only where a tensor op rounds differently.
 //!
-//! Optimizer state is kept as plain `Vec<f32>` per parameter and exported as an
+//! Optimizer state is kept per parameter as a `Vec<f32>` on the fused path, as tensors on the
+//! parameter's device on the composed one (moved when the path changes), and exported as an
 //! [`OptimizerState`] under PyTorch-like names (`exp_avg.<param>`, `exp_avg_sq.<param>`,
 //! `step.<param>`, `momentum_buffer.<param>`), which [`OptimizerState::save_safetensors`]
 //! writes and [`OptimizerState::load_safetensors`] reads back bit-exactly.
@@ -97,6 +100,10 @@ struct Slot {
     buf1: Vec<f32>,
     /// Adam's `exp_avg_sq`.
     buf2: Vec<f32>,
+    /// The same buffers on the parameter's device while the composed path updates it; the host
+    /// vectors are then empty. `None` = not (yet) created.
+    dev1: Option<Tensor>,
+    dev2: Option<Tensor>,
     /// Steps this parameter has taken (PyTorch keeps one per parameter).
     step: u64,
     /// Whether weight decay applies (false for parameters in a "no decay" group).
@@ -128,6 +135,8 @@ impl Params {
                 var,
                 buf1: vec![],
                 buf2: vec![],
+                dev1: None,
+                dev2: None,
                 step: 0,
                 decay: true,
             });
@@ -195,22 +204,18 @@ impl Params {
     }
 }
 
-/// Runs `kernel(param, grad)` over one parameter's storage: in place on CPU, through a host
-/// copy and `Var::set` elsewhere (and on the CPU with [`crate::ops::Path::Composed`], so that
-/// the parity tests prove that path too). Both apply the same per-element arithmetic.
-fn update_param(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
+/// Whether `var` is updated in place by the fused CPU loop (else by tensor ops on its device).
+fn fused_update(var: &Var, grad: &Tensor) -> bool {
+    crate::ops::use_fused(var.as_tensor()) && grad.device().is_cpu()
+}
+
+/// Runs `kernel(param, grad)` over one parameter's CPU storage, in place.
+fn update_in_place(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
     let grad = grad.contiguous()?;
-    if crate::ops::use_fused(var.as_tensor()) && grad.device().is_cpu() {
-        let op = Fused {
-            kernel: RefCell::new(kernel),
-        };
-        var.as_tensor().inplace_op2(&grad, &op)
-    } else {
-        let mut p = var.flatten_all()?.to_vec1::<f32>()?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        kernel(&mut p, &g);
-        var.set(&Tensor::from_vec(p, var.shape(), var.device())?)
-    }
+    let op = Fused {
+        kernel: RefCell::new(kernel),
+    };
+    var.as_tensor().inplace_op2(&grad, &op)
 }
 
 /// `kernel(param, grad)` over one parameter's elements.
@@ -246,21 +251,65 @@ fn check_lr(what: &str, lr: f64) -> Result<()> {
     Ok(())
 }
 
+impl Slot {
+    /// Whether buffer 1 (`exp_avg` / momentum) exists, on either side.
+    fn has_buf1(&self) -> bool {
+        !self.buf1.is_empty() || self.dev1.is_some()
+    }
+
+    /// Moves the buffers to host vectors (for the fused path), if they are on the device.
+    fn to_host(&mut self) -> Result<()> {
+        for (d, b) in [(&mut self.dev1, &mut self.buf1), (&mut self.dev2, &mut self.buf2)] {
+            if let Some(t) = d.take() {
+                *b = t.flatten_all()?.to_vec1::<f32>()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the buffers onto the parameter's device (for the composed path), if they are
+    /// host vectors.
+    fn to_device(&mut self) -> Result<()> {
+        let (shape, dev) = (self.var.shape().clone(), self.var.device().clone());
+        for (d, b) in [(&mut self.dev1, &mut self.buf1), (&mut self.dev2, &mut self.buf2)] {
+            if !b.is_empty() {
+                *d = Some(Tensor::from_slice(b, &shape, &dev)?);
+                *b = vec![];
+            }
+        }
+        Ok(())
+    }
+
+    /// Buffer `k` as host values, wherever it lives (empty if it does not exist).
+    fn host_values(&self, k: usize) -> Result<Vec<f32>> {
+        let (d, b) = if k == 0 {
+            (&self.dev1, &self.buf1)
+        } else {
+            (&self.dev2, &self.buf2)
+        };
+        match d {
+            Some(t) => t.flatten_all()?.to_vec1::<f32>(),
+            None => Ok(b.clone()),
+        }
+    }
+}
+
 /// Builds the tensors of a state dict from per-slot buffers.
 fn export(slots: &[Slot], names: [&str; 2]) -> Result<HashMap<String, Tensor>> {
     let mut t = HashMap::new();
     for s in slots {
-        if s.step == 0 && s.buf1.is_empty() {
+        if s.step == 0 && !s.has_buf1() {
             continue;
         }
         // CPU by design: the state dict is written to files from host buffers.
         t.insert(format!("step.{}", s.name), Tensor::new(s.step as i64, &Device::Cpu)?);
-        for (n, b) in names.iter().zip([&s.buf1, &s.buf2]) {
+        for (k, n) in names.iter().enumerate() {
+            let b = s.host_values(k)?;
             if !n.is_empty() && !b.is_empty() {
                 // CPU by design: as the step above.
                 t.insert(
                     format!("{n}.{}", s.name),
-                    Tensor::from_slice(b, s.var.shape(), &Device::Cpu)?,
+                    Tensor::from_vec(b, s.var.shape(), &Device::Cpu)?,
                 );
             }
         }
@@ -442,9 +491,15 @@ impl AdamW {
         for (i, g) in grads {
             let slot = &mut self.params.slots[i];
             let n = slot.var.elem_count();
-            if slot.buf1.is_empty() {
-                slot.buf1 = vec![0.0; n];
-                slot.buf2 = vec![0.0; n];
+            let fused = fused_update(&slot.var, &g);
+            if fused {
+                slot.to_host()?;
+                if slot.buf1.is_empty() {
+                    slot.buf1 = vec![0.0; n];
+                    slot.buf2 = vec![0.0; n];
+                }
+            } else {
+                slot.to_device()?;
             }
             slot.step += 1;
             let step = slot.step as f64;
@@ -459,6 +514,32 @@ impl AdamW {
             let bc2_sqrt = ((1.0 - beta2.powf(step)).sqrt()) as f32;
             let neg_step_size = (-(lr / bc1)) as f32;
             let eps = eps as f32;
+            if !fused {
+                // The same operations as the loop below, as tensor ops on the parameter's device.
+                let p = slot.var.as_tensor();
+                let g = g.to_dtype(DType::F32)?;
+                let p = if decays {
+                    p.affine(decay as f64, 0.0)?
+                } else {
+                    p.clone()
+                };
+                let zeros = || Tensor::zeros_like(&g);
+                let m0 = slot.dev1.take().map_or_else(zeros, Ok)?;
+                let v0 = slot.dev2.take().map_or_else(zeros, Ok)?;
+                let m = if w.abs() < 0.5 {
+                    (&m0 + (&g - &m0)?.affine(w as f64, 0.0)?)?
+                } else {
+                    (&g - (&g - &m0)?.affine((1.0 - w) as f64, 0.0)?)?
+                };
+                let v = (v0.affine(b2 as f64, 0.0)? + (g.affine(omb2 as f64, 0.0)? * &g)?)?;
+                let scalar = |x: f32| Tensor::new(x, g.device());
+                let denom = v.sqrt()?.broadcast_div(&scalar(bc2_sqrt)?)?.affine(1.0, eps as f64)?;
+                let p = (p + (m.affine(neg_step_size as f64, 0.0)? / denom)?)?;
+                slot.var.set(&p)?;
+                // Detached: the state must not hold this step's graph alive into the next.
+                (slot.dev1, slot.dev2) = (Some(m.detach()), Some(v.detach()));
+                continue;
+            }
             let (m, v) = (&mut slot.buf1, &mut slot.buf2);
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
@@ -478,7 +559,7 @@ impl AdamW {
                     *p += neg_step_size * *m / denom;
                 }
             };
-            update_param(&slot.var, &g, &mut kernel)?;
+            update_in_place(&slot.var, &g, &mut kernel)?;
         }
         self.steps += 1;
         Ok(())
@@ -528,7 +609,7 @@ impl Optimizer for AdamW {
             [true, true],
         )?;
         for (s, (step, b1, b2)) in self.params.slots.iter_mut().zip(got) {
-            (s.step, s.buf1, s.buf2) = (step, b1, b2);
+            (s.step, s.buf1, s.buf2, s.dev1, s.dev2) = (step, b1, b2, None, None);
         }
         self.steps = state.step;
         self.cfg.lr = state.lr;
@@ -629,12 +710,34 @@ impl Sgd {
         for (i, g) in grads {
             let slot = &mut self.params.slots[i];
             slot.step += 1;
+            let decays = weight_decay != 0.0 && slot.decay;
+            if !fused_update(&slot.var, &g) {
+                // The same operations as the loop below, as tensor ops on the parameter's device.
+                slot.to_device()?;
+                let p = slot.var.as_tensor();
+                let g = g.to_dtype(DType::F32)?;
+                let mut d = if decays { (&g + p.affine(wd as f64, 0.0)?)? } else { g };
+                if momentum != 0.0 {
+                    let b = match slot.dev1.take() {
+                        None => d.clone(),
+                        Some(b) => (b.affine(mom as f64, 0.0)? + d.affine(damp as f64, 0.0)?)?,
+                    };
+                    d = if nesterov {
+                        (&d + b.affine(mom as f64, 0.0)?)?
+                    } else {
+                        b.clone()
+                    };
+                    slot.dev1 = Some(b.detach());
+                }
+                slot.var.set(&(p + d.affine(neg_lr as f64, 0.0)?)?)?;
+                continue;
+            }
+            slot.to_host()?;
             let first = slot.buf1.is_empty();
             if momentum != 0.0 && first {
                 slot.buf1 = vec![0.0; slot.var.elem_count()];
             }
             let buf = &mut slot.buf1;
-            let decays = weight_decay != 0.0 && slot.decay;
             let mut kernel = |p: &mut [f32], g: &[f32]| {
                 for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
                     let mut d = if decays { g + wd * *p } else { g };
@@ -646,7 +749,7 @@ impl Sgd {
                     *p += neg_lr * d;
                 }
             };
-            update_param(&slot.var, &g, &mut kernel)?;
+            update_in_place(&slot.var, &g, &mut kernel)?;
         }
         self.steps += 1;
         Ok(())
@@ -697,7 +800,7 @@ impl Optimizer for Sgd {
             [req, false],
         )?;
         for (s, (step, b1, _)) in self.params.slots.iter_mut().zip(got) {
-            (s.step, s.buf1) = (step, b1);
+            (s.step, s.buf1, s.dev1) = (step, b1, None);
         }
         self.steps = state.step;
         self.cfg.lr = state.lr;
@@ -731,6 +834,92 @@ mod tests {
             .iter()
             .map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
             .collect()
+    }
+
+    /// Runs `steps` updates of a fresh optimizer from `make`, the path of step k given by
+    /// `path_at(k)`, and returns the parameters and the exported state after them.
+    fn run_paths(
+        make: &dyn Fn(&VarStore) -> Box<dyn Optimizer>,
+        steps: usize,
+        path_at: &dyn Fn(usize) -> crate::ops::Path,
+    ) -> (Vec<Vec<f32>>, Vec<(String, Vec<f32>)>) {
+        let (vs, x) = setup(11);
+        let mut opt = make(&vs);
+        for k in 0..steps {
+            crate::ops::with_path(path_at(k), || {
+                let grads = loss(&vs, &x).backward().unwrap();
+                opt.step(&grads).unwrap();
+            });
+        }
+        let st = opt.state_dict().unwrap();
+        let mut t: Vec<(String, Vec<f32>)> = st
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("step."))
+            .map(|(k, v)| (k.clone(), v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        (values(&vs), t)
+    }
+
+    /// The composed update (tensor ops on the parameter's device: what CUDA runs) performs the
+    /// fused loop's operations in the same order, so on the CPU both give the same bits: AdamW
+    /// (weight decay, both lerp formulas) and SGD (momentum, dampening, Nesterov, weight decay),
+    /// also when the path changes between steps (the state moves with it) and when the state is
+    /// exported from the device side.
+    #[test]
+    fn composed_update_equals_the_fused_loop_bit_for_bit() {
+        use crate::ops::Path::{Composed, Fused};
+        let adamw = |beta1: f64| {
+            move |vs: &VarStore| -> Box<dyn Optimizer> {
+                Box::new(
+                    AdamW::for_store(
+                        vs,
+                        AdamWConfig {
+                            lr: 0.05,
+                            betas: (beta1, 0.98),
+                            eps: 1e-6,
+                            weight_decay: 0.1,
+                        },
+                    )
+                    .unwrap(),
+                )
+            }
+        };
+        let sgd = |nesterov: bool| {
+            move |vs: &VarStore| -> Box<dyn Optimizer> {
+                Box::new(
+                    Sgd::for_store(
+                        vs,
+                        SgdConfig {
+                            momentum: 0.9,
+                            dampening: if nesterov { 0.0 } else { 0.2 },
+                            weight_decay: 0.01,
+                            nesterov,
+                            ..SgdConfig::new(0.1)
+                        },
+                    )
+                    .unwrap(),
+                )
+            }
+        };
+        let makers: Vec<(&str, Box<dyn Fn(&VarStore) -> Box<dyn Optimizer>>)> = vec![
+            ("adamw", Box::new(adamw(0.9))),
+            ("adamw beta1 0.3", Box::new(adamw(0.3))),
+            ("sgd", Box::new(sgd(false))),
+            ("sgd nesterov", Box::new(sgd(true))),
+        ];
+        for (name, make) in &makers {
+            let fused = run_paths(make.as_ref(), 4, &|_| Fused);
+            let composed = run_paths(make.as_ref(), 4, &|_| Composed);
+            let mixed = run_paths(make.as_ref(), 4, &|k| if k % 2 == 0 { Composed } else { Fused });
+            let mixed2 = run_paths(make.as_ref(), 3, &|k| if k == 2 { Composed } else { Fused });
+            let fused3 = run_paths(make.as_ref(), 3, &|_| Fused);
+            assert_eq!(fused, composed, "{name}: composed");
+            assert_eq!(fused, mixed, "{name}: alternating paths");
+            assert_eq!(fused3, mixed2, "{name}: state exported after a composed step");
+            assert!(!fused.1.is_empty(), "{name}: no state exported");
+        }
     }
 
     /// Expected values: `torch.optim.AdamW([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8,
