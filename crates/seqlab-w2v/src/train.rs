@@ -3,7 +3,7 @@
 //!
 //! [`train_file`] runs these steps, each a function below:
 //! 1. [`Vocab::build`]: one counting pass over the corpus;
-//! 2. [`Weights::init`]: input vectors uniform in ±0.5/dim (word2vec.c), output vectors zero;
+//! 2. [`Weights::init`]: input vectors uniform in ±1/dim (gensim 4), output vectors zero;
 //! 3. the output layers ([`NegativeSampling`], [`HierarchicalSoftmax`], both behind
 //!    [`OutputLayer`]) and the shared tables (subsampling thresholds, logistic table);
 //! 4. one [`Worker`] per thread: for each epoch, read its byte range line by line, drop
@@ -273,16 +273,15 @@ struct Weights {
 }
 
 impl Weights {
-    /// Input vectors uniform in [-0.5/dim, 0.5/dim) as word2vec.c, drawn from ChaCha8
-    /// seeded with `cfg.seed`; output vectors zero. (gensim 4's `prep_vectors` draws from
-    /// [-1/dim, 1/dim): twice the range. A CBOW run with gensim's range and its per-worker
-    /// learning-rate schedule together was no better: analogy 22.04 % against 22.18 %,
-    /// seed 1, bench/w2v_vs_gensim.results.md, 2026-11-30.)
+    /// Input vectors uniform in [-1/dim, 1/dim) as gensim 4 (`prep_vectors`), drawn from
+    /// ChaCha8 seeded with `cfg.seed`; output vectors zero. word2vec.c uses half that range;
+    /// gensim's range gave CBOW analogy 22.47 % / 22.05 % against 22.18 % / 21.54 % on seeds
+    /// 1 / 2 (bench/w2v_vs_gensim.results.md, 2026-11-30: within seed noise, same direction).
     fn init(vocab_len: usize, cfg: &Config) -> Self {
         let dim = cfg.dim;
         let mut init = ChaCha8Rng::seed_from_u64(cfg.seed);
         let syn0 = (0..vocab_len * dim)
-            .map(|_| (init.random::<f32>() - 0.5) / dim as f32)
+            .map(|_| (init.random::<f32>() * 2.0 - 1.0) / dim as f32)
             .collect();
         let syn1neg = if cfg.negative > 0 {
             vec![0f32; vocab_len * dim]
@@ -588,7 +587,8 @@ pub struct Progress<'a> {
 /// words against the whole corpus and restarts every epoch at `alpha0 · (1 − e/E)`, so with
 /// 2 workers the rate saw-tooths between `alpha0 · (1 − e/E)` and `alpha0 · (1 − (e+½)/E)`
 /// (mean 0.55 · alpha0 for 5 epochs instead of 0.5, never below 0.1 · alpha0). Imitating
-/// that was not better (see [`Weights::init`]), so seqlab keeps the global schedule.
+/// that (with gensim's init range) was not better: CBOW analogy 22.04 % against 22.18 %,
+/// seed 1 (bench/w2v_vs_gensim.results.md), so seqlab keeps the global schedule.
 #[derive(Clone, Copy)]
 struct LearningRate {
     alpha0: f32,
@@ -1150,6 +1150,15 @@ mod tests {
             seen[rng.below(5)] += 1;
         }
         assert!(seen.iter().all(|&n| (19_000..21_000).contains(&n)), "{seen:?}");
+    }
+
+    /// gensim 4's range, [-1/dim, 1/dim) (word2vec.c: half of it); output vectors zero.
+    #[test]
+    fn input_vectors_start_uniform_in_one_over_dim() {
+        let w = Weights::init(1000, &Config::default());
+        let (lo, hi) = w.syn0.iter().fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+        assert!(lo >= -0.01 && lo < -0.0099 && hi < 0.01 && hi > 0.0099, "{lo} {hi}");
+        assert!(w.syn1neg.iter().all(|&x| x == 0.0));
     }
 
     #[test]
