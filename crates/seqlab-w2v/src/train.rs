@@ -3,7 +3,7 @@
 //!
 //! [`train_file`] runs these steps, each a function below:
 //! 1. [`Vocab::build`]: one counting pass over the corpus;
-//! 2. [`Weights::init`]: input vectors uniform in ±0.5/dim, output vectors zero;
+//! 2. [`Weights::init`]: input vectors uniform in ±1/dim (gensim 4), output vectors zero;
 //! 3. the output layers ([`NegativeSampling`], [`HierarchicalSoftmax`], both behind
 //!    [`OutputLayer`]) and the shared tables (subsampling thresholds, logistic table);
 //! 4. one [`Worker`] per thread: for each epoch, read its byte range line by line, drop
@@ -273,13 +273,15 @@ struct Weights {
 }
 
 impl Weights {
-    /// Input vectors uniform in [-0.5/dim, 0.5/dim) as word2vec.c and gensim, drawn from
-    /// ChaCha8 seeded with `cfg.seed`; output vectors zero.
+    /// Input vectors uniform in [-1/dim, 1/dim) as gensim 4 (`prep_vectors`), drawn from
+    /// ChaCha8 seeded with `cfg.seed`; output vectors zero. word2vec.c uses half that range;
+    /// gensim's range gave CBOW analogy 22.47 % / 22.05 % against 22.18 % / 21.54 % on seeds
+    /// 1 / 2 (bench/w2v_vs_gensim.results.md, 2026-11-30: within seed noise, same direction).
     fn init(vocab_len: usize, cfg: &Config) -> Self {
         let dim = cfg.dim;
         let mut init = ChaCha8Rng::seed_from_u64(cfg.seed);
         let syn0 = (0..vocab_len * dim)
-            .map(|_| (init.random::<f32>() - 0.5) / dim as f32)
+            .map(|_| (init.random::<f32>() * 2.0 - 1.0) / dim as f32)
             .collect();
         let syn1neg = if cfg.negative > 0 {
             vec![0f32; vocab_len * dim]
@@ -575,8 +577,18 @@ pub struct Progress<'a> {
     pub total: u64,
 }
 
-/// Linear learning-rate decay on global progress, as word2vec.c: `alpha0 · (1 - done /
-/// (total + 1))`, never below `min_alpha`.
+/// Linear learning-rate decay from `alpha0` at the start to `min_alpha` when `total` words
+/// (all epochs) are done, on the words read by all threads together:
+/// `alpha0 − (alpha0 − min_alpha) · done / total`, never below `min_alpha`. This is gensim's
+/// formula (`get_next_alpha`) on word2vec.c's global progress count. (word2vec.c itself
+/// decays `alpha0 · (1 − done / total)` and clamps at `alpha0 · 1e-4`; the two differ by
+/// less than `min_alpha`.) gensim's `corpus_file` mode, which the bench compares with, does
+/// not decay like this with several workers: each worker measures progress as *its own*
+/// words against the whole corpus and restarts every epoch at `alpha0 · (1 − e/E)`, so with
+/// 2 workers the rate saw-tooths between `alpha0 · (1 − e/E)` and `alpha0 · (1 − (e+½)/E)`
+/// (mean 0.55 · alpha0 for 5 epochs instead of 0.5, never below 0.1 · alpha0). Imitating
+/// that (with gensim's init range) was not better: CBOW analogy 22.04 % against 22.18 %,
+/// seed 1 (bench/w2v_vs_gensim.results.md), so seqlab keeps the global schedule.
 #[derive(Clone, Copy)]
 struct LearningRate {
     alpha0: f32,
@@ -586,7 +598,9 @@ struct LearningRate {
 
 impl LearningRate {
     fn at(&self, done: u64) -> f32 {
-        (self.alpha0 * (1.0 - done as f32 / (self.total + 1) as f32)).max(self.min_alpha)
+        let progress = done as f64 / self.total.max(1) as f64;
+        let a = self.alpha0 as f64 - (self.alpha0 - self.min_alpha) as f64 * progress;
+        (a as f32).max(self.min_alpha)
     }
 }
 
@@ -1112,6 +1126,42 @@ mod tests {
     }
 
     #[test]
+    fn learning_rate_decays_linearly_from_alpha_to_min_alpha() {
+        let lr = LearningRate {
+            alpha0: 0.025,
+            min_alpha: 0.0001,
+            total: 1_000_000,
+        };
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-7;
+        assert!(close(lr.at(0), 0.025));
+        assert!(close(lr.at(500_000), 0.01255), "{}", lr.at(500_000));
+        assert!(close(lr.at(800_000), 0.025 - 0.0249 * 0.8), "{}", lr.at(800_000));
+        assert!(close(lr.at(1_000_000), 0.0001));
+        assert!(close(lr.at(2_000_000), 0.0001));
+    }
+
+    /// word2vec.c's dynamic window: the offset `b` is uniform in `0..window`, so the reach
+    /// `window − b` is uniform in `1..=window` (gensim: `reduced_windows[i] = rand % window`).
+    #[test]
+    fn window_reduction_is_uniform_below_window() {
+        let mut rng = Fast::for_thread(1, 0);
+        let mut seen = [0u32; 5];
+        for _ in 0..100_000 {
+            seen[rng.below(5)] += 1;
+        }
+        assert!(seen.iter().all(|&n| (19_000..21_000).contains(&n)), "{seen:?}");
+    }
+
+    /// gensim 4's range, [-1/dim, 1/dim) (word2vec.c: half of it); output vectors zero.
+    #[test]
+    fn input_vectors_start_uniform_in_one_over_dim() {
+        let w = Weights::init(1000, &Config::default());
+        let (lo, hi) = w.syn0.iter().fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+        assert!(lo >= -0.01 && lo < -0.0099 && hi < 0.01 && hi > 0.0099, "{lo} {hi}");
+        assert!(w.syn1neg.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
     fn one_thread_is_deterministic() {
         let p = write_tmp("det.txt", planted_corpus().as_bytes());
         let cfg = Config {
@@ -1170,6 +1220,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.corpus.invalid_bytes, 2);
-        assert_eq!(e.vocab.words().collect::<Vec<_>>(), ["one", "two", "three"]);
+        // Equal counts: the word seen last comes first (gensim's order).
+        assert_eq!(e.vocab.words().collect::<Vec<_>>(), ["three", "two", "one"]);
     }
 }
