@@ -150,14 +150,31 @@ impl<'a> Stepper<'a> {
         let b = c(src.dim(0))?;
         // Decoding needs no gradient: detached, the encoder's activations are freed now.
         let enc = EncodedSource {
-            memory: repeat_rows(&enc.memory.detach(), expand)?,
+            memory: enc.memory.detach(),
+            src_key_padding_mask: enc.src_key_padding_mask,
+        };
+        // Cross-attention keys and values are projected once per sentence, then repeated for
+        // its beams: projecting the repeated memory (B·k rows) cost as much as a few decoding
+        // steps of the whole beam. (Not for a single one-token source: gemm multiplies one
+        // row in another summation order, and the values must be those of B·k rows.)
+        let once = c(enc.memory.dim(0))? * c(enc.memory.dim(1))? >= 2;
+        let expanded = EncodedSource {
+            memory: repeat_rows(&enc.memory, expand)?,
             src_key_padding_mask: repeat_rows(&enc.src_key_padding_mask, expand)?,
         };
         let state = if use_cache {
-            Some(c(model.begin_decode(&enc))?)
+            let mut st = c(model.begin_decode(if once { &enc } else { &expanded }))?;
+            if once {
+                for cache in st.caches.iter_mut() {
+                    cache.cross_k = repeat_rows(&cache.cross_k, expand)?;
+                    cache.cross_v = repeat_rows(&cache.cross_v, expand)?;
+                }
+            }
+            Some(st)
         } else {
             None
         };
+        let enc = expanded;
         Ok(Self {
             model,
             enc,

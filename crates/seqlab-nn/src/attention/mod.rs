@@ -1004,7 +1004,8 @@ mod tests {
         let (mut buffered, mut concat) = (KvCache::default(), KvCache::default());
         let mut rows = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
         for t in 0..40 {
-            let xt = x.narrow(1, t, 1).unwrap().index_select(&rows, 0).unwrap();
+            let xt = x.narrow(1, t, 1).unwrap().contiguous().unwrap();
+            let xt = xt.index_select(&rows, 0).unwrap();
             let a = mha.self_attn_step(&xt, &mut buffered, false).unwrap();
             let b = mha.self_attn_step(&xt, &mut concat, true).unwrap();
             assert_eq!(max_diff(&a, &b), 0.0, "step {t}");
