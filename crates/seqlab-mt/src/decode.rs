@@ -259,8 +259,9 @@ fn log_softmax_row(r: &[f32]) -> Vec<f32> {
 }
 
 /// Greedy's choice: the first arg-max of the row's log-softmax, found on the logits without
-/// the log-softmax (the exponentials of a V-wide row cost as many instructions as the output
-/// projection at batch 32; callgrind). x ↦ x − lse is monotone, so the two arg-maxes agree
+/// the log-softmax (V scalar exponentials per row: by count of instructions, the same order
+/// as the row's d_model × V output projection; an estimate, not measured). x ↦ x − lse is
+/// monotone, so the two arg-maxes agree
 /// unless rounding makes a smaller logit before the maximum equal to it after the
 /// subtraction; that needs the two within one ulp of |max − lse| ≤ ln V, and only then (any
 /// earlier logit within 1e-3 of the maximum, or a non-finite maximum) is the log-softmax
