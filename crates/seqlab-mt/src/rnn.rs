@@ -245,6 +245,11 @@ impl DecodeSession for RnnSession<'_> {
 
     fn reorder(&mut self, idx: &[u32]) -> Result<()> {
         let i = c(Tensor::new(idx, self.h.device()))?;
+        if idx.len() != c(self.h.dim(1))? {
+            // Rows of finished sentences leave: the memory and its mask follow.
+            self.enc.memory = c(self.enc.memory.index_select(&i, 0))?;
+            self.enc.mask_bias = c(self.enc.mask_bias.index_select(&i, 0))?;
+        }
         // The LSTM's final states can be strided views; index_select wants contiguous input.
         self.h = c(self.h.contiguous().and_then(|h| h.index_select(&i, 1)))?;
         self.c = c(self.c.contiguous().and_then(|x| x.index_select(&i, 1)))?;

@@ -174,13 +174,23 @@ impl MultiheadAttentionConfig {
 }
 
 /// A self-attention K/V cache for incremental decoding: (B, T, H, D) each.
+///
+/// Outside training, `k` and `v` are views of buffers with room for more positions: a step
+/// writes its one position in place, where appending with `Tensor::cat` copied the whole
+/// cache at every step (O(T²) copying over a sentence, per layer). The attention kernel reads
+/// the views through their strides, so nothing is copied for it either.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     /// Projected keys of the positions so far, (B, T, H, D).
     pub k: Option<Tensor>,
     /// Projected values of the positions so far, (B, T, H, D).
     pub v: Option<Tensor>,
+    /// The (B, capacity, H, D) buffers `k` and `v` are views of (inference only).
+    buf: Option<(Tensor, Tensor)>,
 }
+
+/// Positions a cache buffer starts with; it doubles when full.
+const KV_START_CAPACITY: usize = 16;
 
 impl KvCache {
     /// Number of cached positions.
@@ -191,6 +201,85 @@ impl KvCache {
     /// No position cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends one position, `k_new`/`v_new` (B, 1, H, D) contiguous. In training the cache
+    /// is concatenated (differentiable); otherwise it is written into the buffers in place
+    /// and stored detached: a `cat` would keep the previous cache alive through the autograd
+    /// graph, so a T-step decode held all T prefixes (O(T²) memory).
+    fn append(&mut self, k_new: Tensor, v_new: Tensor, train: bool) -> Result<()> {
+        if train {
+            let cat = |old: &Option<Tensor>, new: Tensor| match old {
+                Some(old) => Tensor::cat(&[old, &new], 1),
+                None => Ok(new),
+            };
+            self.k = Some(cat(&self.k, k_new)?);
+            self.v = Some(cat(&self.v, v_new)?);
+            self.buf = None;
+            return Ok(());
+        }
+        let t = self.len();
+        let (b, _, h, d) = k_new.dims4()?;
+        let cap = self.buf.as_ref().map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
+        if self.buf.is_none() || cap == t {
+            let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
+                match old {
+                    // The same buffer again behind it: one copy of the filled part.
+                    Some(old) if t > 0 => {
+                        let more = Tensor::zeros((b, cap, h, d), new.dtype(), new.device())?;
+                        Tensor::cat(&[old, &more], 1)
+                    }
+                    _ => Tensor::zeros((b, KV_START_CAPACITY, h, d), new.dtype(), new.device()),
+                }
+            };
+            let old = self.buf.take();
+            // A cache filled by a training step (no buffer) is copied into a new one.
+            let (ok, ov) = match (&old, &self.k, &self.v) {
+                (Some((k, v)), _, _) => (Some(k.clone()), Some(v.clone())),
+                (None, Some(k), Some(v)) if t > 0 => {
+                    let kb = Tensor::zeros((b, (2 * t).max(KV_START_CAPACITY), h, d), k.dtype(), k.device())?;
+                    let vb = kb.zeros_like()?;
+                    kb.slice_set(&k.contiguous()?, 1, 0)?;
+                    vb.slice_set(&v.contiguous()?, 1, 0)?;
+                    self.buf = Some((kb, vb));
+                    (None, None)
+                }
+                _ => (None, None),
+            };
+            if self.buf.is_none() {
+                self.buf = Some((grow(ok.as_ref(), &k_new)?, grow(ov.as_ref(), &v_new)?));
+            }
+        }
+        let (kb, vb) = self.buf.as_ref().expect("buffer made above");
+        kb.slice_set(&k_new, 1, t)?;
+        vb.slice_set(&v_new, 1, t)?;
+        self.k = Some(kb.narrow(1, 0, t + 1)?.detach());
+        self.v = Some(vb.narrow(1, 0, t + 1)?.detach());
+        Ok(())
+    }
+
+    /// Row i continues former row `idx[i]` (u32 (N'), any N' ≥ 0): beams reordered and
+    /// rows of finished sentences dropped. Copies the buffers once (gathered whole, room
+    /// included).
+    pub fn reorder(&mut self, idx: &Tensor) -> Result<()> {
+        let t = self.len();
+        match &self.buf {
+            Some((kb, vb)) => {
+                let (kb, vb) = (kb.index_select(idx, 0)?, vb.index_select(idx, 0)?);
+                self.k = Some(kb.narrow(1, 0, t)?);
+                self.v = Some(vb.narrow(1, 0, t)?);
+                self.buf = Some((kb, vb));
+            }
+            None => {
+                if let Some(k) = &self.k {
+                    self.k = Some(k.contiguous()?.index_select(idx, 0)?);
+                }
+                if let Some(v) = &self.v {
+                    self.v = Some(v.contiguous()?.index_select(idx, 0)?);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -538,21 +627,10 @@ impl MultiheadAttention {
         let qkv = self.project(x, 0, 3)?.reshape((b, 1, 3, h, d))?;
         let part = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2) };
         let (q, k_new, v_new) = (part(0)?, part(1)?.contiguous()?, part(2)?.contiguous()?);
-        let k = match &cache.k {
-            Some(k) => Tensor::cat(&[k, &k_new], 1)?,
-            None => k_new,
-        };
-        let v = match &cache.v {
-            Some(v) => Tensor::cat(&[v, &v_new], 1)?,
-            None => v_new,
-        };
-        // Outside training the cache is stored detached: each `cat` would otherwise keep the
-        // previous cache alive through the autograd graph, so a T-step decode held all T
-        // prefixes (O(T²) memory: gigabytes for a beam over a long sentence).
-        let keep = |t: &Tensor| if train { t.clone() } else { t.detach() };
-        cache.k = Some(keep(&k));
-        cache.v = Some(keep(&v));
-        self.attend(&q, &k, &v, &Masks::default(), train)
+        cache.append(k_new, v_new, train)?;
+        let (k, v) = (cache.k.as_ref(), cache.v.as_ref());
+        let (k, v) = k.zip(v).expect("append filled the cache");
+        self.attend(&q, k, v, &Masks::default(), train)
     }
 }
 
@@ -913,5 +991,37 @@ mod tests {
             assert!(!cache.k.as_ref().unwrap().track_op() && !cache.v.as_ref().unwrap().track_op());
         }
         assert_eq!(cache.len(), 5);
+    }
+
+    /// The in-place cache (buffers that grow past their first 16 positions, reordered and
+    /// shrunk between steps) gives the outputs of the concatenating one (training mode,
+    /// dropout 0), bit for bit.
+    #[test]
+    fn buffered_cache_equals_concatenated_cache() {
+        let vs = VarStore::new(1, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let x = randn(2, &[3, 40, 8]);
+        let (mut buffered, mut concat) = (KvCache::default(), KvCache::default());
+        let mut rows = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+        for t in 0..40 {
+            let xt = x.narrow(1, t, 1).unwrap().contiguous().unwrap();
+            let xt = xt.index_select(&rows, 0).unwrap();
+            let a = mha.self_attn_step(&xt, &mut buffered, false).unwrap();
+            let b = mha.self_attn_step(&xt, &mut concat, true).unwrap();
+            assert_eq!(max_diff(&a, &b), 0.0, "step {t}");
+            let idx = match t {
+                10 => Some(vec![1u32, 0, 0]),
+                25 => Some(vec![2u32, 0]),
+                _ => None,
+            };
+            if let Some(idx) = idx {
+                let i = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+                buffered.reorder(&i).unwrap();
+                concat.reorder(&i).unwrap();
+                rows = rows.index_select(&i, 0).unwrap();
+            }
+        }
+        assert_eq!(buffered.len(), 40);
+        assert_eq!(buffered.k.as_ref().unwrap().dims(), &[2, 40, 2, 4]);
     }
 }
