@@ -81,12 +81,10 @@ impl DeviceArg {
     /// opening one: the commands that read a run config call this before anything else, so
     /// the error names `--device` and nothing was read or written.
     pub fn check_available(&self) -> Result<()> {
-        match self.name.as_deref() {
-            Some(n) if n != "cpu" && !cfg!(feature = "cuda") => {
-                anyhow::bail!("--device: device `{n}`: {}", seqlab_nn::device::NO_CUDA)
-            }
-            _ => Ok(()),
+        if let Some(n) = self.name.as_deref() {
+            seqlab_nn::device::check_available(n).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
         }
+        Ok(())
     }
 
     /// The flag as a `train.device=...` override of a run config (none when absent).

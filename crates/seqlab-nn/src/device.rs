@@ -27,16 +27,22 @@ fn ordinal(name: &str) -> Result<Option<usize>> {
 /// Opens the named device. On a build without the `cuda` feature a CUDA name is the error
 /// [`NO_CUDA`]; with it, a missing driver or GPU is candle's error, prefixed with the name.
 pub fn parse_device(name: &str) -> Result<Device> {
-    match ordinal(name)? {
+    match check_available(name)? {
         // CPU by design: the device named "cpu".
         None => Ok(Device::Cpu),
-        Some(n) => {
-            if !cfg!(feature = "cuda") {
-                bail!("device `{name}`: {NO_CUDA}");
-            }
-            Device::new_cuda(n).map_err(|e| candle_core::Error::Msg(format!("device `{name}`: {e}")))
-        }
+        Some(n) => Device::new_cuda(n).map_err(|e| candle_core::Error::Msg(format!("device `{name}`: {e}"))),
     }
+}
+
+/// Checks, without opening anything, that this build can open the named device: the name's
+/// CUDA ordinal (`None` for the CPU), or the error [`NO_CUDA`] for a CUDA name on a build
+/// without the `cuda` feature, or an unknown name's error.
+pub fn check_available(name: &str) -> Result<Option<usize>> {
+    let n = ordinal(name)?;
+    if n.is_some() && !cfg!(feature = "cuda") {
+        bail!("device `{name}`: {NO_CUDA}");
+    }
+    Ok(n)
 }
 
 /// The name [`parse_device`] reads back: `"cpu"` or `"cuda:N"`.
