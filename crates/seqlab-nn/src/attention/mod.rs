@@ -178,8 +178,10 @@ impl MultiheadAttentionConfig {
 /// Outside training, `k` and `v` are views of buffers with room for more positions: a step
 /// writes its one position in place, where appending with `Tensor::cat` copied the whole
 /// cache at every step (O(T²) copying over a sentence, per layer). The attention kernel reads
-/// the views through their strides, so nothing is copied for it either.
-#[derive(Clone, Debug, Default)]
+/// the views through their strides, so nothing is copied for it either. A clone shares the
+/// filled positions but not the room after them: its next step copies them into a buffer of
+/// its own, so two clones decoding on never write into each other's cache.
+#[derive(Debug, Default)]
 pub struct KvCache {
     /// Projected keys of the positions so far, (B, T, H, D).
     pub k: Option<Tensor>,
@@ -191,6 +193,18 @@ pub struct KvCache {
 
 /// Positions a cache buffer starts with; it doubles when full.
 const KV_START_CAPACITY: usize = 16;
+
+impl Clone for KvCache {
+    /// The same positions, without the buffer: both caches append at the same position next,
+    /// which in one shared buffer would overwrite each other.
+    fn clone(&self) -> Self {
+        Self {
+            k: self.k.clone(),
+            v: self.v.clone(),
+            buf: None,
+        }
+    }
+}
 
 impl KvCache {
     /// Number of cached positions.
@@ -222,33 +236,16 @@ impl KvCache {
         let (b, _, h, d) = k_new.dims4()?;
         let cap = self.buf.as_ref().map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
         if self.buf.is_none() || cap == t {
-            let grow = |old: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
-                match old {
-                    // The same buffer again behind it: one copy of the filled part.
-                    Some(old) if t > 0 => {
-                        let more = Tensor::zeros((b, cap, h, d), new.dtype(), new.device())?;
-                        Tensor::cat(&[old, &more], 1)
-                    }
-                    _ => Tensor::zeros((b, KV_START_CAPACITY, h, d), new.dtype(), new.device()),
+            // A new buffer with room to double (a full one, one filled by training steps, or
+            // a clone's): the filled positions copied once.
+            let fresh = |new: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, (2 * t).max(KV_START_CAPACITY), h, d), new.dtype(), new.device())?;
+                if let Some(old) = old.filter(|_| t > 0) {
+                    buf.slice_set(&old.contiguous()?, 1, 0)?;
                 }
+                Ok(buf)
             };
-            let old = self.buf.take();
-            // A cache filled by a training step (no buffer) is copied into a new one.
-            let (ok, ov) = match (&old, &self.k, &self.v) {
-                (Some((k, v)), _, _) => (Some(k.clone()), Some(v.clone())),
-                (None, Some(k), Some(v)) if t > 0 => {
-                    let kb = Tensor::zeros((b, (2 * t).max(KV_START_CAPACITY), h, d), k.dtype(), k.device())?;
-                    let vb = kb.zeros_like()?;
-                    kb.slice_set(&k.contiguous()?, 1, 0)?;
-                    vb.slice_set(&v.contiguous()?, 1, 0)?;
-                    self.buf = Some((kb, vb));
-                    (None, None)
-                }
-                _ => (None, None),
-            };
-            if self.buf.is_none() {
-                self.buf = Some((grow(ok.as_ref(), &k_new)?, grow(ov.as_ref(), &v_new)?));
-            }
+            self.buf = Some((fresh(&k_new, self.k.as_ref())?, fresh(&v_new, self.v.as_ref())?));
         }
         let (kb, vb) = self.buf.as_ref().expect("buffer made above");
         kb.slice_set(&k_new, 1, t)?;
@@ -1023,5 +1020,31 @@ mod tests {
         }
         assert_eq!(buffered.len(), 40);
         assert_eq!(buffered.k.as_ref().unwrap().dims(), &[2, 40, 2, 4]);
+    }
+
+    /// Two clones of a buffered cache decode on with different inputs, past the buffer's
+    /// growth: each gives the outputs of its own concatenating cache, so neither wrote into
+    /// the other's positions.
+    #[test]
+    fn cloned_caches_decode_independently() {
+        let vs = VarStore::new(3, &Device::Cpu);
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(8, 2), &vs).unwrap();
+        let x = randn(4, &[2, 30, 8]);
+        let y = randn(5, &[2, 30, 8]);
+        let at = |x: &Tensor, t: usize| x.narrow(1, t, 1).unwrap().contiguous().unwrap();
+        let (mut a, mut a_ref) = (KvCache::default(), KvCache::default());
+        for t in 0..5 {
+            mha.self_attn_step(&at(&x, t), &mut a, false).unwrap();
+            mha.self_attn_step(&at(&x, t), &mut a_ref, true).unwrap();
+        }
+        let (mut b, mut b_ref) = (a.clone(), a_ref.clone());
+        for t in 5..30 {
+            let oa = mha.self_attn_step(&at(&x, t), &mut a, false).unwrap();
+            let ob = mha.self_attn_step(&at(&y, t), &mut b, false).unwrap();
+            let wa = mha.self_attn_step(&at(&x, t), &mut a_ref, true).unwrap();
+            let wb = mha.self_attn_step(&at(&y, t), &mut b_ref, true).unwrap();
+            assert_eq!(max_diff(&oa, &wa), 0.0, "original, step {t}");
+            assert_eq!(max_diff(&ob, &wb), 0.0, "clone, step {t}");
+        }
     }
 }
