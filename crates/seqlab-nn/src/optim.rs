@@ -81,7 +81,8 @@ impl OptimizerState {
             .parse::<u64>()
             .map_err(|e| err(format!("bad `step`: {e}")))?;
         let lr = get("lr")?.parse::<f64>().map_err(|e| err(format!("bad `lr`: {e}")))?;
-        // CPU by design: optimizer state lives in host buffers (`Slot`), whatever the parameters' device.
+        // CPU by design: a loaded state goes into host buffers; the composed path moves it to
+        // the parameters' device at its first step (`Slot::to_device`).
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| err(e.to_string()))?;
         Ok(Self {
             kind,

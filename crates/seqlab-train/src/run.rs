@@ -138,8 +138,9 @@ pub fn write_test_report<T: Task>(task: &T, vs: &VarStore, cfg: &RunConfig<T::Co
 
 /// Keys a resumed run may change (`--resume` with an edited config or `--set`): they end or
 /// report the run, and change nothing of what it computes up to where it stopped, or (for
-/// `train.device`) only where it computes: checkpoints hold CPU tensors, the optimizer state
-/// and the RNG are host values, so a run trained on one device resumes on another (the new
+/// `train.device`) only where it computes: checkpoints hold CPU tensors (the optimizer state
+/// is saved as host copies) and the RNG is a host value, so a run trained on one device
+/// resumes on another (the new
 /// device's arithmetic may differ from the old one's in the last bits). Any other difference
 /// from the checkpoint's config (task, model shape, data files, tokenizer, seed, optimizer,
 /// schedule ...) is refused, listing the keys.
