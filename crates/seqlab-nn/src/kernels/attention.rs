@@ -110,6 +110,7 @@ impl Plan {
             &m.data[start..start + l * s]
         });
         let kpm = self.kpm.as_ref().map(|k| &k[bi * s..(bi + 1) * s]);
+        let exp = super::rowexp::RowExp::new();
         for i in 0..l {
             let row = &mut scores[i * s..(i + 1) * s];
             if let Some(m) = mask {
@@ -126,11 +127,7 @@ impl Plan {
                 row.iter_mut().for_each(|x| *x = 0.0);
                 continue;
             }
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            let sum = exp.exp_sub_in_place(row, max);
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|x| *x *= inv);
         }

@@ -1,6 +1,7 @@
 //! Cross-entropy over rows of logits in one pass with an analytic backward (behind
 //! [`crate::loss::cross_entropy`] on the CPU).
 
+use super::rowexp::RowExp;
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
@@ -17,11 +18,11 @@ pub(crate) struct CrossEntropyRows {
 }
 
 impl CrossEntropyRows {
-    /// max and log-sum-exp of a row; exp in f32, sums in f64.
+    /// max and log-sum-exp of a row; exp in f32 ([`RowExp`]), sums in f64.
     #[inline]
-    fn lse(row: &[f32]) -> (f32, f32) {
+    fn lse(exp: RowExp, row: &[f32]) -> (f32, f32) {
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let s: f64 = row.iter().map(|&v| (v - max).exp() as f64).sum();
+        let s = exp.sum_exp_sub(row, max);
         (max, max + s.ln() as f32)
     }
 }
@@ -39,11 +40,12 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
         let (m, c) = l.shape().dims2()?;
         let x = super::contiguous_f32("cross_entropy", "logits", s, l)?;
         let eps = self.smoothing;
+        let exp = RowExp::new();
         let work = |(i, row): (usize, &[f32])| -> f32 {
             if self.keep[i] == 0.0 {
                 return 0.0;
             }
-            let (_, lse) = Self::lse(row);
+            let (_, lse) = Self::lse(exp, row);
             let nll = lse - row[self.target[i] as usize];
             if eps > 0.0 {
                 let sum: f64 = row.iter().map(|&v| v as f64).sum();
@@ -67,16 +69,14 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
         let gv = grad.to_vec1::<f32>()?;
         let eps = self.smoothing;
         let mut dx = vec![0f32; m * c];
+        let exp = RowExp::new();
         let work = |(i, (row, drow)): (usize, (&[f32], &mut [f32]))| {
             let g = gv[i] * self.keep[i];
             if g == 0.0 {
                 return;
             }
-            let (_, lse) = Self::lse(row);
-            let off = eps / c as f32;
-            for (d, &v) in drow.iter_mut().zip(row) {
-                *d = g * ((v - lse).exp() - off);
-            }
+            let (_, lse) = Self::lse(exp, row);
+            exp.scaled_exp_sub(row, lse, g, eps / c as f32, drow);
             drow[self.target[i] as usize] -= g * (1.0 - eps);
         };
         if m * c > 1 << 15 {

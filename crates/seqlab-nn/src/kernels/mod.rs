@@ -27,6 +27,7 @@ pub mod cross_entropy;
 pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
+pub(crate) mod rowexp;
 pub mod selective_scan;
 pub(crate) mod simd;
 pub mod state_update;
