@@ -103,6 +103,7 @@ pub fn cross_entropy(
             target: idx,
             keep: keep.clone(),
             smoothing: label_smoothing as f32,
+            lse: Default::default(),
         };
         flat.contiguous()?.apply_op1(op)?
     } else {
@@ -234,6 +235,7 @@ mod tests {
                 target: ids.clone(),
                 keep: keep.clone(),
                 smoothing: eps,
+                lse: Default::default(),
             };
             let keep_t = Tensor::new(keep.as_slice(), &Device::Cpu).unwrap();
             let fused = x.as_tensor().apply_op1(op).unwrap();

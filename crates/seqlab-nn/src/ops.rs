@@ -6,7 +6,7 @@
 //!
 //! ## Fused or composed
 //! Every op with a hand-written CPU kernel ([`crate::kernels`]: attention, linear (+ReLU,
-//! +dropout), LayerNorm/RMSNorm, the RNN/LSTM/GRU recurrence, cross-entropy, Mamba's causal
+//! +dropout), LayerNorm/RMSNorm, GELU, the RNN/LSTM/GRU recurrence, cross-entropy, Mamba's causal
 //! conv1d and selective scan, the optimizers' update) also has a *composed* implementation
 //! from plain candle ops (matmul, exp, sums, ...) through which candle's autograd reaches every
 //! input. The composed one runs whenever a tensor is not an f32 CPU tensor (CUDA: cuBLAS GEMMs
@@ -131,9 +131,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// Exact (erf) GELU, PyTorch's default `approximate='none'`.
+/// Exact (erf) GELU, PyTorch's default `approximate='none'`: the fused kernel
+/// ([`crate::kernels::gelu`]) on f32 CPU tensors, candle's `gelu_erf` otherwise.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if use_fused(x) {
+        crate::kernels::gelu::gelu_fused(x)
+    } else {
+        x.gelu_erf()
+    }
 }
 
 /// Turns a PyTorch-style boolean mask (u8, 1 = masked out) into an additive f32 mask

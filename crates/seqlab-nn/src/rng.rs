@@ -129,14 +129,15 @@ impl SeqRng {
         let shape = shape.into();
         let scale = (1.0 / (1.0 - p)) as f32;
         let threshold = (p.clamp(0.0, 1.0) * 4_294_967_296.0).round() as u64;
-        let v: Vec<f32> = (0..shape.elem_count())
-            .map(|_| {
-                if (self.rng.next_u32() as u64) < threshold {
-                    0.0
-                } else {
-                    scale
-                }
-            })
+        // The draws in bulk (ChaCha's block refill), then a branch-free pass that turns each
+        // into its multiplier in place; drawing and deciding per element in one iterator
+        // loop took as long again as the refill.
+        let mut bits = vec![0u32; shape.elem_count()];
+        self.rng.fill(&mut bits[..]);
+        let scale_bits = scale.to_bits();
+        let v: Vec<f32> = bits
+            .into_iter()
+            .map(|r| f32::from_bits(if (r as u64) < threshold { 0 } else { scale_bits }))
             .collect();
         Tensor::from_vec(v, shape, dev)
     }

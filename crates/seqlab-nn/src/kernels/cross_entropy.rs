@@ -15,6 +15,9 @@ pub(crate) struct CrossEntropyRows {
     pub(crate) keep: Vec<f32>,
     /// Label smoothing ε.
     pub(crate) smoothing: f32,
+    /// Each row's log-sum-exp, kept by the forward for the backward (which then takes one
+    /// pass of exponentials over the logits instead of two). `Default` when constructing.
+    pub(crate) lse: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl CrossEntropyRows {
@@ -41,41 +44,62 @@ impl candle_core::CustomOp1 for CrossEntropyRows {
         let x = super::contiguous_f32("cross_entropy", "logits", s, l)?;
         let eps = self.smoothing;
         let exp = RowExp::new();
-        let work = |(i, row): (usize, &[f32])| -> f32 {
+        // (loss, lse) per row; ignored rows get neither.
+        let work = |(i, row): (usize, &[f32])| -> (f32, f32) {
             if self.keep[i] == 0.0 {
-                return 0.0;
+                return (0.0, 0.0);
             }
             let (_, lse) = Self::lse(exp, row);
             let nll = lse - row[self.target[i] as usize];
-            if eps > 0.0 {
-                let sum: f64 = row.iter().map(|&v| v as f64).sum();
+            let loss = if eps > 0.0 {
+                let sum = exp.sum_f64(row);
                 let smooth = c as f32 * lse - sum as f32;
                 (1.0 - eps) * nll + eps / c as f32 * smooth
             } else {
                 nll
-            }
+            };
+            (loss, lse)
         };
-        let out: Vec<f32> = if m * c > 1 << 15 {
-            x.par_chunks(c).enumerate().map(work).collect()
+        let (out, lse): (Vec<f32>, Vec<f32>) = if m * c > 1 << 15 {
+            x.par_chunks(c).enumerate().map(work).unzip()
         } else {
-            x.chunks(c).enumerate().map(work).collect()
+            x.chunks(c).enumerate().map(work).unzip()
         };
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(lse);
         Ok((candle_core::CpuStorage::F32(out), m.into()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (m, c) = x.dims2()?;
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        // The logits are read in place: a copy of them (rows × vocabulary) was most of the
+        // backward's memory traffic.
+        let x = x.contiguous()?;
+        let (sx, lx) = x.storage_and_layout();
+        let xv = super::contiguous(
+            "cross_entropy",
+            "logits",
+            super::device_f32("cross_entropy", "logits", &sx)?,
+            lx,
+        )?;
         let gv = grad.to_vec1::<f32>()?;
         let eps = self.smoothing;
         let mut dx = vec![0f32; m * c];
         let exp = RowExp::new();
+        let kept = self
+            .lse
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|v| v.len() == m);
         let work = |(i, (row, drow)): (usize, (&[f32], &mut [f32]))| {
             let g = gv[i] * self.keep[i];
             if g == 0.0 {
                 return;
             }
-            let (_, lse) = Self::lse(exp, row);
+            let lse = match &kept {
+                Some(v) => v[i],
+                None => Self::lse(exp, row).1,
+            };
             exp.scaled_exp_sub(row, lse, g, eps / c as f32, drow);
             drow[self.target[i] as usize] -= g * (1.0 - eps);
         };

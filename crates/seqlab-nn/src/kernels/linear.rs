@@ -127,19 +127,38 @@ impl CustomOp3 for LinearOp {
                 let relu = self.relu;
                 // With dropout multipliers m ≥ 0: output > 0 exactly when m > 0 and x + b > 0,
                 // and where m = 0 the gradient is 0 anyway, so the output's sign is the gate.
+                // Chunks of plain loops with the case chosen outside them: they vectorise
+                // (blends), where the element-wise rayon iterator with the ReLU test inside
+                // stayed scalar (perf: 7 % of a mt-bible-small training step).
+                let mut dz = vec![0f32; g.len()];
+                const CHUNK: usize = 1 << 14;
+                let parts = dz
+                    .par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK))
+                    .zip(r.par_chunks(CHUNK));
                 match &self.dropout {
-                    Some(m) => g
-                        .par_iter()
-                        .zip(r.par_iter())
-                        .zip(m.par_iter())
-                        .map(|((&g, &r), &m)| if !relu || r > 0.0 { g * m } else { 0.0 })
-                        .collect(),
-                    None => g
-                        .par_iter()
-                        .zip(r.par_iter())
-                        .map(|(&g, &r)| if r > 0.0 { g } else { 0.0 })
-                        .collect(),
+                    Some(m) => parts.zip(m.par_chunks(CHUNK)).for_each(|(((d, g), r), m)| {
+                        let n = d.len();
+                        let (g, r, m) = (&g[..n], &r[..n], &m[..n]);
+                        if relu {
+                            for i in 0..n {
+                                d[i] = relu_gate(r[i], g[i] * m[i]);
+                            }
+                        } else {
+                            for i in 0..n {
+                                d[i] = g[i] * m[i];
+                            }
+                        }
+                    }),
+                    None => parts.for_each(|((d, g), r)| {
+                        let n = d.len();
+                        let (g, r) = (&g[..n], &r[..n]);
+                        for i in 0..n {
+                            d[i] = relu_gate(r[i], g[i]);
+                        }
+                    }),
                 }
+                dz
             } else {
                 g.to_vec()
             }
@@ -335,4 +354,11 @@ mod tests {
             assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
         }
     }
+}
+
+/// `v` where the ReLU's output `r` is positive, else 0, as a bit mask (compare + and), which
+/// the compiler vectorises where an `if` with a float 0 in a zipped loop stayed scalar.
+#[inline(always)]
+fn relu_gate(r: f32, v: f32) -> f32 {
+    f32::from_bits(v.to_bits() & (0u32.wrapping_sub((r > 0.0) as u32)))
 }

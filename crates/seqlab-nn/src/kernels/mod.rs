@@ -6,6 +6,7 @@
 //! - [`linear`]: `x Wᵀ + b`, optionally with ReLU and dropout, in one pass (behind the
 //!   Transformer's projections and feed-forward block — not attention-specific);
 //! - [`layer_norm`]: LayerNorm over the last dimension (behind [`crate::LayerNorm`]);
+//! - [`gelu`]: the exact (erf) GELU with its one-pass backward (behind [`crate::ops::gelu`]);
 //! - [`cross_entropy`]: `F.cross_entropy` per row with label smoothing (behind
 //!   [`crate::loss::cross_entropy`]);
 //! - [`recurrence`]: the whole RNN/LSTM/GRU time loop of one layer and direction, with BPTT
@@ -24,6 +25,7 @@
 pub mod attention;
 pub mod causal_conv1d;
 pub mod cross_entropy;
+pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
