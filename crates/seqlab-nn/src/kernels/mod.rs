@@ -14,7 +14,8 @@
 //!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]);
 //! - [`state_update`]: one decoding step of a Mamba mixer (conv window and SSM state), the
 //!   CPU counterpart of `mamba_ssm`'s `selective_state_update` (no backward: decoding only);
-//! - `simd`: hand-vectorised AVX2 + FMA pieces (an 8-wide exp) behind a CPU-feature token.
+//! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
+//!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
