@@ -53,6 +53,25 @@ pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `n` f32 of unspecified value, for a buffer whose user writes every element before reading
+/// any (a `vec![0.0; n]` would be a memset of the whole buffer for nothing: with the allocator
+/// reusing freed memory, every call pays it). Unit tests get NaNs, so that a read before the
+/// write shows up.
+///
+/// # Safety
+/// Every element must be written before it is read.
+pub(crate) unsafe fn uninit_f32(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    if cfg!(test) {
+        v.resize(n, f32::NAN);
+    } else {
+        // SAFETY: the capacity is `n`; f32 has no drop glue and the caller writes every
+        // element before reading it.
+        v.set_len(n);
+    }
+    v
+}
+
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
 pub(crate) fn storage_f32<'a>(op: &str, what: &str, s: &'a CpuStorage) -> Result<&'a [f32]> {
     match s {

@@ -103,8 +103,23 @@ impl FusedSpec {
     }
 }
 
+/// A buffer of `n` f32 that the time loop fills row by row ((T, B, ·) rows, possibly followed
+/// by parts written after the loop): unspecified contents when every sequence runs all T
+/// steps (the loops then write every element of every row, each thread its units or
+/// columns), zeros otherwise (rows past a sequence's end must read as 0: outputs, and the
+/// operands of the final weight-gradient products).
+fn rows_buffer(sp: &FusedSpec, n: usize) -> Vec<f32> {
+    if sp.lengths.is_none() {
+        // SAFETY: see above; the forward and backward write rows for every (t, b) with
+        // t < len(b), which is all of them here.
+        unsafe { super::uninit_f32(n) }
+    } else {
+        vec![0.0; n]
+    }
+}
+
 /// What the forward keeps for the backward; all arrays are (T, B, ·) in TIME order, rows of
-/// steps past a sequence's end stay zero.
+/// steps past a sequence's end stay zero ([`rows_buffer`]).
 #[derive(Default)]
 struct Saved {
     /// W_hh with its rows regrouped per thread of the team (see [`pack_whh`]).
@@ -990,20 +1005,21 @@ impl FusedRecurrence {
             ..Default::default()
         };
         if self.keep {
-            sv.hprev = vec![0.0; t_len * bsz * p];
-            sv.gates = vec![0.0; t_len * bsz * gh];
+            sv.hprev = rows_buffer(sp, t_len * bsz * p);
+            sv.gates = rows_buffer(sp, t_len * bsz * gh);
             if lstm {
-                sv.cprev = vec![0.0; t_len * bsz * h];
-                sv.tc = vec![0.0; t_len * bsz * h];
+                sv.cprev = rows_buffer(sp, t_len * bsz * h);
+                sv.tc = rows_buffer(sp, t_len * bsz * h);
                 if sp.proj {
-                    sv.m = vec![0.0; t_len * bsz * h];
+                    sv.m = rows_buffer(sp, t_len * bsz * h);
                 }
             }
             if sp.cell == FusedCell::Gru {
-                sv.hnp = vec![0.0; t_len * bsz * h];
+                sv.hnp = rows_buffer(sp, t_len * bsz * h);
             }
         }
-        let mut res = vec![0f32; t_len * bsz * p + sp.state_len()];
+        // The outputs' rows, then hn (and cn), copied in after the loop.
+        let mut res = rows_buffer(sp, t_len * bsz * p + sp.state_len());
         let mut h_a = state0[..bsz * p].to_vec();
         let mut h_b = vec![0f32; bsz * p];
         let mut c = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
@@ -1062,10 +1078,14 @@ impl FusedRecurrence {
             vec![]
         };
         // dgx in time order; for RNN/LSTM it is also the gradient of h @ W_hh^T.
-        let mut dgx = vec![0f32; t_len * bsz * gh];
+        let mut dgx = rows_buffer(sp, t_len * bsz * gh);
         // GRU: the gradient of h @ W_hh^T (+ b_hn) differs from dgx in the n block.
-        let mut dhh = if gru { vec![0f32; t_len * bsz * gh] } else { vec![] };
-        let mut dhs = if sp.proj { vec![0f32; t_len * bsz * p] } else { vec![] };
+        let mut dhh = if gru { rows_buffer(sp, t_len * bsz * gh) } else { vec![] };
+        let mut dhs = if sp.proj {
+            rows_buffer(sp, t_len * bsz * p)
+        } else {
+            vec![]
+        };
         let team_n = sv.units.n;
         let mut partial = vec![0f32; 2 * team_n * bsz * p];
         let bar = SpinBarrier::new(team_n);
@@ -1088,7 +1108,11 @@ impl FusedRecurrence {
         if lstm {
             dstate.extend_from_slice(&dc);
         }
-        let mut dw = vec![0f32; sp.w_len()];
+        // SAFETY: the products below overwrite dW_hh and dW_hr (not accumulating); b_hn's
+        // part, which is summed into, is zeroed here.
+        let mut dw = unsafe { super::uninit_f32(sp.w_len()) };
+        let whh_hr = gh * p + if sp.proj { p * h } else { 0 };
+        dw[whh_hr..].fill(0.0);
         let rows = t_len * bsz;
         let dgate_all: &[f32] = if gru { &dhh } else { &dgx };
         // dW_hh = dG^T @ H_prev over all steps at once (GH × TB @ TB × P).
@@ -1229,8 +1253,16 @@ mod tests {
             (FusedCell::Gru, false, true),
             (FusedCell::Gru, false, false),
         ];
+        // Without lengths the op's buffers start unwritten (NaN in unit tests): every element
+        // read must have been written.
+        let runs = [
+            (false, Some(vec![5, 2, 4])),
+            (true, Some(vec![5, 2, 4])),
+            (false, None),
+            (true, None),
+        ];
         for (ci, (cell, proj, gru_bhn)) in cells.into_iter().enumerate() {
-            for reverse in [false, true] {
+            for (reverse, lengths) in runs.clone() {
                 let (t, b, h) = (5, 3, 40);
                 let p = if proj { 24 } else { h };
                 let spec = FusedSpec {
@@ -1242,7 +1274,7 @@ mod tests {
                     proj,
                     gru_bhn,
                     reverse,
-                    lengths: Some(vec![5, 2, 4]),
+                    lengths,
                 };
                 let seed = ci as u64 * 10;
                 let gx = values(t * b * spec.gh(), seed + 1, 1.0);
@@ -1267,6 +1299,7 @@ mod tests {
                             d < 1e-5,
                             "{cell:?} proj {proj} reverse {reverse} team {n}: {what} differs by {d}"
                         );
+                        assert!(a.iter().chain(b).all(|v| v.is_finite()), "{what} has NaN/inf");
                         assert!(a.iter().any(|v| *v != 0.0), "{what} is all zeros");
                     }
                 }
@@ -1286,7 +1319,11 @@ mod tests {
             (FusedCell::Lstm, true, false),
             (FusedCell::Gru, false, true),
         ];
-        for (ci, (cell, proj, gru_bhn)) in cells.into_iter().enumerate() {
+        for (ci, ((cell, proj, gru_bhn), lengths)) in cells
+            .into_iter()
+            .flat_map(|c| [(c, None), (c, Some(vec![6, 3, 5]))])
+            .enumerate()
+        {
             let (t, b, h) = (6, 3, 40);
             let p = if proj { 24 } else { h };
             let spec = FusedSpec {
@@ -1298,7 +1335,7 @@ mod tests {
                 proj,
                 gru_bhn,
                 reverse: false,
-                lengths: Some(vec![6, 3, 5]),
+                lengths,
             };
             let seed = 100 + ci as u64 * 10;
             let gx = values(t * b * spec.gh(), seed + 1, 12.0);
@@ -1319,6 +1356,10 @@ mod tests {
                 assert!(
                     d <= 1e-6 * scale,
                     "{cell:?} proj {proj}: {what} differs by {d} (scale {scale})"
+                );
+                assert!(
+                    b.iter().all(|v| v.is_finite()),
+                    "{cell:?} proj {proj}: {what} has NaN/inf"
                 );
             }
         }
