@@ -159,6 +159,43 @@ pub(crate) fn sgemm_serial(
     )
 }
 
+/// [`sgemm_serial`] with any destination strides (for products computed transposed, whose
+/// destination is then column-major).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn sgemm_serial_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    sgemm_with(
+        gemm::Parallelism::None,
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        dst_cs,
+        accumulate,
+        a,
+        a_rs,
+        a_cs,
+        b,
+        b_rs,
+        b_cs,
+    )
+}
+
 /// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
 /// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
 /// that makes the big operand column-major.
