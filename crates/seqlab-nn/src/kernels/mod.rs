@@ -123,47 +123,12 @@ pub(crate) fn sgemm(
     sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
 }
 
-/// [`sgemm`] on the calling thread only: for the small per-step products of a team of threads
-/// that already splits the work itself (nesting `gemm`'s rayon split inside would oversubscribe).
+/// [`sgemm_strided`] on the calling thread only: for the small per-step products of a team of
+/// threads that already splits the work itself (nesting `gemm`'s rayon split inside would
+/// oversubscribe).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_serial(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    sgemm_with(
-        gemm::Parallelism::None,
-        m,
-        n,
-        k,
-        dst,
-        dst_rs,
-        1,
-        accumulate,
-        a,
-        a_rs,
-        a_cs,
-        b,
-        b_rs,
-        b_cs,
-    )
-}
-
-/// [`sgemm_serial`] with any destination strides (for products computed transposed, whose
-/// destination is then column-major).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn sgemm_serial_strided(
     m: usize,
     n: usize,
     k: usize,
@@ -196,9 +161,13 @@ pub(crate) fn sgemm_serial_strided(
     )
 }
 
-/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
-/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
-/// that makes the big operand column-major.
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it
+/// computes a row-major `dst` (`dst_cs < dst_rs`) as its transpose `bᵀ aᵀ`, and it reads its
+/// left operand in place only when that is column-major — `a_rs == 1` for a column-major
+/// `dst`, `b_cs == 1` for a row-major one — and otherwise packs it element by element, on
+/// every call (the recurrence's per-step product of h with a row-major weight block spent
+/// more instructions packing the weights than multiplying). Callers pick the strides so that
+/// the big operand is that one.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_strided(

@@ -437,7 +437,7 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
         // row-major it gathered the whole weight block element by element on every step
         // (callgrind, 2-layer LSTM H 512, 8 steps: 402M of the forward's 721M instructions).
         // From `wpt` (W_k column-major) it reads the weights in place.
-        super::sgemm_serial_strided(gj, bsz, p, &mut hh, 1, gj, false, wkt, 1, gj, hcur, 1, p);
+        super::sgemm_serial(gj, bsz, p, &mut hh, 1, gj, false, wkt, 1, gj, hcur, 1, p);
         for b in 0..bsz {
             let Some(t) = sp.t_of(s, b) else {
                 // Ended: h carries over (a projected LSTM's columns are copied below).
@@ -516,7 +516,21 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
             cx.bar.wait();
             if np > 0 {
                 let m_all = unsafe { cx.m.at(0, bsz * h) };
-                super::sgemm_serial(bsz, np, h, &mut hp_loc, np, false, m_all, h, 1, &cx.whr[p0 * h..], 1, h);
+                super::sgemm_serial(
+                    bsz,
+                    np,
+                    h,
+                    &mut hp_loc,
+                    np,
+                    1,
+                    false,
+                    m_all,
+                    h,
+                    1,
+                    &cx.whr[p0 * h..],
+                    1,
+                    h,
+                );
                 for b in 0..bsz {
                     let src = match sp.t_of(s, b) {
                         None => &hcur[b * p + p0..b * p + p0 + np],
@@ -582,6 +596,7 @@ struct LstmRow {
 /// tanh(c), `out` = o * tanh(c). Vectorised by hand: the compiler left this loop scalar even
 /// in the AVX-512 build (perf annotate: vmulss/vdivss chains; 19 % of a char-LSTM training
 /// step at 1 thread, second only to the gemm microkernel).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn lstm_fwd<L: Lanes>(
     l: L,
@@ -762,7 +777,7 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
             cx.bar.wait();
             let dh_all = unsafe { cx.dh.at(0, bsz * p) };
             // dm = dh @ W_hr for this thread's units (B × P @ P × nj).
-            super::sgemm_serial(bsz, nj, p, &mut dmk, nj, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
+            super::sgemm_serial(bsz, nj, p, &mut dmk, nj, 1, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
         }
         for b in 0..bsz {
             let dg = &mut dgk[b * gj..(b + 1) * gj];
@@ -807,7 +822,7 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
         let part = unsafe { cx.partial.mut_at((slot + k) * bsz * p, bsz * p) };
         // (Tried: dG_k transposed first, so that gemm's packing of it copies contiguous
         // runs: callgrind counted 5 % more instructions in the backward's loop, so no.)
-        super::sgemm_serial(bsz, p, gj, part, p, false, &dgk, gj, 1, wk, p, 1);
+        super::sgemm_serial(bsz, p, gj, part, p, 1, false, &dgk, gj, 1, wk, p, 1);
         cx.bar.wait();
         for b in 0..bsz {
             if sp.t_of(s, b).is_none() {
@@ -1267,19 +1282,75 @@ mod tests {
             .collect()
     }
 
+    /// Every cell the op runs: (cell, proj, gru_bhn).
+    const CELLS: [(FusedCell, bool, bool); 6] = [
+        (FusedCell::RnnTanh, false, false),
+        (FusedCell::RnnRelu, false, false),
+        (FusedCell::Lstm, false, false),
+        (FusedCell::Lstm, true, false),
+        (FusedCell::Gru, false, true),
+        (FusedCell::Gru, false, false),
+    ];
+
+    /// One op's spec and random arguments (B 3, H 40, a projected LSTM's P 24); `gx` in
+    /// [−gx_scale, gx_scale).
+    struct Case {
+        spec: FusedSpec,
+        gx: Vec<f32>,
+        st: Vec<f32>,
+        w: Vec<f32>,
+        gres: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(
+            cell: (FusedCell, bool, bool),
+            t: usize,
+            reverse: bool,
+            lengths: Option<Vec<usize>>,
+            seed: u64,
+            gx_scale: f32,
+        ) -> Self {
+            let (cell, proj, gru_bhn) = cell;
+            let (b, h) = (3, 40);
+            let p = if proj { 24 } else { h };
+            let spec = FusedSpec {
+                cell,
+                seq_len: t,
+                batch: b,
+                hidden: h,
+                out: p,
+                proj,
+                gru_bhn,
+                reverse,
+                lengths,
+            };
+            Self {
+                gx: values(t * b * spec.gh(), seed + 1, gx_scale),
+                st: values(spec.state_len(), seed + 2, 0.5),
+                w: values(spec.w_len(), seed + 3, 0.3),
+                gres: values(t * b * p + spec.state_len(), seed + 4, 1.0),
+                spec,
+            }
+        }
+
+        /// [result, dgx, dstate, dw] from a team of `threads`, on the one-lane path if
+        /// `portable`.
+        fn run(&self, threads: usize, portable: bool) -> [Vec<f32>; 4] {
+            let mut op = FusedRecurrence::new(self.spec.clone()).unwrap();
+            op.threads = threads;
+            op.portable = portable;
+            let res = op.forward(&self.gx, &self.st, &self.w).unwrap();
+            let (dgx, dst, dw) = op.backward(&self.gres).unwrap();
+            [res, dgx, dst, dw]
+        }
+    }
+
     /// A team of threads (units split 32+8 and 16+16+8, a projected LSTM's columns 16+8 with
     /// an idle third thread) computes what one thread computes, forward and backward, for
     /// every cell, both directions and ragged lengths; only dh's summation order differs.
     #[test]
     fn team_matches_one_thread() {
-        let cells = [
-            (FusedCell::RnnTanh, false, false),
-            (FusedCell::RnnRelu, false, false),
-            (FusedCell::Lstm, false, false),
-            (FusedCell::Lstm, true, false),
-            (FusedCell::Gru, false, true),
-            (FusedCell::Gru, false, false),
-        ];
         // Without lengths the op's buffers start unwritten (NaN in unit tests): every element
         // read must have been written.
         let runs = [
@@ -1288,44 +1359,17 @@ mod tests {
             (false, None),
             (true, None),
         ];
-        for (ci, (cell, proj, gru_bhn)) in cells.into_iter().enumerate() {
+        for (ci, cell) in CELLS.into_iter().enumerate() {
             for (reverse, lengths) in runs.clone() {
-                let (t, b, h) = (5, 3, 40);
-                let p = if proj { 24 } else { h };
-                let spec = FusedSpec {
-                    cell,
-                    seq_len: t,
-                    batch: b,
-                    hidden: h,
-                    out: p,
-                    proj,
-                    gru_bhn,
-                    reverse,
-                    lengths,
-                };
-                let seed = ci as u64 * 10;
-                let gx = values(t * b * spec.gh(), seed + 1, 1.0);
-                let st = values(spec.state_len(), seed + 2, 0.5);
-                let w = values(spec.w_len(), seed + 3, 0.3);
-                let gres = values(t * b * p + spec.state_len(), seed + 4, 1.0);
-                let run = |threads: usize| {
-                    let mut op = FusedRecurrence::new(spec.clone()).unwrap();
-                    op.threads = threads;
-                    let res = op.forward(&gx, &st, &w).unwrap();
-                    let (dgx, dst, dw) = op.backward(&gres).unwrap();
-                    [res, dgx, dst, dw]
-                };
-                let one = run(1);
+                let c = Case::new(cell, 5, reverse, lengths, ci as u64 * 10, 1.0);
+                let one = c.run(1, false);
                 for n in [2, 3] {
-                    assert_eq!(Split::new(h, n).n, n);
-                    let many = run(n);
+                    assert_eq!(Split::new(c.spec.hidden, n).n, n);
+                    let many = c.run(n, false);
                     for (what, (a, b)) in ["res", "dgx", "dstate", "dw"].iter().zip(one.iter().zip(&many)) {
                         assert_eq!(a.len(), b.len());
                         let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                        assert!(
-                            d < 1e-5,
-                            "{cell:?} proj {proj} reverse {reverse} team {n}: {what} differs by {d}"
-                        );
+                        assert!(d < 1e-5, "{cell:?} reverse {reverse} team {n}: {what} differs by {d}");
                         assert!(a.iter().chain(b).all(|v| v.is_finite()), "{what} has NaN/inf");
                         assert!(a.iter().any(|v| *v != 0.0), "{what} is all zeros");
                     }
@@ -1339,55 +1383,18 @@ mod tests {
     /// backward, for every cell, with pre-activations reaching the saturating ranges.
     #[test]
     fn vector_gate_loops_match_portable() {
-        let cells = [
-            (FusedCell::RnnTanh, false, false),
-            (FusedCell::RnnRelu, false, false),
-            (FusedCell::Lstm, false, false),
-            (FusedCell::Lstm, true, false),
-            (FusedCell::Gru, false, true),
-        ];
-        for (ci, ((cell, proj, gru_bhn), lengths)) in cells
+        for (ci, (cell, lengths)) in CELLS
             .into_iter()
             .flat_map(|c| [(c, None), (c, Some(vec![6, 3, 5]))])
             .enumerate()
         {
-            let (t, b, h) = (6, 3, 40);
-            let p = if proj { 24 } else { h };
-            let spec = FusedSpec {
-                cell,
-                seq_len: t,
-                batch: b,
-                hidden: h,
-                out: p,
-                proj,
-                gru_bhn,
-                reverse: false,
-                lengths,
-            };
-            let seed = 100 + ci as u64 * 10;
-            let gx = values(t * b * spec.gh(), seed + 1, 12.0);
-            let st = values(spec.state_len(), seed + 2, 0.5);
-            let w = values(spec.w_len(), seed + 3, 0.3);
-            let gres = values(t * b * p + spec.state_len(), seed + 4, 1.0);
-            let run = |portable: bool| {
-                let mut op = FusedRecurrence::new(spec.clone()).unwrap();
-                op.portable = portable;
-                let res = op.forward(&gx, &st, &w).unwrap();
-                let (dgx, dst, dw) = op.backward(&gres).unwrap();
-                [res, dgx, dst, dw]
-            };
-            let (scalar, vector) = (run(true), run(false));
+            let c = Case::new(cell, 6, false, lengths, 100 + ci as u64 * 10, 12.0);
+            let (scalar, vector) = (c.run(1, true), c.run(1, false));
             for (what, (a, b)) in ["res", "dgx", "dstate", "dw"].iter().zip(scalar.iter().zip(&vector)) {
                 let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
                 let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                assert!(
-                    d <= 1e-6 * scale,
-                    "{cell:?} proj {proj}: {what} differs by {d} (scale {scale})"
-                );
-                assert!(
-                    b.iter().all(|v| v.is_finite()),
-                    "{cell:?} proj {proj}: {what} has NaN/inf"
-                );
+                assert!(d <= 1e-6 * scale, "{cell:?}: {what} differs by {d} (scale {scale})");
+                assert!(b.iter().all(|v| v.is_finite()), "{cell:?}: {what} has NaN/inf");
             }
         }
     }
