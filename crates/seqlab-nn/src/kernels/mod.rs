@@ -15,7 +15,8 @@
 //!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]);
 //! - [`state_update`]: one decoding step of a Mamba mixer (conv window and SSM state), the
 //!   CPU counterpart of `mamba_ssm`'s `selective_state_update` (no backward: decoding only);
-//! - `simd`: hand-vectorised AVX2 + FMA pieces (an 8-wide exp) behind a CPU-feature token.
+//! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
+//!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
 //! The layer modules hold the public API, configs and validation; this module holds only the
 //! numerics, plus the shared plumbing below (argument slices and a strided f32 matmul on the
@@ -53,6 +54,25 @@ pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// `n` f32 of unspecified value, for a buffer whose user writes every element before reading
+/// any (a `vec![0.0; n]` would be a memset of the whole buffer for nothing: with the allocator
+/// reusing freed memory, every call pays it). Unit tests get NaNs, so that a read before the
+/// write shows up.
+///
+/// # Safety
+/// Every element must be written before it is read.
+pub(crate) unsafe fn uninit_f32(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    if cfg!(test) {
+        v.resize(n, f32::NAN);
+    } else {
+        // SAFETY: the capacity is `n`; f32 has no drop glue and the caller writes every
+        // element before reading it.
+        v.set_len(n);
+    }
+    v
 }
 
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
@@ -106,8 +126,9 @@ pub(crate) fn sgemm(
     sgemm_strided(m, n, k, dst, dst_rs, 1, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
 }
 
-/// [`sgemm`] on the calling thread only: for the small per-step products of a team of threads
-/// that already splits the work itself (nesting `gemm`'s rayon split inside would oversubscribe).
+/// [`sgemm_strided`] on the calling thread only: for the small per-step products of a team of
+/// threads that already splits the work itself (nesting `gemm`'s rayon split inside would
+/// oversubscribe).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_serial(
@@ -116,6 +137,7 @@ pub(crate) fn sgemm_serial(
     k: usize,
     dst: &mut [f32],
     dst_rs: usize,
+    dst_cs: usize,
     accumulate: bool,
     a: &[f32],
     a_rs: usize,
@@ -131,7 +153,7 @@ pub(crate) fn sgemm_serial(
         k,
         dst,
         dst_rs,
-        1,
+        dst_cs,
         accumulate,
         a,
         a_rs,
@@ -142,9 +164,13 @@ pub(crate) fn sgemm_serial(
     )
 }
 
-/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it runs
-/// fastest with `a_rs == 1` (and `dst_rs == 1`), so callers compute transposed products where
-/// that makes the big operand column-major.
+/// [`sgemm`] with any destination strides. The `gemm` crate is column-major at heart: it
+/// computes a row-major `dst` (`dst_cs < dst_rs`) as its transpose `bᵀ aᵀ`, and it reads its
+/// left operand in place only when that is column-major — `a_rs == 1` for a column-major
+/// `dst`, `b_cs == 1` for a row-major one — and otherwise packs it element by element, on
+/// every call (the recurrence's per-step product of h with a row-major weight block spent
+/// more instructions packing the weights than multiplying). Callers pick the strides so that
+/// the big operand is that one.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) fn sgemm_strided(

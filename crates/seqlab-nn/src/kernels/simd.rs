@@ -1,10 +1,23 @@
-//! Hand-vectorised AVX2 + FMA building blocks for the kernels, behind a token ([`Avx2Fma`])
-//! that only exists on a CPU that has both features, so that the safe wrappers are sound.
+//! Hand-vectorised building blocks for the kernels, behind tokens that only exist on a CPU
+//! with the features ([`Avx2Fma`], [`Avx512`]), so that the safe wrappers are sound.
+//!
+//! - [`Lanes`]: elementwise arithmetic of one vector width, implemented by the tokens (16
+//!   lanes AVX-512, 8 lanes AVX2 + FMA) and by [`Scalar`] (1 lane), so that an elementwise
+//!   kernel is written once: [`exp`], [`sigmoid`], [`tanh`] and the recurrences' gate loops
+//!   (`super::recurrence`). The one-lane instances are the portable path and the loops' tails.
+//! - [`exp8`], [`hsum8`]: AVX2 pieces of the selective scan's hand-written loop.
 //!
 //! Why: loops over the scalar [`super::recurrence::fexp`] are not vectorised by the compiler
 //! when the exponential sits inside the selective scan's state update (callgrind: ~29
-//! instructions per element, a quarter of a scan call's instructions); [`exp8`] computes
-//! eight at once.
+//! instructions per element, a quarter of a scan call's instructions), nor in the LSTM's
+//! gate loop (perf annotate: scalar vmulss/vdivss chains even in the AVX-512 build, 19 % of
+//! a char-LSTM training step).
+//!
+//! Accuracy (test `vector_gate_functions_match_scalar_and_truth`, ~450k inputs over
+//! [−100, 100], magnitudes 1e-30..1e4, ±0, subnormals, ±∞): [`sigmoid`] ≤ 2 ulp from the
+//! correctly rounded value on every width and ≤ 2 ulp between widths; [`tanh`] ≤ 2 ulp
+//! (AVX2, scalar) or 3 ulp (AVX-512) from the correctly rounded value and ≤ 4 ulp between
+//! widths.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -28,11 +41,388 @@ impl Avx2Fma {
     }
 }
 
-/// exp of eight f32 lanes, the algorithm of the scalar [`super::recurrence::fexp`] with fused
-/// multiply-adds: x clamped to [−87, 88]; x = n·ln 2 + r with n = round(x·log2 e) and the
-/// Cody–Waite split of ln 2 (|r| ≤ ln 2 / 2); e^r by its degree-7 Taylor polynomial
-/// (truncation error r⁸/8! < 6e-9 relative, below half an ulp); times 2ⁿ built in the
-/// exponent bits.
+/// Proof that the CPU has AVX-512 F, VL, BW and DQ plus AVX2 and FMA (x86-64 only), the
+/// features the recurrence's wide gate loops are compiled for; [`Avx512::detect`] is the only
+/// way to make one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    /// `Some` when the CPU has every feature listed on the type (cached feature checks).
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512dq")
+                && std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+            {
+                return Some(Self(()));
+            }
+        }
+        None
+    }
+}
+
+/// One f32 lane: the portable implementation of [`Lanes`] (other CPUs, and the tails of the
+/// vector loops). Its [`exp`] is bitwise the scalar [`super::recurrence::fexp`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scalar;
+
+/// Elementwise f32 arithmetic on vectors of one width, so that an elementwise kernel (the
+/// recurrences' gate loops, [`exp`], [`sigmoid`], [`tanh`]) is written once for every width:
+/// 16 lanes with [`Avx512`], 8 with [`Avx2Fma`], 1 with [`Scalar`]. The implementing types
+/// are the CPU-feature tokens, which is what makes the intrinsics inside sound. Every method
+/// is `#[inline(always)]`: callers instantiate them inside a function compiled for the
+/// token's features (`#[target_feature]`), where the intrinsics inline into packed code.
+pub(crate) trait Lanes: Copy {
+    /// The vector (f32 for [`Scalar`]).
+    type V: Copy;
+    /// Lanes per vector.
+    const N: usize;
+    /// Reads `N` f32 from `p` (no alignment needed).
+    ///
+    /// # Safety
+    /// `p..p + N` must be readable.
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// Writes `N` f32 to `p` (no alignment needed).
+    ///
+    /// # Safety
+    /// `p..p + N` must be writable and not borrowed elsewhere.
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    fn splat(self, x: f32) -> Self::V;
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a·b + c`: one rounding with FMA ([`Avx512`], [`Avx2Fma`]), two in [`Scalar`].
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `c − a·b`, rounded as [`Lanes::mul_add`].
+    fn neg_mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a / b`; [`Avx512`] within 1 ulp of the quotient's rounding (a reciprocal estimate
+    /// with one Newton step instead of the 16-lane divide, which would cost as much as the
+    /// rest of a gate), the others correctly rounded.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `x` clamped to `[lo, hi]`; NaN stays NaN.
+    fn clamp(self, x: Self::V, lo: f32, hi: f32) -> Self::V;
+    /// max(x, 0); NaN stays NaN (as PyTorch's relu).
+    fn relu(self, x: Self::V) -> Self::V;
+    /// `x` rounded to the nearest integer, ties to even (|x| < 2^22).
+    fn round(self, x: Self::V) -> Self::V;
+    /// 2^n for an integral `n` in [−126, 127].
+    fn pow2(self, n: Self::V) -> Self::V;
+    fn abs(self, x: Self::V) -> Self::V;
+    /// |mag| with the sign bit of `sign` (`mag` must be ≥ +0).
+    fn with_sign_of(self, mag: Self::V, sign: Self::V) -> Self::V;
+}
+
+/// 1.5·2^23: adding it to |x| < 2^22 rounds x to an integer in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+
+impl Lanes for Scalar {
+    type V = f32;
+    const N: usize = 1;
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> f32 {
+        *p
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: f32) {
+        *p = v
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    fn add(self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    fn sub(self, a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    fn mul(self, a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    fn mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        // Unfused on purpose: `f32::mul_add` is a libm call on CPUs without FMA.
+        a * b + c
+    }
+    #[inline(always)]
+    fn neg_mul_add(self, a: f32, b: f32, c: f32) -> f32 {
+        c - a * b
+    }
+    #[inline(always)]
+    fn div(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    fn clamp(self, x: f32, lo: f32, hi: f32) -> f32 {
+        x.clamp(lo, hi)
+    }
+    #[inline(always)]
+    fn relu(self, x: f32) -> f32 {
+        if x < 0.0 {
+            0.0
+        } else {
+            x
+        }
+    }
+    #[inline(always)]
+    fn round(self, x: f32) -> f32 {
+        // Integer-free (a float → int cast does not vectorise where the compiler would
+        // vectorise a loop around this).
+        (x + MAGIC) - MAGIC
+    }
+    #[inline(always)]
+    fn pow2(self, n: f32) -> f32 {
+        // n + MAGIC holds n in its low mantissa bits (MAGIC's bits are 0x4B40_0000).
+        f32::from_bits((n + MAGIC).to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
+    }
+    #[inline(always)]
+    fn abs(self, x: f32) -> f32 {
+        x.abs()
+    }
+    #[inline(always)]
+    fn with_sign_of(self, mag: f32, sign: f32) -> f32 {
+        mag.copysign(sign)
+    }
+}
+
+/// Unaligned vectors: reading or writing a packed field compiles to `vmovups`, without the
+/// overlap check that `_mm*_loadu_ps` (a `copy_nonoverlapping`) gets in builds with debug
+/// assertions (the optimised dev/test profile; see the selective scan's note).
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Unaligned<T: Copy>(T);
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2Fma {
+    type V = __m256;
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m256 {
+        (*(p as *const Unaligned<__m256>)).0
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m256) {
+        (*(p as *mut Unaligned<__m256>)).0 = v
+    }
+    // SAFETY (every method below): a token exists only where AVX2 and FMA were detected.
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn neg_mul_add(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fnmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    fn clamp(self, x: __m256, lo: f32, hi: f32) -> __m256 {
+        // max/min return their second operand when one is NaN: x's NaN goes through.
+        unsafe { _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x)) }
+    }
+    #[inline(always)]
+    fn relu(self, x: __m256) -> __m256 {
+        unsafe { _mm256_max_ps(_mm256_setzero_ps(), x) }
+    }
+    #[inline(always)]
+    fn round(self, x: __m256) -> __m256 {
+        unsafe { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m256) -> __m256 {
+        unsafe {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            )))
+        }
+    }
+    #[inline(always)]
+    fn abs(self, x: __m256) -> __m256 {
+        unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), x) }
+    }
+    #[inline(always)]
+    fn with_sign_of(self, mag: __m256, sign: __m256) -> __m256 {
+        unsafe { _mm256_or_ps(mag, _mm256_and_ps(_mm256_set1_ps(-0.0), sign)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    type V = __m512;
+    const N: usize = 16;
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        (*(p as *const Unaligned<__m512>)).0
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        (*(p as *mut Unaligned<__m512>)).0 = v
+    }
+    // SAFETY (every method below): a token exists only where AVX-512 F/VL/BW/DQ were detected.
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn neg_mul_add(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fnmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // 1/b from the 14-bit estimate and one Newton step r' = r + r(1 − b r) (≈ 2^-28
+        // before rounding); then a·r'. 3 instructions instead of a 16-lane vdivps (one per
+        // ~10 cycles, 5 per LSTM unit).
+        unsafe {
+            let r = _mm512_rcp14_ps(b);
+            let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.0)), r);
+            _mm512_mul_ps(a, r)
+        }
+    }
+    #[inline(always)]
+    fn clamp(self, x: __m512, lo: f32, hi: f32) -> __m512 {
+        // As for AVX2: the second operand (x) comes back when one is NaN.
+        unsafe { _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), x)) }
+    }
+    #[inline(always)]
+    fn relu(self, x: __m512) -> __m512 {
+        unsafe { _mm512_max_ps(_mm512_setzero_ps(), x) }
+    }
+    #[inline(always)]
+    fn round(self, x: __m512) -> __m512 {
+        unsafe { _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x) }
+    }
+    #[inline(always)]
+    fn pow2(self, n: __m512) -> __m512 {
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n),
+                _mm512_set1_epi32(127),
+            )))
+        }
+    }
+    #[inline(always)]
+    fn abs(self, x: __m512) -> __m512 {
+        unsafe { _mm512_abs_ps(x) }
+    }
+    #[inline(always)]
+    fn with_sign_of(self, mag: __m512, sign: __m512) -> __m512 {
+        unsafe {
+            let s = _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(i32::MIN));
+            _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), s))
+        }
+    }
+}
+
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// e^r − 1 for |r| ≤ ln 2 / 2 by the degree-7 Taylor polynomial r(1 + r/2 + … + r⁶/7!)
+/// (truncation r⁸/8! < 6e-9 relative to e^r, below half an ulp); with the constant term left
+/// out it keeps full relative accuracy for small r, which [`tanh`] needs.
+#[inline(always)]
+fn expm1_reduced<L: Lanes>(l: L, r: L::V) -> L::V {
+    let mut p = l.splat(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0] {
+        p = l.mul_add(p, r, l.splat(c));
+    }
+    l.mul(p, r)
+}
+
+/// x = n·ln 2 + r with n = round(x·log2 e) and the Cody–Waite split of ln 2 (|r| ≤ ln 2 / 2).
+#[inline(always)]
+fn reduce<L: Lanes>(l: L, x: L::V) -> (L::V, L::V) {
+    let n = l.round(l.mul(x, l.splat(std::f32::consts::LOG2_E)));
+    let r = l.neg_mul_add(n, l.splat(LN2_HI), x);
+    (n, l.neg_mul_add(n, l.splat(LN2_LO), r))
+}
+
+/// exp of every lane: x clamped to [−87, 88]; reduced by [`reduce`]; e^r by its degree-7
+/// Taylor polynomial (Horner, constant term included); times 2ⁿ built in the exponent bits.
+/// At most 2 ulp from the correctly rounded e^x on [−87, 88] with FMA (test
+/// `exp8_is_within_two_ulp_of_exp`), ~1 ulp in [`Scalar`] (`fexp`'s test); e^−87 below the
+/// range, e^88 above it (no ∞), NaN for NaN.
+#[inline(always)]
+pub(crate) fn exp<L: Lanes>(l: L, x: L::V) -> L::V {
+    let x = l.clamp(x, -87.0, 88.0);
+    let (n, r) = reduce(l, x);
+    let mut p = l.splat(1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = l.mul_add(p, r, l.splat(c));
+    }
+    // n ∈ [−126, 127] after the clamp, so 2ⁿ is a normal number.
+    l.mul(p, l.pow2(n))
+}
+
+/// The logistic function 1 / (1 + e^−x) (`torch.sigmoid`); 0 < σ ≤ 1 (σ(−87) and below ≈
+/// 6e-39, a subnormal or 0 on [`Avx512`]).
+#[inline(always)]
+pub(crate) fn sigmoid<L: Lanes>(l: L, x: L::V) -> L::V {
+    let one = l.splat(1.0);
+    l.div(one, l.add(one, exp(l, l.sub(l.splat(0.0), x))))
+}
+
+/// tanh of every lane (`torch.tanh`) as sign(x)·(−m)/(2 + m) with m = e^(−2|x|) − 1 ∈ (−1, 0]
+/// computed as 2ⁿ·(e^r − 1) + (2ⁿ − 1): no cancellation anywhere, so the result keeps its
+/// relative accuracy for small |x| too (the former (1 − e)/(1 + e) lost all but a few bits
+/// of tanh(1e-6)). tanh(±0) = ±0, ±1 from |x| ≈ 9 on, NaN for NaN.
+#[inline(always)]
+pub(crate) fn tanh<L: Lanes>(l: L, x: L::V) -> L::V {
+    // Below −87 (|x| > 43.5) m is −1 to the last bit anyway; the clamp keeps 2ⁿ normal.
+    let y = l.clamp(l.mul(l.abs(x), l.splat(-2.0)), -87.0, 0.0);
+    let (n, r) = reduce(l, y);
+    let s = l.pow2(n);
+    let m = l.mul_add(s, expm1_reduced(l, r), l.sub(s, l.splat(1.0)));
+    let t = l.div(l.sub(l.splat(0.0), m), l.add(l.splat(2.0), m));
+    l.with_sign_of(t, x)
+}
+
+/// exp of eight f32 lanes: [`exp`] on the [`Avx2Fma`] lanes (kept as a plain function for
+/// the selective scan's hand-written AVX2 loop).
 ///
 /// Accuracy (test `exp8_is_within_two_ulp_of_exp`): at most 2 ulp from the correctly rounded
 /// e^x on [−87, 88], i.e. relative error < 2.4e-7; below −87 it returns e^−87 ≈ 1.6e-38
@@ -42,22 +432,7 @@ impl Avx2Fma {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    let mut p = _mm256_set1_ps(1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    // n ∈ [−126, 127] after the clamp, so n + 127 is a valid biased exponent.
-    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+    exp(Avx2Fma(()), x)
 }
 
 /// Sum of eight lanes as the tree `(v0+v4 + v2+v6) + (v1+v5 + v3+v7)`, the order of the
@@ -159,5 +534,196 @@ mod tests {
         #[cfg(not(target_arch = "x86_64"))]
         let got = want;
         assert_eq!(got, want);
+    }
+
+    /// Signed distance-preserving order of f32 bit patterns (−0 and +0 coincide).
+    fn ordered(x: f32) -> i64 {
+        let i = x.to_bits() as i32;
+        (if i < 0 { i32::MIN.wrapping_sub(i) } else { i }) as i64
+    }
+
+    /// Units in the last place between two finite f32s (any signs).
+    fn ulp_dist(a: f32, b: f32) -> u64 {
+        (ordered(a) - ordered(b)).unsigned_abs()
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Fun {
+        Sigmoid,
+        Tanh,
+    }
+
+    /// `f` over `xs` in place on the lanes of `l`, the tail one lane at a time.
+    #[inline(always)]
+    fn apply<L: Lanes>(l: L, f: Fun, xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(L::N);
+        for ch in &mut chunks {
+            // SAFETY: the chunk holds exactly L::N elements.
+            unsafe {
+                let v = l.load(ch.as_ptr());
+                let y = match f {
+                    Fun::Sigmoid => sigmoid(l, v),
+                    Fun::Tanh => tanh(l, v),
+                };
+                l.store(ch.as_mut_ptr(), y);
+            }
+        }
+        for x in chunks.into_remainder() {
+            *x = match f {
+                Fun::Sigmoid => sigmoid(Scalar, *x),
+                Fun::Tanh => tanh(Scalar, *x),
+            };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    unsafe fn apply16(l: Avx512, f: Fun, xs: &mut [f32]) {
+        apply(l, f, xs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply8(l: Avx2Fma, f: Fun, xs: &mut [f32]) {
+        apply(l, f, xs)
+    }
+
+    /// Inputs where the gate functions are hard: a fine grid over [−100, 100] (both
+    /// saturating ranges), magnitudes from 1e-30 to 1e4 of both signs (small |x|, where tanh
+    /// and σ − ½ lose bits to cancellation in naive formulas), ±0, subnormals, ±∞.
+    fn hard_inputs() -> Vec<f32> {
+        let mut xs: Vec<f32> = (-100 * 256..=100 * 256).map(|i| i as f32 / 256.0).collect();
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            let mag = 10f32.powf(-30.0 + 34.0 * u);
+            xs.push(if s & 1 == 0 { mag } else { -mag });
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1e-39,
+            -1e-39,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        xs.extend([9.0, -9.0, 43.5, -43.5, 87.0, -87.0, 88.0, -88.0, 1e-4, -1e-4]);
+        xs
+    }
+
+    /// The worst distances of `got` from the correctly rounded f64 function and from the
+    /// one-lane results `scalar`: (ulp from truth, ulp from scalar, at x).
+    fn distances(f: Fun, xs: &[f32], got: &[f32], scalar: &[f32]) -> (u64, u64, f32) {
+        let (mut worst_truth, mut worst_scalar, mut at) = (0, 0, 0.0);
+        for ((&x, &y), &ys) in xs.iter().zip(got).zip(scalar) {
+            let truth = match f {
+                Fun::Sigmoid => 1.0 / (1.0 + (-(x as f64)).exp()),
+                Fun::Tanh => (x as f64).tanh(),
+            } as f32;
+            // σ below e^-87 ≈ 1.6e-38: the exp is clamped there (and AVX-512's reciprocal
+            // estimate may flush the subnormal to 0); both are within 1e-38 of the truth.
+            if matches!(f, Fun::Sigmoid) && x < -87.0 {
+                assert!(y.abs() < 1e-37 && ys.abs() < 1e-37, "{f:?}({x}) = {y} / {ys}");
+                continue;
+            }
+            let (dt, ds) = (ulp_dist(y, truth), ulp_dist(y, ys));
+            if ds > worst_scalar {
+                at = x;
+            }
+            worst_truth = worst_truth.max(dt);
+            worst_scalar = worst_scalar.max(ds);
+        }
+        (worst_truth, worst_scalar, at)
+    }
+
+    /// The vector gate functions agree with the one-lane ones (which the portable build and
+    /// the tails of every loop use) and with the correctly rounded function. Measured on
+    /// this machine (AVX-512 Sapphire Rapids class): see the bounds asserted below.
+    #[test]
+    fn vector_gate_functions_match_scalar_and_truth() {
+        let xs = hard_inputs();
+        for f in [Fun::Sigmoid, Fun::Tanh] {
+            let mut scalar = xs.clone();
+            apply(Scalar, f, &mut scalar);
+            let (t, _, _) = distances(f, &xs, &scalar, &scalar);
+            eprintln!("{f:?} scalar: {t} ulp from the truth");
+            assert!(t <= 3, "{f:?} scalar is {t} ulp off");
+            // NaN stays NaN, tanh keeps the sign of zero, saturation is exact.
+            let mut special = [f32::NAN, -0.0, 0.0, 50.0, -50.0, 1e-30, -1e-30, 20.0];
+            apply(Scalar, f, &mut special);
+            assert!(special[0].is_nan());
+            if matches!(f, Fun::Tanh) {
+                assert_eq!(special[1].to_bits(), (-0f32).to_bits());
+                assert_eq!(special[2].to_bits(), 0);
+                assert_eq!((special[3], special[4]), (1.0, -1.0));
+                assert_eq!((special[5], special[6]), (1e-30, -1e-30));
+            } else {
+                assert_eq!((special[1], special[2], special[3]), (0.5, 0.5, 1.0));
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut runs: Vec<(&str, Vec<f32>)> = Vec::new();
+                if let Some(l) = Avx512::detect() {
+                    let mut v = xs.clone();
+                    let mut sp = [
+                        f32::NAN,
+                        -0.0,
+                        0.0,
+                        50.0,
+                        -50.0,
+                        1e-30,
+                        -1e-30,
+                        20.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                    ];
+                    // SAFETY: the token proves the features.
+                    unsafe {
+                        apply16(l, f, &mut v);
+                        apply16(l, f, &mut sp);
+                    }
+                    assert!(sp[0].is_nan());
+                    assert_eq!(sp[1].to_bits(), special[1].to_bits());
+                    assert_eq!(&sp[2..8], &special[2..8]);
+                    runs.push(("avx512", v));
+                }
+                if let Some(l) = Avx2Fma::detect() {
+                    let mut v = xs.clone();
+                    let mut sp = special_inputs8();
+                    // SAFETY: the token proves the features.
+                    unsafe {
+                        apply8(l, f, &mut v);
+                        apply8(l, f, &mut sp);
+                    }
+                    assert!(sp[0].is_nan());
+                    let mut want = special_inputs8();
+                    apply(Scalar, f, &mut want);
+                    assert_eq!(sp[1].to_bits(), want[1].to_bits());
+                    assert_eq!(&sp[2..], &want[2..]);
+                    runs.push(("avx2", v));
+                }
+                for (name, v) in runs {
+                    let (t, s, at) = distances(f, &xs, &v, &scalar);
+                    eprintln!("{f:?} {name}: {t} ulp from the truth, {s} ulp from scalar (at x = {at})");
+                    assert!(t <= 3, "{f:?} {name} is {t} ulp off the truth");
+                    assert!(s <= 4, "{f:?} {name} is {s} ulp off the scalar path at x = {at}");
+                }
+            }
+        }
+    }
+
+    fn special_inputs8() -> [f32; 8] {
+        [f32::NAN, -0.0, 0.0, 50.0, -50.0, 1e-30, -1e-30, 20.0]
     }
 }
