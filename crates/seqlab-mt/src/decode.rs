@@ -10,6 +10,7 @@ use crate::c;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
+use seqlab_nn::kernels::rows::gather_rows_in_place;
 use seqlab_nn::sampling::{argmax, Sampler, SamplingConfig};
 use seqlab_nn::{DecodeState, EncodedSource, Seq2SeqTransformer};
 
@@ -63,6 +64,12 @@ pub trait Seq2SeqModel {
     fn max_target_len(&self) -> usize {
         usize::MAX
     }
+
+    /// Whether every row's step values are the same at any row count from `rows` up (then a
+    /// decoder may run a step in fewer rows and widen the session after it, bit for bit).
+    fn step_rows_exact(&self, _rows: usize) -> bool {
+        false
+    }
 }
 
 /// Incremental decoding over N rows.
@@ -82,6 +89,10 @@ impl Seq2SeqModel for Seq2SeqTransformer {
 
     fn max_target_len(&self) -> usize {
         self.pe.table.dims()[0]
+    }
+
+    fn step_rows_exact(&self, rows: usize) -> bool {
+        Seq2SeqTransformer::step_rows_exact(self, rows)
     }
 }
 
@@ -137,10 +148,15 @@ fn max_lens(src: &Tensor, pad: u32, cap: usize) -> Result<Vec<usize>> {
 /// reordered (beams).
 pub struct Stepper<'a> {
     model: &'a Seq2SeqTransformer,
+    /// With the cache only the padding mask is read (its rows follow the session's); the
+    /// memory then keeps the rows it had at the start, as the steps never read it.
     enc: EncodedSource,
     state: Option<DecodeState>,
     /// Tokens fed so far per row (only kept without the cache).
     hist: Vec<Vec<u32>>,
+    /// The cross-attention keys/values are contiguous tensors of this session alone (made by
+    /// it), so reorders may gather their rows in place.
+    cross_owned: bool,
 }
 
 impl<'a> Stepper<'a> {
@@ -158,17 +174,27 @@ impl<'a> Stepper<'a> {
         // steps of the whole beam. (Not for a single one-token source: gemm multiplies one
         // row in another summation order, and the values must be those of B·k rows.)
         let once = c(enc.memory.dim(0))? * c(enc.memory.dim(1))? >= 2;
+        // The cached steps never read the memory (its keys and values are in the caches):
+        // it is repeated for the beams only where the steps or `begin_decode` use it.
+        let memory = if use_cache && once {
+            enc.memory.clone()
+        } else {
+            repeat_rows(&enc.memory, expand)?
+        };
         let expanded = EncodedSource {
-            memory: repeat_rows(&enc.memory, expand)?,
+            memory,
             src_key_padding_mask: repeat_rows(&enc.src_key_padding_mask, expand)?,
         };
+        let mut cross_owned = false;
         let state = if use_cache {
             let mut st = c(model.begin_decode(if once { &enc } else { &expanded }))?;
-            if once {
+            if once && expand > 1 {
                 for cache in st.caches.iter_mut() {
                     cache.cross_k = repeat_rows(&cache.cross_k, expand)?;
                     cache.cross_v = repeat_rows(&cache.cross_v, expand)?;
                 }
+                // repeat_rows made fresh contiguous copies.
+                cross_owned = true;
             }
             Some(st)
         } else {
@@ -180,6 +206,7 @@ impl<'a> Stepper<'a> {
             enc,
             state,
             hist: vec![Vec::new(); b * expand.max(1)],
+            cross_owned,
         })
     }
 }
@@ -213,23 +240,37 @@ impl DecodeSession for Stepper<'_> {
         }
         let t = c(Tensor::new(idx, self.enc.memory.device()))?;
         let shrink = idx.len() != rows;
-        // Cross-attention K/V are views into one projection (B, S, 2, H, D): gathered as
-        // contiguous copies, once per shrink.
         let gather = |x: &Tensor| c(x.contiguous().and_then(|x| x.index_select(&t, 0)));
         if shrink {
             self.enc = EncodedSource {
-                memory: gather(&self.enc.memory)?,
+                memory: if self.state.is_some() {
+                    self.enc.memory.clone()
+                } else {
+                    gather(&self.enc.memory)?
+                },
                 src_key_padding_mask: gather(&self.enc.src_key_padding_mask)?,
             };
         }
         if let Some(st) = &mut self.state {
+            // Cross-attention K/V start as views into one projection (B, S, 2, H, D) or as
+            // this session's repeated copies. A shrink gathers the rows of the session's own
+            // copies in place; the first shrink of views makes such copies. (Fresh tensors at
+            // every shrink, zeroed page by page, were ~20 % of beam-4 decoding: perf, 32 test
+            // sentences.)
+            let in_place = self.cross_owned && idx.len() <= rows && seqlab_nn::ops::use_fused(&self.enc.memory);
             for cache in st.caches.iter_mut() {
                 c(cache.self_kv.reorder(&t))?;
                 if shrink {
-                    cache.cross_k = gather(&cache.cross_k)?;
-                    cache.cross_v = gather(&cache.cross_v)?;
+                    if in_place {
+                        cache.cross_k = c(gather_rows_in_place(&cache.cross_k, idx))?;
+                        cache.cross_v = c(gather_rows_in_place(&cache.cross_v, idx))?;
+                    } else {
+                        cache.cross_k = gather(&cache.cross_k)?;
+                        cache.cross_v = gather(&cache.cross_v)?;
+                    }
                 }
             }
+            self.cross_owned |= shrink;
         }
         self.hist = idx.iter().map(|&i| self.hist[i as usize].clone()).collect();
         Ok(())
@@ -244,6 +285,23 @@ fn logits_rows(logits: &Tensor) -> Result<(Vec<f32>, usize)> {
         .and_then(|l| l.flatten_all())
         .and_then(|l| l.to_vec1::<f32>()))?;
     Ok((flat, v))
+}
+
+/// `f` on the logits (N, V) as one row-major slice and V: read where they lie when they are a
+/// contiguous f32 CPU tensor (not copied into a fresh vector: 4 MB per beam-4 step of a batch
+/// of 32 over 8k words), else copied.
+fn with_logits<R>(logits: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result<R> {
+    let v = c(logits.dim(1))?;
+    {
+        let (storage, layout) = logits.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&data[a..b], v));
+        }
+    }
+    let (flat, v) = logits_rows(logits)?;
+    Ok(f(&flat, v))
 }
 
 /// log Σ exp(x) of one row, shifted by its maximum.
@@ -314,23 +372,24 @@ fn left_to_right(
         if rows.iter().all(|&s| done[s]) {
             break;
         }
-        let (logits, v) = logits_rows(&st.step(&feed)?)?;
-        for (r, &i) in rows.iter().enumerate() {
-            if done[i] {
-                feed[r] = ids.eos;
-                continue;
-            }
-            let tok = pick(&logits[r * v..(r + 1) * v]);
-            if tok == ids.eos {
-                done[i] = true;
-            } else {
-                out[i].push(tok);
-                if t + 1 >= limits[i] {
-                    done[i] = true;
+        with_logits(&st.step(&feed)?, |logits, v| {
+            for (r, &i) in rows.iter().enumerate() {
+                if done[i] {
+                    feed[r] = ids.eos;
+                    continue;
                 }
+                let tok = pick(&logits[r * v..(r + 1) * v]);
+                if tok == ids.eos {
+                    done[i] = true;
+                } else {
+                    out[i].push(tok);
+                    if t + 1 >= limits[i] {
+                        done[i] = true;
+                    }
+                }
+                feed[r] = tok;
             }
-            feed[r] = tok;
-        }
+        })?;
         let live: Vec<u32> = (0..rows.len() as u32).filter(|&r| !done[rows[r as usize]]).collect();
         if live.len() < rows.len() && !live.is_empty() {
             let keep = at_least_two_rows(live, rows.len());
@@ -405,7 +464,11 @@ impl Decoder for Beam {
     fn decode(&mut self, model: &dyn Seq2SeqModel, src: &Tensor, ids: SpecialIds) -> Result<Vec<Vec<u32>>> {
         let limits = max_lens(src, ids.pad, model.max_target_len())?;
         let (b, k) = (limits.len(), self.size);
-        let mut st = model.start(src, k, self.use_cache)?;
+        // At step 0 every beam of a sentence is `<bos>` on the same source: one row per
+        // sentence is computed, and the session widens to k rows per sentence after it (its
+        // first reorder), where the model gives each row the same values at both counts.
+        let first = if k > 1 && model.step_rows_exact(b) { 1 } else { k };
+        let mut st = model.start(src, first, self.use_cache)?;
         // Row s*k + j of `scores` and `hyps` is beam j of sentence s. Only beam 0 is alive at
         // the start, so the first step does not pick k copies of the same token.
         let mut scores: Vec<f64> = (0..b * k)
@@ -417,27 +480,32 @@ impl Decoder for Beam {
         // act[a]: the sentence whose beams are rows a*k .. a*k + k of the session; finished
         // sentences leave it.
         let mut act: Vec<usize> = (0..b).collect();
-        let mut feed = vec![ids.bos; b * k];
+        let mut feed = vec![ids.bos; b * first];
         let longest = limits.iter().copied().max().unwrap_or(0);
         for t in 0..longest {
             if act.iter().all(|&s| done[s]) {
                 break;
             }
-            let (logits, v) = logits_rows(&st.step(&feed)?)?;
-            let n = (2 * k).min(v);
-            // Every live beam's best n continuations, rows in parallel: the log-sum-exp over
+            // Session rows per sentence at this step; beam j of the a-th sentence is row
+            // a * per + j (at step 0 only beam 0 is alive, and j < per for it).
+            let per = if t == 0 { first } else { k };
+            // Every live beam's best 2k continuations, rows in parallel: the log-sum-exp over
             // the vocabulary is the per-row cost, and run serially it left the second thread
             // idle between the steps' GEMMs.
-            let tops: Vec<Vec<(f32, u32)>> = (0..act.len() * k)
-                .into_par_iter()
-                .map(|row| {
-                    let (s, j) = (act[row / k], row % k);
-                    if done[s] || scores[s * k + j] == f64::NEG_INFINITY {
-                        return Vec::new();
-                    }
-                    top_log_probs(&logits[row * v..(row + 1) * v], n)
-                })
-                .collect();
+            let tops: Vec<Vec<(f32, u32)>> = with_logits(&st.step(&feed)?, |logits, v| {
+                let n = (2 * k).min(v);
+                (0..act.len() * k)
+                    .into_par_iter()
+                    .map(|row| {
+                        let (s, j) = (act[row / k], row % k);
+                        if done[s] || scores[s * k + j] == f64::NEG_INFINITY {
+                            return Vec::new();
+                        }
+                        let r = row / k * per + j;
+                        top_log_probs(&logits[r * v..(r + 1) * v], n)
+                    })
+                    .collect()
+            })?;
             let mut reorder: Vec<u32> = (0..(act.len() * k) as u32).collect();
             let mut new_scores = scores.clone();
             let mut new_hyps = hyps.clone();
@@ -447,7 +515,7 @@ impl Decoder for Beam {
                 }
                 // Best 2k continuations over all beams: at most k of them end in EOS, so k
                 // live ones remain.
-                let mut cand: Vec<(f64, usize, u32)> = Vec::with_capacity(k * n);
+                let mut cand: Vec<(f64, usize, u32)> = Vec::with_capacity(2 * k * k);
                 for j in 0..k {
                     let r = s * k + j;
                     if scores[r] == f64::NEG_INFINITY {
@@ -500,9 +568,13 @@ impl Decoder for Beam {
             } else {
                 live
             };
+            // `reorder` names former rows as if every sentence had k of them: mapped to the
+            // session's `per` (a dead beam's row, whose values are never read, to the
+            // sentence's first).
             let idx: Vec<u32> = keep
                 .iter()
                 .flat_map(|&a| reorder[a as usize * k..(a as usize + 1) * k].iter().copied())
+                .map(|r| (r as usize / k * per + (r as usize % k).min(per - 1)) as u32)
                 .collect();
             act = keep.iter().map(|&a| act[a as usize]).collect();
             feed = act

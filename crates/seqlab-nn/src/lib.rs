@@ -43,7 +43,7 @@ pub mod transformer;
 pub mod varstore;
 
 pub use attention::{
-    causal_mask, scaled_dot_product_attention, AttnMask, KeyPaddingMask, KvCache, MhaInput, MhaOutput,
+    causal_mask, scaled_dot_product_attention, AttnMask, KeyPaddingMask, KvCache, MhaInput, MhaOutput, MhaStepWeights,
     MultiheadAttention, MultiheadAttentionConfig, ReturnWeights, SdpaOptions,
 };
 pub use clip::{clip_grad_norm, clip_grad_norm_pairs};
@@ -68,9 +68,10 @@ pub use recurrent::{
 };
 pub use rng::{RngState, SeqRng, SharedRng};
 pub use transformer::{
-    Activation, DecodeState, DecoderLayerCache, DecoderMasks, EmbeddingTying, EncodedSource, FeedForward,
-    Seq2SeqConfig, Seq2SeqTransformer, Transformer, TransformerConfig, TransformerDecoder, TransformerDecoderLayer,
-    TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig, TransformerMasks,
+    Activation, DecodeState, DecoderLayerCache, DecoderMasks, DecoderStepWeights, EmbeddingTying, EncodedSource,
+    FeedForward, FeedForwardStepWeights, Seq2SeqConfig, Seq2SeqTransformer, Transformer, TransformerConfig,
+    TransformerDecoder, TransformerDecoderLayer, TransformerEncoder, TransformerEncoderLayer, TransformerLayerConfig,
+    TransformerMasks,
 };
 pub use varstore::{Init, VarStore};
 

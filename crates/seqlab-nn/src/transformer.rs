@@ -8,11 +8,12 @@
 //! memory are projected once. A step gives the same numbers as re-running the whole prefix.
 
 use crate::attention::mask::Masks;
-use crate::attention::{KvCache, MultiheadAttention, MultiheadAttentionConfig, ReturnWeights};
-use crate::kernels::linear::{linear_act, linear_act_dropout};
+use crate::attention::{KvCache, MhaStepWeights, MultiheadAttention, MultiheadAttentionConfig, ReturnWeights};
+use crate::kernels::linear::{linear_act, linear_act_dropout, TransposedLinear};
 use crate::positional::{SinusoidalLayout, SinusoidalPositionalEncoding};
 use crate::{ops, Dropout, Init, LayerNorm, LayerNormConfig, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
+use std::sync::Arc;
 
 /// Activation of the feed-forward block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +166,43 @@ impl FeedForward {
         let outer = outer.filter(|d| train && d.p > 0.0).map(|d| (d.p, &self.rng));
         linear_act_dropout(&h, &self.linear2.weight, self.linear2.bias.as_ref(), false, outer)
     }
+
+    /// Copies of both linear layers for decoding steps, transposed once
+    /// ([`TransposedLinear`]); a snapshot of the current parameters.
+    pub fn step_weights(&self) -> Result<FeedForwardStepWeights> {
+        let t = |l: &Linear| TransposedLinear::new(&l.weight, l.bias.as_ref());
+        Ok(FeedForwardStepWeights {
+            linear1: t(&self.linear1)?,
+            linear2: t(&self.linear2)?,
+        })
+    }
+
+    /// [`forward`](Self::forward) in evaluation mode with the step weights' copies: the same
+    /// values.
+    pub fn forward_step(&self, x: &Tensor, w: &FeedForwardStepWeights) -> Result<Tensor> {
+        let h = match self.activation {
+            Activation::Relu => w.linear1.forward(x, true)?,
+            Activation::Gelu => ops::gelu(&w.linear1.forward(x, false)?)?,
+        };
+        w.linear2.forward(&h, false)
+    }
+}
+
+/// A [`FeedForward`] block's linear layers for decoding steps ([`FeedForward::step_weights`]).
+#[derive(Clone, Debug)]
+pub struct FeedForwardStepWeights {
+    linear1: TransposedLinear,
+    linear2: TransposedLinear,
+}
+
+/// A decoder layer's projections for decoding steps, transposed once when decoding starts
+/// ([`TransformerDecoderLayer::init_cache`]): self-attention (q, k, v and output),
+/// cross-attention (q and output) and the feed-forward block.
+#[derive(Clone, Debug)]
+pub struct DecoderStepWeights {
+    self_attn: MhaStepWeights,
+    cross_attn: MhaStepWeights,
+    ff: FeedForwardStepWeights,
 }
 
 /// `nn.TransformerEncoderLayer(batch_first=True)`: `self_attn.*`, `linear1/2.*`, `norm1/2.*`.
@@ -258,6 +296,9 @@ pub struct DecoderLayerCache {
     pub cross_k: Tensor,
     /// Cross-attention values of the memory (B, S, H, D).
     pub cross_v: Tensor,
+    /// The layer's projections transposed for the steps (a snapshot taken by `init_cache`),
+    /// used outside training; `None` = the layer's own parameters.
+    pub step_weights: Option<Arc<DecoderStepWeights>>,
 }
 
 /// `nn.TransformerDecoderLayer(batch_first=True)`: `self_attn.*`, `multihead_attn.*`,
@@ -312,9 +353,13 @@ impl TransformerDecoderLayer {
         x: &Tensor,
         sa: impl FnOnce(&Tensor) -> Result<Tensor>,
         ca: impl FnOnce(&Tensor) -> Result<Tensor>,
+        step_ff: Option<&FeedForwardStepWeights>,
         train: bool,
     ) -> Result<Tensor> {
-        let ff = |y: &Tensor| self.ff.forward_then_dropout(y, Some(&self.dropout3), train);
+        let ff = |y: &Tensor| match step_ff.filter(|_| !train) {
+            Some(w) => self.ff.forward_step(y, w),
+            None => self.ff.forward_then_dropout(y, Some(&self.dropout3), train),
+        };
         if self.norm_first {
             let x = (x + self.dropout1.forward(&sa(&self.norm1.forward(x)?)?, train)?)?;
             let x = (&x + self.dropout2.forward(&ca(&self.norm2.forward(&x)?)?, train)?)?;
@@ -364,18 +409,26 @@ impl TransformerDecoderLayer {
                 weights = out.weights;
                 Ok(out.output)
             },
+            None,
             train,
         )?;
         Ok((y, weights))
     }
 
-    /// Projects the memory (B, S, E) for cross-attention once and starts an empty self cache.
+    /// Projects the memory (B, S, E) for cross-attention once, starts an empty self cache and
+    /// takes the transposed copies of the projections the steps multiply.
     pub fn init_cache(&self, memory: &Tensor) -> Result<DecoderLayerCache> {
         let (cross_k, cross_v) = self.multihead_attn.project_kv(memory, memory)?;
+        let step_weights = DecoderStepWeights {
+            self_attn: self.self_attn.step_weights(false)?,
+            cross_attn: self.multihead_attn.step_weights(true)?,
+            ff: self.ff.step_weights()?,
+        };
         Ok(DecoderLayerCache {
             self_kv: KvCache::default(),
             cross_k,
             cross_v,
+            step_weights: Some(Arc::new(step_weights)),
         })
     }
 
@@ -393,13 +446,22 @@ impl TransformerDecoderLayer {
             self_kv,
             cross_k,
             cross_v,
+            step_weights,
         } = cache;
         let cross_masks = Masks::from_torch(None, memory_key_padding_mask, false);
         let mha = &self.multihead_attn;
+        let w = step_weights.as_deref().filter(|_| !train);
         self.run(
             x,
-            |y| self.self_attn.self_attn_step(y, self_kv, train),
-            |y| mha.attend(&mha.project_q(y)?, cross_k, cross_v, &cross_masks, train),
+            |y| {
+                self.self_attn
+                    .self_attn_step_with(y, self_kv, w.map(|w| &w.self_attn), train)
+            },
+            |y| {
+                let ca = w.map(|w| &w.cross_attn);
+                mha.attend(&mha.project_q_step(y, ca)?, cross_k, cross_v, &cross_masks, ca, train)
+            },
+            w.map(|w| &w.ff),
             train,
         )
     }
@@ -773,6 +835,8 @@ pub struct DecodeState {
     pub caches: Vec<DecoderLayerCache>,
     /// Positions decoded so far.
     pub pos: usize,
+    /// The output projection transposed for the steps (a snapshot taken by `begin_decode`).
+    pub out_proj: Option<Arc<TransposedLinear>>,
 }
 
 /// The paper's model: token embeddings × √d_model + sinusoidal positions (+ dropout) →
@@ -934,11 +998,28 @@ impl Seq2SeqTransformer {
             .1)
     }
 
+    /// Whether a decoding step gives every row the same values at any row count from `rows`
+    /// up (so that a batch may be decoded in fewer rows and widened later, bit for bit): gemm
+    /// then takes the same kernel and depth blocks for every product of the step at each such
+    /// count. That holds from two rows when every projection a step multiplies has more than
+    /// 64 outputs and the rows times the narrowest exceed 256 (below, gemm's dot-product
+    /// kernels and its small-product depth blocks take over); attention, LayerNorm and the
+    /// rest work row by row.
+    pub fn step_rows_exact(&self, rows: usize) -> bool {
+        let d_ff = self.transformer.decoder.layers[0].ff.linear1.weight.dims()[0];
+        let narrowest = self.d_model.min(d_ff).min(self.out_weight.dims()[0]);
+        rows >= 2 && narrowest > 64 && rows * narrowest > 256
+    }
+
     /// Starts incremental decoding against an encoded source.
     pub fn begin_decode(&self, enc: &EncodedSource) -> Result<DecodeState> {
         Ok(DecodeState {
             caches: self.transformer.decoder.init_cache(&enc.memory)?,
             pos: 0,
+            out_proj: Some(Arc::new(TransposedLinear::new(
+                &self.out_weight,
+                self.out_bias.as_ref(),
+            )?)),
         })
     }
 
@@ -954,7 +1035,10 @@ impl Seq2SeqTransformer {
             .decoder
             .step(&y, &mut state.caches, Some(&enc.src_key_padding_mask), false)?;
         state.pos += 1;
-        self.logits(&h.squeeze(1)?)
+        match &state.out_proj {
+            Some(w) => w.forward(&h.squeeze(1)?, false),
+            None => self.logits(&h.squeeze(1)?),
+        }
     }
 }
 

@@ -35,11 +35,13 @@ pub mod mask;
 pub use mask::{causal_mask, AttnMask, KeyPaddingMask};
 
 use crate::kernels::attention::{run_fused, FusedRun, PreparedMasks, QkvInput};
-use crate::kernels::linear::{linear_act, linear_act_dropout};
+use crate::kernels::linear::{linear_act, linear_act_dropout, TransposedLinear};
+use crate::kernels::rows::GatherRows;
 use crate::linear::Linear;
 use crate::{ops, Init, SharedRng, VarStore};
 use candle_core::{bail, Result, Tensor};
 use mask::Masks;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Options of [`scaled_dot_product_attention`]; defaults follow
 /// `F.scaled_dot_product_attention` (no mask, scale 1/√D, no dropout).
@@ -173,6 +175,18 @@ impl MultiheadAttentionConfig {
     }
 }
 
+/// A [`MultiheadAttention`]'s projections for decoding steps, transposed once
+/// ([`MultiheadAttention::step_weights`]).
+#[derive(Clone, Debug)]
+pub struct MhaStepWeights {
+    /// In-projection rows: q, k and v, or q only (`query_only`).
+    in_proj: TransposedLinear,
+    /// The output projection.
+    out_proj: TransposedLinear,
+    /// Only the query rows (cross-attention).
+    query_only: bool,
+}
+
 /// A self-attention K/V cache for incremental decoding: (B, T, H, D) each.
 ///
 /// Outside training, `k` and `v` are views of buffers with room for more positions: a step
@@ -181,6 +195,10 @@ impl MultiheadAttentionConfig {
 /// the views through their strides, so nothing is copied for it either. A clone shares the
 /// filled positions but not the room after them: its next step copies them into a buffer of
 /// its own, so two clones decoding on never write into each other's cache.
+///
+/// A reorder (beam search) gathers the buffers' rows in place, so `k`/`v` tensors taken from
+/// the cache before a reorder may change with it (copy them to keep them); a cache that was
+/// cloned gathers into fresh buffers instead, since its clone still reads the old ones.
 #[derive(Debug, Default)]
 pub struct KvCache {
     /// Projected keys of the positions so far, (B, T, H, D).
@@ -189,6 +207,8 @@ pub struct KvCache {
     pub v: Option<Tensor>,
     /// The (B, capacity, H, D) buffers `k` and `v` are views of (inference only).
     buf: Option<(Tensor, Tensor)>,
+    /// `buf` is (or may be) read by a clone's `k`/`v`: no in-place reorder.
+    shared: AtomicBool,
 }
 
 /// Positions a cache buffer starts with; it doubles when full.
@@ -198,10 +218,12 @@ impl Clone for KvCache {
     /// The same positions, without the buffer: both caches append at the same position next,
     /// which in one shared buffer would overwrite each other.
     fn clone(&self) -> Self {
+        self.shared.store(true, Ordering::Relaxed);
         Self {
             k: self.k.clone(),
             v: self.v.clone(),
             buf: None,
+            shared: AtomicBool::new(false),
         }
     }
 }
@@ -246,6 +268,7 @@ impl KvCache {
                 Ok(buf)
             };
             self.buf = Some((fresh(&k_new, self.k.as_ref())?, fresh(&v_new, self.v.as_ref())?));
+            self.shared.store(false, Ordering::Relaxed);
         }
         let (kb, vb) = self.buf.as_ref().expect("buffer made above");
         kb.slice_set(&k_new, 1, t)?;
@@ -256,16 +279,28 @@ impl KvCache {
     }
 
     /// Row i continues former row `idx[i]` (u32 (N'), any N' ≥ 0): beams reordered and
-    /// rows of finished sentences dropped. Copies the buffers once (gathered whole, room
-    /// included).
+    /// rows of finished sentences dropped. On the CPU with N' no more than the current rows,
+    /// the filled positions of the rows that change are gathered in place (the buffers keep
+    /// their room; dropped rows stay allocated until the buffers grow); otherwise (more rows,
+    /// another device, a cloned cache) the buffers are gathered whole into fresh ones.
     pub fn reorder(&mut self, idx: &Tensor) -> Result<()> {
         let t = self.len();
         match &self.buf {
             Some((kb, vb)) => {
-                let (kb, vb) = (kb.index_select(idx, 0)?, vb.index_select(idx, 0)?);
+                let n = idx.dim(0)?;
+                let (kb, vb) = if n <= kb.dim(0)? && !self.shared.load(Ordering::Relaxed) && ops::use_fused(kb) {
+                    let ids = idx.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+                    for b in [kb, vb] {
+                        b.inplace_op1(&GatherRows { idx: &ids, filled: t })?;
+                    }
+                    (kb.narrow(0, 0, n)?, vb.narrow(0, 0, n)?)
+                } else {
+                    (kb.index_select(idx, 0)?, vb.index_select(idx, 0)?)
+                };
                 self.k = Some(kb.narrow(1, 0, t)?);
                 self.v = Some(vb.narrow(1, 0, t)?);
                 self.buf = Some((kb, vb));
+                self.shared.store(false, Ordering::Relaxed);
             }
             None => {
                 if let Some(k) = &self.k {
@@ -511,14 +546,59 @@ impl MultiheadAttention {
     }
 
     /// Attention on already projected heads: q (B, L, H, D), k/v (B, S, H, D) → (B, L, E),
-    /// output projection included (the decoder's cached cross-attention).
-    pub(crate) fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, masks: &Masks, train: bool) -> Result<Tensor> {
-        let (b, l, h, _) = q.dims4()?;
+    /// output projection included (the decoder's cached cross-attention), with the step
+    /// weights' copy of it when given (evaluation only).
+    pub(crate) fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        masks: &Masks,
+        step: Option<&MhaStepWeights>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, l, h, d) = q.dims4()?;
         let s = k.dim(1)?;
         let pm = masks.prepare((b, h, l, s))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (o, _) = run_attention(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
-        self.out_projection(&o, None)
+        match step.filter(|_| !train) {
+            Some(w) => w.out_proj.forward(&o.reshape((b, l, h * d))?, false),
+            None => self.out_projection(&o, None),
+        }
+    }
+
+    /// Copies of the projections a decoding step multiplies, transposed once
+    /// ([`TransposedLinear`]): the query, key and value rows of the in-projection
+    /// (self-attention) or, with `query_only`, the query rows (cross-attention, whose keys and
+    /// values are projected once per source), and the output projection. A snapshot: made
+    /// again after the parameters change.
+    pub fn step_weights(&self, query_only: bool) -> Result<MhaStepWeights> {
+        let rows = if query_only { self.embed_dim } else { 3 * self.embed_dim };
+        let w = self.in_proj_weight.narrow(0, 0, rows)?;
+        let b = match &self.in_proj_bias {
+            Some(b) => Some(b.narrow(0, 0, rows)?),
+            None => None,
+        };
+        Ok(MhaStepWeights {
+            in_proj: TransposedLinear::new(&w, b.as_ref())?,
+            out_proj: TransposedLinear::new(&self.out_proj.weight, self.out_proj.bias.as_ref())?,
+            query_only,
+        })
+    }
+
+    /// [`project_q`](Self::project_q) with the step weights' copy of the query rows when
+    /// given (made with `query_only`).
+    pub fn project_q_step(&self, query: &Tensor, step: Option<&MhaStepWeights>) -> Result<Tensor> {
+        match step {
+            Some(w) if w.query_only => {
+                let (b, l) = self.check_input("query", query)?;
+                w.in_proj
+                    .forward(query, false)?
+                    .reshape((b, l, self.num_heads, self.head_dim))
+            }
+            _ => self.project_q(query),
+        }
     }
 
     /// `mha(query, key, value, key_padding_mask, need_weights, attn_mask,
@@ -613,6 +693,19 @@ impl MultiheadAttention {
     /// value are appended to `cache`, and it attends to every cached position → (B, 1, E).
     /// Equals row t of a full causal self-attention over positions 0..=t.
     pub fn self_attn_step(&self, x: &Tensor, cache: &mut KvCache, train: bool) -> Result<Tensor> {
+        self.self_attn_step_with(x, cache, None, train)
+    }
+
+    /// [`self_attn_step`](Self::self_attn_step) with the step weights' copies of the
+    /// projections (made without `query_only`; used outside training only). Same values.
+    pub fn self_attn_step_with(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        step: Option<&MhaStepWeights>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let step = step.filter(|w| !train && !w.query_only);
         let (b, l) = self.check_input("x", x)?;
         if l != 1 {
             bail!(
@@ -621,13 +714,17 @@ impl MultiheadAttention {
             );
         }
         let (h, d) = (self.num_heads, self.head_dim);
-        let qkv = self.project(x, 0, 3)?.reshape((b, 1, 3, h, d))?;
+        let qkv = match step {
+            Some(w) => w.in_proj.forward(x, false)?,
+            None => self.project(x, 0, 3)?,
+        };
+        let qkv = qkv.reshape((b, 1, 3, h, d))?;
         let part = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2) };
         let (q, k_new, v_new) = (part(0)?, part(1)?.contiguous()?, part(2)?.contiguous()?);
         cache.append(k_new, v_new, train)?;
         let (k, v) = (cache.k.as_ref(), cache.v.as_ref());
         let (k, v) = k.zip(v).expect("append filled the cache");
-        self.attend(&q, k, v, &Masks::default(), train)
+        self.attend(&q, k, v, &Masks::default(), step, train)
     }
 }
 

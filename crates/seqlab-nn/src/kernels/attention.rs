@@ -15,6 +15,7 @@
 //! gives. Nothing panics.
 
 use super::device_f32;
+use super::MutPtr;
 use crate::SharedRng;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
@@ -58,17 +59,6 @@ impl View {
 
     fn at(&self, b: usize, h: usize) -> usize {
         self.off + b * self.sb + h * self.sh
-    }
-}
-
-#[derive(Clone, Copy)]
-struct MutPtr(*mut f32);
-unsafe impl Send for MutPtr {}
-unsafe impl Sync for MutPtr {}
-impl MutPtr {
-    // A method (not field access) so that closures capture the whole Send wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

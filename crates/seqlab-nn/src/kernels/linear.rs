@@ -309,6 +309,199 @@ pub fn linear_act_dropout(
         .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })
 }
 
+/// Rows per gemm call of [`TransposedLinear`]: gemm-common 0.19 packs (copies into panels)
+/// an already column-major lhs whenever the call has more than 8·NR columns (its
+/// `lhs_packing_threshold`, NR = 6 for the AVX2 and AVX-512 f32 kernels, 4 for the scalar one),
+/// so a call of at most 32 rows multiplies the transposed weight where it lies.
+const T_ROWS: usize = 32;
+
+/// Outputs per gemm call of [`TransposedLinear`]: a (256, in) block of the weight (256 KB at
+/// in = 256) stays in L2 while every row chunk passes over it.
+const T_OUTS: usize = 256;
+
+/// The output blocks of a weight with `out_f` outputs, (first output, outputs): T_OUTS each,
+/// the last one taking the remainder (so every block of a weight with more than 64 outputs
+/// has more than 64, and gemm chooses its depth blocks as for the whole product).
+fn out_blocks(out_f: usize) -> Vec<(usize, usize)> {
+    let n = (out_f / T_OUTS).max(1);
+    (0..n)
+        .map(|i| (i * T_OUTS, if i + 1 == n { out_f - i * T_OUTS } else { T_OUTS }))
+        .collect()
+}
+
+/// `x Wᵀ + b` (+ ReLU) at inference, for the few rows of a decoding step (one per live
+/// hypothesis): the weight (out, in) is kept transposed, copied once when decoding starts, as
+/// one (in, outputs) row-major panel per block of 256 outputs, so that gemm multiplies it
+/// where it lies, reading each panel front to back. With the plain layout gemm packed (copied)
+/// the whole weight on every call; in beam-4 decoding of a d_model-256 model that packing was
+/// ~24 % of the time (perf, session 7).
+///
+/// Values are those of [`linear_act`] bit for bit: gemm's f32 kernels accumulate each output
+/// in one fused multiply-add chain per depth block, whatever the layout and packing, and the
+/// depth blocks depend on `in` only. Where gemm would take another kernel for the plain
+/// layout (one row, or rows · out ≤ 256: its dot-product kernels; a weight of ≤ 64 outputs
+/// with `in` > 512: another depth block) and where the transposed layout would still be packed
+/// (`out` not a multiple of 16), the call goes to [`linear_act`] itself.
+///
+/// No autograd: inference only (the result is a fresh tensor without a graph).
+#[derive(Clone, Debug)]
+pub struct TransposedLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// Wᵀ as the panels of [`out_blocks`] one after the other (block (c0, cn): in × cn
+    /// row-major from offset c0 · in) and the bias values, when the transposed path applies.
+    t: Option<Arc<(Vec<f32>, Option<Vec<f32>>)>>,
+    in_f: usize,
+    out_f: usize,
+}
+
+impl TransposedLinear {
+    /// Copies `weight` (out, in) transposed (and `bias` (out)) when the transposed path applies
+    /// (f32 on the CPU, `out` a multiple of 16, not ≤ 64 outputs over `in` > 512).
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let (out_f, in_f) = weight.dims2()?;
+        if let Some(b) = bias {
+            if b.dims() != [out_f] {
+                bail!("linear: weight {:?} and bias {:?} do not fit", weight.dims(), b.dims());
+            }
+        }
+        let fits = ops::use_fused(weight) && out_f % 16 == 0 && !(in_f > 512 && out_f <= 64);
+        let t = if fits {
+            let w = weight.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            // Transposed 16 outputs at a time: 16 rows of W read front to back, one cache
+            // line of the panel written per depth (a strided gather here was ~2 % of beam-4
+            // decoding, as it runs for every batch).
+            let mut panels = vec![0f32; out_f * in_f];
+            for (c0, cn) in out_blocks(out_f) {
+                let p = &mut panels[c0 * in_f..(c0 + cn) * in_f];
+                for o0 in (0..cn).step_by(16) {
+                    for k in 0..in_f {
+                        for o in o0..(o0 + 16).min(cn) {
+                            p[k * cn + o] = w[(c0 + o) * in_f + k];
+                        }
+                    }
+                }
+            }
+            let b = match bias {
+                Some(b) => Some(b.detach().to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            Some(Arc::new((panels, b)))
+        } else {
+            None
+        };
+        Ok(Self {
+            weight: weight.clone(),
+            bias: bias.cloned(),
+            t,
+            in_f,
+            out_f,
+        })
+    }
+
+    /// x (..., in) → (..., out), ReLU applied with `relu`.
+    pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (in_f, out_f) = (self.in_f, self.out_f);
+        let rows = x.elem_count() / in_f.max(1);
+        let t = match &self.t {
+            Some(t)
+                if ops::use_fused(x)
+                    && x.dims().last() == Some(&in_f)
+                    && rows >= 2
+                    && rows * out_f > 256
+                    && in_f > 2 =>
+            {
+                t
+            }
+            _ => return linear_act(x, &self.weight, self.bias.as_ref(), relu),
+        };
+        let (wt, bias) = (&t.0, t.1.as_deref());
+        let x = x.contiguous()?;
+        let (sx, lx) = x.storage_and_layout();
+        let xs = match &*sx {
+            candle_core::Storage::Cpu(c) => super::contiguous_f32("linear", "x", c, lx)?,
+            _ => bail!("linear: x must be on the CPU"),
+        };
+        let mut out: Vec<f32> = Vec::with_capacity(rows * out_f);
+        let dst = super::MutPtr(out.as_mut_ptr());
+        // Jobs: output ranges × row chunks of at most T_ROWS, sizes within one of each other
+        // (never a one-row chunk). An output range is a panel, or with several threads and
+        // fewer than two jobs per thread, each half of the panels of 256 and more outputs
+        // (so that a step's last few rows still keep both threads busy; every half has more
+        // than 64 outputs, a multiple of 16).
+        let threads = rayon::current_num_threads();
+        let n_row = rows.div_ceil(T_ROWS);
+        // (panel's first output, panel's outputs, range's first output, range's outputs)
+        let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let blocks = out_blocks(out_f);
+        let split = threads > 1 && blocks.len() * n_row < 2 * threads;
+        for (c0, cn) in blocks {
+            if split && cn >= 256 {
+                let h = cn / 2 / 16 * 16;
+                ranges.extend([(c0, cn, c0, h), (c0, cn, c0 + h, cn - h)]);
+            } else {
+                ranges.push((c0, cn, c0, cn));
+            }
+        }
+        let n_out = ranges.len();
+        let row_chunk = |j: usize| (j * rows / n_row, (j + 1) * rows / n_row - j * rows / n_row);
+        let job = |jb: usize| {
+            let ((p0, pw, c0, cn), (r0, rn)) = (ranges[jb / n_row], row_chunk(jb % n_row));
+            // SAFETY: x holds rows·in, wt in·out and dst rows·out elements; this job reads rows
+            // r0.. of x and columns c0.. of the panel at p0 (pw columns, in rows), and writes
+            // only its (rn, cn) tile of dst, which gemm fully writes before it is read
+            // (read_dst = false: no read of the uninitialised dst).
+            unsafe {
+                let d = dst.get().add(r0 * out_f + c0);
+                gemm(
+                    rn,
+                    cn,
+                    in_f,
+                    d,
+                    1,
+                    out_f as isize,
+                    false,
+                    xs.as_ptr().add(r0 * in_f),
+                    1,
+                    in_f as isize,
+                    wt.as_ptr().add(p0 * in_f + (c0 - p0)),
+                    1,
+                    pw as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+                for r in 0..rn {
+                    let o = std::slice::from_raw_parts_mut(d.add(r * out_f), cn);
+                    match bias {
+                        Some(b) => o.iter_mut().zip(&b[c0..c0 + cn]).for_each(|(o, &bv)| {
+                            let v = *o + bv;
+                            *o = if relu { v.max(0.0) } else { v };
+                        }),
+                        None if relu => o.iter_mut().for_each(|o| *o = o.max(0.0)),
+                        None => {}
+                    }
+                }
+            }
+        };
+        let jobs = n_out * n_row;
+        if threads > 1 && jobs > 1 {
+            (0..jobs).into_par_iter().for_each(job);
+        } else {
+            (0..jobs).for_each(job);
+        }
+        drop(sx);
+        // SAFETY: the jobs above wrote all rows·out elements.
+        unsafe { out.set_len(rows * out_f) };
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("x has a last dimension") = out_f;
+        Tensor::from_vec(out, dims, x.device())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +527,58 @@ mod tests {
                 assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
             }
         }
+    }
+
+    /// The transposed copy gives `linear_act`'s values bit for bit, on the transposed path
+    /// (up to 5 row chunks and 4 output blocks, halved at 2 threads, depth over and under
+    /// gemm's 512 block) and on
+    /// every fallback (one row, rows · out ≤ 256, out not a multiple of 16, no bias), at 1
+    /// and 2 threads.
+    #[test]
+    fn transposed_linear_equals_linear_act_exactly() {
+        let cases = [
+            (2, 256, 64),
+            (7, 48, 33),
+            (33, 256, 256),
+            (128, 768, 256),
+            (130, 1024, 256),
+            (97, 256, 1024),
+            (20, 256, 1024),
+            (20, 576, 600),
+            (64, 80, 700),
+            (1, 256, 256),
+            (4, 32, 32),
+            (40, 100, 20),
+            (9, 16, 3),
+        ];
+        for (i, &(rows, out_f, in_f)) in cases.iter().enumerate() {
+            let x = randn(10 + i as u64, &[rows, in_f]);
+            let w = randn(20 + i as u64, &[out_f, in_f]);
+            let b = randn(30 + i as u64, &[out_f]);
+            for (bias, relu) in [(true, false), (true, true), (false, false)] {
+                let b = bias.then_some(&b);
+                let t = TransposedLinear::new(&w, b).unwrap();
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let (got, want) =
+                        pool.install(|| (t.forward(&x, relu).unwrap(), linear_act(&x, &w, b, relu).unwrap()));
+                    let (got, want) = (got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+                    let same = got
+                        .iter()
+                        .flatten()
+                        .zip(want.iter().flatten())
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "rows {rows}, out {out_f}, in {in_f}, bias {bias}, relu {relu}, {threads} threads"
+                    );
+                }
+            }
+        }
+        // 3-d input keeps its leading dimensions.
+        let t = TransposedLinear::new(&randn(1, &[32, 8]), None).unwrap();
+        assert_eq!(t.forward(&randn(2, &[3, 4, 8]), false).unwrap().dims(), &[3, 4, 32]);
+        assert!(TransposedLinear::new(&randn(1, &[32, 8]), Some(&randn(2, &[31]))).is_err());
     }
 
     /// The fused ReLU + dropout equals `Dropout(relu(linear))` drawn from the same seed.

@@ -15,6 +15,7 @@
 //!   [`causal_conv1d`]: its causal depthwise convolution + SiLU (behind [`crate::mamba`]);
 //! - [`state_update`]: one decoding step of a Mamba mixer (conv window and SSM state), the
 //!   CPU counterpart of `mamba_ssm`'s `selective_state_update` (no backward: decoding only);
+//! - [`rows`]: an in-place row gather of a decoding cache buffer (beam reorders);
 //! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
 //!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
@@ -31,6 +32,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
 pub(crate) mod rowexp;
+pub mod rows;
 pub mod selective_scan;
 pub(crate) mod simd;
 pub mod state_update;
@@ -73,6 +75,20 @@ pub(crate) unsafe fn uninit_f32(n: usize) -> Vec<f32> {
         v.set_len(n);
     }
     v
+}
+
+/// A pointer into an output buffer shared by parallel tasks that each write their own,
+/// disjoint part of it (the caller's SAFETY argument says which).
+#[derive(Clone, Copy)]
+pub(crate) struct MutPtr(pub(crate) *mut f32);
+// SAFETY: the tasks sharing it write disjoint elements (see each use).
+unsafe impl Send for MutPtr {}
+unsafe impl Sync for MutPtr {}
+impl MutPtr {
+    // A method (not field access) so that closures capture the whole Send wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// All f32 elements of a CPU storage (a strided view is read through its layout by the op).
