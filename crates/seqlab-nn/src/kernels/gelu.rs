@@ -81,17 +81,20 @@ unsafe fn phi8_arrays(x: &[f32; 8], cdf: &mut [f32; 8], pdf: &mut [f32; 8]) {
     _mm256_storeu_ps(pdf.as_mut_ptr(), p);
 }
 
-/// `out[i] = f(x[i], Φ(x[i]), φ(x[i]), aux[i])` in chunks of eight (a ragged tail padded with
-/// zeros through the same lanes, so a value does not depend on its position).
+/// `out[i] = f(x[i], Φ(x[i]), φ(x[i]), aux[i])` (`aux[i]` 0 without `aux`) in chunks of eight
+/// (a ragged tail padded with zeros through the same lanes, so a value does not depend on its
+/// position).
 #[inline]
-fn map_phi(simd: Option<Avx2Fma>, x: &[f32], aux: &[f32], out: &mut [f32], f: impl Fn(f32, f32, f32, f32) -> f32) {
+fn map_phi(
+    simd: Option<Avx2Fma>,
+    x: &[f32],
+    aux: Option<&[f32]>,
+    out: &mut [f32],
+    f: impl Fn(f32, f32, f32, f32) -> f32,
+) {
     let mut cdf = [0f32; 8];
     let mut pdf = [0f32; 8];
-    for ((xs, ys), gs) in x
-        .chunks(8)
-        .zip(out.chunks_mut(8))
-        .zip(aux.chunks(8).chain(std::iter::repeat(&[][..])))
-    {
+    for (ci, (xs, ys)) in x.chunks(8).zip(out.chunks_mut(8)).enumerate() {
         let mut pad = [0f32; 8];
         pad[..xs.len()].copy_from_slice(xs);
         match simd {
@@ -108,7 +111,7 @@ fn map_phi(simd: Option<Avx2Fma>, x: &[f32], aux: &[f32], out: &mut [f32], f: im
             }
         }
         for (k, y) in ys.iter_mut().enumerate() {
-            *y = f(pad[k], cdf[k], pdf[k], gs.get(k).copied().unwrap_or(0.0));
+            *y = f(pad[k], cdf[k], pdf[k], aux.map_or(0.0, |a| a[ci * 8 + k]));
         }
     }
 }
@@ -119,12 +122,22 @@ pub(crate) struct GeluErf {
 }
 
 impl GeluErf {
-    fn run(&self, x: &[f32], aux: &[f32], f: impl Fn(f32, f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
+    /// `GELU(x)` element-wise.
+    fn values(&self, x: &[f32]) -> Vec<f32> {
+        self.run(x, None, |x, cdf, _, _| x * cdf)
+    }
+
+    /// `g · GELU'(x)` element-wise (`g.len() == x.len()`).
+    fn grads(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
+        self.run(x, Some(g), |x, cdf, pdf, g| g * (cdf + x * pdf))
+    }
+
+    fn run(&self, x: &[f32], aux: Option<&[f32]>, f: impl Fn(f32, f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         let simd = self.simd;
         let work = |(k, o): (usize, &mut [f32])| {
             let at = k * CHUNK;
-            let a = if aux.is_empty() { aux } else { &aux[at..at + o.len()] };
+            let a = aux.map(|a| &a[at..at + o.len()]);
             map_phi(simd, &x[at..at + o.len()], a, o, &f);
         };
         if x.len() > CHUNK {
@@ -143,7 +156,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = super::contiguous_f32("gelu", "x", s, l)?;
-        let y = self.run(x, &[], |x, cdf, _, _| x * cdf);
+        let y = self.values(x);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -154,7 +167,7 @@ impl CustomOp1 for GeluErf {
         let (sg, lg) = g.storage_and_layout();
         let xs = super::contiguous("gelu", "x", super::device_f32("gelu", "x", &sx)?, lx)?;
         let gs = super::contiguous("gelu", "grad", super::device_f32("gelu", "grad", &sg)?, lg)?;
-        let dx = self.run(xs, gs, |x, cdf, pdf, g| g * (cdf + x * pdf));
+        let dx = self.grads(xs, gs);
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -188,8 +201,8 @@ mod tests {
         let want_dx = want_dx.get(&x).unwrap().to_vec1::<f32>().unwrap();
         for simd in [Avx2Fma::detect(), None] {
             let op = GeluErf { simd };
-            let y = op.run(&xs, &[], |x, cdf, _, _| x * cdf);
-            let dx = op.run(&xs, &gv, |x, cdf, pdf, g| g * (cdf + x * pdf));
+            let y = op.values(&xs);
+            let dx = op.grads(&xs, &gv);
             for i in 0..n {
                 let tol_y = 1e-7 * xs[i].abs().max(1.0) + 1e-6 * want_y[i].abs();
                 assert!(
@@ -225,13 +238,9 @@ mod tests {
         let op = GeluErf {
             simd: Avx2Fma::detect(),
         };
-        let all = op.run(&xs, &[], |x, cdf, _, _| x * cdf);
+        let all = op.values(&xs);
         for s in 0..19 {
-            assert_eq!(
-                &all[s..],
-                &op.run(&xs[s..], &[], |x, cdf, _, _| x * cdf)[..],
-                "start {s}"
-            );
+            assert_eq!(&all[s..], &op.values(&xs[s..])[..], "start {s}");
         }
     }
 }

@@ -92,10 +92,7 @@ impl CustomOp3 for LinearOp {
         let chunk = n * rows_per_task(rows);
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
             for orow in o.chunks_mut(n) {
-                for (o, &bv) in orow.iter_mut().zip(b) {
-                    let v = *o + bv;
-                    *o = if relu { v.max(0.0) } else { v };
-                }
+                bias_act(orow, Some(b), relu);
             }
             if let Some(m) = &self.dropout {
                 o.iter_mut().zip(&m[ci * chunk..]).for_each(|(o, &mv)| *o *= mv);
@@ -476,14 +473,7 @@ impl TransposedLinear {
                 );
                 for r in 0..rn {
                     let o = std::slice::from_raw_parts_mut(d.add(r * out_f), cn);
-                    match bias {
-                        Some(b) => o.iter_mut().zip(&b[c0..c0 + cn]).for_each(|(o, &bv)| {
-                            let v = *o + bv;
-                            *o = if relu { v.max(0.0) } else { v };
-                        }),
-                        None if relu => o.iter_mut().for_each(|o| *o = o.max(0.0)),
-                        None => {}
-                    }
+                    bias_act(o, bias.map(|b| &b[c0..c0 + cn]), relu);
                 }
             }
         };
@@ -500,6 +490,27 @@ impl TransposedLinear {
         *dims.last_mut().expect("x has a last dimension") = out_f;
         Tensor::from_vec(out, dims, x.device())
     }
+}
+
+/// The epilogue of one output row of a linear product: `o += b` (when given), then ReLU
+/// (with `relu`); shared by [`LinearOp`] and [`TransposedLinear`], whose values must agree.
+#[inline]
+fn bias_act(o: &mut [f32], b: Option<&[f32]>, relu: bool) {
+    match b {
+        Some(b) => o.iter_mut().zip(b).for_each(|(o, &bv)| {
+            let v = *o + bv;
+            *o = if relu { v.max(0.0) } else { v };
+        }),
+        None if relu => o.iter_mut().for_each(|o| *o = o.max(0.0)),
+        None => {}
+    }
+}
+
+/// `v` where the ReLU's output `r` is positive, else 0, as a bit mask (compare + and), which
+/// the compiler vectorises where an `if` with a float 0 in a zipped loop stayed scalar.
+#[inline(always)]
+fn relu_gate(r: f32, v: f32) -> f32 {
+    f32::from_bits(v.to_bits() & (0u32.wrapping_sub((r > 0.0) as u32)))
 }
 
 #[cfg(test)]
@@ -599,11 +610,4 @@ mod tests {
             assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
         }
     }
-}
-
-/// `v` where the ReLU's output `r` is positive, else 0, as a bit mask (compare + and), which
-/// the compiler vectorises where an `if` with a float 0 in a zipped loop stayed scalar.
-#[inline(always)]
-fn relu_gate(r: f32, v: f32) -> f32 {
-    f32::from_bits(v.to_bits() & (0u32.wrapping_sub((r > 0.0) as u32)))
 }

@@ -132,19 +132,15 @@ unsafe fn exp8_shifted(x: *const f32, c: f32, out: *mut f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum_exp8_f64(x: &[f32], c: f32) -> f64 {
-    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut acc = F64Lanes::new();
     let mut e = [0f32; 8];
     for ch in x.chunks(8) {
         let mut pad = [f32::NEG_INFINITY; 8];
         pad[..ch.len()].copy_from_slice(ch);
         exp8_shifted(pad.as_ptr(), c, e.as_mut_ptr());
-        let v = _mm256_loadu_ps(e.as_ptr());
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
+        acc.add8(_mm256_loadu_ps(e.as_ptr()));
     }
-    let mut lanes = [0f64; 4];
-    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
-    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    acc.total()
 }
 
 /// `Σ x` in four f64 lanes per half of eight f32.
@@ -154,16 +150,50 @@ unsafe fn sum_exp8_f64(x: &[f32], c: f32) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum8_f64(x: &[f32]) -> f64 {
-    let (mut lo, mut hi) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    let mut acc = F64Lanes::new();
     let mut chunks = x.chunks_exact(8);
     for ch in &mut chunks {
-        let v = _mm256_loadu_ps(ch.as_ptr());
-        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
+        acc.add8(_mm256_loadu_ps(ch.as_ptr()));
     }
-    let mut lanes = [0f64; 4];
-    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(lo, hi));
-    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + chunks.remainder().iter().map(|&v| v as f64).sum::<f64>()
+    acc.total() + chunks.remainder().iter().map(|&v| v as f64).sum::<f64>()
+}
+
+/// The f64 sum of [`sum_exp8_f64`] and [`sum8_f64`]: eight f32 values at a time, widened into
+/// four f64 lanes per half.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct F64Lanes {
+    lo: __m256d,
+    hi: __m256d,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl F64Lanes {
+    /// # Safety
+    /// AVX2 and FMA must be present (as for every method).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn new() -> Self {
+        Self {
+            lo: _mm256_setzero_pd(),
+            hi: _mm256_setzero_pd(),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add8(&mut self, v: __m256) {
+        self.lo = _mm256_add_pd(self.lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        self.hi = _mm256_add_pd(self.hi, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn total(self) -> f64 {
+        let mut lanes = [0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(self.lo, self.hi));
+        (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    }
 }
 
 #[cfg(test)]
