@@ -98,6 +98,25 @@ def mt_transformer_flops(info):
     return train(enc + dec + 2 * d * v)
 
 
+def mt_decode_flops(beam):
+    """mt-bible-small decoding per output token (the row's unit), from the seqlab side's mean
+    source length S and output length T per sentence: the encoder once per sentence (forward
+    only), the cross-attention keys/values once per sentence and layer, then per step and beam
+    row the decoder layers' projections (self q,k,v,out; cross q,out), FFN, the attention over
+    the caches (mean self length T/2, cross length S) and the output projection d x V. Beam
+    search computes `beam` rows per sentence at every step (step 0's single row is ignored)."""
+    def flops(info):
+        d, ff, v, n_layer = 256, 1024, info.get("vocab", 8000), 3
+        sents = max(info["sentences"] / max(info["steps"], 1), 1)
+        s = info["source_tokens_per_pass"] / sents
+        t = max(info["output_tokens_per_pass"] / sents, 1)
+        enc = s * n_layer * encoder_layer_flops(d, ff, s)
+        cross_kv = n_layer * s * 2 * 2 * d * d
+        step = n_layer * (2 * (4 * d * d + 2 * d * d + 2 * d * ff) + 2 * 2 * (t / 2 + s) * d) + 2 * d * v
+        return (enc + cross_kv + beam * t * step) / t
+    return flops
+
+
 def mt_rnn_flops(info):
     """mt-bible-rnn per target token (source length = target length): bidirectional 2-layer
     LSTM encoder (256 per direction, input 256), 2-layer LSTM decoder 512 with attention
@@ -171,12 +190,13 @@ def model(name, config, sets, steps, flops, note=""):
 
 
 def decode(name, decoder):
+    beam = 1 if decoder == "greedy" else 4
     flags = ["--decoder", decoder, "--beam-size", "4", "--batch-size", "32", "--sentences", "{sentences}"]
     return Row(name, ["bench", "translate", "--json", "--config", "configs/mt-bible-small.toml", *SAMPLE_MT,
                       *flags, "--steps", "{steps}", "--warmup", "{warmup}"],
                ["translate", "--export", "{export}", *flags, "--steps", "{steps}", "--warmup", "{warmup}",
                 "--threads", "{threads}"],
-               steps=1, warmup=1 if decoder == "greedy" else 0, unit="sent/s",
+               steps=1, warmup=1 if decoder == "greedy" else 0, unit="sent/s", flops=mt_decode_flops(beam),
                # The peer builds the same model from the tokenizer and config that one
                # (untimed) `seqlab bench model` step exports.
                prepare=["bench", "model", "--json", "--config", "configs/mt-bible-small.toml", *SAMPLE_MT,

@@ -338,16 +338,6 @@ fn grad(sig: &[f32], f: f32, label: f32, alpha: f32) -> Option<f32> {
     Some((label - s) * alpha)
 }
 
-/// One logistic-regression step of input `l1` against output row `l2` with target `label`:
-/// accumulates the input gradient into `neu1e` and updates `l2`.
-#[inline(always)]
-unsafe fn logistic_step<S: Simd>(sig: &[f32], l1: &[f32], l2: &mut [f32], neu1e: &mut [f32], label: f32, alpha: f32) {
-    if let Some(g) = grad(sig, S::dot(l1, l2), label, alpha) {
-        S::axpy(g, l2, neu1e);
-        S::axpy(g, l1, l2);
-    }
-}
-
 /// An output layer: predicts `word` from the input vector `l1` (a syn0 row for skip-gram,
 /// the context's mean or sum for CBOW), accumulates the gradient for `l1` into `neu1e` and
 /// updates its own weights in place. Implemented by [`NegativeSampling`],
@@ -388,13 +378,34 @@ impl OutputLayer for NegativeSampling<'_> {
             *t = self.table.sample(rng.next()) as u32;
             S::prefetch(self.syn1neg.row(*t as usize));
         }
-        for d in 0..=self.negative {
+        // All scores first, then the updates: `l1` does not change during the step, so each
+        // score equals the one word2vec.c computes just before its update, except when a row
+        // is drawn twice; that row's later score is recomputed after its first update. The
+        // values are those of the one-at-a-time loop, but the dot products no longer wait on
+        // each other's cache misses and reductions.
+        let n = self.negative + 1;
+        let mut f = [0f32; MAX_NEGATIVE + 1];
+        for d in 0..n {
             let target = *targets.get_unchecked(d) as usize;
-            if d > 0 && target == word {
+            if d == 0 || target != word {
+                *f.get_unchecked_mut(d) = S::dot(l1, self.syn1neg.row(target));
+            }
+        }
+        for d in 0..n {
+            let target = *targets.get_unchecked(d);
+            if d > 0 && target as usize == word {
                 continue;
             }
+            let l2 = self.syn1neg.row(target as usize);
+            let score = if targets.get_unchecked(..d).contains(&target) {
+                S::dot(l1, l2)
+            } else {
+                *f.get_unchecked(d)
+            };
             let label = if d == 0 { 1.0 } else { 0.0 };
-            logistic_step::<S>(sig, l1, self.syn1neg.row(target), neu1e, label, alpha);
+            if let Some(g) = grad(sig, score, label, alpha) {
+                S::update(g, l1, l2, neu1e);
+            }
         }
     }
 }
@@ -419,10 +430,25 @@ impl OutputLayer for HierarchicalSoftmax<'_> {
     ) {
         let h = self.huff;
         let (s, e) = (*h.offsets.get_unchecked(word), *h.offsets.get_unchecked(word + 1));
-        for k in s..e {
-            let p = *h.points.get_unchecked(k) as usize;
-            let label = 1.0 - *h.codes.get_unchecked(k) as f32;
-            logistic_step::<S>(sig, l1, self.syn1.row(p), neu1e, label, alpha);
+        // The inner nodes of one path are distinct, so all of a block's scores can be taken
+        // before its updates (as in negative sampling above) with word2vec.c's values.
+        const BLOCK: usize = 16;
+        let mut f = [0f32; BLOCK];
+        let mut k0 = s;
+        while k0 < e {
+            let k1 = (k0 + BLOCK).min(e);
+            for k in k0..k1 {
+                let p = *h.points.get_unchecked(k) as usize;
+                *f.get_unchecked_mut(k - k0) = S::dot(l1, self.syn1.row(p));
+            }
+            for k in k0..k1 {
+                let p = *h.points.get_unchecked(k) as usize;
+                let label = 1.0 - *h.codes.get_unchecked(k) as f32;
+                if let Some(g) = grad(sig, *f.get_unchecked(k - k0), label, alpha) {
+                    S::update(g, l1, self.syn1.row(p), neu1e);
+                }
+            }
+            k0 = k1;
         }
     }
 }
@@ -1122,6 +1148,68 @@ mod tests {
                 }
             }
             assert!(wrong.is_empty(), "{name}: {wrong:?}");
+        }
+    }
+
+    /// Negative sampling takes all scores before its updates; with rows drawn several times
+    /// (3 words, 12 draws) the result must still equal word2vec.c's one-at-a-time loop bit
+    /// for bit (the reference below), for the scalar and the AVX2 primitives alike.
+    #[test]
+    fn scores_first_equals_the_sequential_loop() {
+        fn reference<S: Simd>(
+            ns: &NegativeSampling,
+            sig: &[f32],
+            rng: &mut Fast,
+            l1: &[f32],
+            e: &mut [f32],
+            word: usize,
+        ) {
+            let targets: Vec<usize> = std::iter::once(word)
+                .chain((0..ns.negative).map(|_| ns.table.sample(rng.next())))
+                .collect();
+            for (d, &t) in targets.iter().enumerate() {
+                if d > 0 && t == word {
+                    continue;
+                }
+                let l2 = unsafe { ns.syn1neg.row(t) };
+                let label = if d == 0 { 1.0 } else { 0.0 };
+                if let Some(g) = grad(sig, unsafe { S::dot(l1, l2) }, label, 0.5) {
+                    unsafe { S::axpy(g, l2, e) };
+                    unsafe { S::axpy(g, l1, l2) };
+                }
+            }
+        }
+        fn run<S: Simd>() {
+            let (dim, negative) = (19, 12);
+            let table = AliasTable::new(&[5, 3, 1], 0.75);
+            let sig = sigmoid_table();
+            let init: Vec<f32> = (0..3 * dim).map(|i| ((i * 37 % 23) as f32 - 11.0) / 10.0).collect();
+            let l1: Vec<f32> = (0..dim).map(|i| ((i * 13 % 7) as f32 - 3.0) / 4.0).collect();
+            let (mut m_new, mut m_ref) = (init.clone(), init);
+            let (mut e_new, mut e_ref) = (vec![0f32; dim], vec![0f32; dim]);
+            let (mut r_new, mut r_ref) = (Fast::for_thread(7, 0), Fast::for_thread(7, 0));
+            for step in 0..50 {
+                let word = step % 3;
+                let ns = NegativeSampling {
+                    syn1neg: Rows::of(&mut m_new, dim),
+                    negative,
+                    table: &table,
+                };
+                unsafe { ns.step::<S>(&sig, &mut r_new, &l1, &mut e_new, word, 0.5) };
+                let ns = NegativeSampling {
+                    syn1neg: Rows::of(&mut m_ref, dim),
+                    negative,
+                    table: &table,
+                };
+                reference::<S>(&ns, &sig, &mut r_ref, &l1, &mut e_ref, word);
+                assert_eq!(m_new, m_ref, "rows differ after step {step}");
+                assert_eq!(e_new, e_ref, "input gradient differs after step {step}");
+            }
+        }
+        run::<Scalar>();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            run::<Avx2>();
         }
     }
 
