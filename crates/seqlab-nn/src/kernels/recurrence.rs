@@ -4,20 +4,23 @@
 //! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices.
 //! It runs on a team of threads (one per rayon thread, for problems big enough), each owning a
 //! contiguous block of the cell's units: per step, one `gemm` of h with its rows of W_hh
-//! (packed contiguous once per call, and a column-major copy of the block for the forward, so
-//! that `gemm` does not repack the weights on every step), then its units' fused gate
-//! nonlinearities and state update, then a barrier. The forward keeps the gate activations; the backward (BPTT) runs
-//! the same way, each thread producing its part of dh_prev, plus a single large `gemm` at the
-//! end for `dW_hh` (and `dW_hr`). The thread bodies are compiled for AVX-512 or AVX2 and
-//! chosen at run time, since the crate itself targets baseline x86-64; the forward's gate
-//! loops are written with [`simd::Lanes`] (16, 8 or 1 lanes, one source), since the compiler
-//! left them scalar even in the AVX-512 build.
+//! (which each thread packs contiguous once per call, and a column-major copy of the block for
+//! the forward, so that `gemm` does not repack the weights on every step), then its units'
+//! fused gate nonlinearities and state update, then a barrier. The forward keeps the gate
+//! activations; the backward (BPTT) runs the same way, each thread producing its part of
+//! dh_prev (a team of one straight into dh), and the weight gradients are single large
+//! `gemm`s over all steps at the end (`dW_hh`, `dW_hr`; `dW_ih` is the input projection's
+//! backward). The thread bodies are compiled for AVX-512 or AVX2 and chosen at run time,
+//! since the crate itself targets baseline x86-64; the gate loops, forward and backward, are
+//! [`LaneBody`] rows run by [`simd::for_each_lane`] (16, 8 or 1 lanes, one source), since the
+//! compiler left the forward's scalar even in the AVX-512 build. The backward's rows use no
+//! FMA, so their results are bitwise those of the former scalar loops on every width.
 //!
 //! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one fused linear op over
 //! all time steps ([`super::linear`]), done by the caller, and its result `gx` enters here.
 
 use super::sgemm;
-use super::simd::{self, Lanes, Scalar};
+use super::simd::{self, LaneBody, Lanes, Scalar};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -123,7 +126,7 @@ fn rows_buffer(sp: &FusedSpec, n: usize) -> Vec<f32> {
 /// steps past a sequence's end stay zero ([`rows_buffer`]).
 #[derive(Default)]
 struct Saved {
-    /// W_hh with its rows regrouped per thread of the team (see [`pack_whh`]).
+    /// W_hh with its rows regrouped per thread of the team (see [`pack_block`]).
     wp: Vec<f32>,
     /// W_hr (P, H) of a projected LSTM.
     whr: Vec<f32>,
@@ -341,37 +344,48 @@ impl Shared {
         assert!(a + n <= self.len);
         std::slice::from_raw_parts(self.ptr.add(a), n)
     }
-}
 
-/// W_hh (G·H × P) with its rows regrouped so that thread k's rows — every gate of its units
-/// — are one contiguous block (gate-major inside it): its per-step product is then a single
-/// `gemm` over a block that stays in its core's cache.
-fn pack_whh(whh: &[f32], gates: usize, h: usize, p: usize, units: Split) -> Vec<f32> {
-    let mut out = Vec::with_capacity(whh.len());
-    for k in 0..units.n {
-        let (j0, nj) = units.range(k);
-        for g in 0..gates {
-            out.extend_from_slice(&whh[(g * h + j0) * p..(g * h + j0 + nj) * p]);
-        }
+    /// A pointer to element `a`, checked to have `n` elements after it (for the gate loops,
+    /// whose [`LaneBody`] rows hold pointers); the accesses through it follow the type's rule.
+    #[inline(always)]
+    fn ptr_at(self, a: usize, n: usize) -> *mut f32 {
+        assert!(a + n <= self.len);
+        // SAFETY: in bounds, by the assert.
+        unsafe { self.ptr.add(a) }
     }
-    out
 }
 
-/// [`pack_whh`]'s per-thread blocks (gate rows × P, row-major), each transposed within its own
-/// range (P × its rows, row-major: the block column-major).
-fn transpose_blocks(wp: &[f32], gates: usize, p: usize, units: Split) -> Vec<f32> {
-    let mut out = vec![0f32; wp.len()];
-    for k in 0..units.n {
-        let (j0, nj) = units.range(k);
-        let (off, rows) = (gates * j0 * p, gates * nj);
-        let (src, dst) = (&wp[off..off + rows * p], &mut out[off..off + rows * p]);
-        for r in 0..rows {
-            for c in 0..p {
-                dst[c * rows + r] = src[r * p + c];
+/// Thread `k`'s block of W_hh (G·H × P), in the two layouts its per-step products read:
+/// `wp` its rows — every gate of its units, gate-major — as one contiguous row-major block
+/// (the backward's dG_k @ W_k), `wpt` the same block column-major (the forward's product,
+/// see [`fwd_body`]). Each thread packs its own block at the start of the forward (it was a
+/// serial copy and transposition of the whole weight before the team started), the
+/// transposition in 16 × 16 tiles: element by element it wrote one cache line per element
+/// at a stride of G·H floats.
+fn pack_block(
+    whh: &[f32],
+    gates: usize,
+    h: usize,
+    p: usize,
+    (j0, nj): (usize, usize),
+    wp: &mut [f32],
+    wpt: &mut [f32],
+) {
+    let rows = gates * nj;
+    assert!(wp.len() == rows * p && wpt.len() == rows * p && whh.len() == gates * h * p && j0 + nj <= h);
+    for g in 0..gates {
+        wp[g * nj * p..(g + 1) * nj * p].copy_from_slice(&whh[(g * h + j0) * p..(g * h + j0 + nj) * p]);
+    }
+    const TILE: usize = 16;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..p).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(p) {
+                    wpt[c * rows + r] = wp[r * p + c];
+                }
             }
         }
     }
-    out
 }
 
 /// Copies `src` into `n` consecutive elements of a shared buffer at `a`.
@@ -389,8 +403,10 @@ struct Fwd<'a> {
     units: Split,
     pcols: Split,
     gx: &'a [f32],
-    /// [`pack_whh`]'s blocks, each transposed (column-major).
-    wpt: &'a [f32],
+    /// W_hh (G·H × P), which each thread packs into its blocks of `wp` and `wpt` ([`pack_block`]).
+    whh: &'a [f32],
+    wp: Shared,
+    wpt: Shared,
     whr: &'a [f32],
     /// b_hn, or zeros.
     bhn: &'a [f32],
@@ -421,7 +437,13 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
     let ng = sp.cell.gates();
     let (j0, nj) = cx.units.range(k);
     let gj = ng * nj;
-    let wkt = &cx.wpt[ng * j0 * p..ng * (j0 + nj) * p];
+    // SAFETY: each thread's block of `wp` and `wpt` is its own (read by the backward after the
+    // team has joined).
+    let wkt = unsafe {
+        let (wk, wkt) = (cx.wp.mut_at(ng * j0 * p, gj * p), cx.wpt.mut_at(ng * j0 * p, gj * p));
+        pack_block(cx.whh, ng, h, p, (j0, nj), wk, wkt);
+        &*wkt
+    };
     let (p0, np) = cx.pcols.range(k);
     let mut hh = vec![0f32; bsz * gj];
     let mut hp_loc = vec![0f32; if sp.proj { bsz * np } else { 0 }];
@@ -553,30 +575,38 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
     }
 }
 
+/// Where one thread's RNN gate loop reads and writes (see [`rnn_fwd`]).
+#[derive(Clone, Copy)]
+struct RnnRow {
+    tanh: bool,
+    a: *mut f32,
+    x: *const f32,
+    out: *mut f32,
+}
+
+impl LaneBody for RnnRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let v = l.add(l.load(self.a.add(q)), l.load(self.x.add(q)));
+        let v = if self.tanh { simd::tanh(l, v) } else { l.relu(v) };
+        l.store(self.a.add(q), v);
+        l.store(self.out.add(q), v);
+    }
+}
+
 /// RNN: `a` holds W_hh h of the thread's units; becomes act(a + x), also written to `out`.
 #[inline(always)]
 fn rnn_fwd<L: Lanes>(l: L, tanh: bool, a: &mut [f32], x: &[f32], out: &mut [f32]) {
     let n = a.len();
     assert!(x.len() >= n && out.len() >= n);
-    let (a, x, out) = (a.as_mut_ptr(), x.as_ptr(), out.as_mut_ptr());
-    #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, tanh: bool, a: *mut f32, x: *const f32, out: *mut f32, q: usize) {
-        let v = l.add(l.load(a.add(q)), l.load(x.add(q)));
-        let v = if tanh { simd::tanh(l, v) } else { l.relu(v) };
-        l.store(a.add(q), v);
-        l.store(out.add(q), v);
-    }
-    // SAFETY: the assert keeps q..q + lanes (< n) inside all three slices, distinct borrows.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= n {
-            at(l, tanh, a, x, out, q);
-            q += L::N;
-        }
-        for q in q..n {
-            at(Scalar, tanh, a, x, out, q);
-        }
-    }
+    let row = RnnRow {
+        tanh,
+        a: a.as_mut_ptr(),
+        x: x.as_ptr(),
+        out: out.as_mut_ptr(),
+    };
+    // SAFETY: the assert keeps 0..n inside all three slices, distinct borrows.
+    unsafe { simd::for_each_lane(l, n, row) }
 }
 
 /// Where one thread's LSTM gate loop reads and writes (see [`lstm_fwd`]).
@@ -622,8 +652,15 @@ fn lstm_fwd<L: Lanes>(
             out: out.as_mut_ptr(),
         }
     };
+    // SAFETY: elements 0..nj stay inside every block; the blocks of `a`, `c`, `tc` and `out`
+    // are distinct borrows, `x` is only read.
+    unsafe { simd::for_each_lane(l, nj, row) }
+}
+
+impl LaneBody for LstmRow {
     #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, r: LstmRow, q: usize) {
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let r = self;
         let pre = |g: usize| l.add(l.load(r.a[g].add(q)), l.load(r.x[g].add(q)));
         let i = simd::sigmoid(l, pre(0));
         let f = simd::sigmoid(l, pre(1));
@@ -637,18 +674,6 @@ fn lstm_fwd<L: Lanes>(
         let t = simd::tanh(l, cn);
         l.store(r.tc.add(q), t);
         l.store(r.out.add(q), l.mul(o, t));
-    }
-    // SAFETY: q..q + lanes stays below nj, inside every block; the blocks of `a`, `c`, `tc`
-    // and `out` are distinct borrows, `x` is only read.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= nj {
-            at(l, row, q);
-            q += L::N;
-        }
-        for q in q..nj {
-            at(Scalar, row, q);
-        }
     }
 }
 
@@ -696,8 +721,14 @@ fn gru_fwd<L: Lanes>(
             out: out.as_mut_ptr(),
         }
     };
+    // SAFETY: as in `lstm_fwd`; `bhn` and `hp` are only read.
+    unsafe { simd::for_each_lane(l, nj, row) }
+}
+
+impl LaneBody for GruRow {
     #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, w: GruRow, q: usize) {
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let w = self;
         let r = simd::sigmoid(l, l.add(l.load(w.a[0].add(q)), l.load(w.x[0].add(q))));
         let z = simd::sigmoid(l, l.add(l.load(w.a[1].add(q)), l.load(w.x[1].add(q))));
         let hq = l.add(l.load(w.a[2].add(q)), l.load(w.bhn.add(q)));
@@ -707,17 +738,6 @@ fn gru_fwd<L: Lanes>(
         l.store(w.a[2].add(q), n);
         l.store(w.hnp.add(q), hq);
         l.store(w.out.add(q), l.mul_add(z, l.sub(l.load(w.hp.add(q)), n), n));
-    }
-    // SAFETY: as in `lstm_fwd`; `bhn` and `hp` are only read.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= nj {
-            at(l, row, q);
-            q += L::N;
-        }
-        for q in q..nj {
-            at(Scalar, row, q);
-        }
     }
 }
 
@@ -738,13 +758,16 @@ struct Bwd<'a> {
     partial: Shared,
 }
 
-/// The BPTT of thread `k`: per step, its units' gate gradients (elementwise), its partial
-/// dh_prev = dG_k @ W_hh[rows of its units] in one `gemm`, a barrier, then the sum of all
-/// partials over its own columns of dh. Partials alternate between two buffers by step
-/// parity, so one barrier per step suffices (two for a projected LSTM, whose dm = dh @ W_hr
-/// needs every column of dh).
+/// The BPTT of thread `k`: per step, its units' gate gradients (elementwise, written straight
+/// into the gradient rows), then dh_prev = dG @ W_hh. A team of one multiplies into dh itself,
+/// reading dG from the gradient rows when every sequence runs all steps (they are then the
+/// step's contiguous (B × G·H) block). A larger team: each thread its partial dh_prev = dG_k @
+/// W_hh[rows of its units] in one `gemm` over a copy of its dG columns, a barrier, then the
+/// sum of all partials over its own columns of dh. Partials alternate between two buffers by
+/// step parity, so one barrier per step suffices (two for a projected LSTM, whose dm = dh @
+/// W_hr needs every column of dh).
 #[inline(always)]
-fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
+fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, l: L) {
     let sp = cx.sp;
     let sv = cx.sv;
     let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
@@ -755,13 +778,18 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
     let wk = &sv.wp[ng * j0 * p..ng * (j0 + nj) * p];
     // The columns of dh this thread owns.
     let (p0, np) = if sp.proj { sv.pcols.range(k) } else { (j0, nj) };
-    let mut dgk = vec![0f32; bsz * gj];
-    let mut dmk = vec![0f32; if sp.proj { bsz * nj } else { 0 }];
     let gru = sp.cell == FusedCell::Gru;
+    // dG of the step: the product's operand. Read in place from the gradient rows where
+    // they are one block (team of one, no lengths); otherwise a (B × gj) copy.
+    let direct = team == 1 && sp.lengths.is_none();
+    let mut dgk = vec![0f32; if direct { 0 } else { bsz * gj }];
+    let mut dmk = vec![0f32; if sp.proj { bsz * nj } else { 0 }];
+    // The gradient of the W_hh h product: the gx gradient (RNN, LSTM) or its own rows (GRU).
+    let dprod = if gru { cx.dhh } else { cx.dgx };
     for s in (0..t_len).rev() {
         // SAFETY (all blocks below): dh's columns, dc's units and the gradient rows' gate
         // blocks are each written by their owner only; dh is read whole only between the
-        // projected LSTM's two barriers, when nobody writes it.
+        // projected LSTM's two barriers, when nobody writes it, or by a team of one.
         for b in 0..bsz {
             let Some(t) = sp.t_of(s, b) else { continue };
             let row = t * bsz + b;
@@ -780,43 +808,89 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
             super::sgemm_serial(bsz, nj, p, &mut dmk, nj, 1, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
         }
         for b in 0..bsz {
-            let dg = &mut dgk[b * gj..(b + 1) * gj];
             let Some(t) = sp.t_of(s, b) else {
-                dg.fill(0.0);
+                // Ended (never with `direct`): no gradient flows through this step.
+                dgk[b * gj..(b + 1) * gj].fill(0.0);
                 continue;
             };
             let row = t * bsz + b;
             let g = &sv.gates[row * gh..(row + 1) * gh];
+            // Where the row's gate gradients go: the gradient rows' gate blocks at the
+            // thread's units, and the product's operand (dgk, unless read in place). Arrays
+            // of 4 whatever the cell; a cell with fewer gates repeats its last block.
+            let to = |buf: Shared| [0, 1, 2, 3].map(|gi| buf.ptr_at(row * gh + gi.min(ng - 1) * h + j0, nj));
+            let copy = (!direct).then(|| {
+                let row_k = &mut dgk[b * gj..(b + 1) * gj];
+                [0, 1, 2, 3].map(|gi| row_k[gi.min(ng - 1) * nj..].as_mut_ptr())
+            });
+            // This thread's units of dh (no projection: its own columns).
+            let dh_units = || cx.dh.ptr_at(b * p + j0, nj);
+            // SAFETY (the loops below): every pointer addresses nj elements (checked above)
+            // of a buffer that only this thread writes there: the gradient rows' and dgk's
+            // blocks at its units, dh's and dc's units; the saved rows are only read.
             match sp.cell {
                 FusedCell::RnnTanh | FusedCell::RnnRelu => {
-                    let d = unsafe { cx.dh.at(b * p + j0, nj) };
-                    rnn_bwd(sp.cell == FusedCell::RnnTanh, &g[j0..j0 + nj], d, dg);
+                    let r = RnnBwdRow {
+                        tanh: sp.cell == FusedCell::RnnTanh,
+                        g: g[j0..j0 + nj].as_ptr(),
+                        dh: dh_units(),
+                        dx: to(cx.dgx)[0],
+                        copy: copy.map(|c| c[0]),
+                    };
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
                 FusedCell::Lstm => {
-                    let dm: &[f32] = if sp.proj {
-                        &dmk[b * nj..(b + 1) * nj]
-                    } else {
-                        unsafe { cx.dh.at(b * p + j0, nj) }
+                    let r = LstmBwdRow {
+                        g: [0, 1, 2, 3].map(|gi| g[gi * h + j0..gi * h + j0 + nj].as_ptr()),
+                        tc: sv.tc[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        cp: sv.cprev[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        dm: if sp.proj {
+                            dmk[b * nj..(b + 1) * nj].as_ptr()
+                        } else {
+                            dh_units()
+                        },
+                        dc: cx.dc.ptr_at(b * h + j0, nj),
+                        dx: to(cx.dgx),
+                        copy,
                     };
-                    let dc = unsafe { cx.dc.mut_at(b * h + j0, nj) };
-                    let tc = &sv.tc[row * h + j0..row * h + j0 + nj];
-                    let cp = &sv.cprev[row * h + j0..row * h + j0 + nj];
-                    lstm_bwd(g, j0, h, tc, cp, dm, dc, dg);
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
                 FusedCell::Gru => {
-                    let hp = &sv.hprev[row * p + j0..row * p + j0 + nj];
-                    let hnp = &sv.hnp[row * h + j0..row * h + j0 + nj];
-                    let d = unsafe { cx.dh.mut_at(b * p + j0, nj) };
-                    let dx = [0, 1, 2].map(|gi| unsafe { cx.dgx.mut_at(row * gh + gi * h + j0, nj) });
-                    gru_bwd(g, j0, h, hp, hnp, d, dg, dx);
+                    let r = GruBwdRow {
+                        g: [0, 1, 2].map(|gi| g[gi * h + j0..gi * h + j0 + nj].as_ptr()),
+                        hp: sv.hprev[row * p + j0..row * p + j0 + nj].as_ptr(),
+                        hnp: sv.hnp[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        dh: dh_units(),
+                        dx: to(cx.dgx),
+                        dprod: to(cx.dhh),
+                        copy,
+                    };
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
             }
-            // dG of this row's gate blocks: the gx gradient (RNN, LSTM) or the W_hh h
-            // product's (GRU; its gx gradient was written above).
-            let dst = if gru { cx.dhh } else { cx.dgx };
-            for gi in 0..ng {
-                unsafe { put(dst, row * gh + gi * h + j0, &dg[gi * nj..(gi + 1) * nj]) };
+        }
+        if team == 1 {
+            // dh_prev = dG @ W_hh straight into dh: over it for RNN/LSTM (whose dh was
+            // consumed above; rows of ended sequences keep theirs, so with lengths the live
+            // rows are zeroed and the product, zero for ended rows, added), added to GRU's
+            // direct path dh * z.
+            let acc = gru || sp.lengths.is_some();
+            if acc && !gru {
+                for b in 0..bsz {
+                    if sp.t_of(s, b).is_some() {
+                        unsafe { cx.dh.mut_at(b * p, p) }.fill(0.0);
+                    }
+                }
             }
+            let dh_all = unsafe { cx.dh.mut_at(0, bsz * p) };
+            if direct {
+                let t = if sp.reverse { t_len - 1 - s } else { s };
+                let rows = unsafe { dprod.at(t * bsz * gh, bsz * gh) };
+                super::sgemm_serial(bsz, p, gh, dh_all, p, 1, acc, rows, gh, 1, wk, p, 1);
+            } else {
+                super::sgemm_serial(bsz, p, gj, dh_all, p, 1, acc, &dgk, gj, 1, wk, p, 1);
+            }
+            continue;
         }
         let slot = (s % 2) * team;
         let part = unsafe { cx.partial.mut_at((slot + k) * bsz * p, bsz * p) };
@@ -843,86 +917,109 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
     }
 }
 
-/// RNN: dG = dh * act'(pre-activation), from the saved outputs `g`.
+/// Stores a gate gradient into its gradient row and, if any, the product's copy.
+///
+/// # Safety
+/// As [`Lanes::store`] for both places.
 #[inline(always)]
-fn rnn_bwd(tanh: bool, g: &[f32], dh: &[f32], dg: &mut [f32]) {
-    let n = dg.len();
-    let (g, dh) = (&g[..n], &dh[..n]);
-    for q in 0..n {
-        dg[q] = if tanh {
-            dh[q] * (1.0 - g[q] * g[q])
-        } else if g[q] > 0.0 {
-            dh[q]
+unsafe fn store2<L: Lanes>(l: L, to: *mut f32, copy: Option<*mut f32>, q: usize, v: L::V) {
+    l.store(to.add(q), v);
+    if let Some(c) = copy {
+        l.store(c.add(q), v);
+    }
+}
+
+/// One row of a thread's RNN backward: dG = dh * act'(pre-activation), from the saved
+/// outputs `g` (tanh: 1 − g², ReLU: g > 0).
+#[derive(Clone, Copy)]
+struct RnnBwdRow {
+    tanh: bool,
+    g: *const f32,
+    dh: *const f32,
+    dx: *mut f32,
+    copy: Option<*mut f32>,
+}
+
+impl LaneBody for RnnBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let (g, d) = (l.load(self.g.add(q)), l.load(self.dh.add(q)));
+        let one = l.splat(1.0);
+        let v = if self.tanh {
+            l.mul(d, l.sub(one, l.mul(g, g)))
         } else {
-            0.0
+            l.where_positive(g, d)
         };
+        store2(l, self.dx, self.copy, q, v);
     }
 }
 
-/// LSTM gate gradients of the thread's units into `dg` = [di df dg do]; `dc` becomes the
-/// gradient of the previous c. `g` is the whole saved gate row.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn lstm_bwd(g: &[f32], j0: usize, h: usize, tc: &[f32], cp: &[f32], dm: &[f32], dc: &mut [f32], dg: &mut [f32]) {
-    let nj = dc.len();
-    let (gi, gf) = (&g[j0..j0 + nj], &g[h + j0..h + j0 + nj]);
-    let (gg, go) = (&g[2 * h + j0..2 * h + j0 + nj], &g[3 * h + j0..3 * h + j0 + nj]);
-    let (tc, cp, dm) = (&tc[..nj], &cp[..nj], &dm[..nj]);
-    let (di, rest) = dg.split_at_mut(nj);
-    let (df, rest) = rest.split_at_mut(nj);
-    let (dgg, dout) = rest.split_at_mut(nj);
-    let dout = &mut dout[..nj];
-    for q in 0..nj {
-        let (i, f, gq, o) = (gi[q], gf[q], gg[q], go[q]);
-        let d_o = dm[q] * tc[q];
-        let dct = dc[q] + dm[q] * o * (1.0 - tc[q] * tc[q]);
-        di[q] = dct * gq * i * (1.0 - i);
-        df[q] = dct * cp[q] * f * (1.0 - f);
-        dgg[q] = dct * i * (1.0 - gq * gq);
-        dout[q] = d_o * o * (1.0 - o);
-        dc[q] = dct * f;
+/// One row of a thread's LSTM backward: the gate gradients [di df dg do] from the saved
+/// activations, tanh(c) and c before the step, dm (the gradient of o * tanh c); `dc`
+/// becomes the gradient of the previous c. Plain multiplies and adds in the order of the
+/// former scalar loop (no FMA), so every width gives the same bits as before.
+#[derive(Clone, Copy)]
+struct LstmBwdRow {
+    g: [*const f32; 4],
+    tc: *const f32,
+    cp: *const f32,
+    dm: *const f32,
+    dc: *mut f32,
+    dx: [*mut f32; 4],
+    copy: Option<[*mut f32; 4]>,
+}
+
+impl LaneBody for LstmBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let r = self;
+        let ld = |p: *const f32| l.load(p.add(q));
+        let (i, f, gq, o) = (ld(r.g[0]), ld(r.g[1]), ld(r.g[2]), ld(r.g[3]));
+        let (tc, cp, dm) = (ld(r.tc), ld(r.cp), ld(r.dm));
+        let one = l.splat(1.0);
+        let d_o = l.mul(dm, tc);
+        let dct = l.add(ld(r.dc), l.mul(l.mul(dm, o), l.sub(one, l.mul(tc, tc))));
+        let di = l.mul(l.mul(l.mul(dct, gq), i), l.sub(one, i));
+        let df = l.mul(l.mul(l.mul(dct, cp), f), l.sub(one, f));
+        let dg = l.mul(l.mul(dct, i), l.sub(one, l.mul(gq, gq)));
+        let dout = l.mul(l.mul(d_o, o), l.sub(one, o));
+        for (gi, v) in [di, df, dg, dout].into_iter().enumerate() {
+            store2(l, r.dx[gi], r.copy.map(|c| c[gi]), q, v);
+        }
+        l.store(r.dc.add(q), l.mul(dct, f));
     }
 }
 
-/// GRU gate gradients: the gx row's blocks get dr, dz, dn; `dg` (the W_hh h product's) gets
-/// [dr dz dn*r]; `dh` becomes its direct path dh * z (the product adds the rest).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gru_bwd(
-    g: &[f32],
-    j0: usize,
-    h: usize,
-    hp: &[f32],
-    hnp: &[f32],
-    dh: &mut [f32],
-    dg: &mut [f32],
-    dx: [&mut [f32]; 3],
-) {
-    let nj = dh.len();
-    let (gr, gz, gn) = (
-        &g[j0..j0 + nj],
-        &g[h + j0..h + j0 + nj],
-        &g[2 * h + j0..2 * h + j0 + nj],
-    );
-    let (hp, hnp) = (&hp[..nj], &hnp[..nj]);
-    let (dgr, rest) = dg.split_at_mut(nj);
-    let (dgz, dgn) = rest.split_at_mut(nj);
-    let dgn = &mut dgn[..nj];
-    let [dxr, dxz, dxn] = dx;
-    let (dxr, dxz, dxn) = (&mut dxr[..nj], &mut dxz[..nj], &mut dxn[..nj]);
-    for q in 0..nj {
-        let (r, z, n) = (gr[q], gz[q], gn[q]);
-        let d = dh[q];
-        let dan = d * (1.0 - z) * (1.0 - n * n);
-        let dar = dan * hnp[q] * r * (1.0 - r);
-        let daz = d * (hp[q] - n) * z * (1.0 - z);
-        dxr[q] = dar;
-        dxz[q] = daz;
-        dxn[q] = dan;
-        dgr[q] = dar;
-        dgz[q] = daz;
-        dgn[q] = dan * r;
-        dh[q] = d * z;
+/// One row of a thread's GRU backward: the gx row's blocks get dr, dz, dn; the W_hh h
+/// product's (`dprod`, and the copy) [dr dz dn*r]; `dh` becomes its direct path dh * z (the
+/// product adds the rest). No FMA, as [`LstmBwdRow`].
+#[derive(Clone, Copy)]
+struct GruBwdRow {
+    g: [*const f32; 3],
+    hp: *const f32,
+    hnp: *const f32,
+    dh: *mut f32,
+    dx: [*mut f32; 4],
+    dprod: [*mut f32; 4],
+    copy: Option<[*mut f32; 4]>,
+}
+
+impl LaneBody for GruBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let w = self;
+        let ld = |p: *const f32| l.load(p.add(q));
+        let (r, z, n) = (ld(w.g[0]), ld(w.g[1]), ld(w.g[2]));
+        let d = ld(w.dh);
+        let one = l.splat(1.0);
+        let dan = l.mul(l.mul(d, l.sub(one, z)), l.sub(one, l.mul(n, n)));
+        let dar = l.mul(l.mul(l.mul(dan, ld(w.hnp)), r), l.sub(one, r));
+        let daz = l.mul(l.mul(l.mul(d, l.sub(ld(w.hp), n)), z), l.sub(one, z));
+        for (gi, (x, pr)) in [(dar, dar), (daz, daz), (dan, l.mul(dan, r))].into_iter().enumerate() {
+            l.store(w.dx[gi].add(q), x);
+            store2(l, w.dprod[gi], w.copy.map(|c| c[gi]), q, pr);
+        }
+        l.store(w.dh.add(q), l.mul(d, z));
     }
 }
 
@@ -1039,7 +1136,8 @@ impl FusedRecurrence {
             vec![0f32; h]
         };
         let mut sv = Saved {
-            wp: pack_whh(&w[..gh * p], sp.cell.gates(), h, p, units),
+            // SAFETY: the team's threads write every block (`pack_block`).
+            wp: unsafe { super::uninit_f32(gh * p) },
             whr: whr.to_vec(),
             units,
             pcols,
@@ -1065,7 +1163,8 @@ impl FusedRecurrence {
         let mut h_b = vec![0f32; bsz * p];
         let mut c = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
         let mut m = vec![0f32; if sp.proj { bsz * h } else { 0 }];
-        let wpt = transpose_blocks(&sv.wp, sp.cell.gates(), p, units);
+        // SAFETY: as `wp`.
+        let mut wpt = unsafe { super::uninit_f32(gh * p) };
         let bar = SpinBarrier::new(units.n);
         {
             let cx = Fwd {
@@ -1073,7 +1172,9 @@ impl FusedRecurrence {
                 units,
                 pcols,
                 gx,
-                wpt: &wpt,
+                whh: &w[..gh * p],
+                wp: Shared::new(&mut sv.wp),
+                wpt: Shared::new(&mut wpt),
                 whr,
                 bhn: &bhn,
                 keep: self.keep,
@@ -1395,6 +1496,91 @@ mod tests {
                 let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(d <= 1e-6 * scale, "{cell:?}: {what} differs by {d} (scale {scale})");
                 assert!(b.iter().all(|v| v.is_finite()), "{cell:?}: {what} has NaN/inf");
+            }
+        }
+    }
+
+    /// The backward's gate rows (plain multiplies and adds, no FMA) give the same bits on
+    /// every vector width as on one lane, hence as the former scalar loops: inputs of 40
+    /// units (whole vectors plus a one-lane tail with AVX-512), ReLU's gate at outputs ≤ 0.
+    #[test]
+    fn backward_rows_are_bitwise_equal_across_widths() {
+        const N: usize = 40;
+        /// All outputs of the four cells' rows on the lanes of `l`, concatenated.
+        #[inline(always)]
+        fn rows<L: Lanes>(l: L) -> Vec<f32> {
+            let mut v = values(16 * N, 7, 1.0);
+            // Saved activations in (0, 1) (tanh outputs in (−1, 1)), some ReLU outputs 0.
+            for x in &mut v[..4 * N] {
+                *x = 0.5 + 0.49 * *x;
+            }
+            for x in v[12 * N..13 * N].iter_mut().step_by(3) {
+                *x = 0.0;
+            }
+            let mut out = vec![0f32; 40 * N];
+            let (inp, o) = (v.as_mut_ptr(), out.as_mut_ptr());
+            let blk = |base: *mut f32, k: usize| unsafe { base.add(k * N) };
+            let four = |base: *mut f32, k: usize| [0, 1, 2, 3].map(|g| blk(base, k + g));
+            // SAFETY: every block is N elements of `v` or `out`; blocks written are distinct.
+            unsafe {
+                let lstm = LstmBwdRow {
+                    g: four(inp, 0).map(|p| p as *const f32),
+                    tc: blk(inp, 4),
+                    cp: blk(inp, 5),
+                    dm: blk(inp, 6),
+                    dc: blk(inp, 7),
+                    dx: four(o, 0),
+                    copy: Some(four(o, 4)),
+                };
+                simd::for_each_lane(l, N, lstm);
+                let gru = GruBwdRow {
+                    g: [0, 1, 2].map(|g| blk(inp, g) as *const f32),
+                    hp: blk(inp, 8),
+                    hnp: blk(inp, 9),
+                    dh: blk(inp, 10),
+                    dx: four(o, 8),
+                    dprod: four(o, 12),
+                    copy: Some(four(o, 16)),
+                };
+                simd::for_each_lane(l, N, gru);
+                for (k, tanh) in [(20, true), (22, false)] {
+                    let rnn = RnnBwdRow {
+                        tanh,
+                        g: blk(inp, if tanh { 11 } else { 12 }),
+                        dh: blk(inp, 13),
+                        dx: blk(o, k),
+                        copy: Some(blk(o, k + 1)),
+                    };
+                    simd::for_each_lane(l, N, rnn);
+                }
+            }
+            // The rows' in-out operands (dc, GRU's dh) belong to the result too.
+            out.extend_from_slice(&v[7 * N..8 * N]);
+            out.extend_from_slice(&v[10 * N..11 * N]);
+            out
+        }
+        let scalar = rows(Scalar);
+        assert!(scalar.iter().all(|v| v.is_finite()));
+        assert!(scalar[22 * N..23 * N].iter().step_by(3).all(|v| *v == 0.0), "ReLU gate");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use simd::{Avx2Fma, Avx512};
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn wide(l: Avx512) -> Vec<f32> {
+                rows(l)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(l: Avx2Fma) -> Vec<f32> {
+                rows(l)
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            if let Some(l) = Avx512::detect() {
+                // SAFETY: the token proves the features.
+                assert_eq!(bits(&unsafe { wide(l) }), bits(&scalar), "AVX-512 rows");
+            }
+            if let Some(l) = Avx2Fma::detect() {
+                // SAFETY: as above.
+                assert_eq!(bits(&unsafe { avx2(l) }), bits(&scalar), "AVX2 rows");
             }
         }
     }
