@@ -159,6 +159,9 @@ pub struct FusedRecurrence {
     threads: usize,
     /// Tests: run the one-lane gate loops even where vector units exist.
     portable: bool,
+    /// The weight-gradient products on the calling thread only: one direction of a
+    /// [`FusedPair`], whose other direction runs beside it on the other thread.
+    serial_gemm: bool,
 }
 
 /// exp for f32 with ~1 ulp error, branch-free so that loops over it vectorise (libm's
@@ -1090,26 +1093,18 @@ impl FusedRecurrence {
             keep: true,
             threads,
             portable: false,
+            serial_gemm: false,
         })
     }
 
     /// Runs the op: returns `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)`.
     pub fn run(spec: FusedSpec, gx: &Tensor, state0: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
-        let lstm = spec.cell == FusedCell::Lstm;
-        let mut op = Self::new(spec)?;
+        let mut op = Self::new(spec.clone())?;
         op.keep = gx.track_op() || state0.track_op() || w.track_op();
         let res = gx
             .contiguous()?
             .apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
-        let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
-        let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
-        let cn = if lstm {
-            Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?)
-        } else {
-            None
-        };
-        Ok((out, hn, cn))
+        split_result(&spec, &res)
     }
 
     fn forward(&self, gx: &[f32], state0: &[f32], w: &[f32]) -> Result<Vec<f32>> {
@@ -1258,37 +1253,19 @@ impl FusedRecurrence {
         dw[whh_hr..].fill(0.0);
         let rows = t_len * bsz;
         let dgate_all: &[f32] = if gru { &dhh } else { &dgx };
+        // The pool's threads, unless a pair's other direction runs beside this one.
+        let sgemm = |m, n, k, dst: &mut [f32], dst_rs, a: &[f32], a_rs, a_cs, b: &[f32], b_rs, b_cs| {
+            if self.serial_gemm {
+                super::sgemm_serial(m, n, k, dst, dst_rs, 1, false, a, a_rs, a_cs, b, b_rs, b_cs)
+            } else {
+                sgemm(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs)
+            }
+        };
         // dW_hh = dG^T @ H_prev over all steps at once (GH × TB @ TB × P).
-        sgemm(
-            gh,
-            p,
-            rows,
-            &mut dw[..gh * p],
-            p,
-            false,
-            dgate_all,
-            1,
-            gh,
-            &sv.hprev,
-            p,
-            1,
-        );
+        sgemm(gh, p, rows, &mut dw[..gh * p], p, dgate_all, 1, gh, &sv.hprev, p, 1);
         if sp.proj {
             // dW_hr = dH^T @ M (P × TB @ TB × H).
-            sgemm(
-                p,
-                h,
-                rows,
-                &mut dw[gh * p..gh * p + p * h],
-                h,
-                false,
-                &dhs,
-                1,
-                p,
-                &sv.m,
-                h,
-                1,
-            );
+            sgemm(p, h, rows, &mut dw[gh * p..gh * p + p * h], h, &dhs, 1, p, &sv.m, h, 1);
         }
         if sp.gru_bhn {
             let off = dw.len() - h;
@@ -1344,6 +1321,197 @@ impl CustomOp3 for FusedRecurrence {
             Some(Tensor::from_vec(dw, arg3.shape(), dev)?),
         ))
     }
+}
+
+/// Both directions of a bidirectional layer as ONE op whose directions run at the same time,
+/// each on half of the threads (at 2 threads: one each, with no barrier and no split of the
+/// per-step products at all), forward and backward, where two [`FusedRecurrence`] ops would
+/// run one after the other, each direction's steps split over the team. Arguments: `gx` of
+/// the forward and of the reverse direction, then one flat `[state0, w]` of the forward
+/// direction followed by the reverse's (as [`FusedRecurrence`] takes them); result: the two
+/// directions' flat results, forward first. Each direction computes exactly what its own op
+/// would with that op's team.
+pub struct FusedPair {
+    ops: [FusedRecurrence; 2],
+}
+
+impl FusedPair {
+    /// The pair for a layer's two specs (forward, reverse), if running them side by side pays:
+    /// at least 2 threads outside a rayon worker and a problem the size a team would take
+    /// (see [`team_size`]); else `None` (run the two ops).
+    pub(crate) fn new(specs: [FusedSpec; 2]) -> Result<Option<Self>> {
+        let threads = rayon::current_num_threads();
+        let big = specs
+            .iter()
+            .all(|sp| sp.batch * sp.gh() * sp.out * sp.seq_len >= 1 << 22);
+        if threads < 2 || rayon::current_thread_index().is_some() || !big {
+            return Ok(None);
+        }
+        Self::with_threads(specs, threads).map(Some)
+    }
+
+    /// The pair with `threads` in all, half per direction.
+    fn with_threads(specs: [FusedSpec; 2], threads: usize) -> Result<Self> {
+        let [f, r] = specs;
+        let mut ops = [FusedRecurrence::new(f)?, FusedRecurrence::new(r)?];
+        for op in &mut ops {
+            op.threads = (threads / 2).max(1);
+            op.serial_gemm = op.threads == 1;
+        }
+        Ok(Self { ops })
+    }
+
+    /// Both directions of a layer: `(out, hn, cn)` of each, forward first, as
+    /// [`FusedRecurrence::run`] returns them; side by side where that pays ([`FusedPair::new`]).
+    pub fn run(
+        specs: [FusedSpec; 2],
+        gx: [&Tensor; 2],
+        state0: [&Tensor; 2],
+        w: [&Tensor; 2],
+    ) -> Result<[(Tensor, Tensor, Option<Tensor>); 2]> {
+        let Some(mut pair) = Self::new(specs.clone())? else {
+            let [sf, sr] = specs;
+            return Ok([
+                FusedRecurrence::run(sf, gx[0], state0[0], w[0])?,
+                FusedRecurrence::run(sr, gx[1], state0[1], w[1])?,
+            ]);
+        };
+        let keep = gx.iter().chain(&state0).chain(&w).any(|t| t.track_op());
+        for op in &mut pair.ops {
+            op.keep = keep;
+        }
+        let lens = pair.res_lens();
+        let rest = Tensor::cat(
+            &[state0[0], w[0], state0[1], w[1]]
+                .map(|t| t.flatten_all())
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?,
+            0,
+        )?;
+        let res = gx[0].contiguous()?.apply_op3(&gx[1].contiguous()?, &rest, pair)?;
+        let [sf, sr] = specs;
+        Ok([
+            split_result(&sf, &res.narrow(0, 0, lens[0])?)?,
+            split_result(&sr, &res.narrow(0, lens[0], lens[1])?)?,
+        ])
+    }
+
+    /// The length of each direction's flat result.
+    fn res_lens(&self) -> [usize; 2] {
+        self.ops.each_ref().map(|op| {
+            let sp = &op.spec;
+            sp.seq_len * sp.batch * sp.out + sp.state_len()
+        })
+    }
+
+    /// Each direction's `(state0, w)` in the flat third argument.
+    fn split_rest<'a>(&self, rest: &'a [f32]) -> Result<[(&'a [f32], &'a [f32]); 2]> {
+        let [a, b] = self.ops.each_ref().map(|op| (op.spec.state_len(), op.spec.w_len()));
+        if rest.len() != a.0 + a.1 + b.0 + b.1 {
+            bail!(
+                "fused recurrence pair: state and weights of {} values, expected {}",
+                rest.len(),
+                a.0 + a.1 + b.0 + b.1
+            );
+        }
+        let (st_f, rest) = rest.split_at(a.0);
+        let (w_f, rest) = rest.split_at(a.1);
+        let (st_r, w_r) = rest.split_at(b.0);
+        Ok([(st_f, w_f), (st_r, w_r)])
+    }
+
+    /// Runs `f` for both directions at the same time (the reverse on a scoped thread).
+    fn both<T: Send>(&self, f: impl Fn(&FusedRecurrence, usize) -> T + Sync) -> [T; 2] {
+        std::thread::scope(|s| {
+            let rev = s.spawn(|| f(&self.ops[1], 1));
+            let fwd = f(&self.ops[0], 0);
+            [fwd, rev.join().unwrap_or_else(|e| std::panic::resume_unwind(e))]
+        })
+    }
+
+    fn forward(&self, gx: [&[f32]; 2], rest: &[f32]) -> Result<Vec<f32>> {
+        let parts = self.split_rest(rest)?;
+        let [f, r] = self.both(|op, d| op.forward(gx[d], parts[d].0, parts[d].1));
+        let (f, r) = (f?, r?);
+        let mut res = Vec::with_capacity(f.len() + r.len());
+        res.extend_from_slice(&f);
+        res.extend_from_slice(&r);
+        Ok(res)
+    }
+
+    /// Returns (dgx of each direction, the gradient of the flat third argument).
+    fn backward(&self, gres: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let lens = self.res_lens();
+        if gres.len() != lens[0] + lens[1] {
+            bail!(
+                "fused recurrence pair: result gradient of {} values, expected {}",
+                gres.len(),
+                lens[0] + lens[1]
+            );
+        }
+        let (g_f, g_r) = gres.split_at(lens[0]);
+        let [f, r] = self.both(|op, d| op.backward(if d == 0 { g_f } else { g_r }));
+        let ((dgx_f, dst_f, dw_f), (dgx_r, dst_r, dw_r)) = (f?, r?);
+        let rest = [dst_f, dw_f, dst_r, dw_r].concat();
+        Ok((dgx_f, dgx_r, rest))
+    }
+}
+
+impl CustomOp3 for FusedPair {
+    fn name(&self) -> &'static str {
+        "seqlab-fused-recurrence-pair"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let gx_f = super::contiguous_f32("fused recurrence pair", "gx", s1, l1)?;
+        let gx_r = super::contiguous_f32("fused recurrence pair", "gx (reverse)", s2, l2)?;
+        let rest = super::contiguous_f32("fused recurrence pair", "states and weights", s3, l3)?;
+        let res = self.forward([gx_f, gx_r], rest)?;
+        let n = res.len();
+        Ok((CpuStorage::F32(res), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        arg3: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let (dgx_f, dgx_r, drest) = self.backward(&g)?;
+        let dev = arg1.device();
+        Ok((
+            Some(Tensor::from_vec(dgx_f, arg1.shape(), dev)?),
+            Some(Tensor::from_vec(dgx_r, arg2.shape(), dev)?),
+            Some(Tensor::from_vec(drest, arg3.shape(), dev)?),
+        ))
+    }
+}
+
+/// `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)` of one direction's flat result.
+fn split_result(spec: &FusedSpec, res: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
+    let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
+    let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
+    let cn = if spec.cell == FusedCell::Lstm {
+        Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?)
+    } else {
+        None
+    };
+    Ok((out, hn, cn))
 }
 
 #[cfg(test)]
@@ -1581,6 +1749,40 @@ mod tests {
             if let Some(l) = Avx2Fma::detect() {
                 // SAFETY: as above.
                 assert_eq!(bits(&unsafe { avx2(l) }), bits(&scalar), "AVX2 rows");
+            }
+        }
+    }
+
+    /// A bidirectional layer's pair, its directions side by side on one thread each,
+    /// computes bit for bit what the two directions' ops compute one after the other on one
+    /// thread each: results, gate-input gradients, state and weight gradients, for every cell
+    /// with and without lengths.
+    #[test]
+    fn pair_matches_two_ops() {
+        for (ci, cell) in CELLS.into_iter().enumerate() {
+            for lengths in [None, Some(vec![5, 2, 4])] {
+                let cases = [false, true]
+                    .map(|rev| Case::new(cell, 5, rev, lengths.clone(), 300 + ci as u64 * 10 + rev as u64, 1.0));
+                let pair = FusedPair::with_threads([0, 1].map(|d| cases[d].spec.clone()), 2).unwrap();
+                assert!(pair.ops.iter().all(|op| op.threads == 1 && op.serial_gemm));
+                let rest = [&cases[0].st, &cases[0].w, &cases[1].st, &cases[1].w]
+                    .map(|v| v.as_slice())
+                    .concat();
+                let res = pair.forward([&cases[0].gx, &cases[1].gx], &rest).unwrap();
+                let gres = [&cases[0].gres, &cases[1].gres].map(|v| v.as_slice()).concat();
+                let (dgx_f, dgx_r, drest) = pair.backward(&gres).unwrap();
+                let [one_f, one_r] = [0, 1].map(|d| cases[d].run(1, false));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let want_res = [one_f[0].as_slice(), &one_r[0]].concat();
+                let want_rest = [one_f[2].as_slice(), &one_f[3], &one_r[2], &one_r[3]].concat();
+                for (what, got, want) in [
+                    ("res", &res, &want_res),
+                    ("dgx forward", &dgx_f, &one_f[1]),
+                    ("dgx reverse", &dgx_r, &one_r[1]),
+                    ("dstate, dw", &drest, &want_rest),
+                ] {
+                    assert_eq!(bits(got), bits(want), "{cell:?} lengths {lengths:?}: {what}");
+                }
             }
         }
     }
