@@ -1007,27 +1007,55 @@ mod tests {
         assert!(d < 1e-6, "{d}");
     }
 
+    /// Runs `f` on the fused and on the composed path; their tensors must agree within
+    /// 2e-5 of each one's largest magnitude (at least 1).
+    fn fused_matches_composed(f: impl Fn() -> Vec<Tensor>) {
+        let fused = crate::ops::with_path(crate::ops::Path::Fused, &f);
+        let composed = crate::ops::with_path(crate::ops::Path::Composed, &f);
+        assert_eq!(fused.len(), composed.len());
+        for (i, (a, c)) in fused.iter().zip(&composed).enumerate() {
+            let scale = c.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
+            let d = crate::testing::max_abs_diff(a, c);
+            assert!(d < 2e-5 * scale, "tensor {i} differs by {d} (scale {scale})");
+        }
+    }
+
+    /// Outputs, final states and every parameter's gradient of `loss(out, hn, cn)`.
+    fn with_grads(vs: &VarStore, out: Tensor, hn: Tensor, cn: Option<Tensor>, probe: &Tensor) -> Vec<Tensor> {
+        let mut loss = ((&out * probe).unwrap().sum_all().unwrap() + hn.sum_all().unwrap()).unwrap();
+        if let Some(cn) = cn {
+            loss = (loss + cn.sqr().unwrap().sum_all().unwrap()).unwrap();
+        }
+        let g = loss.backward().unwrap();
+        let mut all = vec![out, hn];
+        all.extend(vs.trainable().iter().map(|(_, v)| g.get(v).unwrap().clone()));
+        all
+    }
+
     /// A bidirectional layer big enough for its directions to run side by side
     /// ([`FusedPair`], with 2 or more threads) gives what the composed path gives: outputs,
-    /// final states and every parameter's gradient, with lengths.
+    /// final states and every parameter's gradient, with lengths. P 136 and G·H 640: the
+    /// per-step products run over several weight panels (2 backward, 5 forward).
     #[test]
     fn bidirectional_pair_matches_composed() {
         let vs = VarStore::new(3, &Device::Cpu);
+        let (h, p) = (160, 136);
         let cfg = RecurrentConfig {
             num_layers: 2,
             bidirectional: true,
-            proj_size: 48,
-            ..RecurrentConfig::new(8, 64)
+            proj_size: p,
+            ..RecurrentConfig::new(8, h)
         };
         let m = Lstm::new(&cfg, &vs).unwrap();
-        let (t, b) = (96, 4);
-        let lengths = [96, 40, 95, 9];
+        let (t, b) = (48, 4);
+        let lengths = [48, 20, 47, 9];
         let spec = |reverse| FusedSpec {
             cell: FusedCell::Lstm,
             seq_len: t,
             batch: b,
-            hidden: 64,
-            out: 48,
+            hidden: h,
+            out: p,
             proj: true,
             gru_bhn: false,
             reverse,
@@ -1040,34 +1068,32 @@ mod tests {
             );
         }
         let x = input((t, b, 8));
-        let probe = SeqRng::new(9).normal((t, b, 96), 0.0, 1.0, &Device::Cpu).unwrap();
-        let run = |path| {
-            crate::ops::with_path(path, || {
-                let (out, hn, cn) = m.forward(&x, None, Some(&lengths), true).unwrap();
-                let loss = ((&out * &probe).unwrap().sum_all().unwrap()
-                    + hn.sum_all().unwrap()
-                    + cn.sqr().unwrap().sum_all().unwrap())
-                .unwrap();
-                let g = loss.backward().unwrap();
-                let mut all = vec![out, hn];
-                all.extend(vs.trainable().iter().map(|(_, v)| g.get(v).unwrap().clone()));
-                all
-            })
-        };
-        let (fused, composed) = (run(crate::ops::Path::Fused), run(crate::ops::Path::Composed));
-        for (a, c) in fused.iter().zip(&composed) {
-            let scale = c
-                .abs()
-                .unwrap()
-                .max_keepdim(0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap();
-            let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
-            let d = crate::testing::max_abs_diff(a, c);
-            assert!(d < 2e-5 * scale, "differs by {d} (scale {scale})");
-        }
+        let probe = SeqRng::new(9).normal((t, b, 2 * p), 0.0, 1.0, &Device::Cpu).unwrap();
+        fused_matches_composed(|| {
+            let (out, hn, cn) = m.forward(&x, None, Some(&lengths), true).unwrap();
+            with_grads(&vs, out, hn, Some(cn), &probe)
+        });
+    }
+
+    /// A unidirectional GRU over several weight panels (P 160, G·H 480; a team of threads
+    /// where there are 2), without lengths (the backward reads dG in place at one thread):
+    /// the fused path gives what the composed path gives.
+    #[test]
+    fn gru_over_several_panels_matches_composed() {
+        let vs = VarStore::new(4, &Device::Cpu);
+        let m = Gru::new(
+            &RecurrentConfig {
+                num_layers: 2,
+                ..RecurrentConfig::new(8, 160)
+            },
+            &vs,
+        )
+        .unwrap();
+        let x = input((24, 6, 8));
+        let probe = SeqRng::new(10).normal((24, 6, 160), 0.0, 1.0, &Device::Cpu).unwrap();
+        fused_matches_composed(|| {
+            let (out, hn) = m.forward(&x, None, None, true).unwrap();
+            with_grads(&vs, out, hn, None, &probe)
+        });
     }
 }

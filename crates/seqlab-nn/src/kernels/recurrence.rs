@@ -358,17 +358,26 @@ impl Shared {
     }
 }
 
-/// Rows of W_hh per panel of the forward's per-step product ([`pack_block`]).
+/// Rows (forward) or columns (backward) of W_hh per panel of the per-step products
+/// ([`pack_block`]).
 const PANEL: usize = 128;
 
-/// Thread `k`'s block of W_hh (G·H × P), in the two layouts its per-step products read:
-/// `wp` its rows — every gate of its units, gate-major — as one contiguous row-major block
-/// (the backward's dG_k @ W_k), `wpt` the same rows in panels of [`PANEL`] rows, each panel
-/// column-major and contiguous (the forward's product, one `gemm` per panel, see
-/// [`fwd_body`]). Each thread packs its own block at the start of the forward (it was a
-/// serial copy and transposition of the whole weight before the team started), the
-/// transposition in 16 × 16 tiles: element by element it wrote one cache line per element
-/// at a stride of G·H floats.
+/// Thread `k`'s block W_k of W_hh (its rows: every gate of its units, gate-major; G·nj × P),
+/// in the two layouts its per-step products read, each in contiguous panels, one `gemm` per
+/// panel: `wpt` panels of [`PANEL`] rows, each column-major (the forward's W_k @ hᵀ, see
+/// [`fwd_body`]), `wp` panels of [`PANEL`] columns, each row-major (the backward's dG_k @
+/// W_k, [`times_wk`]). Read in place as one block, the weights strided by G·H (forward) or
+/// P floats (backward) from one k to the next, each k in another page at H 512, and gemm
+/// re-reads them for every 6 columns of the small operand. Products of these shapes on
+/// the (loaded) development machine, interleaved in one process, median of 2000 calls each:
+/// 2048 × 32 × 512 with row panels 1.18-1.24× the one block's rate (1024 rows: 1.10×),
+/// 32 × 2048 × 512 with column panels 1.03-1.10×. The forward's panels give the same bits;
+/// the backward's give gemm's summation in another order at some widths (checked against
+/// the one-block code: same bits at P 128 and 200, the last bits of the gradients differ at
+/// P 320; the composed path agrees, tests `*_matches_composed`). Each thread packs its own
+/// block at the start of the forward (it was a serial copy and transposition of the whole
+/// weight before the team started), in 16 × 16 tiles (element by element the
+/// transposition wrote a cache line per element).
 fn pack_block(
     whh: &[f32],
     gates: usize,
@@ -380,8 +389,14 @@ fn pack_block(
 ) {
     let rows = gates * nj;
     assert!(wp.len() == rows * p && wpt.len() == rows * p && whh.len() == gates * h * p && j0 + nj <= h);
-    for g in 0..gates {
-        wp[g * nj * p..(g + 1) * nj * p].copy_from_slice(&whh[(g * h + j0) * p..(g * h + j0 + nj) * p]);
+    // Row r of W_k.
+    let w = |r: usize| &whh[((r / nj) * h + j0 + r % nj) * p..][..p];
+    for c0 in (0..p).step_by(PANEL) {
+        let pc = PANEL.min(p - c0);
+        let panel = &mut wp[rows * c0..rows * (c0 + pc)];
+        for r in 0..rows {
+            panel[r * pc..(r + 1) * pc].copy_from_slice(&w(r)[c0..c0 + pc]);
+        }
     }
     const TILE: usize = 16;
     for q0 in (0..rows).step_by(PANEL) {
@@ -390,12 +405,24 @@ fn pack_block(
         for r0 in (0..pr).step_by(TILE) {
             for c0 in (0..p).step_by(TILE) {
                 for r in r0..(r0 + TILE).min(pr) {
+                    let row = w(q0 + r);
                     for c in c0..(c0 + TILE).min(p) {
-                        panel[c * pr + r] = wp[(q0 + r) * p + c];
+                        panel[c * pr + r] = row[c];
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst` (B × P, row-major) = [`dst` +] `a` (B × kdim, row stride `a_rs`) @ W_k (kdim × P,
+/// [`pack_block`]'s column panels `wk`), one `gemm` per panel on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn times_wk(bsz: usize, p: usize, kdim: usize, dst: &mut [f32], acc: bool, a: &[f32], a_rs: usize, wk: &[f32]) {
+    for c0 in (0..p).step_by(PANEL) {
+        let pc = PANEL.min(p - c0);
+        let panel = &wk[kdim * c0..kdim * (c0 + pc)];
+        super::sgemm_serial(bsz, pc, kdim, &mut dst[c0..], p, 1, acc, a, a_rs, 1, panel, pc, 1);
     }
 }
 
@@ -470,12 +497,7 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
         // row-major it gathered the whole weight block element by element on every step
         // (callgrind, 2-layer LSTM H 512, 8 steps: 402M of the forward's 721M instructions).
         // From `wpt` (W_k column-major) it reads the weights in place, one panel of rows per
-        // call: a whole column-major block read in place strides by G·H floats (8 KB at
-        // H 512) from one k to the next, each in another page, and gemm re-reads it for
-        // every 6 columns of hᵀ. Panels of 128 rows, contiguous: 2048 × 32 × 512 products
-        // interleaved with the one-block call in one process on the (loaded) development
-        // machine, median of 2000 calls each, 1.18-1.24× the block's rate (1024 rows:
-        // 1.10×); same bits (gemm's k blocking does not depend on m).
+        // call ([`pack_block`] says why panels).
         for q0 in (0..gj).step_by(PANEL) {
             let pr = PANEL.min(gj - q0);
             let panel = &wkt[q0 * p..(q0 + pr) * p];
@@ -907,9 +929,9 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, l: L) {
             if direct {
                 let t = if sp.reverse { t_len - 1 - s } else { s };
                 let rows = unsafe { dprod.at(t * bsz * gh, bsz * gh) };
-                super::sgemm_serial(bsz, p, gh, dh_all, p, 1, acc, rows, gh, 1, wk, p, 1);
+                times_wk(bsz, p, gh, dh_all, acc, rows, gh, wk);
             } else {
-                super::sgemm_serial(bsz, p, gj, dh_all, p, 1, acc, &dgk, gj, 1, wk, p, 1);
+                times_wk(bsz, p, gj, dh_all, acc, &dgk, gj, wk);
             }
             continue;
         }
@@ -917,7 +939,7 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, l: L) {
         let part = unsafe { cx.partial.mut_at((slot + k) * bsz * p, bsz * p) };
         // (Tried: dG_k transposed first, so that gemm's packing of it copies contiguous
         // runs: callgrind counted 5 % more instructions in the backward's loop, so no.)
-        super::sgemm_serial(bsz, p, gj, part, p, 1, false, &dgk, gj, 1, wk, p, 1);
+        times_wk(bsz, p, gj, part, false, &dgk, gj, wk);
         cx.bar.wait();
         for b in 0..bsz {
             if sp.t_of(s, b).is_none() {
