@@ -1319,49 +1319,63 @@ impl FusedRecurrence {
     }
 }
 
-impl CustomOp3 for FusedRecurrence {
-    fn name(&self) -> &'static str {
-        "seqlab-fused-recurrence"
-    }
+/// The `CustomOp3` of a fused op over three flat f32 arguments: its `forward(a1, a2, a3)`
+/// returns the flat result, its `backward(result gradient)` the three arguments' gradients;
+/// `$op` names it in errors.
+macro_rules! flat_op3 {
+    ($ty:ty, $name:literal, $op:literal, [$w1:literal, $w2:literal, $w3:literal]) => {
+        impl CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let gx = super::contiguous_f32("fused recurrence", "gx", s1, l1)?;
-        let st = super::contiguous_f32("fused recurrence", "state0", s2, l2)?;
-        let w = super::contiguous_f32("fused recurrence", "weights", s3, l3)?;
-        let res = self.forward(gx, st, w)?;
-        let n = res.len();
-        Ok((CpuStorage::F32(res), Shape::from(n)))
-    }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let a1 = super::contiguous_f32($op, $w1, s1, l1)?;
+                let a2 = super::contiguous_f32($op, $w2, s2, l2)?;
+                let a3 = super::contiguous_f32($op, $w3, s3, l3)?;
+                let res = self.forward(a1, a2, a3)?;
+                let n = res.len();
+                Ok((CpuStorage::F32(res), Shape::from(n)))
+            }
 
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        arg3: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad_res
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        let (dgx, dst, dw) = self.backward(&g)?;
-        let dev = arg1.device();
-        Ok((
-            Some(Tensor::from_vec(dgx, arg1.shape(), dev)?),
-            Some(Tensor::from_vec(dst, arg2.shape(), dev)?),
-            Some(Tensor::from_vec(dw, arg3.shape(), dev)?),
-        ))
-    }
+            fn bwd(
+                &self,
+                arg1: &Tensor,
+                arg2: &Tensor,
+                arg3: &Tensor,
+                _res: &Tensor,
+                grad_res: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let g = grad_res
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let (d1, d2, d3) = self.backward(&g)?;
+                let dev = arg1.device();
+                Ok((
+                    Some(Tensor::from_vec(d1, arg1.shape(), dev)?),
+                    Some(Tensor::from_vec(d2, arg2.shape(), dev)?),
+                    Some(Tensor::from_vec(d3, arg3.shape(), dev)?),
+                ))
+            }
+        }
+    };
 }
+
+flat_op3!(
+    FusedRecurrence,
+    "seqlab-fused-recurrence",
+    "fused recurrence",
+    ["gx", "state0", "weights"]
+);
 
 /// Both directions of a bidirectional layer as ONE op whose directions run at the same time,
 /// each on half of the threads (at 2 threads: one each, with no barrier and no split of the
@@ -1469,8 +1483,9 @@ impl FusedPair {
         })
     }
 
-    fn forward(&self, gx: [&[f32]; 2], rest: &[f32]) -> Result<Vec<f32>> {
+    fn forward(&self, gx_f: &[f32], gx_r: &[f32], rest: &[f32]) -> Result<Vec<f32>> {
         let parts = self.split_rest(rest)?;
+        let gx = [gx_f, gx_r];
         let [f, r] = self.both(|op, d| op.forward(gx[d], parts[d].0, parts[d].1));
         let (f, r) = (f?, r?);
         let mut res = Vec::with_capacity(f.len() + r.len());
@@ -1497,49 +1512,12 @@ impl FusedPair {
     }
 }
 
-impl CustomOp3 for FusedPair {
-    fn name(&self) -> &'static str {
-        "seqlab-fused-recurrence-pair"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let gx_f = super::contiguous_f32("fused recurrence pair", "gx", s1, l1)?;
-        let gx_r = super::contiguous_f32("fused recurrence pair", "gx (reverse)", s2, l2)?;
-        let rest = super::contiguous_f32("fused recurrence pair", "states and weights", s3, l3)?;
-        let res = self.forward([gx_f, gx_r], rest)?;
-        let n = res.len();
-        Ok((CpuStorage::F32(res), Shape::from(n)))
-    }
-
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        arg3: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad_res
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        let (dgx_f, dgx_r, drest) = self.backward(&g)?;
-        let dev = arg1.device();
-        Ok((
-            Some(Tensor::from_vec(dgx_f, arg1.shape(), dev)?),
-            Some(Tensor::from_vec(dgx_r, arg2.shape(), dev)?),
-            Some(Tensor::from_vec(drest, arg3.shape(), dev)?),
-        ))
-    }
-}
+flat_op3!(
+    FusedPair,
+    "seqlab-fused-recurrence-pair",
+    "fused recurrence pair",
+    ["gx", "gx (reverse)", "states and weights"]
+);
 
 /// `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)` of one direction's flat result.
 fn split_result(spec: &FusedSpec, res: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
@@ -1808,7 +1786,7 @@ mod tests {
                 let rest = [&cases[0].st, &cases[0].w, &cases[1].st, &cases[1].w]
                     .map(|v| v.as_slice())
                     .concat();
-                let res = pair.forward([&cases[0].gx, &cases[1].gx], &rest).unwrap();
+                let res = pair.forward(&cases[0].gx, &cases[1].gx, &rest).unwrap();
                 let gres = [&cases[0].gres, &cases[1].gres].map(|v| v.as_slice()).concat();
                 let (dgx_f, dgx_r, drest) = pair.backward(&gres).unwrap();
                 let [one_f, one_r] = [0, 1].map(|d| cases[d].run(1, false));
