@@ -1265,7 +1265,9 @@ impl FusedRecurrence {
             vec![]
         };
         let team_n = sv.units.n;
-        let mut partial = vec![0f32; 2 * team_n * bsz * p];
+        // SAFETY: each partial is written whole by its thread's product before the barrier
+        // after which it is read; a team of one multiplies into dh and has none.
+        let mut partial = unsafe { super::uninit_f32(if team_n > 1 { 2 * team_n * bsz * p } else { 0 }) };
         let bar = SpinBarrier::new(team_n);
         {
             let cx = Bwd {
