@@ -12,7 +12,7 @@
 //! at its own last valid step — what PyTorch gives with `pack_padded_sequence(x, lengths,
 //! enforce_sorted=False)` → RNN → `pad_packed_sequence(total_length=T)`.
 
-use crate::kernels::recurrence::{FusedCell, FusedRecurrence, FusedSpec};
+use crate::kernels::recurrence::{FusedCell, FusedPair, FusedRecurrence, FusedSpec};
 use crate::{Dropout, Init, Linear, LinearConfig, VarStore};
 use candle_core::{bail, DType, Result, Tensor};
 
@@ -257,9 +257,7 @@ impl Stack {
         let (mut hns, mut cns) = (Vec::new(), Vec::new());
         for (l, dparams) in self.layers.iter().enumerate() {
             let mut outs = Vec::new();
-            for (d, prm) in dparams.iter().enumerate() {
-                let idx = l * cfg.directions() + d;
-                let (out, hn, cn) = self.run_direction(prm, &layer_in, &state0, idx, d == 1, lengths)?;
+            for (out, hn, cn) in self.run_layer(dparams, &layer_in, &state0, l, lengths)? {
                 outs.push(out);
                 hns.push(hn);
                 cns.extend(cn);
@@ -344,9 +342,40 @@ impl Stack {
         Ok(x)
     }
 
+    /// Layer `l`, every direction: `(out (T, B, H_out), hn, cn)` of each, forward first. A
+    /// bidirectional layer on the fused path runs its directions as one [`FusedPair`] (side by
+    /// side on the threads where that pays).
+    fn run_layer(
+        &self,
+        dparams: &[DirParams],
+        layer_in: &Tensor,
+        state0: &InitialState,
+        l: usize,
+        lengths: Option<&[usize]>,
+    ) -> Result<Vec<(Tensor, Tensor, Option<Tensor>)>> {
+        let args = dparams
+            .iter()
+            .enumerate()
+            .map(|(d, prm)| self.direction_args(prm, layer_in, state0, l * dparams.len() + d, d == 1, lengths))
+            .collect::<Result<Vec<_>>>()?;
+        let fused = crate::ops::use_fused(&args[0].1);
+        if let ([(sf, gf, stf, wf), (sr, gr, str_, wr)], true) = (&args[..], fused) {
+            return Ok(FusedPair::run([sf.clone(), sr.clone()], [gf, gr], [stf, str_], [wf, wr])?.into());
+        }
+        args.into_iter()
+            .map(|(spec, gx, st, w)| {
+                if fused {
+                    FusedRecurrence::run(spec, &gx, &st, &w)
+                } else {
+                    recurrence_composed(&spec, &gx, &st, &w)
+                }
+            })
+            .collect()
+    }
+
     /// One layer and direction (`idx` = layer·D + direction): the input projection over all
-    /// steps (candle ops), then the fused recurrence. Returns out (T, B, H_out), hn, cn.
-    fn run_direction(
+    /// steps, and the recurrence's spec, flat initial state and weights.
+    fn direction_args(
         &self,
         prm: &DirParams,
         layer_in: &Tensor,
@@ -354,7 +383,7 @@ impl Stack {
         idx: usize,
         reverse: bool,
         lengths: Option<&[usize]>,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    ) -> Result<(FusedSpec, Tensor, Tensor, Tensor)> {
         let (t_len, bsz, _) = layer_in.dims3()?;
         let (bias_x, b_hn) = self.split_biases(prm, layer_in.device())?;
         // The fused linear op: one gemm plus a bias pass, and a backward that is two gemms
@@ -374,11 +403,7 @@ impl Stack {
             reverse,
             lengths: lengths.map(|l| l.to_vec()),
         };
-        if crate::ops::use_fused(&gx) {
-            FusedRecurrence::run(spec, &gx, &state0, &w)
-        } else {
-            recurrence_composed(&spec, &gx, &state0, &w)
-        }
+        Ok((spec, gx, state0, w))
     }
 
     /// The bias that joins the input projection, and GRU's `b_hn`. Bias terms that merely
@@ -980,5 +1005,95 @@ mod tests {
         assert!(d < 1e-6, "{d}");
         let d = crate::testing::max_abs_diff(&hn.narrow(1, 1, 1).unwrap(), &hn1);
         assert!(d < 1e-6, "{d}");
+    }
+
+    /// Runs `f` on the fused and on the composed path; their tensors must agree within
+    /// 2e-5 of each one's largest magnitude (at least 1).
+    fn fused_matches_composed(f: impl Fn() -> Vec<Tensor>) {
+        let fused = crate::ops::with_path(crate::ops::Path::Fused, &f);
+        let composed = crate::ops::with_path(crate::ops::Path::Composed, &f);
+        assert_eq!(fused.len(), composed.len());
+        for (i, (a, c)) in fused.iter().zip(&composed).enumerate() {
+            let scale = c.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
+            let d = crate::testing::max_abs_diff(a, c);
+            assert!(d < 2e-5 * scale, "tensor {i} differs by {d} (scale {scale})");
+        }
+    }
+
+    /// Outputs, final states and every parameter's gradient of `loss(out, hn, cn)`.
+    fn with_grads(vs: &VarStore, out: Tensor, hn: Tensor, cn: Option<Tensor>, probe: &Tensor) -> Vec<Tensor> {
+        let mut loss = ((&out * probe).unwrap().sum_all().unwrap() + hn.sum_all().unwrap()).unwrap();
+        if let Some(cn) = cn {
+            loss = (loss + cn.sqr().unwrap().sum_all().unwrap()).unwrap();
+        }
+        let g = loss.backward().unwrap();
+        let mut all = vec![out, hn];
+        all.extend(vs.trainable().iter().map(|(_, v)| g.get(v).unwrap().clone()));
+        all
+    }
+
+    /// A bidirectional layer big enough for its directions to run side by side
+    /// ([`FusedPair`], with 2 or more threads) gives what the composed path gives: outputs,
+    /// final states and every parameter's gradient, with lengths. P 136 and G·H 640: the
+    /// per-step products run over several weight panels (2 backward, 5 forward).
+    #[test]
+    fn bidirectional_pair_matches_composed() {
+        let vs = VarStore::new(3, &Device::Cpu);
+        let (h, p) = (160, 136);
+        let cfg = RecurrentConfig {
+            num_layers: 2,
+            bidirectional: true,
+            proj_size: p,
+            ..RecurrentConfig::new(8, h)
+        };
+        let m = Lstm::new(&cfg, &vs).unwrap();
+        let (t, b) = (48, 4);
+        let lengths = [48, 20, 47, 9];
+        let spec = |reverse| FusedSpec {
+            cell: FusedCell::Lstm,
+            seq_len: t,
+            batch: b,
+            hidden: h,
+            out: p,
+            proj: true,
+            gru_bhn: false,
+            reverse,
+            lengths: Some(lengths.to_vec()),
+        };
+        if rayon::current_num_threads() >= 2 {
+            assert!(
+                FusedPair::new([spec(false), spec(true)]).unwrap().is_some(),
+                "the pair is not used"
+            );
+        }
+        let x = input((t, b, 8));
+        let probe = SeqRng::new(9).normal((t, b, 2 * p), 0.0, 1.0, &Device::Cpu).unwrap();
+        fused_matches_composed(|| {
+            let (out, hn, cn) = m.forward(&x, None, Some(&lengths), true).unwrap();
+            with_grads(&vs, out, hn, Some(cn), &probe)
+        });
+    }
+
+    /// A unidirectional GRU over several weight panels (P 160, G·H 480; a team of threads
+    /// where there are 2), without lengths (the backward reads dG in place at one thread):
+    /// the fused path gives what the composed path gives.
+    #[test]
+    fn gru_over_several_panels_matches_composed() {
+        let vs = VarStore::new(4, &Device::Cpu);
+        let m = Gru::new(
+            &RecurrentConfig {
+                num_layers: 2,
+                ..RecurrentConfig::new(8, 160)
+            },
+            &vs,
+        )
+        .unwrap();
+        let x = input((24, 6, 8));
+        let probe = SeqRng::new(10).normal((24, 6, 160), 0.0, 1.0, &Device::Cpu).unwrap();
+        fused_matches_composed(|| {
+            let (out, hn) = m.forward(&x, None, None, true).unwrap();
+            with_grads(&vs, out, hn, None, &probe)
+        });
     }
 }

@@ -4,20 +4,23 @@
 //! nodes, thread dispatch) than in arithmetic, so the step loop runs here on plain slices.
 //! It runs on a team of threads (one per rayon thread, for problems big enough), each owning a
 //! contiguous block of the cell's units: per step, one `gemm` of h with its rows of W_hh
-//! (packed contiguous once per call, and a column-major copy of the block for the forward, so
-//! that `gemm` does not repack the weights on every step), then its units' fused gate
-//! nonlinearities and state update, then a barrier. The forward keeps the gate activations; the backward (BPTT) runs
-//! the same way, each thread producing its part of dh_prev, plus a single large `gemm` at the
-//! end for `dW_hh` (and `dW_hr`). The thread bodies are compiled for AVX-512 or AVX2 and
-//! chosen at run time, since the crate itself targets baseline x86-64; the forward's gate
-//! loops are written with [`simd::Lanes`] (16, 8 or 1 lanes, one source), since the compiler
-//! left them scalar even in the AVX-512 build.
+//! (which each thread packs contiguous once per call, and a column-major copy of the block for
+//! the forward, so that `gemm` does not repack the weights on every step), then its units'
+//! fused gate nonlinearities and state update, then a barrier. The forward keeps the gate
+//! activations; the backward (BPTT) runs the same way, each thread producing its part of
+//! dh_prev (a team of one straight into dh), and the weight gradients are single large
+//! `gemm`s over all steps at the end (`dW_hh`, `dW_hr`; `dW_ih` is the input projection's
+//! backward). The thread bodies are compiled for AVX-512 or AVX2 and chosen at run time,
+//! since the crate itself targets baseline x86-64; the gate loops, forward and backward, are
+//! [`LaneBody`] rows run by [`simd::for_each_lane`] (16, 8 or 1 lanes, one source), since the
+//! compiler left the forward's scalar even in the AVX-512 build. The backward's rows use no
+//! FMA, so their results are bitwise those of the former scalar loops on every width.
 //!
 //! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one fused linear op over
 //! all time steps ([`super::linear`]), done by the caller, and its result `gx` enters here.
 
 use super::sgemm;
-use super::simd::{self, Lanes, Scalar};
+use super::simd::{self, LaneBody, Lanes, Scalar};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -123,7 +126,7 @@ fn rows_buffer(sp: &FusedSpec, n: usize) -> Vec<f32> {
 /// steps past a sequence's end stay zero ([`rows_buffer`]).
 #[derive(Default)]
 struct Saved {
-    /// W_hh with its rows regrouped per thread of the team (see [`pack_whh`]).
+    /// W_hh with its rows regrouped per thread of the team (see [`pack_block`]).
     wp: Vec<f32>,
     /// W_hr (P, H) of a projected LSTM.
     whr: Vec<f32>,
@@ -156,6 +159,9 @@ pub struct FusedRecurrence {
     threads: usize,
     /// Tests: run the one-lane gate loops even where vector units exist.
     portable: bool,
+    /// The weight-gradient products on the calling thread only: one direction of a
+    /// [`FusedPair`], whose other direction runs beside it on the other thread.
+    serial_gemm: bool,
 }
 
 /// exp for f32 with ~1 ulp error, branch-free so that loops over it vectorise (libm's
@@ -341,37 +347,83 @@ impl Shared {
         assert!(a + n <= self.len);
         std::slice::from_raw_parts(self.ptr.add(a), n)
     }
+
+    /// A pointer to element `a`, checked to have `n` elements after it (for the gate loops,
+    /// whose [`LaneBody`] rows hold pointers); the accesses through it follow the type's rule.
+    #[inline(always)]
+    fn ptr_at(self, a: usize, n: usize) -> *mut f32 {
+        assert!(a + n <= self.len);
+        // SAFETY: in bounds, by the assert.
+        unsafe { self.ptr.add(a) }
+    }
 }
 
-/// W_hh (G·H × P) with its rows regrouped so that thread k's rows — every gate of its units
-/// — are one contiguous block (gate-major inside it): its per-step product is then a single
-/// `gemm` over a block that stays in its core's cache.
-fn pack_whh(whh: &[f32], gates: usize, h: usize, p: usize, units: Split) -> Vec<f32> {
-    let mut out = Vec::with_capacity(whh.len());
-    for k in 0..units.n {
-        let (j0, nj) = units.range(k);
-        for g in 0..gates {
-            out.extend_from_slice(&whh[(g * h + j0) * p..(g * h + j0 + nj) * p]);
+/// Rows (forward) or columns (backward) of W_hh per panel of the per-step products
+/// ([`pack_block`]).
+const PANEL: usize = 128;
+
+/// Thread `k`'s block W_k of W_hh (its rows: every gate of its units, gate-major; G·nj × P),
+/// in the two layouts its per-step products read, each in contiguous panels, one `gemm` per
+/// panel: `wpt` panels of [`PANEL`] rows, each column-major (the forward's W_k @ hᵀ, see
+/// [`fwd_body`]), `wp` panels of [`PANEL`] columns, each row-major (the backward's dG_k @
+/// W_k, [`times_wk`]). Read in place as one block, the weights strided by G·H (forward) or
+/// P floats (backward) from one k to the next, each k in another page at H 512, and gemm
+/// re-reads them for every 6 columns of the small operand. Products of these shapes on
+/// the (loaded) development machine, interleaved in one process, median of 2000 calls each:
+/// 2048 × 32 × 512 with row panels 1.18-1.24× the one block's rate (1024 rows: 1.10×),
+/// 32 × 2048 × 512 with column panels 1.03-1.10×. The forward's panels give the same bits;
+/// the backward's give gemm's summation in another order at some widths (checked against
+/// the one-block code: same bits at P 128 and 200, the last bits of the gradients differ at
+/// P 320; the composed path agrees, tests `*_matches_composed`). Each thread packs its own
+/// block at the start of the forward (it was a serial copy and transposition of the whole
+/// weight before the team started), in 16 × 16 tiles (element by element the
+/// transposition wrote a cache line per element).
+fn pack_block(
+    whh: &[f32],
+    gates: usize,
+    h: usize,
+    p: usize,
+    (j0, nj): (usize, usize),
+    wp: &mut [f32],
+    wpt: &mut [f32],
+) {
+    let rows = gates * nj;
+    assert!(wp.len() == rows * p && wpt.len() == rows * p && whh.len() == gates * h * p && j0 + nj <= h);
+    // Row r of W_k.
+    let w = |r: usize| &whh[((r / nj) * h + j0 + r % nj) * p..][..p];
+    for c0 in (0..p).step_by(PANEL) {
+        let pc = PANEL.min(p - c0);
+        let panel = &mut wp[rows * c0..rows * (c0 + pc)];
+        for r in 0..rows {
+            panel[r * pc..(r + 1) * pc].copy_from_slice(&w(r)[c0..c0 + pc]);
         }
     }
-    out
-}
-
-/// [`pack_whh`]'s per-thread blocks (gate rows × P, row-major), each transposed within its own
-/// range (P × its rows, row-major: the block column-major).
-fn transpose_blocks(wp: &[f32], gates: usize, p: usize, units: Split) -> Vec<f32> {
-    let mut out = vec![0f32; wp.len()];
-    for k in 0..units.n {
-        let (j0, nj) = units.range(k);
-        let (off, rows) = (gates * j0 * p, gates * nj);
-        let (src, dst) = (&wp[off..off + rows * p], &mut out[off..off + rows * p]);
-        for r in 0..rows {
-            for c in 0..p {
-                dst[c * rows + r] = src[r * p + c];
+    const TILE: usize = 16;
+    for q0 in (0..rows).step_by(PANEL) {
+        let pr = PANEL.min(rows - q0);
+        let panel = &mut wpt[q0 * p..(q0 + pr) * p];
+        for r0 in (0..pr).step_by(TILE) {
+            for c0 in (0..p).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(pr) {
+                    let row = w(q0 + r);
+                    for c in c0..(c0 + TILE).min(p) {
+                        panel[c * pr + r] = row[c];
+                    }
+                }
             }
         }
     }
-    out
+}
+
+/// `dst` (B × P, row-major) = [`dst` +] `a` (B × kdim, row stride `a_rs`) @ W_k (kdim × P,
+/// [`pack_block`]'s column panels `wk`), one `gemm` per panel on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn times_wk(bsz: usize, p: usize, kdim: usize, dst: &mut [f32], acc: bool, a: &[f32], a_rs: usize, wk: &[f32]) {
+    for c0 in (0..p).step_by(PANEL) {
+        let pc = PANEL.min(p - c0);
+        let panel = &wk[kdim * c0..kdim * (c0 + pc)];
+        super::sgemm_serial(bsz, pc, kdim, &mut dst[c0..], p, 1, acc, a, a_rs, 1, panel, pc, 1);
+    }
 }
 
 /// Copies `src` into `n` consecutive elements of a shared buffer at `a`.
@@ -389,8 +441,10 @@ struct Fwd<'a> {
     units: Split,
     pcols: Split,
     gx: &'a [f32],
-    /// [`pack_whh`]'s blocks, each transposed (column-major).
-    wpt: &'a [f32],
+    /// W_hh (G·H × P), which each thread packs into its blocks of `wp` and `wpt` ([`pack_block`]).
+    whh: &'a [f32],
+    wp: Shared,
+    wpt: Shared,
     whr: &'a [f32],
     /// b_hn, or zeros.
     bhn: &'a [f32],
@@ -421,7 +475,13 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
     let ng = sp.cell.gates();
     let (j0, nj) = cx.units.range(k);
     let gj = ng * nj;
-    let wkt = &cx.wpt[ng * j0 * p..ng * (j0 + nj) * p];
+    // SAFETY: each thread's block of `wp` and `wpt` is its own (read by the backward after the
+    // team has joined).
+    let wkt = unsafe {
+        let (wk, wkt) = (cx.wp.mut_at(ng * j0 * p, gj * p), cx.wpt.mut_at(ng * j0 * p, gj * p));
+        pack_block(cx.whh, ng, h, p, (j0, nj), wk, wkt);
+        &*wkt
+    };
     let (p0, np) = cx.pcols.range(k);
     let mut hh = vec![0f32; bsz * gj];
     let mut hp_loc = vec![0f32; if sp.proj { bsz * np } else { 0 }];
@@ -436,8 +496,13 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
         // hhᵀ = W_k @ hᵀ, whose left operand it packs unless column-major: with W_k stored
         // row-major it gathered the whole weight block element by element on every step
         // (callgrind, 2-layer LSTM H 512, 8 steps: 402M of the forward's 721M instructions).
-        // From `wpt` (W_k column-major) it reads the weights in place.
-        super::sgemm_serial(gj, bsz, p, &mut hh, 1, gj, false, wkt, 1, gj, hcur, 1, p);
+        // From `wpt` (W_k column-major) it reads the weights in place, one panel of rows per
+        // call ([`pack_block`] says why panels).
+        for q0 in (0..gj).step_by(PANEL) {
+            let pr = PANEL.min(gj - q0);
+            let panel = &wkt[q0 * p..(q0 + pr) * p];
+            super::sgemm_serial(pr, bsz, p, &mut hh[q0..], 1, gj, false, panel, 1, pr, hcur, 1, p);
+        }
         for b in 0..bsz {
             let Some(t) = sp.t_of(s, b) else {
                 // Ended: h carries over (a projected LSTM's columns are copied below).
@@ -553,30 +618,38 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
     }
 }
 
+/// Where one thread's RNN gate loop reads and writes (see [`rnn_fwd`]).
+#[derive(Clone, Copy)]
+struct RnnRow {
+    tanh: bool,
+    a: *mut f32,
+    x: *const f32,
+    out: *mut f32,
+}
+
+impl LaneBody for RnnRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let v = l.add(l.load(self.a.add(q)), l.load(self.x.add(q)));
+        let v = if self.tanh { simd::tanh(l, v) } else { l.relu(v) };
+        l.store(self.a.add(q), v);
+        l.store(self.out.add(q), v);
+    }
+}
+
 /// RNN: `a` holds W_hh h of the thread's units; becomes act(a + x), also written to `out`.
 #[inline(always)]
 fn rnn_fwd<L: Lanes>(l: L, tanh: bool, a: &mut [f32], x: &[f32], out: &mut [f32]) {
     let n = a.len();
     assert!(x.len() >= n && out.len() >= n);
-    let (a, x, out) = (a.as_mut_ptr(), x.as_ptr(), out.as_mut_ptr());
-    #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, tanh: bool, a: *mut f32, x: *const f32, out: *mut f32, q: usize) {
-        let v = l.add(l.load(a.add(q)), l.load(x.add(q)));
-        let v = if tanh { simd::tanh(l, v) } else { l.relu(v) };
-        l.store(a.add(q), v);
-        l.store(out.add(q), v);
-    }
-    // SAFETY: the assert keeps q..q + lanes (< n) inside all three slices, distinct borrows.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= n {
-            at(l, tanh, a, x, out, q);
-            q += L::N;
-        }
-        for q in q..n {
-            at(Scalar, tanh, a, x, out, q);
-        }
-    }
+    let row = RnnRow {
+        tanh,
+        a: a.as_mut_ptr(),
+        x: x.as_ptr(),
+        out: out.as_mut_ptr(),
+    };
+    // SAFETY: the assert keeps 0..n inside all three slices, distinct borrows.
+    unsafe { simd::for_each_lane(l, n, row) }
 }
 
 /// Where one thread's LSTM gate loop reads and writes (see [`lstm_fwd`]).
@@ -622,8 +695,15 @@ fn lstm_fwd<L: Lanes>(
             out: out.as_mut_ptr(),
         }
     };
+    // SAFETY: elements 0..nj stay inside every block; the blocks of `a`, `c`, `tc` and `out`
+    // are distinct borrows, `x` is only read.
+    unsafe { simd::for_each_lane(l, nj, row) }
+}
+
+impl LaneBody for LstmRow {
     #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, r: LstmRow, q: usize) {
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let r = self;
         let pre = |g: usize| l.add(l.load(r.a[g].add(q)), l.load(r.x[g].add(q)));
         let i = simd::sigmoid(l, pre(0));
         let f = simd::sigmoid(l, pre(1));
@@ -637,18 +717,6 @@ fn lstm_fwd<L: Lanes>(
         let t = simd::tanh(l, cn);
         l.store(r.tc.add(q), t);
         l.store(r.out.add(q), l.mul(o, t));
-    }
-    // SAFETY: q..q + lanes stays below nj, inside every block; the blocks of `a`, `c`, `tc`
-    // and `out` are distinct borrows, `x` is only read.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= nj {
-            at(l, row, q);
-            q += L::N;
-        }
-        for q in q..nj {
-            at(Scalar, row, q);
-        }
     }
 }
 
@@ -696,8 +764,14 @@ fn gru_fwd<L: Lanes>(
             out: out.as_mut_ptr(),
         }
     };
+    // SAFETY: as in `lstm_fwd`; `bhn` and `hp` are only read.
+    unsafe { simd::for_each_lane(l, nj, row) }
+}
+
+impl LaneBody for GruRow {
     #[inline(always)]
-    unsafe fn at<L: Lanes>(l: L, w: GruRow, q: usize) {
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let w = self;
         let r = simd::sigmoid(l, l.add(l.load(w.a[0].add(q)), l.load(w.x[0].add(q))));
         let z = simd::sigmoid(l, l.add(l.load(w.a[1].add(q)), l.load(w.x[1].add(q))));
         let hq = l.add(l.load(w.a[2].add(q)), l.load(w.bhn.add(q)));
@@ -707,17 +781,6 @@ fn gru_fwd<L: Lanes>(
         l.store(w.a[2].add(q), n);
         l.store(w.hnp.add(q), hq);
         l.store(w.out.add(q), l.mul_add(z, l.sub(l.load(w.hp.add(q)), n), n));
-    }
-    // SAFETY: as in `lstm_fwd`; `bhn` and `hp` are only read.
-    unsafe {
-        let mut q = 0;
-        while q + L::N <= nj {
-            at(l, row, q);
-            q += L::N;
-        }
-        for q in q..nj {
-            at(Scalar, row, q);
-        }
     }
 }
 
@@ -738,13 +801,16 @@ struct Bwd<'a> {
     partial: Shared,
 }
 
-/// The BPTT of thread `k`: per step, its units' gate gradients (elementwise), its partial
-/// dh_prev = dG_k @ W_hh[rows of its units] in one `gemm`, a barrier, then the sum of all
-/// partials over its own columns of dh. Partials alternate between two buffers by step
-/// parity, so one barrier per step suffices (two for a projected LSTM, whose dm = dh @ W_hr
-/// needs every column of dh).
+/// The BPTT of thread `k`: per step, its units' gate gradients (elementwise, written straight
+/// into the gradient rows), then dh_prev = dG @ W_hh. A team of one multiplies into dh itself,
+/// reading dG from the gradient rows when every sequence runs all steps (they are then the
+/// step's contiguous (B × G·H) block). A larger team: each thread its partial dh_prev = dG_k @
+/// W_hh[rows of its units] in one `gemm` over a copy of its dG columns, a barrier, then the
+/// sum of all partials over its own columns of dh. Partials alternate between two buffers by
+/// step parity, so one barrier per step suffices (two for a projected LSTM, whose dm = dh @
+/// W_hr needs every column of dh).
 #[inline(always)]
-fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
+fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, l: L) {
     let sp = cx.sp;
     let sv = cx.sv;
     let (t_len, bsz, h, p, gh) = (sp.seq_len, sp.batch, sp.hidden, sp.out, sp.gh());
@@ -755,13 +821,18 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
     let wk = &sv.wp[ng * j0 * p..ng * (j0 + nj) * p];
     // The columns of dh this thread owns.
     let (p0, np) = if sp.proj { sv.pcols.range(k) } else { (j0, nj) };
-    let mut dgk = vec![0f32; bsz * gj];
-    let mut dmk = vec![0f32; if sp.proj { bsz * nj } else { 0 }];
     let gru = sp.cell == FusedCell::Gru;
+    // dG of the step: the product's operand. Read in place from the gradient rows where
+    // they are one block (team of one, no lengths); otherwise a (B × gj) copy.
+    let direct = team == 1 && sp.lengths.is_none();
+    let mut dgk = vec![0f32; if direct { 0 } else { bsz * gj }];
+    let mut dmk = vec![0f32; if sp.proj { bsz * nj } else { 0 }];
+    // The gradient of the W_hh h product: the gx gradient (RNN, LSTM) or its own rows (GRU).
+    let dprod = if gru { cx.dhh } else { cx.dgx };
     for s in (0..t_len).rev() {
         // SAFETY (all blocks below): dh's columns, dc's units and the gradient rows' gate
         // blocks are each written by their owner only; dh is read whole only between the
-        // projected LSTM's two barriers, when nobody writes it.
+        // projected LSTM's two barriers, when nobody writes it, or by a team of one.
         for b in 0..bsz {
             let Some(t) = sp.t_of(s, b) else { continue };
             let row = t * bsz + b;
@@ -780,49 +851,95 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
             super::sgemm_serial(bsz, nj, p, &mut dmk, nj, 1, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
         }
         for b in 0..bsz {
-            let dg = &mut dgk[b * gj..(b + 1) * gj];
             let Some(t) = sp.t_of(s, b) else {
-                dg.fill(0.0);
+                // Ended (never with `direct`): no gradient flows through this step.
+                dgk[b * gj..(b + 1) * gj].fill(0.0);
                 continue;
             };
             let row = t * bsz + b;
             let g = &sv.gates[row * gh..(row + 1) * gh];
+            // Where the row's gate gradients go: the gradient rows' gate blocks at the
+            // thread's units, and the product's operand (dgk, unless read in place). Arrays
+            // of 4 whatever the cell; a cell with fewer gates repeats its last block.
+            let to = |buf: Shared| [0, 1, 2, 3].map(|gi| buf.ptr_at(row * gh + gi.min(ng - 1) * h + j0, nj));
+            let copy = (!direct).then(|| {
+                let row_k = &mut dgk[b * gj..(b + 1) * gj];
+                [0, 1, 2, 3].map(|gi| row_k[gi.min(ng - 1) * nj..].as_mut_ptr())
+            });
+            // This thread's units of dh (no projection: its own columns).
+            let dh_units = || cx.dh.ptr_at(b * p + j0, nj);
+            // SAFETY (the loops below): every pointer addresses nj elements (checked above)
+            // of a buffer that only this thread writes there: the gradient rows' and dgk's
+            // blocks at its units, dh's and dc's units; the saved rows are only read.
             match sp.cell {
                 FusedCell::RnnTanh | FusedCell::RnnRelu => {
-                    let d = unsafe { cx.dh.at(b * p + j0, nj) };
-                    rnn_bwd(sp.cell == FusedCell::RnnTanh, &g[j0..j0 + nj], d, dg);
+                    let r = RnnBwdRow {
+                        tanh: sp.cell == FusedCell::RnnTanh,
+                        g: g[j0..j0 + nj].as_ptr(),
+                        dh: dh_units(),
+                        dx: to(cx.dgx)[0],
+                        copy: copy.map(|c| c[0]),
+                    };
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
                 FusedCell::Lstm => {
-                    let dm: &[f32] = if sp.proj {
-                        &dmk[b * nj..(b + 1) * nj]
-                    } else {
-                        unsafe { cx.dh.at(b * p + j0, nj) }
+                    let r = LstmBwdRow {
+                        g: [0, 1, 2, 3].map(|gi| g[gi * h + j0..gi * h + j0 + nj].as_ptr()),
+                        tc: sv.tc[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        cp: sv.cprev[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        dm: if sp.proj {
+                            dmk[b * nj..(b + 1) * nj].as_ptr()
+                        } else {
+                            dh_units()
+                        },
+                        dc: cx.dc.ptr_at(b * h + j0, nj),
+                        dx: to(cx.dgx),
+                        copy,
                     };
-                    let dc = unsafe { cx.dc.mut_at(b * h + j0, nj) };
-                    let tc = &sv.tc[row * h + j0..row * h + j0 + nj];
-                    let cp = &sv.cprev[row * h + j0..row * h + j0 + nj];
-                    lstm_bwd(g, j0, h, tc, cp, dm, dc, dg);
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
                 FusedCell::Gru => {
-                    let hp = &sv.hprev[row * p + j0..row * p + j0 + nj];
-                    let hnp = &sv.hnp[row * h + j0..row * h + j0 + nj];
-                    let d = unsafe { cx.dh.mut_at(b * p + j0, nj) };
-                    let dx = [0, 1, 2].map(|gi| unsafe { cx.dgx.mut_at(row * gh + gi * h + j0, nj) });
-                    gru_bwd(g, j0, h, hp, hnp, d, dg, dx);
+                    let r = GruBwdRow {
+                        g: [0, 1, 2].map(|gi| g[gi * h + j0..gi * h + j0 + nj].as_ptr()),
+                        hp: sv.hprev[row * p + j0..row * p + j0 + nj].as_ptr(),
+                        hnp: sv.hnp[row * h + j0..row * h + j0 + nj].as_ptr(),
+                        dh: dh_units(),
+                        dx: to(cx.dgx),
+                        dprod: to(cx.dhh),
+                        copy,
+                    };
+                    unsafe { simd::for_each_lane(l, nj, r) };
                 }
             }
-            // dG of this row's gate blocks: the gx gradient (RNN, LSTM) or the W_hh h
-            // product's (GRU; its gx gradient was written above).
-            let dst = if gru { cx.dhh } else { cx.dgx };
-            for gi in 0..ng {
-                unsafe { put(dst, row * gh + gi * h + j0, &dg[gi * nj..(gi + 1) * nj]) };
+        }
+        if team == 1 {
+            // dh_prev = dG @ W_hh straight into dh: over it for RNN/LSTM (whose dh was
+            // consumed above; rows of ended sequences keep theirs, so with lengths the live
+            // rows are zeroed and the product, zero for ended rows, added), added to GRU's
+            // direct path dh * z.
+            let acc = gru || sp.lengths.is_some();
+            if acc && !gru {
+                for b in 0..bsz {
+                    if sp.t_of(s, b).is_some() {
+                        unsafe { cx.dh.mut_at(b * p, p) }.fill(0.0);
+                    }
+                }
             }
+            let dh_all = unsafe { cx.dh.mut_at(0, bsz * p) };
+            if direct {
+                let t = if sp.reverse { t_len - 1 - s } else { s };
+                let rows = unsafe { dprod.at(t * bsz * gh, bsz * gh) };
+                times_wk(bsz, p, gh, dh_all, acc, rows, gh, wk);
+            } else {
+                times_wk(bsz, p, gj, dh_all, acc, &dgk, gj, wk);
+            }
+            continue;
         }
         let slot = (s % 2) * team;
         let part = unsafe { cx.partial.mut_at((slot + k) * bsz * p, bsz * p) };
         // (Tried: dG_k transposed first, so that gemm's packing of it copies contiguous
         // runs: callgrind counted 5 % more instructions in the backward's loop, so no.)
-        super::sgemm_serial(bsz, p, gj, part, p, 1, false, &dgk, gj, 1, wk, p, 1);
+        times_wk(bsz, p, gj, part, false, &dgk, gj, wk);
         cx.bar.wait();
         for b in 0..bsz {
             if sp.t_of(s, b).is_none() {
@@ -843,86 +960,109 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, _l: L) {
     }
 }
 
-/// RNN: dG = dh * act'(pre-activation), from the saved outputs `g`.
+/// Stores a gate gradient into its gradient row and, if any, the product's copy.
+///
+/// # Safety
+/// As [`Lanes::store`] for both places.
 #[inline(always)]
-fn rnn_bwd(tanh: bool, g: &[f32], dh: &[f32], dg: &mut [f32]) {
-    let n = dg.len();
-    let (g, dh) = (&g[..n], &dh[..n]);
-    for q in 0..n {
-        dg[q] = if tanh {
-            dh[q] * (1.0 - g[q] * g[q])
-        } else if g[q] > 0.0 {
-            dh[q]
+unsafe fn store2<L: Lanes>(l: L, to: *mut f32, copy: Option<*mut f32>, q: usize, v: L::V) {
+    l.store(to.add(q), v);
+    if let Some(c) = copy {
+        l.store(c.add(q), v);
+    }
+}
+
+/// One row of a thread's RNN backward: dG = dh * act'(pre-activation), from the saved
+/// outputs `g` (tanh: 1 − g², ReLU: g > 0).
+#[derive(Clone, Copy)]
+struct RnnBwdRow {
+    tanh: bool,
+    g: *const f32,
+    dh: *const f32,
+    dx: *mut f32,
+    copy: Option<*mut f32>,
+}
+
+impl LaneBody for RnnBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let (g, d) = (l.load(self.g.add(q)), l.load(self.dh.add(q)));
+        let one = l.splat(1.0);
+        let v = if self.tanh {
+            l.mul(d, l.sub(one, l.mul(g, g)))
         } else {
-            0.0
+            l.where_positive(g, d)
         };
+        store2(l, self.dx, self.copy, q, v);
     }
 }
 
-/// LSTM gate gradients of the thread's units into `dg` = [di df dg do]; `dc` becomes the
-/// gradient of the previous c. `g` is the whole saved gate row.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn lstm_bwd(g: &[f32], j0: usize, h: usize, tc: &[f32], cp: &[f32], dm: &[f32], dc: &mut [f32], dg: &mut [f32]) {
-    let nj = dc.len();
-    let (gi, gf) = (&g[j0..j0 + nj], &g[h + j0..h + j0 + nj]);
-    let (gg, go) = (&g[2 * h + j0..2 * h + j0 + nj], &g[3 * h + j0..3 * h + j0 + nj]);
-    let (tc, cp, dm) = (&tc[..nj], &cp[..nj], &dm[..nj]);
-    let (di, rest) = dg.split_at_mut(nj);
-    let (df, rest) = rest.split_at_mut(nj);
-    let (dgg, dout) = rest.split_at_mut(nj);
-    let dout = &mut dout[..nj];
-    for q in 0..nj {
-        let (i, f, gq, o) = (gi[q], gf[q], gg[q], go[q]);
-        let d_o = dm[q] * tc[q];
-        let dct = dc[q] + dm[q] * o * (1.0 - tc[q] * tc[q]);
-        di[q] = dct * gq * i * (1.0 - i);
-        df[q] = dct * cp[q] * f * (1.0 - f);
-        dgg[q] = dct * i * (1.0 - gq * gq);
-        dout[q] = d_o * o * (1.0 - o);
-        dc[q] = dct * f;
+/// One row of a thread's LSTM backward: the gate gradients [di df dg do] from the saved
+/// activations, tanh(c) and c before the step, dm (the gradient of o * tanh c); `dc`
+/// becomes the gradient of the previous c. Plain multiplies and adds in the order of the
+/// former scalar loop (no FMA), so every width gives the same bits as before.
+#[derive(Clone, Copy)]
+struct LstmBwdRow {
+    g: [*const f32; 4],
+    tc: *const f32,
+    cp: *const f32,
+    dm: *const f32,
+    dc: *mut f32,
+    dx: [*mut f32; 4],
+    copy: Option<[*mut f32; 4]>,
+}
+
+impl LaneBody for LstmBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let r = self;
+        let ld = |p: *const f32| l.load(p.add(q));
+        let (i, f, gq, o) = (ld(r.g[0]), ld(r.g[1]), ld(r.g[2]), ld(r.g[3]));
+        let (tc, cp, dm) = (ld(r.tc), ld(r.cp), ld(r.dm));
+        let one = l.splat(1.0);
+        let d_o = l.mul(dm, tc);
+        let dct = l.add(ld(r.dc), l.mul(l.mul(dm, o), l.sub(one, l.mul(tc, tc))));
+        let di = l.mul(l.mul(l.mul(dct, gq), i), l.sub(one, i));
+        let df = l.mul(l.mul(l.mul(dct, cp), f), l.sub(one, f));
+        let dg = l.mul(l.mul(dct, i), l.sub(one, l.mul(gq, gq)));
+        let dout = l.mul(l.mul(d_o, o), l.sub(one, o));
+        for (gi, v) in [di, df, dg, dout].into_iter().enumerate() {
+            store2(l, r.dx[gi], r.copy.map(|c| c[gi]), q, v);
+        }
+        l.store(r.dc.add(q), l.mul(dct, f));
     }
 }
 
-/// GRU gate gradients: the gx row's blocks get dr, dz, dn; `dg` (the W_hh h product's) gets
-/// [dr dz dn*r]; `dh` becomes its direct path dh * z (the product adds the rest).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn gru_bwd(
-    g: &[f32],
-    j0: usize,
-    h: usize,
-    hp: &[f32],
-    hnp: &[f32],
-    dh: &mut [f32],
-    dg: &mut [f32],
-    dx: [&mut [f32]; 3],
-) {
-    let nj = dh.len();
-    let (gr, gz, gn) = (
-        &g[j0..j0 + nj],
-        &g[h + j0..h + j0 + nj],
-        &g[2 * h + j0..2 * h + j0 + nj],
-    );
-    let (hp, hnp) = (&hp[..nj], &hnp[..nj]);
-    let (dgr, rest) = dg.split_at_mut(nj);
-    let (dgz, dgn) = rest.split_at_mut(nj);
-    let dgn = &mut dgn[..nj];
-    let [dxr, dxz, dxn] = dx;
-    let (dxr, dxz, dxn) = (&mut dxr[..nj], &mut dxz[..nj], &mut dxn[..nj]);
-    for q in 0..nj {
-        let (r, z, n) = (gr[q], gz[q], gn[q]);
-        let d = dh[q];
-        let dan = d * (1.0 - z) * (1.0 - n * n);
-        let dar = dan * hnp[q] * r * (1.0 - r);
-        let daz = d * (hp[q] - n) * z * (1.0 - z);
-        dxr[q] = dar;
-        dxz[q] = daz;
-        dxn[q] = dan;
-        dgr[q] = dar;
-        dgz[q] = daz;
-        dgn[q] = dan * r;
-        dh[q] = d * z;
+/// One row of a thread's GRU backward: the gx row's blocks get dr, dz, dn; the W_hh h
+/// product's (`dprod`, and the copy) [dr dz dn*r]; `dh` becomes its direct path dh * z (the
+/// product adds the rest). No FMA, as [`LstmBwdRow`].
+#[derive(Clone, Copy)]
+struct GruBwdRow {
+    g: [*const f32; 3],
+    hp: *const f32,
+    hnp: *const f32,
+    dh: *mut f32,
+    dx: [*mut f32; 4],
+    dprod: [*mut f32; 4],
+    copy: Option<[*mut f32; 4]>,
+}
+
+impl LaneBody for GruBwdRow {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let w = self;
+        let ld = |p: *const f32| l.load(p.add(q));
+        let (r, z, n) = (ld(w.g[0]), ld(w.g[1]), ld(w.g[2]));
+        let d = ld(w.dh);
+        let one = l.splat(1.0);
+        let dan = l.mul(l.mul(d, l.sub(one, z)), l.sub(one, l.mul(n, n)));
+        let dar = l.mul(l.mul(l.mul(dan, ld(w.hnp)), r), l.sub(one, r));
+        let daz = l.mul(l.mul(l.mul(d, l.sub(ld(w.hp), n)), z), l.sub(one, z));
+        for (gi, (x, pr)) in [(dar, dar), (daz, daz), (dan, l.mul(dan, r))].into_iter().enumerate() {
+            l.store(w.dx[gi].add(q), x);
+            store2(l, w.dprod[gi], w.copy.map(|c| c[gi]), q, pr);
+        }
+        l.store(w.dh.add(q), l.mul(d, z));
     }
 }
 
@@ -993,26 +1133,18 @@ impl FusedRecurrence {
             keep: true,
             threads,
             portable: false,
+            serial_gemm: false,
         })
     }
 
     /// Runs the op: returns `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)`.
     pub fn run(spec: FusedSpec, gx: &Tensor, state0: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
-        let lstm = spec.cell == FusedCell::Lstm;
-        let mut op = Self::new(spec)?;
+        let mut op = Self::new(spec.clone())?;
         op.keep = gx.track_op() || state0.track_op() || w.track_op();
         let res = gx
             .contiguous()?
             .apply_op3(&state0.contiguous()?, &w.contiguous()?, op)?;
-        let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
-        let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
-        let cn = if lstm {
-            Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?)
-        } else {
-            None
-        };
-        Ok((out, hn, cn))
+        split_result(&spec, &res)
     }
 
     fn forward(&self, gx: &[f32], state0: &[f32], w: &[f32]) -> Result<Vec<f32>> {
@@ -1039,7 +1171,8 @@ impl FusedRecurrence {
             vec![0f32; h]
         };
         let mut sv = Saved {
-            wp: pack_whh(&w[..gh * p], sp.cell.gates(), h, p, units),
+            // SAFETY: the team's threads write every block (`pack_block`).
+            wp: unsafe { super::uninit_f32(gh * p) },
             whr: whr.to_vec(),
             units,
             pcols,
@@ -1065,7 +1198,8 @@ impl FusedRecurrence {
         let mut h_b = vec![0f32; bsz * p];
         let mut c = if lstm { state0[bsz * p..].to_vec() } else { vec![] };
         let mut m = vec![0f32; if sp.proj { bsz * h } else { 0 }];
-        let wpt = transpose_blocks(&sv.wp, sp.cell.gates(), p, units);
+        // SAFETY: as `wp`.
+        let mut wpt = unsafe { super::uninit_f32(gh * p) };
         let bar = SpinBarrier::new(units.n);
         {
             let cx = Fwd {
@@ -1073,7 +1207,9 @@ impl FusedRecurrence {
                 units,
                 pcols,
                 gx,
-                wpt: &wpt,
+                whh: &w[..gh * p],
+                wp: Shared::new(&mut sv.wp),
+                wpt: Shared::new(&mut wpt),
                 whr,
                 bhn: &bhn,
                 keep: self.keep,
@@ -1129,7 +1265,9 @@ impl FusedRecurrence {
             vec![]
         };
         let team_n = sv.units.n;
-        let mut partial = vec![0f32; 2 * team_n * bsz * p];
+        // SAFETY: each partial is written whole by its thread's product before the barrier
+        // after which it is read; a team of one multiplies into dh and has none.
+        let mut partial = unsafe { super::uninit_f32(if team_n > 1 { 2 * team_n * bsz * p } else { 0 }) };
         let bar = SpinBarrier::new(team_n);
         {
             let cx = Bwd {
@@ -1157,37 +1295,19 @@ impl FusedRecurrence {
         dw[whh_hr..].fill(0.0);
         let rows = t_len * bsz;
         let dgate_all: &[f32] = if gru { &dhh } else { &dgx };
+        // The pool's threads, unless a pair's other direction runs beside this one.
+        let sgemm = |m, n, k, dst: &mut [f32], dst_rs, a: &[f32], a_rs, a_cs, b: &[f32], b_rs, b_cs| {
+            if self.serial_gemm {
+                super::sgemm_serial(m, n, k, dst, dst_rs, 1, false, a, a_rs, a_cs, b, b_rs, b_cs)
+            } else {
+                sgemm(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs)
+            }
+        };
         // dW_hh = dG^T @ H_prev over all steps at once (GH × TB @ TB × P).
-        sgemm(
-            gh,
-            p,
-            rows,
-            &mut dw[..gh * p],
-            p,
-            false,
-            dgate_all,
-            1,
-            gh,
-            &sv.hprev,
-            p,
-            1,
-        );
+        sgemm(gh, p, rows, &mut dw[..gh * p], p, dgate_all, 1, gh, &sv.hprev, p, 1);
         if sp.proj {
             // dW_hr = dH^T @ M (P × TB @ TB × H).
-            sgemm(
-                p,
-                h,
-                rows,
-                &mut dw[gh * p..gh * p + p * h],
-                h,
-                false,
-                &dhs,
-                1,
-                p,
-                &sv.m,
-                h,
-                1,
-            );
+            sgemm(p, h, rows, &mut dw[gh * p..gh * p + p * h], h, &dhs, 1, p, &sv.m, h, 1);
         }
         if sp.gru_bhn {
             let off = dw.len() - h;
@@ -1201,48 +1321,217 @@ impl FusedRecurrence {
     }
 }
 
-impl CustomOp3 for FusedRecurrence {
-    fn name(&self) -> &'static str {
-        "seqlab-fused-recurrence"
+/// The `CustomOp3` of a fused op over three flat f32 arguments: its `forward(a1, a2, a3)`
+/// returns the flat result, its `backward(result gradient)` the three arguments' gradients;
+/// `$op` names it in errors.
+macro_rules! flat_op3 {
+    ($ty:ty, $name:literal, $op:literal, [$w1:literal, $w2:literal, $w3:literal]) => {
+        impl CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let a1 = super::contiguous_f32($op, $w1, s1, l1)?;
+                let a2 = super::contiguous_f32($op, $w2, s2, l2)?;
+                let a3 = super::contiguous_f32($op, $w3, s3, l3)?;
+                let res = self.forward(a1, a2, a3)?;
+                let n = res.len();
+                Ok((CpuStorage::F32(res), Shape::from(n)))
+            }
+
+            fn bwd(
+                &self,
+                arg1: &Tensor,
+                arg2: &Tensor,
+                arg3: &Tensor,
+                _res: &Tensor,
+                grad_res: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let g = grad_res
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?;
+                let (d1, d2, d3) = self.backward(&g)?;
+                let dev = arg1.device();
+                Ok((
+                    Some(Tensor::from_vec(d1, arg1.shape(), dev)?),
+                    Some(Tensor::from_vec(d2, arg2.shape(), dev)?),
+                    Some(Tensor::from_vec(d3, arg3.shape(), dev)?),
+                ))
+            }
+        }
+    };
+}
+
+flat_op3!(
+    FusedRecurrence,
+    "seqlab-fused-recurrence",
+    "fused recurrence",
+    ["gx", "state0", "weights"]
+);
+
+/// Both directions of a bidirectional layer as ONE op whose directions run at the same time,
+/// each on half of the threads (at 2 threads: one each, with no barrier and no split of the
+/// per-step products at all), forward and backward, where two [`FusedRecurrence`] ops would
+/// run one after the other, each direction's steps split over the team. Arguments: `gx` of
+/// the forward and of the reverse direction, then one flat `[state0, w]` of the forward
+/// direction followed by the reverse's (as [`FusedRecurrence`] takes them); result: the two
+/// directions' flat results, forward first. Each direction computes exactly what its own op
+/// would with that op's team.
+pub struct FusedPair {
+    ops: [FusedRecurrence; 2],
+}
+
+impl FusedPair {
+    /// The pair for a layer's two specs (forward, reverse), if running them side by side pays:
+    /// at least 2 threads outside a rayon worker and a problem the size a team would take
+    /// (see [`team_size`]); else `None` (run the two ops).
+    pub(crate) fn new(specs: [FusedSpec; 2]) -> Result<Option<Self>> {
+        let threads = rayon::current_num_threads();
+        let big = specs
+            .iter()
+            .all(|sp| sp.batch * sp.gh() * sp.out * sp.seq_len >= 1 << 22);
+        if threads < 2 || rayon::current_thread_index().is_some() || !big {
+            return Ok(None);
+        }
+        Self::with_threads(specs, threads).map(Some)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let gx = super::contiguous_f32("fused recurrence", "gx", s1, l1)?;
-        let st = super::contiguous_f32("fused recurrence", "state0", s2, l2)?;
-        let w = super::contiguous_f32("fused recurrence", "weights", s3, l3)?;
-        let res = self.forward(gx, st, w)?;
-        let n = res.len();
-        Ok((CpuStorage::F32(res), Shape::from(n)))
+    /// The pair with `threads` in all, half per direction.
+    fn with_threads(specs: [FusedSpec; 2], threads: usize) -> Result<Self> {
+        let [f, r] = specs;
+        let mut ops = [FusedRecurrence::new(f)?, FusedRecurrence::new(r)?];
+        for op in &mut ops {
+            op.threads = (threads / 2).max(1);
+            op.serial_gemm = op.threads == 1;
+        }
+        Ok(Self { ops })
     }
 
-    fn bwd(
-        &self,
-        arg1: &Tensor,
-        arg2: &Tensor,
-        arg3: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = grad_res
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        let (dgx, dst, dw) = self.backward(&g)?;
-        let dev = arg1.device();
-        Ok((
-            Some(Tensor::from_vec(dgx, arg1.shape(), dev)?),
-            Some(Tensor::from_vec(dst, arg2.shape(), dev)?),
-            Some(Tensor::from_vec(dw, arg3.shape(), dev)?),
-        ))
+    /// Both directions of a layer: `(out, hn, cn)` of each, forward first, as
+    /// [`FusedRecurrence::run`] returns them; side by side where that pays ([`FusedPair::new`]).
+    pub fn run(
+        specs: [FusedSpec; 2],
+        gx: [&Tensor; 2],
+        state0: [&Tensor; 2],
+        w: [&Tensor; 2],
+    ) -> Result<[(Tensor, Tensor, Option<Tensor>); 2]> {
+        let Some(mut pair) = Self::new(specs.clone())? else {
+            let [sf, sr] = specs;
+            return Ok([
+                FusedRecurrence::run(sf, gx[0], state0[0], w[0])?,
+                FusedRecurrence::run(sr, gx[1], state0[1], w[1])?,
+            ]);
+        };
+        let keep = gx.iter().chain(&state0).chain(&w).any(|t| t.track_op());
+        for op in &mut pair.ops {
+            op.keep = keep;
+        }
+        let lens = pair.res_lens();
+        let rest = Tensor::cat(
+            &[state0[0], w[0], state0[1], w[1]]
+                .map(|t| t.flatten_all())
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?,
+            0,
+        )?;
+        let res = gx[0].contiguous()?.apply_op3(&gx[1].contiguous()?, &rest, pair)?;
+        let [sf, sr] = specs;
+        Ok([
+            split_result(&sf, &res.narrow(0, 0, lens[0])?)?,
+            split_result(&sr, &res.narrow(0, lens[0], lens[1])?)?,
+        ])
     }
+
+    /// The length of each direction's flat result.
+    fn res_lens(&self) -> [usize; 2] {
+        self.ops.each_ref().map(|op| {
+            let sp = &op.spec;
+            sp.seq_len * sp.batch * sp.out + sp.state_len()
+        })
+    }
+
+    /// Each direction's `(state0, w)` in the flat third argument.
+    fn split_rest<'a>(&self, rest: &'a [f32]) -> Result<[(&'a [f32], &'a [f32]); 2]> {
+        let [a, b] = self.ops.each_ref().map(|op| (op.spec.state_len(), op.spec.w_len()));
+        if rest.len() != a.0 + a.1 + b.0 + b.1 {
+            bail!(
+                "fused recurrence pair: state and weights of {} values, expected {}",
+                rest.len(),
+                a.0 + a.1 + b.0 + b.1
+            );
+        }
+        let (st_f, rest) = rest.split_at(a.0);
+        let (w_f, rest) = rest.split_at(a.1);
+        let (st_r, w_r) = rest.split_at(b.0);
+        Ok([(st_f, w_f), (st_r, w_r)])
+    }
+
+    /// Runs `f` for both directions at the same time (the reverse on a scoped thread).
+    fn both<T: Send>(&self, f: impl Fn(&FusedRecurrence, usize) -> T + Sync) -> [T; 2] {
+        std::thread::scope(|s| {
+            let rev = s.spawn(|| f(&self.ops[1], 1));
+            let fwd = f(&self.ops[0], 0);
+            [fwd, rev.join().unwrap_or_else(|e| std::panic::resume_unwind(e))]
+        })
+    }
+
+    fn forward(&self, gx_f: &[f32], gx_r: &[f32], rest: &[f32]) -> Result<Vec<f32>> {
+        let parts = self.split_rest(rest)?;
+        let gx = [gx_f, gx_r];
+        let [f, r] = self.both(|op, d| op.forward(gx[d], parts[d].0, parts[d].1));
+        let (f, r) = (f?, r?);
+        let mut res = Vec::with_capacity(f.len() + r.len());
+        res.extend_from_slice(&f);
+        res.extend_from_slice(&r);
+        Ok(res)
+    }
+
+    /// Returns (dgx of each direction, the gradient of the flat third argument).
+    fn backward(&self, gres: &[f32]) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let lens = self.res_lens();
+        if gres.len() != lens[0] + lens[1] {
+            bail!(
+                "fused recurrence pair: result gradient of {} values, expected {}",
+                gres.len(),
+                lens[0] + lens[1]
+            );
+        }
+        let (g_f, g_r) = gres.split_at(lens[0]);
+        let [f, r] = self.both(|op, d| op.backward(if d == 0 { g_f } else { g_r }));
+        let ((dgx_f, dst_f, dw_f), (dgx_r, dst_r, dw_r)) = (f?, r?);
+        let rest = [dst_f, dw_f, dst_r, dw_r].concat();
+        Ok((dgx_f, dgx_r, rest))
+    }
+}
+
+flat_op3!(
+    FusedPair,
+    "seqlab-fused-recurrence-pair",
+    "fused recurrence pair",
+    ["gx", "gx (reverse)", "states and weights"]
+);
+
+/// `(out (T, B, P), hn (B, P), cn (B, H) for LSTM)` of one direction's flat result.
+fn split_result(spec: &FusedSpec, res: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let (t, b, p, h) = (spec.seq_len, spec.batch, spec.out, spec.hidden);
+    let out = res.narrow(0, 0, t * b * p)?.reshape((t, b, p))?;
+    let hn = res.narrow(0, t * b * p, b * p)?.reshape((b, p))?;
+    let cn = if spec.cell == FusedCell::Lstm {
+        Some(res.narrow(0, t * b * p + b * p, b * h)?.reshape((b, h))?)
+    } else {
+        None
+    };
+    Ok((out, hn, cn))
 }
 
 #[cfg(test)]
@@ -1395,6 +1684,125 @@ mod tests {
                 let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
                 assert!(d <= 1e-6 * scale, "{cell:?}: {what} differs by {d} (scale {scale})");
                 assert!(b.iter().all(|v| v.is_finite()), "{cell:?}: {what} has NaN/inf");
+            }
+        }
+    }
+
+    /// The backward's gate rows (plain multiplies and adds, no FMA) give the same bits on
+    /// every vector width as on one lane, hence as the former scalar loops: inputs of 40
+    /// units (whole vectors plus a one-lane tail with AVX-512), ReLU's gate at outputs ≤ 0.
+    #[test]
+    fn backward_rows_are_bitwise_equal_across_widths() {
+        const N: usize = 40;
+        /// All outputs of the four cells' rows on the lanes of `l`, concatenated.
+        #[inline(always)]
+        fn rows<L: Lanes>(l: L) -> Vec<f32> {
+            let mut v = values(16 * N, 7, 1.0);
+            // Saved activations in (0, 1) (tanh outputs in (−1, 1)), some ReLU outputs 0.
+            for x in &mut v[..4 * N] {
+                *x = 0.5 + 0.49 * *x;
+            }
+            for x in v[12 * N..13 * N].iter_mut().step_by(3) {
+                *x = 0.0;
+            }
+            let mut out = vec![0f32; 40 * N];
+            let (inp, o) = (v.as_mut_ptr(), out.as_mut_ptr());
+            let blk = |base: *mut f32, k: usize| unsafe { base.add(k * N) };
+            let four = |base: *mut f32, k: usize| [0, 1, 2, 3].map(|g| blk(base, k + g));
+            // SAFETY: every block is N elements of `v` or `out`; blocks written are distinct.
+            unsafe {
+                let lstm = LstmBwdRow {
+                    g: four(inp, 0).map(|p| p as *const f32),
+                    tc: blk(inp, 4),
+                    cp: blk(inp, 5),
+                    dm: blk(inp, 6),
+                    dc: blk(inp, 7),
+                    dx: four(o, 0),
+                    copy: Some(four(o, 4)),
+                };
+                simd::for_each_lane(l, N, lstm);
+                let gru = GruBwdRow {
+                    g: [0, 1, 2].map(|g| blk(inp, g) as *const f32),
+                    hp: blk(inp, 8),
+                    hnp: blk(inp, 9),
+                    dh: blk(inp, 10),
+                    dx: four(o, 8),
+                    dprod: four(o, 12),
+                    copy: Some(four(o, 16)),
+                };
+                simd::for_each_lane(l, N, gru);
+                for (k, tanh) in [(20, true), (22, false)] {
+                    let rnn = RnnBwdRow {
+                        tanh,
+                        g: blk(inp, if tanh { 11 } else { 12 }),
+                        dh: blk(inp, 13),
+                        dx: blk(o, k),
+                        copy: Some(blk(o, k + 1)),
+                    };
+                    simd::for_each_lane(l, N, rnn);
+                }
+            }
+            // The rows' in-out operands (dc, GRU's dh) belong to the result too.
+            out.extend_from_slice(&v[7 * N..8 * N]);
+            out.extend_from_slice(&v[10 * N..11 * N]);
+            out
+        }
+        let scalar = rows(Scalar);
+        assert!(scalar.iter().all(|v| v.is_finite()));
+        assert!(scalar[22 * N..23 * N].iter().step_by(3).all(|v| *v == 0.0), "ReLU gate");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use simd::{Avx2Fma, Avx512};
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            unsafe fn wide(l: Avx512) -> Vec<f32> {
+                rows(l)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(l: Avx2Fma) -> Vec<f32> {
+                rows(l)
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            if let Some(l) = Avx512::detect() {
+                // SAFETY: the token proves the features.
+                assert_eq!(bits(&unsafe { wide(l) }), bits(&scalar), "AVX-512 rows");
+            }
+            if let Some(l) = Avx2Fma::detect() {
+                // SAFETY: as above.
+                assert_eq!(bits(&unsafe { avx2(l) }), bits(&scalar), "AVX2 rows");
+            }
+        }
+    }
+
+    /// A bidirectional layer's pair, its directions side by side on one thread each,
+    /// computes bit for bit what the two directions' ops compute one after the other on one
+    /// thread each: results, gate-input gradients, state and weight gradients, for every cell
+    /// with and without lengths.
+    #[test]
+    fn pair_matches_two_ops() {
+        for (ci, cell) in CELLS.into_iter().enumerate() {
+            for lengths in [None, Some(vec![5, 2, 4])] {
+                let cases = [false, true]
+                    .map(|rev| Case::new(cell, 5, rev, lengths.clone(), 300 + ci as u64 * 10 + rev as u64, 1.0));
+                let pair = FusedPair::with_threads([0, 1].map(|d| cases[d].spec.clone()), 2).unwrap();
+                assert!(pair.ops.iter().all(|op| op.threads == 1 && op.serial_gemm));
+                let rest = [&cases[0].st, &cases[0].w, &cases[1].st, &cases[1].w]
+                    .map(|v| v.as_slice())
+                    .concat();
+                let res = pair.forward(&cases[0].gx, &cases[1].gx, &rest).unwrap();
+                let gres = [&cases[0].gres, &cases[1].gres].map(|v| v.as_slice()).concat();
+                let (dgx_f, dgx_r, drest) = pair.backward(&gres).unwrap();
+                let [one_f, one_r] = [0, 1].map(|d| cases[d].run(1, false));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let want_res = [one_f[0].as_slice(), &one_r[0]].concat();
+                let want_rest = [one_f[2].as_slice(), &one_f[3], &one_r[2], &one_r[3]].concat();
+                for (what, got, want) in [
+                    ("res", &res, &want_res),
+                    ("dgx forward", &dgx_f, &one_f[1]),
+                    ("dgx reverse", &dgx_r, &one_r[1]),
+                    ("dstate, dw", &drest, &want_rest),
+                ] {
+                    assert_eq!(bits(got), bits(want), "{cell:?} lengths {lengths:?}: {what}");
+                }
             }
         }
     }

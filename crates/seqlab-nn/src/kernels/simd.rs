@@ -5,6 +5,8 @@
 //!   lanes AVX-512, 8 lanes AVX2 + FMA) and by [`Scalar`] (1 lane), so that an elementwise
 //!   kernel is written once: [`exp`], [`sigmoid`], [`tanh`] and the recurrences' gate loops
 //!   (`super::recurrence`). The one-lane instances are the portable path and the loops' tails.
+//! - [`LaneBody`] and [`for_each_lane`]: an elementwise loop body written once for every width,
+//!   and the one loop that runs it over whole vectors and then the one-lane tail.
 //! - [`exp8`], [`hsum8`]: AVX2 pieces of the selective scan's hand-written loop.
 //!
 //! Why: loops over the scalar [`super::recurrence::fexp`] are not vectorised by the compiler
@@ -116,6 +118,36 @@ pub(crate) trait Lanes: Copy {
     fn abs(self, x: Self::V) -> Self::V;
     /// |mag| with the sign bit of `sign` (`mag` must be ≥ +0).
     fn with_sign_of(self, mag: Self::V, sign: Self::V) -> Self::V;
+    /// `x` where `test` > 0, +0 elsewhere (NaN `test` included): the gradient gate of a ReLU
+    /// from its output.
+    fn where_positive(self, test: Self::V, x: Self::V) -> Self::V;
+}
+
+/// The body of an elementwise loop, for [`for_each_lane`]: computes elements `q..q + L::N`
+/// of its operands (the pointers it holds) on the lanes of `l`. One generic body serves the
+/// vector width and the one-lane tail.
+pub(crate) trait LaneBody: Copy {
+    /// # Safety
+    /// Elements `q..q + L::N` of every operand are in bounds, and those it writes are not
+    /// borrowed elsewhere.
+    unsafe fn at<L: Lanes>(self, l: L, q: usize);
+}
+
+/// Runs `f` over elements `0..n`: whole vectors of `l`, then the rest one lane at a time
+/// ([`Scalar`]). The only lane-plus-tail loop of the gate kernels.
+///
+/// # Safety
+/// Every operand of `f` holds at least `n` elements (as [`LaneBody::at`] requires).
+#[inline(always)]
+pub(crate) unsafe fn for_each_lane<L: Lanes, F: LaneBody>(l: L, n: usize, f: F) {
+    let mut q = 0;
+    while q + L::N <= n {
+        f.at(l, q);
+        q += L::N;
+    }
+    for q in q..n {
+        f.at(Scalar, q);
+    }
 }
 
 /// 1.5·2^23: adding it to |x| < 2^22 rounds x to an integer in the low mantissa bits.
@@ -191,6 +223,14 @@ impl Lanes for Scalar {
     #[inline(always)]
     fn with_sign_of(self, mag: f32, sign: f32) -> f32 {
         mag.copysign(sign)
+    }
+    #[inline(always)]
+    fn where_positive(self, test: f32, x: f32) -> f32 {
+        if test > 0.0 {
+            x
+        } else {
+            0.0
+        }
     }
 }
 
@@ -272,6 +312,11 @@ impl Lanes for Avx2Fma {
     #[inline(always)]
     fn with_sign_of(self, mag: __m256, sign: __m256) -> __m256 {
         unsafe { _mm256_or_ps(mag, _mm256_and_ps(_mm256_set1_ps(-0.0), sign)) }
+    }
+    #[inline(always)]
+    fn where_positive(self, test: __m256, x: __m256) -> __m256 {
+        // The ordered compare is false for NaN.
+        unsafe { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(test, _mm256_setzero_ps()), x) }
     }
 }
 
@@ -355,6 +400,10 @@ impl Lanes for Avx512 {
             let s = _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(i32::MIN));
             _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), s))
         }
+    }
+    #[inline(always)]
+    fn where_positive(self, test: __m512, x: __m512) -> __m512 {
+        unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(test, _mm512_setzero_ps()), x) }
     }
 }
 
@@ -556,24 +605,21 @@ mod tests {
     /// `f` over `xs` in place on the lanes of `l`, the tail one lane at a time.
     #[inline(always)]
     fn apply<L: Lanes>(l: L, f: Fun, xs: &mut [f32]) {
-        let mut chunks = xs.chunks_exact_mut(L::N);
-        for ch in &mut chunks {
-            // SAFETY: the chunk holds exactly L::N elements.
-            unsafe {
-                let v = l.load(ch.as_ptr());
-                let y = match f {
+        #[derive(Clone, Copy)]
+        struct Apply(Fun, *mut f32);
+        impl LaneBody for Apply {
+            #[inline(always)]
+            unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+                let v = l.load(self.1.add(q));
+                let y = match self.0 {
                     Fun::Sigmoid => sigmoid(l, v),
                     Fun::Tanh => tanh(l, v),
                 };
-                l.store(ch.as_mut_ptr(), y);
+                l.store(self.1.add(q), y);
             }
         }
-        for x in chunks.into_remainder() {
-            *x = match f {
-                Fun::Sigmoid => sigmoid(Scalar, *x),
-                Fun::Tanh => tanh(Scalar, *x),
-            };
-        }
+        // SAFETY: the body reads and writes elements below xs.len() of xs only.
+        unsafe { for_each_lane(l, xs.len(), Apply(f, xs.as_mut_ptr())) }
     }
 
     #[cfg(target_arch = "x86_64")]
