@@ -141,7 +141,14 @@ mod tests {
     fn sum_of_squares_equals_candles_chain_bit_for_bit() {
         let g = crate::SeqRng::new(5).normal((300, 77), 0.0, 3.0, &Device::Cpu).unwrap();
         let chain = |g: &Tensor| {
-            g.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            g.to_dtype(DType::F64)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         assert_eq!(sum_sq(&g).unwrap().to_bits(), chain(&g).to_bits());
         let t = g.t().unwrap();
@@ -149,7 +156,15 @@ mod tests {
         let big = crate::SeqRng::new(6).normal((700, 77), 0.0, 3.0, &Device::Cpu).unwrap();
         for x in [&g, &big] {
             let (ours, candle) = (scaled(x, 0.37).unwrap(), (x * 0.37).unwrap());
-            let bits = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let bits = |t: Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(bits(ours), bits(candle));
         }
         let parts = [g.narrow(0, 0, 100).unwrap(), g.narrow(0, 100, 200).unwrap()];

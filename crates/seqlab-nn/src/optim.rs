@@ -247,7 +247,13 @@ struct Fused<'a, 'k> {
 
 /// Splits `[a, b]` after `n` elements of each non-empty one.
 fn split_bufs<'a>([a, b]: [&'a mut [f32]; 2], n: usize) -> ([&'a mut [f32]; 2], [&'a mut [f32]; 2]) {
-    let cut = |x: &'a mut [f32]| if x.is_empty() { (&mut [][..], x) } else { x.split_at_mut(n) };
+    let cut = |x: &'a mut [f32]| {
+        if x.is_empty() {
+            (&mut [][..], x)
+        } else {
+            x.split_at_mut(n)
+        }
+    };
     let ((a0, a1), (b0, b1)) = (cut(a), cut(b));
     ([a0, b0], [a1, b1])
 }
@@ -863,8 +869,12 @@ mod tests {
         vs.param("w", (3, 4), Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
         vs.param("b", 4, Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
         // More than three pieces of the fused update's parallel split, the last one partial.
-        vs.param("e", (3 * UPDATE_CHUNK / 64 + 5, 64), Init::Normal { mean: 0.0, std: 1.0 })
-            .unwrap();
+        vs.param(
+            "e",
+            (3 * UPDATE_CHUNK / 64 + 5, 64),
+            Init::Normal { mean: 0.0, std: 1.0 },
+        )
+        .unwrap();
         let x = crate::SeqRng::new(99).normal((5, 3), 0.0, 1.0, &Device::Cpu).unwrap();
         (vs, x)
     }

@@ -218,7 +218,13 @@ mod tests {
         let scale = (1.0f64 / 0.9) as f32;
         let want: Vec<f32> = bits
             .iter()
-            .map(|&r| if (r as u64) < (0.1f64 * 4_294_967_296.0).round() as u64 { 0.0 } else { scale })
+            .map(|&r| {
+                if (r as u64) < (0.1f64 * 4_294_967_296.0).round() as u64 {
+                    0.0
+                } else {
+                    scale
+                }
+            })
             .collect();
         assert!(m.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
         assert_eq!(a.state(), b.state());
