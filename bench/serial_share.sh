@@ -22,7 +22,7 @@ for row in $rows; do
     authors-transformer) args="--config configs/authors-transformer.toml $AUTHORS --set data.batch_tokens=1024" ;;
     mt-bible-small) args="--config configs/mt-bible-small.toml $MT --set data.batch_tokens=750" ;;
     mt-bible-rnn) args="--config configs/mt-bible-rnn.toml $MT --set data.batch_tokens=750" ;;
-    bert-mini) args="--config configs/bert-mini.toml --set data.corpus=data/sample/kjv.en.txt --set data.batch_size=8" ;;
+    bert-mini) args="--config configs/bert-mini.toml --set data.corpus=data/sample/kjv.en.txt --set data.batch_size=4" ;;
     char-lstm) args="--config configs/sample-char-lstm.toml" ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac

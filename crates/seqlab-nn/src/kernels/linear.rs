@@ -115,9 +115,12 @@ impl CustomOp3 for LinearOp {
         let in_f = *x_t.dims().last().unwrap_or(&0);
         let rows = x_t.elem_count().checked_div(in_f).unwrap_or(0);
         let out_f = w_t.dim(0)?;
-        let g: Vec<f32> = {
-            let (sg, lg) = grad.storage_and_layout();
-            let g = super::contiguous("linear", "grad", device_f32("linear", "grad", &sg)?, lg)?;
+        // The incoming gradient is read in place (a copy of it was a serial memcpy of the
+        // whole activation gradient); the ReLU/dropout gate writes a new one.
+        let (sg, lg) = grad.storage_and_layout();
+        let g_in = super::contiguous("linear", "grad", device_f32("linear", "grad", &sg)?, lg)?;
+        let gated: Option<Vec<f32>> = {
+            let g = g_in;
             if self.relu || self.dropout.is_some() {
                 let (sr, lr) = res.storage_and_layout();
                 let r = super::contiguous("linear", "output", device_f32("linear", "output", &sr)?, lr)?;
@@ -127,7 +130,8 @@ impl CustomOp3 for LinearOp {
                 // Chunks of plain loops with the case chosen outside them: they vectorise
                 // (blends), where the element-wise rayon iterator with the ReLU test inside
                 // stayed scalar (perf: 7 % of a mt-bible-small training step).
-                let mut dz = vec![0f32; g.len()];
+                // SAFETY: both cases below write every element.
+                let mut dz = unsafe { super::uninit_f32(g.len()) };
                 const CHUNK: usize = 1 << 14;
                 let parts = dz
                     .par_chunks_mut(CHUNK)
@@ -155,11 +159,12 @@ impl CustomOp3 for LinearOp {
                         }
                     }),
                 }
-                dz
+                Some(dz)
             } else {
-                g.to_vec()
+                None
             }
         };
+        let g: &[f32] = gated.as_deref().unwrap_or(g_in);
         let (sx, lx) = x_t.storage_and_layout();
         let (sw, lw) = w_t.storage_and_layout();
         let x = super::contiguous("linear", "x", device_f32("linear", "x", &sx)?, lx)?;
@@ -167,8 +172,19 @@ impl CustomOp3 for LinearOp {
         // x outside the autograd graph (a recurrent stack's input features, say) needs no
         // gradient: skipping it saves a third of the backward's multiply-adds.
         let need_dx = x_t.track_op();
-        let mut dx = vec![0f32; if need_dx { rows * in_f } else { 0 }];
-        let mut dw = vec![0f32; out_f * in_f];
+        // The products below overwrite dx and dw (read_dst false); zeros when there is
+        // nothing to multiply.
+        let products = rows > 0 && out_f > 0;
+        // SAFETY: with `products` the two gemm calls below write every element.
+        let buffer = |n: usize| {
+            if products {
+                unsafe { super::uninit_f32(n) }
+            } else {
+                vec![0f32; n]
+            }
+        };
+        let mut dx = buffer(if need_dx { rows * in_f } else { 0 });
+        let mut dw = buffer(out_f * in_f);
         if rows > 0 && need_dx {
             // SAFETY: all buffers are contiguous with the sizes named in each call.
             unsafe {
