@@ -87,11 +87,6 @@ ROOTS = (r"^seqlab_nn::rng::SeqRng::dropout_mask$|^seqlab_nn::optim::(AdamW|Sgd)
          r"|^seqlab_nn::embedding::|^seqlab_data::")
 
 
-def main_gemm_under(fn, incl):
-    """0 (gemm is called from few of the roots; the matmul entry is reported with it)."""
-    return 0
-
-
 def group(fn):
     for g, rx in GROUPS:
         if re.search(rx, fn):
@@ -128,11 +123,8 @@ def main():
     for g, c in by_group.most_common():
         names = ", ".join(f"{n[:90]} {v/total:.1%}" for n, v in top[g].most_common(3))
         print(f"    {c/total:6.1%}  {g}: {names}")
-    print("  largest serial items (inclusive, main thread, gemm excluded where noted):")
-    items = []
-    for fn, c in main_incl.items():
-        if re.search(ROOTS, fn):
-            items.append((c - main_gemm_under(fn, main_incl), fn))
+    print("  largest serial items (inclusive cost on the main thread; candle's matmul, which is gemm, left out):")
+    items = [(c, fn) for fn, c in main_incl.items() if re.search(ROOTS, fn) and not fn.endswith(">::matmul")]
     for c, fn in sorted(items, reverse=True)[:12]:
         print(f"    {c/total:6.1%}  {fn[:150]}")
     inject = sum(v for k, v in main_calls.items() if k == "rayon_core::registry::Registry::inject")
