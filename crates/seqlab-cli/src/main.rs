@@ -139,10 +139,51 @@ fn quiet_error_backtraces() {
     }
 }
 
+/// For the commands whose tensor work all starts on the main thread (training, evaluation,
+/// decoding, benchmarks), with more than one thread the main thread becomes rayon's thread 0
+/// instead of a client of a pool of RAYON_NUM_THREADS other threads, as OpenMP's master
+/// thread is in PyTorch: a parallel kernel or product then runs one half on the calling
+/// thread while the other thread steals the other half, instead of the caller handing the
+/// whole job to the pool and sleeping until a pool thread wakes it (at 2 threads: 2 busy
+/// threads instead of 3, one wake-up less per parallel op; seqlab's whole models gained
+/// 0.98-1.51x from the second thread where PyTorch gained 1.21-1.71x, docs/BENCHMARKS.md).
+/// Not for `serve` and `w2v`, whose own threads call rayon while the main thread waits
+/// elsewhere (it would be a pool thread that never takes work). One thread keeps the
+/// pool of one other thread: a pool of the main thread alone would run jobs only inside its
+/// own parallel calls, and `bench/serial_share.sh` tells serial from parallel work by the
+/// thread that runs it. Results do not depend on it (every split is fixed by the data and
+/// the thread count, not by which thread runs a piece).
+fn join_thread_pool(command: &Command) {
+    let compute_on_main = matches!(
+        command,
+        Command::Train(_)
+            | Command::Eval(_)
+            | Command::Generate(_)
+            | Command::Pretrain(_)
+            | Command::Finetune(_)
+            | Command::Bench(_)
+            | Command::Translate(_)
+    );
+    // rayon's own rule for the default pool size.
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if compute_on_main && threads > 1 {
+        // An error means a pool already exists; the work then runs on that one.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .use_current_thread()
+            .build_global();
+    }
+}
+
 fn main() {
     quiet_error_backtraces();
     tune_allocator();
     let cli = Cli::parse();
+    join_thread_pool(&cli.command);
     // A misspelt SEQLAB_OPS (fused | composed, seqlab_nn::ops) stops here rather than
     // silently running the other path.
     if let Err(e) = seqlab_nn::ops::path_from_env() {

@@ -210,20 +210,52 @@ fn fused_update(var: &Var, grad: &Tensor) -> bool {
     crate::ops::use_fused(var.as_tensor()) && grad.device().is_cpu()
 }
 
-/// Runs `kernel(param, grad)` over one parameter's CPU storage, in place.
-fn update_in_place(var: &Var, grad: &Tensor, kernel: &mut dyn FnMut(&mut [f32], &[f32])) -> Result<()> {
+/// One piece of a parameter for the fused update: its elements, their gradients and the
+/// optimizer's per-element buffers for them (`b1`/`b2` are empty when the optimizer keeps none).
+struct Part<'a> {
+    p: &'a mut [f32],
+    g: &'a [f32],
+    b1: &'a mut [f32],
+    b2: &'a mut [f32],
+}
+
+/// `kernel(part)` over the pieces of one parameter; every element is updated on its own, so
+/// the split does not change a value.
+type Kernel<'a> = dyn Fn(Part<'_>) + Sync + 'a;
+
+/// Elements per parallel task of the fused update. An AdamW element costs ~20 instructions,
+/// so a task is ~0.3 M instructions, far above rayon's dispatch cost; parameters of at most
+/// this size (biases, norms) are updated on the calling thread. Before the split, the update
+/// of every parameter ran on one thread whatever the thread count.
+const UPDATE_CHUNK: usize = 1 << 14;
+
+/// Runs `kernel` over one parameter's CPU storage, in place, with its buffers `b1`/`b2`
+/// (each empty or of the parameter's size), in parallel pieces of [`UPDATE_CHUNK`] elements.
+fn update_in_place(var: &Var, grad: &Tensor, b1: &mut [f32], b2: &mut [f32], kernel: &Kernel<'_>) -> Result<()> {
     let grad = grad.contiguous()?;
     let op = Fused {
-        kernel: RefCell::new(kernel),
+        bufs: RefCell::new([b1, b2]),
+        kernel,
     };
     var.as_tensor().inplace_op2(&grad, &op)
 }
 
-/// `kernel(param, grad)` over one parameter's elements.
-type Kernel<'a> = dyn FnMut(&mut [f32], &[f32]) + 'a;
-
 struct Fused<'a, 'k> {
-    kernel: RefCell<&'a mut Kernel<'k>>,
+    bufs: RefCell<[&'a mut [f32]; 2]>,
+    kernel: &'a Kernel<'k>,
+}
+
+/// Splits `[a, b]` after `n` elements of each non-empty one.
+fn split_bufs<'a>([a, b]: [&'a mut [f32]; 2], n: usize) -> ([&'a mut [f32]; 2], [&'a mut [f32]; 2]) {
+    let cut = |x: &'a mut [f32]| {
+        if x.is_empty() {
+            (&mut [][..], x)
+        } else {
+            x.split_at_mut(n)
+        }
+    };
+    let ((a0, a1), (b0, b1)) = (cut(a), cut(b));
+    ([a0, b0], [a1, b1])
 }
 
 impl InplaceOp2 for Fused<'_, '_> {
@@ -232,16 +264,35 @@ impl InplaceOp2 for Fused<'_, '_> {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        use rayon::prelude::*;
         let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
             bail!("optimizer update needs contiguous tensors");
         };
-        match (s1, s2) {
-            (CpuStorage::F32(p), CpuStorage::F32(g)) => {
-                (self.kernel.borrow_mut())(&mut p[a0..a1], &g[b0..b1]);
-                Ok(())
-            }
-            _ => bail!("optimizer update needs f32 tensors"),
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            bail!("optimizer update needs f32 tensors");
+        };
+        let (mut p, mut g) = (&mut p[a0..a1], &g[b0..b1]);
+        let mut guard = self.bufs.borrow_mut();
+        let [b1, b2] = &mut *guard;
+        let mut bufs: [&mut [f32]; 2] = [&mut **b1, &mut **b2];
+        if bufs.iter().any(|b| !b.is_empty() && b.len() != p.len()) {
+            bail!("optimizer update: state buffer size differs from the parameter's");
         }
+        let mut parts = Vec::with_capacity(p.len().div_ceil(UPDATE_CHUNK));
+        while !p.is_empty() {
+            let n = p.len().min(UPDATE_CHUNK);
+            let (ph, pt) = std::mem::take(&mut p).split_at_mut(n);
+            let (gh, gt) = g.split_at(n);
+            let ([b1, b2], rest) = split_bufs(bufs, n);
+            parts.push(Part { p: ph, g: gh, b1, b2 });
+            (p, g, bufs) = (pt, gt, rest);
+        }
+        if parts.len() > 1 {
+            parts.into_par_iter().for_each(self.kernel);
+        } else {
+            parts.into_iter().for_each(self.kernel);
+        }
+        Ok(())
     }
 }
 
@@ -541,8 +592,7 @@ impl AdamW {
                 (slot.dev1, slot.dev2) = (Some(m.detach()), Some(v.detach()));
                 continue;
             }
-            let (m, v) = (&mut slot.buf1, &mut slot.buf2);
-            let mut kernel = |p: &mut [f32], g: &[f32]| {
+            let kernel = |Part { p, g, b1: m, b2: v }: Part<'_>| {
                 for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
                     if decays {
                         *p *= decay;
@@ -560,7 +610,7 @@ impl AdamW {
                     *p += neg_step_size * *m / denom;
                 }
             };
-            update_in_place(&slot.var, &g, &mut kernel)?;
+            update_in_place(&slot.var, &g, &mut slot.buf1, &mut slot.buf2, &kernel)?;
         }
         self.steps += 1;
         Ok(())
@@ -738,8 +788,7 @@ impl Sgd {
             if momentum != 0.0 && first {
                 slot.buf1 = vec![0.0; slot.var.elem_count()];
             }
-            let buf = &mut slot.buf1;
-            let mut kernel = |p: &mut [f32], g: &[f32]| {
+            let kernel = |Part { p, g, b1: buf, .. }: Part<'_>| {
                 for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
                     let mut d = if decays { g + wd * *p } else { g };
                     if momentum != 0.0 {
@@ -750,7 +799,7 @@ impl Sgd {
                     *p += neg_lr * d;
                 }
             };
-            update_in_place(&slot.var, &g, &mut kernel)?;
+            update_in_place(&slot.var, &g, &mut slot.buf1, &mut [], &kernel)?;
         }
         self.steps += 1;
         Ok(())
@@ -819,6 +868,13 @@ mod tests {
         let vs = VarStore::new(seed, &Device::Cpu);
         vs.param("w", (3, 4), Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
         vs.param("b", 4, Init::Normal { mean: 0.0, std: 1.0 }).unwrap();
+        // More than three pieces of the fused update's parallel split, the last one partial.
+        vs.param(
+            "e",
+            (3 * UPDATE_CHUNK / 64 + 5, 64),
+            Init::Normal { mean: 0.0, std: 1.0 },
+        )
+        .unwrap();
         let x = crate::SeqRng::new(99).normal((5, 3), 0.0, 1.0, &Device::Cpu).unwrap();
         (vs, x)
     }
@@ -826,8 +882,10 @@ mod tests {
     fn loss(vs: &VarStore, x: &Tensor) -> Tensor {
         let w = vs.get("w").unwrap();
         let b = vs.get("b").unwrap();
+        let e = vs.get("e").unwrap();
         let y = x.matmul(w.as_tensor()).unwrap().broadcast_add(b.as_tensor()).unwrap();
-        y.tanh().unwrap().sqr().unwrap().sum_all().unwrap()
+        let big = e.as_tensor().tanh().unwrap().sqr().unwrap().sum_all().unwrap();
+        (y.tanh().unwrap().sqr().unwrap().sum_all().unwrap() + big).unwrap()
     }
 
     fn values(vs: &VarStore) -> Vec<Vec<f32>> {

@@ -161,16 +161,23 @@ fn ln_backward(
 }
 
 impl LayerNormOp {
-    /// Host copies of (x, grad, weight) for the backward pass, which is CPU-only like the op.
+    /// The backward pass (CPU-only like the op), reading x, grad and weight in place (host
+    /// copies of x and grad were a serial memcpy of two activations per layer norm).
     fn bwd_common(&self, x: &Tensor, w: Option<&Tensor>, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "layer_norm backward";
         let c = *x.dims().last().unwrap_or(&1);
-        let xv = x.flatten_all()?.to_vec1::<f32>()?;
-        let gv = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let wv = match w {
-            Some(w) => Some(w.to_vec1::<f32>()?),
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let w = w.map(|w| w.contiguous()).transpose()?;
+        let (xs, xl) = x.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let xv = super::contiguous(OP, "x", super::device_f32(OP, "x", &xs)?, xl)?;
+        let gv = super::contiguous(OP, "grad", super::device_f32(OP, "grad", &gs)?, gl)?;
+        let ws = w.as_ref().map(|w| w.storage_and_layout());
+        let wv = match &ws {
+            Some((s, l)) => Some(super::contiguous(OP, "weight", super::device_f32(OP, "weight", s)?, l)?),
             None => None,
         };
-        let (dx, dw, db) = ln_backward(&xv, &gv, c, wv.as_deref(), self.eps, self.rms);
+        let (dx, dw, db) = ln_backward(xv, gv, c, wv, self.eps, self.rms);
         Ok((
             Tensor::from_vec(dx, x.shape(), x.device())?,
             Tensor::from_vec(dw, c, x.device())?,

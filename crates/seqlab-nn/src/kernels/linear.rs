@@ -115,9 +115,12 @@ impl CustomOp3 for LinearOp {
         let in_f = *x_t.dims().last().unwrap_or(&0);
         let rows = x_t.elem_count().checked_div(in_f).unwrap_or(0);
         let out_f = w_t.dim(0)?;
-        let g: Vec<f32> = {
-            let (sg, lg) = grad.storage_and_layout();
-            let g = super::contiguous("linear", "grad", device_f32("linear", "grad", &sg)?, lg)?;
+        // The incoming gradient is read in place (a copy of it was a serial memcpy of the
+        // whole activation gradient); the ReLU/dropout gate writes a new one.
+        let (sg, lg) = grad.storage_and_layout();
+        let g_in = super::contiguous("linear", "grad", device_f32("linear", "grad", &sg)?, lg)?;
+        let gated: Option<Vec<f32>> = {
+            let g = g_in;
             if self.relu || self.dropout.is_some() {
                 let (sr, lr) = res.storage_and_layout();
                 let r = super::contiguous("linear", "output", device_f32("linear", "output", &sr)?, lr)?;
@@ -127,7 +130,8 @@ impl CustomOp3 for LinearOp {
                 // Chunks of plain loops with the case chosen outside them: they vectorise
                 // (blends), where the element-wise rayon iterator with the ReLU test inside
                 // stayed scalar (perf: 7 % of a mt-bible-small training step).
-                let mut dz = vec![0f32; g.len()];
+                // SAFETY: both cases below write every element.
+                let mut dz = unsafe { super::uninit_f32(g.len()) };
                 const CHUNK: usize = 1 << 14;
                 let parts = dz
                     .par_chunks_mut(CHUNK)
@@ -155,11 +159,12 @@ impl CustomOp3 for LinearOp {
                         }
                     }),
                 }
-                dz
+                Some(dz)
             } else {
-                g.to_vec()
+                None
             }
         };
+        let g: &[f32] = gated.as_deref().unwrap_or(g_in);
         let (sx, lx) = x_t.storage_and_layout();
         let (sw, lw) = w_t.storage_and_layout();
         let x = super::contiguous("linear", "x", device_f32("linear", "x", &sx)?, lx)?;
@@ -167,8 +172,19 @@ impl CustomOp3 for LinearOp {
         // x outside the autograd graph (a recurrent stack's input features, say) needs no
         // gradient: skipping it saves a third of the backward's multiply-adds.
         let need_dx = x_t.track_op();
-        let mut dx = vec![0f32; if need_dx { rows * in_f } else { 0 }];
-        let mut dw = vec![0f32; out_f * in_f];
+        // The products below overwrite dx and dw (read_dst false); zeros when there is
+        // nothing to multiply.
+        let products = rows > 0 && out_f > 0;
+        // SAFETY: with `products` the two gemm calls below write every element.
+        let buffer = |n: usize| {
+            if products {
+                unsafe { super::uninit_f32(n) }
+            } else {
+                vec![0f32; n]
+            }
+        };
+        let mut dx = buffer(if need_dx { rows * in_f } else { 0 });
+        let mut dw = buffer(out_f * in_f);
         if rows > 0 && need_dx {
             // SAFETY: all buffers are contiguous with the sizes named in each call.
             unsafe {
@@ -224,7 +240,12 @@ impl CustomOp3 for LinearOp {
             }
         }
         let n = out_f;
-        let db = g
+        // Column sums of each task's rows in parallel, then added in a fixed order: rayon's
+        // `reduce` added them in a tree whose shape follows which thread stole what, so the
+        // bias gradient (and the step) differed between runs at 2 threads. The order is the
+        // tree `reduce` built on one thread called from outside the pool (as before: three
+        // levels of halving, each leaf summed from zeros), so 1-thread results are unchanged.
+        let parts: Vec<Vec<f32>> = g
             .par_chunks(n * rows_per_task(rows))
             .map(|c| {
                 let mut acc = vec![0f32; n];
@@ -233,13 +254,8 @@ impl CustomOp3 for LinearOp {
                 }
                 acc
             })
-            .reduce(
-                || vec![0f32; n],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+            .collect();
+        let db = halving_sum(&parts, n, 3);
         let dev = x_t.device();
         let dx = if need_dx {
             Some(Tensor::from_vec(dx, x_t.shape(), dev)?)
@@ -251,6 +267,24 @@ impl CustomOp3 for LinearOp {
             Some(Tensor::from_vec(dw, (out_f, in_f), dev)?),
             Some(Tensor::from_vec(db, out_f, b_t.device())?),
         ))
+    }
+}
+
+/// The element-wise sum of `parts` (each of length `n`) in a fixed tree: `depth` levels of
+/// splitting in halves (the first half `len / 2` long, only while a half has an element),
+/// each leaf added in order starting from zeros, halves added left + right.
+fn halving_sum(parts: &[Vec<f32>], n: usize, depth: u32) -> Vec<f32> {
+    if depth > 0 && parts.len() >= 2 {
+        let mid = parts.len() / 2;
+        let mut a = halving_sum(&parts[..mid], n, depth - 1);
+        let b = halving_sum(&parts[mid..], n, depth - 1);
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    } else {
+        parts.iter().fold(vec![0f32; n], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            a
+        })
     }
 }
 
@@ -545,6 +579,31 @@ mod tests {
     /// gemm's 512 block) and on
     /// every fallback (one row, rows · out ≤ 256, out not a multiple of 16, no bias), at 1
     /// and 2 threads.
+    /// The bias gradient has the same bits at any thread count (rayon's `reduce` added the
+    /// per-task column sums in a tree that followed work stealing).
+    #[test]
+    fn bias_gradient_does_not_depend_on_the_thread_count() {
+        let x = Var::from_tensor(&randn(1, &[3000, 16])).unwrap();
+        let w = Var::from_tensor(&randn(2, &[40, 16])).unwrap();
+        let b = Var::from_tensor(&randn(3, &[40])).unwrap();
+        let probe = randn(4, &[3000, 40]);
+        let db = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = linear_act(&x, &w, Some(&b), false).unwrap();
+                let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let v = g.get(&b).unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            })
+        };
+        let one = db(1);
+        for threads in [2, 3, 4] {
+            for _ in 0..5 {
+                assert_eq!(db(threads), one, "{threads} threads");
+            }
+        }
+    }
+
     #[test]
     fn transposed_linear_equals_linear_act_exactly() {
         let cases = [
