@@ -28,6 +28,7 @@ pub mod attention;
 pub mod causal_conv1d;
 pub mod cross_entropy;
 pub mod gelu;
+pub(crate) mod gemm_order;
 pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
