@@ -173,25 +173,14 @@ impl Plan {
                 && vv.sl != 1
         });
         if let Some(n) = lanes {
-            // (`dispatch`: compiled with FMA, as gemm's kernels are; the lanes' arithmetic is
-            // the same at any vector width.)
             probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
-                super::dispatch(|| {
-                    let (bi, hi) = (bh / h, bh % h);
-                    let (q0, k0, v0) = (qv.at(bi, hi), kv.at(bi, hi), vv.at(bi, hi));
-                    let qr = &q[q0..q0 + d];
-                    for (j, p) in pr.iter_mut().enumerate() {
-                        let kj = &k[k0 + j * kv.sl..k0 + j * kv.sl + d];
-                        *p = match n {
-                            16 => super::gemm_order::horizontal_dot::<16>(kj, qr, self.scale),
-                            _ => super::gemm_order::horizontal_dot::<8>(kj, qr, self.scale),
-                        };
-                    }
-                    self.softmax_rows(bi, hi, pr);
-                    // SAFETY: each task writes only the (bi, hi) block of `out` (dv elements).
-                    let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ov.at(bi, hi)), dv) };
-                    super::gemm_order::gemv_colmajor(o, pr, |c| &v[v0 + c * vv.sl..v0 + c * vv.sl + dv]);
-                })
+                let (bi, hi) = (bh / h, bh % h);
+                let (q0, k0, v0) = (qv.at(bi, hi), kv.at(bi, hi), vv.at(bi, hi));
+                super::gemm_order::dots(pr, &q[q0..q0 + d], &k[k0..], kv.sl, n, self.scale);
+                self.softmax_rows(bi, hi, pr);
+                // SAFETY: each task writes only the (bi, hi) block of `out` (dv elements).
+                let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ov.at(bi, hi)), dv) };
+                super::gemm_order::weighted_rows(o, pr, &v[v0..], vv.sl);
             });
             return (out, probs);
         }

@@ -105,6 +105,229 @@ pub(crate) fn gemv_colmajor<'a>(o: &mut [f32], w: &[f32], row: impl Fn(usize) ->
     }
 }
 
+/// `out[j] = scale · q·key_j` for keys `key_j = keys[j·stride..][..q.len()]`, each in the
+/// order of gemm's horizontal kernel with `lanes` (16 or 8) lanes, with its instructions
+/// (AVX-512F or FMA) where the CPU has them, four keys at a time as gemm does; elsewhere
+/// (and as the reference of the tests) [`horizontal_dot`].
+pub(crate) fn dots(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, lanes: usize, scale: f32) {
+    let d = q.len();
+    let s = out.len();
+    assert!(d % lanes == 0 && (s == 0 || (s - 1) * stride + d <= keys.len()));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if lanes == 16 && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; key j's d elements are in `keys` (asserted).
+            unsafe { dots_avx512(out, q, keys, stride, scale) };
+            return;
+        }
+        if lanes == 8 && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx") {
+            // SAFETY: as above, with AVX and FMA.
+            unsafe { dots_fma(out, q, keys, stride, scale) };
+            return;
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let kj = &keys[j * stride..j * stride + d];
+        *o = if lanes == 16 {
+            horizontal_dot::<16>(kj, q, scale)
+        } else {
+            horizontal_dot::<8>(kj, q, scale)
+        };
+    }
+}
+
+/// gemm-f32's AVX-512 `reduce_sum`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce16(x: std::arch::x86_64::__m512) -> f32 {
+    use std::arch::x86_64::*;
+    let y = _mm256_add_ps(
+        _mm512_castps512_ps256(x),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
+    );
+    reduce8(y)
+}
+
+/// gemm-f32's FMA (8-lane) `reduce_sum`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn reduce8(x: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+    let hi = _mm_movehl_ps(x, x);
+    let r0 = _mm_add_ps(x, hi);
+    let r0_shuffled = _mm_shuffle_ps::<0b0001>(r0, r0);
+    _mm_cvtss_f32(_mm_add_ss(r0, r0_shuffled))
+}
+
+/// [`dots`] on AVX-512F: keys four at a time (gemm's `hx4x1`), one accumulator each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    let mut j = 0;
+    while j < out.len() {
+        let nk = (out.len() - j).min(4);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c < d {
+            let qv = _mm512_loadu_ps(qp.add(c));
+            for (i, a) in acc.iter_mut().enumerate().take(nk) {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add((j + i) * stride + c)), qv, *a);
+            }
+            c += 16;
+        }
+        for (i, a) in acc.iter().enumerate().take(nk) {
+            out[j + i] = scale * reduce16(*a);
+        }
+        j += nk;
+    }
+}
+
+/// [`dots`] with FMA (8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+unsafe fn dots_fma(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+    use std::arch::x86_64::*;
+    let d = q.len();
+    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    let mut j = 0;
+    while j < out.len() {
+        let nk = (out.len() - j).min(4);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < d {
+            let qv = _mm256_loadu_ps(qp.add(c));
+            for (i, a) in acc.iter_mut().enumerate().take(nk) {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((j + i) * stride + c)), qv, *a);
+            }
+            c += 8;
+        }
+        for (i, a) in acc.iter().enumerate().take(nk) {
+            out[j + i] = scale * reduce8(*a);
+        }
+        j += nk;
+    }
+}
+
+/// `o = Σ_c w_c · rows_c` ([`gemv_colmajor`]) for rows `rows[c·stride..][..o.len()]`,
+/// compiled with FMA where the CPU has it.
+pub(crate) fn weighted_rows(o: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "fma")]
+        unsafe fn fma(o: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+            let n = o.len();
+            gemv_colmajor(o, w, |c| &rows[c * stride..c * stride + n])
+        }
+        // SAFETY: the CPU has FMA.
+        return unsafe { fma(o, w, rows, stride) };
+    }
+    let n = o.len();
+    gemv_colmajor(o, w, |c| &rows[c * stride..c * stride + n])
+}
+
+/// Depth steps per pass of [`panel_product`]: a strip of 64 outputs × 32 depths of a panel
+/// with 256 outputs per depth row (8 KiB, 4 lines per depth 1 KiB apart, i.e. in 16 of L1's
+/// 64 sets, 8 lines each) stays in L1 while every group of six rows passes over it.
+const PANEL_DEPTH_STEP: usize = 32;
+
+/// `dst (rows × n) = x (rows × k) · w (k × n)` with gemm's values (its micro-kernel's one
+/// fused multiply-add chain per output from +0 over the whole depth: one depth block, so
+/// k ≤ 512), for `n` a multiple of 16, on AVX-512F. Row strides `x_rs`, `w_rs`, `dst_rs`
+/// (elements); `w` row-major (a [`super::linear::TransposedLinear`] panel). gemm walks the
+/// whole panel (from L2) once per six rows; here each 64 × [`PANEL_DEPTH_STEP`] block of it
+/// is used by all rows while in L1, the partial sums kept in `dst` (an f32 store and reload
+/// continue the chain exactly).
+///
+/// # Safety
+/// The CPU has AVX-512F; `x`, `w` and `dst` hold the elements the strides and sizes name;
+/// `dst` does not overlap `x` or `w`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn panel_product(
+    rows: usize,
+    n: usize,
+    k: usize,
+    x: *const f32,
+    x_rs: usize,
+    w: *const f32,
+    w_rs: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+) {
+    debug_assert!(n % 16 == 0 && k <= 512);
+    let mut m0 = 0;
+    while m0 < n {
+        let mv = ((n - m0) / 16).min(4);
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = PANEL_DEPTH_STEP.min(k - k0);
+            let mut r0 = 0;
+            while r0 < rows {
+                let rn = (rows - r0).min(6);
+                let (xp, wp, dp) = (x.add(r0 * x_rs + k0), w.add(k0 * w_rs + m0), dst.add(r0 * dst_rs + m0));
+                let args = (xp, x_rs, wp, w_rs, dp, dst_rs, kn, k0 == 0);
+                macro_rules! tiles {
+                    ($($r:literal),*) => {
+                        match (rn, mv) {
+                            $( ($r, 4) => tile::<$r, 4>(args), ($r, 3) => tile::<$r, 3>(args),
+                               ($r, 2) => tile::<$r, 2>(args), ($r, 1) => tile::<$r, 1>(args), )*
+                            _ => unreachable!("rows 1..=6 and 1..=4 vectors"),
+                        }
+                    };
+                }
+                tiles!(1, 2, 3, 4, 5, 6);
+                r0 += rn;
+            }
+            k0 += kn;
+        }
+        m0 += 16 * mv;
+    }
+}
+
+/// R rows × M vectors of 16 outputs over `kn` depths: the accumulators start at +0
+/// (`first`) or at the partial sums in `dst`, and end in `dst`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::type_complexity)]
+unsafe fn tile<const R: usize, const M: usize>(
+    (x, x_rs, w, w_rs, dst, dst_rs, kn, first): (*const f32, usize, *const f32, usize, *mut f32, usize, usize, bool),
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); M]; R];
+    if !first {
+        for r in 0..R {
+            for m in 0..M {
+                acc[r][m] = _mm512_loadu_ps(dst.add(r * dst_rs + 16 * m));
+            }
+        }
+    }
+    for kk in 0..kn {
+        let mut wv = [_mm512_setzero_ps(); M];
+        for m in 0..M {
+            wv[m] = _mm512_loadu_ps(w.add(kk * w_rs + 16 * m));
+        }
+        for r in 0..R {
+            let xb = _mm512_set1_ps(*x.add(r * x_rs + kk));
+            for m in 0..M {
+                acc[r][m] = _mm512_fmadd_ps(wv[m], xb, acc[r][m]);
+            }
+        }
+    }
+    for r in 0..R {
+        for m in 0..M {
+            _mm512_storeu_ps(dst.add(r * dst_rs + 16 * m), acc[r][m]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +400,9 @@ mod tests {
                     Parallelism::None,
                 );
             }
-            let got: Vec<f32> = (0..s)
+            let mut got = vec![0f32; s];
+            dots(&mut got, &q, &k, d, l, scale);
+            let portable: Vec<f32> = (0..s)
                 .map(|j| {
                     let kj = &k[j * d..(j + 1) * d];
                     if l == 16 {
@@ -188,9 +413,10 @@ mod tests {
                 })
                 .collect();
             let mut o = vec![0f32; d];
-            gemv_colmajor(&mut o, &p, |c| &k[c * d..(c + 1) * d]);
+            weighted_rows(&mut o, &p, &k, d);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "scores, s {s}, d {d}, {l} lanes");
+            assert_eq!(bits(&portable), bits(&want), "portable scores, s {s}, d {d}, {l} lanes");
             assert_eq!(bits(&o), bits(&o_want), "values, s {s}, d {d}");
         }
     }
