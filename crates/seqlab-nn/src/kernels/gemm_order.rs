@@ -1,7 +1,7 @@
 //! What the `gemm` crate (0.19, with its `x86-v4` feature, as this workspace builds it)
 //! computes on this CPU, for the decoding kernels that must give its values bit for bit
-//! while calling it less often ([`super::linear::TransposedLinear`], the single-query
-//! attention of [`super::attention`]).
+//! while calling it less often ([`super::linear::TransposedLinear`]'s row chunks, the
+//! single-query attention of [`super::attention`]).
 //!
 //! gemm picks its f32 kernels at run time: AVX-512F kernels (16 lanes, micro-kernel 64 × 6)
 //! where the CPU has AVX-512F, else FMA kernels (8 lanes, 16 × 6), else scalar ones (4
@@ -229,103 +229,6 @@ pub(crate) fn weighted_rows(o: &mut [f32], w: &[f32], rows: &[f32], stride: usiz
     }
     let n = o.len();
     gemv_colmajor(o, w, |c| &rows[c * stride..c * stride + n])
-}
-
-/// Depth steps per pass of [`panel_product`]: a strip of 64 outputs × 32 depths of a panel
-/// with 256 outputs per depth row (8 KiB, 4 lines per depth 1 KiB apart, i.e. in 16 of L1's
-/// 64 sets, 8 lines each) stays in L1 while every group of six rows passes over it.
-const PANEL_DEPTH_STEP: usize = 32;
-
-/// `dst (rows × n) = x (rows × k) · w (k × n)` with gemm's values (its micro-kernel's one
-/// fused multiply-add chain per output from +0 over the whole depth: one depth block, so
-/// k ≤ 512), for `n` a multiple of 16, on AVX-512F. Row strides `x_rs`, `w_rs`, `dst_rs`
-/// (elements); `w` row-major (a [`super::linear::TransposedLinear`] panel). gemm walks the
-/// whole panel (from L2) once per six rows; here each 64 × [`PANEL_DEPTH_STEP`] block of it
-/// is used by all rows while in L1, the partial sums kept in `dst` (an f32 store and reload
-/// continue the chain exactly).
-///
-/// # Safety
-/// The CPU has AVX-512F; `x`, `w` and `dst` hold the elements the strides and sizes name;
-/// `dst` does not overlap `x` or `w`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn panel_product(
-    rows: usize,
-    n: usize,
-    k: usize,
-    x: *const f32,
-    x_rs: usize,
-    w: *const f32,
-    w_rs: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-) {
-    debug_assert!(n % 16 == 0 && k <= 512);
-    let mut m0 = 0;
-    while m0 < n {
-        let mv = ((n - m0) / 16).min(4);
-        let mut k0 = 0;
-        while k0 < k {
-            let kn = PANEL_DEPTH_STEP.min(k - k0);
-            let mut r0 = 0;
-            while r0 < rows {
-                let rn = (rows - r0).min(6);
-                let (xp, wp, dp) = (x.add(r0 * x_rs + k0), w.add(k0 * w_rs + m0), dst.add(r0 * dst_rs + m0));
-                let args = (xp, x_rs, wp, w_rs, dp, dst_rs, kn, k0 == 0);
-                macro_rules! tiles {
-                    ($($r:literal),*) => {
-                        match (rn, mv) {
-                            $( ($r, 4) => tile::<$r, 4>(args), ($r, 3) => tile::<$r, 3>(args),
-                               ($r, 2) => tile::<$r, 2>(args), ($r, 1) => tile::<$r, 1>(args), )*
-                            _ => unreachable!("rows 1..=6 and 1..=4 vectors"),
-                        }
-                    };
-                }
-                tiles!(1, 2, 3, 4, 5, 6);
-                r0 += rn;
-            }
-            k0 += kn;
-        }
-        m0 += 16 * mv;
-    }
-}
-
-/// R rows × M vectors of 16 outputs over `kn` depths: the accumulators start at +0
-/// (`first`) or at the partial sums in `dst`, and end in `dst`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::type_complexity)]
-unsafe fn tile<const R: usize, const M: usize>(
-    (x, x_rs, w, w_rs, dst, dst_rs, kn, first): (*const f32, usize, *const f32, usize, *mut f32, usize, usize, bool),
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); M]; R];
-    if !first {
-        for r in 0..R {
-            for m in 0..M {
-                acc[r][m] = _mm512_loadu_ps(dst.add(r * dst_rs + 16 * m));
-            }
-        }
-    }
-    for kk in 0..kn {
-        let mut wv = [_mm512_setzero_ps(); M];
-        for m in 0..M {
-            wv[m] = _mm512_loadu_ps(w.add(kk * w_rs + 16 * m));
-        }
-        for r in 0..R {
-            let xb = _mm512_set1_ps(*x.add(r * x_rs + kk));
-            for m in 0..M {
-                acc[r][m] = _mm512_fmadd_ps(wv[m], xb, acc[r][m]);
-            }
-        }
-    }
-    for r in 0..R {
-        for m in 0..M {
-            _mm512_storeu_ps(dst.add(r * dst_rs + 16 * m), acc[r][m]);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -513,40 +513,6 @@ impl TransposedLinear {
             }
         };
         let jobs = n_out * n_row;
-        // One thread on AVX-512 with one depth block: every panel over all rows at once in
-        // `gemm_order::panel_product` (gemm's values, each block of the panel reused by all
-        // rows while in L1).
-        #[cfg(target_arch = "x86_64")]
-        if threads == 1 && in_f <= 512 && super::gemm_order::lanes() == Some(16) {
-            for (c0, cn) in out_blocks(out_f) {
-                // SAFETY: AVX-512F is present (16 lanes); x holds rows·in, the panel at c0 in·cn
-                // and out rows·out elements; every element of out is written before it is read.
-                unsafe {
-                    let d = dst.get().add(c0);
-                    super::gemm_order::panel_product(
-                        rows,
-                        cn,
-                        in_f,
-                        xs.as_ptr(),
-                        in_f,
-                        wt.as_ptr().add(c0 * in_f),
-                        cn,
-                        d,
-                        out_f,
-                    );
-                    for r in 0..rows {
-                        let o = std::slice::from_raw_parts_mut(d.add(r * out_f), cn);
-                        bias_act(o, bias.map(|b| &b[c0..c0 + cn]), relu);
-                    }
-                }
-            }
-            drop(sx);
-            // SAFETY: the panels above wrote all rows·out elements.
-            unsafe { out.set_len(rows * out_f) };
-            let mut dims = x.dims().to_vec();
-            *dims.last_mut().expect("x has a last dimension") = out_f;
-            return Tensor::from_vec(out, dims, x.device());
-        }
         if threads > 1 && jobs > 1 {
             (0..jobs).into_par_iter().for_each(job);
         } else {
