@@ -147,13 +147,10 @@ impl Plan {
     ) -> (Vec<f32>, Vec<f32>) {
         let (b, l, s, h, d, dv) = (self.b, self.l, self.s, self.h, self.d, self.dv);
         let ls = l * s;
-        let mut out = vec![0f32; b * l * h * dv];
-        let mut probs = vec![0f32; b * h * ls];
+        let (n_out, n_probs) = (b * l * h * dv, b * h * ls);
         if ls == 0 || b * h == 0 {
-            return (out, probs);
+            return (vec![0f32; n_out], vec![0f32; n_probs]);
         }
-        let ov = View::contiguous(l, h, dv);
-        let outp = MutPtr(out.as_mut_ptr());
         // One query row (a decoding step) without dropout: the two products of each (batch,
         // head) written out in gemm's own order (`gemm_order`), instead of two gemm calls of
         // a few thousand multiply-adds each, whose dispatch and set-up dominated them
@@ -172,6 +169,14 @@ impl Plan {
                 && vv.sd == 1
                 && vv.sl != 1
         });
+        let (mut out, mut probs) = match lanes {
+            // SAFETY: the single-query path writes every element of both: per (batch, head)
+            // its s probabilities and its dv outputs (L = 1, O contiguous).
+            Some(_) => unsafe { (super::uninit_f32(n_out), super::uninit_f32(n_probs)) },
+            None => (vec![0f32; n_out], vec![0f32; n_probs]),
+        };
+        let ov = View::contiguous(l, h, dv);
+        let outp = MutPtr(out.as_mut_ptr());
         if let Some(n) = lanes {
             probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
                 let (bi, hi) = (bh / h, bh % h);
