@@ -340,11 +340,39 @@ pub fn linear_act_dropout(
         .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { relu, dropout: mask })
 }
 
-/// Rows per gemm call of [`TransposedLinear`]: gemm-common 0.19 packs (copies into panels)
-/// an already column-major lhs whenever the call has more than 8·NR columns (its
-/// `lhs_packing_threshold`, NR = 6 for the AVX2 and AVX-512 f32 kernels, 4 for the scalar one),
-/// so a call of at most 32 rows multiplies the transposed weight where it lies.
+/// Rows per gemm call of [`TransposedLinear`] with several threads: gemm-common 0.19 packs
+/// (copies into panels) an already column-major lhs whenever the call has more than 8·NR
+/// columns (its `lhs_packing_threshold`, NR = 6 for the AVX2 and AVX-512 f32 kernels, 4 for
+/// the scalar one), so a call of at most 32 rows multiplies the transposed weight where it
+/// lies on any of them.
 const T_ROWS: usize = 32;
+
+/// The row chunks (first row, rows) of a one-thread [`TransposedLinear`] call over `rows` ≥ 2
+/// rows: as many rows per gemm call as gemm multiplies without packing (8·NR, NR = the
+/// micro-kernel's columns on this CPU), every chunk but the last a multiple of NR, none of
+/// one row (gemm multiplies a single row in another order). gemm's micro-kernel takes NR
+/// rows at a time, so a chunk of r rows costs ⌈r/NR⌉ kernel calls over the whole weight
+/// panel: 128 rows (a beam-4 step of 32 sentences) in 32-row chunks were 4 × 6 = 24 calls
+/// for 21⅓ calls' worth of rows, in these chunks 8 + 8 + 6 = 22.
+fn aligned_row_chunks(rows: usize, nr: usize) -> Vec<(usize, usize)> {
+    let max = 8 * nr;
+    let mut out = Vec::with_capacity(rows / max + 1);
+    let mut r0 = 0;
+    while rows - r0 > max {
+        out.push((r0, max));
+        r0 += max;
+    }
+    let mut rest = rows - r0;
+    if rest == 1 {
+        if let Some(last) = out.last_mut() {
+            last.1 -= nr;
+            r0 -= nr;
+            rest += nr;
+        }
+    }
+    out.push((r0, rest));
+    out
+}
 
 /// Outputs per gemm call of [`TransposedLinear`]: a (256, in) block of the weight (256 KB at
 /// in = 256) stays in L2 while every row chunk passes over it.
@@ -455,13 +483,21 @@ impl TransposedLinear {
         };
         let mut out: Vec<f32> = Vec::with_capacity(rows * out_f);
         let dst = super::MutPtr(out.as_mut_ptr());
-        // Jobs: output ranges × row chunks of at most T_ROWS, sizes within one of each other
-        // (never a one-row chunk). An output range is a panel, or with several threads and
+        // Jobs: output ranges × row chunks: with several threads of at most T_ROWS, sizes
+        // within one of each other (never a one-row chunk); with one, [`aligned_row_chunks`]. An output range is a panel, or with several threads and
         // fewer than two jobs per thread, each half of the panels of 256 and more outputs
         // (so that a step's last few rows still keep both threads busy; every half has more
         // than 64 outputs, a multiple of 16).
         let threads = rayon::current_num_threads();
-        let n_row = rows.div_ceil(T_ROWS);
+        let row_chunks: Vec<(usize, usize)> = if threads > 1 {
+            let n = rows.div_ceil(T_ROWS);
+            (0..n)
+                .map(|j| (j * rows / n, (j + 1) * rows / n - j * rows / n))
+                .collect()
+        } else {
+            aligned_row_chunks(rows, super::gemm_order::micro_kernel_columns())
+        };
+        let n_row = row_chunks.len();
         // (panel's first output, panel's outputs, range's first output, range's outputs)
         let mut ranges: Vec<(usize, usize, usize, usize)> = Vec::new();
         let blocks = out_blocks(out_f);
@@ -475,9 +511,8 @@ impl TransposedLinear {
             }
         }
         let n_out = ranges.len();
-        let row_chunk = |j: usize| (j * rows / n_row, (j + 1) * rows / n_row - j * rows / n_row);
         let job = |jb: usize| {
-            let ((p0, pw, c0, cn), (r0, rn)) = (ranges[jb / n_row], row_chunk(jb % n_row));
+            let ((p0, pw, c0, cn), (r0, rn)) = (ranges[jb / n_row], row_chunks[jb % n_row]);
             // SAFETY: x holds rows·in, wt in·out and dst rows·out elements; this job reads rows
             // r0.. of x and columns c0.. of the panel at p0 (pw columns, in rows), and writes
             // only its (rn, cn) tile of dst, which gemm fully writes before it is read
@@ -576,7 +611,8 @@ mod tests {
 
     /// The transposed copy gives `linear_act`'s values bit for bit, on the transposed path
     /// (up to 5 row chunks and 4 output blocks, halved at 2 threads, depth over and under
-    /// gemm's 512 block) and on
+    /// gemm's 512 block; at one thread full chunks and a last one of every size, a one-row
+    /// remainder folded into it) and on
     /// every fallback (one row, rows · out ≤ 256, out not a multiple of 16, no bias), at 1
     /// and 2 threads.
     /// The bias gradient has the same bits at any thread count (rayon's `reduce` added the
@@ -614,6 +650,10 @@ mod tests {
             (130, 1024, 256),
             (97, 256, 1024),
             (20, 256, 1024),
+            (49, 256, 256),
+            (97, 768, 256),
+            (100, 320, 256),
+            (50, 256, 1024),
             (20, 576, 600),
             (64, 80, 700),
             (1, 256, 256),
@@ -649,6 +689,27 @@ mod tests {
         let t = TransposedLinear::new(&randn(1, &[32, 8]), None).unwrap();
         assert_eq!(t.forward(&randn(2, &[3, 4, 8]), false).unwrap().dims(), &[3, 4, 32]);
         assert!(TransposedLinear::new(&randn(1, &[32, 8]), Some(&randn(2, &[31]))).is_err());
+    }
+
+    /// The one-thread row chunks cover the rows in order, none over 8·NR rows or of one row,
+    /// all but the last a multiple of NR, with the fewest micro-kernel calls (⌈rows/NR⌉).
+    #[test]
+    fn aligned_row_chunks_cover_rows_without_one_row_chunks() {
+        for nr in [4, 6] {
+            for rows in 2..400 {
+                let c = aligned_row_chunks(rows, nr);
+                let mut next = 0;
+                for (i, &(r0, rn)) in c.iter().enumerate() {
+                    assert_eq!(r0, next, "rows {rows}");
+                    assert!((2..=8 * nr).contains(&rn), "rows {rows}: chunk {rn}");
+                    assert!(i + 1 == c.len() || rn % nr == 0, "rows {rows}: chunk {rn}");
+                    next += rn;
+                }
+                assert_eq!(next, rows);
+                let calls: usize = c.iter().map(|&(_, rn)| rn.div_ceil(nr)).sum();
+                assert_eq!(calls, rows.div_ceil(nr), "rows {rows}");
+            }
+        }
     }
 
     /// The fused ReLU + dropout equals `Dropout(relu(linear))` drawn from the same seed.

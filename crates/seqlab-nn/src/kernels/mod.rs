@@ -16,6 +16,8 @@
 //! - [`state_update`]: one decoding step of a Mamba mixer (conv window and SSM state), the
 //!   CPU counterpart of `mamba_ssm`'s `selective_state_update` (no backward: decoding only);
 //! - [`rows`]: an in-place row gather of a decoding cache buffer (beam reorders);
+//! - `gemm_order`: gemm's arithmetic written out for a decoding step's single-query
+//!   attention, its values bit for bit;
 //! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
 //!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
@@ -28,6 +30,7 @@ pub mod attention;
 pub mod causal_conv1d;
 pub mod cross_entropy;
 pub mod gelu;
+pub(crate) mod gemm_order;
 pub mod layer_norm;
 pub mod linear;
 pub mod recurrence;
