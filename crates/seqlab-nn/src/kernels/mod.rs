@@ -42,6 +42,17 @@ pub mod state_update;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
+/// Whether the calling thread is running a task of rayon's pool, so that the caller of a
+/// kernel already parallelises and the kernel should not start threads of its own. The
+/// program's main thread is the exception: the binary makes it thread 0 of rayon's global
+/// pool (`ThreadPoolBuilder::use_current_thread`, seqlab-cli's `join_thread_pool`), where
+/// `rayon::current_thread_index()` is `Some(0)` at the top level of every command, not only
+/// inside a parallel task. A parallel loop whose body calls a threaded kernel from the main
+/// thread could oversubscribe the cores for that body; no seqlab loop does.
+pub(crate) fn in_rayon_task() -> bool {
+    rayon::current_thread_index().is_some() && std::thread::current().name() != Some("main")
+}
+
 /// Runs `f` compiled for AVX2 + FMA when the CPU has them (else as compiled for the target, on
 /// x86-64 plain SSE2): `f`'s loops, inlined here, are vectorised 8 lanes wide with fused
 /// multiply-adds. Results differ from the plain build only in rounding.
@@ -277,5 +288,39 @@ fn sgemm_with(
             false,
             par,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_rayon_task;
+
+    /// The binary's main thread joins rayon's pool as thread 0 (seqlab-cli `join_thread_pool`);
+    /// at its top level a kernel may still start its own threads (the recurrence's team),
+    /// inside a task of another worker it may not. Without the name check the team would be
+    /// switched off for every command at two threads.
+    #[test]
+    fn main_thread_in_the_pool_is_not_a_task() {
+        let seen = std::thread::Builder::new()
+            .name("main".into())
+            .spawn(|| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .use_current_thread()
+                    .build()
+                    .unwrap();
+                let top = (rayon::current_thread_index(), in_rayon_task());
+                let (tx, rx) = std::sync::mpsc::channel();
+                pool.spawn(move || tx.send(in_rayon_task()).unwrap());
+                // This thread blocks, so the other worker steals and runs the task.
+                let other = rx.recv().unwrap();
+                (top, other)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(seen.0, (Some(0), false));
+        assert!(seen.1);
+        assert!(!in_rayon_task(), "a test thread outside any pool");
     }
 }

@@ -222,7 +222,7 @@ impl Split {
 /// a dispatch per step. Small problems (and calls already inside a rayon worker, where the
 /// caller parallelises) run on the calling thread alone.
 fn team_size(sp: &FusedSpec) -> usize {
-    if rayon::current_thread_index().is_some() {
+    if super::in_rayon_task() {
         return 1;
     }
     let per_step = sp.batch * sp.gh() * sp.out;
@@ -1400,7 +1400,7 @@ impl FusedPair {
         let big = specs
             .iter()
             .all(|sp| sp.batch * sp.gh() * sp.out * sp.seq_len >= 1 << 22);
-        if threads < 2 || rayon::current_thread_index().is_some() || !big {
+        if threads < 2 || super::in_rayon_task() || !big {
             return Ok(None);
         }
         Self::with_threads(specs, threads).map(Some)
