@@ -10,6 +10,7 @@ use crate::c;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
+use seqlab_nn::kernels::cross_entropy::log_sum_exp;
 use seqlab_nn::kernels::rows::gather_rows_in_place;
 use seqlab_nn::sampling::{argmax, Sampler, SamplingConfig};
 use seqlab_nn::{DecodeState, EncodedSource, Seq2SeqTransformer};
@@ -302,33 +303,6 @@ fn with_logits<R>(logits: &Tensor, f: impl FnOnce(&[f32], usize) -> R) -> Result
     }
     let (flat, v) = logits_rows(logits)?;
     Ok(f(&flat, v))
-}
-
-/// The maximum of a row as `fold(−∞, f32::max)` gives it (NaN ignored), 16 lanes at a time
-/// (the fold's dependency chain kept it scalar). Only the sign of a zero maximum may differ
-/// (max(+0, −0) is either), which changes no log-probability: x − (±0) and ±0 + ln s agree
-/// for every x and s > 0 that give a nonzero result, and are ±0 otherwise.
-fn row_max(r: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let mut chunks = r.chunks_exact(16);
-    for c in &mut chunks {
-        for i in 0..16 {
-            lanes[i] = lanes[i].max(c[i]);
-        }
-    }
-    let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    lanes.iter().fold(m, |a, &b| a.max(b))
-}
-
-/// log Σ exp(x) of one row, shifted by its maximum ([`row_max`]), the exponentials summed
-/// in row order in f32.
-///
-/// (Skipping the terms below half an ulp of the running sum, which changes no bit, was tried:
-/// in a release build it cut the `expf` calls by ~30 % but its per-term branches cost more
-/// than they saved, perf, 1 thread, beam 4.)
-fn log_sum_exp(r: &[f32]) -> f32 {
-    let m = row_max(r);
-    m + r.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }
 
 /// Log-softmax of one logits row: x − [`log_sum_exp`].
@@ -797,50 +771,6 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{strat:?}: {e}"));
             assert_eq!(out.len(), 2);
             assert!(out.iter().all(|o| o.len() <= 16), "{strat:?}: {out:?}");
-        }
-    }
-
-    /// The 16-lane maximum leaves the log-sum-exp bit for bit that of the sequential fold:
-    /// rows of many lengths and spreads, with infinities and NaN.
-    #[test]
-    fn log_sum_exp_equals_sequential_fold() {
-        let every = |r: &[f32]| {
-            let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            m + r.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
-        };
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut uniform = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
-        for case in 0..400 {
-            let spread = [0.5f32, 5.0, 17.0, 18.0, 25.0, 60.0, 200.0][case % 7];
-            let n = 1 + case * 37 % 3000;
-            let mut r: Vec<f32> = (0..n).map(|_| (uniform() - 0.9) * spread).collect();
-            // Zeros of both signs (the maximum when the rest is negative).
-            r[case % n] = if case % 2 == 0 { 0.0 } else { -0.0 };
-            if case % 50 == 0 {
-                r[n / 2] = f32::NEG_INFINITY;
-            }
-            let (a, b) = (log_sum_exp(&r), every(&r));
-            assert_eq!(a.to_bits(), b.to_bits(), "case {case}: {a} vs {b}");
-            let m = r.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            // Equal as numbers (a zero maximum's sign may differ, see `row_max`).
-            assert_eq!(row_max(&r), m, "case {case}");
-        }
-        for r in [
-            vec![],
-            vec![f32::NEG_INFINITY; 3],
-            vec![1.0, f32::NAN, -30.0],
-            vec![f32::INFINITY, 0.0],
-        ] {
-            let (a, b) = (log_sum_exp(&r), every(&r));
-            assert!(
-                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                "{r:?}: {a} vs {b}"
-            );
         }
     }
 

@@ -659,3 +659,24 @@ test_device!(
     index_select_strided_ids_grad_gpu,
     index_select_strided_ids_grad_metal
 );
+
+/// seqlab patch (the second change in ../SEQLAB-PATCH.md): a transposed rank-2 layout is
+/// made contiguous by a tiled copy (split over threads from 64k elements). Checked against
+/// `to_vec2`, which reads a strided tensor element by element, for small and split sizes,
+/// ragged tiles, a start offset (narrow) and a broadcast column.
+#[test]
+fn transposed_copy_equals_elementwise_read() -> Result<()> {
+    let dev = &Device::Cpu;
+    for (r, c) in [(2, 3), (33, 65), (300, 257), (1031, 70)] {
+        let t = Tensor::arange(0f32, (r * c) as f32, dev)?.reshape((r, c))?;
+        for v in [t.t()?, t.narrow(1, 1, c - 1)?.t()?] {
+            let want = v.to_vec2::<f32>()?;
+            assert_eq!(v.contiguous()?.to_vec2::<f32>()?, want, "{r}x{c}");
+        }
+        // Stride 1 along rows and 0 along columns (a broadcast row of a column vector).
+        let col = Tensor::arange(0u32, r as u32, dev)?.reshape((r, 1))?;
+        let b = col.broadcast_as((r, c))?;
+        assert_eq!(b.contiguous()?.to_vec2::<u32>()?, b.to_vec2::<u32>()?, "{r}x{c} broadcast");
+    }
+    Ok(())
+}

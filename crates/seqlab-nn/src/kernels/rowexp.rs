@@ -7,7 +7,7 @@
 //!
 //! Every element goes through the same 8-lane code (a ragged tail is padded to 8 lanes), so
 //! an element's result does not depend on its position in the row. Shifted arguments below
-//! −87 (e.g. masked −∞ scores) give exactly 0, as `expf` does for −∞; the largest value lost
+//! −87 (e.g. masked −∞ scores) give exactly 0, as `expf` does for −∞ (NaN gives 0 too); the largest value lost
 //! that way, e^−87 ≈ 1.6e-38, is far below an f32 ulp of any sum that contains the row's
 //! maximum (e⁰ = 1). Accuracy otherwise: [`simd::exp8`]'s, ≤ 2 ulp.
 
@@ -49,7 +49,8 @@ impl RowExp {
             _ => {
                 for (o, &v) in out.iter_mut().zip(ch) {
                     let d = v - c;
-                    *o = if d < FLUSH_BELOW { 0.0 } else { d.exp() };
+                    // As the vector path's ordered comparison: NaN gives 0 too.
+                    *o = if d >= FLUSH_BELOW { d.exp() } else { 0.0 };
                 }
             }
         }
@@ -133,14 +134,38 @@ unsafe fn exp8_shifted(x: *const f32, c: f32, out: *mut f32) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum_exp8_f64(x: &[f32], c: f32) -> f64 {
     let mut acc = F64Lanes::new();
-    let mut e = [0f32; 8];
-    for ch in x.chunks(8) {
+    let (cv, flush) = (_mm256_set1_ps(c), _mm256_set1_ps(FLUSH_BELOW));
+    // exp8_shifted's values, kept in registers (same lanes, same order of the sums).
+    let exp_of = |v: __m256| {
+        let d = _mm256_sub_ps(v, cv);
+        _mm256_and_ps(simd::exp8(d), _mm256_cmp_ps::<_CMP_GE_OQ>(d, flush))
+    };
+    let mut chunks = x.chunks_exact(8);
+    for ch in &mut chunks {
+        acc.add8(exp_of(_mm256_loadu_ps(ch.as_ptr())));
+    }
+    if !chunks.remainder().is_empty() {
         let mut pad = [f32::NEG_INFINITY; 8];
-        pad[..ch.len()].copy_from_slice(ch);
-        exp8_shifted(pad.as_ptr(), c, e.as_mut_ptr());
-        acc.add8(_mm256_loadu_ps(e.as_ptr()));
+        pad[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        acc.add8(exp_of(_mm256_loadu_ps(pad.as_ptr())));
     }
     acc.total()
+}
+
+/// The maximum of a row as `fold(−∞, f32::max)` gives it (NaN ignored), 16 lanes at a time
+/// (the fold's dependency chain kept it scalar). Only the sign of a zero maximum may differ
+/// (max(+0, −0) is either), which changes no log-probability: x − (±0) and ±0 + ln s agree
+/// for every x and s > 0 that give a nonzero result, and are ±0 otherwise.
+pub(crate) fn row_max(r: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = r.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    lanes.iter().fold(m, |a, &b| a.max(b))
 }
 
 /// `Σ x` in four f64 lanes per half of eight f32.

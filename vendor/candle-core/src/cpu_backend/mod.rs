@@ -972,7 +972,53 @@ fn copy2d_<T: Copy>(
     }
 }
 
-fn copy_strided_src_<T: Copy>(src: &[T], dst: &mut [T], dst_offset: usize, src_l: &Layout) {
+// SEQLAB PATCH (the second change in SEQLAB-PATCH.md): a transposed matrix (rank 2, stride 1 along
+// its rows) is copied in tiles of 32 columns, split over rayon's threads from 64k elements,
+// instead of one strided-index step per element.
+fn copy_transposed_<T: Copy + Send + Sync>(
+    src: &[T],
+    dst: &mut [T],
+    dst_offset: usize,
+    src_l: &Layout,
+) -> bool {
+    const TILE: usize = 32;
+    let (dims, stride) = (src_l.dims(), src_l.stride());
+    if dims.len() != 2 || stride[0] != 1 || dims[0] < 2 || dims[1] < 2 {
+        return false;
+    }
+    let (rows, cols, col_stride, start) = (dims[0], dims[1], stride[1], src_l.start_offset());
+    let dst = &mut dst[dst_offset..dst_offset + rows * cols];
+    // `out` holds whole rows of the result, the first being row `i0`.
+    let copy_rows = |i0: usize, out: &mut [T]| {
+        let n = out.len() / cols;
+        for j0 in (0..cols).step_by(TILE) {
+            for i in 0..n {
+                let row = &mut out[i * cols..(i + 1) * cols];
+                for j in j0..(j0 + TILE).min(cols) {
+                    row[j] = src[start + i0 + i + j * col_stride];
+                }
+            }
+        }
+    };
+    if rows * cols >= 1 << 16 {
+        dst.par_chunks_mut(TILE * cols)
+            .enumerate()
+            .for_each(|(k, out)| copy_rows(k * TILE, out));
+    } else {
+        copy_rows(0, dst);
+    }
+    true
+}
+
+fn copy_strided_src_<T: Copy + Send + Sync>(
+    src: &[T],
+    dst: &mut [T],
+    dst_offset: usize,
+    src_l: &Layout,
+) {
+    if copy_transposed_(src, dst, dst_offset, src_l) {
+        return;
+    }
     match src_l.strided_blocks() {
         crate::StridedBlocks::SingleBlock { start_offset, len } => dst
             [dst_offset..dst_offset + len]
