@@ -5,8 +5,8 @@ use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result};
 
 /// Row i of a (B, cap, ...) buffer becomes former row `idx[i]` (i < idx.len() ≤ B), over the
 /// first `filled` positions of dimension 1; rows past `idx.len()` and positions past `filled`
-/// are left as they are. Only rows that change are copied; a source row that is overwritten
-/// before it is read is saved first.
+/// are left as they are. Only rows that change are copied, in [`copy_plan`]'s order (each row
+/// read before it is overwritten; one temporary row per cycle of swapped rows).
 ///
 /// It replaces `index_select` of the whole buffer, which allocated a fresh (B, cap, ...)
 /// buffer (room included) at every reorder: in beam-4 decoding that page-zeroing and copying
@@ -42,24 +42,84 @@ impl InplaceOp1 for GatherRows<'_> {
             );
         }
         let data = &mut data[start..end];
-        let n = self.idx.len();
-        let moves = |i: usize| self.idx[i] as usize != i;
-        // Sources that are themselves destinations (and so overwritten): copied out first.
-        let mut saved: Vec<(usize, Vec<f32>)> = Vec::new();
-        for i in (0..n).filter(|&i| moves(i)) {
-            let s = self.idx[i] as usize;
-            if s < n && moves(s) && !saved.iter().any(|(r, _)| *r == s) {
-                saved.push((s, data[s * row..s * row + len].to_vec()));
-            }
-        }
-        for i in (0..n).filter(|&i| moves(i)) {
-            let s = self.idx[i] as usize;
-            match saved.iter().find(|(r, _)| *r == s) {
-                Some((_, v)) => data[i * row..i * row + len].copy_from_slice(v),
-                None => data.copy_within(s * row..s * row + len, i * row),
+        let mut temp: Vec<f32> = Vec::new();
+        for op in copy_plan(self.idx) {
+            match op {
+                Move::Copy { dst, src } => data.copy_within(src * row..src * row + len, dst * row),
+                Move::Save(r) => {
+                    temp.clear();
+                    temp.extend_from_slice(&data[r * row..r * row + len]);
+                }
+                Move::Restore(dst) => data[dst * row..dst * row + len].copy_from_slice(&temp),
             }
         }
         Ok(())
+    }
+}
+
+/// One row move of [`copy_plan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Move {
+    /// Row `dst` becomes row `src` (whose values are still the original ones).
+    Copy { dst: usize, src: usize },
+    /// Row `r` (still original) is copied into the one temporary row.
+    Save(usize),
+    /// Row `dst` becomes the temporary row.
+    Restore(usize),
+}
+
+/// The row moves that make row i equal former row `idx[i]` for every i with `idx[i] != i`,
+/// in an order where each row is read before it is overwritten: a row is written once every
+/// row that reads it has been written. Only rows on a cycle of the permutation (beams that
+/// swap places) need the temporary row, one save per cycle; chains (beam search's usual
+/// reorder within a sentence, e.g. [0, 0, 1, 2]: each beam continues the one before it) move
+/// every row once. The former kernel saved every source that was also a destination, which
+/// copied such rows twice and allocated a vector for each (perf, beam 4, 200 test sentences:
+/// `memmove` 7.6 % of beam 4 against 2.1 % of greedy, which never reorders beams).
+pub(crate) fn copy_plan(idx: &[u32]) -> Vec<Move> {
+    let n = idx.len();
+    let moves = |i: usize| idx[i] as usize != i;
+    // readers[r]: rows not yet written that read row r (rows ≥ n are never written).
+    let mut readers = vec![0usize; n];
+    for i in (0..n).filter(|&i| moves(i)) {
+        if let Some(c) = readers.get_mut(idx[i] as usize) {
+            *c += 1;
+        }
+    }
+    let mut done = vec![false; n];
+    let mut ready: Vec<usize> = (0..n).filter(|&i| moves(i) && readers[i] == 0).rev().collect();
+    let mut saved: Option<usize> = None;
+    let mut plan = Vec::with_capacity(n + 1);
+    let mut next_unwritten = 0;
+    loop {
+        while let Some(i) = ready.pop() {
+            let s = idx[i] as usize;
+            done[i] = true;
+            if saved == Some(s) {
+                plan.push(Move::Restore(i));
+                continue;
+            }
+            plan.push(Move::Copy { dst: i, src: s });
+            if s < n {
+                readers[s] -= 1;
+                if readers[s] == 0 && moves(s) && !done[s] {
+                    ready.push(s);
+                }
+            }
+        }
+        // What is left are whole cycles (each left row has exactly one reader left): the
+        // first left row is saved, written, and its reader takes the saved values.
+        while next_unwritten < n && (done[next_unwritten] || !moves(next_unwritten)) {
+            next_unwritten += 1;
+        }
+        if next_unwritten == n {
+            return plan;
+        }
+        let r = next_unwritten;
+        plan.push(Move::Save(r));
+        saved = Some(r);
+        readers[r] = 0;
+        ready.push(r);
     }
 }
 
@@ -78,6 +138,50 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// Every changed row is written exactly once, by a copy or a restore; chains (beam
+    /// search's usual reorders) need no temporary row, cycles one save each; and executing
+    /// the plan on row labels gives `idx`, for every index vector over 4 rows (and shrinks).
+    #[test]
+    fn copy_plan_moves_each_row_once() {
+        assert!(!copy_plan(&[0, 0, 1, 2]).iter().any(|m| matches!(m, Move::Save(_))));
+        assert!(!copy_plan(&[0, 0, 0, 1, 3]).iter().any(|m| matches!(m, Move::Save(_))));
+        let saves = |idx: &[u32]| copy_plan(idx).iter().filter(|m| matches!(m, Move::Save(_))).count();
+        assert_eq!(saves(&[1, 0, 3, 2]), 2);
+        assert_eq!(saves(&[1, 2, 0, 0]), 1);
+        assert_eq!(saves(&[0, 1, 2]), 0);
+        assert!(copy_plan(&[0, 1, 2]).is_empty());
+        let mut count = 0;
+        for n in 0..=4usize {
+            let rows = 4usize;
+            for code in 0..rows.pow(n as u32) {
+                let idx: Vec<u32> = (0..n).map(|i| ((code / rows.pow(i as u32)) % rows) as u32).collect();
+                let plan = copy_plan(&idx);
+                let mut data: Vec<usize> = (0..rows).collect();
+                let mut temp = None;
+                let mut written = vec![0; n];
+                for m in &plan {
+                    match *m {
+                        Move::Copy { dst, src } => {
+                            data[dst] = data[src];
+                            written[dst] += 1;
+                        }
+                        Move::Save(r) => temp = Some(data[r]),
+                        Move::Restore(dst) => {
+                            data[dst] = temp.expect("restore after a save");
+                            written[dst] += 1;
+                        }
+                    }
+                }
+                for i in 0..n {
+                    assert_eq!(data[i], idx[i] as usize, "{idx:?}: {plan:?}");
+                    assert_eq!(written[i], usize::from(idx[i] as usize != i), "{idx:?}: {plan:?}");
+                }
+                count += 1;
+            }
+        }
+        assert_eq!(count, 1 + 4 + 16 + 64 + 256);
+    }
+
     /// Equals `index_select` on the filled positions, for permutations, repeats and shrinks
     /// (sources overwritten before being read included); rows and positions outside stay.
     #[test]
@@ -89,6 +193,9 @@ mod tests {
             vec![1, 0, 3, 2, 5, 4],
             vec![5, 4, 3, 2, 1, 0],
             vec![0, 0, 0, 0, 1, 1],
+            vec![0, 0, 1, 2, 4, 4],
+            vec![1, 2, 0, 4, 5, 3],
+            vec![2, 0, 1, 1, 3, 5],
             vec![2, 2, 5],
             vec![3, 1],
             vec![],
