@@ -6,6 +6,7 @@
 # takes minutes: shares, not times.
 #
 #   bench/serial_share.sh [BINARY] [OUTDIR] [ROWS...]   (default: target/debug/seqlab, /tmp/serial_share, all rows)
+#   (MT_TOKENS=300 makes the mt rows' step smaller: a 750-token step takes over an hour under callgrind)
 #
 # then bench/serial_share.py OUTDIR/<row> prints the table for a row.
 set -euo pipefail
@@ -15,13 +16,14 @@ out=${2:-/tmp/serial_share}
 shift 2 || true
 rows=${*:-authors-transformer mt-bible-small bert-mini char-lstm}
 mkdir -p "$out"
+MT_TOKENS=${MT_TOKENS:-750}
 MT="--set data.train=data/sample/bible.en-es.train.tsv --set data.valid=data/sample/bible.en-es.valid.tsv --set data.test=data/sample/bible.en-es.test.tsv"
 AUTHORS="--set data.train=data/sample/authors.train.tsv --set data.valid=data/sample/authors.valid.tsv --set data.test=data/sample/authors.test.tsv"
 for row in $rows; do
   case $row in
     authors-transformer) args="--config configs/authors-transformer.toml $AUTHORS --set data.batch_tokens=1024" ;;
-    mt-bible-small) args="--config configs/mt-bible-small.toml $MT --set data.batch_tokens=750" ;;
-    mt-bible-rnn) args="--config configs/mt-bible-rnn.toml $MT --set data.batch_tokens=750" ;;
+    mt-bible-small) args="--config configs/mt-bible-small.toml $MT --set data.batch_tokens=$MT_TOKENS" ;;
+    mt-bible-rnn) args="--config configs/mt-bible-rnn.toml $MT --set data.batch_tokens=$MT_TOKENS" ;;
     bert-mini) args="--config configs/bert-mini.toml --set data.corpus=data/sample/kjv.en.txt --set data.batch_size=4" ;;
     char-lstm) args="--config configs/sample-char-lstm.toml" ;;
     *) echo "unknown row $row" >&2; exit 2 ;;

@@ -680,3 +680,54 @@ fn transposed_copy_equals_elementwise_read() -> Result<()> {
     }
     Ok(())
 }
+
+/// seqlab patch (the third change in ../SEQLAB-PATCH.md): a contiguous sum over consecutive
+/// dimensions that are not the last ones adds whole rows (split over threads from 64k source
+/// elements). Every value must be the element loop's: 0 + s_0 + s_1 + ... in increasing
+/// reduced index; checked bit for bit against that loop, with values of mixed magnitudes
+/// (another addition order rounds differently), in rayon pools of 1 to 4 threads, for small
+/// and split sizes, ragged column chunks, an outer dimension and two reduced dimensions.
+#[test]
+fn consecutive_sum_equals_element_loop() -> Result<()> {
+    let dev = &Device::Cpu;
+    let cases: [(&[usize], &[usize]); 7] = [
+        (&[3, 5], &[0]),
+        (&[600, 300], &[0]),
+        (&[611, 1000], &[0]),
+        (&[4, 50, 400], &[1]),
+        (&[7, 33, 257], &[0]),
+        (&[8, 30, 300], &[0, 1]),
+        (&[5, 6, 7, 300], &[1, 2]),
+    ];
+    for (dims, red) in cases {
+        let n: usize = dims.iter().product();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 0.37).sin() * 10f32.powi((i % 7) as i32 - 3)))
+            .collect();
+        // The element loop: output index = source index with the reduced coordinates at 0.
+        let keep: Vec<usize> = (0..dims.len())
+            .map(|d| if red.contains(&d) { 1 } else { dims[d] })
+            .collect();
+        let mut want = vec![0f32; keep.iter().product()];
+        for (i, &v) in vals.iter().enumerate() {
+            let (mut rest, mut out, mut stride) = (i, 0, 1);
+            for d in (0..dims.len()).rev() {
+                let c = rest % dims[d];
+                rest /= dims[d];
+                if !red.contains(&d) {
+                    out += c * stride;
+                }
+                stride *= keep[d];
+            }
+            want[out] += v;
+        }
+        let t = Tensor::from_vec(vals, dims, dev)?;
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+            let got = pool.install(|| t.sum_keepdim(red)?.flatten_all()?.to_vec1::<f32>())?;
+            let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same && got.len() == want.len(), "{dims:?} over {red:?}, {threads} threads");
+        }
+    }
+    Ok(())
+}

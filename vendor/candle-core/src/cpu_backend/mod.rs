@@ -344,6 +344,12 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // SEQLAB PATCH (the third change in SEQLAB-PATCH.md): reduced dimensions that
+                // are consecutive but not the last ones (a bias gradient: (N, V) -> (1, V)).
+                if let Some((red, inner)) = consecutive_reduce(src_l.dims(), self.reduce_dims) {
+                    sum_consecutive_(src, &mut dst, red, inner);
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
@@ -369,6 +375,52 @@ impl ReduceSum<'_> {
             }
         }
         Ok(dst)
+    }
+}
+
+// SEQLAB PATCH (the third change in SEQLAB-PATCH.md): a contiguous sum over consecutive
+// dimensions [a, b) with b < rank, the shape seen as (outer, red, inner), adds whole rows of
+// `inner` values into the output, 256 columns at a time, split over rayon's threads from 64k
+// source elements, instead of one index computation (a division per reduced dimension) per
+// element. Each output value is still 0 + s_0 + s_1 + ... in increasing reduced index, the
+// order of the element loop, so every value is unchanged. A bias gradient (the tied MLM
+// decoder's (N, 8000) -> (8000)) went through the element loop on the calling thread.
+fn consecutive_reduce(dims: &[usize], reduce_dims: &[usize]) -> Option<(usize, usize)> {
+    let (&a, &b) = (reduce_dims.first()?, reduce_dims.last()?);
+    if b + 1 >= dims.len() || reduce_dims.windows(2).any(|w| w[1] != w[0] + 1) {
+        return None;
+    }
+    let red = dims[a..=b].iter().product::<usize>();
+    let inner = dims[b + 1..].iter().product::<usize>();
+    Some((red, inner))
+}
+
+fn sum_consecutive_<T: WithDType>(src: &[T], dst: &mut [T], red: usize, inner: usize) {
+    const COLS: usize = 256;
+    if inner == 0 || dst.is_empty() {
+        return;
+    }
+    // `out`: columns j0.. of output block `o`.
+    let body = |o: usize, j0: usize, out: &mut [T]| {
+        let base = o * red * inner + j0;
+        for r in 0..red {
+            let row = &src[base + r * inner..base + r * inner + out.len()];
+            for (d, &s) in out.iter_mut().zip(row) {
+                *d += s;
+            }
+        }
+    };
+    if src.len() >= 1 << 16 {
+        dst.par_chunks_mut(inner).enumerate().for_each(|(o, block)| {
+            block
+                .par_chunks_mut(COLS)
+                .enumerate()
+                .for_each(|(k, out)| body(o, k * COLS, out))
+        });
+    } else {
+        for (o, block) in dst.chunks_mut(inner).enumerate() {
+            body(o, 0, block)
+        }
     }
 }
 
