@@ -1,10 +1,13 @@
 //! Vector primitives for the trainer: a portable scalar version and an AVX2+FMA version
 //! chosen at run time.
 //!
-//! No AVX-512 version: one (16-lane, masked tails) ran skip-gram at 0.65x the AVX2 words/s
-//! (dev build, 1 thread, 4 MB of the corpus, 3 alternating runs on a loaded machine:
-//! 266-279 k against 391-438 k words/s). A likely cause: rows are 400 bytes apart, so row
-//! starts sit 16 bytes off a cache line and every 64-byte load spans two lines.
+//! On CPUs with AVX-512F the 16-lane version is used (masked tails). On the AMD EPYC (Zen 5)
+//! development machine it ran skip-gram at 1.90 M words/s against the AVX2 version's 1.53 M
+//! (2 threads, `bench/run.py --rows w2v-sg`, quiet, 3 alternating runs each, medians;
+//! 2026-12-01), CBOW at the same speed; the vectors' quality stayed within seed noise
+//! (bench/w2v_vs_gensim.results.md). An earlier 16-lane version on the Intel machine ran at
+//! 0.65x AVX2 (dev build, loaded machine), perhaps because 400-byte rows make every other
+//! 64-byte load span two cache lines there.
 
 /// Vector primitives over rows of `dim` f32. Two implementations: portable scalar code,
 /// and AVX2+FMA intrinsics (LLVM does not vectorize an f32 dot product by itself, since
@@ -161,6 +164,93 @@ impl Simd for Avx2 {
     }
 }
 
+/// 16 x f32 with masked tails (AVX-512F): the same operations as [`Avx2`], the sums in
+/// other lanes (so other bits).
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    #[inline(always)]
+    unsafe fn prefetch(row: &[f32]) {
+        Avx2::prefetch(row)
+    }
+    /// Caller guarantees AVX-512F (checked once in `pick_kernel`) and `a.len() == b.len()`.
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut s0 = _mm512_setzero_ps();
+        let mut s1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+            s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), s1);
+            i += 32;
+        }
+        if i + 16 <= n {
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            s1 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                s1,
+            );
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+    }
+    #[inline(always)]
+    unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = x.len();
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm512_set1_ps(a);
+        let mut i = 0;
+        while i + 16 <= n {
+            _mm512_storeu_ps(
+                py.add(i),
+                _mm512_fmadd_ps(va, _mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(py.add(i))),
+            );
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let v = _mm512_fmadd_ps(
+                va,
+                _mm512_maskz_loadu_ps(m, px.add(i)),
+                _mm512_maskz_loadu_ps(m, py.add(i)),
+            );
+            _mm512_mask_storeu_ps(py.add(i), m, v);
+        }
+    }
+    #[inline(always)]
+    unsafe fn update(g: f32, l1: &[f32], l2: &mut [f32], e: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let n = l1.len();
+        let (p1, p2, pe) = (l1.as_ptr(), l2.as_mut_ptr(), e.as_mut_ptr());
+        let vg = _mm512_set1_ps(g);
+        let mut i = 0;
+        while i + 16 <= n {
+            let w = _mm512_loadu_ps(p2.add(i));
+            _mm512_storeu_ps(pe.add(i), _mm512_fmadd_ps(vg, w, _mm512_loadu_ps(pe.add(i))));
+            _mm512_storeu_ps(p2.add(i), _mm512_fmadd_ps(vg, _mm512_loadu_ps(p1.add(i)), w));
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let w = _mm512_maskz_loadu_ps(m, p2.add(i));
+            let e1 = _mm512_fmadd_ps(vg, w, _mm512_maskz_loadu_ps(m, pe.add(i)));
+            _mm512_mask_storeu_ps(pe.add(i), m, e1);
+            let w1 = _mm512_fmadd_ps(vg, _mm512_maskz_loadu_ps(m, p1.add(i)), w);
+            _mm512_mask_storeu_ps(p2.add(i), m, w1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +301,9 @@ mod tests {
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 check::<Avx2>();
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                check::<Avx512>();
             }
         }
         check::<Scalar>();

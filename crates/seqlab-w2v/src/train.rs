@@ -571,6 +571,20 @@ unsafe fn train_sentence_avx2<O: OutputLayer>(
     train_sentence_impl::<Avx2, O>(c, rng, s, a, n1, n1e)
 }
 
+/// Same body with the 16-lane primitives (see `simd`'s module docs for the measurement).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn train_sentence_avx512<O: OutputLayer>(
+    c: &Ctx<O>,
+    rng: &mut Fast,
+    s: &[u32],
+    a: f32,
+    n1: &mut [f32],
+    n1e: &mut [f32],
+) {
+    train_sentence_impl::<crate::simd::Avx512, O>(c, rng, s, a, n1, n1e)
+}
+
 unsafe fn train_sentence_base<O: OutputLayer>(
     c: &Ctx<O>,
     rng: &mut Fast,
@@ -584,8 +598,13 @@ unsafe fn train_sentence_base<O: OutputLayer>(
 
 type SentenceFn<O> = unsafe fn(&Ctx<O>, &mut Fast, &[u32], f32, &mut [f32], &mut [f32]);
 
-/// The sentence kernel for this CPU: AVX2+FMA when present, scalar otherwise.
+/// The sentence kernel for this CPU: AVX-512F when present, else AVX2+FMA, else scalar.
+/// Results differ between the three in the last bits (sums in other lanes).
 fn pick_kernel<O: OutputLayer>() -> SentenceFn<O> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        return train_sentence_avx512::<O>;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         return train_sentence_avx2::<O>;
@@ -1153,7 +1172,7 @@ mod tests {
 
     /// Negative sampling takes all scores before its updates; with rows drawn several times
     /// (3 words, 12 draws) the result must still equal word2vec.c's one-at-a-time loop bit
-    /// for bit (the reference below), for the scalar and the AVX2 primitives alike.
+    /// for bit (the reference below), for the scalar, AVX2 and AVX-512 primitives alike.
     #[test]
     fn scores_first_equals_the_sequential_loop() {
         fn reference<S: Simd>(
@@ -1210,6 +1229,10 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             run::<Avx2>();
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            run::<crate::simd::Avx512>();
         }
     }
 
