@@ -112,7 +112,9 @@ impl Plan {
             if self.causal && i + 1 < s {
                 row[i + 1..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
             }
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            // 16 lanes wide; a zero maximum's sign may differ from the fold's, which changes
+            // no probability (exp(x − (±0)) is the same for every x).
+            let max = super::rowexp::row_max(row);
             if max == f32::NEG_INFINITY {
                 row.iter_mut().for_each(|x| *x = 0.0);
                 continue;
