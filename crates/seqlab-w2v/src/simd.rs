@@ -164,6 +164,13 @@ impl Simd for Avx2 {
     }
 }
 
+/// The first `k` (< 16) of 16 lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tail_mask(k: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << k) - 1) as u16
+}
+
 /// 16 x f32 with masked tails (AVX-512F): the same operations as [`Avx2`], the sums in
 /// other lanes (so other bits).
 #[cfg(target_arch = "x86_64")]
@@ -194,7 +201,7 @@ impl Simd for Avx512 {
             i += 16;
         }
         if i < n {
-            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let m = tail_mask(n - i);
             s1 = _mm512_fmadd_ps(
                 _mm512_maskz_loadu_ps(m, pa.add(i)),
                 _mm512_maskz_loadu_ps(m, pb.add(i)),
@@ -218,7 +225,7 @@ impl Simd for Avx512 {
             i += 16;
         }
         if i < n {
-            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let m = tail_mask(n - i);
             let v = _mm512_fmadd_ps(
                 va,
                 _mm512_maskz_loadu_ps(m, px.add(i)),
@@ -241,7 +248,7 @@ impl Simd for Avx512 {
             i += 16;
         }
         if i < n {
-            let m: __mmask16 = ((1u32 << (n - i)) - 1) as u16;
+            let m = tail_mask(n - i);
             let w = _mm512_maskz_loadu_ps(m, p2.add(i));
             let e1 = _mm512_fmadd_ps(vg, w, _mm512_maskz_loadu_ps(m, pe.add(i)));
             _mm512_mask_storeu_ps(pe.add(i), m, e1);
