@@ -367,6 +367,23 @@ const PAR_ELEMWISE_MIN: usize = 64 * 1024;
 // Per-unit span: big enough to amortize dispatch, small enough to balance.
 const PAR_ELEMWISE_CHUNK: usize = 16 * 1024;
 
+/// seqlab patch: runs `f` over the work units `0..n_units` on rayon's global pool (the pool
+/// the rest of the CPU backend, gemm and seqlab's kernels use), one unit per call, instead of
+/// candle's own barrier pool. That pool kept RAYON_NUM_THREADS - 1 more threads, each
+/// spinning 25,000 PAUSEs (~0.9 ms on the AMD EPYC development machine) after every
+/// element-wise op: on a 2-CPU machine a third runnable thread that took a CPU from rayon's
+/// worker or from a recurrent layer's team while they worked. The units write disjoint
+/// outputs, so which thread runs a unit changes no value. A pool of one thread runs them
+/// on the calling thread, as the barrier pool did (a caller outside the pool would otherwise
+/// hand every op to the pool's thread and wait for it).
+fn par_units<F: Fn(std::ops::Range<usize>) + Sync>(n_units: usize, f: F) {
+    use rayon::prelude::*;
+    if rayon::current_num_threads() <= 1 {
+        return f(0..n_units);
+    }
+    (0..n_units).into_par_iter().for_each(|unit| f(unit..unit + 1));
+}
+
 pub fn unary_map_vec_par<
     T: Copy + Send + Sync,
     U: Copy + Send + Sync,
@@ -384,7 +401,7 @@ pub fn unary_map_vec_par<
             let mut ys: Vec<U> = Vec::with_capacity(len);
             let ys_ptr = ys.as_mut_ptr() as usize;
             let n_units = len.div_ceil(PAR_ELEMWISE_CHUNK);
-            crate::utils::barrier_pool().execute_chunked(n_units, |range| {
+            par_units(n_units, |range| {
                 let ys_ptr = ys_ptr as *mut U;
                 for unit in range {
                     let lo = unit * PAR_ELEMWISE_CHUNK;
@@ -429,7 +446,7 @@ pub fn binary_map_vec_par<
     let mut ys: Vec<T> = Vec::with_capacity(el_count);
     let ys_ptr = ys.as_mut_ptr() as usize;
     let n_units = el_count.div_ceil(PAR_ELEMWISE_CHUNK);
-    crate::utils::barrier_pool().execute_chunked(n_units, |range| {
+    par_units(n_units, |range| {
         let ys_ptr = ys_ptr as *mut T;
         for unit in range {
             let mut dst_offset = unit * PAR_ELEMWISE_CHUNK;
