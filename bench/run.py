@@ -158,7 +158,13 @@ class Row:
     seqlab: list
     peer: list
     steps: int
-    warmup: int = 1
+    # Untimed steps first, the same on both sides. This VM zeroes a process's fresh pages
+    # slowly and erratically (kernel clear_page_erms was 35-78 % of the samples of slow
+    # 1-warm-up LSTM runs, 2026-12-01): with one warm-up step seqlab's 2-thread LSTM row
+    # measured 8,300-17,500 tok/s run to run, with three 16,900-17,900; PyTorch's moved
+    # less (12,300-13,100 either way). Training runs last thousands of steps: the rows
+    # measure the steady state.
+    warmup: int = 3
     quick_steps: int = 1
     unit: str = "tok/s"
     flops: Optional[Callable[[dict], float]] = None
