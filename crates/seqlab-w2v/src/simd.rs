@@ -15,6 +15,9 @@
 pub(crate) trait Simd {
     /// Hint that `row` will be read soon.
     unsafe fn prefetch(row: &[f32]);
+    /// Hint that `row` will be read after the current step: fetched into L2 only.
+    #[inline(always)]
+    unsafe fn prefetch_far(_row: &[f32]) {}
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
     /// `y += a · x`
     unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]);
@@ -94,6 +97,16 @@ impl Simd for Avx2 {
         let mut o = 0;
         while o < bytes {
             _mm_prefetch::<_MM_HINT_T0>(p.add(o));
+            o += 64;
+        }
+    }
+    #[inline(always)]
+    unsafe fn prefetch_far(row: &[f32]) {
+        use std::arch::x86_64::*;
+        let p = row.as_ptr() as *const i8;
+        let mut o = 0;
+        while o < row.len() * 4 {
+            _mm_prefetch::<_MM_HINT_T1>(p.add(o));
             o += 64;
         }
     }
@@ -219,6 +232,10 @@ impl<const PADDED: bool> Simd for Avx512<PADDED> {
     #[inline(always)]
     unsafe fn prefetch(row: &[f32]) {
         Avx2::prefetch(row)
+    }
+    #[inline(always)]
+    unsafe fn prefetch_far(row: &[f32]) {
+        Avx2::prefetch_far(row)
     }
     /// Caller guarantees AVX-512F (checked once in `pick_kernel`), `a.len() == b.len()` and,
     /// with `PADDED`, padded rows.
