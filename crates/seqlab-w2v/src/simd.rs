@@ -1,13 +1,20 @@
 //! Vector primitives for the trainer: a portable scalar version and an AVX2+FMA version
 //! chosen at run time.
 //!
-//! On CPUs with AVX-512F the 16-lane version is used (masked tails). On the AMD EPYC (Zen 5)
+//! On CPUs with AVX-512F the 16-lane version is used. On the AMD EPYC (Zen 5)
 //! development machine it ran skip-gram at 1.90 M words/s against the AVX2 version's 1.53 M
 //! (2 threads, `bench/run.py --rows w2v-sg`, quiet, 3 alternating runs each, medians;
 //! 2026-12-01), CBOW at the same speed; the vectors' quality stayed within seed noise
 //! (bench/w2v_vs_gensim.results.md). An earlier 16-lane version on the Intel machine ran at
 //! 0.65x AVX2 (dev build, loaded machine), perhaps because 400-byte rows make every other
 //! 64-byte load span two cache lines there.
+//!
+//! The trainer now keeps its rows 64-byte aligned with a zero pad to a multiple of 16 floats
+//! (`train::Matrix`), and the AVX-512 primitives read and write the last vector of a row
+//! whole instead of masking it ([`Avx512`]`<true>`; same values bit for bit). On the EPYC:
+//! user CPU seconds, 1 thread, 1 epoch, medians of 5 and 4 alternating runs on a loaded
+//! machine (indicative): skip-gram 12.08 / 12.31 against 12.65 / 12.96 with the unaligned
+//! 400-byte rows and masked tails; CBOW 3.78 / 3.64 against 4.01 / 3.63 (2026-12-01).
 
 /// Vector primitives over rows of `dim` f32. Two implementations: portable scalar code,
 /// and AVX2+FMA intrinsics (LLVM does not vectorize an f32 dot product by itself, since

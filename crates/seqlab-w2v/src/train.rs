@@ -292,8 +292,24 @@ struct Matrix {
 impl Matrix {
     fn zeros(rows: usize, dim: usize, stride: usize) -> Self {
         assert!(stride >= dim);
+        let n = (rows * stride).div_ceil(LANES);
+        let lines = if n == 0 {
+            Vec::new()
+        } else {
+            let layout = std::alloc::Layout::array::<Line>(n).expect("matrix size overflows");
+            // SAFETY: `layout` has a non-zero size; all-zero bytes are valid `Line`s; the
+            // allocation has `Vec<Line>`'s layout for capacity `n`, so the Vec may own it.
+            unsafe {
+                let p = std::alloc::alloc_zeroed(layout);
+                if p.is_null() {
+                    std::alloc::handle_alloc_error(layout);
+                }
+                huge_pages(p, layout.size());
+                Vec::from_raw_parts(p.cast::<Line>(), n, n)
+            }
+        };
         Self {
-            lines: vec![Line([0.0; LANES]); (rows * stride).div_ceil(LANES)],
+            lines,
             rows,
             dim,
             stride,
@@ -316,6 +332,31 @@ impl Matrix {
             v.extend_from_slice(self.row_mut(r));
         }
         v
+    }
+}
+
+/// Asks Linux for transparent huge pages over the 2 MiB pages inside `len` bytes at `p` (a
+/// hint; no effect where THP is off; this machine has it on `madvise`). The trainer's rows are
+/// random accesses over tens of MiB, more than the 4 KiB-page TLB covers. Skip-gram, 1 thread,
+/// 1 epoch, medians of 5 alternating runs (machine load about 1.8 of 2 cores, indicative):
+/// 1.27 M words/s against 1.19 M without the hint (user CPU 9.43 s against 9.96 s); CBOW the
+/// same (4.04 M against 4.03 M) (2026-12-01).
+#[allow(unused_variables)]
+fn huge_pages(p: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const MADV_HUGEPAGE: i32 = 14;
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        let page = 4096;
+        let start = (p as usize).next_multiple_of(page);
+        let end = (p as usize + len) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of ours; MADV_HUGEPAGE changes
+            // no contents, only how the kernel backs the pages (an error is ignored).
+            unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
+        }
     }
 }
 
