@@ -345,17 +345,13 @@ impl Matrix {
 fn huge_pages(p: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
-        const MADV_HUGEPAGE: i32 = 14;
-        extern "C" {
-            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-        }
         let page = 4096;
         let start = (p as usize).next_multiple_of(page);
         let end = (p as usize + len) / page * page;
         if end > start {
             // SAFETY: the range lies inside one live allocation of ours; MADV_HUGEPAGE changes
             // no contents, only how the kernel backs the pages (an error is ignored).
-            unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
         }
     }
 }
