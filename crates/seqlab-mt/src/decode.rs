@@ -481,8 +481,41 @@ impl Beam {
 
 /// The `n` largest log-probabilities of a logits row as (log-probability, token), best first,
 /// ties to the lower token. One pass over the row after its [`log_sum_exp`], with the same
-/// arithmetic as [`log_softmax_row`], and no V-wide vector.
+/// arithmetic as [`log_softmax_row`], and no V-wide vector. Once `n` are held, a block of
+/// logits none of whose x − lse beats the n-th is skipped whole after one branch-free pass
+/// (a NaN never enters a full list either). The per-token loop, a compare and branch for
+/// each of the V logits, was ~5 % of beam-4 decoding (perf, 1 thread); a block maximum
+/// (16-lane `row_max`) per 64 logits instead cost as much as it saved.
 fn top_log_probs(row: &[f32], n: usize) -> Vec<(f32, u32)> {
+    let mut out: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return out;
+    }
+    let lse = log_sum_exp(row);
+    const BLOCK: usize = 128;
+    for (b, block) in row.chunks(BLOCK).enumerate() {
+        if out.len() == n {
+            let worst = out[n - 1].0;
+            if block.iter().fold(0u32, |a, &x| a | u32::from(x - lse > worst)) == 0 {
+                continue;
+            }
+        }
+        for (i, &x) in block.iter().enumerate() {
+            let lp = x - lse;
+            if out.len() == n && lp <= out[n - 1].0 {
+                continue;
+            }
+            let pos = out.iter().position(|&(y, _)| y < lp).unwrap_or(out.len());
+            out.insert(pos, (lp, (b * BLOCK + i) as u32));
+            out.truncate(n);
+        }
+    }
+    out
+}
+
+/// [`top_log_probs`] token by token, without skipping blocks (the reference of its test).
+#[cfg(test)]
+fn top_log_probs_plain(row: &[f32], n: usize) -> Vec<(f32, u32)> {
     let mut out: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
     if n == 0 {
         return out;
@@ -670,6 +703,48 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap()
+    }
+
+    /// Skipping blocks changes nothing: the same (log-probability, token) list, bit for bit,
+    /// as the token-by-token loop, on rows with ties across and within blocks, NaN, ±∞,
+    /// zeros of both signs, maxima in the first, last and a partial block, and every n up to
+    /// past the row.
+    #[test]
+    fn top_log_probs_equals_the_plain_loop() {
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        };
+        for len in [1, 5, 127, 128, 129, 300, 1000] {
+            rows.push((0..len).map(|_| next()).collect());
+            // Coarse values: many ties, across blocks too.
+            rows.push((0..len).map(|_| (next() * 2.0).round()).collect());
+            let mut r: Vec<f32> = (0..len).map(|_| next()).collect();
+            r[len - 1] = 9.0;
+            rows.push(r);
+            let mut r: Vec<f32> = (0..len).map(|_| next()).collect();
+            r[0] = 9.0;
+            r[len / 2] = f32::NAN;
+            rows.push(r);
+            let mut r: Vec<f32> = (0..len).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }).collect();
+            r[len / 3] = f32::NEG_INFINITY;
+            rows.push(r);
+        }
+        rows.push(vec![f32::NEG_INFINITY; 130]);
+        rows.push(vec![1.0, f32::INFINITY, 2.0]);
+        let bits = |v: Vec<(f32, u32)>| v.into_iter().map(|(a, t)| (a.to_bits(), t)).collect::<Vec<_>>();
+        for r in &rows {
+            for n in [1, 2, 4, 8, 70, r.len() + 1] {
+                assert_eq!(
+                    bits(top_log_probs(r, n)),
+                    bits(top_log_probs_plain(r, n)),
+                    "n {n}, row of {}",
+                    r.len()
+                );
+            }
+        }
     }
 
     /// Which cross-attention key/value rows a reorder keeps, and how many session rows share
