@@ -304,7 +304,7 @@ impl DecodeSession for Stepper<'_> {
 fn cross_rows(idx: &[u32], rows: usize, group: usize) -> (Vec<u32>, usize) {
     let n = idx.len();
     let blocks = |g: usize| -> Option<Vec<u32>> {
-        if g == 0 || n % g != 0 {
+        if g == 0 || !n.is_multiple_of(g) {
             return None;
         }
         idx.chunks(g)
@@ -314,7 +314,7 @@ fn cross_rows(idx: &[u32], rows: usize, group: usize) -> (Vec<u32>, usize) {
             })
             .collect()
     };
-    let wider = (rows > 0 && n > rows && n % rows == 0).then(|| group * (n / rows));
+    let wider = (rows > 0 && n > rows && n.is_multiple_of(rows)).then(|| group * (n / rows));
     for g in wider.into_iter().chain([group]) {
         if let Some(list) = blocks(g) {
             return (list, g);

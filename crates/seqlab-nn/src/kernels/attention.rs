@@ -727,7 +727,7 @@ impl QkvInput<'_> {
                     bail!("attention: q, k, v must be rank 4, got {qd:?}, {kd:?}, {vd:?}");
                 }
                 if kd[0] == 0 && qd[0] != 0
-                    || kd[0] != 0 && qd[0] % kd[0] != 0
+                    || kd[0] != 0 && !qd[0].is_multiple_of(kd[0])
                     || vd[0] != kd[0]
                     || kd[2] != qd[2]
                     || vd[2] != qd[2]
