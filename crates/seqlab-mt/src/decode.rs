@@ -158,6 +158,9 @@ pub struct Stepper<'a> {
     /// The cross-attention keys/values are contiguous tensors of this session alone (made by
     /// it), so reorders may gather their rows in place.
     cross_owned: bool,
+    /// Session rows per cross-attention key/value row: row r attends over key/value row
+    /// r / group (a sentence's beams share one copy; see `cross_rows`).
+    group: usize,
 }
 
 impl<'a> Stepper<'a> {
@@ -170,10 +173,12 @@ impl<'a> Stepper<'a> {
             memory: enc.memory.detach(),
             src_key_padding_mask: enc.src_key_padding_mask,
         };
-        // Cross-attention keys and values are projected once per sentence, then repeated for
-        // its beams: projecting the repeated memory (B·k rows) cost as much as a few decoding
-        // steps of the whole beam. (Not for a single one-token source: gemm multiplies one
-        // row in another summation order, and the values must be those of B·k rows.)
+        // Cross-attention keys and values are projected once per sentence and shared by its
+        // beams (the attention kernel reads row r / k for beam row r): projecting the
+        // repeated memory (B·k rows) cost as much as a few decoding steps of the whole beam,
+        // and repeating the projections copied them k times into fresh memory that every
+        // step read again. (Not for a single one-token source: gemm multiplies one row in
+        // another summation order, and the values must be those of B·k rows.)
         let once = c(enc.memory.dim(0))? * c(enc.memory.dim(1))? >= 2;
         // The cached steps never read the memory (its keys and values are in the caches):
         // it is repeated for the beams only where the steps or `begin_decode` use it.
@@ -186,18 +191,9 @@ impl<'a> Stepper<'a> {
             memory,
             src_key_padding_mask: repeat_rows(&enc.src_key_padding_mask, expand)?,
         };
-        let mut cross_owned = false;
+        let group = if use_cache && once { expand.max(1) } else { 1 };
         let state = if use_cache {
-            let mut st = c(model.begin_decode(if once { &enc } else { &expanded }))?;
-            if once && expand > 1 {
-                for cache in st.caches.iter_mut() {
-                    cache.cross_k = repeat_rows(&cache.cross_k, expand)?;
-                    cache.cross_v = repeat_rows(&cache.cross_v, expand)?;
-                }
-                // repeat_rows made fresh contiguous copies.
-                cross_owned = true;
-            }
-            Some(st)
+            Some(c(model.begin_decode(if once { &enc } else { &expanded }))?)
         } else {
             None
         };
@@ -207,7 +203,8 @@ impl<'a> Stepper<'a> {
             enc,
             state,
             hist: vec![Vec::new(); b * expand.max(1)],
-            cross_owned,
+            cross_owned: false,
+            group,
         })
     }
 }
@@ -253,29 +250,77 @@ impl DecodeSession for Stepper<'_> {
             };
         }
         if let Some(st) = &mut self.state {
-            // Cross-attention K/V start as views into one projection (B, S, 2, H, D) or as
-            // this session's repeated copies. A shrink gathers the rows of the session's own
-            // copies in place; the first shrink of views makes such copies. (Fresh tensors at
-            // every shrink, zeroed page by page, were ~20 % of beam-4 decoding: perf, 32 test
-            // sentences.)
-            let in_place = self.cross_owned && idx.len() <= rows && seqlab_nn::ops::use_fused(&self.enc.memory);
+            // Cross-attention K/V start as views into one projection (B, S, 2, H, D), one row
+            // per sentence (or per session row). A shrink gathers the rows of the session's
+            // own copies in place; the first shrink of views makes such copies. (Fresh tensors
+            // at every shrink, zeroed page by page, were ~20 % of beam-4 decoding: perf, 32
+            // test sentences.) Reorders that keep the rows reorder beams within their
+            // sentences, whose cross-attention keys and values are the same.
+            let cross = match shrink {
+                true => Some(cross_rows(idx, rows, self.group)),
+                false => None,
+            };
+            let cross_len = c(st.caches[0].cross_k.dim(0))?;
+            if let Some((_, group)) = cross {
+                self.group = group;
+            }
+            // The same key/value rows in the same order (the session widened): nothing moves.
+            let cross = cross
+                .filter(|(list, _)| list.len() != cross_len || list.iter().enumerate().any(|(i, &j)| i != j as usize));
+            let in_place = |list: &[u32]| {
+                self.cross_owned && list.len() <= cross_len && seqlab_nn::ops::use_fused(&self.enc.memory)
+            };
             for cache in st.caches.iter_mut() {
                 c(cache.self_kv.reorder(&t))?;
-                if shrink {
-                    if in_place {
-                        cache.cross_k = c(gather_rows_in_place(&cache.cross_k, idx))?;
-                        cache.cross_v = c(gather_rows_in_place(&cache.cross_v, idx))?;
-                    } else {
-                        cache.cross_k = gather(&cache.cross_k)?;
-                        cache.cross_v = gather(&cache.cross_v)?;
+                match &cross {
+                    Some((list, _)) if in_place(list) => {
+                        cache.cross_k = c(gather_rows_in_place(&cache.cross_k, list))?;
+                        cache.cross_v = c(gather_rows_in_place(&cache.cross_v, list))?;
                     }
+                    Some((list, _)) => {
+                        let l = c(Tensor::new(list.as_slice(), self.enc.memory.device()))?;
+                        let pick = |x: &Tensor| c(x.contiguous().and_then(|x| x.index_select(&l, 0)));
+                        cache.cross_k = pick(&cache.cross_k)?;
+                        cache.cross_v = pick(&cache.cross_v)?;
+                    }
+                    None => {}
                 }
             }
-            self.cross_owned |= shrink;
+            // Gathered into copies of this session's own (or in place in them).
+            self.cross_owned |= cross.is_some();
         }
         self.hist = idx.iter().map(|&i| self.hist[i as usize].clone()).collect();
         Ok(())
     }
+}
+
+/// The cross-attention key/value rows after a reorder that changes the row count (`idx` over
+/// `rows` session rows, `group` rows per key/value row): (former key/value row of each new
+/// one, new rows per key/value row). Every block of new rows that continues one former
+/// key/value row keeps sharing it: blocks of the former group size (finished sentences
+/// leaving a beam search) or, when the session widens n-fold, of n times it (beam search's
+/// first step, one row per sentence, widening to its beams). Otherwise one key/value row per
+/// new row.
+fn cross_rows(idx: &[u32], rows: usize, group: usize) -> (Vec<u32>, usize) {
+    let n = idx.len();
+    let blocks = |g: usize| -> Option<Vec<u32>> {
+        if g == 0 || !n.is_multiple_of(g) {
+            return None;
+        }
+        idx.chunks(g)
+            .map(|b| {
+                let src = b[0] / group as u32;
+                b.iter().all(|&r| r / group as u32 == src).then_some(src)
+            })
+            .collect()
+    };
+    let wider = (rows > 0 && n > rows && n.is_multiple_of(rows)).then(|| group * (n / rows));
+    for g in wider.into_iter().chain([group]) {
+        if let Some(list) = blocks(g) {
+            return (list, g);
+        }
+    }
+    (idx.iter().map(|&r| r / group as u32).collect(), 1)
 }
 
 /// Logits (N, V) → their values, row-major (one copy, no per-row vectors).
@@ -436,8 +481,41 @@ impl Beam {
 
 /// The `n` largest log-probabilities of a logits row as (log-probability, token), best first,
 /// ties to the lower token. One pass over the row after its [`log_sum_exp`], with the same
-/// arithmetic as [`log_softmax_row`], and no V-wide vector.
+/// arithmetic as [`log_softmax_row`], and no V-wide vector. Once `n` are held, a block of
+/// logits none of whose x − lse beats the n-th is skipped whole after one branch-free pass
+/// (a NaN never enters a full list either). The per-token loop, a compare and branch for
+/// each of the V logits, was ~5 % of beam-4 decoding (perf, 1 thread); a block maximum
+/// (16-lane `row_max`) per 64 logits instead cost as much as it saved.
 fn top_log_probs(row: &[f32], n: usize) -> Vec<(f32, u32)> {
+    let mut out: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
+    if n == 0 {
+        return out;
+    }
+    let lse = log_sum_exp(row);
+    const BLOCK: usize = 128;
+    for (b, block) in row.chunks(BLOCK).enumerate() {
+        if out.len() == n {
+            let worst = out[n - 1].0;
+            if block.iter().fold(0u32, |a, &x| a | u32::from(x - lse > worst)) == 0 {
+                continue;
+            }
+        }
+        for (i, &x) in block.iter().enumerate() {
+            let lp = x - lse;
+            if out.len() == n && lp <= out[n - 1].0 {
+                continue;
+            }
+            let pos = out.iter().position(|&(y, _)| y < lp).unwrap_or(out.len());
+            out.insert(pos, (lp, (b * BLOCK + i) as u32));
+            out.truncate(n);
+        }
+    }
+    out
+}
+
+/// [`top_log_probs`] token by token, without skipping blocks (the reference of its test).
+#[cfg(test)]
+fn top_log_probs_plain(row: &[f32], n: usize) -> Vec<(f32, u32)> {
     let mut out: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
     if n == 0 {
         return out;
@@ -625,6 +703,114 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap()
+    }
+
+    /// Skipping blocks changes nothing: the same (log-probability, token) list, bit for bit,
+    /// as the token-by-token loop, on rows with ties across and within blocks, NaN, ±∞,
+    /// zeros of both signs, maxima in the first, last and a partial block, and every n up to
+    /// past the row.
+    #[test]
+    fn top_log_probs_equals_the_plain_loop() {
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        let mut x = 12345u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        };
+        for len in [1, 5, 127, 128, 129, 300, 1000] {
+            rows.push((0..len).map(|_| next()).collect());
+            // Coarse values: many ties, across blocks too.
+            rows.push((0..len).map(|_| (next() * 2.0).round()).collect());
+            let mut r: Vec<f32> = (0..len).map(|_| next()).collect();
+            r[len - 1] = 9.0;
+            rows.push(r);
+            let mut r: Vec<f32> = (0..len).map(|_| next()).collect();
+            r[0] = 9.0;
+            r[len / 2] = f32::NAN;
+            rows.push(r);
+            let mut r: Vec<f32> = (0..len).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }).collect();
+            r[len / 3] = f32::NEG_INFINITY;
+            rows.push(r);
+        }
+        rows.push(vec![f32::NEG_INFINITY; 130]);
+        rows.push(vec![1.0, f32::INFINITY, 2.0]);
+        let bits = |v: Vec<(f32, u32)>| v.into_iter().map(|(a, t)| (a.to_bits(), t)).collect::<Vec<_>>();
+        for r in &rows {
+            for n in [1, 2, 4, 8, 70, r.len() + 1] {
+                assert_eq!(
+                    bits(top_log_probs(r, n)),
+                    bits(top_log_probs_plain(r, n)),
+                    "n {n}, row of {}",
+                    r.len()
+                );
+            }
+        }
+    }
+
+    /// Which cross-attention key/value rows a reorder keeps, and how many session rows share
+    /// each.
+    #[test]
+    fn cross_rows_keep_sentences_shared() {
+        // Beam search's first step, one row per sentence, widening to 3 beams each.
+        assert_eq!(cross_rows(&[0, 0, 0, 1, 1, 1], 2, 1), (vec![0, 1], 3));
+        // 3 sentences × 2 beams; sentence 1 finished, beams of the others reordered.
+        assert_eq!(cross_rows(&[1, 1, 4, 5], 6, 2), (vec![0, 2], 2));
+        // Rows that do not come in blocks of one sentence: one key/value row each.
+        assert_eq!(cross_rows(&[0, 2], 4, 2), (vec![0, 1], 1));
+        assert_eq!(cross_rows(&[0, 1, 2], 4, 2), (vec![0, 0, 1], 1));
+        // Greedy: one row per sentence throughout.
+        assert_eq!(cross_rows(&[0, 2, 3], 4, 1), (vec![0, 2, 3], 1));
+        assert_eq!(cross_rows(&[], 4, 2), (vec![], 2));
+    }
+
+    /// A session that starts with one row per sentence and widens to its beams (as beam
+    /// search does where the model allows it) steps like one that starts with the beams,
+    /// through beam reorders and sentences leaving, bit for bit.
+    #[test]
+    fn widened_session_equals_expanded_session() {
+        // Wide enough that a step's values do not depend on its row count (`step_rows_exact`).
+        let vs = VarStore::new(5, &Device::Cpu);
+        let tc = TransformerConfig {
+            d_model: 128,
+            nhead: 4,
+            num_encoder_layers: 1,
+            num_decoder_layers: 2,
+            dim_feedforward: 256,
+            dropout: 0.0,
+            ..Default::default()
+        };
+        let m = Seq2SeqTransformer::new(&Seq2SeqConfig::new(130, tc), &vs).unwrap();
+        assert!(m.step_rows_exact(3));
+        let s = src();
+        let mut wide = Stepper::new(&m, &s, 1, true).unwrap();
+        let mut expanded = Stepper::new(&m, &s, 2, true).unwrap();
+        let bits = |x: &Tensor| {
+            x.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f32::to_bits)
+                .collect::<Vec<_>>()
+        };
+        let first = wide.step(&[1, 1, 1]).unwrap();
+        let all = expanded.step(&[1; 6]).unwrap();
+        let pick = Tensor::new(&[0u32, 2, 4], &Device::Cpu).unwrap();
+        assert_eq!(bits(&first), bits(&all.index_select(&pick, 0).unwrap()));
+        wide.reorder(&[0, 0, 1, 1, 2, 2]).unwrap();
+        for (t, idx) in [&[1u32, 0, 2, 2, 4, 5][..], &[0, 1, 4, 5], &[1, 1, 2, 2], &[0, 1]]
+            .iter()
+            .enumerate()
+        {
+            let feed: Vec<u32> = (0..idx.len().max(6) as u32).map(|i| 3 + (i + t as u32) % 7).collect();
+            let rows = [6, 6, 4, 4][t];
+            let (a, b) = (wide.step(&feed[..rows]).unwrap(), expanded.step(&feed[..rows]).unwrap());
+            assert_eq!(bits(&a), bits(&b), "step {t}");
+            wide.reorder(idx).unwrap();
+            expanded.reorder(idx).unwrap();
+        }
+        let feed = [3u32, 4];
+        assert_eq!(bits(&wide.step(&feed).unwrap()), bits(&expanded.step(&feed).unwrap()));
     }
 
     #[test]

@@ -88,6 +88,10 @@ struct Plan {
     dropout: Option<Arc<Vec<f32>>>,
     /// Softmax probabilities (B, H, L, S) from the forward pass, before dropout.
     probs: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+    /// Query rows per key/value row (forward only): query row b attends over key and value
+    /// row b / kv_group, so the beams of a sentence read one copy of its cross-attention
+    /// keys and values. 1 = one key/value row per query row.
+    kv_group: usize,
 }
 
 impl Plan {
@@ -148,6 +152,7 @@ impl Plan {
         gemm_only: bool,
     ) -> (Vec<f32>, Vec<f32>) {
         let (b, l, s, h, d, dv) = (self.b, self.l, self.s, self.h, self.d, self.dv);
+        let g = self.kv_group;
         let ls = l * s;
         let (n_out, n_probs) = (b * l * h * dv, b * h * ls);
         if ls == 0 || b * h == 0 {
@@ -182,7 +187,7 @@ impl Plan {
         if let Some(n) = lanes {
             probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
                 let (bi, hi) = (bh / h, bh % h);
-                let (q0, k0, v0) = (qv.at(bi, hi), kv.at(bi, hi), vv.at(bi, hi));
+                let (q0, k0, v0) = (qv.at(bi, hi), kv.at(bi / g, hi), vv.at(bi / g, hi));
                 super::gemm_order::dots(pr, &q[q0..q0 + d], &k[k0..], kv.sl, n, self.scale);
                 self.softmax_rows(bi, hi, pr);
                 // SAFETY: each task writes only the (bi, hi) block of `out` (dv elements).
@@ -207,7 +212,7 @@ impl Plan {
                     q.as_ptr().add(qv.at(bi, hi)),
                     qv.sd as isize,
                     qv.sl as isize,
-                    k.as_ptr().add(kv.at(bi, hi)),
+                    k.as_ptr().add(kv.at(bi / g, hi)),
                     kv.sl as isize,
                     kv.sd as isize,
                     0.0,
@@ -243,7 +248,7 @@ impl Plan {
                     pd.as_ptr(),
                     1,
                     s as isize,
-                    v.as_ptr().add(vv.at(bi, hi)),
+                    v.as_ptr().add(vv.at(bi / g, hi)),
                     vv.sd as isize,
                     vv.sl as isize,
                     0.0,
@@ -452,8 +457,8 @@ impl Attn3 {
             View::from_layout4(lv)?,
         );
         check_view("q", lens.0, qv, (p.b, p.l, p.h, p.d))?;
-        check_view("k", lens.1, kv, (p.b, p.s, p.h, p.d))?;
-        check_view("v", lens.2, vv, (p.b, p.s, p.h, p.dv))?;
+        check_view("k", lens.1, kv, (p.b / p.kv_group, p.s, p.h, p.d))?;
+        check_view("v", lens.2, vv, (p.b / p.kv_group, p.s, p.h, p.dv))?;
         Ok((qv, kv, vv))
     }
 }
@@ -492,6 +497,9 @@ impl CustomOp3 for Attn3 {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = &self.plan;
+        if p.kv_group != 1 {
+            bail!("fused attention: no backward with keys and values shared by query rows");
+        }
         let probs = p.saved_probs()?;
         let (sq, lq) = q_t.storage_and_layout();
         let (sk, lk) = k_t.storage_and_layout();
@@ -645,6 +653,7 @@ pub(crate) fn run_fused(
         kpm: masks.kpm,
         dropout,
         probs,
+        kv_group: qkv.kv_group(),
     };
     let run = FusedRun { plan: plan.clone() };
     let out = match qkv {
@@ -686,11 +695,25 @@ pub(crate) fn draw_dropout(
 pub(crate) enum QkvInput<'a> {
     /// (B, L, 3, H, D)
     Packed(&'a Tensor),
-    /// (B, L, H, D), (B, S, H, D), (B, S, H, Dv)
+    /// (B, L, H, D), (B', S, H, D), (B', S, H, Dv), B a multiple of B' (see
+    /// [`QkvInput::kv_group`]).
     Separate(&'a Tensor, &'a Tensor, &'a Tensor),
 }
 
 impl QkvInput<'_> {
+    /// Query rows per key/value row: B / B' (1 when packed or B = B' = 0). Only the forward
+    /// pass takes B' < B (decoding, where a sentence's beams share its cross-attention keys
+    /// and values); the backward pass refuses it.
+    pub(crate) fn kv_group(&self) -> usize {
+        match self {
+            QkvInput::Packed(_) => 1,
+            QkvInput::Separate(q, k, _) => match (q.dim(0), k.dim(0)) {
+                (Ok(b), Ok(kb)) if kb > 0 => b / kb,
+                _ => 1,
+            },
+        }
+    }
+
     /// (B, L, S, H, D, Dv), checked.
     pub(crate) fn dims(&self) -> Result<(usize, usize, usize, usize, usize, usize)> {
         match self {
@@ -703,8 +726,9 @@ impl QkvInput<'_> {
                 if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
                     bail!("attention: q, k, v must be rank 4, got {qd:?}, {kd:?}, {vd:?}");
                 }
-                if kd[0] != qd[0]
-                    || vd[0] != qd[0]
+                if kd[0] == 0 && qd[0] != 0
+                    || kd[0] != 0 && !qd[0].is_multiple_of(kd[0])
+                    || vd[0] != kd[0]
                     || kd[2] != qd[2]
                     || vd[2] != qd[2]
                     || kd[3] != qd[3]
@@ -813,6 +837,40 @@ mod tests {
     use super::*;
     use crate::testing::randn;
 
+    /// Keys and values shared by groups of query rows (`kv_group`, a sentence's beams over
+    /// its cross-attention keys) give the outputs of the same keys and values repeated to
+    /// one row per query row, bit for bit: one query row (the decoding step's kernel) and
+    /// three (gemm), with a key-padding mask that differs between the rows of a group.
+    #[test]
+    fn shared_kv_rows_equal_repeated_rows() {
+        let (kb, g, s, h, d) = (3, 4, 7, 4, 16);
+        let b = kb * g;
+        let (k, v) = (randn(2, &[kb, s, h, d]), randn(3, &[kb, s, h, d]));
+        let rep: Vec<u32> = (0..b as u32).map(|i| i / g as u32).collect();
+        let rep = Tensor::new(rep.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let (kr, vr) = (k.index_select(&rep, 0).unwrap(), v.index_select(&rep, 0).unwrap());
+        let kpm: Vec<f32> = (0..b * s)
+            .map(|j| if j % s >= s - j / s % 3 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let masks = PreparedMasks {
+            kpm: Some(Arc::new(kpm)),
+            ..Default::default()
+        };
+        for l in [1, 3] {
+            let q = randn(1, &[b, l, h, d]);
+            let run = |k: &Tensor, v: &Tensor| {
+                let (o, _) = run_fused(QkvInput::Separate(&q, k, v), masks.clone(), 0.25, None).unwrap();
+                o.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(bits(run(&k, &v)), bits(run(&kr, &vr)), "{l} query rows");
+        }
+        // Not a divisor of the query rows: refused.
+        let q = randn(1, &[b, 1, h, d]);
+        let k5 = randn(2, &[5, s, h, d]);
+        assert!(run_fused(QkvInput::Separate(&q, &k5, &k5), PreparedMasks::default(), 0.25, None).is_err());
+    }
+
     /// The single-query path (a decoding step) gives the gemm calls' outputs and
     /// probabilities bit for bit: q read from a packed (B, 1, 3, H, D) projection, k/v from
     /// cache buffers with room for more positions, with and without a key-padding mask, key
@@ -868,6 +926,7 @@ mod tests {
                     kpm,
                     dropout: None,
                     probs: Arc::new(Mutex::new(None)),
+                    kv_group: 1,
                 };
                 let fast = plan.forward_with(&q, qv, &k, kv, &v, kv, false);
                 let slow = plan.forward_with(&q, qv, &k, kv, &v, kv, true);
