@@ -65,7 +65,12 @@ pub fn with_stdin(mut cmd: Command, input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // A command that fails before reading its input (the tests of bad arguments) may exit
+    // while the input is written: that broken pipe is the command's answer, not the test's
+    // failure (seen once in a full run under load, 2026-12-01).
+    if let Err(e) = child.stdin.take().unwrap().write_all(input.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the standard input: {e}");
+    }
     child.wait_with_output().unwrap()
 }
 
