@@ -69,7 +69,11 @@ pub fn with_stdin(mut cmd: Command, input: &str) -> Output {
     // while the input is written: that broken pipe is the command's answer, not the test's
     // failure (seen once in a full run under load, 2026-12-01).
     if let Err(e) = child.stdin.take().unwrap().write_all(input.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the standard input: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing the standard input: {e}"
+        );
     }
     child.wait_with_output().unwrap()
 }
