@@ -238,6 +238,13 @@ impl DecodeSession for Stepper<'_> {
         }
         let t = c(Tensor::new(idx, self.enc.memory.device()))?;
         let shrink = idx.len() != rows;
+        // A reorder that keeps the row count moves beams within their sentences (beam
+        // search's top-k): the shared cross-attention keys/values are not gathered for it.
+        // Refuse one that would mix sentences rather than decode wrongly.
+        let g = self.group;
+        if !shrink && g > 1 && idx.iter().enumerate().any(|(i, &j)| i / g != j as usize / g) {
+            bail!("decoding: a reorder of {rows} rows moves rows between sentences ({g} rows each)");
+        }
         let gather = |x: &Tensor| c(x.contiguous().and_then(|x| x.index_select(&t, 0)));
         if shrink {
             self.enc = EncodedSource {
@@ -798,6 +805,9 @@ mod tests {
         let pick = Tensor::new(&[0u32, 2, 4], &Device::Cpu).unwrap();
         assert_eq!(bits(&first), bits(&all.index_select(&pick, 0).unwrap()));
         wide.reorder(&[0, 0, 1, 1, 2, 2]).unwrap();
+        // Rows 0 and 2 belong to different sentences, which share no keys/values: refused
+        // before anything changes (the steps below still match).
+        assert!(wide.reorder(&[2, 1, 0, 3, 4, 5]).is_err());
         for (t, idx) in [&[1u32, 0, 2, 2, 4, 5][..], &[0, 1, 4, 5], &[1, 1, 2, 2], &[0, 1]]
             .iter()
             .enumerate()
