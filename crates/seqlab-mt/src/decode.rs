@@ -97,15 +97,10 @@ impl Seq2SeqModel for Seq2SeqTransformer {
     }
 }
 
-/// Repeats every row of `t` (dim 0) `k` times: rows of sentence b become b*k .. b*k+k-1.
+/// Repeats every row of `t` (dim 0) `k` times: rows of sentence b become b*k .. b*k+k-1
+/// ([`seqlab_nn::ops::repeat_rows`]).
 pub fn repeat_rows(t: &Tensor, k: usize) -> Result<Tensor> {
-    if k <= 1 {
-        return Ok(t.clone());
-    }
-    let b = c(t.dim(0))?;
-    let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
-    let idx = c(Tensor::new(idx.as_slice(), t.device()))?;
-    c(t.contiguous().and_then(|t| t.index_select(&idx, 0)))
+    c(seqlab_nn::ops::repeat_rows(t, k))
 }
 
 /// The decoder for `strategy`; `use_cache` = false re-runs the full prefix every step.
@@ -508,16 +503,22 @@ fn top_log_probs(row: &[f32], n: usize) -> Vec<(f32, u32)> {
             }
         }
         for (i, &x) in block.iter().enumerate() {
-            let lp = x - lse;
-            if out.len() == n && lp <= out[n - 1].0 {
-                continue;
-            }
-            let pos = out.iter().position(|&(y, _)| y < lp).unwrap_or(out.len());
-            out.insert(pos, (lp, (b * BLOCK + i) as u32));
-            out.truncate(n);
+            keep_best(&mut out, n, x - lse, (b * BLOCK + i) as u32);
         }
     }
     out
+}
+
+/// Puts (`lp`, `token`) into `out`, the best `n` so far (best first, ties to the earlier
+/// token), if it belongs there.
+#[inline(always)]
+fn keep_best(out: &mut Vec<(f32, u32)>, n: usize, lp: f32, token: u32) {
+    if out.len() == n && lp <= out[n - 1].0 {
+        return;
+    }
+    let pos = out.iter().position(|&(y, _)| y < lp).unwrap_or(out.len());
+    out.insert(pos, (lp, token));
+    out.truncate(n);
 }
 
 /// [`top_log_probs`] token by token, without skipping blocks (the reference of its test).
@@ -529,13 +530,7 @@ fn top_log_probs_plain(row: &[f32], n: usize) -> Vec<(f32, u32)> {
     }
     let lse = log_sum_exp(row);
     for (tok, &x) in row.iter().enumerate() {
-        let lp = x - lse;
-        if out.len() == n && lp <= out[n - 1].0 {
-            continue;
-        }
-        let pos = out.iter().position(|&(y, _)| y < lp).unwrap_or(out.len());
-        out.insert(pos, (lp, tok as u32));
-        out.truncate(n);
+        keep_best(&mut out, n, x - lse, tok as u32);
     }
     out
 }

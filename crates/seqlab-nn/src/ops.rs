@@ -155,6 +155,20 @@ pub fn mean_last(x: &Tensor) -> Result<Tensor> {
     x.mean_keepdim(D::Minus1)
 }
 
+/// Repeats every row of `t` (dim 0) `k` times: row b becomes rows b·k .. b·k + k − 1
+/// (PyTorch's `repeat_interleave(k, dim=0)`); `k ≤ 1` returns `t`. Beam search's per-beam
+/// copies of a sentence's rows, and attention's keys/values shared by groups of query rows
+/// on the composed path.
+pub fn repeat_rows(t: &Tensor, k: usize) -> Result<Tensor> {
+    if k <= 1 {
+        return Ok(t.clone());
+    }
+    let b = t.dim(0)?;
+    let idx: Vec<u32> = (0..b as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect();
+    t.contiguous()?
+        .index_select(&Tensor::new(idx.as_slice(), t.device())?, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,18 +30,8 @@ pub(crate) fn run(
             let part = |i: usize| -> Result<Tensor> { x.narrow(2, i, 1)?.squeeze(2) };
             (part(0)?, part(1)?, part(2)?)
         }
-        QkvInput::Separate(q, k, v) => {
-            // Keys and values shared by groups of query rows: repeated to one row each.
-            let rows = |t: &Tensor| -> Result<Tensor> {
-                if g == 1 {
-                    return Ok(t.clone());
-                }
-                let idx: Vec<u32> = (0..b as u32).map(|i| i / g as u32).collect();
-                t.contiguous()?
-                    .index_select(&Tensor::new(idx.as_slice(), t.device())?, 0)
-            };
-            (q.clone(), rows(k)?, rows(v)?)
-        }
+        // Keys and values shared by groups of query rows: repeated to one row each.
+        QkvInput::Separate(q, k, v) => (q.clone(), ops::repeat_rows(k, g)?, ops::repeat_rows(v, g)?),
     };
     for (n, t) in [("q", &q), ("k", &k), ("v", &v)] {
         if t.dtype() != DType::F32 {
