@@ -459,7 +459,15 @@ impl TransformerDecoderLayer {
             },
             |y| {
                 let ca = w.map(|w| &w.cross_attn);
-                mha.attend(&mha.project_q_step(y, ca)?, cross_k, cross_v, &cross_masks, ca, train)
+                mha.attend(
+                    &mha.project_q_step(y, ca)?,
+                    cross_k,
+                    cross_v,
+                    None,
+                    &cross_masks,
+                    ca,
+                    train,
+                )
             },
             w.map(|w| &w.ff),
             train,

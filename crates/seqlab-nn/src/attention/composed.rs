@@ -32,6 +32,10 @@ pub(crate) fn run(
         }
         // Keys and values shared by groups of query rows: repeated to one row each.
         QkvInput::Separate(q, k, v) => (q.clone(), ops::repeat_rows(k, g)?, ops::repeat_rows(v, g)?),
+        // Made only where the fused kernel runs (`KvCache`).
+        QkvInput::Indexed(..) => {
+            bail!("attention: keys and values read through an ancestor table need the fused kernel")
+        }
     };
     for (n, t) in [("q", &q), ("k", &k), ("v", &v)] {
         if t.dtype() != DType::F32 {

@@ -34,14 +34,15 @@ pub mod mask;
 
 pub use mask::{causal_mask, AttnMask, KeyPaddingMask};
 
-use crate::kernels::attention::{run_fused, FusedRun, PreparedMasks, QkvInput};
+use crate::kernels::attention::{run_fused, single_query_lanes, FusedRun, KvIndex, PreparedMasks, QkvInput};
 use crate::kernels::linear::{linear_act, linear_act_dropout, TransposedLinear};
-use crate::kernels::rows::GatherRows;
+use crate::kernels::rows::{GatherPositions, GatherRows};
 use crate::linear::Linear;
 use crate::{ops, Init, SharedRng, VarStore};
 use candle_core::{bail, Result, Tensor};
 use mask::Masks;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Options of [`scaled_dot_product_attention`]; defaults follow
 /// `F.scaled_dot_product_attention` (no mask, scale 1/√D, no dropout).
@@ -121,7 +122,7 @@ fn run_attention(
     dropout: Option<(f64, &SharedRng)>,
 ) -> Result<(Tensor, AttnRun)> {
     let first = match &qkv {
-        QkvInput::Packed(x) | QkvInput::Separate(x, _, _) => *x,
+        QkvInput::Packed(x) | QkvInput::Separate(x, _, _) | QkvInput::Indexed(x, ..) => *x,
     };
     if ops::use_fused(first) {
         let (o, run) = run_fused(qkv, masks, scale, dropout)?;
@@ -196,19 +197,33 @@ pub struct MhaStepWeights {
 /// filled positions but not the room after them: its next step copies them into a buffer of
 /// its own, so two clones decoding on never write into each other's cache.
 ///
-/// A reorder (beam search) gathers the buffers' rows in place, so `k`/`v` tensors taken from
-/// the cache before a reorder may change with it (copy them to keep them); a cache that was
-/// cloned gathers into fresh buffers instead, since its clone still reads the old ones.
+/// A reorder (beam search) on the CPU, where the next step's attention takes the fused
+/// kernel's single-query path, moves no key or value: it reorders an ancestor table
+/// ([`KvIndex`], rows × positions u32) that tells the kernel which buffer row holds position
+/// j of row b, and each step writes row b's new position into buffer row b (no row's earlier
+/// positions are ever overwritten, as every row is at the same position). `k` and `v` then
+/// hold the buffer rows (R ≥ B, rows of finished sentences included) and are not in row
+/// order. Moving the rows instead was ~6 % of beam-4 decoding (perf, 1 thread), growing with
+/// the length. The rows are gathered into row order (fresh buffers) where the table cannot be
+/// read: a growing buffer (which also drops finished rows), a step past the single-query path
+/// (over 256 positions), more rows than the buffer has, training. Other reorders gather the
+/// buffers' rows in place, so `k`/`v` tensors taken from the cache before a reorder may
+/// change with it (copy them to keep them); a cache that was cloned gathers into fresh
+/// buffers instead, since its clone still reads the old ones.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    /// Projected keys of the positions so far, (B, T, H, D).
+    /// Projected keys of the positions so far, (B, T, H, D), or the buffer rows (R, T, H, D)
+    /// that the ancestor table indexes.
     pub k: Option<Tensor>,
-    /// Projected values of the positions so far, (B, T, H, D).
+    /// Projected values of the positions so far, as `k`.
     pub v: Option<Tensor>,
-    /// The (B, capacity, H, D) buffers `k` and `v` are views of (inference only).
+    /// The (B or R, capacity, H, D) buffers `k` and `v` are views of (inference only).
     buf: Option<(Tensor, Tensor)>,
     /// `buf` is (or may be) read by a clone's `k`/`v`: no in-place reorder.
     shared: AtomicBool,
+    /// Which buffer row holds each row's positions (`stride` = the buffers' capacity); `None`:
+    /// row b's positions are in row b.
+    index: Option<KvIndex>,
 }
 
 /// Positions a cache buffer starts with; it doubles when full.
@@ -224,6 +239,7 @@ impl Clone for KvCache {
             v: self.v.clone(),
             buf: None,
             shared: AtomicBool::new(false),
+            index: self.index.clone(),
         }
     }
 }
@@ -245,6 +261,7 @@ impl KvCache {
     /// graph, so a T-step decode held all T prefixes (O(T²) memory).
     fn append(&mut self, k_new: Tensor, v_new: Tensor, train: bool) -> Result<()> {
         if train {
+            self.in_row_order(self.len())?;
             let cat = |old: &Option<Tensor>, new: Tensor| match old {
                 Some(old) => Tensor::cat(&[old, &new], 1),
                 None => Ok(new),
@@ -259,35 +276,109 @@ impl KvCache {
         let cap = self.buf.as_ref().map_or(0, |(k, _)| k.dim(1).unwrap_or(0));
         if self.buf.is_none() || cap == t {
             // A new buffer with room to double (a full one, one filled by training steps, or
-            // a clone's): the filled positions copied once.
-            let fresh = |new: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
-                let buf = Tensor::zeros((b, (2 * t).max(KV_START_CAPACITY), h, d), new.dtype(), new.device())?;
-                if let Some(old) = old.filter(|_| t > 0) {
-                    buf.slice_set(&old.contiguous()?, 1, 0)?;
-                }
-                Ok(buf)
-            };
-            self.buf = Some((fresh(&k_new, self.k.as_ref())?, fresh(&v_new, self.v.as_ref())?));
-            self.shared.store(false, Ordering::Relaxed);
+            // a clone's): the filled positions copied once (in row order).
+            let room = (2 * t).max(KV_START_CAPACITY);
+            if self.index.is_some() {
+                self.in_row_order(room)?;
+            } else {
+                let fresh = |new: &Tensor, old: Option<&Tensor>| -> Result<Tensor> {
+                    let buf = Tensor::zeros((b, room, h, d), new.dtype(), new.device())?;
+                    if let Some(old) = old.filter(|_| t > 0) {
+                        buf.slice_set(&old.contiguous()?, 1, 0)?;
+                    }
+                    Ok(buf)
+                };
+                self.buf = Some((fresh(&k_new, self.k.as_ref())?, fresh(&v_new, self.v.as_ref())?));
+                self.shared.store(false, Ordering::Relaxed);
+            }
         }
         let (kb, vb) = self.buf.as_ref().expect("buffer made above");
-        kb.slice_set(&k_new, 1, t)?;
-        vb.slice_set(&v_new, 1, t)?;
+        // Row b's new position goes into buffer row b (the only row there without the table).
+        kb.narrow(0, 0, b)?.slice_set(&k_new, 1, t)?;
+        vb.narrow(0, 0, b)?.slice_set(&v_new, 1, t)?;
         self.k = Some(kb.narrow(1, 0, t + 1)?.detach());
         self.v = Some(vb.narrow(1, 0, t + 1)?.detach());
+        if let Some(ix) = &mut self.index {
+            let slots = Arc::make_mut(&mut ix.slots);
+            for r in 0..b {
+                slots[r * ix.stride + t] = r as u32;
+            }
+            // Past the single-query path (no reorder came to gather them): in row order.
+            if single_query_lanes(t + 1, h, d, d).is_none() {
+                let cap = kb.dim(1)?;
+                self.in_row_order(cap)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gathers the rows read through the ancestor table into fresh buffers in row order,
+    /// with room for `cap` positions; nothing without a table.
+    fn in_row_order(&mut self, cap: usize) -> Result<()> {
+        let Some(ix) = self.index.take() else {
+            return Ok(());
+        };
+        let t = self.len();
+        let rows = ix.slots.len() / ix.stride;
+        let gather = |src: &Option<Tensor>| -> Result<Tensor> {
+            let src = src.as_ref().expect("a table indexes cached positions");
+            let (_, _, h, d) = src.dims4()?;
+            let buf = Tensor::zeros((rows, cap.max(t), h, d), src.dtype(), src.device())?;
+            let op = GatherPositions {
+                slots: &ix.slots,
+                stride: ix.stride,
+                filled: t,
+            };
+            buf.inplace_op2(src, &op)?;
+            Ok(buf)
+        };
+        let (kb, vb) = (gather(&self.k)?, gather(&self.v)?);
+        self.k = Some(kb.narrow(1, 0, t)?);
+        self.v = Some(vb.narrow(1, 0, t)?);
+        self.buf = Some((kb, vb));
+        self.shared.store(false, Ordering::Relaxed);
         Ok(())
     }
 
     /// Row i continues former row `idx[i]` (u32 (N'), any N' ≥ 0): beams reordered and
-    /// rows of finished sentences dropped. On the CPU with N' no more than the current rows,
-    /// the filled positions of the rows that change are gathered in place (the buffers keep
-    /// their room; dropped rows stay allocated until the buffers grow); otherwise (more rows,
-    /// another device, a cloned cache) the buffers are gathered whole into fresh ones.
+    /// rows of finished sentences dropped. Where the next step's attention reads the ancestor
+    /// table (see the type's doc), only the table is reordered. Otherwise, on the CPU with N'
+    /// no more than the current rows, the filled positions of the rows that change are
+    /// gathered in place (the buffers keep their room; dropped rows stay allocated until the
+    /// buffers grow); otherwise (more rows, another device, a cloned cache) the buffers are
+    /// gathered whole into fresh ones.
     pub fn reorder(&mut self, idx: &Tensor) -> Result<()> {
         let t = self.len();
+        let n = idx.dim(0)?;
+        if let Some((kb, _)) = self.buf.as_ref().filter(|_| t > 0) {
+            let (r, cap, h, d) = kb.dims4()?;
+            if n <= r && ops::use_fused(kb) && single_query_lanes(t + 1, h, d, d).is_some() {
+                let ids = idx.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+                let rows = self.index.as_ref().map_or(r, |ix| ix.slots.len() / ix.stride);
+                if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+                    bail!("KvCache::reorder: row {bad} of {rows}");
+                }
+                let mut slots = vec![0u32; n * cap];
+                for (row, &i) in slots.chunks_exact_mut(cap).zip(&ids) {
+                    match &self.index {
+                        Some(ix) => row[..t].copy_from_slice(&ix.slots[i as usize * cap..i as usize * cap + t]),
+                        None => row[..t].fill(i),
+                    }
+                }
+                self.index = Some(KvIndex {
+                    slots: Arc::new(slots),
+                    stride: cap,
+                    rows: r,
+                });
+                return Ok(());
+            }
+        }
+        if self.index.is_some() {
+            let cap = self.buf.as_ref().map_or(t, |(kb, _)| kb.dim(1).unwrap_or(t));
+            self.in_row_order(cap)?;
+        }
         match &self.buf {
             Some((kb, vb)) => {
-                let n = idx.dim(0)?;
                 let (kb, vb) = if n <= kb.dim(0)? && !self.shared.load(Ordering::Relaxed) && ops::use_fused(kb) {
                     let ids = idx.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
                     for b in [kb, vb] {
@@ -547,12 +638,15 @@ impl MultiheadAttention {
 
     /// Attention on already projected heads: q (B, L, H, D), k/v (B, S, H, D) → (B, L, E),
     /// output projection included (the decoder's cached cross-attention), with the step
-    /// weights' copy of it when given (evaluation only).
+    /// weights' copy of it when given (evaluation only). With `index`, k/v are (R, S, H, D)
+    /// read through it (a reordered self-attention cache).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        index: Option<&KvIndex>,
         masks: &Masks,
         step: Option<&MhaStepWeights>,
         train: bool,
@@ -561,7 +655,11 @@ impl MultiheadAttention {
         let s = k.dim(1)?;
         let pm = masks.prepare((b, h, l, s))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let (o, _) = run_attention(QkvInput::Separate(q, k, v), pm, scale, self.dropout_arg(train))?;
+        let qkv = match index {
+            Some(ix) => QkvInput::Indexed(q, k, v, ix),
+            None => QkvInput::Separate(q, k, v),
+        };
+        let (o, _) = run_attention(qkv, pm, scale, self.dropout_arg(train))?;
         match step.filter(|_| !train) {
             Some(w) => w.out_proj.forward(&o.reshape((b, l, h * d))?, false),
             None => self.out_projection(&o, None),
@@ -724,7 +822,7 @@ impl MultiheadAttention {
         cache.append(k_new, v_new, train)?;
         let (k, v) = (cache.k.as_ref(), cache.v.as_ref());
         let (k, v) = k.zip(v).expect("append filled the cache");
-        self.attend(&q, k, v, &Masks::default(), step, train)
+        self.attend(&q, k, v, cache.index.as_ref(), &Masks::default(), step, train)
     }
 }
 
@@ -1117,6 +1215,75 @@ mod tests {
         }
         assert_eq!(buffered.len(), 40);
         assert_eq!(buffered.k.as_ref().unwrap().dims(), &[2, 40, 2, 4]);
+    }
+
+    /// A cache read through its ancestor table gives the outputs of the concatenating cache
+    /// (training mode, dropout 0), whose reorders copy the rows, bit for bit: random beam
+    /// reorders (repeats, swaps, identities) at every step, rows leaving, rows coming back
+    /// within the buffer's rows and past them, a clone taking over, the buffers growing,
+    /// and past the 256 positions the single-query path reads (where the rows are gathered
+    /// back into order).
+    #[test]
+    fn indexed_cache_equals_reordered_copies() {
+        let vs = VarStore::new(7, &Device::Cpu);
+        // Heads of 32: the sizes the single-query path (and so the table) takes.
+        let mha = MultiheadAttention::new(&MultiheadAttentionConfig::new(64, 2), &vs).unwrap();
+        let steps = 270;
+        let x = randn(8, &[16, steps, 64]);
+        let (mut indexed, mut copied) = (KvCache::default(), KvCache::default());
+        // rows[i]: the input row that cache row i reads.
+        let mut rows: Vec<u32> = (0..4).collect();
+        let mut state = 12345u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        let mut table_steps = 0;
+        for t in 0..steps {
+            let r = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();
+            let xt = x
+                .narrow(1, t, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .index_select(&r, 0)
+                .unwrap();
+            let a = mha.self_attn_step(&xt, &mut indexed, false).unwrap();
+            let b = mha.self_attn_step(&xt, &mut copied, true).unwrap();
+            let bits = |y: &Tensor| {
+                let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&a), bits(&b), "step {t}, {} rows", rows.len());
+            table_steps += usize::from(indexed.index.is_some());
+            let n = rows.len();
+            let idx: Vec<u32> = match t {
+                // Widening: 4 → 8 rows (the buffer's rows), later past them.
+                1 => (0..8).map(|i| i / 2).collect(),
+                90 => (0..n as u32).chain([0, 1, 2, 3, 4]).collect(),
+                _ if t % 40 == 39 && n > 2 => {
+                    let drop = next(n);
+                    (0..n as u32).filter(|&i| i as usize != drop).collect()
+                }
+                60 | 61 => (0..n as u32).chain([n as u32 - 1]).collect(),
+                _ if t % 7 == 3 => (0..n as u32).collect(),
+                _ => (0..n).map(|_| next(n) as u32).collect(),
+            };
+            if t == 120 {
+                indexed = indexed.clone();
+            }
+            let i = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+            indexed.reorder(&i).unwrap();
+            copied.reorder(&i).unwrap();
+            rows = idx.iter().map(|&i| rows[i as usize]).collect();
+        }
+        // The table was read where the kernel allows it (3..=256 positions, here with lanes).
+        if crate::kernels::gemm_order::lanes().is_some() {
+            assert!(table_steps > 200, "{table_steps} steps read through the table");
+        }
+        assert!(indexed.index.is_none(), "past 256 positions the rows are in order");
     }
 
     /// Two clones of a buffered cache decode on with different inputs, past the buffer's

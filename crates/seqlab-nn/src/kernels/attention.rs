@@ -92,6 +92,33 @@ struct Plan {
     /// row b / kv_group, so the beams of a sentence read one copy of its cross-attention
     /// keys and values. 1 = one key/value row per query row.
     kv_group: usize,
+    /// Keys and values read through an ancestor table (a decoding step over a beam search's
+    /// self-attention caches); forward only, single-query path only.
+    kv_index: Option<KvIndex>,
+}
+
+/// Where each query row's keys and values are in a decoding cache whose rows do not follow
+/// the query rows: position j of query row b is in key/value row `slots[b · stride + j]`
+/// (at position j). Beam search appends each hypothesis's new position to the row it
+/// decodes in and reorders this table, rows × positions u32, instead of the cache's
+/// rows × positions × E floats (that memmove was ~6 % of beam-4 decoding, perf, 1 thread).
+#[derive(Clone, Debug)]
+pub(crate) struct KvIndex {
+    /// Query rows × `stride` (positions past the keys unread).
+    pub(crate) slots: Arc<Vec<u32>>,
+    /// Entries per query row, at least the key count.
+    pub(crate) stride: usize,
+    /// Key/value rows (every entry read is below it).
+    pub(crate) rows: usize,
+}
+
+/// The lane count of the single-query path (one query row, no dropout) over `s` keys of `h`
+/// heads of `d` (values `dv`) elements, `None` where gemm's calls stay: where gemm takes other
+/// kernels (more than 256 keys, fewer than 3, a head size not a multiple of its lanes). The
+/// decoding caches read it to know whether their rows may stay out of order
+/// ([`KvIndex`]).
+pub(crate) fn single_query_lanes(s: usize, h: usize, d: usize, dv: usize) -> Option<usize> {
+    super::gemm_order::lanes().filter(|&n| (3..=256).contains(&s) && d % n == 0 && h * dv > 1)
 }
 
 impl Plan {
@@ -133,6 +160,14 @@ impl Plan {
         (self.b, self.l, self.h, self.dv).into()
     }
 
+    /// The lane count of the single-query path for these views ([`single_query_lanes`] and
+    /// what else it needs: one query row, no dropout, rows contiguous along the head), `None`
+    /// where gemm's calls stay.
+    fn single_query(&self, qv: View, kv: View, vv: View) -> Option<usize> {
+        single_query_lanes(self.s, self.h, self.d, self.dv)
+            .filter(|_| self.l == 1 && self.dropout.is_none() && qv.sd == 1 && kv.sd == 1 && vv.sd == 1 && vv.sl != 1)
+    }
+
     /// Returns O (B, L, H, Dv) contiguous and P (B, H, L, S).
     fn forward(&self, q: &[f32], qv: View, k: &[f32], kv: View, v: &[f32], vv: View) -> (Vec<f32>, Vec<f32>) {
         self.forward_with(q, qv, k, kv, v, vv, false)
@@ -164,18 +199,7 @@ impl Plan {
         // (attention over the caches was ~12 % of beam-4 decoding, perf, 1 thread). Where gemm
         // would take other kernels (more than 256 keys, fewer than 3, a head size not a
         // multiple of its lanes, strided heads) the calls stay.
-        let lanes = super::gemm_order::lanes().filter(|&n| {
-            !gemm_only
-                && l == 1
-                && self.dropout.is_none()
-                && (3..=256).contains(&s)
-                && d % n == 0
-                && h * dv > 1
-                && qv.sd == 1
-                && kv.sd == 1
-                && vv.sd == 1
-                && vv.sl != 1
-        });
+        let lanes = self.single_query(qv, kv, vv).filter(|_| !gemm_only);
         let (mut out, mut probs) = match lanes {
             // SAFETY: the single-query path writes every element of both: per (batch, head)
             // its s probabilities and its dv outputs (L = 1, O contiguous).
@@ -187,15 +211,29 @@ impl Plan {
         if let Some(n) = lanes {
             probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
                 let (bi, hi) = (bh / h, bh % h);
-                let (q0, k0, v0) = (qv.at(bi, hi), kv.at(bi / g, hi), vv.at(bi / g, hi));
-                super::gemm_order::dots(pr, &q[q0..q0 + d], &k[k0..], kv.sl, n, self.scale);
+                // The key/value row holding position j: the ancestor table's entry, or the
+                // query row's own (shared by its group).
+                let slots = self
+                    .kv_index
+                    .as_ref()
+                    .map(|ix| &ix.slots[bi * ix.stride..bi * ix.stride + s]);
+                let row = |j: usize| slots.map_or(bi / g, |r| r[j] as usize);
+                let q0 = qv.at(bi, hi);
+                let key = |j: usize| kv.at(row(j), hi) + j * kv.sl;
+                super::gemm_order::dots(pr, &q[q0..q0 + d], k, key, n, self.scale);
                 self.softmax_rows(bi, hi, pr);
                 // SAFETY: each task writes only the (bi, hi) block of `out` (dv elements).
                 let o = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ov.at(bi, hi)), dv) };
-                super::gemm_order::weighted_rows(o, pr, &v[v0..], vv.sl);
+                super::gemm_order::weighted_rows(o, pr, v, |c| vv.at(row(c), hi) + c * vv.sl);
             });
             return (out, probs);
         }
+        // The gemm calls read each query row's own key/value rows: the callers check that an
+        // ancestor table comes with the single-query path only (`Attn3::cpu_fwd`).
+        assert!(
+            self.kv_index.is_none(),
+            "fused attention: an ancestor table needs the single-query path"
+        );
         probs.par_chunks_mut(ls).enumerate().for_each(|(bh, pr)| {
             let (bi, hi) = (bh / h, bh % h);
             // SAFETY: every view was checked against its storage length by the caller, and each
@@ -457,8 +495,9 @@ impl Attn3 {
             View::from_layout4(lv)?,
         );
         check_view("q", lens.0, qv, (p.b, p.l, p.h, p.d))?;
-        check_view("k", lens.1, kv, (p.b / p.kv_group, p.s, p.h, p.d))?;
-        check_view("v", lens.2, vv, (p.b / p.kv_group, p.s, p.h, p.dv))?;
+        let rows = p.kv_index.as_ref().map_or(p.b / p.kv_group, |ix| ix.rows);
+        check_view("k", lens.1, kv, (rows, p.s, p.h, p.d))?;
+        check_view("v", lens.2, vv, (rows, p.s, p.h, p.dv))?;
         Ok((qv, kv, vv))
     }
 }
@@ -483,6 +522,9 @@ impl CustomOp3 for Attn3 {
             super::storage_f32("fused attention", "v", s3)?,
         );
         let (qv, kv, vv) = self.views(l1, l2, l3, (q.len(), k.len(), v.len()))?;
+        if self.plan.kv_index.is_some() && self.plan.single_query(qv, kv, vv).is_none() {
+            bail!("fused attention: keys and values read through an ancestor table need one query row of the single-query path");
+        }
         let (out, probs) = self.plan.forward(q, qv, k, kv, v, vv);
         *self.plan.probs.lock().unwrap() = Some(Arc::new(probs));
         Ok((CpuStorage::F32(out), self.plan.out_shape()))
@@ -497,8 +539,8 @@ impl CustomOp3 for Attn3 {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let p = &self.plan;
-        if p.kv_group != 1 {
-            bail!("fused attention: no backward with keys and values shared by query rows");
+        if p.kv_group != 1 || p.kv_index.is_some() {
+            bail!("fused attention: no backward with keys and values shared by query rows or read through an ancestor table");
         }
         let probs = p.saved_probs()?;
         let (sq, lq) = q_t.storage_and_layout();
@@ -654,11 +696,12 @@ pub(crate) fn run_fused(
         dropout,
         probs,
         kv_group: qkv.kv_group(),
+        kv_index: qkv.kv_index()?,
     };
     let run = FusedRun { plan: plan.clone() };
     let out = match qkv {
         QkvInput::Packed(x) => x.apply_op1(AttnPacked { plan })?,
-        QkvInput::Separate(q, k, v) => {
+        QkvInput::Separate(q, k, v) | QkvInput::Indexed(q, k, v, _) => {
             for (n, t) in [("q", q), ("k", k), ("v", v)] {
                 if t.dtype() != DType::F32 {
                     bail!("attention: {n} must be f32, got {:?}", t.dtype());
@@ -698,6 +741,9 @@ pub(crate) enum QkvInput<'a> {
     /// (B, L, H, D), (B', S, H, D), (B', S, H, Dv), B a multiple of B' (see
     /// [`QkvInput::kv_group`]).
     Separate(&'a Tensor, &'a Tensor, &'a Tensor),
+    /// (B, L, H, D), (R, S, H, D), (R, S, H, Dv) with query row b's position j in key/value
+    /// row `index` gives (forward only, one query row on the single-query path).
+    Indexed(&'a Tensor, &'a Tensor, &'a Tensor, &'a KvIndex),
 }
 
 impl QkvInput<'_> {
@@ -706,12 +752,37 @@ impl QkvInput<'_> {
     /// and values); the backward pass refuses it.
     pub(crate) fn kv_group(&self) -> usize {
         match self {
-            QkvInput::Packed(_) => 1,
+            QkvInput::Packed(_) | QkvInput::Indexed(..) => 1,
             QkvInput::Separate(q, k, _) => match (q.dim(0), k.dim(0)) {
                 (Ok(b), Ok(kb)) if kb > 0 => b / kb,
                 _ => 1,
             },
         }
+    }
+
+    /// The ancestor table of [`QkvInput::Indexed`], checked against the shapes: an entry for
+    /// every query row and key, each naming a key/value row.
+    fn kv_index(&self) -> Result<Option<KvIndex>> {
+        let QkvInput::Indexed(q, k, _, ix) = self else {
+            return Ok(None);
+        };
+        let (b, s, rows) = (q.dim(0)?, k.dim(1)?, k.dim(0)?);
+        if ix.rows != rows || ix.stride < s || ix.slots.len() < b * ix.stride {
+            bail!(
+                "attention: an ancestor table of {} entries ({} per row, {} rows) for {b} query rows over ({rows}, {s}) keys",
+                ix.slots.len(),
+                ix.stride,
+                ix.rows
+            );
+        }
+        if (0..b).any(|r| {
+            ix.slots[r * ix.stride..r * ix.stride + s]
+                .iter()
+                .any(|&j| j as usize >= rows)
+        }) {
+            bail!("attention: an ancestor table names a key/value row past the {rows} rows");
+        }
+        Ok(Some((*ix).clone()))
     }
 
     /// (B, L, S, H, D, Dv), checked.
@@ -721,13 +792,14 @@ impl QkvInput<'_> {
                 [b, l, 3, h, d] => Ok((b, l, l, h, d, d)),
                 _ => bail!("attention: packed qkv must be (B, L, 3, H, D), got {:?}", x.dims()),
             },
-            QkvInput::Separate(q, k, v) => {
+            QkvInput::Separate(q, k, v) | QkvInput::Indexed(q, k, v, _) => {
                 let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
                 if qd.len() != 4 || kd.len() != 4 || vd.len() != 4 {
                     bail!("attention: q, k, v must be rank 4, got {qd:?}, {kd:?}, {vd:?}");
                 }
-                if kd[0] == 0 && qd[0] != 0
-                    || kd[0] != 0 && !qd[0].is_multiple_of(kd[0])
+                // Key/value rows shared by groups of query rows; any rows with a table.
+                let grouped = matches!(self, QkvInput::Separate(..));
+                if grouped && (kd[0] == 0 && qd[0] != 0 || kd[0] != 0 && !qd[0].is_multiple_of(kd[0]))
                     || vd[0] != kd[0]
                     || kd[2] != qd[2]
                     || vd[2] != qd[2]
@@ -927,6 +999,7 @@ mod tests {
                     dropout: None,
                     probs: Arc::new(Mutex::new(None)),
                     kv_group: 1,
+                    kv_index: None,
                 };
                 let fast = plan.forward_with(&q, qv, &k, kv, &v, kv, false);
                 let slow = plan.forward_with(&q, qv, &k, kv, &v, kv, true);
@@ -935,5 +1008,105 @@ mod tests {
                 assert_eq!(bits(&fast.1), bits(&slow.1), "probabilities, s {s}, padded {padded}");
             }
         }
+    }
+
+    /// Keys and values read through an ancestor table give, bit for bit, the outputs and
+    /// probabilities of the same rows gathered into row order first: random tables over more
+    /// cache rows than query rows, key counts across the single-query path, with a
+    /// key-padding mask. Tables that name a row past the cache, or come with a step the
+    /// single-query path does not take, are refused.
+    #[test]
+    fn indexed_rows_equal_gathered_rows_bitwise() {
+        if super::super::gemm_order::lanes().is_none() {
+            return;
+        }
+        let (b, r, h, d) = (5, 7, 4, 64);
+        let mut state = 99u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n
+        };
+        for (i, &s) in [3usize, 4, 17, 64, 200, 256].iter().enumerate() {
+            let cap = s + 3;
+            let seed = 300 + 10 * i as u64;
+            let q = randn(seed, &[b, 1, h, d]);
+            let kb = randn(seed + 1, &[r, cap, h, d]);
+            let vb = randn(seed + 2, &[r, cap, h, d]);
+            let (k, v) = (kb.narrow(1, 0, s).unwrap(), vb.narrow(1, 0, s).unwrap());
+            let stride = cap + 2;
+            let slots: Vec<u32> = (0..b * stride).map(|_| next(r) as u32).collect();
+            // Row order: query row b's position j from cache row slots[b·stride + j].
+            let ordered = |x: &Tensor| {
+                let rows: Vec<Tensor> = (0..b)
+                    .map(|bi| {
+                        let pos: Vec<Tensor> = (0..s)
+                            .map(|j| {
+                                x.narrow(0, slots[bi * stride + j] as usize, 1)
+                                    .unwrap()
+                                    .narrow(1, j, 1)
+                                    .unwrap()
+                            })
+                            .collect();
+                        Tensor::cat(&pos, 1).unwrap()
+                    })
+                    .collect();
+                Tensor::cat(&rows, 0).unwrap()
+            };
+            let (ko, vo) = (ordered(&k), ordered(&v));
+            let kpm: Vec<f32> = (0..b * s)
+                .map(|j| {
+                    if j / s == 2 && j % s >= s - 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let masks = PreparedMasks {
+                kpm: Some(Arc::new(kpm)),
+                ..Default::default()
+            };
+            let ix = KvIndex {
+                slots: Arc::new(slots.clone()),
+                stride,
+                rows: r,
+            };
+            let run = |qkv: QkvInput| {
+                let (o, run) = run_fused(qkv, masks.clone(), 0.125, None).unwrap();
+                let p = run.plan.saved_probs().unwrap();
+                let o = o.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                (bits(&o), bits(&p))
+            };
+            let want = run(QkvInput::Separate(&q, &ko, &vo));
+            let got = run(QkvInput::Indexed(&q, &k, &v, &ix));
+            assert_eq!(got.0, want.0, "output, s {s}");
+            assert_eq!(got.1, want.1, "probabilities, s {s}");
+            // A table naming a row past the cache's.
+            let mut bad = slots.clone();
+            bad[stride + 1] = r as u32;
+            let bad = KvIndex {
+                slots: Arc::new(bad),
+                ..ix.clone()
+            };
+            assert!(run_fused(QkvInput::Indexed(&q, &k, &v, &bad), masks.clone(), 0.125, None).is_err());
+        }
+        // Two query rows per step: not the single-query path, refused.
+        let q = randn(1, &[b, 2, h, d]);
+        let k = randn(2, &[r, 8, h, d]);
+        let ix = KvIndex {
+            slots: Arc::new(vec![0; b * 8]),
+            stride: 8,
+            rows: r,
+        };
+        assert!(run_fused(
+            QkvInput::Indexed(&q, &k, &k, &ix),
+            PreparedMasks::default(),
+            0.125,
+            None
+        )
+        .is_err());
     }
 }

@@ -105,29 +105,37 @@ pub(crate) fn gemv_colmajor<'a>(o: &mut [f32], w: &[f32], row: impl Fn(usize) ->
     }
 }
 
-/// `out[j] = scale · q·key_j` for keys `key_j = keys[j·stride..][..q.len()]`, each in the
-/// order of gemm's horizontal kernel with `lanes` (16 or 8) lanes, with its instructions
-/// (AVX-512F or FMA) where the CPU has them, four keys at a time as gemm does; elsewhere
-/// (and as the reference of the tests) [`horizontal_dot`].
-pub(crate) fn dots(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, lanes: usize, scale: f32) {
+/// `out[j] = scale · q·key_j` for keys `key_j = keys[at(j)..][..q.len()]`, each in the order
+/// of gemm's horizontal kernel with `lanes` (16 or 8) lanes, with its instructions (AVX-512F
+/// or FMA) where the CPU has them, four keys at a time as gemm does; elsewhere (and as the
+/// reference of the tests) [`horizontal_dot`]. `at(j)` is where key j starts: `j · stride`
+/// for keys in one strided run, or anywhere (decoding caches read through their ancestor
+/// table); the arithmetic does not depend on it.
+pub(crate) fn dots(out: &mut [f32], q: &[f32], keys: &[f32], at: impl Fn(usize) -> usize, lanes: usize, scale: f32) {
     let d = q.len();
-    let s = out.len();
-    assert!(d % lanes == 0 && (s == 0 || (s - 1) * stride + d <= keys.len()));
+    assert!(d % lanes == 0);
+    // Checked once here, so the unsafe loads below stay in `keys`.
+    let key = |j: usize| -> usize {
+        let o = at(j);
+        assert!(o + d <= keys.len(), "key {j} at {o} past {} elements", keys.len());
+        o
+    };
     #[cfg(target_arch = "x86_64")]
     {
         if lanes == 16 && std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; key j's d elements are in `keys` (asserted).
-            unsafe { dots_avx512(out, q, keys, stride, scale) };
+            // SAFETY: the CPU has AVX-512F; key j's d elements are in `keys` (`key` asserts).
+            unsafe { dots_avx512(out, q, keys, key, scale) };
             return;
         }
         if lanes == 8 && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx") {
             // SAFETY: as above, with AVX and FMA.
-            unsafe { dots_fma(out, q, keys, stride, scale) };
+            unsafe { dots_fma(out, q, keys, key, scale) };
             return;
         }
     }
     for (j, o) in out.iter_mut().enumerate() {
-        let kj = &keys[j * stride..j * stride + d];
+        let k0 = key(j);
+        let kj = &keys[k0..k0 + d];
         *o = if lanes == 16 {
             horizontal_dot::<16>(kj, q, scale)
         } else {
@@ -165,7 +173,7 @@ unsafe fn reduce8(x: std::arch::x86_64::__m256) -> f32 {
 /// [`dots`] on AVX-512F: keys four at a time (gemm's `hx4x1`), one accumulator each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+unsafe fn dots_avx512(out: &mut [f32], q: &[f32], keys: &[f32], key: impl Fn(usize) -> usize, scale: f32) {
     use std::arch::x86_64::*;
     let d = q.len();
     let (qp, kp) = (q.as_ptr(), keys.as_ptr());
@@ -173,11 +181,15 @@ unsafe fn dots_avx512(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, s
     while j < out.len() {
         let nk = (out.len() - j).min(4);
         let mut acc = [_mm512_setzero_ps(); 4];
+        let mut at = [0usize; 4];
+        for (i, a) in at.iter_mut().enumerate().take(nk) {
+            *a = key(j + i);
+        }
         let mut c = 0;
         while c < d {
             let qv = _mm512_loadu_ps(qp.add(c));
             for (i, a) in acc.iter_mut().enumerate().take(nk) {
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add((j + i) * stride + c)), qv, *a);
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(at[i] + c)), qv, *a);
             }
             c += 16;
         }
@@ -191,7 +203,7 @@ unsafe fn dots_avx512(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, s
 /// [`dots`] with FMA (8 lanes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,fma")]
-unsafe fn dots_fma(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scale: f32) {
+unsafe fn dots_fma(out: &mut [f32], q: &[f32], keys: &[f32], key: impl Fn(usize) -> usize, scale: f32) {
     use std::arch::x86_64::*;
     let d = q.len();
     let (qp, kp) = (q.as_ptr(), keys.as_ptr());
@@ -199,11 +211,15 @@ unsafe fn dots_fma(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scal
     while j < out.len() {
         let nk = (out.len() - j).min(4);
         let mut acc = [_mm256_setzero_ps(); 4];
+        let mut at = [0usize; 4];
+        for (i, a) in at.iter_mut().enumerate().take(nk) {
+            *a = key(j + i);
+        }
         let mut c = 0;
         while c < d {
             let qv = _mm256_loadu_ps(qp.add(c));
             for (i, a) in acc.iter_mut().enumerate().take(nk) {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((j + i) * stride + c)), qv, *a);
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add(at[i] + c)), qv, *a);
             }
             c += 8;
         }
@@ -214,21 +230,27 @@ unsafe fn dots_fma(out: &mut [f32], q: &[f32], keys: &[f32], stride: usize, scal
     }
 }
 
-/// `o = Σ_c w_c · rows_c` ([`gemv_colmajor`]) for rows `rows[c·stride..][..o.len()]`,
-/// compiled with FMA where the CPU has it.
-pub(crate) fn weighted_rows(o: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+/// `o = Σ_c w_c · rows_c` ([`gemv_colmajor`]) for rows `rows[at(c)..][..o.len()]` (`at` as
+/// in [`dots`]), compiled with FMA where the CPU has it.
+pub(crate) fn weighted_rows(o: &mut [f32], w: &[f32], rows: &[f32], at: impl Fn(usize) -> usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "fma")]
-        unsafe fn fma(o: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+        unsafe fn fma(o: &mut [f32], w: &[f32], rows: &[f32], at: impl Fn(usize) -> usize) {
             let n = o.len();
-            gemv_colmajor(o, w, |c| &rows[c * stride..c * stride + n])
+            gemv_colmajor(o, w, |c| {
+                let a = at(c);
+                &rows[a..a + n]
+            })
         }
         // SAFETY: the CPU has FMA.
-        return unsafe { fma(o, w, rows, stride) };
+        return unsafe { fma(o, w, rows, at) };
     }
     let n = o.len();
-    gemv_colmajor(o, w, |c| &rows[c * stride..c * stride + n])
+    gemv_colmajor(o, w, |c| {
+        let a = at(c);
+        &rows[a..a + n]
+    })
 }
 
 #[cfg(test)]
@@ -304,7 +326,7 @@ mod tests {
                 );
             }
             let mut got = vec![0f32; s];
-            dots(&mut got, &q, &k, d, l, scale);
+            dots(&mut got, &q, &k, |j| j * d, l, scale);
             let portable: Vec<f32> = (0..s)
                 .map(|j| {
                     let kj = &k[j * d..(j + 1) * d];
@@ -316,7 +338,7 @@ mod tests {
                 })
                 .collect();
             let mut o = vec![0f32; d];
-            weighted_rows(&mut o, &p, &k, d);
+            weighted_rows(&mut o, &p, &k, |c| c * d);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "scores, s {s}, d {d}, {l} lanes");
             assert_eq!(bits(&portable), bits(&want), "portable scores, s {s}, d {d}, {l} lanes");

@@ -1,7 +1,7 @@
 //! In-place row gather of a decoding cache buffer: beam search's reorder without a fresh
-//! buffer.
+//! buffer; and the gather of a cache read through its ancestor table into row order.
 
-use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result};
+use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result};
 
 /// Row i of a (B, cap, ...) buffer becomes former row `idx[i]` (i < idx.len() ≤ B), over the
 /// first `filled` positions of dimension 1; rows past `idx.len()` and positions past `filled`
@@ -51,6 +51,84 @@ impl InplaceOp1 for GatherRows<'_> {
                     temp.extend_from_slice(&data[r * row..r * row + len]);
                 }
                 Move::Restore(dst) => data[dst * row..dst * row + len].copy_from_slice(&temp),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes into a (N, cap, ...) buffer, at each of its first `filled` positions j of row i,
+/// position j of row `slots[i · stride + j]` of a source (R, cap', ...) tensor (any strides
+/// over its first two dims, the rest contiguous): a decoding cache read through its ancestor
+/// table ([`super::attention::KvIndex`]) written out in row order, for the steps that cannot
+/// read it through the table. Runs of positions in one source row are copied as one block.
+pub struct GatherPositions<'a> {
+    /// Source row of each (row, position), `stride` entries per row.
+    pub slots: &'a [u32],
+    /// Entries per row of `slots`, at least `filled`.
+    pub stride: usize,
+    /// Positions (dimension 1) to write.
+    pub filled: usize,
+}
+
+impl InplaceOp2 for GatherPositions<'_> {
+    fn name(&self) -> &'static str {
+        "seqlab-gather-positions"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+        let (CpuStorage::F32(out), CpuStorage::F32(from)) = (dst, src) else {
+            bail!("gather-positions: both buffers must be f32");
+        };
+        let (dd, sd) = (dl.dims(), sl.dims());
+        let Some((start, end)) = dl.contiguous_offsets().filter(|_| dd.len() >= 2) else {
+            bail!("gather-positions: the buffer must be contiguous with at least 2 dims, got {dd:?}");
+        };
+        let per_pos: usize = dd[2..].iter().product();
+        // The source's dims past the first two must be laid out contiguously.
+        let st = sl.stride();
+        let mut want = 1;
+        for (i, &n) in sd.iter().enumerate().skip(2).rev() {
+            if n > 1 && st[i] != want {
+                bail!("gather-positions: the source {sd:?} (strides {st:?}) is not contiguous past dim 1");
+            }
+            want *= n;
+        }
+        let (n, cap, t) = (dd[0], dd[1], self.filled);
+        if sd.len() != dd.len()
+            || sd[2..] != dd[2..]
+            || t > cap
+            || t > sd[1]
+            || self.stride < t
+            || self.slots.len() < n * self.stride
+            || (0..n).any(|i| {
+                self.slots[i * self.stride..i * self.stride + t]
+                    .iter()
+                    .any(|&r| r as usize >= sd[0])
+            })
+        {
+            bail!(
+                "gather-positions: {} slots ({} per row) for {t} positions do not fit {dd:?} from {sd:?}",
+                self.slots.len(),
+                self.stride
+            );
+        }
+        let out = &mut out[start..end];
+        let at = |r: usize, j: usize| sl.start_offset() + r * st[0] + j * st[1];
+        for i in 0..n {
+            let row = &self.slots[i * self.stride..i * self.stride + t];
+            let mut j = 0;
+            while j < t {
+                let r = row[j] as usize;
+                let run = row[j..].iter().take_while(|&&x| x as usize == r).count();
+                // One block where the source's positions are contiguous, else position by position.
+                let step = if st[1] == per_pos { run } else { 1 };
+                for j0 in (j..j + run).step_by(step) {
+                    let len = step * per_pos;
+                    let o = (i * cap + j0) * per_pos;
+                    out[o..o + len].copy_from_slice(&from[at(r, j0)..at(r, j0) + len]);
+                }
+                j += run;
             }
         }
         Ok(())
