@@ -21,7 +21,12 @@ intra_threads, inter_threads = 1). Target tokens = tokenizer ids of each output 
 counted the same way for every system; BLEU is sacrebleu's 13a (by `seqlab bleu`); "same"
 counts outputs equal to seqlab's. Timed sections exclude model loading on both sides
 (seqlab's own "translated N sentences in S s", which includes its tokenization of the
-sources; CTranslate2's translate_batch wall time on pre-tokenized input).
+sources; CTranslate2's translate_batch wall time on pre-tokenized input). Both sides are
+warmed up alike before their timed pass: the first WARMUP = 32 test sentences (one batch)
+are translated once, untimed, with the same settings (seqlab: `translate --warmup 32`;
+CTranslate2: a translate_batch call on them), so neither side's figure includes a cold
+first pass (fresh memory pages, which some VMs zero very slowly). A seqlab binary without
+`--warmup` (before it existed) is refused by its argument parser.
 
 Known difference in the work done: seqlab stops a sentence at its source length + 50 tokens,
 CTranslate2 at max_decoding_length = 256 for all; a trained model ends nearly every sentence
@@ -47,6 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = os.environ.get("SEQLAB_CT2_CHECKPOINT", str(ROOT / "runs" / "mt-bible-small-fairseq"))
 SIDES = ("seqlab", "ct2-fp32", "ct2-int8")
+# Sentences each side translates untimed before its timed pass (one batch of 32).
+WARMUP = 32
 
 
 def seqlab_exe(profile):
@@ -63,12 +70,13 @@ def run(cmd, env=None):
 CT2_CHILD = r"""
 import json, sys, time, ctranslate2
 from transformers import AutoTokenizer
-model, hf, src_file, beam, lp, threads, out = sys.argv[1:8]
+model, hf, src_file, beam, lp, threads, out, warmup = sys.argv[1:9]
 tok = AutoTokenizer.from_pretrained(hf)
 srcs = [l.rstrip("\n").split("\t")[0] for l in open(src_file, encoding="utf-8") if l.strip()]
 toks = [tok.convert_ids_to_tokens(tok(s)["input_ids"]) for s in srcs]
 tr = ctranslate2.Translator(model, device="cpu", inter_threads=1, intra_threads=int(threads))
-tr.translate_batch(toks[:8], beam_size=int(beam), length_penalty=float(lp), max_batch_size=32)  # warm-up
+tr.translate_batch(toks[:int(warmup)], beam_size=int(beam), length_penalty=float(lp), max_batch_size=32,
+                   batch_type="examples", max_decoding_length=256)  # warm-up, as seqlab's --warmup
 t0 = time.perf_counter()
 r = tr.translate_batch(toks, beam_size=int(beam), length_penalty=float(lp), max_batch_size=32,
                        batch_type="examples", max_decoding_length=256)
@@ -125,11 +133,11 @@ def translate(side, a, exe, prep, threads, beam, out):
                                                           "--length-penalty", str(a.length_penalty)]
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
         r = run([exe, "translate", "--checkpoint", a.checkpoint, "--input", test, "--tsv", "--output", out, *dec,
-                 "--batch-size", "32"], env=env)
+                 "--batch-size", "32", "--warmup", str(WARMUP)], env=env)
         # Two decimals in seqlab's message: never divide by zero on a tiny set.
         return max(float(re.search(r"in ([0-9.]+) s", r.stderr).group(1)), 0.005)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    r = run([sys.executable, child, models[side], hf, test, beam, a.length_penalty, threads, out], env=env)
+    r = run([sys.executable, child, models[side], hf, test, beam, a.length_penalty, threads, out, WARMUP], env=env)
     return json.loads(r.stdout.strip().split("\n")[-1])["secs"]
 
 

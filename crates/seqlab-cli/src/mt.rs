@@ -58,6 +58,12 @@ pub struct TranslateArgs {
     /// cache (same output, slower; for timing).
     #[arg(long)]
     pub no_cache: bool,
+    /// For timing: first decode the first N input sentences (one batch at N = --batch-size)
+    /// untimed and throw their outputs away, so the timed pass ("translated ... in S s")
+    /// does not pay for a cold start (fresh memory pages, which some machines zero slowly;
+    /// cold caches). The output is the same with any N.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub warmup: usize,
     /// Draw the encoder-decoder attention of one sentence to this .png or .svg.
     #[arg(long)]
     pub attention: Option<PathBuf>,
@@ -125,6 +131,12 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
     let texts: Vec<&str> = todo.iter().map(|&i| srcs[i].as_str()).collect();
     let name = a.input.as_ref().map_or("<stdin>".into(), |p| p.display().to_string());
     task.warn_overlong(&texts, &name, |k| todo[k] + 1)?;
+    // Each `translate` call starts its decoder afresh (sampling from its seed too), so the
+    // warm-up changes no output.
+    let warm = &texts[..a.warmup.min(texts.len())];
+    if !warm.is_empty() {
+        task.translate(warm, &strat, a.batch_size, !a.no_cache)?;
+    }
     let t0 = std::time::Instant::now();
     let outs = task.translate(&texts, &strat, a.batch_size, !a.no_cache)?;
     let secs = t0.elapsed().as_secs_f64();
@@ -139,11 +151,12 @@ pub fn translate(a: TranslateArgs) -> Result<()> {
         None => std::io::stdout().write_all(body.as_bytes())?,
     }
     eprintln!(
-        "translated {} sentences in {secs:.2} s ({:.1} sentences/s; {strat:?}, batch {}, cache {})",
+        "translated {} sentences in {secs:.2} s ({:.1} sentences/s; {strat:?}, batch {}, cache {}, warm-up {} sentences)",
         texts.len(),
         texts.len() as f64 / secs.max(1e-9),
         a.batch_size,
-        if a.no_cache { "off" } else { "on" }
+        if a.no_cache { "off" } else { "on" },
+        warm.len()
     );
     if let Some(refs) = refs {
         let r = vec![refs];

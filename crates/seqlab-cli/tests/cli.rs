@@ -356,6 +356,19 @@ fn mt_train_translate_attention() {
         ok(c.output().unwrap())
     };
     let sampled = tr(&["--decoder", "sampling", "--temperature", "3", "--seed", "5"]);
+    // `--warmup` (untimed passes before the timed one) changes no output: beam, greedy and
+    // sampling, a warm-up of a few sentences (in smaller batches) and of more than there are.
+    for dec in [
+        &["--decoder", "beam"][..],
+        &["--decoder", "greedy"],
+        &["--decoder", "sampling", "--temperature", "3", "--seed", "5"],
+    ] {
+        for (n, batch) in [("3", "4"), ("100", "32")] {
+            let plain = tr(&[dec, &["--batch-size", batch]].concat());
+            let warmed = tr(&[dec, &["--warmup", n, "--batch-size", batch]].concat());
+            assert_eq!(warmed, plain, "{dec:?} --warmup {n} --batch-size {batch}");
+        }
+    }
     assert_eq!(
         sampled,
         tr(&[
