@@ -118,7 +118,7 @@ pub(crate) struct KvIndex {
 /// decoding caches read it to know whether their rows may stay out of order
 /// ([`KvIndex`]).
 pub(crate) fn single_query_lanes(s: usize, h: usize, d: usize, dv: usize) -> Option<usize> {
-    super::gemm_order::lanes().filter(|&n| (3..=256).contains(&s) && d % n == 0 && h * dv > 1)
+    super::gemm_order::lanes().filter(|&n| (3..=256).contains(&s) && d.is_multiple_of(n) && h * dv > 1)
 }
 
 impl Plan {

@@ -113,7 +113,7 @@ pub(crate) fn gemv_colmajor<'a>(o: &mut [f32], w: &[f32], row: impl Fn(usize) ->
 /// table); the arithmetic does not depend on it.
 pub(crate) fn dots(out: &mut [f32], q: &[f32], keys: &[f32], at: impl Fn(usize) -> usize, lanes: usize, scale: f32) {
     let d = q.len();
-    assert!(d % lanes == 0);
+    assert!(d.is_multiple_of(lanes));
     // Checked once here, so the unsafe loads below stay in `keys`.
     let key = |j: usize| -> usize {
         let o = at(j);

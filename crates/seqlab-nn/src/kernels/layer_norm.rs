@@ -79,6 +79,8 @@ const STAT_ROWS: usize = 8;
 /// chains of additions where one row is one chain, bound by the latency of each addition
 /// (LayerNorm was ~4 % of beam-4 decoding, perf, 1 thread; its rows are 256 wide).
 #[inline]
+// Position by position over the R rows (the loops index `rows[r][j]` on purpose).
+#[allow(clippy::needless_range_loop)]
 fn rows_stats<const R: usize>(x: &[f32], c: usize, eps: f32, rms: bool) -> [(f32, f32); R] {
     let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * c..(r + 1) * c]);
     let n = c as f32;
