@@ -150,6 +150,45 @@ pub(crate) unsafe fn for_each_lane<L: Lanes, F: LaneBody>(l: L, n: usize, f: F) 
     }
 }
 
+/// A loop written as plain scalar Rust for [`run_widest`], which compiles it with the widest
+/// vector unit enabled so that the compiler's own vectorisation uses 16 (AVX-512) or 8 (AVX2)
+/// lanes instead of the crate's SSE2 baseline. Only exactly rounded operations belong in it
+/// (add, sub, mul, div, sqrt, min/max; no `mul_add`): Rust never contracts them into FMAs,
+/// so every width gives the bits of the scalar loop.
+pub(crate) trait AutoVec {
+    /// The loop. Implementations mark it `#[inline(always)]`, so that it is compiled inside
+    /// [`run_widest`]'s feature-enabled functions rather than called from them.
+    fn run(self);
+}
+
+/// Runs `body` compiled for AVX-512 (else AVX2 + FMA, else the baseline). Why: the fused
+/// AdamW update compiled for the baseline was a scalar `sqrtss`/`divss` chain, 4.4 % of a
+/// 1-thread `seqlab bench lstm` step (perf, session 12), where the 16-lane loop is bound by
+/// memory.
+#[inline]
+pub(crate) fn run_widest<B: AutoVec>(body: B) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn wide<B: AutoVec>(b: B, _: Avx512) {
+            b.run()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<B: AutoVec>(b: B, _: Avx2Fma) {
+            b.run()
+        }
+        if let Some(l) = Avx512::detect() {
+            // SAFETY: the token proves the features `wide` is compiled for.
+            return unsafe { wide(body, l) };
+        }
+        if let Some(l) = Avx2Fma::detect() {
+            // SAFETY: as above.
+            return unsafe { avx2(body, l) };
+        }
+    }
+    body.run()
+}
+
 /// 1.5·2^23: adding it to |x| < 2^22 rounds x to an integer in the low mantissa bits.
 const MAGIC: f32 = 12_582_912.0;
 
