@@ -107,6 +107,9 @@ pub(crate) trait Lanes: Copy {
     /// with one Newton step instead of the 16-lane divide, which would cost as much as the
     /// rest of a gate), the others correctly rounded.
     fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b` correctly rounded on every width (the GELU's erf, whose result must not depend
+    /// on the width).
+    fn div_exact(self, a: Self::V, b: Self::V) -> Self::V;
     /// `x` clamped to `[lo, hi]`; NaN stays NaN.
     fn clamp(self, x: Self::V, lo: f32, hi: f32) -> Self::V;
     /// max(x, 0); NaN stays NaN (as PyTorch's relu).
@@ -233,6 +236,10 @@ impl Lanes for Scalar {
         a / b
     }
     #[inline(always)]
+    fn div_exact(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
     fn clamp(self, x: f32, lo: f32, hi: f32) -> f32 {
         x.clamp(lo, hi)
     }
@@ -323,6 +330,10 @@ impl Lanes for Avx2Fma {
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline(always)]
+    fn div_exact(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
     fn clamp(self, x: __m256, lo: f32, hi: f32) -> __m256 {
         // max/min return their second operand when one is NaN: x's NaN goes through.
         unsafe { _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x)) }
@@ -406,6 +417,10 @@ impl Lanes for Avx512 {
             let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.0)), r);
             _mm512_mul_ps(a, r)
         }
+    }
+    #[inline(always)]
+    fn div_exact(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_div_ps(a, b) }
     }
     #[inline(always)]
     fn clamp(self, x: __m512, lo: f32, hi: f32) -> __m512 {
