@@ -155,7 +155,8 @@ impl GeluErf {
     }
 
     fn run(&self, x: &[f32], g: Option<&[f32]>) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
+        // SAFETY: `map` writes every element of every chunk.
+        let mut out = unsafe { super::uninit_f32(x.len()) };
         let portable = self.portable;
         let work = |(k, o): (usize, &mut [f32])| {
             let at = k * CHUNK;
