@@ -406,7 +406,7 @@ def export_info(export):
 def run_row(row, threads, a, seqlab, peak):
     """All rounds of one row at one thread count → a result dict."""
     steps = row.quick_steps if a.quick else row.steps
-    warmup = 0 if a.quick else row.warmup
+    warmup = 0 if a.quick else row.warmup if a.warmup is None or row.warmup == 0 else a.warmup
     export = WORK / row.name
     export.mkdir(parents=True, exist_ok=True)
     corpus = row.needs
@@ -543,6 +543,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke check, not a measurement: 1 run per side, "
                                                          "1 step without warm-up, 8 sentences to decode, a 4 MB "
                                                          "word2vec corpus, 2 threads")
+    ap.add_argument("--warmup", type=int, help="untimed warm-up steps of both sides for every row that "
+                    "warms up (default: each row's own, 3 for layer and model rows)")
     ap.add_argument("--force", action="store_true", help="print ratios of LOADED rows too (still labelled)")
     ap.add_argument("--max-other-load", type=float, default=0.25,
                     help="a row is LOADED when other processes kept more than this many cores busy during any "
