@@ -148,9 +148,11 @@ impl SeqRng {
         // iterator loop took as long again as the refill.
         let draw = |rng: &mut ChaCha8Rng, piece: &mut [u32]| {
             rng.fill(piece);
-            for r in piece.iter_mut() {
-                *r = if (*r as u64) < threshold { 0 } else { scale_bits };
-            }
+            crate::kernels::simd::run_widest(Threshold {
+                words: piece,
+                threshold,
+                scale_bits,
+            });
         };
         // The words are drawn straight into the multipliers' storage: no zeroing before the
         // draw and no conversion pass after it.
@@ -174,6 +176,25 @@ impl SeqRng {
         // SAFETY: all n elements were written above.
         unsafe { v.set_len(n) };
         v
+    }
+}
+
+/// Turns each drawn word into its dropout multiplier's bits: 0 below `threshold`, else
+/// `scale_bits`. Compiled for the widest vector unit: in the SSE2 baseline the 64-bit
+/// comparison stayed scalar, ~4 % of a 1-thread bert-mini step (perf, session 12).
+struct Threshold<'a> {
+    words: &'a mut [u32],
+    threshold: u64,
+    scale_bits: u32,
+}
+
+impl crate::kernels::simd::AutoVec for Threshold<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let (threshold, scale_bits) = (self.threshold, self.scale_bits);
+        for r in self.words.iter_mut() {
+            *r = if (*r as u64) < threshold { 0 } else { scale_bits };
+        }
     }
 }
 

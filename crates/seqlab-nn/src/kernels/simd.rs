@@ -155,9 +155,9 @@ pub(crate) unsafe fn for_each_lane<L: Lanes, F: LaneBody>(l: L, n: usize, f: F) 
 
 /// A loop written as plain scalar Rust for [`run_widest`], which compiles it with the widest
 /// vector unit enabled so that the compiler's own vectorisation uses 16 (AVX-512) or 8 (AVX2)
-/// lanes instead of the crate's SSE2 baseline. Only exactly rounded operations belong in it
-/// (add, sub, mul, div, sqrt, min/max; no `mul_add`): Rust never contracts them into FMAs,
-/// so every width gives the bits of the scalar loop.
+/// lanes instead of the crate's SSE2 baseline. Only integer operations and exactly rounded
+/// float operations belong in it (add, sub, mul, div, sqrt, min/max; no `mul_add`): Rust
+/// never contracts them into FMAs, so every width gives the bits of the scalar loop.
 pub(crate) trait AutoVec {
     /// The loop. Implementations mark it `#[inline(always)]`, so that it is compiled inside
     /// [`run_widest`]'s feature-enabled functions rather than called from them.
