@@ -187,12 +187,12 @@ SAMPLE_MT = ["--set", "data.train=data/sample/bible.en-es.train.tsv",
              "--set", "data.test=data/sample/bible.en-es.test.tsv"]
 
 
-def model(name, config, sets, steps, flops, note=""):
+def model(name, config, sets, steps, flops, note="", warmup=3):
     return Row(name, ["bench", "model", "--json", "--config", config, *sets, "--export", "{export}",
                       "--steps", "{steps}", "--warmup", "{warmup}"],
                ["model", "--export", "{export}", "--steps", "{steps}", "--warmup", "{warmup}",
                 "--threads", "{threads}"],
-               steps=steps, flops=flops, note=note)
+               steps=steps, warmup=warmup, flops=flops, note=note)
 
 
 def decode(name, decoder):
@@ -282,7 +282,8 @@ ROWS = [
           "bundled sample (4,000 pairs)"),
     model("bert-mini", "configs/bert-mini.toml", ["--set", "data.corpus=data/sample/kjv.en.txt"], 4,
           bert_mini_flops, "bundled KJV sample"),
-    model("char-lstm", "configs/sample-char-lstm.toml", [], 10, char_lstm_flops, "the main job"),
+    # 30 steps (~0.6 s at 2 threads): with 10, PyTorch's 1-thread runs spread over 25.6-33.2k tok/s.
+    model("char-lstm", "configs/sample-char-lstm.toml", [], 30, char_lstm_flops, "the main job"),
     model("authors-transformer", "configs/authors-transformer.toml",
           ["--set", "data.train=data/sample/authors.train.tsv", "--set", "data.valid=data/sample/authors.valid.tsv",
            "--set", "data.test=data/sample/authors.test.tsv"], 10, authors_transformer_flops,
@@ -405,7 +406,7 @@ def export_info(export):
 def run_row(row, threads, a, seqlab, peak):
     """All rounds of one row at one thread count → a result dict."""
     steps = row.quick_steps if a.quick else row.steps
-    warmup = 0 if a.quick else row.warmup
+    warmup = 0 if a.quick else row.warmup if a.warmup is None or row.warmup == 0 else a.warmup
     export = WORK / row.name
     export.mkdir(parents=True, exist_ok=True)
     corpus = row.needs
@@ -542,6 +543,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke check, not a measurement: 1 run per side, "
                                                          "1 step without warm-up, 8 sentences to decode, a 4 MB "
                                                          "word2vec corpus, 2 threads")
+    ap.add_argument("--warmup", type=int, help="untimed warm-up steps of both sides for every row that "
+                    "warms up (default: each row's own, 3 for layer and model rows)")
     ap.add_argument("--force", action="store_true", help="print ratios of LOADED rows too (still labelled)")
     ap.add_argument("--max-other-load", type=float, default=0.25,
                     help="a row is LOADED when other processes kept more than this many cores busy during any "

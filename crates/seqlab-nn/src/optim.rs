@@ -16,6 +16,7 @@
 //! `step.<param>`, `momentum_buffer.<param>`), which [`OptimizerState::save_safetensors`]
 //! writes and [`OptimizerState::load_safetensors`] reads back bit-exactly.
 
+use crate::kernels::simd;
 use crate::VarStore;
 use candle_core::backprop::GradStore;
 use candle_core::{bail, CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, TensorId, Var};
@@ -219,9 +220,24 @@ struct Part<'a> {
     b2: &'a mut [f32],
 }
 
-/// `kernel(part)` over the pieces of one parameter; every element is updated on its own, so
-/// the split does not change a value.
-type Kernel<'a> = dyn Fn(Part<'_>) + Sync + 'a;
+/// An optimizer's per-element update over the pieces of one parameter; every element is
+/// updated on its own, so the split does not change a value. `update` is plain scalar Rust
+/// with exactly rounded operations only, marked `#[inline(always)]`: it runs inside
+/// [`simd::run_widest`], which compiles it for the widest vector unit (same bits, see
+/// [`simd::AutoVec`]; test `composed_update_equals_the_fused_loop_bit_for_bit`).
+trait PartUpdate: Sync {
+    fn update(&self, part: Part<'_>);
+}
+
+/// One piece's update as a [`simd::AutoVec`] body.
+struct Widest<'k, 'p, K>(&'k K, Part<'p>);
+
+impl<K: PartUpdate> simd::AutoVec for Widest<'_, '_, K> {
+    #[inline(always)]
+    fn run(self) {
+        self.0.update(self.1)
+    }
+}
 
 /// Elements per parallel task of the fused update. An AdamW element costs ~20 instructions,
 /// so a task is ~0.3 M instructions, far above rayon's dispatch cost; parameters of at most
@@ -231,7 +247,7 @@ const UPDATE_CHUNK: usize = 1 << 14;
 
 /// Runs `kernel` over one parameter's CPU storage, in place, with its buffers `b1`/`b2`
 /// (each empty or of the parameter's size), in parallel pieces of [`UPDATE_CHUNK`] elements.
-fn update_in_place(var: &Var, grad: &Tensor, b1: &mut [f32], b2: &mut [f32], kernel: &Kernel<'_>) -> Result<()> {
+fn update_in_place<K: PartUpdate>(var: &Var, grad: &Tensor, b1: &mut [f32], b2: &mut [f32], kernel: &K) -> Result<()> {
     let grad = grad.contiguous()?;
     let op = Fused {
         bufs: RefCell::new([b1, b2]),
@@ -240,9 +256,9 @@ fn update_in_place(var: &Var, grad: &Tensor, b1: &mut [f32], b2: &mut [f32], ker
     var.as_tensor().inplace_op2(&grad, &op)
 }
 
-struct Fused<'a, 'k> {
+struct Fused<'a, K> {
     bufs: RefCell<[&'a mut [f32]; 2]>,
-    kernel: &'a Kernel<'k>,
+    kernel: &'a K,
 }
 
 /// Splits `[a, b]` after `n` elements of each non-empty one.
@@ -258,7 +274,7 @@ fn split_bufs<'a>([a, b]: [&'a mut [f32]; 2], n: usize) -> ([&'a mut [f32]; 2], 
     ([a0, b0], [a1, b1])
 }
 
-impl InplaceOp2 for Fused<'_, '_> {
+impl<K: PartUpdate> InplaceOp2 for Fused<'_, K> {
     fn name(&self) -> &'static str {
         "seqlab-optimizer-update"
     }
@@ -287,10 +303,11 @@ impl InplaceOp2 for Fused<'_, '_> {
             parts.push(Part { p: ph, g: gh, b1, b2 });
             (p, g, bufs) = (pt, gt, rest);
         }
+        let run = |part| simd::run_widest(Widest(self.kernel, part));
         if parts.len() > 1 {
-            parts.into_par_iter().for_each(self.kernel);
+            parts.into_par_iter().for_each(run);
         } else {
-            parts.into_iter().for_each(self.kernel);
+            parts.into_iter().for_each(run);
         }
         Ok(())
     }
@@ -592,28 +609,75 @@ impl AdamW {
                 (slot.dev1, slot.dev2) = (Some(m.detach()), Some(v.detach()));
                 continue;
             }
-            let kernel = |Part { p, g, b1: m, b2: v }: Part<'_>| {
-                for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
-                    if decays {
-                        *p *= decay;
-                    }
-                    // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
-                    *m = if w.abs() < 0.5 {
-                        *m + w * (g - *m)
-                    } else {
-                        g - (g - *m) * (1.0 - w)
-                    };
-                    // `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`
-                    *v = *v * b2 + omb2 * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    // `param.addcdiv_(exp_avg, denom, value=-step_size)`
-                    *p += neg_step_size * *m / denom;
-                }
+            let kernel = AdamWUpdate {
+                decay: if decays { decay } else { 1.0 },
+                w,
+                b2,
+                omb2,
+                bc2_sqrt,
+                neg_step_size,
+                eps,
             };
             update_in_place(&slot.var, &g, &mut slot.buf1, &mut slot.buf2, &kernel)?;
         }
         self.steps += 1;
         Ok(())
+    }
+}
+
+/// One AdamW step's element update, PyTorch's single-tensor `_single_tensor_adamw` operation
+/// by operation, with the scalars [`AdamW::apply`] forms.
+struct AdamWUpdate {
+    /// `1 − lr·weight_decay`, or 1 for a parameter without decay (multiplying by 1 is exact).
+    decay: f32,
+    /// `1 − beta1`, the lerp weight.
+    w: f32,
+    b2: f32,
+    omb2: f32,
+    bc2_sqrt: f32,
+    neg_step_size: f32,
+    eps: f32,
+}
+
+impl AdamWUpdate {
+    /// The update with the lerp formula chosen outside the loop (`LOW`: `w` < 0.5), so that
+    /// the loop has no branch to keep it from being vectorised.
+    #[inline(always)]
+    fn rows<const LOW: bool>(&self, Part { p, g, b1: m, b2: v }: Part<'_>) {
+        let &Self {
+            decay,
+            w,
+            b2,
+            omb2,
+            bc2_sqrt,
+            neg_step_size,
+            eps,
+        } = self;
+        for ((p, &g), (m, v)) in p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut())) {
+            *p *= decay;
+            // `exp_avg.lerp_(grad, 1 - beta1)`: ATen's lerp switches formula at 0.5.
+            *m = if LOW {
+                *m + w * (g - *m)
+            } else {
+                g - (g - *m) * (1.0 - w)
+            };
+            // `exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)`
+            *v = *v * b2 + omb2 * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            // `param.addcdiv_(exp_avg, denom, value=-step_size)`
+            *p += neg_step_size * *m / denom;
+        }
+    }
+}
+
+impl PartUpdate for AdamWUpdate {
+    #[inline(always)]
+    fn update(&self, part: Part<'_>) {
+        if self.w.abs() < 0.5 {
+            self.rows::<true>(part)
+        } else {
+            self.rows::<false>(part)
+        }
     }
 }
 
@@ -788,21 +852,54 @@ impl Sgd {
             if momentum != 0.0 && first {
                 slot.buf1 = vec![0.0; slot.var.elem_count()];
             }
-            let kernel = |Part { p, g, b1: buf, .. }: Part<'_>| {
-                for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
-                    let mut d = if decays { g + wd * *p } else { g };
-                    if momentum != 0.0 {
-                        let b = &mut buf[k];
-                        *b = if first { d } else { *b * mom + damp * d };
-                        d = if nesterov { d + mom * *b } else { *b };
-                    }
-                    *p += neg_lr * d;
-                }
+            let kernel = SgdUpdate {
+                wd: if decays { Some(wd) } else { None },
+                momentum: if momentum != 0.0 { Some((mom, damp)) } else { None },
+                first,
+                nesterov,
+                neg_lr,
             };
             update_in_place(&slot.var, &g, &mut slot.buf1, &mut [], &kernel)?;
         }
         self.steps += 1;
         Ok(())
+    }
+}
+
+/// One SGD step's element update (`torch.optim.SGD`'s single-tensor code path).
+struct SgdUpdate {
+    /// `weight_decay`, for a parameter that decays.
+    wd: Option<f32>,
+    /// (`momentum`, `1 − dampening`) when momentum is on.
+    momentum: Option<(f32, f32)>,
+    /// The momentum buffer is new: it takes the first step's direction as it is.
+    first: bool,
+    nesterov: bool,
+    neg_lr: f32,
+}
+
+impl PartUpdate for SgdUpdate {
+    #[inline(always)]
+    fn update(&self, Part { p, g, b1: buf, .. }: Part<'_>) {
+        let Self {
+            wd,
+            momentum,
+            first,
+            nesterov,
+            neg_lr,
+        } = *self;
+        for (k, (p, &g)) in p.iter_mut().zip(g).enumerate() {
+            let mut d = match wd {
+                Some(wd) => g + wd * *p,
+                None => g,
+            };
+            if let Some((mom, damp)) = momentum {
+                let b = &mut buf[k];
+                *b = if first { d } else { *b * mom + damp * d };
+                d = if nesterov { d + mom * *b } else { *b };
+            }
+            *p += neg_lr * d;
+        }
     }
 }
 

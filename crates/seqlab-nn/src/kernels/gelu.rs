@@ -9,16 +9,21 @@
 //! from this backward. Here the forward is one pass and the backward one pass (recomputing
 //! Φ and φ from x instead of keeping them).
 //!
-//! erf is Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7 for all x), with the exponential of
-//! [`super::simd::exp8`] on AVX2+FMA CPUs (8 lanes) and libm's `expf` elsewhere; both paths
-//! use the same formula, so they agree to the exponential's few ulp. Against the exact GELU
-//! the error is ≤ 1.5e-7·|x|/2 + an ulp (test `fused_gelu_matches_exact_gelu_and_gradient`).
+//! erf is Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7 for all x), computed on the lanes of
+//! the widest vector unit ([`simd::Lanes`]: 16 AVX-512, 8 AVX2 + FMA, 1 portable) with the
+//! exponential of [`simd::exp`]. The vector widths perform the same operations lane by lane
+//! (fused multiply-adds, a correctly rounded divide), so they give the same bits (test
+//! `widths_agree_bit_for_bit`); the portable path rounds its multiply-adds twice. Against the
+//! exact GELU the error is ≤ 1.5e-7·|x|/2 + an ulp (test
+//! `fused_gelu_matches_exact_gelu_and_gradient`).
+//!
+//! Why the lanes all the way: the former loop ran Φ and φ on 8 AVX2 lanes through arrays and
+//! then the product with x (and g) one element at a time, 5.5 % of a 1-thread bert-mini step
+//! (perf, session 12).
 
-use super::simd::{self, Avx2Fma};
+use super::simd::{self, LaneBody, Lanes, Scalar};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
 
 const P: f32 = 0.327_591_1;
 const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
@@ -28,117 +33,134 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
-/// `(Φ(x), φ(x))` for one element (the portable path).
-#[inline]
-fn phi_scalar(x: f32) -> (f32, f32) {
-    let z = x * FRAC_1_SQRT_2;
-    let az = z.abs();
-    let t = 1.0 / (1.0 + P * az);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    // e^(−z²) = e^(−x²/2): both erf's tail and the density use it.
-    let e = (-az * az).exp();
-    let erf_abs = 1.0 - poly * e;
-    let erf = if z < 0.0 { -erf_abs } else { erf_abs };
-    (0.5 * (1.0 + erf), INV_SQRT_2PI * e)
-}
-
-/// `(Φ, φ)` of eight lanes, the same formula as [`phi_scalar`].
-///
-/// # Safety
-/// AVX2 and FMA must be present.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn phi8(x: __m256) -> (__m256, __m256) {
-    let sign = _mm256_set1_ps(-0.0);
-    let z = _mm256_mul_ps(x, _mm256_set1_ps(FRAC_1_SQRT_2));
-    let az = _mm256_andnot_ps(sign, z);
-    let one = _mm256_set1_ps(1.0);
-    let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(P), az, one));
-    let mut poly = _mm256_set1_ps(A[4]);
+/// `(Φ(x), φ(x))` on every lane.
+#[inline(always)]
+fn phi<L: Lanes>(l: L, x: L::V) -> (L::V, L::V) {
+    let one = l.splat(1.0);
+    let z = l.mul(x, l.splat(FRAC_1_SQRT_2));
+    let az = l.abs(z);
+    let t = l.div_exact(one, l.mul_add(l.splat(P), az, one));
+    let mut poly = l.splat(A[4]);
     for a in [A[3], A[2], A[1], A[0]] {
-        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(a));
+        poly = l.mul_add(poly, t, l.splat(a));
     }
-    poly = _mm256_mul_ps(poly, t);
-    let e = simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(az, az)));
-    let erf_abs = _mm256_fnmadd_ps(poly, e, one);
-    // Copy z's sign onto |erf|.
-    let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(z, sign));
-    let cdf = _mm256_mul_ps(_mm256_set1_ps(0.5), _mm256_add_ps(one, erf));
-    (cdf, _mm256_mul_ps(_mm256_set1_ps(INV_SQRT_2PI), e))
+    poly = l.mul(poly, t);
+    // e^(−z²) = e^(−x²/2): both erf's tail and the density use it.
+    let e = simd::exp(l, l.sub(l.splat(0.0), l.mul(az, az)));
+    let erf = l.with_sign_of(l.neg_mul_add(poly, e, one), z);
+    (l.mul(l.splat(0.5), l.add(one, erf)), l.mul(l.splat(INV_SQRT_2PI), e))
 }
 
-/// [`phi8`] from and to arrays (the loads and stores compiled with AVX too: from a caller
-/// without the target feature they were calls, 3 % of a bert-mini step).
-///
-/// # Safety
-/// AVX2 and FMA must be present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn phi8_arrays(x: &[f32; 8], cdf: &mut [f32; 8], pdf: &mut [f32; 8]) {
-    let (c, p) = phi8(_mm256_loadu_ps(x.as_ptr()));
-    _mm256_storeu_ps(cdf.as_mut_ptr(), c);
-    _mm256_storeu_ps(pdf.as_mut_ptr(), p);
+/// One lane group of the op: `x·Φ(x)` (`g` null) or `g·(Φ(x) + x·φ(x))`.
+#[derive(Clone, Copy)]
+struct Body {
+    x: *const f32,
+    g: *const f32,
+    out: *mut f32,
 }
 
-/// `out[i] = f(x[i], Φ(x[i]), φ(x[i]), aux[i])` (`aux[i]` 0 without `aux`) in chunks of eight
-/// (a ragged tail padded with zeros through the same lanes, so a value does not depend on its
-/// position).
-#[inline]
-fn map_phi(
-    simd: Option<Avx2Fma>,
-    x: &[f32],
-    aux: Option<&[f32]>,
-    out: &mut [f32],
-    f: impl Fn(f32, f32, f32, f32) -> f32,
-) {
-    let mut cdf = [0f32; 8];
-    let mut pdf = [0f32; 8];
-    for (ci, (xs, ys)) in x.chunks(8).zip(out.chunks_mut(8)).enumerate() {
-        let mut pad = [0f32; 8];
-        pad[..xs.len()].copy_from_slice(xs);
-        match simd {
-            #[cfg(target_arch = "x86_64")]
-            Some(_) => {
-                // SAFETY: the token exists only where AVX2 and FMA are present; loads and
-                // stores touch the 8-element arrays only.
-                unsafe { phi8_arrays(&pad, &mut cdf, &mut pdf) };
-            }
-            _ => {
-                for k in 0..8 {
-                    (cdf[k], pdf[k]) = phi_scalar(pad[k]);
-                }
-            }
-        }
-        for (k, y) in ys.iter_mut().enumerate() {
-            *y = f(pad[k], cdf[k], pdf[k], aux.map_or(0.0, |a| a[ci * 8 + k]));
+impl LaneBody for Body {
+    #[inline(always)]
+    unsafe fn at<L: Lanes>(self, l: L, q: usize) {
+        let x = l.load(self.x.add(q));
+        let (cdf, pdf) = phi(l, x);
+        let y = if self.g.is_null() {
+            l.mul(x, cdf)
+        } else {
+            l.mul(l.load(self.g.add(q)), l.add(cdf, l.mul(x, pdf)))
+        };
+        l.store(self.out.add(q), y);
+    }
+}
+
+/// [`Body`] over `x.len()` elements: whole vectors of `l`, then the ragged tail through the
+/// same lanes, padded with zeros (so a value does not depend on its position).
+#[inline(always)]
+fn map<L: Lanes>(l: L, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    let n = x.len();
+    let whole = n - n % L::N;
+    let body = Body {
+        x: x.as_ptr(),
+        g: g.map_or(std::ptr::null(), |g| g.as_ptr()),
+        out: out.as_mut_ptr(),
+    };
+    // SAFETY: x, g (when given) and out hold n elements; whole vectors stay below `whole`.
+    unsafe {
+        let mut q = 0;
+        while q < whole {
+            body.at(l, q);
+            q += L::N;
         }
     }
+    if whole < n {
+        let (mut xp, mut gp, mut op) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let r = n - whole;
+        xp[..r].copy_from_slice(&x[whole..]);
+        if let Some(g) = g {
+            gp[..r].copy_from_slice(&g[whole..]);
+        }
+        let pad = Body {
+            x: xp.as_ptr(),
+            g: if g.is_some() { gp.as_ptr() } else { std::ptr::null() },
+            out: op.as_mut_ptr(),
+        };
+        // SAFETY: the pads hold 16 ≥ L::N elements.
+        unsafe { pad.at(l, 0) };
+        out[whole..].copy_from_slice(&op[..r]);
+    }
+}
+
+/// [`map`] compiled for the widest vector unit present (the crate's baseline is SSE2), or
+/// the one-lane path with `portable` (tests).
+fn map_widest(portable: bool, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if !portable {
+        use simd::{Avx2Fma, Avx512};
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn wide(l: Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+            map(l, x, g, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(l: Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+            map(l, x, g, out)
+        }
+        if let Some(l) = Avx512::detect() {
+            // SAFETY: the token proves the features `wide` is compiled for.
+            return unsafe { wide(l, x, g, out) };
+        }
+        if let Some(l) = Avx2Fma::detect() {
+            // SAFETY: as above.
+            return unsafe { avx2(l, x, g, out) };
+        }
+    }
+    let _ = portable;
+    map(Scalar, x, g, out)
 }
 
 /// The fused op (see the module docs); f32 CPU tensors of any shape.
 pub(crate) struct GeluErf {
-    simd: Option<Avx2Fma>,
+    /// The one-lane path whatever the CPU (tests).
+    portable: bool,
 }
 
 impl GeluErf {
     /// `GELU(x)` element-wise.
     fn values(&self, x: &[f32]) -> Vec<f32> {
-        self.run(x, None, |x, cdf, _, _| x * cdf)
+        self.run(x, None)
     }
 
     /// `g · GELU'(x)` element-wise (`g.len() == x.len()`).
     fn grads(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
-        self.run(x, Some(g), |x, cdf, pdf, g| g * (cdf + x * pdf))
+        self.run(x, Some(g))
     }
 
-    fn run(&self, x: &[f32], aux: Option<&[f32]>, f: impl Fn(f32, f32, f32, f32) -> f32 + Sync) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
-        let simd = self.simd;
+    fn run(&self, x: &[f32], g: Option<&[f32]>) -> Vec<f32> {
+        // SAFETY: `map` writes every element of every chunk.
+        let mut out = unsafe { super::uninit_f32(x.len()) };
+        let portable = self.portable;
         let work = |(k, o): (usize, &mut [f32])| {
             let at = k * CHUNK;
-            let a = aux.map(|a| &a[at..at + o.len()]);
-            map_phi(simd, &x[at..at + o.len()], a, o, &f);
+            map_widest(portable, &x[at..at + o.len()], g.map(|g| &g[at..at + o.len()]), o);
         };
         if x.len() > CHUNK {
             out.par_chunks_mut(CHUNK).enumerate().for_each(work);
@@ -175,9 +197,7 @@ impl CustomOp1 for GeluErf {
 /// Exact GELU of an f32 CPU tensor as one graph node (see the module docs); the composed
 /// twin is candle's `gelu_erf`.
 pub fn gelu_fused(x: &Tensor) -> Result<Tensor> {
-    x.apply_op1(GeluErf {
-        simd: Avx2Fma::detect(),
-    })
+    x.apply_op1(GeluErf { portable: false })
 }
 
 #[cfg(test)]
@@ -199,8 +219,8 @@ mod tests {
         let want_dx = want_y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
         let want_y = want_y.to_vec1::<f32>().unwrap();
         let want_dx = want_dx.get(&x).unwrap().to_vec1::<f32>().unwrap();
-        for simd in [Avx2Fma::detect(), None] {
-            let op = GeluErf { simd };
+        for portable in [false, true] {
+            let op = GeluErf { portable };
             let y = op.values(&xs);
             let dx = op.grads(&xs, &gv);
             for i in 0..n {
@@ -231,13 +251,45 @@ mod tests {
         }
     }
 
+    /// The 16- and 8-lane paths give the same bits (the former 8-lane loop's operations are
+    /// the 8-lane path's, so training results did not move when the 16 lanes came), values
+    /// and gradients, over [−20, 20] in steps of 1/512 plus tiny, huge and signed-zero inputs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn widths_agree_bit_for_bit() {
+        use simd::{Avx2Fma, Avx512};
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn wide(l: Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+            map(l, x, g, out)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(l: Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+            map(l, x, g, out)
+        }
+        let (Some(l16), Some(l8)) = (Avx512::detect(), Avx2Fma::detect()) else {
+            eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
+            return;
+        };
+        let mut xs: Vec<f32> = (-20 * 512..=20 * 512).map(|i| i as f32 / 512.0).collect();
+        xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-40, 1e4, -1e4, 88.0, -88.0, 3e38, -3e38]);
+        let gs: Vec<f32> = (0..xs.len()).map(|i| ((i * 7919) % 13) as f32 * 0.25 - 1.5).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for g in [None, Some(&gs[..])] {
+            let (mut a, mut b) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            // SAFETY: the tokens prove the features.
+            unsafe {
+                wide(l16, &xs, g, &mut a);
+                avx2(l8, &xs, g, &mut b);
+            }
+            assert_eq!(bits(&a), bits(&b), "gradients: {}", g.is_some());
+        }
+    }
+
     /// A value does not depend on where it sits (ragged tails go through the same lanes).
     #[test]
     fn values_do_not_depend_on_position() {
         let xs: Vec<f32> = (0..19).map(|i| i as f32 * 0.37 - 3.0).collect();
-        let op = GeluErf {
-            simd: Avx2Fma::detect(),
-        };
+        let op = GeluErf { portable: false };
         let all = op.values(&xs);
         for s in 0..19 {
             assert_eq!(&all[s..], &op.values(&xs[s..])[..], "start {s}");

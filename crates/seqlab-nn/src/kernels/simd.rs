@@ -107,6 +107,9 @@ pub(crate) trait Lanes: Copy {
     /// with one Newton step instead of the 16-lane divide, which would cost as much as the
     /// rest of a gate), the others correctly rounded.
     fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b` correctly rounded on every width (the GELU's erf, whose result must not depend
+    /// on the width).
+    fn div_exact(self, a: Self::V, b: Self::V) -> Self::V;
     /// `x` clamped to `[lo, hi]`; NaN stays NaN.
     fn clamp(self, x: Self::V, lo: f32, hi: f32) -> Self::V;
     /// max(x, 0); NaN stays NaN (as PyTorch's relu).
@@ -150,6 +153,45 @@ pub(crate) unsafe fn for_each_lane<L: Lanes, F: LaneBody>(l: L, n: usize, f: F) 
     }
 }
 
+/// A loop written as plain scalar Rust for [`run_widest`], which compiles it with the widest
+/// vector unit enabled so that the compiler's own vectorisation uses 16 (AVX-512) or 8 (AVX2)
+/// lanes instead of the crate's SSE2 baseline. Only integer operations and exactly rounded
+/// float operations belong in it (add, sub, mul, div, sqrt, min/max; no `mul_add`): Rust
+/// never contracts them into FMAs, so every width gives the bits of the scalar loop.
+pub(crate) trait AutoVec {
+    /// The loop. Implementations mark it `#[inline(always)]`, so that it is compiled inside
+    /// [`run_widest`]'s feature-enabled functions rather than called from them.
+    fn run(self);
+}
+
+/// Runs `body` compiled for AVX-512 (else AVX2 + FMA, else the baseline). Why: the fused
+/// AdamW update compiled for the baseline was a scalar `sqrtss`/`divss` chain, 4.4 % of a
+/// 1-thread `seqlab bench lstm` step (perf, session 12), where the 16-lane loop is bound by
+/// memory.
+#[inline]
+pub(crate) fn run_widest<B: AutoVec>(body: B) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        unsafe fn wide<B: AutoVec>(b: B, _: Avx512) {
+            b.run()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<B: AutoVec>(b: B, _: Avx2Fma) {
+            b.run()
+        }
+        if let Some(l) = Avx512::detect() {
+            // SAFETY: the token proves the features `wide` is compiled for.
+            return unsafe { wide(body, l) };
+        }
+        if let Some(l) = Avx2Fma::detect() {
+            // SAFETY: as above.
+            return unsafe { avx2(body, l) };
+        }
+    }
+    body.run()
+}
+
 /// 1.5·2^23: adding it to |x| < 2^22 rounds x to an integer in the low mantissa bits.
 const MAGIC: f32 = 12_582_912.0;
 
@@ -191,6 +233,10 @@ impl Lanes for Scalar {
     }
     #[inline(always)]
     fn div(self, a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    fn div_exact(self, a: f32, b: f32) -> f32 {
         a / b
     }
     #[inline(always)]
@@ -284,6 +330,10 @@ impl Lanes for Avx2Fma {
         unsafe { _mm256_div_ps(a, b) }
     }
     #[inline(always)]
+    fn div_exact(self, a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
     fn clamp(self, x: __m256, lo: f32, hi: f32) -> __m256 {
         // max/min return their second operand when one is NaN: x's NaN goes through.
         unsafe { _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x)) }
@@ -367,6 +417,10 @@ impl Lanes for Avx512 {
             let r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(b, r, _mm512_set1_ps(1.0)), r);
             _mm512_mul_ps(a, r)
         }
+    }
+    #[inline(always)]
+    fn div_exact(self, a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_div_ps(a, b) }
     }
     #[inline(always)]
     fn clamp(self, x: __m512, lo: f32, hi: f32) -> __m512 {
