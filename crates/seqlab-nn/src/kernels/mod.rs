@@ -18,6 +18,7 @@
 //! - [`rows`]: an in-place row gather of a decoding cache buffer (beam reorders);
 //! - `gemm_order`: gemm's arithmetic written out for a decoding step's single-query
 //!   attention, its values bit for bit;
+//! - `transpose`: a vectorised row-major transpose (weights handed to gemm transposed);
 //! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
 //!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
@@ -39,6 +40,7 @@ pub mod rows;
 pub mod selective_scan;
 pub(crate) mod simd;
 pub mod state_update;
+pub(crate) mod transpose;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
