@@ -217,7 +217,8 @@ impl CustomOp3 for LinearOp {
         // The products below overwrite dx and dw (read_dst false); zeros when there is
         // nothing to multiply.
         let products = rows > 0 && out_f > 0;
-        // SAFETY: with `products` the two gemm calls below write every element.
+        // SAFETY: with `products` the two products below (gemm, and gemm + transpose) write
+        // every element.
         let buffer = |n: usize| {
             if products {
                 unsafe { super::uninit_f32(n) }
@@ -255,31 +256,8 @@ impl CustomOp3 for LinearOp {
             }
         }
         if rows > 0 {
-            // SAFETY: as above.
-            unsafe {
-                // dW = Gᵀ X   (out×rows)(rows×in)
-                gemm(
-                    out_f,
-                    in_f,
-                    rows,
-                    dw.as_mut_ptr(),
-                    1,
-                    in_f as isize,
-                    false,
-                    g.as_ptr(),
-                    out_f as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    in_f as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par(),
-                );
-            }
+            // dW = Gᵀ X   (out×rows)(rows×in)
+            super::weight_grad(&mut dw, g, x, rows, out_f, in_f, false);
         }
         let n = out_f;
         // Column sums of each task's rows in parallel, then added in a fixed order: rayon's
