@@ -30,6 +30,63 @@ fn par() -> Parallelism {
     }
 }
 
+/// Whether gemm multiplies `x Wᵀ` (rows × in by a weight out × in) with its blocked
+/// micro-kernels whether the weight is given row-major or transposed, so that both give the
+/// same bits: not for one row or rows · out ≤ 256 (with the row-major weight it takes its
+/// dot-product kernels there), one output (a matrix-vector product) or a depth of at most 2
+/// (its outer-product kernel). Shared by [`LinearOp`] and [`TransposedLinear`].
+fn gemm_kernel_either_layout(rows: usize, out_f: usize, in_f: usize) -> bool {
+    rows >= 2 && out_f >= 2 && in_f > 2 && rows * out_f > 256
+}
+
+/// `dst` (rows × out) = x (rows × in) · Wᵀ for the weight W (out × in), all row-major: with
+/// `transposed`, through a transposed copy of W. gemm computes a row-major product as its
+/// transpose W xᵀ, with W as the left operand, which it packs into column panels; from the
+/// row-major W it gathers them one element at a time, from Wᵀ it copies 64 contiguous floats
+/// per depth. The copy costs one vectorised transpose of W per call, the gather ran once per
+/// block of gemm's loop (perf, `bench encoder`, 1 thread: the gather 1.7 % of the step).
+/// Same bits either way where [`gemm_kernel_either_layout`] holds: the micro-kernel reads
+/// the same packed panels.
+fn product_x_wt(dst: &mut [f32], x: &[f32], w: &[f32], rows: usize, in_f: usize, out_f: usize, transposed: bool) {
+    assert!(dst.len() == rows * out_f && x.len() == rows * in_f && w.len() == out_f * in_f);
+    let wt = transposed.then(|| {
+        // SAFETY: `transpose` writes all out·in elements.
+        let mut wt = unsafe { super::uninit_f32(out_f * in_f) };
+        super::transpose::transpose(w, out_f, in_f, &mut wt);
+        wt
+    });
+    // Element (depth k, output j) of the right operand Wᵀ.
+    let (rhs, rhs_cs, rhs_rs) = match &wt {
+        Some(wt) => (wt.as_ptr(), 1, out_f as isize),
+        None => (w.as_ptr(), in_f as isize, 1),
+    };
+    // SAFETY: x holds rows·in, W (and Wᵀ) out·in and dst rows·out contiguous elements
+    // (asserted), read and written through the strides given.
+    unsafe {
+        gemm(
+            rows,
+            out_f,
+            in_f,
+            dst.as_mut_ptr(),
+            1,
+            out_f as isize,
+            false,
+            x.as_ptr(),
+            1,
+            in_f as isize,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par(),
+        );
+    }
+}
+
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "seqlab-linear"
@@ -62,30 +119,15 @@ impl CustomOp3 for LinearOp {
         }
         let mut out = vec![0f32; rows * out_f];
         if rows > 0 {
-            // SAFETY: slices hold rows·in, out·in and rows·out contiguous elements.
-            unsafe {
-                gemm(
-                    rows,
-                    out_f,
-                    in_f,
-                    out.as_mut_ptr(),
-                    1,
-                    out_f as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    in_f as isize,
-                    w.as_ptr(),
-                    in_f as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par(),
-                );
-            }
+            product_x_wt(
+                &mut out,
+                x,
+                w,
+                rows,
+                in_f,
+                out_f,
+                gemm_kernel_either_layout(rows, out_f, in_f),
+            );
         }
         let n = out_f;
         let relu = self.relu;
@@ -175,7 +217,8 @@ impl CustomOp3 for LinearOp {
         // The products below overwrite dx and dw (read_dst false); zeros when there is
         // nothing to multiply.
         let products = rows > 0 && out_f > 0;
-        // SAFETY: with `products` the two gemm calls below write every element.
+        // SAFETY: with `products` the two products below (gemm, and gemm + transpose) write
+        // every element.
         let buffer = |n: usize| {
             if products {
                 unsafe { super::uninit_f32(n) }
@@ -213,31 +256,8 @@ impl CustomOp3 for LinearOp {
             }
         }
         if rows > 0 {
-            // SAFETY: as above.
-            unsafe {
-                // dW = Gᵀ X   (out×rows)(rows×in)
-                gemm(
-                    out_f,
-                    in_f,
-                    rows,
-                    dw.as_mut_ptr(),
-                    1,
-                    in_f as isize,
-                    false,
-                    g.as_ptr(),
-                    out_f as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    in_f as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par(),
-                );
-            }
+            // dW = Gᵀ X   (out×rows)(rows×in)
+            super::weight_grad(&mut dw, g, x, rows, out_f, in_f, false);
         }
         let n = out_f;
         // Column sums of each task's rows in parallel, then added in a fixed order: rayon's
@@ -427,19 +447,12 @@ impl TransposedLinear {
         let fits = ops::use_fused(weight) && out_f % 16 == 0 && !(in_f > 512 && out_f <= 64);
         let t = if fits {
             let w = weight.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            // Transposed 16 outputs at a time: 16 rows of W read front to back, one cache
-            // line of the panel written per depth (a strided gather here was ~2 % of beam-4
-            // decoding, as it runs for every batch).
+            // Each panel is the transpose of its cn rows of W (a strided gather here was ~2 %
+            // of beam-4 decoding, as it runs for every batch).
             let mut panels = vec![0f32; out_f * in_f];
             for (c0, cn) in out_blocks(out_f) {
-                let p = &mut panels[c0 * in_f..(c0 + cn) * in_f];
-                for o0 in (0..cn).step_by(16) {
-                    for k in 0..in_f {
-                        for o in o0..(o0 + 16).min(cn) {
-                            p[k * cn + o] = w[(c0 + o) * in_f + k];
-                        }
-                    }
-                }
+                let rows_w = &w[c0 * in_f..(c0 + cn) * in_f];
+                super::transpose::transpose(rows_w, cn, in_f, &mut panels[c0 * in_f..(c0 + cn) * in_f]);
             }
             let b = match bias {
                 Some(b) => Some(b.detach().to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
@@ -466,9 +479,7 @@ impl TransposedLinear {
             Some(t)
                 if ops::use_fused(x)
                     && x.dims().last() == Some(&in_f)
-                    && rows >= 2
-                    && rows * out_f > 256
-                    && in_f > 2 =>
+                    && gemm_kernel_either_layout(rows, out_f, in_f) =>
             {
                 t
             }
@@ -689,6 +700,64 @@ mod tests {
         let t = TransposedLinear::new(&randn(1, &[32, 8]), None).unwrap();
         assert_eq!(t.forward(&randn(2, &[3, 4, 8]), false).unwrap().dims(), &[3, 4, 32]);
         assert!(TransposedLinear::new(&randn(1, &[32, 8]), Some(&randn(2, &[31]))).is_err());
+    }
+
+    /// The training forward's transposed weight gives the row-major weight's products bit
+    /// for bit (rows 1 to 2048, sizes off multiples of 16, depth over gemm's 512 block, 1 and 2
+    /// threads), and the whole op (bias, ReLU, dropout) the old product's epilogue exactly.
+    #[test]
+    fn transposed_weight_product_equals_row_major_exactly() {
+        let shapes = [
+            (1, 64, 48),
+            (2, 200, 33),
+            (7, 48, 33),
+            (7, 2, 40),
+            (32, 2048, 256),
+            (32, 17, 3),
+            (33, 100, 700),
+            (2048, 20, 16),
+            (2048, 100, 70),
+            (300, 512, 512),
+        ];
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (i, &(rows, out_f, in_f)) in shapes.iter().enumerate() {
+            let x = randn(40 + i as u64, &[rows, in_f]);
+            let w = randn(50 + i as u64, &[out_f, in_f]);
+            let b = randn(60 + i as u64, &[out_f]);
+            let (xs, ws, bs) = (
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.to_vec1::<f32>().unwrap(),
+            );
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut old = vec![0f32; rows * out_f];
+                    product_x_wt(&mut old, &xs, &ws, rows, in_f, out_f, false);
+                    let mut new = vec![f32::NAN; rows * out_f];
+                    product_x_wt(&mut new, &xs, &ws, rows, in_f, out_f, true);
+                    let what = format!("rows {rows}, out {out_f}, in {in_f}, {threads} threads");
+                    if gemm_kernel_either_layout(rows, out_f, in_f) {
+                        assert_eq!(bits(&new), bits(&old), "{what}");
+                    }
+                    for (relu, p) in [(false, 0.0), (true, 0.0), (true, 0.3), (false, 0.2)] {
+                        let rng = SeqRng::shared(7);
+                        let mask = SeqRng::new(7).dropout_mask((rows, out_f), p, x.device()).unwrap();
+                        let mask = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        let y = linear_act_dropout(&x, &w, Some(&b), relu, Some((p, &rng))).unwrap();
+                        let mut want = old.clone();
+                        for (r, o) in want.chunks_mut(out_f).enumerate() {
+                            bias_act(o, Some(&bs), relu);
+                            if p > 0.0 {
+                                o.iter_mut().zip(&mask[r * out_f..]).for_each(|(o, &m)| *o *= m);
+                            }
+                        }
+                        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        assert_eq!(bits(&y), bits(&want), "{what}, relu {relu}, dropout {p}");
+                    }
+                });
+            }
+        }
     }
 
     /// The one-thread row chunks cover the rows in order, none over 8·NR rows or of one row,

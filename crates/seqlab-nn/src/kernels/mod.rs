@@ -18,6 +18,7 @@
 //! - [`rows`]: an in-place row gather of a decoding cache buffer (beam reorders);
 //! - `gemm_order`: gemm's arithmetic written out for a decoding step's single-query
 //!   attention, its values bit for bit;
+//! - `transpose`: a vectorised row-major transpose (weights handed to gemm transposed);
 //! - `simd`: hand-vectorised pieces behind CPU-feature tokens: elementwise arithmetic written
 //!   once for 16 (AVX-512), 8 (AVX2 + FMA) and 1 lane (exp, sigmoid, tanh, the gate loops).
 //!
@@ -39,6 +40,7 @@ pub mod rows;
 pub mod selective_scan;
 pub(crate) mod simd;
 pub mod state_update;
+pub(crate) mod transpose;
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
@@ -230,6 +232,57 @@ pub(crate) fn sgemm_strided(
     )
 }
 
+/// A weight's gradient `dst` (out × in) = gᵀ x, for the output gradient g (rows × out) and
+/// the input x (rows × in), all row-major and contiguous; on the calling thread only with
+/// `serial` (as [`sgemm_serial`]), else as [`sgemm`].
+///
+/// gemm computes the row-major product as its transpose xᵀ g, whose right operand g it packs
+/// six columns at a time, gathering six floats from each of its rows (gemm-common 0.19
+/// `pack_rhs`): for an LSTM's (T·B, 4H) gate gradient that gather was 4 % of a `bench lstm`
+/// training step at one thread (perf, cpu-clock, session 12). Where `out` > `in` the product
+/// is computed the other way round, gᵀ x into a scratch (in × out) transposed back, so that
+/// the packed right operand is the narrower x, and g is packed as the left operand by
+/// contiguous copies. Same bits either way (test `weight_grad_orientations_agree_exactly`):
+/// each element is one fused multiply-add chain over the rows per depth block, and gemm's
+/// depth blocks depend on the depth (rows) only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_grad(dst: &mut [f32], g: &[f32], x: &[f32], rows: usize, out: usize, inp: usize, serial: bool) {
+    weight_grad_oriented(dst, g, x, rows, out, inp, serial, out > inp)
+}
+
+/// [`weight_grad`] computed as `(xᵀ g)ᵀ` with `via_transpose` (where the gemm kernels are
+/// the same for both orientations: more than 2 rows, out and in at least 2), else directly.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_oriented(
+    dst: &mut [f32],
+    g: &[f32],
+    x: &[f32],
+    rows: usize,
+    out: usize,
+    inp: usize,
+    serial: bool,
+    via_transpose: bool,
+) {
+    assert!(dst.len() == out * inp && g.len() == rows * out && x.len() == rows * inp);
+    let product = |m, n, dst: &mut [f32], a: &[f32], a_cs, b: &[f32], b_rs| {
+        if serial {
+            sgemm_serial(m, n, rows, dst, n, 1, false, a, 1, a_cs, b, b_rs, 1)
+        } else {
+            sgemm(m, n, rows, dst, n, false, a, 1, a_cs, b, b_rs, 1)
+        }
+    };
+    // gemm's outer-product (depth ≤ 2) and matrix-vector kernels (one row or column) depend
+    // on the orientation.
+    if via_transpose && rows > 2 && out >= 2 && inp >= 2 {
+        // SAFETY: the product writes all in·out elements (read_dst false).
+        let mut t = unsafe { uninit_f32(inp * out) };
+        product(inp, out, &mut t, x, inp, g, out);
+        transpose::transpose(&t, inp, out, dst);
+    } else {
+        product(out, inp, dst, g, out, x, inp);
+    }
+}
+
 /// The checked call into `gemm` behind [`sgemm_strided`] and [`sgemm_serial`].
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -294,6 +347,60 @@ fn sgemm_with(
 #[cfg(test)]
 mod tests {
     use super::in_rayon_task;
+
+    /// Both orientations of [`super::weight_grad`] give the same bits (rows over gemm's 512
+    /// depth block, sizes off its 64 × 6 tiles, 1 and 2 threads, serial or not).
+    #[test]
+    fn weight_grad_orientations_agree_exactly() {
+        use super::weight_grad_oriented;
+        let val = |seed: u64, n: usize| -> Vec<f32> {
+            let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..n)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                })
+                .collect()
+        };
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (i, &(rows, out, inp)) in [
+            (3, 2, 2),
+            (7, 200, 33),
+            (64, 2048, 256),
+            (1100, 300, 70),
+            (2048, 520, 130),
+            (5, 64, 2),
+            (33, 7, 500),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (g, x) = (val(2 * i as u64 + 1, rows * out), val(2 * i as u64 + 2, rows * inp));
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for serial in [false, true] {
+                    let (a, b) = pool.install(|| {
+                        let mut a = vec![f32::NAN; out * inp];
+                        let mut b = vec![f32::NAN; out * inp];
+                        weight_grad_oriented(&mut a, &g, &x, rows, out, inp, serial, false);
+                        weight_grad_oriented(&mut b, &g, &x, rows, out, inp, serial, true);
+                        (a, b)
+                    });
+                    assert_eq!(
+                        bits(&a),
+                        bits(&b),
+                        "rows {rows}, out {out}, in {inp}, {threads} threads"
+                    );
+                    let want: f32 = (0..rows)
+                        .map(|r| g[r * out + out - 1] as f64 * x[r * inp] as f64)
+                        .sum::<f64>() as f32;
+                    assert!((a[(out - 1) * inp] - want).abs() < 1e-3 * (1.0 + want.abs()));
+                }
+            }
+        }
+    }
 
     /// The binary's main thread joins rayon's pool as thread 0 (seqlab-cli `join_thread_pool`);
     /// at its top level a kernel may still start its own threads (the recurrence's team),

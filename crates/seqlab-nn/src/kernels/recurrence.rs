@@ -19,7 +19,6 @@
 //! The input projection `x @ W_ih^T + b` is NOT part of the op: it is one fused linear op over
 //! all time steps ([`super::linear`]), done by the caller, and its result `gx` enters here.
 
-use super::sgemm;
 use super::simd::{self, LaneBody, Lanes, Scalar};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1296,18 +1295,28 @@ impl FusedRecurrence {
         let rows = t_len * bsz;
         let dgate_all: &[f32] = if gru { &dhh } else { &dgx };
         // The pool's threads, unless a pair's other direction runs beside this one.
-        let sgemm = |m, n, k, dst: &mut [f32], dst_rs, a: &[f32], a_rs, a_cs, b: &[f32], b_rs, b_cs| {
-            if self.serial_gemm {
-                super::sgemm_serial(m, n, k, dst, dst_rs, 1, false, a, a_rs, a_cs, b, b_rs, b_cs)
-            } else {
-                sgemm(m, n, k, dst, dst_rs, false, a, a_rs, a_cs, b, b_rs, b_cs)
-            }
-        };
+        let serial = self.serial_gemm;
         // dW_hh = dG^T @ H_prev over all steps at once (GH × TB @ TB × P).
-        sgemm(gh, p, rows, &mut dw[..gh * p], p, dgate_all, 1, gh, &sv.hprev, p, 1);
+        super::weight_grad(
+            &mut dw[..gh * p],
+            &dgate_all[..rows * gh],
+            &sv.hprev[..rows * p],
+            rows,
+            gh,
+            p,
+            serial,
+        );
         if sp.proj {
             // dW_hr = dH^T @ M (P × TB @ TB × H).
-            sgemm(p, h, rows, &mut dw[gh * p..gh * p + p * h], h, &dhs, 1, p, &sv.m, h, 1);
+            super::weight_grad(
+                &mut dw[gh * p..gh * p + p * h],
+                &dhs[..rows * p],
+                &sv.m[..rows * h],
+                rows,
+                p,
+                h,
+                serial,
+            );
         }
         if sp.gru_bhn {
             let off = dw.len() - h;
