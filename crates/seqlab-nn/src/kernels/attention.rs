@@ -725,11 +725,7 @@ pub(crate) fn draw_dropout(
             if !(0.0..1.0).contains(&p) {
                 bail!("attention dropout must be in [0, 1), got {p}");
             }
-            let m = rng
-                .lock()
-                .unwrap()
-                .dropout_mask((b, h, l, s), p, &candle_core::Device::Cpu)?;
-            Ok(Some(m.flatten_all()?.to_vec1::<f32>()?))
+            Ok(Some(rng.lock().unwrap().dropout_multipliers(b * h * l * s, p)))
         }
         _ => Ok(None),
     }
