@@ -351,8 +351,7 @@ pub fn linear_act_dropout(
             if !(0.0..1.0).contains(&p) {
                 bail!("dropout must be in [0, 1), got {p}");
             }
-            let m = rng.lock().unwrap().dropout_mask((rows, out_f), p, x.device())?;
-            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
+            Some(Arc::new(rng.lock().unwrap().dropout_multipliers(rows * out_f, p)))
         }
         None => None,
     };
