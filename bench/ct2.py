@@ -24,6 +24,7 @@ counts outputs equal to seqlab's. Timed sections exclude model loading on both s
 sources; CTranslate2's translate_batch wall time on pre-tokenized input). Both sides are
 warmed up alike before their timed pass: the first WARMUP = 32 test sentences (one batch)
 are translated once, untimed, with the same settings (seqlab: `translate --warmup 32`;
+$SEQLAB_CT2_WARMUP sets another count, e.g. 200 for a whole warm pass before the timed one;
 CTranslate2: a translate_batch call on them), so neither side's figure includes a cold
 first pass (fresh memory pages, which some VMs zero very slowly). A seqlab binary without
 `--warmup` (before it existed) is refused by its argument parser.
@@ -53,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = os.environ.get("SEQLAB_CT2_CHECKPOINT", str(ROOT / "runs" / "mt-bible-small-fairseq"))
 SIDES = ("seqlab", "ct2-fp32", "ct2-int8")
 # Sentences each side translates untimed before its timed pass (one batch of 32).
-WARMUP = 32
+# Sentences of the untimed warm-up pass on both sides ($SEQLAB_CT2_WARMUP, default 32 = one batch).
+WARMUP = int(os.environ.get("SEQLAB_CT2_WARMUP", "32"))
 
 
 def seqlab_exe(profile):
