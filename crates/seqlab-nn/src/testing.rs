@@ -74,3 +74,18 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
     let norm = b.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
     Ok(if norm == 0.0 { diff } else { diff / norm })
 }
+
+/// A deterministic stream of choices for tests (Knuth's MMIX linear congruential generator,
+/// its high bits), where the model's seeded RNG would tie a test to its draws.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next value in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as usize % n
+    }
+}

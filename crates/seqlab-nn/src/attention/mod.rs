@@ -1233,13 +1233,8 @@ mod tests {
         let (mut indexed, mut copied) = (KvCache::default(), KvCache::default());
         // rows[i]: the input row that cache row i reads.
         let mut rows: Vec<u32> = (0..4).collect();
-        let mut state = 12345u64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize % n
-        };
+        let mut lcg = crate::testing::Lcg(12345u64);
+        let mut next = |n: usize| lcg.below(n);
         let mut table_steps = 0;
         for t in 0..steps {
             let r = Tensor::new(rows.as_slice(), &Device::Cpu).unwrap();

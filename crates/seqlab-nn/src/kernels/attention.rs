@@ -1017,13 +1017,8 @@ mod tests {
             return;
         }
         let (b, r, h, d) = (5, 7, 4, 64);
-        let mut state = 99u64;
-        let mut next = |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as usize % n
-        };
+        let mut lcg = crate::testing::Lcg(99u64);
+        let mut next = |n: usize| lcg.below(n);
         for (i, &s) in [3usize, 4, 17, 64, 200, 256].iter().enumerate() {
             let cap = s + 3;
             let seed = 300 + 10 * i as u64;

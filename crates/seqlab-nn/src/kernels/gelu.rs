@@ -110,27 +110,38 @@ fn map<L: Lanes>(l: L, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
+/// [`map`] on 16 lanes.
+///
+/// # Safety
+/// The CPU must have the features (the token proves them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+unsafe fn map16(l: simd::Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    map(l, x, g, out)
+}
+
+/// [`map`] on 8 lanes.
+///
+/// # Safety
+/// As [`map16`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map8(l: simd::Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
+    map(l, x, g, out)
+}
+
 /// [`map`] compiled for the widest vector unit present (the crate's baseline is SSE2), or
 /// the one-lane path with `portable` (tests).
 fn map_widest(portable: bool, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if !portable {
-        use simd::{Avx2Fma, Avx512};
-        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-        unsafe fn wide(l: Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-            map(l, x, g, out)
+        if let Some(l) = simd::Avx512::detect() {
+            // SAFETY: the token proves the features `map16` is compiled for.
+            return unsafe { map16(l, x, g, out) };
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(l: Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-            map(l, x, g, out)
-        }
-        if let Some(l) = Avx512::detect() {
-            // SAFETY: the token proves the features `wide` is compiled for.
-            return unsafe { wide(l, x, g, out) };
-        }
-        if let Some(l) = Avx2Fma::detect() {
+        if let Some(l) = simd::Avx2Fma::detect() {
             // SAFETY: as above.
-            return unsafe { avx2(l, x, g, out) };
+            return unsafe { map8(l, x, g, out) };
         }
     }
     let _ = portable;
@@ -258,14 +269,6 @@ mod tests {
     #[test]
     fn widths_agree_bit_for_bit() {
         use simd::{Avx2Fma, Avx512};
-        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-        unsafe fn wide(l: Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-            map(l, x, g, out)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(l: Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-            map(l, x, g, out)
-        }
         let (Some(l16), Some(l8)) = (Avx512::detect(), Avx2Fma::detect()) else {
             eprintln!("skipped: this CPU lacks AVX-512 or AVX2");
             return;
@@ -278,8 +281,8 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
             // SAFETY: the tokens prove the features.
             unsafe {
-                wide(l16, &xs, g, &mut a);
-                avx2(l8, &xs, g, &mut b);
+                map16(l16, &xs, g, &mut a);
+                map8(l8, &xs, g, &mut b);
             }
             assert_eq!(bits(&a), bits(&b), "gradients: {}", g.is_some());
         }
