@@ -1485,13 +1485,13 @@ impl FusedPair {
         Ok([(st_f, w_f), (st_r, w_r)])
     }
 
-    /// Runs `f` for both directions at the same time (the reverse on a scoped thread).
+    /// Runs `f` for both directions at the same time: the reverse as a task of rayon's pool,
+    /// which its idle thread takes at once. The directions never wait for each other, so a busy
+    /// pool only runs them one after the other. (A scoped OS thread per call started a thread
+    /// with an empty allocator heap four times per training step.)
     fn both<T: Send>(&self, f: impl Fn(&FusedRecurrence, usize) -> T + Sync) -> [T; 2] {
-        std::thread::scope(|s| {
-            let rev = s.spawn(|| f(&self.ops[1], 1));
-            let fwd = f(&self.ops[0], 0);
-            [fwd, rev.join().unwrap_or_else(|e| std::panic::resume_unwind(e))]
-        })
+        let (fwd, rev) = rayon::join(|| f(&self.ops[0], 0), || f(&self.ops[1], 1));
+        [fwd, rev]
     }
 
     fn forward(&self, gx_f: &[f32], gx_r: &[f32], rest: &[f32]) -> Result<Vec<f32>> {
