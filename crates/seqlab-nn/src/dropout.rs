@@ -63,9 +63,10 @@ struct Times<'a> {
     out: &'a mut [f32],
 }
 
-impl simd::AutoVec for Times<'_> {
+impl simd::WithLanes for Times<'_> {
+    type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<L: simd::Lanes>(self, _: L) {
         for ((o, &a), &m) in self.out.iter_mut().zip(self.a).zip(self.m) {
             *o = a * m;
         }
@@ -74,25 +75,21 @@ impl simd::AutoVec for Times<'_> {
 
 impl DropoutOp {
     fn times(&self, a: &[f32]) -> Vec<f32> {
-        use rayon::prelude::*;
         let m = &self.mask[..];
-        // SAFETY: every element is written below (the chunks cover `out`).
-        let mut out = unsafe { crate::kernels::uninit_f32(a.len()) };
-        let work = |(k, out): (usize, &mut [f32])| {
-            let at = k * CHUNK;
-            let n = out.len();
-            simd::run_widest(Times {
-                a: &a[at..at + n],
-                m: &m[at..at + n],
-                out,
-            });
-        };
-        if a.len() > CHUNK {
-            out.par_chunks_mut(CHUNK).enumerate().for_each(work);
-        } else {
-            out.chunks_mut(CHUNK).enumerate().for_each(work);
+        // SAFETY: `Times` writes every element of its piece.
+        unsafe {
+            crate::kernels::fill_chunks(a.len(), CHUNK, |at, out| {
+                let r = at..at + out.len();
+                simd::run_widest(
+                    false,
+                    Times {
+                        a: &a[r.clone()],
+                        m: &m[r],
+                        out,
+                    },
+                )
+            })
         }
-        out
     }
 }
 

@@ -224,17 +224,18 @@ struct Part<'a> {
 /// updated on its own, so the split does not change a value. `update` is plain scalar Rust
 /// with exactly rounded operations only, marked `#[inline(always)]`: it runs inside
 /// [`simd::run_widest`], which compiles it for the widest vector unit (same bits, see
-/// [`simd::AutoVec`]; test `composed_update_equals_the_fused_loop_bit_for_bit`).
+/// [`simd::WithLanes`]; test `composed_update_equals_the_fused_loop_bit_for_bit`).
 trait PartUpdate: Sync {
     fn update(&self, part: Part<'_>);
 }
 
-/// One piece's update as a [`simd::AutoVec`] body.
+/// One piece's update as a [`simd::WithLanes`] body (a plain loop: the lanes go unused).
 struct Widest<'k, 'p, K>(&'k K, Part<'p>);
 
-impl<K: PartUpdate> simd::AutoVec for Widest<'_, '_, K> {
+impl<K: PartUpdate> simd::WithLanes for Widest<'_, '_, K> {
+    type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<L: simd::Lanes>(self, _: L) {
         self.0.update(self.1)
     }
 }
@@ -303,7 +304,7 @@ impl<K: PartUpdate> InplaceOp2 for Fused<'_, K> {
             parts.push(Part { p: ph, g: gh, b1, b2 });
             (p, g, bufs) = (pt, gt, rest);
         }
-        let run = |part| simd::run_widest(Widest(self.kernel, part));
+        let run = |part| simd::run_widest(false, Widest(self.kernel, part));
         if parts.len() > 1 {
             parts.into_par_iter().for_each(run);
         } else {

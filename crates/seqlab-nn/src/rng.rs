@@ -148,18 +148,21 @@ impl SeqRng {
         // iterator loop took as long again as the refill.
         let draw = |rng: &mut ChaCha8Rng, piece: &mut [u32]| {
             rng.fill(piece);
-            crate::kernels::simd::run_widest(Threshold {
-                words: piece,
-                threshold,
-                scale_bits,
-            });
+            crate::kernels::simd::run_widest(
+                false,
+                Threshold {
+                    words: piece,
+                    threshold,
+                    scale_bits,
+                },
+            );
         };
         // The words are drawn straight into the multipliers' storage: no zeroing before the
         // draw and no conversion pass after it.
-        let mut v: Vec<f32> = Vec::with_capacity(n);
+        // SAFETY: every element is written below (the draws fill all n words).
+        let mut v = unsafe { crate::kernels::uninit_f32(n) };
         // SAFETY: u32 and f32 have the same size and alignment and every bit pattern is valid
-        // for both; the slice covers the capacity, which `fill` writes completely before
-        // `set_len` exposes it.
+        // for both; the view covers v's n elements and ends before v is used again.
         let bits = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u32, n) };
         if n > MASK_CHUNK {
             let start = self.rng.get_word_pos();
@@ -173,8 +176,6 @@ impl SeqRng {
         } else {
             draw(&mut self.rng, bits);
         }
-        // SAFETY: all n elements were written above.
-        unsafe { v.set_len(n) };
         v
     }
 }
@@ -188,9 +189,10 @@ struct Threshold<'a> {
     scale_bits: u32,
 }
 
-impl crate::kernels::simd::AutoVec for Threshold<'_> {
+impl crate::kernels::simd::WithLanes for Threshold<'_> {
+    type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<L: crate::kernels::simd::Lanes>(self, _: L) {
         let (threshold, scale_bits) = (self.threshold, self.scale_bits);
         for r in self.words.iter_mut() {
             *r = if (*r as u64) < threshold { 0 } else { scale_bits };

@@ -21,9 +21,8 @@
 //! then the product with x (and g) one element at a time, 5.5 % of a 1-thread bert-mini step
 //! (perf, session 12).
 
-use super::simd::{self, LaneBody, Lanes, Scalar};
+use super::simd::{self, LaneBody, Lanes};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 const P: f32 = 0.327_591_1;
 const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
@@ -110,42 +109,19 @@ fn map<L: Lanes>(l: L, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
     }
 }
 
-/// [`map`] on 16 lanes.
-///
-/// # Safety
-/// The CPU must have the features (the token proves them).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn map16(l: simd::Avx512, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    map(l, x, g, out)
+/// [`map`] as a [`simd::WithLanes`] body.
+struct Map<'a> {
+    x: &'a [f32],
+    g: Option<&'a [f32]>,
+    out: &'a mut [f32],
 }
 
-/// [`map`] on 8 lanes.
-///
-/// # Safety
-/// As [`map16`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map8(l: simd::Avx2Fma, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    map(l, x, g, out)
-}
-
-/// [`map`] compiled for the widest vector unit present (the crate's baseline is SSE2), or
-/// the one-lane path with `portable` (tests).
-fn map_widest(portable: bool, x: &[f32], g: Option<&[f32]>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if !portable {
-        if let Some(l) = simd::Avx512::detect() {
-            // SAFETY: the token proves the features `map16` is compiled for.
-            return unsafe { map16(l, x, g, out) };
-        }
-        if let Some(l) = simd::Avx2Fma::detect() {
-            // SAFETY: as above.
-            return unsafe { map8(l, x, g, out) };
-        }
+impl simd::WithLanes for Map<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self, l: L) {
+        map(l, self.x, self.g, self.out)
     }
-    let _ = portable;
-    map(Scalar, x, g, out)
 }
 
 /// The fused op (see the module docs); f32 CPU tensors of any shape.
@@ -166,19 +142,21 @@ impl GeluErf {
     }
 
     fn run(&self, x: &[f32], g: Option<&[f32]>) -> Vec<f32> {
-        // SAFETY: `map` writes every element of every chunk.
-        let mut out = unsafe { super::uninit_f32(x.len()) };
         let portable = self.portable;
-        let work = |(k, o): (usize, &mut [f32])| {
-            let at = k * CHUNK;
-            map_widest(portable, &x[at..at + o.len()], g.map(|g| &g[at..at + o.len()]), o);
-        };
-        if x.len() > CHUNK {
-            out.par_chunks_mut(CHUNK).enumerate().for_each(work);
-        } else {
-            out.chunks_mut(CHUNK).enumerate().for_each(work);
+        // SAFETY: `map` writes every element of its piece.
+        unsafe {
+            super::fill_chunks(x.len(), CHUNK, |at, out| {
+                let r = at..at + out.len();
+                simd::run_widest(
+                    portable,
+                    Map {
+                        x: &x[r.clone()],
+                        g: g.map(|g| &g[r]),
+                        out,
+                    },
+                )
+            })
         }
-        out
     }
 }
 
@@ -281,8 +259,8 @@ mod tests {
             let (mut a, mut b) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
             // SAFETY: the tokens prove the features.
             unsafe {
-                map16(l16, &xs, g, &mut a);
-                map8(l8, &xs, g, &mut b);
+                simd::run16(Map { x: &xs, g, out: &mut a }, l16);
+                simd::run8(Map { x: &xs, g, out: &mut b }, l8);
             }
             assert_eq!(bits(&a), bits(&b), "gradients: {}", g.is_some());
         }

@@ -93,6 +93,25 @@ pub(crate) unsafe fn uninit_f32(n: usize) -> Vec<f32> {
     v
 }
 
+/// A fresh `n`-element output filled by `f(first element, piece)` over its pieces of
+/// `chunk` elements: in parallel when there is more than one piece, else on the calling
+/// thread (the element-wise ops' outer loop: GELU, dropout).
+///
+/// # Safety
+/// `f` must write every element of the piece it is given.
+pub(crate) unsafe fn fill_chunks(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    // SAFETY: the caller's `f` writes every element of every piece, and the pieces cover it.
+    let mut out = uninit_f32(n);
+    let work = |(k, piece): (usize, &mut [f32])| f(k * chunk, piece);
+    if n > chunk {
+        out.par_chunks_mut(chunk).enumerate().for_each(work);
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(work);
+    }
+    out
+}
+
 /// A pointer into an output buffer shared by parallel tasks that each write their own,
 /// disjoint part of it (the caller's SAFETY argument says which).
 #[derive(Clone, Copy)]
@@ -353,17 +372,7 @@ mod tests {
     #[test]
     fn weight_grad_orientations_agree_exactly() {
         use super::weight_grad_oriented;
-        let val = |seed: u64, n: usize| -> Vec<f32> {
-            let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            (0..n)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-                })
-                .collect()
-        };
+        let val = |seed: u64, n: usize| crate::testing::randn(seed, &[n]).to_vec1::<f32>().unwrap();
         let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for (i, &(rows, out, inp)) in [
             (3, 2, 2),

@@ -153,43 +153,61 @@ pub(crate) unsafe fn for_each_lane<L: Lanes, F: LaneBody>(l: L, n: usize, f: F) 
     }
 }
 
-/// A loop written as plain scalar Rust for [`run_widest`], which compiles it with the widest
-/// vector unit enabled so that the compiler's own vectorisation uses 16 (AVX-512) or 8 (AVX2)
-/// lanes instead of the crate's SSE2 baseline. Only integer operations and exactly rounded
-/// float operations belong in it (add, sub, mul, div, sqrt, min/max; no `mul_add`): Rust
-/// never contracts them into FMAs, so every width gives the bits of the scalar loop.
-pub(crate) trait AutoVec {
-    /// The loop. Implementations mark it `#[inline(always)]`, so that it is compiled inside
-    /// [`run_widest`]'s feature-enabled functions rather than called from them.
-    fn run(self);
+/// Code written once for every vector width: [`run16`], [`run8`] and [`run_widest`] compile
+/// it with the width's features enabled and hand it the width's [`Lanes`]. A body may use
+/// `l` (hand-vectorised code, the recurrences' gate loops, the GELU) or ignore it: a loop
+/// of plain scalar Rust, compiled with AVX-512 or AVX2 enabled, is vectorised by the compiler
+/// 16 or 8 lanes wide instead of the crate's SSE2 baseline. Such a loop holds only integer
+/// operations and exactly rounded float operations (add, sub, mul, div, sqrt, min/max; no
+/// `mul_add`): Rust never contracts them into FMAs, so every width gives the scalar loop's
+/// bits.
+pub(crate) trait WithLanes {
+    type Out;
+    /// The body. Implementations mark it `#[inline(always)]`, so that it is compiled inside
+    /// the feature-enabled functions rather than called from them.
+    fn run<L: Lanes>(self, l: L) -> Self::Out;
 }
 
-/// Runs `body` compiled for AVX-512 (else AVX2 + FMA, else the baseline). Why: the fused
-/// AdamW update compiled for the baseline was a scalar `sqrtss`/`divss` chain, 4.4 % of a
-/// 1-thread `seqlab bench lstm` step (perf, session 12), where the 16-lane loop is bound by
-/// memory.
+/// `body` on 16 lanes, compiled with AVX-512 enabled.
+///
+/// # Safety
+/// None beyond the token, which proves the features.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+pub(crate) unsafe fn run16<B: WithLanes>(body: B, l: Avx512) -> B::Out {
+    body.run(l)
+}
+
+/// `body` on 8 lanes, compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// As [`run16`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn run8<B: WithLanes>(body: B, l: Avx2Fma) -> B::Out {
+    body.run(l)
+}
+
+/// `body` on the widest vector unit present (AVX-512, else AVX2 + FMA, else one lane), or on
+/// one lane with `portable` (tests). Why: the fused AdamW update compiled for the baseline
+/// was a scalar `sqrtss`/`divss` chain, 4.4 % of a 1-thread `seqlab bench lstm` step (perf,
+/// session 12), where the 16-lane loop is bound by memory; the recurrences' gate loops and the
+/// GELU are hand-vectorised on [`Lanes`].
 #[inline]
-pub(crate) fn run_widest<B: AutoVec>(body: B) {
+pub(crate) fn run_widest<B: WithLanes>(portable: bool, body: B) -> B::Out {
     #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-        unsafe fn wide<B: AutoVec>(b: B, _: Avx512) {
-            b.run()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<B: AutoVec>(b: B, _: Avx2Fma) {
-            b.run()
-        }
+    if !portable {
         if let Some(l) = Avx512::detect() {
-            // SAFETY: the token proves the features `wide` is compiled for.
-            return unsafe { wide(body, l) };
+            // SAFETY: the token proves the features `run16` is compiled for.
+            return unsafe { run16(body, l) };
         }
         if let Some(l) = Avx2Fma::detect() {
             // SAFETY: as above.
-            return unsafe { avx2(body, l) };
+            return unsafe { run8(body, l) };
         }
     }
-    body.run()
+    let _ = portable;
+    body.run(Scalar)
 }
 
 /// 1.5·2^23: adding it to |x| < 2^22 rounds x to an integer in the low mantissa bits.
@@ -676,16 +694,15 @@ mod tests {
         unsafe { for_each_lane(l, xs.len(), Apply(f, xs.as_mut_ptr())) }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-    unsafe fn apply16(l: Avx512, f: Fun, xs: &mut [f32]) {
-        apply(l, f, xs)
-    }
+    /// [`apply`] as a body for [`run16`] / [`run8`].
+    struct ApplyAll<'a>(Fun, &'a mut [f32]);
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply8(l: Avx2Fma, f: Fun, xs: &mut [f32]) {
-        apply(l, f, xs)
+    impl WithLanes for ApplyAll<'_> {
+        type Out = ();
+        #[inline(always)]
+        fn run<L: Lanes>(self, l: L) {
+            apply(l, self.0, self.1)
+        }
     }
 
     /// Inputs where the gate functions are hard: a fine grid over [−100, 100] (both
@@ -790,8 +807,8 @@ mod tests {
                     ];
                     // SAFETY: the token proves the features.
                     unsafe {
-                        apply16(l, f, &mut v);
-                        apply16(l, f, &mut sp);
+                        run16(ApplyAll(f, &mut v), l);
+                        run16(ApplyAll(f, &mut sp), l);
                     }
                     assert!(sp[0].is_nan());
                     assert_eq!(sp[1].to_bits(), special[1].to_bits());
@@ -803,8 +820,8 @@ mod tests {
                     let mut sp = special_inputs8();
                     // SAFETY: the token proves the features.
                     unsafe {
-                        apply8(l, f, &mut v);
-                        apply8(l, f, &mut sp);
+                        run8(ApplyAll(f, &mut v), l);
+                        run8(ApplyAll(f, &mut sp), l);
                     }
                     assert!(sp[0].is_nan());
                     let mut want = special_inputs8();
