@@ -53,7 +53,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = os.environ.get("SEQLAB_CT2_CHECKPOINT", str(ROOT / "runs" / "mt-bible-small-fairseq"))
 SIDES = ("seqlab", "ct2-fp32", "ct2-int8")
-# Sentences each side translates untimed before its timed pass (one batch of 32).
 # Sentences of the untimed warm-up pass on both sides ($SEQLAB_CT2_WARMUP, default 32 = one batch).
 WARMUP = int(os.environ.get("SEQLAB_CT2_WARMUP", "32"))
 
