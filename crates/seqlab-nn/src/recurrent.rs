@@ -1035,8 +1035,9 @@ mod tests {
 
     /// A bidirectional layer big enough for its directions to run side by side
     /// ([`FusedPair`], with 2 or more threads) gives what the composed path gives: outputs,
-    /// final states and every parameter's gradient, with lengths. P 136 and G·H 640: the
-    /// per-step products run over several weight panels (2 backward, 5 forward).
+    /// final states and every parameter's gradient, with lengths. P 136, H 160 and G·H 640:
+    /// the per-step products run over several weight panels (W_hh: 10 forward, 3 backward;
+    /// W_hr: 3 each way).
     #[test]
     fn bidirectional_pair_matches_composed() {
         let vs = VarStore::new(3, &Device::Cpu);
@@ -1071,6 +1072,31 @@ mod tests {
         let probe = SeqRng::new(9).normal((t, b, 2 * p), 0.0, 1.0, &Device::Cpu).unwrap();
         fused_matches_composed(|| {
             let (out, hn, cn) = m.forward(&x, None, Some(&lengths), true).unwrap();
+            with_grads(&vs, out, hn, Some(cn), &probe)
+        });
+    }
+
+    /// A unidirectional projected LSTM over several panels of W_hh and W_hr (H 160, P 136),
+    /// without lengths, on a team of threads where there are 2 (units 80 + 80, h columns
+    /// 68 + 68: each thread's W_hr rows in panels of 64 + 4, its units' columns 64 + 16): the
+    /// fused path gives what the composed path gives.
+    #[test]
+    fn projected_lstm_over_several_panels_matches_composed() {
+        let vs = VarStore::new(5, &Device::Cpu);
+        let (h, p) = (160, 136);
+        let m = Lstm::new(
+            &RecurrentConfig {
+                num_layers: 2,
+                proj_size: p,
+                ..RecurrentConfig::new(8, h)
+            },
+            &vs,
+        )
+        .unwrap();
+        let x = input((24, 6, 8));
+        let probe = SeqRng::new(11).normal((24, 6, p), 0.0, 1.0, &Device::Cpu).unwrap();
+        fused_matches_composed(|| {
+            let (out, hn, cn) = m.forward(&x, None, None, true).unwrap();
             with_grads(&vs, out, hn, Some(cn), &probe)
         });
     }

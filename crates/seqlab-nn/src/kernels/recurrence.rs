@@ -127,8 +127,8 @@ fn rows_buffer(sp: &FusedSpec, n: usize) -> Vec<f32> {
 struct Saved {
     /// W_hh with its rows regrouped per thread of the team (see [`pack_block`]).
     wp: Vec<f32>,
-    /// W_hr (P, H) of a projected LSTM.
-    whr: Vec<f32>,
+    /// W_hr (P, H) of a projected LSTM in the backward's column panels ([`pack_proj`]).
+    whrp: Vec<f32>,
     /// The split of the cell's units over the team that `wp` was packed for.
     units: Split,
     /// The split of h's P columns over the team (projected LSTM).
@@ -358,8 +358,9 @@ impl Shared {
 }
 
 /// Rows (forward) or columns (backward) of W_hh per panel of the per-step products
-/// ([`pack_block`]).
-const PANEL: usize = 128;
+/// ([`pack_block`]): one of gemm's 64-row microkernel blocks, so that a panel is read as one
+/// contiguous stream. With 128 the per-step products ran 3-9 % slower (see `pack_block`).
+const PANEL: usize = 64;
 
 /// Thread `k`'s block W_k of W_hh (its rows: every gate of its units, gate-major; G·nj × P),
 /// in the two layouts its per-step products read, each in contiguous panels, one `gemm` per
@@ -368,9 +369,16 @@ const PANEL: usize = 128;
 /// W_k, [`times_wk`]). Read in place as one block, the weights strided by G·H (forward) or
 /// P floats (backward) from one k to the next, each k in another page at H 512, and gemm
 /// re-reads them for every 6 columns of the small operand. Products of these shapes on
-/// the (loaded) development machine, interleaved in one process, median of 2000 calls each:
-/// 2048 × 32 × 512 with row panels 1.18-1.24× the one block's rate (1024 rows: 1.10×),
-/// 32 × 2048 × 512 with column panels 1.03-1.10×. The forward's panels give the same bits;
+/// the earlier (loaded) development machine, interleaved in one process, median of 2000 calls
+/// each: 2048 × 32 × 512 with row panels of 128 1.18-1.24× the one block's rate (1024 rows:
+/// 1.10×), 32 × 2048 × 512 with column panels 1.03-1.10×. On the AMD EPYC (Zen 5) machine,
+/// 1 thread, B 32, three runs of `examples/step_products.rs` (2026-12-01; the clock moved
+/// between runs): forward 255-269 GFLOP/s with panels of 64 against 235-247 with 128 (H 256:
+/// 245-261 against 231-232), backward 256-269 against 248-262 (H 256: 255-268 against
+/// 238-246); in the same runs gemm's 2048³ product 241-261 and the core's FMA limit 271-274
+/// (24 independent FMA chains). 64 and 128 give the same bits (checkpoints of 20-step
+/// char-LSTM, 6-step bidirectional authors-LSTM and 3-step mt-bible-rnn runs, 1 and 2
+/// threads). The forward's panels give the same bits as one block;
 /// the backward's give gemm's summation in another order at some widths (checked against
 /// the one-block code: same bits at P 128 and 200, the last bits of the gradients differ at
 /// P 320; the composed path agrees, tests `*_matches_composed`). Each thread packs its own
@@ -432,6 +440,35 @@ fn times_wk(bsz: usize, p: usize, kdim: usize, dst: &mut [f32], acc: bool, a: &[
     }
 }
 
+/// A projected LSTM's W_hr (P × H, row-major) in the per-step products' panels, as
+/// [`pack_block`] does for W_hh: `rows` (np × H) holds the rows p0.. of this thread's h
+/// columns in column-major panels of [`PANEL`] rows (the forward's W_hr,k @ mᵀ); `cols`
+/// (P × nj) the columns j0.. of its units in row-major panels of [`PANEL`] columns (the
+/// backward's dh @ W_hr,k). Copies, so the values are W_hr's.
+fn pack_proj(
+    whr: &[f32],
+    h: usize,
+    p: usize,
+    (p0, np): (usize, usize),
+    (j0, nj): (usize, usize),
+    rows: &mut [f32],
+    cols: &mut [f32],
+) {
+    assert!(whr.len() == p * h && rows.len() == np * h && cols.len() == p * nj && p0 + np <= p && j0 + nj <= h);
+    for q0 in (0..np).step_by(PANEL) {
+        let pr = PANEL.min(np - q0);
+        let src = &whr[(p0 + q0) * h..(p0 + q0 + pr) * h];
+        super::transpose::transpose(src, pr, h, &mut rows[q0 * h..(q0 + pr) * h]);
+    }
+    for c0 in (0..nj).step_by(PANEL) {
+        let pc = PANEL.min(nj - c0);
+        let panel = &mut cols[c0 * p..(c0 + pc) * p];
+        for r in 0..p {
+            panel[r * pc..(r + 1) * pc].copy_from_slice(&whr[r * h + j0 + c0..r * h + j0 + c0 + pc]);
+        }
+    }
+}
+
 /// Copies `src` into `n` consecutive elements of a shared buffer at `a`.
 ///
 /// # Safety
@@ -451,7 +488,11 @@ struct Fwd<'a> {
     whh: &'a [f32],
     wp: Shared,
     wpt: Shared,
+    /// W_hr (P × H) of a projected LSTM, which each thread packs into its rows of `whrt` and
+    /// its units' columns of `whrp` ([`pack_proj`]).
     whr: &'a [f32],
+    whrt: Shared,
+    whrp: Shared,
     /// b_hn, or zeros.
     bhn: &'a [f32],
     keep: bool,
@@ -489,6 +530,16 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
         &*wkt
     };
     let (p0, np) = cx.pcols.range(k);
+    // SAFETY: as `wp`: rows p0.. of `whrt` and the columns j0.. of `whrp` are this thread's.
+    let whrt = if sp.proj {
+        unsafe {
+            let (rows, cols) = (cx.whrt.mut_at(p0 * h, np * h), cx.whrp.mut_at(j0 * p, nj * p));
+            pack_proj(cx.whr, h, p, (p0, np), (j0, nj), rows, cols);
+            &*rows
+        }
+    } else {
+        &[][..]
+    };
     let mut hh = vec![0f32; bsz * gj];
     let mut hp_loc = vec![0f32; if sp.proj { bsz * np } else { 0 }];
     // Where tanh(c) / W_hn h + b_hn go when the forward keeps nothing.
@@ -587,21 +638,14 @@ fn fwd_body<L: Lanes>(cx: &Fwd, k: usize, l: L) {
             cx.bar.wait();
             if np > 0 {
                 let m_all = unsafe { cx.m.at(0, bsz * h) };
-                super::sgemm_serial(
-                    bsz,
-                    np,
-                    h,
-                    &mut hp_loc,
-                    np,
-                    1,
-                    false,
-                    m_all,
-                    h,
-                    1,
-                    &cx.whr[p0 * h..],
-                    1,
-                    h,
-                );
+                // hp_locᵀ = W_hr,k @ mᵀ, one column-major panel of W_hr's rows at a time, as
+                // the gate product above (read in place, W_hr row-major was packed by gemm on
+                // every step: 13 % of a 1-thread `bench lstm-proj` step, perf).
+                for q0 in (0..np).step_by(PANEL) {
+                    let pr = PANEL.min(np - q0);
+                    let panel = &whrt[q0 * h..(q0 + pr) * h];
+                    super::sgemm_serial(pr, bsz, h, &mut hp_loc[q0..], 1, np, false, panel, 1, pr, m_all, 1, h);
+                }
                 for b in 0..bsz {
                     let src = match sp.t_of(s, b) {
                         None => &hcur[b * p + p0..b * p + p0 + np],
@@ -853,8 +897,12 @@ fn bwd_body<L: Lanes>(cx: &Bwd, k: usize, l: L) {
         if sp.proj {
             cx.bar.wait();
             let dh_all = unsafe { cx.dh.at(0, bsz * p) };
-            // dm = dh @ W_hr for this thread's units (B × P @ P × nj).
-            super::sgemm_serial(bsz, nj, p, &mut dmk, nj, 1, false, dh_all, p, 1, &sv.whr[j0..], h, 1);
+            // dm = dh @ W_hr for this thread's units (B × P @ P × nj), per column panel.
+            for c0 in (0..nj).step_by(PANEL) {
+                let pc = PANEL.min(nj - c0);
+                let panel = &sv.whrp[(j0 + c0) * p..(j0 + c0 + pc) * p];
+                super::sgemm_serial(bsz, pc, p, &mut dmk[c0..], nj, 1, false, dh_all, p, 1, panel, pc, 1);
+            }
         }
         for b in 0..bsz {
             let Some(t) = sp.t_of(s, b) else {
@@ -1168,7 +1216,8 @@ impl FusedRecurrence {
         let mut sv = Saved {
             // SAFETY: the team's threads write every block (`pack_block`).
             wp: unsafe { super::uninit_f32(gh * p) },
-            whr: whr.to_vec(),
+            // SAFETY: the team's threads write every block (`pack_proj`).
+            whrp: unsafe { super::uninit_f32(whr.len()) },
             units,
             pcols,
             ..Default::default()
@@ -1195,6 +1244,8 @@ impl FusedRecurrence {
         let mut m = vec![0f32; if sp.proj { bsz * h } else { 0 }];
         // SAFETY: as `wp`.
         let mut wpt = unsafe { super::uninit_f32(gh * p) };
+        // SAFETY: as `whrp`.
+        let mut whrt = unsafe { super::uninit_f32(whr.len()) };
         let bar = SpinBarrier::new(units.n);
         {
             let cx = Fwd {
@@ -1206,6 +1257,8 @@ impl FusedRecurrence {
                 wp: Shared::new(&mut sv.wp),
                 wpt: Shared::new(&mut wpt),
                 whr,
+                whrt: Shared::new(&mut whrt),
+                whrp: Shared::new(&mut sv.whrp),
                 bhn: &bhn,
                 keep: self.keep,
                 bar: &bar,
