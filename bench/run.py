@@ -11,7 +11,9 @@ fresh process, --runs times each, and prints medians: units/s (tokens/s; sentenc
 tokens/s for decoding; words/s for word2vec), CPU-seconds per 1k units, peak RSS of each side,
 the seqlab/PyTorch ratio, and the achieved GFLOP/s of each side as a fraction of this
 machine's sgemm peak (the best of `seqlab bench sgemm` and torch.mm 2048^3 at that thread
-count, measured first).
+count, measured first). Under the table it also prints the hardware's limit, independent FMA
+chains on every thread (`seqlab bench fma`), and the sgemm peak's share of it, so that a row's
+share of the hardware is its share of the sgemm peak times that.
 
 Rules (docs/BENCHMARKS.md): during every child run the runner measures the CPU time that
 *other* processes used: machine-wide busy time from /proc/stat over the run, minus the
@@ -372,7 +374,8 @@ def measure(cmd, env):
 
 
 def sgemm_peak(seqlab, threads, quick):
-    """Best GFLOP/s of seqlab's candle matmul and torch.mm at 2048^3 (3 runs each, or 1)."""
+    """Best GFLOP/s of seqlab's candle matmul and torch.mm at 2048^3 (3 runs each, or 1), and
+    the best of the FMA limit (`seqlab bench fma`; 0 on a CPU without AVX2/AVX-512 FMA)."""
     s_env, t_env = envs(threads)
     steps = "2" if quick else "5"
     best = {}
@@ -382,6 +385,11 @@ def sgemm_peak(seqlab, threads, quick):
                      "--threads", str(threads)], t_env)
         best["seqlab"] = max(best.get("seqlab", 0), a["gflops"])
         best["pytorch"] = max(best.get("pytorch", 0), b["gflops"])
+        try:
+            f = measure([seqlab, "bench", "fma", "--json", "--steps", steps, "--warmup", "1"], s_env)["gflops"]
+        except RuntimeError:
+            f = 0.0
+        best["fma"] = max(best.get("fma", 0), f)
     best["peak"] = max(best["seqlab"], best["pytorch"])
     return best
 
@@ -506,7 +514,10 @@ def table(results, a, peaks):
         lines.append(f"| {r['row']} | {r['threads']} | {s} | {p} | {ratio} | {cpu} | {rss} | {gf} | {loads} |")
     peak_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['peak']:.1f} GFLOP/s "
                           f"(seqlab {v['seqlab']:.1f}, torch.mm {v['pytorch']:.1f})" for t, v in peaks.items())
-    return "\n".join(lines) + f"\n\nsgemm peak (2048^3 f32, best of both): {peak_line}\n"
+    fma_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['fma']:.1f} GFLOP/s (the sgemm peak is "
+                         f"{100 * v['peak'] / v['fma']:.0f} % of it)" for t, v in peaks.items() if v.get("fma"))
+    fma_line = f"FMA limit (`seqlab bench fma`, independent FMA chains on every thread): {fma_line}\n" if fma_line else ""
+    return "\n".join(lines) + f"\n\nsgemm peak (2048^3 f32, best of both): {peak_line}\n" + fma_line
 
 
 def machine():
@@ -579,7 +590,8 @@ def main():
     peaks = {}
     for t in threads:
         peaks[t] = sgemm_peak(a.seqlab, t, a.quick)
-        print(f"  sgemm peak at {t} threads: {peaks[t]['peak']:.1f} GFLOP/s", file=sys.stderr, flush=True)
+        print(f"  sgemm peak at {t} threads: {peaks[t]['peak']:.1f} GFLOP/s, FMA limit {peaks[t]['fma']:.1f}",
+              file=sys.stderr, flush=True)
     results = []
     for n in names:
         row = by_name[n]
@@ -592,6 +604,7 @@ def main():
             else:
                 t0 = time.time()
                 r = run_row(row, t, a, a.seqlab, peaks[t]["peak"])
+                r["sgemm_peak_gflops"], r["fma_limit_gflops"] = peaks[t]["peak"], peaks[t]["fma"]
                 print(f"  {n} @ {t} threads: seqlab {r['seqlab_units_per_s']:.1f} vs {row.peer_name} "
                       f"{r['pytorch_units_per_s']:.1f} {row.unit}{' LOADED' if r['loaded'] else ''} "
                       f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)

@@ -12,7 +12,10 @@
 //! - `generate --config F`: greedy generation with an untrained model of an `lm` config,
 //!   a batch of sequences one token at a time with the recurrent state
 //!   ([`seqlab_tasks::lm::LmTask::greedy_batch`]; Mamba's step function);
-//! - `sgemm`: candle's f32 matmul of two n×n matrices (the machine's practical peak).
+//! - `sgemm`: candle's f32 matmul of two n×n matrices (the machine's practical peak);
+//! - `fma`: independent FMA chains on every thread of the pool
+//!   ([`seqlab_nn::kernels::peak`]): the hardware's f32 limit, which the sgemm peak reaches
+//!   only in part.
 //!
 //! Every timed section excludes set-up and warm-up; `--json` prints one object per row with
 //! `units` (tokens, or output tokens for decoding), `seconds` and `cpu_seconds` (this
@@ -60,7 +63,7 @@ pub struct BenchArgs {
     /// lstm-bidir, encoder, decoder, mamba), `model` (a run config's training steps, needs
     /// --config), `translate` (decoding with an untrained model of an `mt` config, needs
     /// --config), `generate` (greedy generation with an untrained model of an `lm` config,
-    /// needs --config) or `sgemm`.
+    /// needs --config), `sgemm` or `fma` (the CPU's f32 multiply-add limit, all threads).
     #[arg(default_value = "layers")]
     pub what: String,
     /// Timed steps (training updates; decoding passes over the sentences; sgemm products).
@@ -374,6 +377,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ));
             print_row(a.json, &v);
         }
+        "fma" => {
+            // 20 M rounds per thread and step: ~0.1 s at 4 GHz with AVX-512.
+            let t = time_units(a.warmup, a.steps, || {
+                let flops = rayon::broadcast(|_| seqlab_nn::kernels::peak::fma_flops(20_000_000));
+                flops
+                    .into_iter()
+                    .sum::<Option<u64>>()
+                    .map(|f| f as usize)
+                    .ok_or_else(|| anyhow::anyhow!("bench fma: this CPU has neither AVX-512F nor AVX2 + FMA"))
+            })?;
+            let mut v = row_json("fma", "flop", &t);
+            v["gflops"] = json!(t.units_per_s() / 1e9);
+            v["shape"] = json!("independent f32 FMA chains on every thread (AVX-512F or AVX2)");
+            print_row(a.json, &v);
+        }
         "sgemm" => {
             let t = sgemm(a.size, &a.device.open()?, a.warmup, a.steps)?;
             let mut v = row_json("sgemm", "flop", &t);
@@ -390,7 +408,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             for r in &rows {
                 anyhow::ensure!(
                     LAYER_ROWS.contains(r),
-                    "unknown benchmark `{r}` (known: layers, {}, model, translate, generate, sgemm)",
+                    "unknown benchmark `{r}` (known: layers, {}, model, translate, generate, sgemm, fma)",
                     LAYER_ROWS.join(", ")
                 );
             }

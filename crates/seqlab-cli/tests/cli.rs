@@ -724,6 +724,18 @@ fn every_model_command_takes_device() {
         .output()
         .unwrap());
     assert!(out.contains("sgemm"), "{out}");
+    // The FMA limit: a JSON row with the GFLOP/s of every thread, where the CPU has the units.
+    let fma = seqlab()
+        .args(["bench", "fma", "--json", "--steps", "1", "--warmup", "0"])
+        .output()
+        .unwrap();
+    if fma.status.success() {
+        let out = String::from_utf8_lossy(&fma.stdout);
+        assert!(out.contains("\"row\":\"fma\"") && out.contains("\"gflops\""), "{out}");
+    } else {
+        let err = String::from_utf8_lossy(&fma.stderr);
+        assert!(err.contains("neither AVX-512F nor AVX2"), "{err}");
+    }
     for (cmd, preset) in [
         ("pretrain", "configs/bert-pretrain-sample.toml"),
         ("finetune", "configs/bert-finetune-sample.toml"),

@@ -34,6 +34,7 @@ pub mod gelu;
 pub(crate) mod gemm_order;
 pub mod layer_norm;
 pub mod linear;
+pub mod peak;
 pub mod recurrence;
 pub(crate) mod rowexp;
 pub mod rows;
@@ -182,7 +183,7 @@ pub(crate) fn sgemm(
 /// oversubscribe).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn sgemm_serial(
+pub fn sgemm_serial(
     m: usize,
     n: usize,
     k: usize,

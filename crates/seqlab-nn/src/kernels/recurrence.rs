@@ -359,7 +359,8 @@ impl Shared {
 
 /// Rows (forward) or columns (backward) of W_hh per panel of the per-step products
 /// ([`pack_block`]): one of gemm's 64-row microkernel blocks, so that a panel is read as one
-/// contiguous stream. With 128 the per-step products ran 3-9 % slower (see `pack_block`).
+/// contiguous stream. With 128 the backward's products ran 8 % slower, the forward's 2 %
+/// (see `pack_block`).
 const PANEL: usize = 64;
 
 /// Thread `k`'s block W_k of W_hh (its rows: every gate of its units, gate-major; G·nj × P),
@@ -372,11 +373,11 @@ const PANEL: usize = 64;
 /// the earlier (loaded) development machine, interleaved in one process, median of 2000 calls
 /// each: 2048 × 32 × 512 with row panels of 128 1.18-1.24× the one block's rate (1024 rows:
 /// 1.10×), 32 × 2048 × 512 with column panels 1.03-1.10×. On the AMD EPYC (Zen 5) machine,
-/// 1 thread, B 32, three runs of `examples/step_products.rs` (2026-12-01; the clock moved
-/// between runs): forward 255-269 GFLOP/s with panels of 64 against 235-247 with 128 (H 256:
-/// 245-261 against 231-232), backward 256-269 against 248-262 (H 256: 255-268 against
-/// 238-246); in the same runs gemm's 2048³ product 241-261 and the core's FMA limit 271-274
-/// (24 independent FMA chains). 64 and 128 give the same bits (checkpoints of 20-step
+/// 1 thread, B 32, medians of 18 timings (6 runs of `examples/step_products.rs`, 2026-12-01):
+/// forward 252.8 GFLOP/s with panels of 64 against 248.9 with 128 (H 256: 249.4 against
+/// 244.1), backward 253.8 against 233.8 (H 256: 256.1 against 236.9); single timings move by
+/// ±4 % with the machine's clock (gemm's 2048³ product 239-261, the core's FMA limit 265-274
+/// in the same runs). 64 and 128 give the same bits (checkpoints of 20-step
 /// char-LSTM, 6-step bidirectional authors-LSTM and 3-step mt-bible-rnn runs, 1 and 2
 /// threads). The forward's panels give the same bits as one block;
 /// the backward's give gemm's summation in another order at some widths (checked against

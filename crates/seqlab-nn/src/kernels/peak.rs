@@ -1,0 +1,121 @@
+//! The core's f32 multiply-add throughput: the hardware limit that `seqlab bench fma` reports
+//! and `bench/run.py` sets beside the sgemm peak, so that a row's share of the hardware is
+//! visible (gemm's 2048³ product ran at 0.84-0.92 of this limit on the AMD EPYC (Zen 5)
+//! development machine, 2026-12-01).
+//!
+//! The loop is assembly: 24 (AVX-512) or 12 (AVX2) independent FMA chains on registers, enough
+//! to keep two FMA pipes with 4-5 cycles of latency busy; written in Rust, the compiler merged
+//! equal chains or spilled them to the stack and measured 98-225 instead of 271 GFLOP/s.
+
+/// Runs `iters` rounds of independent FMAs on the calling thread with the widest FMA unit
+/// the CPU has (AVX-512F: 24 × 16 lanes per round; AVX2 + FMA: 12 × 8) and returns the
+/// floating-point operations done (2 per lane and FMA), or `None` on a CPU with neither.
+pub fn fma_flops(iters: u64) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if iters == 0 {
+            return Some(0);
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above); the loop touches registers only.
+            unsafe { chains_avx512(iters) };
+            return Some(iters * 24 * 16 * 2);
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above); registers only.
+            unsafe { chains_avx2(iters) };
+            return Some(iters * 12 * 8 * 2);
+        }
+    }
+    let _ = iters;
+    None
+}
+
+/// `iters` (≥ 1) rounds of 24 FMAs into zmm0-zmm23 from zmm30 and zmm31.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn chains_avx512(iters: u64) {
+    std::arch::asm!(
+        "vxorps xmm30, xmm30, xmm30",
+        "vxorps xmm31, xmm31, xmm31",
+        "2:",
+        "vfmadd231ps zmm0, zmm30, zmm31",
+        "vfmadd231ps zmm1, zmm30, zmm31",
+        "vfmadd231ps zmm2, zmm30, zmm31",
+        "vfmadd231ps zmm3, zmm30, zmm31",
+        "vfmadd231ps zmm4, zmm30, zmm31",
+        "vfmadd231ps zmm5, zmm30, zmm31",
+        "vfmadd231ps zmm6, zmm30, zmm31",
+        "vfmadd231ps zmm7, zmm30, zmm31",
+        "vfmadd231ps zmm8, zmm30, zmm31",
+        "vfmadd231ps zmm9, zmm30, zmm31",
+        "vfmadd231ps zmm10, zmm30, zmm31",
+        "vfmadd231ps zmm11, zmm30, zmm31",
+        "vfmadd231ps zmm12, zmm30, zmm31",
+        "vfmadd231ps zmm13, zmm30, zmm31",
+        "vfmadd231ps zmm14, zmm30, zmm31",
+        "vfmadd231ps zmm15, zmm30, zmm31",
+        "vfmadd231ps zmm16, zmm30, zmm31",
+        "vfmadd231ps zmm17, zmm30, zmm31",
+        "vfmadd231ps zmm18, zmm30, zmm31",
+        "vfmadd231ps zmm19, zmm30, zmm31",
+        "vfmadd231ps zmm20, zmm30, zmm31",
+        "vfmadd231ps zmm21, zmm30, zmm31",
+        "vfmadd231ps zmm22, zmm30, zmm31",
+        "vfmadd231ps zmm23, zmm30, zmm31",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iters => _,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+        out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+        out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _,
+        out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+        out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm30") _,
+        out("zmm31") _,
+        options(nostack, nomem),
+    );
+}
+
+/// `iters` (≥ 1) rounds of 12 FMAs into ymm0-ymm11 from ymm14 and ymm15.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chains_avx2(iters: u64) {
+    std::arch::asm!(
+        "vxorps ymm14, ymm14, ymm14",
+        "vxorps ymm15, ymm15, ymm15",
+        "2:",
+        "vfmadd231ps ymm0, ymm14, ymm15",
+        "vfmadd231ps ymm1, ymm14, ymm15",
+        "vfmadd231ps ymm2, ymm14, ymm15",
+        "vfmadd231ps ymm3, ymm14, ymm15",
+        "vfmadd231ps ymm4, ymm14, ymm15",
+        "vfmadd231ps ymm5, ymm14, ymm15",
+        "vfmadd231ps ymm6, ymm14, ymm15",
+        "vfmadd231ps ymm7, ymm14, ymm15",
+        "vfmadd231ps ymm8, ymm14, ymm15",
+        "vfmadd231ps ymm9, ymm14, ymm15",
+        "vfmadd231ps ymm10, ymm14, ymm15",
+        "vfmadd231ps ymm11, ymm14, ymm15",
+        "dec {n}",
+        "jnz 2b",
+        n = inout(reg) iters => _,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+        out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+        out("ymm10") _, out("ymm11") _, out("ymm14") _, out("ymm15") _,
+        options(nostack, nomem),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fma_flops;
+
+    /// The count follows the CPU's widest unit, and the loop runs (and returns) for any count.
+    #[test]
+    fn counts_the_flops_of_the_widest_unit() {
+        let Some(f) = fma_flops(10) else { return };
+        assert!(f == 10 * 24 * 32 || f == 10 * 12 * 16, "{f}");
+        assert_eq!(fma_flops(0), Some(0));
+        assert_eq!(fma_flops(1), Some(f / 10));
+    }
+}
