@@ -375,7 +375,8 @@ def measure(cmd, env):
 
 def sgemm_peak(seqlab, threads, quick):
     """Best GFLOP/s of seqlab's candle matmul and torch.mm at 2048^3 (3 runs each, or 1), and
-    the best of the FMA limit (`seqlab bench fma`; 0 on a CPU without AVX2/AVX-512 FMA)."""
+    the best of the FMA limit (`seqlab bench fma`; None where it is not measured: a CPU without
+    AVX-512F or AVX2 + FMA, or a seqlab binary without the command, which is reported)."""
     s_env, t_env = envs(threads)
     steps = "2" if quick else "5"
     best = {}
@@ -387,9 +388,14 @@ def sgemm_peak(seqlab, threads, quick):
         best["pytorch"] = max(best.get("pytorch", 0), b["gflops"])
         try:
             f = measure([seqlab, "bench", "fma", "--json", "--steps", steps, "--warmup", "1"], s_env)["gflops"]
-        except RuntimeError:
-            f = 0.0
-        best["fma"] = max(best.get("fma", 0), f)
+        except RuntimeError as e:
+            if "this CPU has neither" not in str(e):
+                print(f"  warning: `seqlab bench fma` failed, no FMA limit: {str(e)[-300:]}", file=sys.stderr)
+            f = None
+        if f is not None:
+            best["fma"] = max(best.get("fma") or 0, f)
+        else:
+            best.setdefault("fma", None)
     best["peak"] = max(best["seqlab"], best["pytorch"])
     return best
 
@@ -481,7 +487,8 @@ def quick_corpus(corpus):
 
 def table(results, a, peaks):
     lines = ["| row | threads | seqlab | PyTorch (gensim for w2v, CTranslate2 for ct2-*) | seqlab / PyTorch | CPU-s per 1k units "
-             "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak (seqlab / PyTorch) "
+             "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak, of FMA limit "
+             "(seqlab / PyTorch) "
              "| other processes' load during runs, cores (max) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -501,13 +508,18 @@ def table(results, a, peaks):
             ratio = "LOADED"
         elif r["loaded"]:
             ratio = f"{r['ratio']:.2f} (LOADED)"
+        elif a.quick:
+            # No warm-up and one step: a cold first step, not a measurement.
+            ratio = f"{r['ratio']:.2f} (smoke)"
         else:
             ratio = f"**{r['ratio']:.2f}**"
         cpu = f"{r['seqlab_cpu_per_1k']:.3f} / {r['pytorch_cpu_per_1k']:.3f}"
         rss = f"{fmt(r['seqlab_rss_mib'])} / {fmt(r['pytorch_rss_mib'])}"
         if "seqlab_gflops" in r:
-            gf = (f"{r['seqlab_gflops']:.1f} ({100 * r['seqlab_peak_frac']:.0f} %) / "
-                  f"{r['pytorch_gflops']:.1f} ({100 * r['pytorch_peak_frac']:.0f} %)")
+            fma = r.get("fma_limit_gflops")
+            share = lambda side: (f"{r[f'{side}_gflops']:.1f} ({100 * r[f'{side}_peak_frac']:.0f} %"
+                                  + (f", {100 * r[f'{side}_gflops'] / fma:.0f} %)" if fma else ")"))
+            gf = f"{share('seqlab')} / {share('pytorch')}"
         else:
             gf = "—"
         loads = f"{max(r['others_cores']):.2f}"
@@ -515,7 +527,7 @@ def table(results, a, peaks):
     peak_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['peak']:.1f} GFLOP/s "
                           f"(seqlab {v['seqlab']:.1f}, torch.mm {v['pytorch']:.1f})" for t, v in peaks.items())
     fma_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['fma']:.1f} GFLOP/s (the sgemm peak is "
-                         f"{100 * v['peak'] / v['fma']:.0f} % of it)" for t, v in peaks.items() if v.get("fma"))
+                         f"{100 * v['peak'] / v['fma']:.0f} % of it)" for t, v in peaks.items() if v["fma"])
     fma_line = f"FMA limit (`seqlab bench fma`, independent FMA chains on every thread): {fma_line}\n" if fma_line else ""
     return "\n".join(lines) + f"\n\nsgemm peak (2048^3 f32, best of both): {peak_line}\n" + fma_line
 
@@ -590,7 +602,8 @@ def main():
     peaks = {}
     for t in threads:
         peaks[t] = sgemm_peak(a.seqlab, t, a.quick)
-        print(f"  sgemm peak at {t} threads: {peaks[t]['peak']:.1f} GFLOP/s, FMA limit {peaks[t]['fma']:.1f}",
+        fma = f"{peaks[t]['fma']:.1f}" if peaks[t]["fma"] else "not measured"
+        print(f"  sgemm peak at {t} thread{'s' if t > 1 else ''}: {peaks[t]['peak']:.1f} GFLOP/s, FMA limit {fma}",
               file=sys.stderr, flush=True)
     results = []
     for n in names:

@@ -59,7 +59,8 @@ enum Command {
     /// Fine-tune a pretrained BERT checkpoint for text<TAB>label classification:
     /// `seqlab train` for task = "bert-finetune".
     Finetune(bert::FinetuneArgs),
-    /// Time training steps of the layer library (tokens/s).
+    /// Time training steps (layers, whole run configs), decoding, generation, the sgemm peak
+    /// and the CPU's FMA limit.
     Bench(bench::BenchArgs),
     /// word2vec: train embeddings, nearest neighbours, analogies, evaluation.
     W2v(w2v::W2vArgs),

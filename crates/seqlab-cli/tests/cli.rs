@@ -734,7 +734,7 @@ fn every_model_command_takes_device() {
         assert!(out.contains("\"row\":\"fma\"") && out.contains("\"gflops\""), "{out}");
     } else {
         let err = String::from_utf8_lossy(&fma.stderr);
-        assert!(err.contains("neither AVX-512F nor AVX2"), "{err}");
+        assert!(err.contains("this CPU has neither"), "{err}");
     }
     for (cmd, preset) in [
         ("pretrain", "configs/bert-pretrain-sample.toml"),

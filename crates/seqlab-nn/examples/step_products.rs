@@ -8,7 +8,7 @@
 //! hh (B × 4H) = h (B × H) @ W_hhᵀ, W_hhᵀ in column-major panels of `panel` rows (the
 //! recurrence's `wpt`); backward: dh (B × H) = dG (B × 4H) @ W_hh, W_hh in row-major panels of
 //! `panel` columns (`wp`). GFLOP/s of 2000 steps, three times each. The AMD EPYC (Zen 5)
-//! development machine, 1 thread, medians of 6 runs (2026-12-01): forward 252.8 with panel 64
+//! development machine, 1 thread, medians of 18 timings in 6 runs (2026-12-01): forward 252.8 with panel 64
 //! against 248.9 with 128, backward 253.8 against 233.8 (H 256: 249.4 against 244.1, 256.1
 //! against 236.9); 2048³ 239-261; FMA limit 265-274 (the clock moves between runs).
 
@@ -38,6 +38,7 @@ fn main() {
         .split(',')
         .map(|s| s.parse().expect("panels"))
         .collect();
+    assert!(panels.iter().all(|&p| p > 0), "panel widths must be > 0");
     let (gh, p, steps) = (4 * h, h, 2000);
     let flops = 2.0 * (bsz * gh * p) as f64;
     let w = values(gh * p, 7919);

@@ -335,9 +335,29 @@ fn sgemm_with(
         }
         return;
     }
-    assert!(dst.len() > (m - 1) * dst_rs + (n - 1) * dst_cs);
-    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // The last element each operand reaches, computed without overflow (`sgemm_serial` is
+    // public: a stride near usize::MAX must fail here, not wrap and pass), and strides that
+    // fit gemm's isize.
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        let fits = rs <= isize::MAX as usize && cs <= isize::MAX as usize;
+        (rows - 1)
+            .checked_mul(rs)
+            .zip((cols - 1).checked_mul(cs))
+            .and_then(|(r, c)| r.checked_add(c))
+            .filter(|_| fits)
+    };
+    assert!(
+        last(m, dst_rs, n, dst_cs).is_some_and(|e| e < dst.len()),
+        "sgemm: dst out of bounds"
+    );
+    assert!(
+        last(m, a_rs, k, a_cs).is_some_and(|e| e < a.len()),
+        "sgemm: a out of bounds"
+    );
+    assert!(
+        last(k, b_rs, n, b_cs).is_some_and(|e| e < b.len()),
+        "sgemm: b out of bounds"
+    );
     // SAFETY: the asserts above keep every accessed element inside the slices.
     unsafe {
         gemm::gemm(
@@ -367,6 +387,16 @@ fn sgemm_with(
 #[cfg(test)]
 mod tests {
     use super::in_rayon_task;
+
+    /// The public `sgemm_serial` rejects strides whose reach overflows usize instead of
+    /// letting the product wrap into a small offset and gemm write out of bounds.
+    #[test]
+    #[should_panic(expected = "dst out of bounds")]
+    fn overflowing_strides_are_rejected() {
+        let (mut dst, a, b) = (vec![0f32; 4], vec![1f32; 4], vec![1f32; 4]);
+        // (3 - 1) · (2⁶³ + 1) wraps to 2: inside dst's 4 elements if computed unchecked.
+        super::sgemm_serial(3, 1, 1, &mut dst, (1 << 63) + 1, 1, false, &a, 1, 1, &b, 1, 1);
+    }
 
     /// Both orientations of [`super::weight_grad`] give the same bits (rows over gemm's 512
     /// depth block, sizes off its 64 × 6 tiles, 1 and 2 threads, serial or not).

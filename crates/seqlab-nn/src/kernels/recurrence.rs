@@ -358,9 +358,10 @@ impl Shared {
 }
 
 /// Rows (forward) or columns (backward) of W_hh per panel of the per-step products
-/// ([`pack_block`]): one of gemm's 64-row microkernel blocks, so that a panel is read as one
-/// contiguous stream. With 128 the backward's products ran 8 % slower, the forward's 2 %
-/// (see `pack_block`).
+/// ([`pack_block`]): with AVX-512, one of gemm's 64-row microkernel blocks, so that a panel is
+/// read as one contiguous stream. With 128 the backward's products ran 8 % slower, the
+/// forward's 2 % (see `pack_block`; measured on Zen 5 only: gemm's AVX2 kernel is 16 rows
+/// high, so there a panel of 64 is four blocks).
 const PANEL: usize = 64;
 
 /// Thread `k`'s block W_k of W_hh (its rows: every gate of its units, gate-major; G·nj × P),
