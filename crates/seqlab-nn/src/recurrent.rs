@@ -706,6 +706,9 @@ pub struct RecurrentClassifierConfig {
     pub bidirectional: bool,
     /// Dropout between layers (training only), in [0, 1).
     pub dropout: f64,
+    /// LSTM only: project h to this size (`nn.LSTM`'s `proj_size`); 0 = off. Must be below
+    /// `hidden_size`. Default 0.
+    pub proj_size: usize,
     /// Output logits; must be > 0.
     pub num_classes: usize,
 }
@@ -720,6 +723,7 @@ impl RecurrentClassifierConfig {
             num_layers: 1,
             bidirectional: false,
             dropout: 0.0,
+            proj_size: 0,
             num_classes,
         }
     }
@@ -736,14 +740,15 @@ impl RecurrentClassifierConfig {
 pub struct RecurrentClassifier {
     cfg: RecurrentClassifierConfig,
     stack: Stack,
-    /// The classifier head (D·hidden_size → num_classes).
+    /// The classifier head (D·h_out → num_classes; h_out is `proj_size` if set, else
+    /// `hidden_size`).
     pub fc: Linear,
 }
 
 impl RecurrentClassifier {
     /// Creates `rnn.*` and `fc.*` under `vs`. Rejects `num_classes = 0` and whatever the
     /// recurrent layer rejects (`input_size = 0`, `hidden_size = 0`, `num_layers = 0`, `dropout`
-    /// outside [0, 1)).
+    /// outside [0, 1), `proj_size` on a cell other than LSTM or not below `hidden_size`).
     pub fn new(cfg: &RecurrentClassifierConfig, vs: &VarStore) -> Result<Self> {
         crate::check::positive("RecurrentClassifier", &[("num_classes", cfg.num_classes)])?;
         let rc = RecurrentConfig {
@@ -751,11 +756,12 @@ impl RecurrentClassifier {
             batch_first: true,
             dropout: cfg.dropout,
             bidirectional: cfg.bidirectional,
+            proj_size: cfg.proj_size,
             ..RecurrentConfig::new(cfg.input_size, cfg.hidden_size)
         };
         let stack = Stack::new(cfg.cell, &rc, &vs.pp("rnn"))?;
         let d = if cfg.bidirectional { 2 } else { 1 };
-        let fc = Linear::new(&LinearConfig::new(d * cfg.hidden_size, cfg.num_classes), &vs.pp("fc"))?;
+        let fc = Linear::new(&LinearConfig::new(d * rc.h_out(), cfg.num_classes), &vs.pp("fc"))?;
         Ok(Self {
             cfg: cfg.clone(),
             stack,
@@ -970,16 +976,25 @@ mod tests {
 
     #[test]
     fn classifier_gets_all_gradients() {
-        for cell in [CellKind::Rnn(Nonlinearity::Tanh), CellKind::Lstm, CellKind::Gru] {
+        let cells = [
+            (CellKind::Rnn(Nonlinearity::Tanh), 0),
+            (CellKind::Lstm, 0),
+            (CellKind::Gru, 0),
+            // A projected LSTM: the head reads 2 · proj_size features.
+            (CellKind::Lstm, 4),
+        ];
+        for (cell, proj_size) in cells {
             let vs = VarStore::new(4, &Device::Cpu);
             let cfg = RecurrentClassifierConfig {
                 num_layers: 2,
                 bidirectional: true,
+                proj_size,
                 ..RecurrentClassifierConfig::new(cell, 4, 6, 3)
             };
             let m = RecurrentClassifier::new(&cfg, &vs).unwrap();
             let y = m.forward(&input((3, 5, 4)), Some(&[5, 1, 3]), true).unwrap();
             assert_eq!(y.dims(), &[3, 3]);
+            assert_eq!(m.fc.weight.dims()[1], 2 * if proj_size > 0 { proj_size } else { 6 });
             assert_all_params_get_grad(&vs, &y);
         }
     }

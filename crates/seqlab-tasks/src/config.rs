@@ -125,14 +125,18 @@ pub struct ModelConfig {
     pub embed_dim: usize,
     /// Recurrent hidden size. Default 256.
     pub hidden_size: usize,
+    /// LSTM: project the hidden state to this size (PyTorch's `proj_size`; `weight_hr_l{k}`);
+    /// 0 = off. Must be below `hidden_size`. Default 0.
+    pub proj_size: usize,
     /// Stacked layers. Default 2.
     pub num_layers: usize,
     /// Dropout between layers / in the Transformer. Default 0.1.
     pub dropout: f64,
     /// Bidirectional recurrent classifier. Default false.
     pub bidirectional: bool,
-    /// LM: share the input embedding with the output projection (needs embed_dim ==
-    /// hidden_size for recurrent models; always on for the Transformer and Mamba LMs).
+    /// LM: share the input embedding with the output projection (needs embed_dim == the
+    /// recurrent output size, hidden_size or proj_size; always on for the Transformer and
+    /// Mamba LMs).
     /// Default false.
     pub tie_weights: bool,
     /// Transformer and Mamba width. Default 128.
@@ -172,6 +176,7 @@ impl Default for ModelConfig {
             kind: ModelKind::Lstm,
             embed_dim: 128,
             hidden_size: 256,
+            proj_size: 0,
             num_layers: 2,
             dropout: 0.1,
             bidirectional: false,
@@ -243,12 +248,16 @@ impl ConfigKeys for ModelConfig {
         KeyDoc::new("kind", "rnn | rnn_relu | lstm | gru | transformer | mamba (forecast: the recurrent ones)"),
         KeyDoc::new("embed_dim", "token embedding size (recurrent models)"),
         KeyDoc::new("hidden_size", "recurrent hidden size"),
+        KeyDoc::new(
+            "proj_size",
+            "lstm: project h to this size, below hidden_size (PyTorch's proj_size); 0 = off",
+        ),
         KeyDoc::new("num_layers", "stacked layers (recurrent, Transformer, Mamba blocks)"),
         KeyDoc::new("dropout", "dropout between layers / in the Transformer, in [0, 1) (Mamba: ignored)"),
         KeyDoc::new("bidirectional", "classify: bidirectional recurrent encoder"),
         KeyDoc::new(
             "tie_weights",
-            "lm: input embedding shared with the output projection (recurrent: needs embed_dim == hidden_size; always on for transformer and mamba)",
+            "lm: input embedding shared with the output projection (recurrent: needs embed_dim == hidden_size, or proj_size if set; always on for transformer and mamba)",
         ),
         KeyDoc::new("d_model", "Transformer and Mamba width"),
         KeyDoc::new("nhead", "attention heads (must divide d_model)"),
@@ -286,6 +295,19 @@ pub fn validate_common(cfg: &Config) -> Result<()> {
         t.data.batch_size > 0 && t.data.bptt > 0,
         "data.batch_size and data.bptt must be > 0"
     );
+    if t.model.proj_size > 0 {
+        anyhow::ensure!(
+            t.model.kind == ModelKind::Lstm,
+            "model.proj_size is for kind = \"lstm\" only (kind is {})",
+            serde_json::to_string(&t.model.kind).unwrap_or_default()
+        );
+        anyhow::ensure!(
+            t.model.proj_size < t.model.hidden_size,
+            "model.proj_size ({}) must be smaller than model.hidden_size ({})",
+            t.model.proj_size,
+            t.model.hidden_size
+        );
+    }
     if t.model.kind == ModelKind::Mamba {
         anyhow::ensure!(t.model.num_layers > 0, "model.num_layers must be > 0");
         // The checks name the key (`d_state`, ...): all of them are `model.*` here.
@@ -315,6 +337,34 @@ mod tests {
     fn parse(text: &str, sets: &[&str]) -> Result<Config> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         parse_config::<LmTask>(seqlab_train::config::table_with_overrides(text, &sets)?, "test.toml")
+    }
+
+    /// `model.proj_size` is for LSTM only and below hidden_size; errors name the keys, and
+    /// tie_weights is checked against the projected size.
+    #[test]
+    fn proj_size_is_checked_naming_the_keys() {
+        // Parsing validates (LmTask::validate calls validate_common).
+        let check = |sets: &[&str]| parse(BASE, sets).map_err(|e| format!("{e:#}"));
+        assert!(check(&["model.proj_size=64"]).is_ok());
+        let e = check(&["model.kind=gru", "model.proj_size=64"]).err().unwrap();
+        assert!(
+            e.contains("model.proj_size is for kind = \"lstm\" only (kind is \"gru\")"),
+            "{e}"
+        );
+        let e = check(&["model.proj_size=256"]).err().unwrap();
+        assert!(
+            e.contains("model.proj_size (256)") && e.contains("model.hidden_size (256)"),
+            "{e}"
+        );
+        let m = ModelConfig {
+            embed_dim: 128,
+            proj_size: 64,
+            tie_weights: true,
+            ..ModelConfig::default()
+        };
+        let vs = seqlab_nn::VarStore::new(0, &candle_core::Device::Cpu);
+        let e = crate::models::LmNet::new(&m, 10, &vs).err().unwrap().to_string();
+        assert!(e.contains("model.embed_dim (128) == model.proj_size (64)"), "{e}");
     }
 
     #[test]

@@ -501,6 +501,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// A projected LSTM (`model.proj_size`) has PyTorch's parameters (`weight_hr_l{k}`, h of
+    /// proj_size feeding the next layer and the output layer), ties its embedding when
+    /// embed_dim equals proj_size, and gets a gradient in every parameter.
+    #[test]
+    fn projected_lstm_lm_has_pytorchs_parameters() {
+        let dir = std::env::temp_dir().join(format!("seqlab-lm-proj-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = tiny_with(
+            &dir,
+            "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 12\nproj_size = 6\nnum_layers = 2",
+        );
+        let shapes: BTreeMap<String, Vec<usize>> =
+            t.vs.trainable()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().dims().to_vec()))
+                .collect();
+        assert_eq!(shapes["rnn.weight_ih_l0"], [48, 8]);
+        assert_eq!(shapes["rnn.weight_hh_l0"], [48, 6]);
+        assert_eq!(shapes["rnn.weight_hr_l0"], [6, 12]);
+        assert_eq!(shapes["rnn.weight_ih_l1"], [48, 6]);
+        assert_eq!(shapes["rnn.weight_hr_l1"], [6, 12]);
+        assert_eq!(shapes["decoder.weight"][1], 6);
+        let ids = ids_tensor(&t.tok.encode("abab").unwrap(), 1, 4, t.vs.device()).unwrap();
+        let (logits, _) = t.net.forward(&ids, None, true).unwrap();
+        seqlab_nn::testing::assert_all_params_get_grad(&t.vs, &logits.sqr().unwrap().sum_all().unwrap());
+        let tied = tiny_with(
+            &dir,
+            "kind = \"lstm\"\nembed_dim = 6\nhidden_size = 12\nproj_size = 6\ntie_weights = true",
+        );
+        assert!(!tied.vs.trainable().iter().any(|(n, _)| n.starts_with("decoder")));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// Generation with the recurrent state (LSTM hidden state; Mamba's step function) picks
     /// the same tokens as re-running the model over the whole sequence at every step.
     #[test]
@@ -509,6 +542,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         for model in [
             "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 2",
+            "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nproj_size = 5\nnum_layers = 2",
             "kind = \"mamba\"\nd_model = 8\nnum_layers = 2\nd_state = 4",
         ] {
             let t = tiny_with(&dir, model);

@@ -204,11 +204,18 @@ impl LmNet {
                 max_positions: m.max_positions,
             });
         }
-        if m.tie_weights && m.embed_dim != m.hidden_size {
+        let rc = RecurrentConfig {
+            num_layers: m.num_layers,
+            dropout: m.dropout,
+            proj_size: m.proj_size,
+            ..RecurrentConfig::new(m.embed_dim, m.hidden_size)
+        };
+        if m.tie_weights && m.embed_dim != rc.h_out() {
+            let out = if m.proj_size > 0 { "proj_size" } else { "hidden_size" };
             bail!(
-                "model.tie_weights needs model.embed_dim ({}) == model.hidden_size ({})",
+                "model.tie_weights needs model.embed_dim ({}) == model.{out} ({})",
                 m.embed_dim,
-                m.hidden_size
+                rc.h_out()
             );
         }
         let emb = c(Embedding::new(
@@ -219,17 +226,12 @@ impl LmNet {
             },
             &vs.pp("embed"),
         ))?;
-        let rc = RecurrentConfig {
-            num_layers: m.num_layers,
-            dropout: m.dropout,
-            ..RecurrentConfig::new(m.embed_dim, m.hidden_size)
-        };
         let rnn = RecurrentNet::new(m.kind, &rc, &vs.pp("rnn"))?;
         let out = if m.tie_weights {
             None
         } else {
             Some(c(Linear::new(
-                &LinearConfig::new(m.hidden_size, vocab),
+                &LinearConfig::new(rc.h_out(), vocab),
                 &vs.pp("decoder"),
             ))?)
         };
@@ -344,6 +346,7 @@ impl ClsNet {
             num_layers: m.num_layers,
             bidirectional: m.bidirectional,
             dropout: m.dropout,
+            proj_size: m.proj_size,
             ..RecurrentClassifierConfig::new(cell_kind(m.kind)?, m.embed_dim, m.hidden_size, classes)
         };
         Ok(ClsNet::Recurrent {
@@ -390,6 +393,7 @@ pub fn forecaster(m: &ModelConfig, horizon: usize, vs: &VarStore) -> Result<Recu
         num_layers: m.num_layers,
         bidirectional: m.bidirectional,
         dropout: m.dropout,
+        proj_size: m.proj_size,
         ..RecurrentClassifierConfig::new(cell_kind(m.kind)?, 1, m.hidden_size, horizon)
     };
     c(RecurrentClassifier::new(&cc, vs))
