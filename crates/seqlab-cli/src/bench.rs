@@ -281,11 +281,12 @@ fn print_row(json_out: bool, v: &Value) {
             (u, r) => (r.unwrap_or(f64::NAN), u.to_string()),
         };
         println!(
-            "{:12} {:>14.1} {}/s  ({} steps, {:.2} s, {:.2} CPU-s)  {}",
+            "{:12} {:>14.1} {}/s  ({} step{}, {:.2} s, {:.2} CPU-s)  {}",
             v["row"].as_str().unwrap_or(""),
             rate,
             unit,
             v["steps"],
+            if v["steps"].as_u64() == Some(1) { "" } else { "s" },
             v["seconds"].as_f64().unwrap_or(f64::NAN),
             v["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
             v["shape"].as_str().unwrap_or("")
@@ -425,10 +426,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 );
             }
             if !a.json {
+                let s = |n: usize| if n == 1 { "" } else { "s" };
+                let (threads, steps) = (rayon_threads(), a.steps);
                 println!(
-                    "training step (forward + backward + AdamW), {} threads, {} timed steps",
-                    rayon_threads(),
-                    a.steps
+                    "training step (forward + backward + AdamW), {threads} thread{}, {steps} timed step{}",
+                    s(threads),
+                    s(steps)
                 );
             }
             let dev = a.device.open()?;

@@ -177,4 +177,14 @@ mod tests {
         assert_eq!(fma_flops(0), Some(0));
         assert_eq!(fma_flops(1), Some(f / 10));
     }
+
+    /// The AVX2 loop runs too where AVX-512 takes precedence (CI machines may have AVX2 only).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_loop_runs() {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            unsafe { super::chains_avx2(1000) };
+        }
+    }
 }
