@@ -385,8 +385,7 @@ const PANEL: usize = 64;
 /// the one-block code: same bits at P 128 and 200, the last bits of the gradients differ at
 /// P 320; the composed path agrees, tests `*_matches_composed`). Each thread packs its own
 /// block at the start of the forward (it was a serial copy and transposition of the whole
-/// weight before the team started), in 16 × 16 tiles (element by element the
-/// transposition wrote a cache line per element).
+/// weight before the team started), with [`col_panels`] and [`row_panels`].
 fn pack_block(
     whh: &[f32],
     gates: usize,
@@ -400,29 +399,51 @@ fn pack_block(
     assert!(wp.len() == rows * p && wpt.len() == rows * p && whh.len() == gates * h * p && j0 + nj <= h);
     // Row r of W_k.
     let w = |r: usize| &whh[((r / nj) * h + j0 + r % nj) * p..][..p];
-    for c0 in (0..p).step_by(PANEL) {
-        let pc = PANEL.min(p - c0);
-        let panel = &mut wp[rows * c0..rows * (c0 + pc)];
-        for r in 0..rows {
-            panel[r * pc..(r + 1) * pc].copy_from_slice(&w(r)[c0..c0 + pc]);
+    col_panels(wp, rows, p, w);
+    // A team of one owns every unit: its rows are W_hh's, one block (the tiled gather was
+    // 0.7 % of a 1-thread bidirectional LSTM step, perf, session 12).
+    row_panels(wpt, rows, p, w, (nj == h).then_some(whh));
+}
+
+/// The rows of a matrix (`nrows` × `ncols`, row r at `row(r)`) in row-major panels of
+/// [`PANEL`] columns, one after the other in `dst` (panel c0 at `nrows · c0`, row r of it at
+/// `r · pc`).
+fn col_panels<'a>(dst: &mut [f32], nrows: usize, ncols: usize, row: impl Fn(usize) -> &'a [f32]) {
+    assert_eq!(dst.len(), nrows * ncols);
+    for c0 in (0..ncols).step_by(PANEL) {
+        let pc = PANEL.min(ncols - c0);
+        let panel = &mut dst[nrows * c0..nrows * (c0 + pc)];
+        for r in 0..nrows {
+            panel[r * pc..(r + 1) * pc].copy_from_slice(&row(r)[c0..c0 + pc]);
         }
     }
+}
+
+/// The same matrix in column-major panels of [`PANEL`] rows (panel q0 at `q0 · ncols`, element
+/// (r, c) of it at `c · pr + r`). `block`: the rows as one contiguous row-major matrix, which
+/// the vectorised transpose reads; without it, the rows are gathered in 16 × 16 tiles
+/// (element by element the transposition wrote a cache line per element). Copies either way.
+fn row_panels<'a>(
+    dst: &mut [f32],
+    nrows: usize,
+    ncols: usize,
+    row: impl Fn(usize) -> &'a [f32],
+    block: Option<&[f32]>,
+) {
+    assert!(dst.len() == nrows * ncols && block.is_none_or(|b| b.len() >= nrows * ncols));
     const TILE: usize = 16;
-    for q0 in (0..rows).step_by(PANEL) {
-        let pr = PANEL.min(rows - q0);
-        let panel = &mut wpt[q0 * p..(q0 + pr) * p];
-        if nj == h {
-            // A team of one owns every unit: the panel's rows are rows q0.. of W_hh, one
-            // block, so the vectorised transpose serves (the element loop below was 0.7 % of
-            // a 1-thread bidirectional LSTM step, perf, session 12). Same values: copies.
-            super::transpose::transpose(&whh[q0 * p..(q0 + pr) * p], pr, p, panel);
+    for q0 in (0..nrows).step_by(PANEL) {
+        let pr = PANEL.min(nrows - q0);
+        let panel = &mut dst[q0 * ncols..(q0 + pr) * ncols];
+        if let Some(b) = block {
+            super::transpose::transpose(&b[q0 * ncols..(q0 + pr) * ncols], pr, ncols, panel);
             continue;
         }
         for r0 in (0..pr).step_by(TILE) {
-            for c0 in (0..p).step_by(TILE) {
+            for c0 in (0..ncols).step_by(TILE) {
                 for r in r0..(r0 + TILE).min(pr) {
-                    let row = w(q0 + r);
-                    for c in c0..(c0 + TILE).min(p) {
+                    let row = row(q0 + r);
+                    for c in c0..(c0 + TILE).min(ncols) {
                         panel[c * pr + r] = row[c];
                     }
                 }
@@ -456,19 +477,10 @@ fn pack_proj(
     rows: &mut [f32],
     cols: &mut [f32],
 ) {
-    assert!(whr.len() == p * h && rows.len() == np * h && cols.len() == p * nj && p0 + np <= p && j0 + nj <= h);
-    for q0 in (0..np).step_by(PANEL) {
-        let pr = PANEL.min(np - q0);
-        let src = &whr[(p0 + q0) * h..(p0 + q0 + pr) * h];
-        super::transpose::transpose(src, pr, h, &mut rows[q0 * h..(q0 + pr) * h]);
-    }
-    for c0 in (0..nj).step_by(PANEL) {
-        let pc = PANEL.min(nj - c0);
-        let panel = &mut cols[c0 * p..(c0 + pc) * p];
-        for r in 0..p {
-            panel[r * pc..(r + 1) * pc].copy_from_slice(&whr[r * h + j0 + c0..r * h + j0 + c0 + pc]);
-        }
-    }
+    assert!(whr.len() == p * h && p0 + np <= p && j0 + nj <= h);
+    let mine = &whr[p0 * h..(p0 + np) * h];
+    row_panels(rows, np, h, |r| &mine[r * h..][..h], Some(mine));
+    col_panels(cols, p, nj, |r| &whr[r * h + j0..][..nj]);
 }
 
 /// Copies `src` into `n` consecutive elements of a shared buffer at `a`.
