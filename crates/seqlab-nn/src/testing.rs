@@ -1,4 +1,4 @@
-//! Helpers for tests: gradient reachability.
+//! Helpers for tests: gradient reachability, exact comparisons, thread pools, scratch folders.
 
 use crate::{SeqRng, VarStore};
 use candle_core::{Result, Tensor};
@@ -55,6 +55,21 @@ pub fn randn(seed: u64, shape: &[usize]) -> Tensor {
         // CPU by design: a test helper (tests run on the CPU).
         .normal(shape, 0.0, 1.0, &candle_core::Device::Cpu)
         .unwrap()
+}
+
+/// The bit patterns of `v`, for comparisons that must be exact (NaN included).
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `f` run inside a fresh rayon pool of `threads` threads (for results that must not depend
+/// on the thread count).
+pub fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("building a rayon pool")
+        .install(f)
 }
 
 /// A fresh, empty scratch folder for a test, unique to the tag and the process.

@@ -433,8 +433,7 @@ mod tests {
 
     #[test]
     fn oov_targets_are_counted_and_left_out_of_perplexity() {
-        let dir = std::env::temp_dir().join(format!("seqlab-lm-oov-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = seqlab_nn::testing::scratch_dir("lm-oov");
         let t = tiny(&dir);
         let unk = t.tok.unk_id();
         assert!(t.tok.token_to_id("x").is_none() && t.tok.token_to_id("a").is_some());
@@ -506,8 +505,7 @@ mod tests {
     /// embed_dim equals proj_size, and gets a gradient in every parameter.
     #[test]
     fn projected_lstm_lm_has_pytorchs_parameters() {
-        let dir = std::env::temp_dir().join(format!("seqlab-lm-proj-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = seqlab_nn::testing::scratch_dir("lm-proj");
         let t = tiny_with(
             &dir,
             "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 12\nproj_size = 6\nnum_layers = 2",
@@ -538,8 +536,7 @@ mod tests {
     /// the same tokens as re-running the model over the whole sequence at every step.
     #[test]
     fn greedy_batch_with_the_state_equals_re_running_the_whole_sequence() {
-        let dir = std::env::temp_dir().join(format!("seqlab-lm-greedy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = seqlab_nn::testing::scratch_dir("lm-greedy");
         for model in [
             "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nnum_layers = 2",
             "kind = \"lstm\"\nembed_dim = 8\nhidden_size = 8\nproj_size = 5\nnum_layers = 2",

@@ -999,7 +999,7 @@ mod tests {
                 };
                 let fast = plan.forward_with(&q, qv, &k, kv, &v, kv, false);
                 let slow = plan.forward_with(&q, qv, &k, kv, &v, kv, true);
-                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let bits = crate::testing::bits;
                 assert_eq!(bits(&fast.0), bits(&slow.0), "output, s {s}, padded {padded}");
                 assert_eq!(bits(&fast.1), bits(&slow.1), "probabilities, s {s}, padded {padded}");
             }
@@ -1068,7 +1068,7 @@ mod tests {
                 let (o, run) = run_fused(qkv, masks.clone(), 0.125, None).unwrap();
                 let p = run.plan.saved_probs().unwrap();
                 let o = o.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                let bits = crate::testing::bits;
                 (bits(&o), bits(&p))
             };
             let want = run(QkvInput::Separate(&q, &ko, &vo));

@@ -254,7 +254,7 @@ mod tests {
         let mut xs: Vec<f32> = (-20 * 512..=20 * 512).map(|i| i as f32 / 512.0).collect();
         xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-40, 1e4, -1e4, 88.0, -88.0, 3e38, -3e38]);
         let gs: Vec<f32> = (0..xs.len()).map(|i| ((i * 7919) % 13) as f32 * 0.25 - 1.5).collect();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let bits = crate::testing::bits;
         for g in [None, Some(&gs[..])] {
             let (mut a, mut b) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
             // SAFETY: the tokens prove the features.

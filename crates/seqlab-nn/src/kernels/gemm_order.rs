@@ -339,7 +339,7 @@ mod tests {
                 .collect();
             let mut o = vec![0f32; d];
             weighted_rows(&mut o, &p, &k, |c| c * d);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let bits = crate::testing::bits;
             assert_eq!(bits(&got), bits(&want), "scores, s {s}, d {d}, {l} lanes");
             assert_eq!(bits(&portable), bits(&want), "portable scores, s {s}, d {d}, {l} lanes");
             assert_eq!(bits(&o), bits(&o_want), "values, s {s}, d {d}");

@@ -634,12 +634,10 @@ mod tests {
         let b = Var::from_tensor(&randn(3, &[40])).unwrap();
         let probe = randn(4, &[3000, 40]);
         let db = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
+            crate::testing::in_pool(threads, || {
                 let y = linear_act(&x, &w, Some(&b), false).unwrap();
                 let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                let v = g.get(&b).unwrap().to_vec1::<f32>().unwrap();
-                v.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                crate::testing::bits(&g.get(&b).unwrap().to_vec1::<f32>().unwrap())
             })
         };
         let one = db(1);
@@ -679,9 +677,9 @@ mod tests {
                 let b = bias.then_some(&b);
                 let t = TransposedLinear::new(&w, b).unwrap();
                 for threads in [1, 2] {
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                    let (got, want) =
-                        pool.install(|| (t.forward(&x, relu).unwrap(), linear_act(&x, &w, b, relu).unwrap()));
+                    let (got, want) = crate::testing::in_pool(threads, || {
+                        (t.forward(&x, relu).unwrap(), linear_act(&x, &w, b, relu).unwrap())
+                    });
                     let (got, want) = (got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
                     let same = got
                         .iter()
@@ -718,7 +716,7 @@ mod tests {
             (2048, 100, 70),
             (300, 512, 512),
         ];
-        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = crate::testing::bits;
         for (i, &(rows, out_f, in_f)) in shapes.iter().enumerate() {
             let x = randn(40 + i as u64, &[rows, in_f]);
             let w = randn(50 + i as u64, &[out_f, in_f]);
@@ -729,8 +727,7 @@ mod tests {
                 b.to_vec1::<f32>().unwrap(),
             );
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| {
+                crate::testing::in_pool(threads, || {
                     let mut old = vec![0f32; rows * out_f];
                     product_x_wt(&mut old, &xs, &ws, rows, in_f, out_f, false);
                     let mut new = vec![f32::NAN; rows * out_f];

@@ -404,7 +404,7 @@ mod tests {
     fn weight_grad_orientations_agree_exactly() {
         use super::weight_grad_oriented;
         let val = |seed: u64, n: usize| crate::testing::randn(seed, &[n]).to_vec1::<f32>().unwrap();
-        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = crate::testing::bits;
         for (i, &(rows, out, inp)) in [
             (3, 2, 2),
             (7, 200, 33),
@@ -419,9 +419,8 @@ mod tests {
         {
             let (g, x) = (val(2 * i as u64 + 1, rows * out), val(2 * i as u64 + 2, rows * inp));
             for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 for serial in [false, true] {
-                    let (a, b) = pool.install(|| {
+                    let (a, b) = crate::testing::in_pool(threads, || {
                         let mut a = vec![f32::NAN; out * inp];
                         let mut b = vec![f32::NAN; out * inp];
                         weight_grad_oriented(&mut a, &g, &x, rows, out, inp, serial, false);

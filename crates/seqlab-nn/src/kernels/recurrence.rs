@@ -1834,7 +1834,7 @@ mod tests {
                     rows(l)
                 }
             }
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let bits = crate::testing::bits;
             if let Some(l) = Avx512::detect() {
                 // SAFETY: the token proves the features.
                 assert_eq!(bits(&unsafe { simd::run16(Rows, l) }), bits(&scalar), "AVX-512 rows");
@@ -1865,7 +1865,7 @@ mod tests {
                 let gres = [&cases[0].gres, &cases[1].gres].map(|v| v.as_slice()).concat();
                 let (dgx_f, dgx_r, drest) = pair.backward(&gres).unwrap();
                 let [one_f, one_r] = [0, 1].map(|d| cases[d].run(1, false));
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let bits = crate::testing::bits;
                 let want_res = [one_f[0].as_slice(), &one_r[0]].concat();
                 let want_rest = [one_f[2].as_slice(), &one_f[3], &one_r[2], &one_r[3]].concat();
                 for (what, got, want) in [
