@@ -379,7 +379,7 @@ def sgemm_peak(seqlab, threads, quick):
     AVX-512F or AVX2 + FMA, or a seqlab binary without the command, which is reported)."""
     s_env, t_env = envs(threads)
     steps = "2" if quick else "5"
-    best = {}
+    best, fmas = {}, []
     for _ in range(1 if quick else 3):
         a = measure([seqlab, "bench", "sgemm", "--json", "--steps", steps, "--warmup", "1"], s_env)
         b = measure([sys.executable, str(BENCH / "peers.py"), "sgemm", "--steps", steps, "--warmup", "1",
@@ -387,15 +387,11 @@ def sgemm_peak(seqlab, threads, quick):
         best["seqlab"] = max(best.get("seqlab", 0), a["gflops"])
         best["pytorch"] = max(best.get("pytorch", 0), b["gflops"])
         try:
-            f = measure([seqlab, "bench", "fma", "--json", "--steps", steps, "--warmup", "1"], s_env)["gflops"]
+            fmas.append(measure([seqlab, "bench", "fma", "--json", "--steps", steps, "--warmup", "1"], s_env)["gflops"])
         except RuntimeError as e:
             if "this CPU has neither" not in str(e):
                 print(f"  warning: `seqlab bench fma` failed, no FMA limit: {str(e)[-300:]}", file=sys.stderr)
-            f = None
-        if f is not None:
-            best["fma"] = max(best.get("fma") or 0, f)
-        else:
-            best.setdefault("fma", None)
+    best["fma"] = max(fmas, default=None)
     best["peak"] = max(best["seqlab"], best["pytorch"])
     return best
 
@@ -485,6 +481,11 @@ def quick_corpus(corpus):
     return out
 
 
+def n_threads(t):
+    """'1 thread', '2 threads'."""
+    return f"{t} thread{'s' if t != 1 else ''}"
+
+
 def table(results, a, peaks):
     lines = ["| row | threads | seqlab | PyTorch (gensim for w2v, CTranslate2 for ct2-*) | seqlab / PyTorch | CPU-s per 1k units "
              "(seqlab / PyTorch) | peak RSS MiB (seqlab / PyTorch) | GFLOP/s, share of sgemm peak, of FMA limit "
@@ -524,9 +525,9 @@ def table(results, a, peaks):
             gf = "—"
         loads = f"{max(r['others_cores']):.2f}"
         lines.append(f"| {r['row']} | {r['threads']} | {s} | {p} | {ratio} | {cpu} | {rss} | {gf} | {loads} |")
-    peak_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['peak']:.1f} GFLOP/s "
+    peak_line = "; ".join(f"{n_threads(t)}: {v['peak']:.1f} GFLOP/s "
                           f"(seqlab {v['seqlab']:.1f}, torch.mm {v['pytorch']:.1f})" for t, v in peaks.items())
-    fma_line = "; ".join(f"{t} thread{'s' if t > 1 else ''}: {v['fma']:.1f} GFLOP/s (the sgemm peak is "
+    fma_line = "; ".join(f"{n_threads(t)}: {v['fma']:.1f} GFLOP/s (the sgemm peak is "
                          f"{100 * v['peak'] / v['fma']:.0f} % of it)" for t, v in peaks.items() if v["fma"])
     fma_line = f"FMA limit (`seqlab bench fma`, independent FMA chains on every thread): {fma_line}\n" if fma_line else ""
     return "\n".join(lines) + f"\n\nsgemm peak (2048^3 f32, best of both): {peak_line}\n" + fma_line
@@ -603,7 +604,7 @@ def main():
     for t in threads:
         peaks[t] = sgemm_peak(a.seqlab, t, a.quick)
         fma = f"{peaks[t]['fma']:.1f}" if peaks[t]["fma"] else "not measured"
-        print(f"  sgemm peak at {t} thread{'s' if t > 1 else ''}: {peaks[t]['peak']:.1f} GFLOP/s, FMA limit {fma}",
+        print(f"  sgemm peak at {n_threads(t)}: {peaks[t]['peak']:.1f} GFLOP/s, FMA limit {fma}",
               file=sys.stderr, flush=True)
     results = []
     for n in names:

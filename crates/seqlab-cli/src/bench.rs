@@ -271,6 +271,15 @@ fn row_json(row: &str, unit: &str, t: &Timing) -> Value {
     })
 }
 
+/// The plural ending for a count of `n`.
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 fn print_row(json_out: bool, v: &Value) {
     if json_out {
         println!("{v}");
@@ -286,7 +295,7 @@ fn print_row(json_out: bool, v: &Value) {
             rate,
             unit,
             v["steps"],
-            if v["steps"].as_u64() == Some(1) { "" } else { "s" },
+            plural(v["steps"].as_u64().unwrap_or(0)),
             v["seconds"].as_f64().unwrap_or(f64::NAN),
             v["cpu_seconds"].as_f64().unwrap_or(f64::NAN),
             v["shape"].as_str().unwrap_or("")
@@ -426,12 +435,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 );
             }
             if !a.json {
-                let s = |n: usize| if n == 1 { "" } else { "s" };
                 let (threads, steps) = (rayon_threads(), a.steps);
                 println!(
                     "training step (forward + backward + AdamW), {threads} thread{}, {steps} timed step{}",
-                    s(threads),
-                    s(steps)
+                    plural(threads as u64),
+                    plural(steps as u64)
                 );
             }
             let dev = a.device.open()?;
